@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Builds the sandbox's binaries from pinned Go modules into a cache outside the clone.
+#
+# Why a wrapper module: k8s.io/kubernetes requires its staging modules at v0.0.0 with local
+# replaces, so `go install` cannot build it; a wrapper that replaces each with its published
+# v0.X.Y can. etcd's release tags carry relative replaces too, hence a wrapper for it as well.
+#
+# Prints the bin directory on stdout when done; progress goes to stderr.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache_root="${REWIND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rewind}"
+# Bump RECIPE when a change to this script changes what it produces.
+RECIPE=1
+key="$( (cat "$here/versions.env"; echo "recipe=$RECIPE") | sha256sum | cut -c1-16)"
+dest="$cache_root/$key"
+bin="$dest/bin"
+logs="$dest/logs"
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" GOFLAGS="-buildvcs=false -mod=mod"
+
+log() { printf '[build-tools] %s\n' "$*" >&2; }
+
+
+command -v go >/dev/null || { log "go is not installed: install Go >= 1.26 (https://go.dev/dl) and re-run"; exit 1; }
+mkdir -p "$bin" "$logs"
+
+# Run a build step with a heartbeat so a multi-minute compile shows it is alive.
+run_step() {
+  local name="$1" module="$2" logfile="$logs/$1.log"; shift 2
+  local started=$SECONDS
+  log "building $name from $module (log: $logfile)"
+  ("$@") >"$logfile" 2>&1 &
+  local pid=$! last=$SECONDS
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    if ((SECONDS - last >= 20)); then
+      last=$SECONDS
+      log "  ... $name still building, $((SECONDS - started))s"
+    fi
+  done
+  if ! wait "$pid"; then
+    log "FAILED: $name (module $module). Last lines of $logfile:"
+    tail -n 25 "$logfile" >&2
+    exit 1
+  fi
+  log "built $name in $((SECONDS - started))s"
+}
+
+# Each binary goes to a temporary name first; only a finished build is moved into bin/.
+install_bin() { mv -f "$1" "$bin/$2"; }
+
+build_kubernetes() {
+  local work="$dest/src/kubernetes" tmp="$dest/tmp-k8s"
+  rm -rf "$work" "$tmp"; mkdir -p "$work" "$tmp"
+  local kmod minor staging_version
+  kmod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
+  staging_version="v0.${KUBERNETES_VERSION#v1.}"
+  {
+    echo "module rewind.dev/sandbox/kubernetes"
+    echo
+    grep -E '^go ' "$kmod"
+    echo
+    echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+    echo
+    echo "replace ("
+    # Every staging module kubernetes requires at v0.0.0 is replaced with its published release.
+    awk '/^require \(/{r=1;next} r&&/^\)/{r=0} r&&$2=="v0.0.0"{print $1}' "$kmod" |
+      while read -r m; do echo "	$m => $m $staging_version"; done
+    echo ")"
+  } >"$work/go.mod"
+  cat >"$work/tools.go" <<GO
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  local pkg="k8s.io/component-base/version" commit="0000000000000000000000000000000000000000"
+  local ldflags="-s -w -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.gitCommit=$commit -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  (cd "$work" && go mod tidy -e && go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do install_bin "$tmp/$b" "$b"; done
+  rm -rf "$tmp"
+}
+
+build_etcd() {
+  local work="$dest/src/etcd" tmp="$dest/tmp-etcd"
+  rm -rf "$work" "$tmp"; mkdir -p "$work" "$tmp"
+  cat >"$work/go.mod" <<MOD
+module rewind.dev/sandbox/etcd
+
+go 1.26.0
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+MOD
+  cat >"$work/main.go" <<GO
+// Command etcd is etcd's own entry point, built through a wrapper module.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+  (cd "$work" && go get "go.etcd.io/etcd/api/v3@$ETCD_VERSION" "go.etcd.io/etcd/client/pkg/v3@$ETCD_VERSION" \
+      "go.etcd.io/etcd/client/v3@$ETCD_VERSION" "go.etcd.io/etcd/pkg/v3@$ETCD_VERSION" \
+      "go.etcd.io/etcd/server/v3@$ETCD_VERSION" && go mod tidy && go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" .)
+  install_bin "$tmp/etcd" etcd
+  rm -rf "$tmp"
+}
+
+build_go_install() {
+  local name="$1" pkg="$2" version="$3" tmp="$dest/tmp-$1"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "$pkg@$version"
+  install_bin "$tmp/$name" "$name"
+  rm -rf "$tmp"
+}
+
+# kwok ships its "fast" lifecycle stages as YAML in its module, not in the binary.
+build_kwok_stages() {
+  local dir
+  dir="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  local stage="$dir/kustomize/stage"
+  for f in "$stage/node/fast/node-initialize.yaml" "$stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
+    "$stage/pod/fast/pod-ready.yaml" "$stage/pod/fast/pod-complete.yaml" "$stage/pod/fast/pod-delete.yaml"; do
+    echo "---"; cat "$f"
+  done >"$dest/kwok-stages.yaml.tmp"
+  mv -f "$dest/kwok-stages.yaml.tmp" "$dest/kwok-stages.yaml"
+}
+
+build_istio_crds() {
+  local dir
+  dir="$(go mod download -json "istio.io/api@$ISTIO_API_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  install -m 0644 "$dir/kubernetes/customresourcedefinitions.gen.yaml" "$dest/istio-crds.yaml.tmp"
+  mv -f "$dest/istio-crds.yaml.tmp" "$dest/istio-crds.yaml"
+}
+
+# Every artifact is moved into place only when whole, so "exists" means "built": each step
+# below is skipped when its artifact is there, and a pinned-version change picks a new $dest.
+ready() {
+  for f in etcd kwok kube-apiserver kube-controller-manager kube-scheduler kubectl helm; do
+    [[ -x "$bin/$f" ]] || return 1
+  done
+  [[ -f "$dest/istio-crds.yaml" && -f "$dest/kwok-stages.yaml" ]]
+}
+if ready; then
+  echo "$bin"
+  exit 0
+fi
+
+log "cache: $dest (key from hack/versions.env and RECIPE)"
+[[ -x "$bin/etcd" ]] || run_step etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" build_etcd
+[[ -x "$bin/kwok" ]] || run_step kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" build_go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
+[[ -x "$bin/kube-apiserver" && -x "$bin/kubectl" && -x "$bin/kube-scheduler" && -x "$bin/kube-controller-manager" ]] ||
+  run_step kubernetes "k8s.io/kubernetes@$KUBERNETES_VERSION" build_kubernetes
+[[ -x "$bin/helm" ]] || run_step helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+[[ -f "$dest/istio-crds.yaml" ]] || run_step istio-crds "istio.io/api@$ISTIO_API_VERSION" build_istio_crds
+[[ -f "$dest/kwok-stages.yaml" ]] || run_step kwok-stages "sigs.k8s.io/kwok@$KWOK_VERSION" build_kwok_stages
+rm -rf "$dest/src" "$dest/.complete"
+ready || { log "internal error: a step finished but an artifact is missing in $dest"; exit 1; }
+log "all binaries ready in $bin"
+echo "$bin"
