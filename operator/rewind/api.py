@@ -1,0 +1,1439 @@
+"""ModelRelease and RolloutPolicy (rewind.dev/v1alpha1) as pydantic v2 models.
+
+This module is the single source of truth for the API: ``rewind.crdgen`` turns these models
+into the CRDs in ``crds/``, so every ``Field(description=...)`` here is what a platform
+engineer reads in ``kubectl explain``. Python attributes are snake_case; YAML/JSON keys are
+camelCase (``alias_generator=to_camel``, ``populate_by_name=True``).
+
+Cross-field rules are written twice on purpose: as CEL (``x-kubernetes-validations``, in
+``json_schema_extra``) so the API server rejects bad objects at admission, and as pydantic
+validators so the operator and unit tests reject the same objects without a cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from rewind import API_GROUP, API_VERSION
+from rewind.templates import (
+    TEMPLATE_QUERY_PATTERN,
+    TEMPLATE_VARIABLES,
+    query_variables,
+    render_query,
+    template_variables,
+    validate_template,
+)
+
+__all__ = [
+    "ANNOTATION_APPROVE_ROLLBACK",
+    "ANNOTATION_PROMOTE",
+    "ANNOTATION_REJECT_ROLLBACK",
+    "ANNOTATION_RETRY",
+    "ANNOTATION_ROLLBACK",
+    "API_GROUP",
+    "API_VERSION",
+    "DIGEST_PATTERN",
+    "DNS_LABEL_PATTERN",
+    "DNS_SUBDOMAIN_PATTERN",
+    "DURATION_PATTERN",
+    "GATEWAY_PATTERN",
+    "HOST_PATTERN",
+    "IMAGE_DIGEST_SUFFIX_PATTERN",
+    "MAX_HISTORY",
+    "MAX_MEASUREMENTS",
+    "MAX_RELEASE_NAME",
+    "MAX_TIMELINE",
+    "MODELRELEASE_KIND",
+    "MODELRELEASE_PLURAL",
+    "ROLLOUTPOLICY_KIND",
+    "ROLLOUTPOLICY_PLURAL",
+    "TEMPLATE_QUERY_PATTERN",
+    "TEMPLATE_VARIABLES",
+    "URI_PATTERN",
+    "AnalysisSpec",
+    "AnalysisStatus",
+    "ApprovalRecord",
+    "ApprovalSpec",
+    "ApprovalTimeoutAction",
+    "BlueGreenStrategy",
+    "CanaryStep",
+    "CanaryStrategy",
+    "CodeSpec",
+    "Condition",
+    "ConditionStatus",
+    "ConditionType",
+    "DataSpec",
+    "DecisionAction",
+    "Digest",
+    "Duration",
+    "EnvVar",
+    "EnvironmentSpec",
+    "HistoryEntry",
+    "Measurement",
+    "MetricSpec",
+    "ModelFormat",
+    "ModelRelease",
+    "ModelReleaseSpec",
+    "ModelReleaseStatus",
+    "ModelSpec",
+    "NoDataPolicy",
+    "ObjectMeta",
+    "Outcome",
+    "PauseSpec",
+    "PendingDecision",
+    "Phase",
+    "PolicyRef",
+    "Quantity",
+    "QueryErrorPolicy",
+    "ResourceRequirements",
+    "RollbackMode",
+    "RollbackSpec",
+    "RolloutPolicy",
+    "RolloutPolicySpec",
+    "RolloutPolicyStatus",
+    "ServingSpec",
+    "ShadowAction",
+    "ShadowOnSuccess",
+    "ShadowStrategy",
+    "SignatureRef",
+    "SignatureType",
+    "SpecModel",
+    "StatusModel",
+    "StrategySpec",
+    "StrategyType",
+    "Thresholds",
+    "TimelineEntry",
+    "TimelineType",
+    "TrafficSpec",
+    "Verdict",
+    "Weights",
+    "append_bounded",
+    "image_digest",
+    "parse_duration",
+    "query_variables",
+    "render_query",
+    "spec_hash",
+    "tag_image_error",
+    "template_variables",
+    "validate_template",
+    "workload_name",
+]
+
+# --------------------------------------------------------------------------------------
+# Constants
+# --------------------------------------------------------------------------------------
+
+MODELRELEASE_KIND = "ModelRelease"
+MODELRELEASE_PLURAL = "modelreleases"
+ROLLOUTPOLICY_KIND = "RolloutPolicy"
+ROLLOUTPOLICY_PLURAL = "rolloutpolicies"
+
+#: A release names its Services ``<name>-r<N>`` (DNS-1035 labels, <= 63 chars).
+MAX_RELEASE_NAME = 50
+
+#: Bounded status lists: the status schema sets maxItems to these, so trim before writing.
+MAX_MEASUREMENTS = 20
+MAX_HISTORY = 20
+MAX_TIMELINE = 50
+
+ANNOTATION_APPROVE_ROLLBACK = f"{API_GROUP}/approve-rollback"
+ANNOTATION_REJECT_ROLLBACK = f"{API_GROUP}/reject-rollback"
+ANNOTATION_ROLLBACK = f"{API_GROUP}/rollback"
+ANNOTATION_PROMOTE = f"{API_GROUP}/promote"
+ANNOTATION_RETRY = f"{API_GROUP}/retry"
+
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+DIGEST_PATTERN = r"^sha256:[a-f0-9]{64}$"
+#: An image reference pinned by digest ends with this (the tag, if any, is then ignored).
+IMAGE_DIGEST_SUFFIX_PATTERN = r"@sha256:[a-f0-9]{64}$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+URI_PATTERN = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]+$"
+NO_SPACE_PATTERN = r"^[^\s]+$"
+HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+GATEWAY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
+_DURATION_FULL = re.compile(DURATION_PATTERN)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_IMAGE_DIGEST = re.compile(r"@(sha256:[a-f0-9]{64})$")
+
+
+def parse_duration(s: str) -> float:
+    """Convert a duration string (``30s``, ``5m``, ``1h30m``, ``250ms``) to seconds.
+
+    Raises ValueError for anything outside ``^([0-9]+(ms|s|m|h))+$`` so a typo never turns
+    into a zero-length pause.
+    """
+    if not isinstance(s, str) or not _DURATION_FULL.match(s):
+        raise ValueError(
+            f"invalid duration {s!r}: expected e.g. 30s, 5m, 1h30m, 500ms "
+            f"(pattern {DURATION_PATTERN})"
+        )
+    return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(s))
+
+
+def _check_duration(s: str) -> str:
+    parse_duration(s)
+    return s
+
+
+def _check_template(s: str) -> str:
+    validate_template(s)
+    return s
+
+
+def image_digest(image: str) -> str | None:
+    """Return ``sha256:<hex>`` when the image reference is pinned by digest, else None."""
+    m = _IMAGE_DIGEST.search(image)
+    return m.group(1) if m else None
+
+
+def workload_name(release: str, revision: int) -> str:
+    """Name of the Deployment/Service of one revision (``<release>-r<N>``)."""
+    return f"{release}-r{revision}"
+
+
+def _cel(
+    rule: str, message: str, field_path: str | None = None, reason: str | None = None
+) -> dict[str, str]:
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+def _validations(*rules: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+# --------------------------------------------------------------------------------------
+# Reusable field types
+# --------------------------------------------------------------------------------------
+
+Duration = Annotated[
+    str,
+    StringConstraints(pattern=DURATION_PATTERN, max_length=32),
+    AfterValidator(_check_duration),
+]
+Digest = Annotated[str, StringConstraints(pattern=DIGEST_PATTERN, max_length=71)]
+Quantity = Annotated[str | int, Field(description="A Kubernetes resource quantity.")]
+
+
+# --------------------------------------------------------------------------------------
+# Enums
+# --------------------------------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    """Where a ModelRelease is in its lifecycle (status.phase)."""
+
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    PROMOTED = "Promoted"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+
+
+class StrategyType(StrEnum):
+    """The release strategy; values are the keys under RolloutPolicy spec.strategy."""
+
+    CANARY = "canary"
+    BLUE_GREEN = "blueGreen"
+    SHADOW = "shadow"
+
+
+class Outcome(StrEnum):
+    """How a revision in status.history ended (or Progressing while it is being released)."""
+
+    PROGRESSING = "Progressing"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+    SUPERSEDED = "Superseded"
+    RETIRED = "Retired"
+
+
+class Verdict(StrEnum):
+    """Result of one metric measurement."""
+
+    PASS = "Pass"
+    FAIL = "Fail"
+    INCONCLUSIVE = "Inconclusive"
+
+
+class ModelFormat(StrEnum):
+    """Serialization format of the model artifact."""
+
+    ONNX = "onnx"
+    PYTORCH = "pytorch"
+    TENSORFLOW = "tensorflow"
+    SKLEARN = "sklearn"
+    XGBOOST = "xgboost"
+    SAFETENSORS = "safetensors"
+    GGUF = "gguf"
+    OTHER = "other"
+
+
+class SignatureType(StrEnum):
+    """Kind of detached signature over the model artifact."""
+
+    SIGSTORE_BUNDLE = "sigstore-bundle"
+    COSIGN = "cosign"
+    OTHER = "other"
+
+
+class ShadowAction(StrEnum):
+    """What follows a successful shadow analysis."""
+
+    STOP = "Stop"
+    CANARY = "Canary"
+    BLUE_GREEN = "BlueGreen"
+
+
+class NoDataPolicy(StrEnum):
+    """How a query that returns no samples is judged."""
+
+    INCONCLUSIVE = "Inconclusive"
+    FAIL = "Fail"
+    PASS = "Pass"
+
+
+class QueryErrorPolicy(StrEnum):
+    """How a query that errors (Prometheus down, bad PromQL, timeout) is judged."""
+
+    INCONCLUSIVE = "Inconclusive"
+    FAIL = "Fail"
+
+
+class RollbackMode(StrEnum):
+    """Whether a failed analysis rolls back at once or waits for humans."""
+
+    AUTOMATIC = "automatic"
+    APPROVAL = "approval"
+
+
+class ApprovalTimeoutAction(StrEnum):
+    """What happens when nobody decides on a pending rollback in time."""
+
+    ROLLBACK = "Rollback"
+    RESUME = "Resume"
+
+
+class DecisionAction(StrEnum):
+    """The action a pending decision would take once approved."""
+
+    ROLLBACK = "Rollback"
+
+
+class ConditionType(StrEnum):
+    """kstatus-compatible condition types the operator maintains."""
+
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    STALLED = "Stalled"
+
+
+class ConditionStatus(StrEnum):
+    """Status of a condition (Kubernetes convention: strings, not booleans)."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class TimelineType(StrEnum):
+    """Well-known status.timeline entry types (the field itself accepts any string)."""
+
+    REVISION_CREATED = "RevisionCreated"
+    STEP_STARTED = "StepStarted"
+    WEIGHTS_CHANGED = "WeightsChanged"
+    ANALYSIS_FAILED = "AnalysisFailed"
+    PAUSED = "Paused"
+    PROMOTE_REQUESTED = "PromoteRequested"
+    PROMOTED = "Promoted"
+    ROLLBACK_DECIDED = "RollbackDecided"
+    APPROVAL_REQUESTED = "ApprovalRequested"
+    APPROVED = "Approved"
+    REJECTED = "Rejected"
+    APPROVAL_TIMED_OUT = "ApprovalTimedOut"
+    ROLLBACK_STARTED = "RollbackStarted"
+    ROLLED_BACK = "RolledBack"
+    BREAK_GLASS = "BreakGlassRollback"
+    RETRY = "Retry"
+    FAILED = "Failed"
+
+
+# --------------------------------------------------------------------------------------
+# Base classes
+# --------------------------------------------------------------------------------------
+
+
+class SpecModel(BaseModel):
+    """Strict base for user-written spec: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        protected_namespaces=(),
+        use_enum_values=False,
+    )
+
+
+class StatusModel(BaseModel):
+    """Permissive base for status: every field defaults, unknown keys are ignored on read.
+
+    The operator must be able to read a status written by an older or newer version of
+    itself (or an empty ``{}``) without crashing.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# ModelRelease spec
+# --------------------------------------------------------------------------------------
+
+
+class PolicyRef(SpecModel):
+    """Reference to a RolloutPolicy in the ModelRelease's namespace."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Name of the RolloutPolicy (same namespace) that says how to release.",
+    )
+
+
+class SignatureRef(SpecModel):
+    """Where the detached signature of the model artifact lives."""
+
+    uri: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=URI_PATTERN,
+        description="URI of the signature file, e.g. s3://models/fraud/2.1.0/model.sig.",
+    )
+    type: SignatureType = Field(
+        default=SignatureType.SIGSTORE_BUNDLE,
+        description="Signature format: sigstore-bundle, cosign or other.",
+    )
+
+
+class ModelSpec(SpecModel):
+    """The model artifact being released, identified by an immutable digest."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?$",
+        description="Logical model name, e.g. fraud-detector. Shown in history and events.",
+    )
+    version: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9._+]*$",
+        description=(
+            'Human-readable model version, e.g. "2.1.0" (quote it in YAML). Informational: '
+            "the digest, not the version, identifies the artifact."
+        ),
+    )
+    artifact_uri: str = Field(
+        alias="artifactURI",
+        min_length=1,
+        max_length=1024,
+        pattern=URI_PATTERN,
+        description=(
+            "Where the serving container loads the model from, with a scheme, e.g. "
+            "s3://models/fraud/2.1.0/model.onnx. Passed to the container as MODEL_URI."
+        ),
+    )
+    artifact_digest: Digest = Field(
+        description=(
+            "sha256 digest of the artifact bytes (sha256:<64 lowercase hex>). Required: a "
+            "rollback re-deploys exactly this artifact, so a mutable URI alone is not enough."
+        ),
+    )
+    format: ModelFormat = Field(
+        default=ModelFormat.OTHER,
+        description=(
+            "Artifact format: onnx, pytorch, tensorflow, sklearn, xgboost, safetensors, gguf "
+            "or other."
+        ),
+    )
+    signature_ref: SignatureRef | None = Field(
+        default=None,
+        description="Optional detached signature over the artifact, for supply-chain checks.",
+    )
+
+
+class EnvVar(SpecModel):
+    """A literal environment variable for the serving container."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$",
+        description="Variable name.",
+    )
+    value: str = Field(
+        default="",
+        max_length=4096,
+        description=(
+            "Literal value. valueFrom is not supported: a revision must be reproducible "
+            "from its spec alone."
+        ),
+    )
+
+
+class CodeSpec(SpecModel):
+    """The serving code: container image, arguments and environment."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "self.image.matches('" + IMAGE_DIGEST_SUFFIX_PATTERN + "') || "
+                "(has(self.allowTagImage) && self.allowTagImage)",
+                "image must be pinned by digest (<repo>@sha256:<64 hex>); set "
+                "allowTagImage: true (and allowTagImages: true in the RolloutPolicy) to "
+                "accept a tag",
+                field_path=".image",
+                reason="FieldValueInvalid",
+            ),
+        )
+    )
+
+    image: str = Field(
+        min_length=1,
+        max_length=512,
+        pattern=NO_SPACE_PATTERN,
+        description=(
+            "Serving image pinned by digest, e.g. registry.example.com/fraud-server@sha256:"
+            "<64 hex>. A tag-only image is rejected unless allowTagImage is true here AND "
+            "the RolloutPolicy sets allowTagImages: true (the operator checks the latter)."
+        ),
+    )
+    allow_tag_image: bool = Field(
+        default=False,
+        description=(
+            "Opt in to a tag-only image (not reproducible: the tag can move, so a rollback "
+            "may not restore the same code). Only honoured when the RolloutPolicy also sets "
+            "allowTagImages: true; otherwise the release fails with a clear message."
+        ),
+    )
+    args: list[Annotated[str, StringConstraints(max_length=1024)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description='Extra container arguments, e.g. ["--workers=2"].',
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Literal environment variables (name/value only, no valueFrom).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @model_validator(mode="after")
+    def _pinned_image(self) -> CodeSpec:
+        if not self.allow_tag_image and image_digest(self.image) is None:
+            raise ValueError(
+                "code.image must be pinned by digest (<repo>@sha256:<64 hex>); set "
+                "allowTagImage: true (and allowTagImages: true in the RolloutPolicy) to "
+                "accept a tag"
+            )
+        return self
+
+
+class DataSpec(SpecModel):
+    """The training data the model was built from (provenance for audits and rollbacks)."""
+
+    dataset_ref: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="Dataset location or name, e.g. s3://datasets/fraud/transactions.",
+    )
+    version: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=NO_SPACE_PATTERN,
+        description=(
+            "Immutable dataset version: a git/DVC commit, lakeFS commit id or a digest. "
+            "Not a branch name."
+        ),
+    )
+    lineage: dict[str, Annotated[str, StringConstraints(max_length=1024)]] = Field(
+        default_factory=dict,
+        max_length=32,
+        description=(
+            "Free-form string map linking to the training run, e.g. mlflowRunId, pipeline, "
+            "gitCommit."
+        ),
+    )
+
+
+class EnvironmentSpec(SpecModel):
+    """The runtime environment the model was validated in (recorded, not enforced)."""
+
+    framework: str | None = Field(
+        default=None, max_length=64, description="Inference framework, e.g. onnxruntime, vllm."
+    )
+    framework_version: str | None = Field(
+        default=None, max_length=64, description='Framework version, e.g. "1.18.0".'
+    )
+    runtime: str | None = Field(
+        default=None, max_length=64, description="Language runtime, e.g. python3.11."
+    )
+    accelerator: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Accelerator the model targets, e.g. none, nvidia-l4.",
+    )
+    dependencies_digest: Digest | None = Field(
+        default=None,
+        description="sha256 of the locked dependency set (e.g. of requirements.lock).",
+    )
+
+
+class ResourceRequirements(SpecModel):
+    """CPU/memory/accelerator requests and limits of the serving container."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Minimum resources, e.g. {cpu: 500m, memory: 1Gi}.",
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Maximum resources, e.g. {memory: 2Gi, nvidia.com/gpu: 1}.",
+    )
+
+
+class ServingSpec(SpecModel):
+    """How each revision is run: one Deployment and Service per revision."""
+
+    replicas: int = Field(
+        default=1, ge=1, le=100, description="Pods per revision (1..100). Default 1."
+    )
+    port: int = Field(
+        default=8080, ge=1, le=65535, description="Container port the model server listens on."
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements,
+        description="Container resources, same shape as a Pod's resources.",
+    )
+    readiness_path: str = Field(
+        default="/healthz",
+        max_length=256,
+        pattern=r"^/[^\s]*$",
+        description="HTTP GET path on port used as the readiness probe. Default /healthz.",
+    )
+    liveness_path: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=r"^/[^\s]*$",
+        description="HTTP GET path used as the liveness probe. Omit for no liveness probe.",
+    )
+
+
+class TrafficSpec(SpecModel):
+    """How users reach the model: the Istio hosts and gateways the router manages."""
+
+    hosts: list[Annotated[str, StringConstraints(max_length=253, pattern=HOST_PATTERN)]] = Field(
+        min_length=1,
+        max_length=16,
+        description=(
+            "Hostnames users call, e.g. fraud.example.com (at least one). Used as the "
+            "VirtualService hosts."
+        ),
+    )
+    gateways: list[Annotated[str, StringConstraints(max_length=253, pattern=GATEWAY_PATTERN)]] = (
+        Field(
+            default_factory=list,
+            max_length=16,
+            description=(
+                "Istio gateways as <namespace>/<name>, e.g. istio-system/public. Empty: mesh "
+                "traffic only."
+            ),
+        )
+    )
+    port: int = Field(
+        default=80, ge=1, le=65535, description="Port users call on the hosts. Default 80."
+    )
+
+
+class ModelReleaseSpec(SpecModel):
+    """Desired state: which model, code and data to serve, released by which policy."""
+
+    policy_ref: PolicyRef = Field(
+        description="The RolloutPolicy (same namespace) that governs how changes are released."
+    )
+    model: ModelSpec = Field(description="The model artifact, pinned by digest.")
+    code: CodeSpec = Field(description="The serving image (pinned by digest), args and env.")
+    data: DataSpec | None = Field(
+        default=None, description="Training-data provenance recorded with each revision."
+    )
+    environment: EnvironmentSpec | None = Field(
+        default=None, description="Runtime environment provenance recorded with each revision."
+    )
+    serving: ServingSpec = Field(
+        default_factory=ServingSpec,
+        description="Replicas, port, resources and probes of each revision's Deployment.",
+    )
+    traffic: TrafficSpec = Field(
+        description="Hosts, gateways and port through which users reach the model."
+    )
+
+
+# --------------------------------------------------------------------------------------
+# RolloutPolicy spec
+# --------------------------------------------------------------------------------------
+
+
+class PauseSpec(SpecModel):
+    """How long a canary step holds before the next one."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "has(self.duration) != (has(self.manual) && self.manual)",
+                "set exactly one of pause.duration or pause.manual: true",
+            )
+        )
+    )
+
+    duration: Duration | None = Field(
+        default=None,
+        description="Hold this long (e.g. 30s, 5m) while analysis runs, then continue.",
+    )
+    manual: bool = Field(
+        default=False,
+        description="Hold until a human sets the rewind.dev/promote annotation.",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PauseSpec:
+        if (self.duration is not None) == self.manual:
+            raise ValueError("set exactly one of pause.duration or pause.manual: true")
+        return self
+
+
+class CanaryStep(SpecModel):
+    """One traffic step of a canary."""
+
+    weight: int = Field(
+        ge=1, le=100, description="Percent of user traffic sent to the candidate (1..100)."
+    )
+    pause: PauseSpec | None = Field(
+        default=None,
+        description="Hold at this weight; omitted: move on after one analysis interval.",
+    )
+
+
+class CanaryStrategy(SpecModel):
+    """Shift user traffic to the candidate in increasing steps, analysing at each."""
+
+    steps: list[CanaryStep] = Field(
+        min_length=1,
+        max_length=20,
+        description=(
+            "Traffic steps with strictly increasing weights, e.g. 10, 25, 50. After the "
+            "last step passes the candidate is promoted to 100%."
+        ),
+        json_schema_extra=_validations(
+            _cel(
+                "self.map(s, s.weight).isSorted() && "
+                "self.all(a, self.exists_one(b, b.weight == a.weight))",
+                "canary step weights must be strictly increasing (e.g. 10, 25, 50)",
+            )
+        ),
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[CanaryStep]) -> list[CanaryStep]:
+        weights = [s.weight for s in steps]
+        if any(b <= a for a, b in itertools.pairwise(weights)):
+            raise ValueError(
+                f"canary step weights must be strictly increasing (e.g. 10, 25, 50), got {weights}"
+            )
+        return steps
+
+
+class BlueGreenStrategy(SpecModel):
+    """Run the candidate beside stable, analyse it, then switch all traffic at once."""
+
+    preview_duration: Duration = Field(
+        default="1m",
+        description=(
+            "Analysis window while the candidate is up with 0% user traffic (reachable "
+            "for smoke tests). Default 1m."
+        ),
+    )
+    auto_switch: bool = Field(
+        default=True,
+        description=(
+            "Switch to the candidate automatically when preview analysis passes; false: "
+            "wait for the rewind.dev/promote annotation."
+        ),
+    )
+    post_switch_duration: Duration = Field(
+        default="1m",
+        description=(
+            "Analysis window after the switch; a failure switches traffic back. Default 1m."
+        ),
+    )
+    keep_old_colour: Duration = Field(
+        default="10m",
+        description=(
+            "How long the old colour stays up after the switch so switching back is "
+            "instant. Default 10m."
+        ),
+    )
+
+
+class ShadowOnSuccess(SpecModel):
+    """What to do once shadow (mirrored traffic) analysis passes."""
+
+    # CEL rules guard with has(): the CRD default {} is validated before nested defaults.
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!has(self.action) || self.action != 'Canary' || has(self.canary)",
+                "onSuccess.canary is required when onSuccess.action is Canary",
+                field_path=".canary",
+                reason="FieldValueRequired",
+            ),
+            _cel(
+                "!has(self.action) || self.action != 'BlueGreen' || has(self.blueGreen)",
+                "onSuccess.blueGreen is required when onSuccess.action is BlueGreen",
+                field_path=".blueGreen",
+                reason="FieldValueRequired",
+            ),
+            _cel(
+                "!has(self.canary) || (has(self.action) && self.action == 'Canary')",
+                "onSuccess.canary is only allowed when onSuccess.action is Canary",
+                field_path=".canary",
+                reason="FieldValueForbidden",
+            ),
+            _cel(
+                "!has(self.blueGreen) || (has(self.action) && self.action == 'BlueGreen')",
+                "onSuccess.blueGreen is only allowed when onSuccess.action is BlueGreen",
+                field_path=".blueGreen",
+                reason="FieldValueForbidden",
+            ),
+        )
+    )
+
+    action: ShadowAction = Field(
+        default=ShadowAction.STOP,
+        description=(
+            "Stop: end after the shadow analysis without shifting user traffic (a "
+            "validation run). Canary: continue with the canary below. BlueGreen: continue "
+            "with the blue-green below."
+        ),
+    )
+    canary: CanaryStrategy | None = Field(
+        default=None, description="Canary to run next; required when action is Canary."
+    )
+    blue_green: BlueGreenStrategy | None = Field(
+        default=None, description="Blue-green to run next; required when action is BlueGreen."
+    )
+
+    @model_validator(mode="after")
+    def _matching_block(self) -> ShadowOnSuccess:
+        if self.action == ShadowAction.CANARY and self.canary is None:
+            raise ValueError("onSuccess.canary is required when onSuccess.action is Canary")
+        if self.action == ShadowAction.BLUE_GREEN and self.blue_green is None:
+            raise ValueError("onSuccess.blueGreen is required when onSuccess.action is BlueGreen")
+        if self.canary is not None and self.action != ShadowAction.CANARY:
+            raise ValueError("onSuccess.canary is only allowed when onSuccess.action is Canary")
+        if self.blue_green is not None and self.action != ShadowAction.BLUE_GREEN:
+            raise ValueError(
+                "onSuccess.blueGreen is only allowed when onSuccess.action is BlueGreen"
+            )
+        return self
+
+
+class ShadowStrategy(SpecModel):
+    """Mirror a copy of live traffic to the candidate; users only see stable's answers."""
+
+    mirror_percent: int = Field(
+        default=100,
+        ge=1,
+        le=100,
+        description="Percent of requests mirrored to the candidate (1..100). Default 100.",
+    )
+    duration: Duration = Field(
+        default="5m", description="How long to mirror and analyse. Default 5m."
+    )
+    on_success: ShadowOnSuccess = Field(
+        default_factory=ShadowOnSuccess,
+        description="What follows a passing shadow analysis. Default: Stop.",
+    )
+
+
+class StrategySpec(SpecModel):
+    """Exactly one release strategy."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "(has(self.canary) ? 1 : 0) + (has(self.blueGreen) ? 1 : 0) + "
+                "(has(self.shadow) ? 1 : 0) == 1",
+                "set exactly one of strategy.canary, strategy.blueGreen or strategy.shadow",
+            )
+        )
+    )
+
+    canary: CanaryStrategy | None = Field(
+        default=None, description="Progressive traffic shifting in weighted steps."
+    )
+    blue_green: BlueGreenStrategy | None = Field(
+        default=None, description="Preview at 0%, then switch 100% at once, with switch-back."
+    )
+    shadow: ShadowStrategy | None = Field(
+        default=None,
+        description="Mirror live traffic to the candidate, optionally followed by a canary "
+        "or blue-green.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StrategySpec:
+        if sum(x is not None for x in (self.canary, self.blue_green, self.shadow)) != 1:
+            raise ValueError(
+                "set exactly one of strategy.canary, strategy.blueGreen or strategy.shadow"
+            )
+        return self
+
+    @property
+    def kind(self) -> StrategyType:
+        """Which strategy is set (validation guarantees exactly one)."""
+        if self.canary is not None:
+            return StrategyType.CANARY
+        if self.blue_green is not None:
+            return StrategyType.BLUE_GREEN
+        return StrategyType.SHADOW
+
+
+class Thresholds(SpecModel):
+    """Acceptable range of a metric value; outside it the measurement fails."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "has(self.min) || has(self.max)",
+                "set at least one of thresholds.min or thresholds.max",
+                reason="FieldValueRequired",
+            ),
+            _cel(
+                "!has(self.min) || !has(self.max) || self.min <= self.max",
+                "thresholds.min must be less than or equal to thresholds.max",
+            ),
+        )
+    )
+
+    min: float | None = Field(
+        default=None, description="Fail when the value is below this (inclusive bound)."
+    )
+    max: float | None = Field(
+        default=None, description="Fail when the value is above this (inclusive bound)."
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> Thresholds:
+        if self.min is None and self.max is None:
+            raise ValueError("set at least one of thresholds.min or thresholds.max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("thresholds.min must be less than or equal to thresholds.max")
+        return self
+
+    def verdict(self, value: float) -> Verdict:
+        """Judge one value against the bounds (both inclusive)."""
+        if self.min is not None and value < self.min:
+            return Verdict.FAIL
+        if self.max is not None and value > self.max:
+            return Verdict.FAIL
+        return Verdict.PASS
+
+
+class MetricSpec(SpecModel):
+    """A PromQL query whose result must stay within thresholds."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Metric name (lowercase DNS label), e.g. error-rate. Unique per policy.",
+    )
+    query: Annotated[str, AfterValidator(_check_template)] = Field(
+        min_length=1,
+        max_length=4096,
+        description=(
+            "PromQL instant query returning one number. Template variables: {{namespace}}, "
+            "{{release}}, {{candidate}}, {{stable}} (revision numbers), {{candidateWorkload}}, "
+            "{{stableWorkload}} (<release>-r<N>), {{interval}} (the analysis interval). "
+            "Unknown variables are rejected."
+        ),
+        json_schema_extra=_validations(
+            _cel(
+                # One linear regex: findAll() over the placeholders is far over the CEL cost
+                # budget for 20 metrics of 4096 characters.
+                "self.matches('" + TEMPLATE_QUERY_PATTERN.replace("\\", "\\\\") + "')",
+                "query uses an unknown template variable (or a malformed {{...}}); known: "
+                + ", ".join(f"{{{{{v}}}}}" for v in sorted(TEMPLATE_VARIABLES)),
+            )
+        ),
+    )
+    thresholds: Thresholds = Field(
+        description="Pass range: min and/or max (inclusive), min <= max."
+    )
+
+
+class AnalysisSpec(SpecModel):
+    """How the candidate is measured while it is being released."""
+
+    interval: Duration = Field(
+        default="30s",
+        description="How often the metrics are queried (>= 1s), also {{interval}}. Default 30s.",
+        json_schema_extra=_validations(
+            _cel(
+                "!self.matches('" + DURATION_PATTERN + "') || duration(self) >= duration('1s')",
+                "analysis.interval must be at least 1s",
+            )
+        ),
+    )
+    metrics: list[MetricSpec] = Field(
+        default_factory=list,
+        max_length=20,
+        description=(
+            "Metrics checked every interval. Empty: steps advance on time (and manual gates) alone."
+        ),
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
+    )
+    failure_limit: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Failed measurements (in total, per revision) that trigger a rollback "
+        "decision. Default 1.",
+    )
+    consecutive_failure_limit: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Consecutive failed measurements that trigger a rollback decision; 0 "
+        "turns this off. Default 0.",
+    )
+    no_data: NoDataPolicy = Field(
+        default=NoDataPolicy.INCONCLUSIVE,
+        description="Verdict when a query returns no samples: Inconclusive (default), Fail "
+        "or Pass.",
+    )
+    query_error: QueryErrorPolicy = Field(
+        default=QueryErrorPolicy.INCONCLUSIVE,
+        description="Verdict when a query errors or times out: Inconclusive (default) or Fail.",
+    )
+
+    @field_validator("interval")
+    @classmethod
+    def _at_least_one_second(cls, v: str) -> str:
+        if parse_duration(v) < 1.0:
+            raise ValueError("analysis.interval must be at least 1s")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_names(cls, metrics: list[MetricSpec]) -> list[MetricSpec]:
+        names = [m.name for m in metrics]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate metric names: {', '.join(dupes)}")
+        return metrics
+
+
+class ApprovalSpec(SpecModel):
+    """Human approval of rollback decisions."""
+
+    required_approvers: int = Field(
+        default=1,
+        ge=1,
+        le=10,
+        description="Distinct users who must set rewind.dev/approve-rollback (>= 1).",
+    )
+    timeout: Duration = Field(
+        default="15m", description="How long to wait for approvers. Default 15m."
+    )
+    on_timeout: ApprovalTimeoutAction = Field(
+        default=ApprovalTimeoutAction.ROLLBACK,
+        description="Rollback (default, fail safe) or Resume the rollout when nobody decides.",
+    )
+
+
+class RollbackSpec(SpecModel):
+    """What happens when analysis fails."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!has(self.mode) || self.mode != 'approval' || has(self.approval)",
+                "rollback.approval is required when rollback.mode is approval",
+                field_path=".approval",
+                reason="FieldValueRequired",
+            )
+        )
+    )
+
+    mode: RollbackMode = Field(
+        default=RollbackMode.AUTOMATIC,
+        description="automatic (default): roll back at once. approval: pause at the failing "
+        "weight and wait for humans (see approval).",
+    )
+    approval: ApprovalSpec | None = Field(
+        default=None, description="Approval settings; required when mode is approval."
+    )
+    scale_down_delay: Duration = Field(
+        default="30s",
+        description="A rolled-back candidate keeps running this long (for debugging and "
+        "in-flight requests) before it is scaled to zero. Default 30s.",
+    )
+
+    @model_validator(mode="after")
+    def _approval_block(self) -> RollbackSpec:
+        if self.mode == RollbackMode.APPROVAL and self.approval is None:
+            raise ValueError("rollback.approval is required when rollback.mode is approval")
+        return self
+
+
+class RolloutPolicySpec(SpecModel):
+    """How ModelReleases that reference this policy are released and rolled back."""
+
+    strategy: StrategySpec = Field(description="Exactly one of canary, blueGreen or shadow.")
+    analysis: AnalysisSpec = Field(
+        default_factory=AnalysisSpec,
+        description="Metrics, interval and failure limits that judge the candidate.",
+    )
+    rollback: RollbackSpec = Field(
+        default_factory=RollbackSpec,
+        description="Automatic or human-approved rollback when analysis fails.",
+    )
+    progress_deadline: Duration = Field(
+        default="10m",
+        description="A revision's Deployment must become Available within this, else the "
+        "release fails (and rolls back). Default 10m.",
+    )
+    keep_previous_warm: Duration = Field(
+        default="10m",
+        description="After a promotion the previous stable revision keeps running this long "
+        "for a fast rollback. Default 10m.",
+    )
+    allow_tag_images: bool = Field(
+        default=False,
+        description="Allow ModelReleases that opt in with code.allowTagImage to use a "
+        "tag-only image (not reproducible). Default false.",
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Status
+# --------------------------------------------------------------------------------------
+
+
+class Weights(StatusModel):
+    """Percent of user traffic per revision."""
+
+    stable: int = Field(default=0, ge=0, le=100, description="Percent to the stable revision.")
+    candidate: int = Field(
+        default=0, ge=0, le=100, description="Percent to the candidate revision."
+    )
+
+
+class Measurement(StatusModel):
+    """One metric query result and its verdict."""
+
+    metric: str = Field(default="", description="Metric name from the policy.")
+    value: float | None = Field(default=None, description="Query result; null when no data.")
+    min: float | None = Field(default=None, description="Lower threshold in effect.")
+    max: float | None = Field(default=None, description="Upper threshold in effect.")
+    verdict: Verdict = Field(
+        default=Verdict.INCONCLUSIVE, description="Pass, Fail or Inconclusive."
+    )
+    at: datetime | None = Field(default=None, description="When the query ran (RFC 3339).")
+    revision: int = Field(default=0, description="Revision that was measured.")
+    message: str = Field(default="", description="Why: no data, query error, out of range.")
+
+
+class AnalysisStatus(StatusModel):
+    """Running analysis counters of the current candidate."""
+
+    last_run_at: datetime | None = Field(default=None, description="Last analysis run.")
+    failures: int = Field(default=0, description="Failed measurements so far.")
+    consecutive_failures: int = Field(default=0, description="Failed measurements in a row.")
+    inconclusive: int = Field(default=0, description="Inconclusive measurements so far.")
+    measurements: list[Measurement] = Field(
+        default_factory=list,
+        max_length=MAX_MEASUREMENTS,
+        description=f"Recent measurements, newest last (at most {MAX_MEASUREMENTS}).",
+    )
+
+
+class ApprovalRecord(StatusModel):
+    """One user's approval of a pending decision."""
+
+    user: str = Field(default="", description="Who approved (from the annotation's author).")
+    at: datetime | None = Field(default=None, description="When.")
+
+
+class PendingDecision(StatusModel):
+    """A decision waiting for humans (rollback.mode: approval)."""
+
+    action: DecisionAction = Field(
+        default=DecisionAction.ROLLBACK, description="What approval would do: Rollback."
+    )
+    reason: str = Field(default="", description="Why the operator proposes it.")
+    decided_at: datetime | None = Field(default=None, description="When it was proposed.")
+    expires_at: datetime | None = Field(
+        default=None, description="When approval.onTimeout applies."
+    )
+    required_approvers: int = Field(default=1, description="Distinct approvals needed.")
+    approvals: list[ApprovalRecord] = Field(
+        default_factory=list, max_length=10, description="Approvals received so far."
+    )
+    evidence: list[Measurement] = Field(
+        default_factory=list,
+        max_length=MAX_MEASUREMENTS,
+        description="The measurements behind the decision.",
+    )
+
+
+class HistoryEntry(StatusModel):
+    """One revision of the release and how it ended."""
+
+    revision: int = Field(default=0, description="Revision number (1, 2, ...).")
+    spec_hash: str = Field(default="", description="First 16 hex of sha256 of the spec.")
+    model_version: str = Field(default="", description="spec.model.version of the revision.")
+    model_digest: str = Field(default="", description="spec.model.artifactDigest.")
+    image_digest: str = Field(default="", description="Digest of spec.code.image, if pinned.")
+    data_version: str = Field(default="", description="spec.data.version, if set.")
+    outcome: Outcome = Field(
+        default=Outcome.PROGRESSING,
+        description="Progressing, Promoted, RolledBack, Failed, Superseded or Retired.",
+    )
+    created_at: datetime | None = Field(default=None, description="When it was first seen.")
+    promoted_at: datetime | None = Field(default=None, description="When it became stable.")
+    finished_at: datetime | None = Field(default=None, description="When it stopped serving.")
+    reason: str = Field(default="", description="Why it ended this way.")
+
+
+class TimelineEntry(StatusModel):
+    """Something that happened, and why."""
+
+    at: datetime | None = Field(default=None, description="When.")
+    type: str = Field(default="", description="What, e.g. RollbackDecided, Promoted.")
+    revision: int = Field(default=0, description="Revision concerned.")
+    message: str = Field(default="", description="Why, in words.")
+    user: str = Field(default="", description="Who, when a human acted.")
+
+
+class Condition(StatusModel):
+    """kstatus-compatible condition (Ready, Progressing, Degraded, Stalled)."""
+
+    type: str = Field(default="", description="Ready, Progressing, Degraded or Stalled.")
+    status: ConditionStatus = Field(
+        default=ConditionStatus.UNKNOWN, description='"True", "False" or "Unknown".'
+    )
+    reason: str = Field(default="", description="CamelCase reason.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: datetime | None = Field(
+        default=None, description="When status last changed."
+    )
+    observed_generation: int = Field(
+        default=0, description="metadata.generation the condition was computed for."
+    )
+
+
+class ModelReleaseStatus(StatusModel):
+    """Observed state of a ModelRelease, written by the operator."""
+
+    observed_generation: int = Field(default=0, description="metadata.generation last acted on.")
+    phase: Phase = Field(
+        default=Phase.PENDING,
+        description="Pending, Progressing, Paused, AwaitingApproval, Promoted, RollingBack, "
+        "RolledBack or Failed.",
+    )
+    message: str = Field(default="", description="What is happening, in words.")
+    strategy: StrategyType | None = Field(
+        default=None, description="Active strategy: canary, blueGreen or shadow."
+    )
+    stable_revision: int = Field(
+        default=0, description="Last known-good revision serving users (0 = none yet)."
+    )
+    candidate_revision: int = Field(default=0, description="Revision being released (0 = none).")
+    current_revision: int = Field(default=0, description="Revision the current spec describes.")
+    weights: Weights = Field(default_factory=Weights, description="User traffic split.")
+    mirror_percent: int = Field(
+        default=0, ge=0, le=100, description="Percent mirrored to the candidate (shadow)."
+    )
+    current_step: int = Field(default=0, description="Index into the active step list.")
+    step_started_at: datetime | None = Field(
+        default=None, description="When the current step began."
+    )
+    analysis: AnalysisStatus = Field(
+        default_factory=AnalysisStatus, description="Analysis counters and measurements."
+    )
+    pending_decision: PendingDecision | None = Field(
+        default=None, description="Present while a human must decide."
+    )
+    history: list[HistoryEntry] = Field(
+        default_factory=list,
+        max_length=MAX_HISTORY,
+        description=f"Revisions, newest last (at most {MAX_HISTORY}).",
+    )
+    timeline: list[TimelineEntry] = Field(
+        default_factory=list,
+        max_length=MAX_TIMELINE,
+        description=f"What happened and why, newest last (at most {MAX_TIMELINE}).",
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16, description="kstatus conditions."
+    )
+
+
+class RolloutPolicyStatus(StatusModel):
+    """Observed state of a RolloutPolicy (lets kubectl show the strategy as a column)."""
+
+    observed_generation: int = Field(default=0, description="metadata.generation last validated.")
+    strategy: StrategyType | None = Field(
+        default=None, description="The strategy set in spec: canary, blueGreen or shadow."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16, description="Conditions, e.g. Ready."
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Whole objects
+# --------------------------------------------------------------------------------------
+
+
+class ObjectMeta(BaseModel):
+    """The subset of metadata the operator reads; everything else is kept as-is."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    name: str = ""
+    namespace: str = ""
+    uid: str = ""
+    generation: int = 0
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelRelease(BaseModel):
+    """A ModelRelease serves one ML model (artifact, serving image, data provenance) and
+    releases every change to it progressively under a RolloutPolicy (canary, blue-green or
+    shadow over Istio), rolling back to the last known-good revision when analysis fails.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    api_version: str = f"{API_GROUP}/{API_VERSION}"
+    kind: str = MODELRELEASE_KIND
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: ModelReleaseSpec
+    status: ModelReleaseStatus = Field(default_factory=ModelReleaseStatus)
+
+
+class RolloutPolicy(BaseModel):
+    """A RolloutPolicy says how ModelReleases that reference it are released (strategy),
+    judged (analysis metrics) and rolled back (automatically or after human approval).
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    api_version: str = f"{API_GROUP}/{API_VERSION}"
+    kind: str = ROLLOUTPOLICY_KIND
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: RolloutPolicySpec
+    status: RolloutPolicyStatus = Field(default_factory=RolloutPolicyStatus)
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+def spec_hash(spec: BaseModel | Mapping[str, Any]) -> str:
+    """First 16 hex of sha256 over the canonical JSON of a ModelRelease spec.
+
+    A mapping is validated as a ModelReleaseSpec first, so the hash does not depend on how
+    the spec was written. Canonical = dumped by alias, fields equal to their default left
+    out, keys sorted, no whitespace. Leaving defaults out makes an object defaulted by the
+    API server hash the same as the one the user wrote, and lets a new defaulted field be
+    added to the API without giving every existing release a new revision.
+    """
+    model = spec if isinstance(spec, BaseModel) else ModelReleaseSpec.model_validate(spec)
+    data = model.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def tag_image_error(release: ModelReleaseSpec, policy: RolloutPolicySpec) -> str | None:
+    """Runtime half of the pinned-image rule (CEL cannot see the policy).
+
+    Returns a message when the release uses a tag-only image that the policy does not
+    allow, None when the image is acceptable.
+    """
+    if image_digest(release.code.image) is not None:
+        return None
+    if not release.code.allow_tag_image:
+        return "code.image must be pinned by digest (<repo>@sha256:<64 hex>)"
+    if not policy.allow_tag_images:
+        return (
+            f"code.image {release.code.image!r} is not pinned by digest and the RolloutPolicy "
+            f"{release.policy_ref.name!r} does not set allowTagImages: true"
+        )
+    return None
+
+
+T = TypeVar("T")
+
+
+def append_bounded(items: Sequence[T], item: T, limit: int) -> list[T]:
+    """Append and drop the oldest entries so the list fits the status schema's maxItems."""
+    out = [*items, item]
+    return out[-limit:] if limit > 0 else []

@@ -1,0 +1,557 @@
+"""Valid examples and invalid variants of the Rewind API, shared by unit and sandbox tests.
+
+Each invalid case is a valid example with one mutation, so a rejection can only come from
+that mutation. The same table drives the pydantic models (tests/unit/test_api.py) and the
+API server's admission of the generated CRDs (tests/sandbox/test_api_admission.py), which
+keeps the two layers of validation in agreement.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+_DELETE = object()
+_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def load_examples() -> dict[str, list[dict[str, Any]]]:
+    """File name -> the documents in it."""
+    return {
+        path.name: [d for d in yaml.safe_load_all(path.read_text()) if d]
+        for path in sorted(EXAMPLES.glob("*.yaml"))
+    }
+
+
+def example(file: str, kind: str) -> dict[str, Any]:
+    """A deep copy of the document of ``kind`` in examples/``file``."""
+    for doc in load_examples()[file]:
+        if doc["kind"] == kind:
+            return copy.deepcopy(doc)
+    raise KeyError(f"no {kind} in {file}")
+
+
+def _tokens(path: str) -> list[str | int]:
+    return [name if name else int(index) for name, index in _TOKEN.findall(path)]
+
+
+def mutate(doc: dict[str, Any], path: str, value: Any = _DELETE) -> dict[str, Any]:
+    """Return a copy of ``doc`` with ``path`` (``a.b[0].c``) set to value, or deleted."""
+    out = copy.deepcopy(doc)
+    *parents, last = _tokens(path)
+    node: Any = out
+    for token in parents:
+        if isinstance(token, str) and token not in node:
+            node[token] = {}
+        node = node[token]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = copy.deepcopy(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Case:
+    """One invalid manifest and what the rejection must say."""
+
+    id: str
+    base: tuple[str, str]  # (example file, kind)
+    changes: tuple[tuple[str, Any], ...]  # (path, value or DELETE)
+    path: str  # field path the API server error must name
+    reason: str  # text the API server error must contain
+    pydantic: bool = True  # False: only the API server can see it (e.g. metadata, types)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def manifest(self) -> dict[str, Any]:
+        doc = example(*self.base)
+        for path, value in self.changes:
+            doc = mutate(doc, path, value)
+        return doc
+
+
+DELETE: Any = _DELETE
+FRAUD_MR = ("fraud-detection-canary.yaml", "ModelRelease")
+FRAUD_RP = ("fraud-detection-canary.yaml", "RolloutPolicy")
+CHAT_RP = ("chatbot-bluegreen-approval.yaml", "RolloutPolicy")
+REC_RP = ("recommender-shadow.yaml", "RolloutPolicy")
+D64 = "ab" * 32
+TAG_IMAGE = "registry.example.com/fraud-server:2.1.0"
+STEPS = "spec.strategy.canary.steps"
+M0 = "spec.analysis.metrics[0]"
+ON_SUCCESS = "spec.strategy.shadow.onSuccess"
+
+INVALID: list[Case] = [
+    # --- ModelRelease ---------------------------------------------------------------------
+    Case(
+        "missing-digest",
+        FRAUD_MR,
+        (("spec.model.artifactDigest", DELETE),),
+        "spec.model.artifactDigest",
+        "Required value",
+    ),
+    Case(
+        "short-digest",
+        FRAUD_MR,
+        (("spec.model.artifactDigest", "sha256:abc123"),),
+        "spec.model.artifactDigest",
+        "should match",
+    ),
+    Case(
+        "md5-digest",
+        FRAUD_MR,
+        (("spec.model.artifactDigest", "md5:" + "a" * 32),),
+        "spec.model.artifactDigest",
+        "should match",
+    ),
+    Case(
+        "uppercase-digest",
+        FRAUD_MR,
+        (("spec.model.artifactDigest", "sha256:" + "AB" * 32),),
+        "spec.model.artifactDigest",
+        "should match",
+    ),
+    Case(
+        "tag-only-image",
+        FRAUD_MR,
+        (("spec.code.image", TAG_IMAGE),),
+        "spec.code.image",
+        "pinned by digest",
+    ),
+    Case(
+        "tag-image-opt-out",
+        FRAUD_MR,
+        (("spec.code.image", TAG_IMAGE), ("spec.code.allowTagImage", False)),
+        "spec.code.image",
+        "pinned by digest",
+    ),
+    Case(
+        "image-with-space",
+        FRAUD_MR,
+        (("spec.code.image", "bad image@sha256:" + D64),),
+        "spec.code.image",
+        "should match",
+    ),
+    Case(
+        "bad-dependencies-digest",
+        FRAUD_MR,
+        (("spec.environment.dependenciesDigest", "sha256:xyz"),),
+        "spec.environment.dependenciesDigest",
+        "should match",
+    ),
+    Case(
+        "artifact-uri-without-scheme",
+        FRAUD_MR,
+        (("spec.model.artifactURI", "models/fraud/model.onnx"),),
+        "spec.model.artifactURI",
+        "should match",
+    ),
+    Case(
+        "unknown-format",
+        FRAUD_MR,
+        (("spec.model.format", "pickle"),),
+        "spec.model.format",
+        "Unsupported value",
+    ),
+    Case(
+        "unknown-signature-type",
+        FRAUD_MR,
+        (("spec.model.signatureRef", {"uri": "s3://m/sig", "type": "gpg"}),),
+        "spec.model.signatureRef.type",
+        "Unsupported value",
+    ),
+    Case(
+        "missing-policy-ref",
+        FRAUD_MR,
+        (("spec.policyRef", DELETE),),
+        "spec.policyRef",
+        "Required value",
+    ),
+    Case(
+        "missing-traffic", FRAUD_MR, (("spec.traffic", DELETE),), "spec.traffic", "Required value"
+    ),
+    Case(
+        "empty-hosts",
+        FRAUD_MR,
+        (("spec.traffic.hosts", []),),
+        "spec.traffic.hosts",
+        "should have at least 1 items",
+    ),
+    Case(
+        "bad-host",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["Fraud Example"]),),
+        "spec.traffic.hosts[0]",
+        "should match",
+    ),
+    Case(
+        "bad-gateway",
+        FRAUD_MR,
+        (("spec.traffic.gateways", ["istio system/public"]),),
+        "spec.traffic.gateways[0]",
+        "should match",
+    ),
+    Case(
+        "replicas-zero",
+        FRAUD_MR,
+        (("spec.serving.replicas", 0),),
+        "spec.serving.replicas",
+        "greater than or equal to 1",
+    ),
+    Case(
+        "replicas-too-many",
+        FRAUD_MR,
+        (("spec.serving.replicas", 101),),
+        "spec.serving.replicas",
+        "less than or equal to 100",
+    ),
+    Case(
+        "replicas-wrong-type",
+        FRAUD_MR,
+        (("spec.serving.replicas", "three"),),
+        "spec.serving.replicas",
+        "must be of type integer",
+    ),
+    Case(
+        "port-out-of-range",
+        FRAUD_MR,
+        (("spec.serving.port", 70000),),
+        "spec.serving.port",
+        "less than or equal to 65535",
+    ),
+    Case(
+        "readiness-path-relative",
+        FRAUD_MR,
+        (("spec.serving.readinessPath", "healthz"),),
+        "spec.serving.readinessPath",
+        "should match",
+    ),
+    Case(
+        "lineage-not-string",
+        FRAUD_MR,
+        (("spec.data.lineage.epochs", 12),),
+        "spec.data.lineage.epochs",
+        "must be of type string",
+    ),
+    Case(
+        "data-version-with-space",
+        FRAUD_MR,
+        (("spec.data.version", "main branch"),),
+        "spec.data.version",
+        "should match",
+    ),
+    Case(
+        "unknown-field-model",
+        FRAUD_MR,
+        (("spec.model.checksum", "x"),),
+        "spec.model.checksum",
+        "unknown field",
+    ),
+    Case(
+        "env-value-from",
+        FRAUD_MR,
+        (("spec.code.env", [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s"}}}]),),
+        "spec.code.env[0].valueFrom",
+        "unknown field",
+    ),
+    Case(
+        "model-wrong-type",
+        FRAUD_MR,
+        (("spec.model", "fraud-detector:2.1.0"),),
+        "spec.model",
+        "must be of type object",
+    ),
+    Case(
+        "release-name-too-long",
+        FRAUD_MR,
+        (("metadata.name", "fraud-" + "x" * 50),),
+        "metadata.name",
+        "may not be more than 50",
+        pydantic=False,
+    ),
+    Case(
+        "release-name-with-dot",
+        FRAUD_MR,
+        (("metadata.name", "fraud.v2"),),
+        "metadata.name",
+        "should match",
+        pydantic=False,
+    ),
+    # --- RolloutPolicy --------------------------------------------------------------------
+    Case(
+        "two-strategies",
+        FRAUD_RP,
+        (("spec.strategy.blueGreen", {"autoSwitch": True}),),
+        "spec.strategy",
+        "exactly one of",
+    ),
+    Case("no-strategy", FRAUD_RP, (("spec.strategy", {}),), "spec.strategy", "exactly one of"),
+    Case(
+        "missing-strategy",
+        FRAUD_RP,
+        (("spec.strategy", DELETE),),
+        "spec.strategy",
+        "Required value",
+    ),
+    Case(
+        "unknown-strategy",
+        FRAUD_RP,
+        (("spec.strategy", {"linear": {"steps": 3}}),),
+        "spec.strategy.linear",
+        "unknown field",
+    ),
+    Case(
+        "decreasing-weights",
+        FRAUD_RP,
+        ((STEPS, [{"weight": 50}, {"weight": 25}, {"weight": 10}]),),
+        STEPS,
+        "strictly increasing",
+    ),
+    Case(
+        "equal-weights",
+        FRAUD_RP,
+        ((STEPS, [{"weight": 10}, {"weight": 10}]),),
+        STEPS,
+        "strictly increasing",
+    ),
+    Case(
+        "weight-150",
+        FRAUD_RP,
+        ((f"{STEPS}[2].weight", 150),),
+        f"{STEPS}[2].weight",
+        "less than or equal to 100",
+    ),
+    Case(
+        "weight-0",
+        FRAUD_RP,
+        ((f"{STEPS}[0].weight", 0),),
+        f"{STEPS}[0].weight",
+        "greater than or equal to 1",
+    ),
+    Case(
+        "weight-wrong-type",
+        FRAUD_RP,
+        ((f"{STEPS}[0].weight", "10%"),),
+        f"{STEPS}[0].weight",
+        "must be of type integer",
+    ),
+    Case("no-steps", FRAUD_RP, ((STEPS, []),), STEPS, "should have at least 1 items"),
+    Case(
+        "pause-duration-and-manual",
+        FRAUD_RP,
+        ((f"{STEPS}[0].pause", {"duration": "5m", "manual": True}),),
+        f"{STEPS}[0].pause",
+        "exactly one of pause.duration",
+    ),
+    Case(
+        "pause-empty",
+        FRAUD_RP,
+        ((f"{STEPS}[0].pause", {}),),
+        f"{STEPS}[0].pause",
+        "exactly one of pause.duration",
+    ),
+    Case(
+        "bad-duration-words",
+        FRAUD_RP,
+        ((f"{STEPS}[0].pause.duration", "5 minutes"),),
+        f"{STEPS}[0].pause.duration",
+        "should match",
+    ),
+    Case(
+        "bad-duration-days",
+        FRAUD_RP,
+        (("spec.progressDeadline", "1d"),),
+        "spec.progressDeadline",
+        "should match",
+    ),
+    Case(
+        "duration-wrong-type",
+        FRAUD_RP,
+        (("spec.keepPreviousWarm", 600),),
+        "spec.keepPreviousWarm",
+        "must be of type string",
+    ),
+    Case(
+        "interval-below-1s",
+        FRAUD_RP,
+        (("spec.analysis.interval", "500ms"),),
+        "spec.analysis.interval",
+        "at least 1s",
+    ),
+    Case(
+        "min-greater-than-max",
+        FRAUD_RP,
+        ((f"{M0}.thresholds", {"min": 0.5, "max": 0.1}),),
+        f"{M0}.thresholds",
+        "less than or equal to thresholds.max",
+    ),
+    Case(
+        "no-thresholds",
+        FRAUD_RP,
+        ((f"{M0}.thresholds", {}),),
+        f"{M0}.thresholds",
+        "at least one of thresholds.min",
+    ),
+    Case(
+        "missing-thresholds",
+        FRAUD_RP,
+        ((f"{M0}.thresholds", DELETE),),
+        f"{M0}.thresholds",
+        "Required value",
+    ),
+    Case(
+        "threshold-wrong-type",
+        FRAUD_RP,
+        ((f"{M0}.thresholds", {"max": "5%"}),),
+        f"{M0}.thresholds.max",
+        "must be of type number",
+    ),
+    Case(
+        "unknown-template-variable",
+        FRAUD_RP,
+        ((f"{M0}.query", 'sum(rate(istio_requests_total{workload="{{canidate}}"}[1m]))'),),
+        f"{M0}.query",
+        "unknown template variable",
+    ),
+    Case(
+        "bad-metric-name", FRAUD_RP, ((f"{M0}.name", "Error_Rate"),), f"{M0}.name", "should match"
+    ),
+    Case(
+        "duplicate-metric-names",
+        FRAUD_RP,
+        (("spec.analysis.metrics[1].name", "error-rate"),),
+        "spec.analysis.metrics[1]",
+        "Duplicate value",
+    ),
+    Case(
+        "failure-limit-zero",
+        FRAUD_RP,
+        (("spec.analysis.failureLimit", 0),),
+        "spec.analysis.failureLimit",
+        "greater than or equal to 1",
+    ),
+    Case(
+        "unknown-no-data-policy",
+        FRAUD_RP,
+        (("spec.analysis.noData", "Skip"),),
+        "spec.analysis.noData",
+        "Unsupported value",
+    ),
+    Case(
+        "unknown-rollback-mode",
+        FRAUD_RP,
+        (("spec.rollback.mode", "manual"),),
+        "spec.rollback.mode",
+        "Unsupported value",
+    ),
+    Case(
+        "allow-tag-images-wrong-type",
+        FRAUD_RP,
+        (("spec.allowTagImages", "yes"),),
+        "spec.allowTagImages",
+        "must be of type boolean",
+        pydantic=False,
+    ),
+    Case(
+        "approval-without-approval-block",
+        CHAT_RP,
+        (("spec.rollback.approval", DELETE),),
+        "spec.rollback.approval",
+        "required when rollback.mode is approval",
+    ),
+    Case(
+        "approval-zero-approvers",
+        CHAT_RP,
+        (("spec.rollback.approval.requiredApprovers", 0),),
+        "spec.rollback.approval.requiredApprovers",
+        "greater than or equal to 1",
+    ),
+    Case(
+        "approval-unknown-timeout-action",
+        CHAT_RP,
+        (("spec.rollback.approval.onTimeout", "Ignore"),),
+        "spec.rollback.approval.onTimeout",
+        "Unsupported value",
+    ),
+    Case(
+        "shadow-canary-without-canary",
+        REC_RP,
+        ((f"{ON_SUCCESS}.canary", DELETE),),
+        f"{ON_SUCCESS}.canary",
+        "required when onSuccess.action is Canary",
+    ),
+    Case(
+        "shadow-bluegreen-without-bluegreen",
+        REC_RP,
+        ((f"{ON_SUCCESS}", {"action": "BlueGreen"}),),
+        f"{ON_SUCCESS}.blueGreen",
+        "required when onSuccess.action is BlueGreen",
+    ),
+    Case(
+        "shadow-stop-with-canary",
+        REC_RP,
+        ((f"{ON_SUCCESS}.action", "Stop"),),
+        f"{ON_SUCCESS}.canary",
+        "only allowed when onSuccess.action is Canary",
+    ),
+    Case(
+        "shadow-mirror-zero",
+        REC_RP,
+        (("spec.strategy.shadow.mirrorPercent", 0),),
+        "spec.strategy.shadow.mirrorPercent",
+        "greater than or equal to 1",
+    ),
+    Case(
+        "shadow-unknown-action",
+        REC_RP,
+        ((f"{ON_SUCCESS}.action", "Promote"),),
+        f"{ON_SUCCESS}.action",
+        "Unsupported value",
+    ),
+]
+
+#: Variants that look unusual but must be accepted.
+VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] = [
+    (
+        "tag-image-with-opt-in",
+        FRAUD_MR,
+        (("spec.code.image", TAG_IMAGE), ("spec.code.allowTagImage", True)),
+    ),
+    (
+        "minimal-release",
+        FRAUD_MR,
+        (
+            ("spec.data", DELETE),
+            ("spec.environment", DELETE),
+            ("spec.serving", DELETE),
+            ("spec.code.args", DELETE),
+            ("spec.code.env", DELETE),
+            ("spec.traffic.gateways", DELETE),
+        ),
+    ),
+    ("threshold-min-only", FRAUD_RP, ((f"{M0}.thresholds", {"min": 0.9}),)),
+    ("threshold-min-equals-max", FRAUD_RP, ((f"{M0}.thresholds", {"min": 1, "max": 1}),)),
+    ("single-step-to-100", FRAUD_RP, ((STEPS, [{"weight": 100}]),)),
+    ("template-with-spaces", FRAUD_RP, ((f"{M0}.query", 'up{pod=~"{{ candidateWorkload }}-.*"}'),)),
+    ("no-metrics", FRAUD_RP, (("spec.analysis.metrics", []),)),
+    (
+        "minimal-policy",
+        FRAUD_RP,
+        (
+            ("spec.analysis", DELETE),
+            ("spec.rollback", DELETE),
+            ("spec.progressDeadline", DELETE),
+            ("spec.keepPreviousWarm", DELETE),
+            ("spec.allowTagImages", DELETE),
+        ),
+    ),
+    ("shadow-stop", REC_RP, ((ON_SUCCESS, {"action": "Stop"}),)),
+]

@@ -1,0 +1,483 @@
+"""The pydantic API models: examples parse, invalid variants fail, helpers behave."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from rewind import api, crdgen
+from tests.api_cases import (
+    DELETE,
+    FRAUD_MR,
+    INVALID,
+    VALID_VARIANTS,
+    Case,
+    example,
+    load_examples,
+    mutate,
+)
+
+KINDS: dict[str, type[BaseModel]] = {
+    "ModelRelease": api.ModelRelease,
+    "RolloutPolicy": api.RolloutPolicy,
+}
+
+# Reasons that come from our own rules (CEL in the CRD, validators in the models), so both
+# layers must say the same thing. The others are the API server's generic wording.
+CUSTOM_REASONS = {
+    "pinned by digest",
+    "exactly one of",
+    "strictly increasing",
+    "exactly one of pause.duration",
+    "at least 1s",
+    "less than or equal to thresholds.max",
+    "at least one of thresholds.min",
+    "unknown template variable",
+    "required when rollback.mode is approval",
+    "required when onSuccess.action is Canary",
+    "required when onSuccess.action is BlueGreen",
+    "only allowed when onSuccess.action is Canary",
+}
+
+
+def parse(doc: dict[str, Any]) -> BaseModel:
+    return KINDS[doc["kind"]].model_validate(doc)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# --- examples ------------------------------------------------------------------------------
+
+
+def test_examples_exist() -> None:
+    assert set(load_examples()) == {
+        "fraud-detection-canary.yaml",
+        "chatbot-bluegreen-approval.yaml",
+        "recommender-shadow.yaml",
+    }
+
+
+@pytest.mark.parametrize(
+    ("file", "strategy"),
+    [
+        ("fraud-detection-canary.yaml", api.StrategyType.CANARY),
+        ("chatbot-bluegreen-approval.yaml", api.StrategyType.BLUE_GREEN),
+        ("recommender-shadow.yaml", api.StrategyType.SHADOW),
+    ],
+)
+def test_example_parses(file: str, strategy: api.StrategyType) -> None:
+    docs = [parse(d) for d in load_examples()[file]]
+    policies = [d for d in docs if isinstance(d, api.RolloutPolicy)]
+    releases = [d for d in docs if isinstance(d, api.ModelRelease)]
+    assert len(policies) == 1
+    assert len(releases) == 1
+    assert policies[0].spec.strategy.kind is strategy
+    assert releases[0].spec.policy_ref.name == policies[0].metadata.name
+    assert api.tag_image_error(releases[0].spec, policies[0].spec) is None
+    assert releases[0].status == api.ModelReleaseStatus()
+
+
+def test_example_details() -> None:
+    fraud = api.ModelRelease.model_validate(example(*FRAUD_MR))
+    assert fraud.spec.model.artifact_uri == "s3://models/fraud/2.1.0/model.onnx"
+    assert fraud.spec.model.format is api.ModelFormat.ONNX
+    assert fraud.spec.serving.resources.requests == {"cpu": "500m", "memory": "1Gi"}
+    chat = api.RolloutPolicy.model_validate(
+        example("chatbot-bluegreen-approval.yaml", "RolloutPolicy")
+    )
+    assert chat.spec.rollback.mode is api.RollbackMode.APPROVAL
+    assert chat.spec.rollback.approval is not None
+    assert chat.spec.rollback.approval.required_approvers == 2
+    assert any("{{stableWorkload}}" in m.query for m in chat.spec.analysis.metrics)
+    shadow = api.RolloutPolicy.model_validate(example("recommender-shadow.yaml", "RolloutPolicy"))
+    assert shadow.spec.strategy.shadow is not None
+    assert shadow.spec.strategy.shadow.on_success.action is api.ShadowAction.CANARY
+
+
+def test_round_trip_by_alias() -> None:
+    doc = example(*FRAUD_MR)
+    spec = api.ModelReleaseSpec.model_validate(doc["spec"])
+    dumped = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    assert dumped["model"]["artifactURI"] == doc["spec"]["model"]["artifactURI"]
+    assert "policyRef" in dumped
+    assert api.ModelReleaseSpec.model_validate(dumped) == spec
+
+
+def test_snake_case_construction() -> None:
+    ref = api.PolicyRef(name="p")
+    assert (
+        api.ModelSpec(
+            name="m",
+            version="1",
+            artifact_uri="s3://b/m",
+            artifact_digest="sha256:" + "a" * 64,
+        ).artifact_uri
+        == "s3://b/m"
+    )
+    assert ref.model_dump(by_alias=True) == {"name": "p"}
+
+
+# --- invalid variants (same table as the admission test) -----------------------------------
+
+
+@pytest.mark.parametrize("case", [c for c in INVALID if c.pydantic], ids=lambda c: c.id)
+def test_invalid_rejected_by_models(case: Case) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse(case.manifest())
+    locations = [_loc(e["loc"]) for e in info.value.errors()]
+    assert any(
+        case.path == loc or case.path.startswith(loc + ".") or case.path.startswith(loc + "[")
+        for loc in locations
+        if loc != "spec"
+    ), f"{case.id}: errors at {locations}, expected at {case.path}"
+    if case.reason in CUSTOM_REASONS:
+        assert case.reason in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "base", "changes"), VALID_VARIANTS, ids=lambda v: str(v))
+def test_valid_variants_accepted(
+    name: str, base: tuple[str, str], changes: tuple[tuple[str, Any], ...]
+) -> None:
+    doc = example(*base)
+    for path, value in changes:
+        doc = mutate(doc, path, value)
+    parse(doc)
+
+
+def test_invalid_table_is_big_enough() -> None:
+    assert len(INVALID) >= 30
+    assert len({c.id for c in INVALID}) == len(INVALID)
+
+
+def test_status_parses_empty_and_ignores_unknown() -> None:
+    assert api.ModelReleaseStatus.model_validate({}).phase is api.Phase.PENDING
+    status = api.ModelReleaseStatus.model_validate(
+        {
+            "phase": "AwaitingApproval",
+            "weights": {"stable": 90, "candidate": 10},
+            "pendingDecision": {"reason": "error-rate 0.12 > max 0.05", "requiredApprovers": 2},
+            "someFutureField": {"x": 1},
+            "analysis": {"measurements": [{"metric": "error-rate", "value": 0.12, "min": None}]},
+        }
+    )
+    assert status.phase is api.Phase.AWAITING_APPROVAL
+    assert status.weights.candidate == 10
+    assert status.pending_decision is not None
+    assert status.pending_decision.action is api.DecisionAction.ROLLBACK
+    assert status.analysis.measurements[0].verdict is api.Verdict.INCONCLUSIVE
+    assert api.RolloutPolicyStatus.model_validate({}).strategy is None
+
+
+def test_tag_image_needs_both_opt_ins() -> None:
+    release = api.ModelRelease.model_validate(
+        mutate(
+            mutate(example(*FRAUD_MR), "spec.code.image", "reg/x:1"),
+            "spec.code.allowTagImage",
+            True,
+        )
+    ).spec
+    policy = api.RolloutPolicy.model_validate(
+        example("fraud-detection-canary.yaml", "RolloutPolicy")
+    ).spec
+    error = api.tag_image_error(release, policy)
+    assert error is not None
+    assert "allowTagImages" in error
+    allowing = policy.model_copy(update={"allow_tag_images": True})
+    assert api.tag_image_error(release, allowing) is None
+
+
+def test_image_digest() -> None:
+    digest = "sha256:" + "c" * 64
+    assert api.image_digest(f"reg.example.com:5000/x/y:1.2@{digest}") == digest
+    assert api.image_digest("reg.example.com:5000/x/y:1.2") is None
+    assert api.image_digest("x@sha256:" + "c" * 63) is None
+
+
+def test_thresholds_verdict_is_inclusive() -> None:
+    t = api.Thresholds(min=0.1, max=0.5)
+    assert t.verdict(0.1) is api.Verdict.PASS
+    assert t.verdict(0.5) is api.Verdict.PASS
+    assert t.verdict(0.51) is api.Verdict.FAIL
+    assert t.verdict(0.09) is api.Verdict.FAIL
+    assert api.Thresholds(max=1).verdict(-100) is api.Verdict.PASS
+
+
+def test_append_bounded_keeps_newest() -> None:
+    items = list(range(api.MAX_TIMELINE))
+    out = api.append_bounded(items, 999, api.MAX_TIMELINE)
+    assert len(out) == api.MAX_TIMELINE
+    assert out[-1] == 999
+    assert out[0] == 1
+    assert items[-1] == api.MAX_TIMELINE - 1  # input untouched
+
+
+# --- durations -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("1m30s", 90.0),
+        ("250ms", 0.25),
+        ("0s", 0.0),
+        ("2h", 7200.0),
+        ("1h1m1s500ms", 3661.5),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert api.parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5", "1d", "m", "-1s", "1.5s", " 5s", "5 s", "5S", "s5"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        api.parse_duration(text)
+
+
+def test_duration_pattern_matches_parser() -> None:
+    for text in ["30s", "1h30m", "250ms", "5 minutes", "1d", ""]:
+        ok = re.fullmatch(api.DURATION_PATTERN.strip("^$"), text) is not None
+        try:
+            api.parse_duration(text)
+            parsed = True
+        except ValueError:
+            parsed = False
+        assert ok == parsed, text
+
+
+# --- spec hash -----------------------------------------------------------------------------
+
+
+def test_spec_hash_format_and_golden_value() -> None:
+    spec = {
+        "policyRef": {"name": "p"},
+        "model": {
+            "name": "m",
+            "version": "1",
+            "artifactURI": "s3://b/m",
+            "artifactDigest": "sha256:" + "a" * 64,
+        },
+        "code": {"image": "r/x@sha256:" + "b" * 64},
+        "traffic": {"hosts": ["m.example.com"]},
+    }
+    h = api.spec_hash(spec)
+    assert re.fullmatch(r"[0-9a-f]{16}", h)
+    # Pinned canonical form (sorted keys, no whitespace, defaults left out): changing it
+    # would give every existing release a new revision on upgrade.
+    canonical = (
+        '{"code":{"image":"r/x@sha256:' + "b" * 64 + '"},'
+        '"model":{"artifactDigest":"sha256:' + "a" * 64 + '","artifactURI":"s3://b/m",'
+        '"name":"m","version":"1"},"policyRef":{"name":"p"},'
+        '"traffic":{"hosts":["m.example.com"]}}'
+    )
+    assert h == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def test_spec_hash_stable_under_key_order_defaults_and_input_type() -> None:
+    doc = example(*FRAUD_MR)["spec"]
+    reordered = dict(reversed(list(copy.deepcopy(doc).items())))
+    reordered["model"] = dict(reversed(list(reordered["model"].items())))
+    spec = api.ModelReleaseSpec.model_validate(doc)
+    assert api.spec_hash(doc) == api.spec_hash(reordered) == api.spec_hash(spec)
+    # What the API server stores after applying the CRD defaults hashes the same.
+    minimal = mutate(doc, "serving", DELETE)
+    defaulted = mutate(
+        minimal,
+        "serving",
+        {"replicas": 1, "port": 8080, "resources": {}, "readinessPath": "/healthz"},
+    )
+    defaulted = mutate(defaulted, "code.allowTagImage", False)
+    assert api.spec_hash(minimal) == api.spec_hash(defaulted)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("model.artifactDigest", "sha256:" + "f" * 64),
+        ("code.image", "r/x@sha256:" + "e" * 64),
+        ("data.version", "abc1234"),
+        ("serving.replicas", 5),
+        ("code.env[0].value", "debug"),
+        ("traffic.hosts", ["other.example.com"]),
+    ],
+)
+def test_spec_hash_changes_with_content(path: str, value: Any) -> None:
+    doc = example(*FRAUD_MR)["spec"]
+    assert api.spec_hash(doc) != api.spec_hash(mutate(doc, path, value))
+
+
+def test_spec_hash_rejects_invalid_mapping() -> None:
+    with pytest.raises(ValidationError):
+        api.spec_hash({"model": {}})
+
+
+# --- query templates -----------------------------------------------------------------------
+
+VARS = api.query_variables(namespace="ns", release="fraud", candidate=3, stable=2, interval="1m")
+
+
+def test_query_variables_cover_the_documented_set() -> None:
+    assert set(VARS) == api.TEMPLATE_VARIABLES
+    assert VARS["candidateWorkload"] == "fraud-r3"
+    assert VARS["stableWorkload"] == "fraud-r2"
+
+
+def test_render_query() -> None:
+    out = api.render_query(
+        'rate(x{w="{{candidateWorkload}}",ns="{{ namespace }}"}[{{interval}}]) / {{stable}}', VARS
+    )
+    assert out == 'rate(x{w="fraud-r3",ns="ns"}[1m]) / 2'
+
+
+def test_render_query_leaves_promql_braces_alone() -> None:
+    q = 'sum by (le) (rate(h{a="b"}[5m])) and on() vector(1) {}'
+    assert api.render_query(q, VARS) == q
+
+
+def test_render_query_unknown_variable_names_it() -> None:
+    with pytest.raises(ValueError, match=r"unknown template variable \{\{canidate\}\}"):
+        api.render_query('x{w="{{canidate}}"}', VARS)
+
+
+def test_render_query_requires_a_value_for_every_variable() -> None:
+    with pytest.raises(ValueError, match=r"\{\{stable\}\}"):
+        api.render_query("{{stable}}", {"candidate": "1"})
+
+
+@pytest.mark.parametrize("bad", ["{{}}", "{{a b}}", "{{ release-name }}"])
+def test_render_query_malformed_placeholder(bad: str) -> None:
+    with pytest.raises(ValueError, match="malformed template placeholder"):
+        api.render_query(f"x{bad}", VARS)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "{{release}}-r{{ candidate }}",
+        'sum(x{a="{{stableWorkload}}"}) / on() vector(1)',
+        "x{a='b'}{",
+        "{}",
+        "{{canidate}}",
+        "{{release}",
+        "{{{release}}",
+        "{{}}",
+        "a\n{{interval}}\n{{ model }}",
+    ],
+)
+def test_cel_template_pattern_agrees_with_validator(query: str) -> None:
+    """The CRD's regex and the operator's validator must accept exactly the same queries."""
+    by_pattern = re.match(api.TEMPLATE_QUERY_PATTERN, query) is not None
+    try:
+        api.validate_template(query)
+        by_validator = True
+    except ValueError:
+        by_validator = False
+    assert by_pattern == by_validator
+
+
+def test_metric_query_validated_at_parse() -> None:
+    with pytest.raises(ValidationError, match="unknown template variable"):
+        api.MetricSpec.model_validate({"name": "m", "query": "{{model}}", "thresholds": {"max": 1}})
+
+
+def test_every_example_query_renders() -> None:
+    for docs in load_examples().values():
+        for doc in docs:
+            if doc["kind"] != "RolloutPolicy":
+                continue
+            for metric in api.RolloutPolicy.model_validate(doc).spec.analysis.metrics:
+                rendered = api.render_query(metric.query, VARS)
+                assert "{{" not in rendered
+                assert rendered.count("(") == rendered.count(")"), metric.name
+
+
+# --- generated schema invariants -------------------------------------------------------------
+
+
+def _walk(node: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:
+    out = [(path, node)]
+    for name, child in node.get("properties", {}).items():
+        out += _walk(child, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        out += _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        out += _walk(node["additionalProperties"], f"{path}.*")
+    return out
+
+
+@pytest.mark.parametrize(
+    "crd", [crdgen.modelrelease_crd(), crdgen.rolloutpolicy_crd()], ids=["mr", "rp"]
+)
+def test_crd_schema_is_structural_and_bounded(crd: dict[str, Any]) -> None:
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in _walk(schema, "root"):
+        assert not {"$ref", "anyOf", "oneOf", "allOf", "title", "const"} & set(node), path
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), path
+        for name, child in node.get("properties", {}).items():
+            if not f"{path}.{name}".startswith("root.metadata"):  # forbidden there
+                assert child.get("description"), f"{path}.{name} has no description"
+        if node.get("type") == "array":
+            assert "maxItems" in node, f"{path}: unbounded list (CEL cost)"
+        if node.get("type") == "string" and not path.startswith("root.status"):
+            bounded = "maxLength" in node or "enum" in node
+            assert bounded or path in {"root.apiVersion", "root.kind"}, f"{path}: unbounded"
+        if node.get("type") == "object" and "properties" in node:
+            assert "additionalProperties" not in node, path
+
+
+def test_crd_carries_cel_rules() -> None:
+    text = json.dumps([crdgen.modelrelease_crd(), crdgen.rolloutpolicy_crd()])
+    for fragment in [
+        "has(self.canary) ? 1 : 0",
+        "isSorted()",
+        "self.min <= self.max",
+        "self.mode != 'approval' || has(self.approval)",
+        "self.action != 'Canary' || has(self.canary)",
+        "self.metadata.name.size() <= 50",
+        "@sha256:[a-f0-9]{64}$",
+        "^sha256:[a-f0-9]{64}$",
+        api.DURATION_PATTERN,
+    ]:
+        assert fragment in text, fragment
+
+
+def test_status_schema_declares_every_status_field() -> None:
+    schema = crdgen.modelrelease_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    status = schema["properties"]["status"]
+    for name, field in api.ModelReleaseStatus.model_fields.items():
+        assert (field.alias or name) in status["properties"]
+    measurement = status["properties"]["analysis"]["properties"]["measurements"]
+    assert measurement["maxItems"] == api.MAX_MEASUREMENTS
+    assert status["properties"]["history"]["maxItems"] == api.MAX_HISTORY
+    assert status["properties"]["timeline"]["maxItems"] == api.MAX_TIMELINE
+    assert measurement["items"]["properties"]["min"]["nullable"] is True
+
+
+def test_printer_columns() -> None:
+    mr = crdgen.modelrelease_crd()["spec"]
+    cols = [c["name"] for c in mr["versions"][0]["additionalPrinterColumns"] if "priority" not in c]
+    assert cols == ["Phase", "Strategy", "Stable", "Candidate", "Weight", "Age"]
+    assert mr["names"]["shortNames"] == ["mr"]
+    assert mr["names"]["categories"] == ["rewind"]
+    assert mr["versions"][0]["subresources"] == {"status": {}}
+    rp = crdgen.rolloutpolicy_crd()["spec"]
+    assert [c["name"] for c in rp["versions"][0]["additionalPrinterColumns"]] == [
+        "Strategy",
+        "Mode",
+        "Age",
+    ]
+    assert rp["names"]["shortNames"] == ["rp"]
