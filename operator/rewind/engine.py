@@ -1,0 +1,1534 @@
+"""The pure decision engine: ``decide(inputs) -> Decision``.
+
+No I/O, no clock reads, no Kubernetes imports, deterministic. The Kopf handler observes the
+world (status, Deployments, annotations, fresh analysis results), calls :func:`decide`,
+applies the returned actions **in order**, then writes the returned status.
+
+One explicit state machine
+--------------------------
+``decide`` runs a fixed pipeline (see ``_PIPELINE``)::
+
+    record analysis -> expire a pending decision -> human actions
+        -> spec change + phase machine (to a fixpoint) -> housekeeping
+        -> desired state + conditions
+
+The phase machine is a dispatch table from ``status.phase`` to one small function
+(``_PHASES``); the rollout phases (Progressing/Paused) dispatch again on the kind of the
+current stage of the release plan (``_STAGES``, see :mod:`rewind.engine_plan`). Human
+actions dispatch on their kind (``_ACTIONS``). Every transition appends a timeline entry and
+emits an Event through ``_Ctx.record``.
+
+==================  ======================================  ===============================
+from                on                                      to
+==================  ======================================  ===============================
+(any) / Pending     spec hash differs from newest history   Progressing (new revision N+1,
+                                                            stage Ready); in-flight candidate
+                                                            Superseded; Failed if the image
+                                                            is tag-only and not allowed
+Progressing/Ready   candidate Available                     next stage (or Promoted when
+                                                            there is no stable yet)
+Progressing/Ready   progressDeadline passed                 Failed (candidate scaled to 0)
+Progressing/stage   duration elapsed + last analysis Pass   next stage; after the last one:
+                                                            Promoted (or Promoted/shadow Stop)
+Paused/manual gate  rewind.dev/promote                      next stage
+Progressing/Paused  failures >= failureLimit (or            automatic: RollingBack;
+                    consecutive >= consecutiveFailureLimit) approval: AwaitingApproval
+AwaitingApproval    N distinct approvals / timeout+Rollback RollingBack
+AwaitingApproval    reject / timeout+Resume                 Progressing/Paused (same stage,
+                                                            counters reset)
+in flight           rewind.dev/rollback (break glass)       RollingBack (target = stable);
+                                                            no stable yet: Failed
+Promoted            rewind.dev/rollback (break glass)       RollingBack (target = previous
+                                                            known-good revision)
+RollingBack         target Available (at once when warm:    RolledBack (or Failed when the
+                    same call)                              candidate never had live traffic)
+RollingBack         progressDeadline passed                 (stays) + condition Stalled
+Failed/RolledBack   rewind.dev/retry                        Progressing (same revision)
+Promoted            keepPreviousWarm / keepOldColour over   previous stable Retired (scaled 0)
+RolledBack/Failed   rollback.scaleDownDelay over            failed candidate scaled to 0
+==================  ======================================  ===============================
+
+Actions are level-based: every call re-emits ``EnsureRevision`` for the stable, the in-flight
+candidate and anything that still has live weight, and one ``SetRoutes`` for the current
+weights, so a lost write converges on the next call. Edge actions (``SnapshotRevision``,
+``EmitEvent``, ``RemoveAnnotation``) only come with a transition or a consumed annotation.
+Order: snapshots, workloads, routes, scale-downs, annotation removals, events.
+
+Choices worth knowing (documented in the tests too):
+
+* Revision numbers only grow. A spec whose hash equals an *older* revision's hash (the user
+  reverted Git) is still a new revision N+1: history is immutable and ordered.
+* ``status.currentStep`` indexes the engine's plan, whose stage 0 is "wait for Available".
+* Rollback target not warm (Deployment missing, 0 replicas or not Available): phase
+  RollingBack, ``EnsureRevision(target)``, traffic stays where it is until it is Available.
+  While RollingBack, ``stableRevision`` already names the target and ``candidateRevision``
+  the revision being left (its weight shows where traffic still goes).
+* A candidate that never received live user traffic (shadow, blue-green preview, stage
+  Ready) and is stopped by analysis or break glass ends with outcome Failed and phase
+  Failed, not RolledBack: users never saw its answers. Otherwise outcome/phase RolledBack.
+* Shadow ``onSuccess: Stop``: the candidate's outcome is Retired (reason says the shadow
+  passed), it is scaled down, the mirror removed, and the phase is Promoted (Ready=True:
+  the validation run the spec asked for is complete) while stable keeps serving.
+* Break glass in RolledBack/Failed/RollingBack is a no-op (a note): the last known-good is
+  already serving or being restored, and a re-delivered annotation must never roll back
+  twice. In Promoted it undoes the latest promotion.
+* Timers (approval expiry) that fell due before this call are applied before the human
+  actions seen in this call: an approval seen after ``expiresAt`` is late.
+* Analysis rounds: one call = one round stamped ``now``; a round is Fail if any measurement
+  fails, Inconclusive if none fails and one is inconclusive, else Pass. ``failures`` counts
+  failed measurements; ``consecutiveFailures`` adds a failing round's failed measurements and
+  is reset by a passing round (an inconclusive round leaves it). A stage advances only when
+  its latest round (after the stage began) passed. Measurements for a round already recorded
+  (``now <= analysis.lastRunAt``) are ignored, so a repeated call never double counts.
+* Without a usable policy only break glass is acted on (other annotations stay for later)
+  and a RollingBack completes; everything else holds with condition Stalled.
+* ``rewind.dev/promote`` at a manual gate while the candidate is not Available is left on
+  the object (not removed) and passes the gate once the candidate is Available again.
+* A spec change while RollingBack waits until the rollback completes (same call if it does).
+* Workload replicas: the revision the spec describes gets ``spec.serving.replicas``; any
+  other revision keeps its observed replica count, or the spec's when it is scaled to zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from pydantic import ValidationError
+
+from rewind.api import (
+    ANNOTATION_APPROVE_ROLLBACK,
+    ANNOTATION_PROMOTE,
+    ANNOTATION_REJECT_ROLLBACK,
+    ANNOTATION_RETRY,
+    ANNOTATION_ROLLBACK,
+    MAX_HISTORY,
+    MAX_MEASUREMENTS,
+    MAX_TIMELINE,
+    AnalysisStatus,
+    ApprovalRecord,
+    ApprovalTimeoutAction,
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    DecisionAction,
+    HistoryEntry,
+    Measurement,
+    ModelReleaseSpec,
+    ModelReleaseStatus,
+    Outcome,
+    PendingDecision,
+    Phase,
+    RollbackMode,
+    RolloutPolicySpec,
+    TimelineEntry,
+    TimelineType,
+    Verdict,
+    Weights,
+    image_digest,
+    parse_duration,
+    tag_image_error,
+)
+from rewind.engine_plan import Finish, Plan, Stage, StageKind, build_plan
+
+__all__ = [
+    "Action",
+    "ActionKind",
+    "Decision",
+    "EmitEvent",
+    "EnsureRevision",
+    "HumanAction",
+    "Inputs",
+    "RecordMetric",
+    "RemoveAnnotation",
+    "RevisionState",
+    "ScaleRevision",
+    "SetRoutes",
+    "SnapshotRevision",
+    "analysis_due",
+    "analysis_targets",
+    "decide",
+    "next_analysis_at",
+    "plan_for",
+]
+
+# --------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------
+
+ActionKind = Literal["approve-rollback", "reject-rollback", "rollback", "promote", "retry"]
+
+ANNOTATION_OF: Mapping[str, str] = {
+    "approve-rollback": ANNOTATION_APPROVE_ROLLBACK,
+    "reject-rollback": ANNOTATION_REJECT_ROLLBACK,
+    "rollback": ANNOTATION_ROLLBACK,
+    "promote": ANNOTATION_PROMOTE,
+    "retry": ANNOTATION_RETRY,
+}
+
+
+@dataclass(frozen=True)
+class RevisionState:
+    """Observed state of one revision's workload."""
+
+    revision: int
+    available: bool  # Deployment Available with the desired replicas ready
+    replicas: int  # desired replicas currently set
+    exists: bool  # the Deployment exists at all
+
+
+@dataclass(frozen=True)
+class HumanAction:
+    """A ``rewind.dev/`` annotation the handler read."""
+
+    kind: ActionKind
+    value: str  # annotation value (a reason, or "true")
+    user: str  # who set it ("" when unknown: one anonymous approver)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything one decision may depend on (the engine reads nothing else)."""
+
+    spec: ModelReleaseSpec
+    spec_hash: str  # hash of the current spec (api.spec_hash)
+    generation: int  # metadata.generation
+    policy: RolloutPolicySpec | None  # None: policyRef points at nothing
+    policy_error: str | None  # e.g. "RolloutPolicy 'x' not found"
+    status: ModelReleaseStatus  # as stored in the API server (may be empty on first sight)
+    revisions: Mapping[int, RevisionState]
+    measurements: Sequence[Measurement] | None  # this call's analysis round; None: none ran
+    actions: Sequence[HumanAction]
+    now: datetime  # tz-aware UTC
+    name: str = ""  # metadata.name (for the kubectl commands in messages)
+    namespace: str = ""  # metadata.namespace
+
+
+# --------------------------------------------------------------------------------------
+# Actions
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SnapshotRevision:
+    """Store the current spec as revision ``revision``'s ControllerRevision (idempotent:
+    create if absent; an existing snapshot with another hash is a conflict)."""
+
+    revision: int
+    spec_hash: str
+
+
+@dataclass(frozen=True)
+class EnsureRevision:
+    """Create or scale the Deployment+Service of ``revision`` from its stored snapshot."""
+
+    revision: int
+    replicas: int
+
+
+@dataclass(frozen=True)
+class ScaleRevision:
+    """Change only the replica count of ``revision`` (0: scale down, record stays)."""
+
+    revision: int
+    replicas: int
+
+
+@dataclass(frozen=True)
+class SetRoutes:
+    """One router write: live weights per revision (sum 100) plus an optional mirror."""
+
+    weights: Mapping[int, int]
+    mirror_revision: int | None
+    mirror_percent: int
+
+
+@dataclass(frozen=True)
+class RemoveAnnotation:
+    """The annotation was acted upon: remove it from the ModelRelease."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    """A Kubernetes Event on the ModelRelease."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RecordMetric:
+    """A gauge the handler may export (optional; the engine currently emits none)."""
+
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+Action = (
+    SnapshotRevision
+    | EnsureRevision
+    | ScaleRevision
+    | SetRoutes
+    | RemoveAnnotation
+    | EmitEvent
+    | RecordMetric
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The new status and what to do, in order: snapshots, workloads, routes, scale-downs,
+    annotation removals, events. ``requeue_after``: seconds until the next timer is due
+    (None: nothing is scheduled)."""
+
+    status: ModelReleaseStatus
+    actions: tuple[Action, ...]
+    requeue_after: float | None
+
+
+# --------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------
+
+IN_FLIGHT = frozenset({Phase.PROGRESSING, Phase.PAUSED, Phase.AWAITING_APPROVAL})
+ROLLING_OUT = frozenset({Phase.PROGRESSING, Phase.PAUSED})
+DEFAULT_SCALE_DOWN_DELAY = 30.0
+DEFAULT_PROGRESS_DEADLINE = 600.0
+MIN_REQUEUE = 1.0
+_MACHINE_STEPS = 64  # more than the longest plan (1 + 20 shadow/canary stages + promote)
+
+
+def _ts(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _dur(seconds: float) -> str:
+    s = int(seconds)
+    if s != seconds or s == 0:
+        return f"{seconds:g}s"
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (sec, "s")) if v) or "0s"
+
+
+def _who(user: str) -> str:
+    return user or "anonymous"
+
+
+def plan_for(status: ModelReleaseStatus, policy: RolloutPolicySpec) -> Plan:
+    """The plan ``status.currentStep`` indexes (first release: no stable revision yet)."""
+    return build_plan(policy, first_release=status.stable_revision == 0)
+
+
+def next_analysis_at(status: ModelReleaseStatus, policy: RolloutPolicySpec) -> datetime | None:
+    """When the next analysis round of the current stage is due (None: no stage running).
+
+    A stage's first round comes one interval after it began, so the ``{{interval}}`` window
+    of the query covers traffic of this stage only.
+    """
+    base = status.step_started_at
+    if base is None:
+        return None
+    last = status.analysis.last_run_at
+    if last is not None and last > base:
+        base = last
+    return base + timedelta(seconds=parse_duration(policy.analysis.interval))
+
+
+def _active_stage(status: ModelReleaseStatus, policy: RolloutPolicySpec) -> Stage | None:
+    if status.phase not in ROLLING_OUT or not status.candidate_revision:
+        return None
+    return plan_for(status, policy).stage(status.current_step)
+
+
+def analysis_due(
+    status: ModelReleaseStatus, policy: RolloutPolicySpec | None, now: datetime
+) -> bool:
+    """Whether the handler should run the policy's metrics before calling :func:`decide`."""
+    if policy is None or not policy.analysis.metrics:
+        return False
+    stage = _active_stage(status, policy)
+    if stage is None or not stage.analysed:
+        return False
+    due = next_analysis_at(status, policy)
+    return due is not None and now >= due
+
+
+def analysis_targets(status: ModelReleaseStatus) -> tuple[int, int] | None:
+    """``(candidate, stable)`` revisions an analysis round measures, or None."""
+    if status.phase not in ROLLING_OUT:
+        return None
+    if not status.candidate_revision or not status.stable_revision:
+        return None
+    return status.candidate_revision, status.stable_revision
+
+
+def _round_verdict(round_: Sequence[Measurement]) -> Verdict | None:
+    if not round_:
+        return None
+    verdicts = {m.verdict for m in round_}
+    if Verdict.FAIL in verdicts:
+        return Verdict.FAIL
+    if Verdict.INCONCLUSIVE in verdicts:
+        return Verdict.INCONCLUSIVE
+    return Verdict.PASS
+
+
+def _latest_round(status: ModelReleaseStatus) -> list[Measurement]:
+    """Measurements of the candidate's most recent analysis round."""
+    last = status.analysis.last_run_at
+    cand = status.candidate_revision
+    if last is None:
+        return []
+    return [m for m in status.analysis.measurements if m.at == last and m.revision == cand]
+
+
+# --------------------------------------------------------------------------------------
+# The working context of one decision
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Ctx:
+    inp: Inputs
+    s: ModelReleaseStatus
+    policy: RolloutPolicySpec | None
+    policy_error: str | None
+    snapshots: list[Action] = field(default_factory=list)
+    scale_downs: list[ScaleRevision] = field(default_factory=list)
+    annotations: list[RemoveAnnotation] = field(default_factory=list)
+    events: list[EmitEvent] = field(default_factory=list)
+    wakeups: list[datetime] = field(default_factory=list)
+    stalled: str | None = None  # stall reason found this call (besides policy / phase)
+    deferred_spec: bool = False  # the spec changed while rolling back
+    kept: set[str] = field(default_factory=set)  # action kinds left on the object
+    rollback_started: bool = False  # this call moved to RollingBack
+
+    @property
+    def now(self) -> datetime:
+        return self.inp.now
+
+    # ---- policy knobs (defaults when the policy is unusable) --------------------------
+
+    @property
+    def scale_down_delay(self) -> float:
+        if self.policy is None:
+            return DEFAULT_SCALE_DOWN_DELAY
+        return parse_duration(self.policy.rollback.scale_down_delay)
+
+    @property
+    def progress_deadline(self) -> float:
+        if self.policy is None:
+            return DEFAULT_PROGRESS_DEADLINE
+        return parse_duration(self.policy.progress_deadline)
+
+    def plan(self) -> Plan | None:
+        return None if self.policy is None else plan_for(self.s, self.policy)
+
+    def stage(self) -> Stage | None:
+        plan = self.plan()
+        return None if plan is None else plan.stage(self.s.current_step)
+
+    # ---- observations -----------------------------------------------------------------
+
+    def observed(self, revision: int) -> RevisionState | None:
+        return self.inp.revisions.get(revision)
+
+    def available(self, revision: int) -> bool:
+        obs = self.observed(revision)
+        return obs is not None and obs.exists and obs.available and obs.replicas > 0
+
+    def entry(self, revision: int) -> HistoryEntry | None:
+        for e in self.s.history:
+            if e.revision == revision:
+                return e
+        return None
+
+    # ---- effects ----------------------------------------------------------------------
+
+    def wake(self, at: datetime) -> None:
+        self.wakeups.append(at)
+
+    def scale_down(self, revision: int) -> None:
+        action = ScaleRevision(revision, 0)
+        if revision and action not in self.scale_downs:
+            self.scale_downs.append(action)
+
+    def record(
+        self,
+        type_: str,
+        message: str,
+        *,
+        revision: int | None = None,
+        user: str = "",
+        warning: bool = False,
+    ) -> None:
+        """A transition: timeline entry + Event."""
+        rev = (
+            revision
+            if revision is not None
+            else (self.s.candidate_revision or self.s.stable_revision)
+        )
+        self.s.timeline.append(
+            TimelineEntry(at=self.now, type=str(type_), revision=rev, message=message, user=user)
+        )
+        self.events.append(EmitEvent("Warning" if warning else "Normal", str(type_), message))
+
+    def note(self, type_: str, message: str, *, user: str = "") -> None:
+        """Not a transition (an ignored action): recorded once even if delivered again."""
+        last = self.s.timeline[-1] if self.s.timeline else None
+        if last is not None and (last.type, last.message, last.user) == (type_, message, user):
+            return
+        self.record(type_, message, user=user)
+
+
+# --------------------------------------------------------------------------------------
+# Transitions shared by several states
+# --------------------------------------------------------------------------------------
+
+
+def _weights_for(ctx: _Ctx, stage: Stage) -> Weights:
+    if not ctx.s.stable_revision:
+        return Weights(stable=0, candidate=0)  # first release: no traffic until promoted
+    return Weights(stable=100 - stage.weight, candidate=stage.weight)
+
+
+def _enter_stage(ctx: _Ctx, plan: Plan, index: int) -> None:
+    s = ctx.s
+    stage = plan.stages[index]
+    s.current_step = index
+    s.step_started_at = ctx.now
+    s.strategy = stage.strategy
+    s.weights = _weights_for(ctx, stage)
+    s.mirror_percent = stage.mirror
+    s.phase = Phase.PAUSED if stage.manual else Phase.PROGRESSING
+    s.message = f"r{s.candidate_revision}: {stage.label}"
+    if stage.kind == StageKind.READY:
+        return  # recorded by the caller as RevisionCreated / Retry
+    ctx.record(
+        TimelineType.STEP_STARTED,
+        f"r{s.candidate_revision}: {stage.label} (stable r{s.stable_revision} "
+        f"{s.weights.stable}%, mirror {s.mirror_percent}%)",
+    )
+    if stage.manual:
+        ctx.record(
+            TimelineType.PAUSED,
+            f"r{s.candidate_revision} paused at {stage.label}; to continue run: "
+            f"{_kubectl(ctx, ANNOTATION_PROMOTE, 'true')}",
+        )
+
+
+def _advance(ctx: _Ctx, plan: Plan) -> None:
+    if plan.is_last(ctx.s.current_step):
+        _FINISH[plan.finish](ctx)
+    else:
+        _enter_stage(ctx, plan, ctx.s.current_step + 1)
+
+
+def _promote(ctx: _Ctx) -> None:
+    s = ctx.s
+    cand, prev = s.candidate_revision, s.stable_revision
+    entry = ctx.entry(cand)
+    if entry is not None:
+        entry.outcome = Outcome.PROMOTED
+        entry.promoted_at = ctx.now
+        entry.finished_at = None
+        entry.reason = ""
+    kept = ""
+    old = ctx.entry(prev) if prev else None
+    if old is not None:
+        old.finished_at = ctx.now  # stopped serving; retired after the keep-warm window
+        old.reason = f"replaced by r{cand}"
+        plan = ctx.plan()
+        if plan is not None:
+            kept = f"; r{prev} stays warm for {_dur(plan.warm_for)}"
+    s.stable_revision = cand
+    s.candidate_revision = 0
+    s.weights = Weights(stable=100, candidate=0)
+    s.mirror_percent = 0
+    s.current_step = 0
+    s.step_started_at = None
+    s.pending_decision = None
+    s.phase = Phase.PROMOTED
+    s.message = f"r{cand} promoted: serving 100% of traffic{kept}"
+    ctx.record(TimelineType.PROMOTED, s.message, revision=cand)
+
+
+def _shadow_stop(ctx: _Ctx) -> None:
+    s = ctx.s
+    cand = s.candidate_revision
+    entry = ctx.entry(cand)
+    reason = (
+        "shadow analysis passed (onSuccess: Stop): validated on mirrored traffic, "
+        "never served users"
+    )
+    if entry is not None:
+        entry.outcome = Outcome.RETIRED
+        entry.finished_at = ctx.now
+        entry.reason = reason
+    s.candidate_revision = 0
+    s.weights = Weights(stable=100, candidate=0)
+    s.mirror_percent = 0
+    s.current_step = 0
+    s.step_started_at = None
+    s.phase = Phase.PROMOTED
+    s.message = (
+        f"shadow validation of r{cand} passed (onSuccess: Stop); "
+        f"r{s.stable_revision} keeps serving users"
+    )
+    ctx.record("ShadowPassed", s.message, revision=cand)
+
+
+_FINISH: Mapping[Finish, Callable[[_Ctx], None]] = {
+    Finish.PROMOTE: _promote,
+    Finish.STOP: _shadow_stop,
+}
+
+
+def _fail_candidate(ctx: _Ctx, reason: str) -> None:
+    """Stop the in-flight candidate without a rollback target (stage Ready / first release)."""
+    s = ctx.s
+    cand = s.candidate_revision
+    entry = ctx.entry(cand)
+    if entry is not None:
+        entry.outcome = Outcome.FAILED
+        entry.finished_at = ctx.now
+        entry.reason = reason
+    s.weights = Weights(stable=100 if s.stable_revision else 0, candidate=0)
+    s.mirror_percent = 0
+    s.pending_decision = None
+    s.step_started_at = None
+    s.phase = Phase.FAILED
+    s.message = f"r{cand} failed: {reason}"
+    ctx.scale_down(cand)
+    ctx.record(TimelineType.FAILED, s.message, revision=cand, warning=True)
+
+
+def _start_rollback(ctx: _Ctx, target: int, leaving: int, reason: str) -> None:
+    """Move to RollingBack towards ``target``; the machine completes it when warm."""
+    s = ctx.s
+    traffic: dict[int, int] = {}
+    for rev, w in (
+        (s.stable_revision, s.weights.stable),
+        (s.candidate_revision, s.weights.candidate),
+    ):
+        if rev:
+            traffic[rev] = traffic.get(rev, 0) + w
+    live = traffic.get(leaving, 0) > 0
+    s.pending_decision = None
+    s.stable_revision = target
+    s.candidate_revision = leaving
+    s.weights = Weights(stable=traffic.get(target, 0), candidate=traffic.get(leaving, 0))
+    if s.weights.stable + s.weights.candidate != 100:  # defensive: a hand-edited status
+        s.weights = Weights(stable=0, candidate=100) if live else Weights(stable=100)
+    s.mirror_percent = 0
+    left = ctx.entry(leaving)
+    if left is not None:
+        left.outcome = Outcome.ROLLED_BACK if live else Outcome.FAILED
+        left.reason = reason
+    back = ctx.entry(target)
+    if back is not None and back.finished_at is not None:  # warm or retired previous stable
+        back.outcome = Outcome.PROMOTED
+        back.finished_at = None
+        back.reason = f"restored by a rollback from r{leaving}"
+    s.current_step = 0
+    s.step_started_at = ctx.now
+    s.phase = Phase.ROLLING_BACK
+    ctx.rollback_started = True
+    s.message = f"rolling back from r{leaving} to r{target}: {reason}"
+
+
+def _resume(ctx: _Ctx) -> None:
+    """Back to the current stage after a rejected or timed-out decision."""
+    s = ctx.s
+    s.pending_decision = None
+    s.analysis.failures = 0
+    s.analysis.consecutive_failures = 0
+    s.analysis.inconclusive = 0
+    stage = ctx.stage()
+    s.phase = Phase.PAUSED if stage is not None and stage.manual else Phase.PROGRESSING
+    s.message = f"r{s.candidate_revision}: rollout resumed" + (
+        f" at {stage.label}" if stage is not None else ""
+    )
+
+
+def _kubectl(ctx: _Ctx, annotation: str, value: str) -> str:
+    name = ctx.inp.name or "<name>"
+    ns = ctx.inp.namespace or "<namespace>"
+    return f"kubectl annotate modelrelease/{name} -n {ns} {annotation}={value}"
+
+
+def _decide_rollback(ctx: _Ctx, reason: str) -> None:
+    s = ctx.s
+    assert ctx.policy is not None
+    rollback = ctx.policy.rollback
+    cand, stable = s.candidate_revision, s.stable_revision
+    if not stable:  # nothing to go back to (cannot happen: first releases are not analysed)
+        _fail_candidate(ctx, reason)
+        return
+    if rollback.mode == RollbackMode.AUTOMATIC or rollback.approval is None:
+        ctx.record(
+            TimelineType.ROLLBACK_DECIDED,
+            f"rolling back r{cand} to r{stable}: {reason}",
+            revision=cand,
+            warning=True,
+        )
+        _start_rollback(ctx, stable, cand, reason)
+        return
+    approval = rollback.approval
+    expires = ctx.now + timedelta(seconds=parse_duration(approval.timeout))
+    evidence = [m for m in s.analysis.measurements if m.revision == cand][-MAX_MEASUREMENTS:]
+    s.pending_decision = PendingDecision(
+        action=DecisionAction.ROLLBACK,
+        reason=reason,
+        decided_at=ctx.now,
+        expires_at=expires,
+        required_approvers=approval.required_approvers,
+        approvals=[],
+        evidence=evidence,
+    )
+    s.phase = Phase.AWAITING_APPROVAL
+    s.message = (
+        f"rollback of r{cand} to r{stable} proposed: {reason}; waiting for "
+        f"{approval.required_approvers} approver(s) until {_ts(expires)} "
+        f"(then {approval.on_timeout.value}); traffic holds"
+    )
+    ctx.record(
+        TimelineType.APPROVAL_REQUESTED,
+        f"{s.message}. Approve: {_kubectl(ctx, ANNOTATION_APPROVE_ROLLBACK, 'true')} ; "
+        f"reject: {_kubectl(ctx, ANNOTATION_REJECT_ROLLBACK, '<reason>')}",
+        revision=cand,
+        warning=True,
+    )
+
+
+def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
+    """Begin releasing ``revision`` (a new one, or the failed current one on retry)."""
+    s, spec, policy = ctx.s, ctx.inp.spec, ctx.policy
+    assert policy is not None
+    entry = ctx.entry(revision)
+    if fresh or entry is None:
+        entry = HistoryEntry(
+            revision=revision,
+            spec_hash=ctx.inp.spec_hash,
+            model_version=spec.model.version,
+            model_digest=spec.model.artifact_digest,
+            image_digest=image_digest(spec.code.image) or "",
+            data_version=spec.data.version if spec.data is not None else "",
+            outcome=Outcome.PROGRESSING,
+            created_at=ctx.now,
+        )
+        s.history.append(entry)
+    else:
+        entry.outcome = Outcome.PROGRESSING
+        entry.finished_at = None
+        entry.reason = ""
+    s.current_revision = revision
+    s.candidate_revision = revision
+    s.analysis = AnalysisStatus()
+    s.pending_decision = None
+    error = tag_image_error(spec, policy)
+    if error is not None:
+        entry.outcome = Outcome.FAILED
+        entry.finished_at = ctx.now
+        entry.reason = error
+        s.weights = Weights(stable=100 if s.stable_revision else 0, candidate=0)
+        s.mirror_percent = 0
+        s.step_started_at = None
+        s.phase = Phase.FAILED
+        s.message = f"r{revision} failed: {error}"
+        ctx.record(TimelineType.FAILED, s.message, revision=revision, warning=True)
+        return
+    ctx.snapshots.append(SnapshotRevision(revision, ctx.inp.spec_hash))
+    against = f"against stable r{s.stable_revision}" if s.stable_revision else "first release"
+    if fresh:
+        ctx.record(
+            TimelineType.REVISION_CREATED,
+            f"r{revision} ({against}): model {spec.model.name} {spec.model.version} "
+            f"{spec.model.artifact_digest}, image {spec.code.image}, data "
+            f"{entry.data_version or '-'}, spec {ctx.inp.spec_hash}",
+            revision=revision,
+        )
+    plan = ctx.plan()
+    assert plan is not None
+    _enter_stage(ctx, plan, 0)
+
+
+# --------------------------------------------------------------------------------------
+# Pipeline step 1: analysis results of this call
+# --------------------------------------------------------------------------------------
+
+
+def _record_analysis(ctx: _Ctx) -> None:
+    s, policy, ms = ctx.s, ctx.policy, ctx.inp.measurements
+    if not ms or policy is None or s.phase not in ROLLING_OUT:
+        return
+    stage = ctx.stage()
+    if stage is None or not stage.analysed:
+        return
+    a = s.analysis
+    if a.last_run_at is not None and ctx.now <= a.last_run_at:
+        return  # this round is already recorded: never count twice
+    if s.step_started_at is not None and ctx.now <= s.step_started_at:
+        return  # the stage began this instant: the round measured the stage before it
+    cand = s.candidate_revision
+    round_ = [
+        m.model_copy(update={"at": ctx.now, "revision": cand})
+        for m in ms
+        if m.revision in (0, cand)
+    ]
+    if not round_:
+        return
+    before = _round_verdict(_latest_round(s))
+    verdict = _round_verdict(round_)
+    a.last_run_at = ctx.now
+    a.measurements = [*a.measurements, *round_][-MAX_MEASUREMENTS:]
+    a.inconclusive += sum(1 for m in round_ if m.verdict == Verdict.INCONCLUSIVE)
+    failed = [m for m in round_ if m.verdict == Verdict.FAIL]
+    analysis = policy.analysis
+    if verdict == Verdict.PASS:
+        a.consecutive_failures = 0
+        return
+    if verdict == Verdict.INCONCLUSIVE:
+        if before != Verdict.INCONCLUSIVE:
+            ctx.record(
+                "AnalysisInconclusive",
+                f"r{cand} analysis inconclusive at {stage.label}: "
+                + "; ".join(m.message or m.metric for m in round_ if m.verdict != Verdict.PASS)
+                + " (holding: no traffic increase, no rollback)",
+                revision=cand,
+                warning=True,
+            )
+        return
+    a.failures += len(failed)
+    a.consecutive_failures += len(failed)
+    detail = "; ".join(_describe(m) for m in failed)
+    limit_hit = a.failures >= analysis.failure_limit
+    consecutive_hit = (
+        analysis.consecutive_failure_limit > 0
+        and a.consecutive_failures >= analysis.consecutive_failure_limit
+    )
+    counts = f"failures {a.failures}/{analysis.failure_limit}"
+    if analysis.consecutive_failure_limit:
+        counts += f", consecutive {a.consecutive_failures}/{analysis.consecutive_failure_limit}"
+    ctx.record(
+        TimelineType.ANALYSIS_FAILED,
+        f"r{cand} at {stage.label}: {detail} ({counts})",
+        revision=cand,
+        warning=True,
+    )
+    if limit_hit or consecutive_hit:
+        _decide_rollback(ctx, f"{detail} ({counts})")
+
+
+def _describe(m: Measurement) -> str:
+    """``error-rate 0.12 > max 0.05 at <time>``: metric, value, threshold, time."""
+    what = m.message
+    if not what:
+        bounds = " ".join(
+            f"{k} {v:g}" for k, v in (("min", m.min), ("max", m.max)) if v is not None
+        )
+        value = "no data" if m.value is None else f"{m.value:g}"
+        what = f"{m.metric} {value} (thresholds {bounds or 'none'})"
+    return f"{what} at {_ts(m.at)}" if m.at is not None else what
+
+
+# --------------------------------------------------------------------------------------
+# Pipeline step 2: a pending decision whose deadline passed
+# --------------------------------------------------------------------------------------
+
+
+def _expire_decision(ctx: _Ctx) -> None:
+    s = ctx.s
+    pd = s.pending_decision
+    if s.phase != Phase.AWAITING_APPROVAL or pd is None or ctx.policy is None:
+        return
+    if pd.expires_at is None or ctx.now < pd.expires_at:
+        return
+    approval = ctx.policy.rollback.approval
+    on_timeout = approval.on_timeout if approval is not None else ApprovalTimeoutAction.ROLLBACK
+    cand = s.candidate_revision
+    got = f"{len(pd.approvals)}/{pd.required_approvers} approvals"
+    if on_timeout == ApprovalTimeoutAction.ROLLBACK:
+        ctx.record(
+            TimelineType.APPROVAL_TIMED_OUT,
+            f"no decision on r{cand} by {_ts(pd.expires_at)} ({got}): onTimeout Rollback",
+            revision=cand,
+            warning=True,
+        )
+        _start_rollback(
+            ctx,
+            s.stable_revision,
+            cand,
+            f"approval timed out at {_ts(pd.expires_at)}: {pd.reason}",
+        )
+    else:
+        ctx.record(
+            TimelineType.APPROVAL_TIMED_OUT,
+            f"no decision on r{cand} by {_ts(pd.expires_at)} ({got}): onTimeout Resume, "
+            "the rollout continues",
+            revision=cand,
+            warning=True,
+        )
+        _resume(ctx)
+
+
+# --------------------------------------------------------------------------------------
+# Pipeline step 3: human actions (annotations)
+# --------------------------------------------------------------------------------------
+
+
+def _last_decision_timeout(s: ModelReleaseStatus) -> TimelineEntry | None:
+    """The timeout entry of the most recent decision, if that decision timed out."""
+    for e in reversed(s.timeline):
+        if e.type == TimelineType.APPROVAL_TIMED_OUT:
+            return e
+        if e.type in (TimelineType.APPROVAL_REQUESTED, TimelineType.REJECTED):
+            return None
+    return None
+
+
+def _no_pending(ctx: _Ctx, what: str, user: str) -> None:
+    timeout = _last_decision_timeout(ctx.s)
+    late = ""
+    if timeout is not None and timeout.at is not None:
+        late = f" (the decision timed out at {_ts(timeout.at)} and was acted upon)"
+    ctx.note(
+        "ActionIgnored",
+        f"{what} by {_who(user)} ignored: no rollback decision is pending{late}",
+        user=user,
+    )
+
+
+def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
+    s = ctx.s
+    reason = f"break glass by {_who(a.user)}: {a.value or 'no reason given'}"
+    if s.phase in IN_FLIGHT and s.candidate_revision:
+        ctx.record(TimelineType.BREAK_GLASS, reason, user=a.user, warning=True)
+        if s.stable_revision:
+            _start_rollback(ctx, s.stable_revision, s.candidate_revision, reason)
+        else:
+            _fail_candidate(ctx, f"{reason} (first release: no known-good revision to restore)")
+        return
+    if s.phase == Phase.PROMOTED:
+        target = _previous_known_good(s)
+        if target is None:
+            ctx.note(
+                "ActionIgnored",
+                f"{reason} ignored: no known-good revision before r{s.stable_revision}",
+                user=a.user,
+            )
+            return
+        ctx.record(
+            TimelineType.BREAK_GLASS,
+            f"{reason} (r{s.stable_revision} -> r{target})",
+            revision=s.stable_revision,
+            user=a.user,
+            warning=True,
+        )
+        _start_rollback(ctx, target, s.stable_revision, reason)
+        return
+    state = {
+        Phase.ROLLING_BACK: f"already rolling back to r{s.stable_revision}",
+        Phase.ROLLED_BACK: f"already rolled back: r{s.stable_revision} is the last known-good",
+        Phase.FAILED: f"nothing in flight: r{s.stable_revision} is the last known-good",
+    }.get(s.phase, "nothing is released yet")
+    ctx.note("ActionIgnored", f"{reason} ignored: {state}", user=a.user)
+
+
+def _previous_known_good(s: ModelReleaseStatus) -> int | None:
+    good = [
+        e.revision
+        for e in s.history
+        if e.promoted_at is not None
+        and e.outcome in (Outcome.PROMOTED, Outcome.RETIRED)
+        and e.revision != s.stable_revision
+    ]
+    return max(good) if good else None
+
+
+def _act_approve(ctx: _Ctx, a: HumanAction) -> None:
+    s = ctx.s
+    pd = s.pending_decision
+    if s.phase != Phase.AWAITING_APPROVAL or pd is None:
+        _no_pending(ctx, "approval", a.user)
+        return
+    users = [r.user for r in pd.approvals]
+    if a.user in users:
+        ctx.note(
+            "ActionIgnored",
+            f"duplicate approval by {_who(a.user)} counts once "
+            f"({len(users)}/{pd.required_approvers})",
+            user=a.user,
+        )
+    else:
+        pd.approvals.append(ApprovalRecord(user=a.user, at=ctx.now))
+        users.append(a.user)
+        ctx.record(
+            TimelineType.APPROVED,
+            f"rollback of r{s.candidate_revision} approved by {_who(a.user)} "
+            f"({len(users)}/{pd.required_approvers})",
+            user=a.user,
+        )
+    if len(users) >= pd.required_approvers:
+        names = ", ".join(_who(u) for u in users)
+        _start_rollback(
+            ctx,
+            s.stable_revision,
+            s.candidate_revision,
+            f"rollback approved by {names}: {pd.reason}",
+        )
+
+
+def _act_reject(ctx: _Ctx, a: HumanAction) -> None:
+    s = ctx.s
+    if s.phase != Phase.AWAITING_APPROVAL or s.pending_decision is None:
+        _no_pending(ctx, "rejection", a.user)
+        return
+    ctx.record(
+        TimelineType.REJECTED,
+        f"rollback of r{s.candidate_revision} rejected by {_who(a.user)}: "
+        f"{a.value or 'no reason given'}; rollout resumes, failure counters reset",
+        user=a.user,
+    )
+    _resume(ctx)
+
+
+def _act_promote(ctx: _Ctx, a: HumanAction) -> None:
+    s = ctx.s
+    plan = ctx.plan()
+    stage = None if plan is None else plan.stage(s.current_step)
+    cand = s.candidate_revision
+    if plan is not None and stage is not None and s.phase in ROLLING_OUT and stage.manual:
+        if not ctx.available(cand):
+            # Kept on the object: the gate passes once the candidate is Available again.
+            ctx.note(
+                "PromoteWaiting",
+                f"promote by {_who(a.user)} waits: r{cand} is not Available",
+                user=a.user,
+            )
+            ctx.kept.add(a.kind)
+            return
+        ctx.record(
+            TimelineType.PROMOTE_REQUESTED,
+            f"{_who(a.user)} passed the manual gate of r{cand} ({stage.label})",
+            user=a.user,
+        )
+        _advance(ctx, plan)
+        return
+    if s.phase in ROLLING_OUT and stage is not None:
+        why = f"r{cand} is at {stage.label}, which is not a manual gate"
+    else:
+        why = f"phase is {s.phase.value}"
+    ctx.note("ActionIgnored", f"promote by {_who(a.user)} ignored: {why}", user=a.user)
+
+
+def _act_retry(ctx: _Ctx, a: HumanAction) -> None:
+    s = ctx.s
+    cur = ctx.entry(s.current_revision)
+    if (
+        s.phase in (Phase.FAILED, Phase.ROLLED_BACK)
+        and cur is not None
+        and cur.outcome in (Outcome.FAILED, Outcome.ROLLED_BACK)
+        and cur.spec_hash == ctx.inp.spec_hash
+    ):
+        ctx.record(
+            TimelineType.RETRY,
+            f"retry by {_who(a.user)}: r{cur.revision} starts again"
+            + (f" against stable r{s.stable_revision}" if s.stable_revision else ""),
+            revision=cur.revision,
+            user=a.user,
+        )
+        _start_revision(ctx, cur.revision, fresh=False)
+        return
+    why = (
+        "the spec changed (it becomes a new revision)"
+        if cur is not None and cur.spec_hash != ctx.inp.spec_hash
+        else f"phase is {s.phase.value}, only a Failed or RolledBack revision can be retried"
+    )
+    ctx.note("ActionIgnored", f"retry by {_who(a.user)} ignored: {why}", user=a.user)
+
+
+_ACTIONS: Mapping[str, Callable[[_Ctx, HumanAction], None]] = {
+    "rollback": _act_rollback,
+    "approve-rollback": _act_approve,
+    "reject-rollback": _act_reject,
+    "promote": _act_promote,
+    "retry": _act_retry,
+}
+# Break glass first: it must win over a promote or a gate seen in the same call.
+_ACTION_ORDER = ("rollback", "approve-rollback", "reject-rollback", "promote", "retry")
+
+
+def _consume_actions(ctx: _Ctx) -> None:
+    ordered = sorted(ctx.inp.actions, key=lambda a: _ACTION_ORDER.index(a.kind))
+    for action in ordered:
+        if ctx.policy is None and action.kind != "rollback":
+            continue  # left on the object: acted on once the policy is usable again
+        _ACTIONS[action.kind](ctx, action)
+        if action.kind in ctx.kept:
+            continue  # not acted upon yet: stays on the object for a later call
+        removal = RemoveAnnotation(ANNOTATION_OF[action.kind])
+        if removal not in ctx.annotations:
+            ctx.annotations.append(removal)
+
+
+# --------------------------------------------------------------------------------------
+# Pipeline step 4: the spec changed
+# --------------------------------------------------------------------------------------
+
+
+def _check_spec(ctx: _Ctx) -> None:
+    s = ctx.s
+    if ctx.policy is None:
+        return
+    newest = max(s.history, key=lambda e: e.revision) if s.history else None
+    if newest is not None and newest.spec_hash == ctx.inp.spec_hash:
+        return
+    if s.phase == Phase.ROLLING_BACK:
+        ctx.deferred_spec = True  # noted in the message once the machine has run
+        return
+    new = 1 + max(
+        [s.current_revision, s.candidate_revision, s.stable_revision]
+        + [e.revision for e in s.history]
+    )
+    cand = s.candidate_revision
+    if s.phase in IN_FLIGHT and cand and cand != s.stable_revision:
+        old = ctx.entry(cand)
+        if old is not None:
+            old.outcome = Outcome.SUPERSEDED
+            old.finished_at = ctx.now
+            old.reason = f"superseded by r{new} (the spec changed mid-rollout)"
+        ctx.scale_down(cand)
+        ctx.record("Superseded", f"r{cand} superseded by r{new}: the spec changed", revision=cand)
+    _start_revision(ctx, new, fresh=True)
+
+
+# --------------------------------------------------------------------------------------
+# Pipeline step 5: the phase machine
+# --------------------------------------------------------------------------------------
+
+
+def _phase_idle(ctx: _Ctx) -> None:
+    """Pending / Promoted / RolledBack / Failed: only humans or a new spec move these."""
+
+
+def _phase_rollout(ctx: _Ctx) -> None:
+    plan = ctx.plan()
+    if plan is None:
+        return  # no usable policy: hold where we are
+    stage = plan.stage(ctx.s.current_step)
+    if ctx.s.step_started_at is None:
+        ctx.s.step_started_at = ctx.now
+    _STAGES[stage.kind](ctx, plan, stage)
+
+
+def _phase_awaiting(ctx: _Ctx) -> None:
+    s = ctx.s
+    pd = s.pending_decision
+    if pd is None:  # inconsistent stored status: nothing to wait for
+        _resume(ctx)
+        return
+    if pd.expires_at is not None:
+        if ctx.now >= pd.expires_at:
+            _expire_decision(ctx)
+            return
+        ctx.wake(pd.expires_at)
+
+
+def _phase_rolling_back(ctx: _Ctx) -> None:
+    s = ctx.s
+    target, leaving = s.stable_revision, s.candidate_revision
+    left = ctx.entry(leaving)
+    if ctx.available(target):
+        s.weights = Weights(stable=100, candidate=0)
+        s.mirror_percent = 0
+        s.step_started_at = None
+        reason = left.reason if left is not None else "rollback"
+        if left is not None:
+            left.finished_at = ctx.now
+        failed = left is not None and left.outcome == Outcome.FAILED
+        s.phase = Phase.FAILED if failed else Phase.ROLLED_BACK
+        verb = "stopped before serving users" if failed else "rolled back"
+        s.message = f"r{leaving} {verb}; r{target} serves 100%: {reason}"
+        ctx.record(
+            TimelineType.FAILED if failed else TimelineType.ROLLED_BACK,
+            s.message,
+            revision=leaving,
+            warning=True,
+        )
+        return
+    obs = ctx.observed(target)
+    if obs is None or not obs.exists:
+        why = "has no Deployment (re-creating it from its snapshot)"
+    elif obs.replicas == 0:
+        why = "is scaled to zero (scaling it up)"
+    else:
+        why = "is not Available yet"
+    since = s.step_started_at or ctx.now
+    s.step_started_at = since
+    s.message = (
+        f"rolling back to r{target}: r{target} {why}; traffic stays on "
+        f"r{leaving} until r{target} is Available"
+    )
+    if ctx.rollback_started:  # announce the wait once, when the rollback begins
+        ctx.rollback_started = False
+        ctx.record(TimelineType.ROLLBACK_STARTED, s.message, revision=leaving, warning=True)
+    deadline = since + timedelta(seconds=ctx.progress_deadline)
+    if ctx.now >= deadline:
+        ctx.stalled = (
+            f"rollback target r{target} is not Available after {_dur(ctx.progress_deadline)} "
+            f"(since {_ts(since)}): check its pods"
+        )
+    else:
+        ctx.wake(deadline)
+
+
+_PHASES: Mapping[Phase, Callable[[_Ctx], None]] = {
+    Phase.PENDING: _phase_idle,
+    Phase.PROGRESSING: _phase_rollout,
+    Phase.PAUSED: _phase_rollout,
+    Phase.AWAITING_APPROVAL: _phase_awaiting,
+    Phase.PROMOTED: _phase_idle,
+    Phase.ROLLING_BACK: _phase_rolling_back,
+    Phase.ROLLED_BACK: _phase_idle,
+    Phase.FAILED: _phase_idle,
+}
+
+
+def _stage_ready(ctx: _Ctx, plan: Plan, stage: Stage) -> None:
+    s = ctx.s
+    cand = s.candidate_revision
+    if ctx.available(cand):
+        _advance(ctx, plan)
+        return
+    started = s.step_started_at or ctx.now
+    deadline = started + timedelta(seconds=ctx.progress_deadline)
+    if ctx.now >= deadline:
+        _fail_candidate(
+            ctx,
+            f"not Available within progressDeadline {_dur(ctx.progress_deadline)} "
+            f"(started {_ts(started)})",
+        )
+        return
+    ctx.wake(deadline)
+    s.message = f"r{cand}: waiting to become Available (deadline {_ts(deadline)})"
+
+
+def _stage_gate(ctx: _Ctx, plan: Plan, stage: Stage) -> None:
+    s = ctx.s
+    cand = s.candidate_revision
+    started = s.step_started_at or ctx.now
+    waits: list[str] = []
+    if stage.analysed and ctx.policy is not None:
+        due = next_analysis_at(s, ctx.policy)
+        if due is not None:
+            ctx.wake(due)
+    if stage.manual:
+        s.message = (
+            f"r{cand}: {stage.label}; paused until: {_kubectl(ctx, ANNOTATION_PROMOTE, 'true')}"
+        )
+        return
+    end = started + timedelta(seconds=stage.duration)
+    if ctx.now < end:
+        waits.append(f"holding until {_ts(end)}")
+        ctx.wake(end)
+    if stage.analysed:
+        latest = _latest_round(s)
+        fresh = bool(latest) and latest[0].at is not None and latest[0].at > started
+        verdict = _round_verdict(latest) if fresh else None
+        if verdict is None:
+            waits.append("waiting for the first analysis at this step")
+        elif verdict == Verdict.FAIL:
+            waits.append("waiting for a passing analysis (the last one failed)")
+        elif verdict == Verdict.INCONCLUSIVE:
+            waits.append("analysis inconclusive: holding")
+    if not ctx.available(cand):
+        waits.append(f"r{cand} is not Available")
+    if waits:
+        s.message = f"r{cand}: {stage.label}; " + "; ".join(waits)
+        return
+    _advance(ctx, plan)
+
+
+_STAGES: Mapping[StageKind, Callable[[_Ctx, Plan, Stage], None]] = {
+    StageKind.READY: _stage_ready,
+    StageKind.CANARY: _stage_gate,
+    StageKind.PREVIEW: _stage_gate,
+    StageKind.SWITCH: _stage_gate,
+    StageKind.POST_SWITCH: _stage_gate,
+    StageKind.SHADOW: _stage_gate,
+}
+
+
+def _run_machine(ctx: _Ctx) -> None:
+    """Dispatch on the phase until nothing changes, so a repeated call is a no-op."""
+    for _ in range(_MACHINE_STEPS):
+        ctx.wakeups.clear()  # only the timers of the state we end in matter
+        s = ctx.s
+        before = (s.phase, s.current_step, s.candidate_revision, s.stable_revision)
+        _PHASES[s.phase](ctx)
+        if (s.phase, s.current_step, s.candidate_revision, s.stable_revision) == before:
+            return
+
+
+# --------------------------------------------------------------------------------------
+# Pipeline step 6: scale down what is no longer needed
+# --------------------------------------------------------------------------------------
+
+
+def _scale_down_due(ctx: _Ctx, e: HistoryEntry, warm_for: float) -> datetime | None:
+    end = e.finished_at
+    if end is None:
+        return None
+    if e.outcome == Outcome.PROMOTED:  # the previous stable, kept warm
+        return end + timedelta(seconds=warm_for)
+    if e.outcome in (Outcome.FAILED, Outcome.ROLLED_BACK):
+        return end + timedelta(seconds=ctx.scale_down_delay)
+    if e.outcome in (Outcome.SUPERSEDED, Outcome.RETIRED):
+        return end
+    return None
+
+
+def _housekeeping(ctx: _Ctx) -> None:
+    s = ctx.s
+    plan = ctx.plan()
+    if plan is None:
+        return
+    protected = {s.stable_revision}
+    if s.phase in IN_FLIGHT or s.phase == Phase.ROLLING_BACK:
+        protected.add(s.candidate_revision)
+    for e in s.history:
+        if e.revision in protected:
+            continue
+        due = _scale_down_due(ctx, e, plan.warm_for)
+        if due is None:
+            continue
+        if ctx.now < due:
+            ctx.wake(due)
+            continue
+        if e.outcome == Outcome.PROMOTED:
+            e.outcome = Outcome.RETIRED
+            e.reason = f"{e.reason + '; ' if e.reason else ''}kept warm {_dur(plan.warm_for)}"
+            ctx.record(
+                "Retired",
+                f"r{e.revision} retired (scaled to zero; its record stays for rollbacks)",
+                revision=e.revision,
+            )
+        obs = ctx.observed(e.revision)
+        if obs is not None and obs.exists and obs.replicas > 0:
+            ctx.scale_down(e.revision)
+
+
+def _settle(ctx: _Ctx) -> None:
+    """Spec change, then the machine; a spec change deferred by a rollback that completes
+    in this very call is applied at once (so calling again changes nothing)."""
+    for _ in range(2):
+        ctx.deferred_spec = False
+        _check_spec(ctx)
+        _run_machine(ctx)
+        if not ctx.deferred_spec or ctx.s.phase == Phase.ROLLING_BACK:
+            return
+
+
+_PIPELINE: tuple[Callable[[_Ctx], None], ...] = (
+    _record_analysis,
+    _expire_decision,
+    _consume_actions,
+    _settle,
+    _housekeeping,
+)
+
+
+# --------------------------------------------------------------------------------------
+# Desired state, conditions, bounded lists
+# --------------------------------------------------------------------------------------
+
+
+def _replicas_for(ctx: _Ctx, revision: int) -> int:
+    if revision == ctx.s.current_revision:
+        return ctx.inp.spec.serving.replicas
+    obs = ctx.observed(revision)
+    if obs is not None and obs.exists and obs.replicas > 0:
+        return obs.replicas
+    return ctx.inp.spec.serving.replicas
+
+
+def _desired_state(ctx: _Ctx) -> list[Action]:
+    s = ctx.s
+    out: list[Action] = []
+    stable, cand = s.stable_revision, s.candidate_revision
+    if stable:
+        out.append(EnsureRevision(stable, _replicas_for(ctx, stable)))
+    if cand and cand != stable and (s.phase in IN_FLIGHT or s.weights.candidate > 0):
+        # The candidate in flight, or the revision a RollingBack still sends traffic to.
+        out.append(EnsureRevision(cand, _replicas_for(ctx, cand)))
+    weights: dict[int, int] = {}
+    for rev, w in ((stable, s.weights.stable), (cand, s.weights.candidate)):
+        if rev and w > 0:
+            weights[rev] = weights.get(rev, 0) + w
+    if sum(weights.values()) == 100:
+        mirror = s.mirror_percent if cand and cand != stable else 0
+        out.append(SetRoutes(weights, cand if mirror else None, mirror))
+    return out
+
+
+def _set_condition(ctx: _Ctx, type_: ConditionType, on: bool, reason: str, message: str) -> None:
+    """Upsert a condition. lastTransitionTime moves when the status or the reason changes
+    (so a Degraded reason such as AnalysisInconclusive carries its own start time)."""
+    status = ConditionStatus.TRUE if on else ConditionStatus.FALSE
+    for c in ctx.s.conditions:
+        if c.type == type_.value:
+            if c.status != status or c.reason != reason or c.last_transition_time is None:
+                c.last_transition_time = ctx.now
+            c.status, c.reason, c.message = status, reason, message
+            c.observed_generation = ctx.inp.generation
+            return
+    ctx.s.conditions.append(
+        Condition(
+            type=type_.value,
+            status=status,
+            reason=reason,
+            message=message,
+            last_transition_time=ctx.now,
+            observed_generation=ctx.inp.generation,
+        )
+    )
+
+
+def _condition(s: ModelReleaseStatus, type_: ConditionType) -> Condition | None:
+    return next((c for c in s.conditions if c.type == type_.value), None)
+
+
+def _conditions(ctx: _Ctx) -> None:
+    s = ctx.s
+    phase = s.phase
+    msg = s.message or phase.value
+    inconclusive = phase in ROLLING_OUT and _round_verdict(_latest_round(s)) == Verdict.INCONCLUSIVE
+    stall = ctx.policy_error or ctx.stalled
+
+    _set_condition(ctx, ConditionType.READY, phase == Phase.PROMOTED, phase.value, msg)
+    progressing = phase in IN_FLIGHT or phase == Phase.ROLLING_BACK
+    _set_condition(ctx, ConditionType.PROGRESSING, progressing, phase.value, msg)
+
+    if inconclusive:
+        prev = _condition(s, ConditionType.DEGRADED)
+        since = ctx.now
+        if (
+            prev is not None
+            and prev.status == ConditionStatus.TRUE
+            and prev.reason == "AnalysisInconclusive"
+            and prev.last_transition_time is not None
+        ):
+            since = prev.last_transition_time
+        last = "; ".join(
+            m.message or m.metric for m in _latest_round(s) if m.verdict != Verdict.PASS
+        )
+        detail = (
+            f"analysis inconclusive since {_ts(since)} ({s.analysis.inconclusive} inconclusive "
+            f"measurements; last: {last}): no traffic increase, no step advancement, no rollback"
+        )
+        _set_condition(ctx, ConditionType.DEGRADED, True, "AnalysisInconclusive", detail)
+        progressing_cond = _condition(s, ConditionType.PROGRESSING)
+        if progressing_cond is not None:
+            progressing_cond.message = f"{msg}; {detail}"
+    else:
+        degraded_reason = {
+            Phase.AWAITING_APPROVAL: "AnalysisFailed",
+            Phase.ROLLING_BACK: "RollingBack",
+            Phase.ROLLED_BACK: "RolledBack",
+            Phase.FAILED: "Failed",
+        }.get(phase)
+        _set_condition(
+            ctx,
+            ConditionType.DEGRADED,
+            degraded_reason is not None,
+            degraded_reason or "AsExpected",
+            msg if degraded_reason else "",
+        )
+
+    if stall:
+        reason = "PolicyError" if ctx.policy_error else "RollbackStalled"
+        _set_condition(ctx, ConditionType.STALLED, True, reason, stall)
+    elif phase in (Phase.FAILED, Phase.ROLLED_BACK):
+        cur = s.current_revision
+        hint = (
+            f"{msg}; the spec still describes r{cur}: annotate "
+            f"{ANNOTATION_RETRY}=true to try it again or change the spec"
+        )
+        _set_condition(ctx, ConditionType.STALLED, True, phase.value, hint)
+    else:
+        _set_condition(ctx, ConditionType.STALLED, False, "AsExpected", "")
+
+
+def _trim(s: ModelReleaseStatus) -> None:
+    s.analysis.measurements = s.analysis.measurements[-MAX_MEASUREMENTS:]
+    s.timeline = s.timeline[-MAX_TIMELINE:]
+    if s.pending_decision is not None:
+        s.pending_decision.evidence = s.pending_decision.evidence[-MAX_MEASUREMENTS:]
+        s.pending_decision.approvals = s.pending_decision.approvals[-10:]
+    keep = {s.stable_revision, s.candidate_revision, s.current_revision}
+    previous = _previous_known_good(s)
+    if previous is not None:
+        keep.add(previous)
+    while len(s.history) > MAX_HISTORY:
+        index = next((i for i, e in enumerate(s.history) if e.revision not in keep), 0)
+        del s.history[index]
+
+
+def _requeue(ctx: _Ctx) -> float | None:
+    if not ctx.wakeups:
+        return None
+    soonest = min(ctx.wakeups)
+    return max(MIN_REQUEUE, (soonest - ctx.now).total_seconds())
+
+
+# --------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------
+
+
+def _copy_status(status: ModelReleaseStatus) -> ModelReleaseStatus:
+    """A deep copy the engine may mutate (dump + validate: much faster than deepcopy)."""
+    try:
+        return ModelReleaseStatus.model_validate(status.model_dump())
+    except ValidationError:  # e.g. a hand-built status beyond the schema's bounds
+        return status.model_copy(deep=True)
+
+
+def decide(inputs: Inputs) -> Decision:
+    """Compute the next status and the actions that make the world match it."""
+    policy = inputs.policy if inputs.policy_error is None else None
+    error = inputs.policy_error
+    if policy is None and error is None:
+        error = f"RolloutPolicy {inputs.spec.policy_ref.name!r} not found"
+    ctx = _Ctx(
+        inp=inputs,
+        s=_copy_status(inputs.status),
+        policy=policy,
+        policy_error=error,
+    )
+    for step in _PIPELINE:
+        step(ctx)
+    s = ctx.s
+    s.observed_generation = inputs.generation
+    if error is not None and s.phase == Phase.PENDING:
+        s.message = f"waiting for a usable RolloutPolicy: {error}"
+    if ctx.deferred_spec and s.phase == Phase.ROLLING_BACK:
+        s.message += "; the spec changed: its new revision starts once the rollback is done"
+    _conditions(ctx)
+    _trim(s)
+    actions: list[Action] = [
+        *ctx.snapshots,
+        *_desired_state(ctx),
+        *ctx.scale_downs,
+        *ctx.annotations,
+        *ctx.events,
+    ]
+    return Decision(status=s, actions=tuple(actions), requeue_after=_requeue(ctx))

@@ -1,0 +1,217 @@
+"""The release plan: every strategy flattened into one list of stages.
+
+A RolloutPolicy's strategy (canary steps, blue-green preview/switch/post-switch, shadow
+optionally followed by a canary or blue-green) becomes a tuple of :class:`Stage` records
+plus a :class:`Finish`. ``status.currentStep`` is an index into that tuple, so the engine
+has one explicit state machine instead of one per strategy:
+
+========  ==========  =====================================================================
+index     kind        meaning
+========  ==========  =====================================================================
+0         Ready       wait until the candidate's Deployment is Available (progressDeadline)
+1..n      Canary      candidate at ``weight`` %; hold ``duration`` (or a manual gate)
+1         Preview     blue-green: candidate at 0 % while analysis runs (previewDuration)
+..        Switch      blue-green with autoSwitch false: manual gate before the switch
+..        PostSwitch  blue-green: candidate at 100 %, old colour warm (postSwitchDuration)
+1         Shadow      stable 100 %, ``mirror`` % copied to the candidate (duration)
+========  ==========  =====================================================================
+
+After the last stage passes, :class:`Finish` says what happens: ``Promote`` (the candidate
+becomes stable at 100 %) or ``Stop`` (shadow ``onSuccess: Stop``: a validation run; the
+candidate is retired without ever serving users).
+
+A first release (no stable revision yet) has the plan ``(Ready,)`` + Promote: there is
+nothing to compare against and nobody to protect, so it is promoted once Available.
+
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from rewind.api import (
+    BlueGreenStrategy,
+    CanaryStrategy,
+    RolloutPolicySpec,
+    ShadowAction,
+    StrategyType,
+    parse_duration,
+)
+
+__all__ = ["Finish", "Plan", "Stage", "StageKind", "build_plan"]
+
+
+class StageKind(StrEnum):
+    """What one stage of a plan does."""
+
+    READY = "Ready"
+    CANARY = "Canary"
+    PREVIEW = "Preview"
+    SWITCH = "Switch"
+    POST_SWITCH = "PostSwitch"
+    SHADOW = "Shadow"
+
+
+class Finish(StrEnum):
+    """What happens after the last stage passes."""
+
+    PROMOTE = "Promote"
+    STOP = "Stop"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a release: the traffic it sets and what it waits for."""
+
+    kind: StageKind
+    strategy: StrategyType
+    weight: int  # percent of live user traffic to the candidate
+    mirror: int  # percent of requests mirrored to the candidate
+    duration: float  # seconds the stage holds at least (0: no time gate)
+    manual: bool  # waits for rewind.dev/promote
+    analysed: bool  # analysis runs while the stage is active
+    label: str  # for messages: "canary step 2/3 at 50%"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Stages of a release plus what ends it."""
+
+    stages: tuple[Stage, ...]
+    finish: Finish
+    warm_for: float  # seconds the replaced stable stays up after a promotion
+
+    def stage(self, index: int) -> Stage:
+        """The stage at ``index``, clamped into range.
+
+        A policy edited mid-rollout may have fewer stages than ``status.currentStep``
+        assumes; the rollout then continues at the new last stage (never skips to promote).
+        """
+        return self.stages[max(0, min(index, len(self.stages) - 1))]
+
+    def is_last(self, index: int) -> bool:
+        """True when ``index`` is the final stage (or beyond it)."""
+        return index >= len(self.stages) - 1
+
+
+def _canary(canary: CanaryStrategy, interval: float, analysed: bool) -> list[Stage]:
+    stages: list[Stage] = []
+    total = len(canary.steps)
+    for i, step in enumerate(canary.steps):
+        manual = step.pause is not None and step.pause.manual
+        if step.pause is not None and step.pause.duration is not None:
+            duration = parse_duration(step.pause.duration)
+        elif manual:
+            duration = 0.0
+        else:
+            duration = interval  # no pause: move on after one analysis interval
+        stages.append(
+            Stage(
+                kind=StageKind.CANARY,
+                strategy=StrategyType.CANARY,
+                weight=step.weight,
+                mirror=0,
+                duration=duration,
+                manual=manual,
+                analysed=analysed,
+                label=f"canary step {i + 1}/{total} at {step.weight}%",
+            )
+        )
+    return stages
+
+
+def _blue_green(bg: BlueGreenStrategy, analysed: bool) -> list[Stage]:
+    stages = [
+        Stage(
+            kind=StageKind.PREVIEW,
+            strategy=StrategyType.BLUE_GREEN,
+            weight=0,
+            mirror=0,
+            duration=parse_duration(bg.preview_duration),
+            manual=False,
+            analysed=analysed,
+            label="blue-green preview at 0%",
+        )
+    ]
+    if not bg.auto_switch:
+        stages.append(
+            Stage(
+                kind=StageKind.SWITCH,
+                strategy=StrategyType.BLUE_GREEN,
+                weight=0,
+                mirror=0,
+                duration=0.0,
+                manual=True,
+                analysed=analysed,
+                label="blue-green waiting for the manual switch",
+            )
+        )
+    stages.append(
+        Stage(
+            kind=StageKind.POST_SWITCH,
+            strategy=StrategyType.BLUE_GREEN,
+            weight=100,
+            mirror=0,
+            duration=parse_duration(bg.post_switch_duration),
+            manual=False,
+            analysed=analysed,
+            label="blue-green post-switch at 100%",
+        )
+    )
+    return stages
+
+
+def build_plan(policy: RolloutPolicySpec, *, first_release: bool) -> Plan:
+    """Flatten the policy's strategy into stages (see the module docstring)."""
+    strategy = policy.strategy
+    analysed = bool(policy.analysis.metrics)
+    interval = parse_duration(policy.analysis.interval)
+    ready = Stage(
+        kind=StageKind.READY,
+        strategy=strategy.kind,
+        weight=0,
+        mirror=0,
+        duration=0.0,
+        manual=False,
+        analysed=False,
+        label="waiting for the candidate to become Available",
+    )
+    warm_for = parse_duration(policy.keep_previous_warm)
+    if first_release:
+        return Plan(stages=(ready,), finish=Finish.PROMOTE, warm_for=warm_for)
+
+    stages: list[Stage] = [ready]
+    finish = Finish.PROMOTE
+    bg: BlueGreenStrategy | None = None
+    if strategy.canary is not None:
+        stages += _canary(strategy.canary, interval, analysed)
+    elif strategy.blue_green is not None:
+        bg = strategy.blue_green
+        stages += _blue_green(bg, analysed)
+    elif strategy.shadow is not None:
+        shadow = strategy.shadow
+        stages.append(
+            Stage(
+                kind=StageKind.SHADOW,
+                strategy=StrategyType.SHADOW,
+                weight=0,
+                mirror=shadow.mirror_percent,
+                duration=parse_duration(shadow.duration),
+                manual=False,
+                analysed=analysed,
+                label=f"shadow mirroring {shadow.mirror_percent}%",
+            )
+        )
+        then = shadow.on_success
+        if then.action == ShadowAction.CANARY and then.canary is not None:
+            stages += _canary(then.canary, interval, analysed)
+        elif then.action == ShadowAction.BLUE_GREEN and then.blue_green is not None:
+            bg = then.blue_green
+            stages += _blue_green(bg, analysed)
+        else:
+            finish = Finish.STOP
+    if bg is not None:
+        warm_for = parse_duration(bg.keep_old_colour)
+    return Plan(stages=tuple(stages), finish=finish, warm_for=warm_for)

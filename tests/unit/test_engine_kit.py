@@ -1,0 +1,556 @@
+"""Builders and a small simulated cluster for the engine tests.
+
+``World`` plays the Kopf handler and the cluster: it asks ``analysis_due``, feeds a round of
+measurements when due, hands pending annotations to ``decide``, applies the returned actions
+to fake Deployments / routes / snapshots (checking their preconditions), and stores the
+returned status. Tests then assert on what users would see (routes) and on the status.
+
+The few tests at the bottom check the kit itself, so a broken fake cannot hide an engine bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from rewind.api import (
+    ANNOTATION_PROMOTE,
+    Measurement,
+    ModelReleaseSpec,
+    ModelReleaseStatus,
+    Phase,
+    RolloutPolicySpec,
+    Verdict,
+    spec_hash,
+)
+from rewind.engine import (
+    ANNOTATION_OF,
+    Action,
+    ActionKind,
+    Decision,
+    EmitEvent,
+    EnsureRevision,
+    HumanAction,
+    Inputs,
+    RemoveAnnotation,
+    RevisionState,
+    ScaleRevision,
+    SetRoutes,
+    SnapshotRevision,
+    analysis_due,
+    analysis_targets,
+    decide,
+)
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+NAME, NAMESPACE = "fraud", "risk"
+
+
+def digest(ch: str) -> str:
+    return "sha256:" + ch * 64
+
+
+def make_spec(
+    version: str = "1.0.0",
+    *,
+    replicas: int = 2,
+    image: str | None = None,
+    allow_tag_image: bool = False,
+    policy: str = "p",
+) -> ModelReleaseSpec:
+    """A valid ModelReleaseSpec; the version also changes the artifact digest."""
+    ch = "0123456789abcdef"[sum(map(ord, version)) % 16]
+    return ModelReleaseSpec.model_validate(
+        {
+            "policyRef": {"name": policy},
+            "model": {
+                "name": "fraud-detector",
+                "version": version,
+                "artifactURI": f"s3://models/fraud/{version}/model.onnx",
+                "artifactDigest": digest(ch),
+                "format": "onnx",
+            },
+            "code": {
+                "image": image or f"registry.example.com/fraud@{digest('c')}",
+                "allowTagImage": allow_tag_image,
+            },
+            "data": {"datasetRef": "s3://datasets/fraud", "version": f"data-{version}"},
+            "serving": {"replicas": replicas},
+            "traffic": {"hosts": ["fraud.example.com"]},
+        }
+    )
+
+
+CANARY: dict[str, Any] = {
+    "canary": {
+        "steps": [
+            {"weight": 10, "pause": {"duration": "1m"}},
+            {"weight": 50, "pause": {"duration": "1m"}},
+        ]
+    }
+}
+CANARY_MANUAL: dict[str, Any] = {
+    "canary": {
+        "steps": [
+            {"weight": 10, "pause": {"duration": "1m"}},
+            {"weight": 50, "pause": {"manual": True}},
+        ]
+    }
+}
+BLUE_GREEN: dict[str, Any] = {
+    "blueGreen": {
+        "previewDuration": "1m",
+        "autoSwitch": True,
+        "postSwitchDuration": "1m",
+        "keepOldColour": "5m",
+    }
+}
+BLUE_GREEN_MANUAL: dict[str, Any] = {
+    "blueGreen": {
+        "previewDuration": "1m",
+        "autoSwitch": False,
+        "postSwitchDuration": "1m",
+        "keepOldColour": "5m",
+    }
+}
+SHADOW_STOP: dict[str, Any] = {"shadow": {"mirrorPercent": 50, "duration": "2m"}}
+SHADOW_CANARY: dict[str, Any] = {
+    "shadow": {
+        "mirrorPercent": 100,
+        "duration": "2m",
+        "onSuccess": {"action": "Canary", "canary": {"steps": [{"weight": 20}]}},
+    }
+}
+SHADOW_BLUE_GREEN: dict[str, Any] = {
+    "shadow": {
+        "mirrorPercent": 100,
+        "duration": "2m",
+        "onSuccess": {
+            "action": "BlueGreen",
+            "blueGreen": {"previewDuration": "30s", "postSwitchDuration": "30s"},
+        },
+    }
+}
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "canary": CANARY,
+    "canary-manual": CANARY_MANUAL,
+    "blue-green": BLUE_GREEN,
+    "blue-green-manual": BLUE_GREEN_MANUAL,
+    "shadow-stop": SHADOW_STOP,
+    "shadow-canary": SHADOW_CANARY,
+    "shadow-blue-green": SHADOW_BLUE_GREEN,
+}
+
+
+def make_policy(
+    strategy: Mapping[str, Any] | None = None,
+    *,
+    metrics: Sequence[str] = ("error-rate",),
+    interval: str = "10s",
+    failure_limit: int = 1,
+    consecutive_failure_limit: int = 0,
+    approval: Mapping[str, Any] | None = None,
+    scale_down_delay: str = "30s",
+    progress_deadline: str = "5m",
+    keep_previous_warm: str = "10m",
+    allow_tag_images: bool = False,
+) -> RolloutPolicySpec:
+    rollback: dict[str, Any] = {
+        "mode": "automatic" if approval is None else "approval",
+        "scaleDownDelay": scale_down_delay,
+    }
+    if approval is not None:
+        rollback["approval"] = dict(approval)
+    return RolloutPolicySpec.model_validate(
+        {
+            "strategy": dict(strategy or CANARY),
+            "analysis": {
+                "interval": interval,
+                "metrics": [
+                    {
+                        "name": name,
+                        "query": "sum(rate(x{w='{{candidateWorkload}}'}[{{interval}}]))",
+                        "thresholds": {"max": 0.05},
+                    }
+                    for name in metrics
+                ],
+                "failureLimit": failure_limit,
+                "consecutiveFailureLimit": consecutive_failure_limit,
+            },
+            "rollback": rollback,
+            "progressDeadline": progress_deadline,
+            "keepPreviousWarm": keep_previous_warm,
+            "allowTagImages": allow_tag_images,
+        }
+    )
+
+
+def meas(verdict: Verdict, metric: str = "error-rate", value: float | None = None) -> Measurement:
+    """A measurement as the Prometheus adapter would judge it."""
+    if value is None and verdict != Verdict.INCONCLUSIVE:
+        value = 0.01 if verdict == Verdict.PASS else 0.12
+    if verdict == Verdict.INCONCLUSIVE:
+        message = f"{metric}: no data (noData: Inconclusive)"
+    elif verdict == Verdict.FAIL:
+        message = f"{metric} {value:g} > max 0.05"
+    else:
+        message = f"{metric} {value:g} <= max 0.05"
+    return Measurement(metric=metric, value=value, max=0.05, verdict=verdict, message=message)
+
+
+PASS, FAIL, INCONCLUSIVE = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE
+
+
+@dataclass
+class Deployment:
+    replicas: int
+    ready_at: datetime  # Available from this moment (when healthy)
+
+
+Verdicts = Callable[[int, datetime], Verdict | Sequence[Verdict]]
+
+
+@dataclass
+class World:
+    """The handler plus a fake cluster around ``decide``."""
+
+    policy: RolloutPolicySpec | None
+    spec: ModelReleaseSpec = field(default_factory=make_spec)
+    now: datetime = T0
+    status: ModelReleaseStatus = field(default_factory=ModelReleaseStatus)
+    policy_error: str | None = None
+    generation: int = 1
+    ready_after: float = 0.0  # seconds a scaled-up Deployment needs to become Available
+    broken: set[int] = field(default_factory=set)  # revisions that never become Available
+    deployments: dict[int, Deployment] = field(default_factory=dict)
+    snapshots: dict[int, str] = field(default_factory=dict)
+    routes: SetRoutes | None = None
+    annotations: dict[str, HumanAction] = field(default_factory=dict)
+    events: list[EmitEvent] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    verdicts: Verdicts = field(default=lambda _rev, _now: Verdict.PASS)
+    check_idempotent: bool = True
+
+    # ---- observation ------------------------------------------------------------------
+
+    def observe(self) -> dict[int, RevisionState]:
+        out = {}
+        for rev, d in self.deployments.items():
+            available = d.replicas > 0 and rev not in self.broken and self.now >= d.ready_at
+            out[rev] = RevisionState(rev, available=available, replicas=d.replicas, exists=True)
+        return out
+
+    def round(self) -> list[Measurement] | None:
+        if self.policy is None or not analysis_due(self.status, self.policy, self.now):
+            return None
+        targets = analysis_targets(self.status)
+        assert targets is not None, "analysis due but no targets"
+        got = self.verdicts(targets[0], self.now)
+        verdicts = [got] if isinstance(got, Verdict) else list(got)
+        names = [m.name for m in self.policy.analysis.metrics]
+        return [meas(v, metric=names[i % len(names)]) for i, v in enumerate(verdicts)]
+
+    def inputs(
+        self,
+        measurements: Sequence[Measurement] | None = None,
+        actions: Sequence[HumanAction] = (),
+    ) -> Inputs:
+        return Inputs(
+            spec=self.spec,
+            spec_hash=spec_hash(self.spec),
+            generation=self.generation,
+            policy=self.policy,
+            policy_error=self.policy_error,
+            status=self.status,
+            revisions=self.observe(),
+            measurements=measurements,
+            actions=tuple(actions),
+            now=self.now,
+            name=NAME,
+            namespace=NAMESPACE,
+        )
+
+    # ---- one reconcile ------------------------------------------------------------------
+
+    def step(
+        self,
+        advance: float = 0.0,
+        *,
+        measurements: Sequence[Measurement] | str | None = "auto",
+    ) -> Decision:
+        """Advance the clock, then one handler call: analyse if due, decide, apply."""
+        self.now += timedelta(seconds=advance)
+        ms = self.round() if isinstance(measurements, str) else measurements
+        inp = self.inputs(ms, list(self.annotations.values()))
+        decision = decide(inp)
+        check_invariants(inp, decision)
+        if self.check_idempotent:
+            check_idempotent(inp, decision)
+        self.apply(decision)
+        self.status = decision.status
+        self.decisions.append(decision)
+        return decision
+
+    def annotate(self, kind: ActionKind, value: str = "true", user: str = "") -> None:
+        self.annotations[ANNOTATION_OF[kind]] = HumanAction(kind=kind, value=value, user=user)
+
+    def act(
+        self, kind: ActionKind, value: str = "true", user: str = "", advance: float = 0.0
+    ) -> Decision:
+        self.annotate(kind, value, user)
+        return self.step(advance)
+
+    def apply(self, decision: Decision) -> None:
+        for action in decision.actions:
+            self._apply(action)
+
+    def _apply(self, action: Action) -> None:
+        if isinstance(action, SnapshotRevision):
+            known = self.snapshots.get(action.revision)
+            assert known in (None, action.spec_hash), "snapshot conflict: revisions are immutable"
+            self.snapshots[action.revision] = action.spec_hash
+        elif isinstance(action, EnsureRevision):
+            assert action.revision in self.snapshots, f"r{action.revision} has no snapshot"
+            assert action.replicas > 0
+            d = self.deployments.get(action.revision)
+            if d is None or d.replicas == 0:
+                ready = self.now + timedelta(seconds=self.ready_after)
+                self.deployments[action.revision] = Deployment(action.replicas, ready)
+            else:
+                d.replicas = action.replicas
+        elif isinstance(action, ScaleRevision):
+            d = self.deployments.get(action.revision)
+            if d is not None:
+                if action.replicas > 0 and d.replicas == 0:
+                    d.ready_at = self.now + timedelta(seconds=self.ready_after)
+                d.replicas = action.replicas
+        elif isinstance(action, SetRoutes):
+            for rev in action.weights:
+                d = self.deployments.get(rev)
+                assert d is not None and d.replicas > 0, f"route to r{rev} which is not running"
+            self.routes = action
+        elif isinstance(action, RemoveAnnotation):
+            self.annotations.pop(action.key, None)
+        elif isinstance(action, EmitEvent):
+            self.events.append(action)
+
+    # ---- driving ------------------------------------------------------------------------
+
+    def run(self, seconds: float, dt: float = 10.0) -> None:
+        """Reconcile every ``dt`` seconds for ``seconds``."""
+        for _ in range(round(seconds / dt)):
+            self.step(dt)
+
+    def run_until(
+        self, done: Callable[[World], bool], *, dt: float = 10.0, limit: int = 500
+    ) -> None:
+        for _ in range(limit):
+            if done(self):
+                return
+            self.step(dt)
+        raise AssertionError(
+            f"not reached after {limit} steps: {self.status.phase} {self.status.message}"
+        )
+
+    def settle(self) -> None:
+        """Reconcile until the release is no longer in flight."""
+        self.run_until(lambda w: w.status.phase not in IN_FLIGHT_OR_BACK)
+
+    def release(self, spec: ModelReleaseSpec) -> Decision:
+        """The user applies a new spec (generation bumps)."""
+        self.spec = spec
+        self.generation += 1
+        return self.step()
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def phase(self) -> Phase:
+        """The current phase (a call, so mypy does not narrow it across steps)."""
+        return self.status.phase
+
+    def weights(self) -> dict[int, int]:
+        return dict(self.routes.weights) if self.routes else {}
+
+    def mirror(self) -> tuple[int | None, int]:
+        if self.routes is None:
+            return None, 0
+        return self.routes.mirror_revision, self.routes.mirror_percent
+
+    def replicas(self, revision: int) -> int:
+        d = self.deployments.get(revision)
+        return d.replicas if d else 0
+
+    def outcome(self, revision: int) -> str:
+        for e in self.status.history:
+            if e.revision == revision:
+                return e.outcome.value
+        raise KeyError(revision)
+
+    def timeline_types(self) -> list[str]:
+        return [e.type for e in self.status.timeline]
+
+    def condition(self, type_: str) -> tuple[str, str, str]:
+        for c in self.status.conditions:
+            if c.type == type_:
+                return c.status.value, c.reason, c.message
+        raise KeyError(type_)
+
+
+IN_FLIGHT_OR_BACK = {
+    Phase.PENDING,
+    Phase.PROGRESSING,
+    Phase.PAUSED,
+    Phase.AWAITING_APPROVAL,
+    Phase.ROLLING_BACK,
+}
+
+
+def promoted_world(
+    policy: RolloutPolicySpec | None = None, *, releases: int = 1, **kwargs: Any
+) -> World:
+    """A world where ``releases`` revisions were promoted one after the other."""
+    w = World(policy or make_policy(), **kwargs)
+    w.step()
+    w.settle()
+    assert w.status.phase == Phase.PROMOTED
+    for n in range(2, releases + 1):
+        w.release(make_spec(f"{n}.0.0"))
+        w.settle()
+        assert w.status.phase == Phase.PROMOTED, w.status.message
+    return w
+
+
+def at_step(w: World, step: int) -> None:
+    """Run until the rollout enters stage ``step`` (index into the engine plan)."""
+    w.run_until(
+        lambda x: (
+            x.status.phase in (Phase.PROGRESSING, Phase.PAUSED) and x.status.current_step >= step
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Invariants every decision must satisfy
+# --------------------------------------------------------------------------------------
+
+SAFE_TO_REPEAT = (EnsureRevision, SetRoutes, ScaleRevision)
+
+
+def check_invariants(inp: Inputs, d: Decision) -> None:
+    s = d.status
+    routes = [a for a in d.actions if isinstance(a, SetRoutes)]
+    assert len(routes) <= 1, "one router write per decision"
+    for r in routes:
+        assert sum(r.weights.values()) == 100, r
+        assert all(w > 0 for w in r.weights.values()), r
+        assert 0 <= r.mirror_percent <= 100
+        assert (r.mirror_revision is None) == (r.mirror_percent == 0)
+        assert r.mirror_revision not in r.weights, "never mirror to a revision with live weight"
+    total = s.weights.stable + s.weights.candidate
+    assert total in (0, 100), s.weights
+    if s.stable_revision:
+        assert total == 100
+    # Bounded lists, and a status the API server accepts (round-trips through the schema).
+    assert len(s.history) <= 20 and len(s.timeline) <= 50
+    assert len(s.analysis.measurements) <= 20
+    again = ModelReleaseStatus.model_validate(s.model_dump(mode="json", by_alias=True))
+    assert again.model_dump() == s.model_dump()
+    # kstatus: one condition of each type, all for this generation.
+    types = [c.type for c in s.conditions]
+    assert sorted(types) == ["Degraded", "Progressing", "Ready", "Stalled"], types
+    assert all(c.observed_generation == inp.generation for c in s.conditions)
+    assert s.observed_generation == inp.generation
+    ready = next(c for c in s.conditions if c.type == "Ready")
+    assert (ready.status.value == "True") == (s.phase == Phase.PROMOTED)
+    # Ordering: snapshots first, then workloads, routes, scale-downs, annotations, events.
+    order = [
+        SnapshotRevision,
+        EnsureRevision,
+        SetRoutes,
+        ScaleRevision,
+        RemoveAnnotation,
+        EmitEvent,
+    ]
+    ranks = [order.index(type(a)) for a in d.actions]
+    assert ranks == sorted(ranks), [type(a).__name__ for a in d.actions]
+    # A revision is snapshotted before the status first records it as started.
+    before = {e.revision for e in inp.status.history}
+    for e in s.history:
+        if e.revision not in before and e.outcome.value != "Failed":
+            assert SnapshotRevision(e.revision, inp.spec_hash) in d.actions
+    # Never scale down what still serves or is being released.
+    scaled = {a.revision for a in d.actions if isinstance(a, ScaleRevision) and a.replicas == 0}
+    live = {rev for r in routes for rev in r.weights}
+    assert not scaled & live, (scaled, live)
+    assert s.stable_revision not in scaled
+    ensured = {a.revision for a in d.actions if isinstance(a, EnsureRevision)}
+    assert not scaled & ensured
+    # Every consumed annotation is removed at most once.
+    removals = [a.key for a in d.actions if isinstance(a, RemoveAnnotation)]
+    assert len(removals) == len(set(removals))
+    if d.requeue_after is not None:
+        assert d.requeue_after >= 1.0
+
+
+def check_idempotent(inp: Inputs, d: Decision) -> None:
+    """Deciding again on the produced status with the same observations changes nothing."""
+    again = decide(replace(inp, status=d.status, actions=()))
+    assert again.status == d.status, _diff(d.status, again.status)
+    for a in again.actions:
+        assert isinstance(a, SAFE_TO_REPEAT), f"repeat produced {a}"
+    assert [a for a in again.actions if isinstance(a, SetRoutes)] == [
+        a for a in d.actions if isinstance(a, SetRoutes)
+    ]
+
+
+def _diff(a: ModelReleaseStatus, b: ModelReleaseStatus) -> str:
+    da, db = a.model_dump(), b.model_dump()
+    return "; ".join(f"{k}: {da[k]!r} != {db[k]!r}" for k in da if da[k] != db[k])
+
+
+def events(d: Decision | Iterable[Decision], kind: str | None = None) -> list[EmitEvent]:
+    ds = [d] if isinstance(d, Decision) else list(d)
+    return [
+        a
+        for x in ds
+        for a in x.actions
+        if isinstance(a, EmitEvent) and (kind is None or a.type == kind)
+    ]
+
+
+def actions_of(d: Decision, cls: type[Any]) -> list[Any]:
+    return [a for a in d.actions if isinstance(a, cls)]
+
+
+# --------------------------------------------------------------------------------------
+# The kit's own tests
+# --------------------------------------------------------------------------------------
+
+
+def test_kit_specs_hash_differently_per_version_and_policies_validate() -> None:
+    assert spec_hash(make_spec("1.0.0")) != spec_hash(make_spec("2.0.0"))
+    assert spec_hash(make_spec("1.0.0")) == spec_hash(make_spec("1.0.0"))
+    for strategy in STRATEGIES.values():
+        make_policy(strategy)
+
+
+def test_kit_world_refuses_routes_to_a_revision_that_is_not_running() -> None:
+    w = World(make_policy())
+    with pytest.raises(AssertionError, match="not running"):
+        w.apply(Decision(ModelReleaseStatus(), (SetRoutes({7: 100}, None, 0),), None))
+
+
+def test_kit_world_refuses_ensure_without_snapshot() -> None:
+    w = World(make_policy())
+    with pytest.raises(AssertionError, match="no snapshot"):
+        w.apply(Decision(ModelReleaseStatus(), (EnsureRevision(3, 1),), None))
+
+
+def test_kit_promote_annotation_key() -> None:
+    w = World(make_policy())
+    w.annotate("promote")
+    assert ANNOTATION_PROMOTE in w.annotations
