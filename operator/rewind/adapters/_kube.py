@@ -1,0 +1,57 @@
+"""Thin helpers over the blocking kubernetes client, shared by the adapters.
+
+Every call runs in a worker thread (a blocking call in an async handler freezes Kopf) and
+returns plain JSON dicts, so adapters do not depend on the generated model classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+APPLY_PATCH = "application/apply-patch+yaml"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def _decode(response: Any) -> dict[str, Any]:
+    """Decode an un-preloaded urllib3 response body as JSON."""
+    raw = response.data
+    if not raw:
+        return {}
+    decoded = json.loads(raw)
+    if not isinstance(decoded, dict):
+        raise ValueError(f"expected a JSON object from the API server, got {type(decoded)}")
+    return decoded
+
+
+async def call(
+    fn: Callable[..., Any], /, *args: Any, timeout: float, **kwargs: Any
+) -> dict[str, Any]:
+    """Run one client method in a thread and return the response body as a dict."""
+    bound = functools.partial(fn, *args, _preload_content=False, _request_timeout=timeout, **kwargs)
+    response = await asyncio.to_thread(bound)
+    return _decode(response)
+
+
+async def get_or_none(
+    fn: Callable[..., Any], /, *args: Any, timeout: float, **kwargs: Any
+) -> dict[str, Any] | None:
+    """Like :func:`call` for reads, with 404 mapped to None."""
+    try:
+        return await call(fn, *args, timeout=timeout, **kwargs)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def status_of(exc: BaseException) -> int | None:
+    """HTTP status of a kubernetes client error, if it is one."""
+    if isinstance(exc, ApiException):
+        return int(exc.status) if exc.status is not None else None
+    return None

@@ -1,0 +1,236 @@
+"""Small interfaces between the Kopf handlers and the outside world.
+
+One Protocol per concern (routing, metrics, workloads, notifications) so the handlers can be
+tested against fakes and a new mesh or metric backend is one new file, not a refactor.
+The shared naming and labelling rules live here so every adapter agrees on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+
+from rewind import API_GROUP, API_VERSION
+
+if TYPE_CHECKING:
+    from rewind.api import AnalysisSpec, Measurement, MetricSpec, ModelReleaseSpec, TrafficSpec
+
+#: Server-side-apply field manager and Event reporting component of the operator.
+FIELD_MANAGER = "rewind-operator"
+COMPONENT = "rewind-operator"
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "rewind"
+NAME_LABEL = "app.kubernetes.io/name"
+RELEASE_LABEL = f"{API_GROUP}/release"
+REVISION_LABEL = f"{API_GROUP}/revision"
+# Digests and versions exceed the 63-character label limit, so they are annotations.
+MODEL_DIGEST_ANNOTATION = f"{API_GROUP}/model-digest"
+MODEL_VERSION_ANNOTATION = f"{API_GROUP}/model-version"
+DATA_VERSION_ANNOTATION = f"{API_GROUP}/data-version"
+IMAGE_ANNOTATION = f"{API_GROUP}/image"
+SPEC_HASH_ANNOTATION = f"{API_GROUP}/spec-hash"
+
+
+def subset_name(revision: int) -> str:
+    """Name of a revision's DestinationRule subset: ``r<N>``."""
+    return f"r{revision}"
+
+
+def service_host(release: str, namespace: str) -> str:
+    """In-mesh FQDN of the umbrella Service ``<release>`` that every revision sits behind."""
+    return f"{release}.{namespace}.svc.cluster.local"
+
+
+def release_labels(release: str) -> dict[str, str]:
+    """Labels on every object Rewind creates for a release (selectable, and kstatus-friendly)."""
+    return {MANAGED_BY_LABEL: MANAGED_BY_VALUE, RELEASE_LABEL: release}
+
+
+def release_selector(release: str) -> str:
+    """Label selector for every object Rewind created for one release."""
+    return ",".join(f"{k}={v}" for k, v in release_labels(release).items())
+
+
+@dataclass(frozen=True)
+class OwnerRef:
+    """The ModelRelease that owns an object, so deleting the release garbage-collects it."""
+
+    name: str
+    uid: str
+    api_version: str = f"{API_GROUP}/{API_VERSION}"
+    kind: str = "ModelRelease"
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> OwnerRef:
+        """Build from a ModelRelease body as Kopf hands it to a handler."""
+        meta = body["metadata"]
+        return cls(
+            name=str(meta["name"]),
+            uid=str(meta["uid"]),
+            api_version=str(body.get("apiVersion", f"{API_GROUP}/{API_VERSION}")),
+            kind=str(body.get("kind", "ModelRelease")),
+        )
+
+    def to_k8s(self) -> dict[str, Any]:
+        """The ``metadata.ownerReferences`` entry (controller: only one owner reconciles it)."""
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def owns(self, obj: Mapping[str, Any]) -> bool:
+        """True when ``obj`` lists this release (by uid) among its owners."""
+        refs = obj.get("metadata", {}).get("ownerReferences") or []
+        return any(ref.get("uid") == self.uid for ref in refs)
+
+
+class AdapterError(Exception):
+    """Base of the errors adapters raise for conditions a handler should report, not crash on."""
+
+
+class OwnershipConflictError(AdapterError):
+    """An object Rewind would write exists but belongs to someone else: never clobber it."""
+
+
+class SnapshotConflictError(AdapterError):
+    """A revision snapshot exists with a different spec hash: revisions are immutable."""
+
+
+class SnapshotNotFoundError(AdapterError):
+    """No snapshot for the revision: it cannot be (re)created exactly."""
+
+
+class SnapshotCorruptError(AdapterError):
+    """A snapshot's data no longer hashes to the hash recorded when it was saved."""
+
+
+MetricErrorKind = Literal["unreachable", "timeout", "bad_query", "bad_result"]
+
+
+class MetricQueryError(AdapterError):
+    """A metric query failed; ``kind`` tells an outage from a broken query.
+
+    ``unreachable``: no answer from the backend (connection refused, DNS, HTTP 5xx).
+    ``timeout``: no answer in time. ``bad_query``: the backend rejected the query (PromQL
+    does not parse or cannot execute). ``bad_result``: an answer that is not one number.
+    """
+
+    def __init__(self, kind: MetricErrorKind, reason: str) -> None:
+        super().__init__(f"{kind}: {reason}")
+        self.kind: MetricErrorKind = kind
+        self.reason = reason
+
+
+class RouteState(NamedTuple):
+    """What the mesh is told to do now: weights per revision and the mirror, if any."""
+
+    weights: dict[int, int]
+    mirror_revision: int | None
+    mirror_percent: int
+
+
+@dataclass(frozen=True)
+class RevisionObservation:
+    """What the cluster says about one revision's Deployment."""
+
+    revision: int
+    replicas: int
+    ready_replicas: int
+    available: bool
+    image: str = ""
+    model_digest: str = ""
+    spec_hash: str = ""
+    progress_deadline_exceeded: bool = False
+    message: str = ""
+
+
+class Router(Protocol):
+    """Sends user traffic to revisions (weights) and copies of it to one (mirror)."""
+
+    async def set_routes(
+        self,
+        release: str,
+        namespace: str,
+        owner: OwnerRef,
+        traffic: TrafficSpec,
+        weights: Mapping[int, int],
+        mirror_revision: int | None = None,
+        mirror_percent: int = 0,
+    ) -> None:
+        """Make the mesh route ``weights`` (summing to 100) and the mirror, in one write."""
+        ...
+
+    async def get_routes(self, release: str, namespace: str) -> RouteState | None:
+        """Read back what the mesh is told; None when no routes exist yet."""
+        ...
+
+
+class MetricProvider(Protocol):
+    """Answers PromQL-like queries with one number and turns it into a verdict."""
+
+    async def query(self, query: str, timeout: float | None = None) -> float | None:
+        """One number, None for no data; raises MetricQueryError."""
+        ...
+
+    async def measure(
+        self,
+        metric: MetricSpec,
+        variables: Mapping[str, object],
+        analysis: AnalysisSpec,
+        now: datetime,
+        revision: int | None = None,
+    ) -> Measurement:
+        """Render, query and judge one metric; never raises for query failures."""
+        ...
+
+
+class Workloads(Protocol):
+    """Revision snapshots and the Deployments/Services that serve them."""
+
+    async def save_snapshot(
+        self, release: str, namespace: str, owner: OwnerRef, revision: int, spec: ModelReleaseSpec
+    ) -> str:
+        """Store the revision's full spec once; returns its hash."""
+        ...
+
+    async def load_snapshot(self, release: str, namespace: str, revision: int) -> ModelReleaseSpec:
+        """Load and verify a revision's spec."""
+        ...
+
+    async def ensure_revision(
+        self, release: str, namespace: str, owner: OwnerRef, revision: int, replicas: int
+    ) -> None:
+        """Create or update the revision's Deployment and Services from its snapshot."""
+        ...
+
+    async def scale_revision(
+        self, release: str, namespace: str, revision: int, replicas: int
+    ) -> None:
+        """Change the revision's replica count only."""
+        ...
+
+    async def observe_revisions(
+        self, release: str, namespace: str
+    ) -> dict[int, RevisionObservation]:
+        """Every revision Deployment of the release, by revision number."""
+        ...
+
+
+EventType = Literal["Normal", "Warning"]
+
+
+class Notifier(Protocol):
+    """Tells humans what happened and why (Kubernetes Events, later chat hooks)."""
+
+    async def post(
+        self, owner: OwnerRef, namespace: str, type: EventType, reason: str, message: str
+    ) -> None:
+        """Record one event about the release; must not raise on delivery failure."""
+        ...

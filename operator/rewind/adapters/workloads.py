@@ -1,0 +1,513 @@
+"""Revision workloads: one Deployment + Service per revision, and revision snapshots.
+
+A revision is immutable. Its full ModelReleaseSpec is snapshotted once in an apps/v1
+ControllerRevision ``<release>-r<N>`` (never overwritten), and its Deployment is always
+built from that snapshot, never from the live spec, so rolling back to revision N
+re-creates exactly the image, model digest and data version N ran with. Everything is
+owned by the ModelRelease, so deleting it garbage-collects the lot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from kubernetes import client
+
+from rewind.adapters import _kube
+from rewind.adapters.base import (
+    DATA_VERSION_ANNOTATION,
+    FIELD_MANAGER,
+    IMAGE_ANNOTATION,
+    MODEL_DIGEST_ANNOTATION,
+    MODEL_VERSION_ANNOTATION,
+    NAME_LABEL,
+    RELEASE_LABEL,
+    REVISION_LABEL,
+    SPEC_HASH_ANNOTATION,
+    AdapterError,
+    OwnerRef,
+    OwnershipConflictError,
+    RevisionObservation,
+    SnapshotConflictError,
+    SnapshotCorruptError,
+    SnapshotNotFoundError,
+    release_labels,
+    release_selector,
+)
+from rewind.api import ModelReleaseSpec, spec_hash, workload_name
+
+CONTAINER_NAME = "model-server"
+PORT_NAME = "http"
+VERSION_LABEL = "app.kubernetes.io/version"
+
+#: Env vars the operator injects; they win over a user env var of the same name because
+#: they describe the snapshot the pod was built from.
+INJECTED_ENV = (
+    "REWIND_RELEASE",
+    "REWIND_REVISION",
+    "MODEL_URI",
+    "MODEL_DIGEST",
+    "MODEL_VERSION",
+    "DATA_VERSION",
+)
+
+
+def _check_revision(revision: int) -> None:
+    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
+        raise ValueError(f"revision must be a positive int, got {revision!r}")
+
+
+def revision_labels(release: str, revision: int) -> dict[str, str]:
+    """Labels of a revision's objects; the DestinationRule subset r<N> selects on them."""
+    return {**release_labels(release), REVISION_LABEL: str(revision)}
+
+
+def pod_labels(release: str, revision: int) -> dict[str, str]:
+    """Pod labels: revision labels plus the names Istio telemetry reports (app, version)."""
+    return {
+        **revision_labels(release, revision),
+        NAME_LABEL: release,
+        VERSION_LABEL: f"r{revision}",
+    }
+
+
+def revision_annotations(spec: ModelReleaseSpec, digest_of_spec: str) -> dict[str, str]:
+    """Digests and versions: too long or too free-form for labels."""
+    return {
+        MODEL_DIGEST_ANNOTATION: spec.model.artifact_digest,
+        MODEL_VERSION_ANNOTATION: spec.model.version,
+        DATA_VERSION_ANNOTATION: spec.data.version if spec.data else "",
+        IMAGE_ANNOTATION: spec.code.image,
+        SPEC_HASH_ANNOTATION: digest_of_spec,
+    }
+
+
+def _metadata(
+    name: str,
+    namespace: str,
+    owner: OwnerRef,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": dict(labels),
+        "ownerReferences": [owner.to_k8s()],
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def container_env(release: str, revision: int, spec: ModelReleaseSpec) -> list[dict[str, str]]:
+    """User env (literal values) followed by the injected provenance variables."""
+    injected = {
+        "REWIND_RELEASE": release,
+        "REWIND_REVISION": str(revision),
+        "MODEL_URI": spec.model.artifact_uri,
+        "MODEL_DIGEST": spec.model.artifact_digest,
+        "MODEL_VERSION": spec.model.version,
+        "DATA_VERSION": spec.data.version if spec.data else "",
+    }
+    env = [{"name": e.name, "value": e.value} for e in spec.code.env if e.name not in injected]
+    env.extend({"name": name, "value": value} for name, value in injected.items())
+    return env
+
+
+def _probe(path: str) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": PORT_NAME}, "periodSeconds": 5}
+
+
+def build_deployment(
+    release: str,
+    namespace: str,
+    owner: OwnerRef,
+    revision: int,
+    spec: ModelReleaseSpec,
+    replicas: int,
+) -> dict[str, Any]:
+    """The revision's Deployment ``<release>-r<N>``, built from its snapshot spec."""
+    _check_revision(revision)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise ValueError(f"replicas must be an int >= 0, got {replicas!r}")
+    annotations = revision_annotations(spec, spec_hash(spec))
+    serving = spec.serving
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.code.image,
+        "env": container_env(release, revision, spec),
+        "ports": [{"name": PORT_NAME, "containerPort": serving.port, "protocol": "TCP"}],
+        "readinessProbe": _probe(serving.readiness_path),
+    }
+    if spec.code.args:
+        container["args"] = list(spec.code.args)
+    resources = {
+        key: {name: str(quantity) for name, quantity in values.items()}
+        for key, values in (
+            ("requests", serving.resources.requests),
+            ("limits", serving.resources.limits),
+        )
+        if values
+    }
+    if resources:
+        container["resources"] = resources
+    if serving.liveness_path:
+        container["livenessProbe"] = _probe(serving.liveness_path)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(
+            workload_name(release, revision),
+            namespace,
+            owner,
+            pod_labels(release, revision),
+            annotations,
+        ),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {RELEASE_LABEL: release, REVISION_LABEL: str(revision)}},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels(release, revision),
+                    "annotations": annotations,
+                },
+                "spec": {"containers": [container]},
+            },
+        },
+    }
+
+
+def _service(
+    name: str,
+    namespace: str,
+    owner: OwnerRef,
+    labels: Mapping[str, str],
+    selector: Mapping[str, str],
+    spec: ModelReleaseSpec,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(name, namespace, owner, labels),
+        "spec": {
+            "selector": dict(selector),
+            "ports": [
+                {
+                    "name": PORT_NAME,
+                    "appProtocol": "http",
+                    "port": spec.traffic.port,
+                    # By name: each revision's pods may listen on a different port.
+                    "targetPort": PORT_NAME,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def build_revision_service(
+    release: str, namespace: str, owner: OwnerRef, revision: int, spec: ModelReleaseSpec
+) -> dict[str, Any]:
+    """Service ``<release>-r<N>``: reach one revision directly (smoke tests, debugging)."""
+    _check_revision(revision)
+    return _service(
+        workload_name(release, revision),
+        namespace,
+        owner,
+        revision_labels(release, revision),
+        {RELEASE_LABEL: release, REVISION_LABEL: str(revision)},
+        spec,
+    )
+
+
+def build_umbrella_service(
+    release: str, namespace: str, owner: OwnerRef, spec: ModelReleaseSpec
+) -> dict[str, Any]:
+    """Service ``<release>`` over every revision; Istio subsets split it by revision label."""
+    return _service(
+        release, namespace, owner, release_labels(release), {RELEASE_LABEL: release}, spec
+    )
+
+
+def build_snapshot(
+    release: str, namespace: str, owner: OwnerRef, revision: int, spec: ModelReleaseSpec
+) -> dict[str, Any]:
+    """The ControllerRevision that stores revision N's full spec and its hash."""
+    _check_revision(revision)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "ControllerRevision",
+        "metadata": _metadata(
+            workload_name(release, revision),
+            namespace,
+            owner,
+            revision_labels(release, revision),
+            {SPEC_HASH_ANNOTATION: spec_hash(spec)},
+        ),
+        "data": spec.model_dump(mode="json", by_alias=True),
+        "revision": revision,
+    }
+
+
+def spec_from_snapshot(snapshot: Mapping[str, Any]) -> ModelReleaseSpec:
+    """Parse a snapshot and check it still hashes to the hash recorded when it was saved.
+
+    A rollback target that cannot be verified is not a rollback target.
+    """
+    meta = snapshot.get("metadata", {})
+    name = meta.get("name", "?")
+    recorded = (meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    try:
+        spec = ModelReleaseSpec.model_validate(snapshot.get("data") or {})
+    except ValueError as exc:
+        raise SnapshotCorruptError(f"snapshot {name} does not hold a valid spec: {exc}") from exc
+    actual = spec_hash(spec)
+    if recorded != actual:
+        raise SnapshotCorruptError(
+            f"snapshot {name} hashes to {actual} but was saved as {recorded}"
+        )
+    return spec
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
+
+
+def observe_deployment(deployment: Mapping[str, Any]) -> RevisionObservation | None:
+    """What a revision Deployment says, or None when it is not a revision Deployment.
+
+    Available means able to take traffic now: at least one replica wanted, the controller
+    has seen the latest spec, the Available condition is True and every wanted replica is
+    updated and ready. A revision scaled to zero is therefore not available.
+    """
+    meta = deployment.get("metadata", {})
+    try:
+        revision = int((meta.get("labels") or {}).get(REVISION_LABEL, ""))
+    except ValueError:
+        return None
+    spec = deployment.get("spec", {})
+    status = deployment.get("status") or {}
+    replicas = int(spec.get("replicas", 1))
+    ready = int(status.get("readyReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    current = int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+    available_condition = _condition(status, "Available").get("status") == "True"
+    progressing = _condition(status, "Progressing")
+    deadline_exceeded = (
+        progressing.get("status") == "False"
+        and progressing.get("reason") == "ProgressDeadlineExceeded"
+    )
+    available = (
+        replicas > 0
+        and current
+        and available_condition
+        and ready >= replicas
+        and updated >= replicas
+    )
+    template = spec.get("template", {})
+    annotations = (template.get("metadata") or {}).get("annotations") or {}
+    containers = (template.get("spec") or {}).get("containers") or [{}]
+    if deadline_exceeded:
+        message = str(progressing.get("message", "progress deadline exceeded"))
+    else:
+        message = f"{ready}/{replicas} ready"
+    return RevisionObservation(
+        revision=revision,
+        replicas=replicas,
+        ready_replicas=ready,
+        available=available,
+        image=str(containers[0].get("image", "")),
+        model_digest=str(annotations.get(MODEL_DIGEST_ANNOTATION, "")),
+        spec_hash=str(annotations.get(SPEC_HASH_ANNOTATION, "")),
+        progress_deadline_exceeded=deadline_exceeded,
+        message=message,
+    )
+
+
+class KubeWorkloads:
+    """Creates, scales and observes revision workloads through the Kubernetes API."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        *,
+        field_manager: str = FIELD_MANAGER,
+        request_timeout: float = 30.0,
+    ) -> None:
+        self._apps = client.AppsV1Api(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._field_manager = field_manager
+        self._timeout = request_timeout
+
+    # -- snapshots -------------------------------------------------------------------
+
+    async def save_snapshot(
+        self, release: str, namespace: str, owner: OwnerRef, revision: int, spec: ModelReleaseSpec
+    ) -> str:
+        """Store revision N's spec once and return its hash.
+
+        Saving the same spec again is a no-op; a different spec under the same revision
+        raises SnapshotConflictError: a revision never changes after it was recorded.
+        """
+        body = build_snapshot(release, namespace, owner, revision, spec)
+        digest: str = body["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+        try:
+            await _kube.call(
+                self._apps.create_namespaced_controller_revision,
+                namespace,
+                body,
+                field_manager=self._field_manager,
+                timeout=self._timeout,
+            )
+            return digest
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = await self._get_snapshot(release, namespace, revision)
+        recorded = (existing.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+        if recorded != digest:
+            raise SnapshotConflictError(
+                f"revision {revision} of {namespace}/{release} is recorded with spec hash "
+                f"{recorded}, not {digest}; revisions are immutable"
+            )
+        if not owner.owns(existing):
+            raise OwnershipConflictError(
+                f"ControllerRevision {workload_name(release, revision)} is not owned by "
+                f"ModelRelease {release} (uid {owner.uid})"
+            )
+        return digest
+
+    async def _get_snapshot(self, release: str, namespace: str, revision: int) -> dict[str, Any]:
+        name = workload_name(release, revision)
+        snapshot = await _kube.get_or_none(
+            self._apps.read_namespaced_controller_revision, name, namespace, timeout=self._timeout
+        )
+        if snapshot is None:
+            raise SnapshotNotFoundError(f"no snapshot {namespace}/{name} for revision {revision}")
+        return snapshot
+
+    async def load_snapshot(self, release: str, namespace: str, revision: int) -> ModelReleaseSpec:
+        """Revision N's spec, verified against its recorded hash."""
+        return spec_from_snapshot(await self._get_snapshot(release, namespace, revision))
+
+    # -- workloads -------------------------------------------------------------------
+
+    async def _apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        meta = body["metadata"]
+        method = (
+            self._apps.patch_namespaced_deployment
+            if body["kind"] == "Deployment"
+            else self._core.patch_namespaced_service
+        )
+        return await _kube.call(
+            method,
+            meta["name"],
+            meta["namespace"],
+            body,
+            field_manager=self._field_manager,
+            force=True,
+            field_validation="Strict",
+            _content_type=_kube.APPLY_PATCH,
+            timeout=self._timeout,
+        )
+
+    async def _check_owned(self, owner: OwnerRef, bodies: list[dict[str, Any]]) -> None:
+        """Refuse to take over a same-named object someone else created."""
+
+        async def read(body: dict[str, Any]) -> dict[str, Any] | None:
+            meta = body["metadata"]
+            method = (
+                self._apps.read_namespaced_deployment
+                if body["kind"] == "Deployment"
+                else self._core.read_namespaced_service
+            )
+            return await _kube.get_or_none(
+                method, meta["name"], meta["namespace"], timeout=self._timeout
+            )
+
+        existing = await asyncio.gather(*(read(body) for body in bodies))
+        for body, current in zip(bodies, existing, strict=True):
+            if current is not None and not owner.owns(current):
+                raise OwnershipConflictError(
+                    f"{body['kind']} {namespace_name(body)} exists and is not owned by "
+                    f"ModelRelease {owner.name} (uid {owner.uid}); refusing to overwrite it"
+                )
+
+    async def ensure_revision(
+        self, release: str, namespace: str, owner: OwnerRef, revision: int, replicas: int
+    ) -> None:
+        """Create or update revision N's Deployment and Services from its snapshot.
+
+        Idempotent (server-side apply of the same object is a no-op) and exact: after a
+        scale to zero or a deletion it restores the same image and model digest.
+        """
+        spec = await self.load_snapshot(release, namespace, revision)
+        bodies = [
+            build_umbrella_service(release, namespace, owner, spec),
+            build_revision_service(release, namespace, owner, revision, spec),
+            build_deployment(release, namespace, owner, revision, spec, replicas),
+        ]
+        await self._check_owned(owner, bodies)
+        for body in bodies:
+            await self._apply(body)
+
+    async def scale_revision(
+        self, release: str, namespace: str, revision: int, replicas: int
+    ) -> None:
+        """Set revision N's replicas through the scale subresource (nothing else changes).
+
+        Scaling a revision that has no Deployment to zero is a no-op; to more than zero it
+        is an error, because only ensure_revision knows how to build one.
+        """
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise ValueError(f"replicas must be an int >= 0, got {replicas!r}")
+        name = workload_name(release, revision)
+        try:
+            await _kube.call(
+                self._apps.patch_namespaced_deployment_scale,
+                name,
+                namespace,
+                {"spec": {"replicas": replicas}},
+                field_manager=self._field_manager,
+                _content_type=_kube.MERGE_PATCH,
+                timeout=self._timeout,
+            )
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            if replicas > 0:
+                raise AdapterError(
+                    f"cannot scale {namespace}/{name} to {replicas}: it does not exist"
+                ) from exc
+
+    async def observe_revisions(
+        self, release: str, namespace: str
+    ) -> dict[int, RevisionObservation]:
+        """Every revision Deployment of the release (by label), keyed by revision."""
+        listing = await _kube.call(
+            self._apps.list_namespaced_deployment,
+            namespace,
+            label_selector=release_selector(release),
+            timeout=self._timeout,
+        )
+        observed: dict[int, RevisionObservation] = {}
+        for item in listing.get("items") or []:
+            observation = observe_deployment(item)
+            if observation is not None:
+                observed[observation.revision] = observation
+        return observed
+
+
+def namespace_name(body: Mapping[str, Any]) -> str:
+    """``namespace/name`` of an object, for messages."""
+    meta = body.get("metadata", {})
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+if TYPE_CHECKING:
+    from rewind.adapters.base import Workloads
+
+    _conforms: type[Workloads] = KubeWorkloads

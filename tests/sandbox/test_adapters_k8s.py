@@ -1,0 +1,299 @@
+"""The adapters against the real API server: Istio's CRD schema, kwok Deployments, GC.
+
+The owner is a ConfigMap, not a ModelRelease, so these tests do not depend on Rewind's own
+CRDs; owner references, garbage collection and ownership checks work the same for any kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from typing import Any, TypeVar, cast
+
+import pytest
+from kubernetes import client, watch
+
+from rewind.adapters.base import (
+    OwnerRef,
+    OwnershipConflictError,
+    RouteState,
+    SnapshotConflictError,
+)
+from rewind.adapters.events import EventRecorder
+from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION, IstioRouter
+from rewind.adapters.workloads import KubeWorkloads
+from rewind.api import ModelReleaseSpec, TrafficSpec, spec_hash
+from tests.conftest import Kubectl, wait_for
+
+pytestmark = pytest.mark.sandbox
+
+T = TypeVar("T")
+RELEASE = "fraud"
+DIGEST_A = "sha256:" + "a" * 64
+DIGEST_B = "sha256:" + "b" * 64
+IMAGE = "registry.example.com/fraud-server@sha256:" + "c" * 64
+TRAFFIC = TrafficSpec(hosts=["fraud.example.com"], gateways=["istio-system/public"])
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def make_spec(digest: str = DIGEST_A, replicas: int = 2) -> ModelReleaseSpec:
+    return ModelReleaseSpec.model_validate(
+        {
+            "policyRef": {"name": "fraud-canary"},
+            "model": {
+                "name": "fraud-detector",
+                "version": "2.1.0",
+                "artifactURI": "s3://models/fraud/2.1.0/model.onnx",
+                "artifactDigest": digest,
+            },
+            "code": {"image": IMAGE, "env": [{"name": "LOG_LEVEL", "value": "info"}]},
+            "data": {"datasetRef": "s3://datasets/fraud", "version": "3f9c2d1"},
+            "serving": {"replicas": replicas, "port": 8080},
+            "traffic": TRAFFIC.model_dump(by_alias=True),
+        }
+    )
+
+
+def get_json(kubectl: Kubectl, namespace: str, *what: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(kubectl("get", *what, "-n", namespace, "-o", "json").stdout)
+    return result
+
+
+@pytest.fixture()
+def owner(kubectl: Kubectl, namespace: str) -> OwnerRef:
+    kubectl("create", "configmap", RELEASE, "-n", namespace)
+    uid = get_json(kubectl, namespace, "configmap", RELEASE)["metadata"]["uid"]
+    return OwnerRef(name=RELEASE, uid=uid, api_version="v1", kind="ConfigMap")
+
+
+@pytest.fixture()
+def router(api_client: client.ApiClient) -> IstioRouter:
+    return IstioRouter(api_client)
+
+
+@pytest.fixture()
+def workloads(api_client: client.ApiClient) -> KubeWorkloads:
+    return KubeWorkloads(api_client)
+
+
+# -- router ------------------------------------------------------------------------------
+
+
+def test_routes_are_accepted_by_istios_schema_and_read_back(
+    router: IstioRouter, owner: OwnerRef, namespace: str, kubectl: Kubectl, istio_crds: None
+) -> None:
+    assert run(router.get_routes(RELEASE, namespace)) is None
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 90, 2: 10}))
+    assert run(router.get_routes(RELEASE, namespace)) == RouteState({1: 90, 2: 10}, None, 0)
+
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100, 2: 0}, 2, 50))
+    assert run(router.get_routes(RELEASE, namespace)) == RouteState({1: 100}, 2, 50)
+
+    vs = get_json(kubectl, namespace, "virtualservice", RELEASE, "--show-managed-fields")
+    assert vs["metadata"]["ownerReferences"][0]["uid"] == owner.uid
+    assert vs["spec"]["gateways"] == ["istio-system/public", "mesh"]
+    assert vs["spec"]["http"][0]["mirrorPercentage"] == {"value": 50}
+    managers = {m["manager"] for m in vs["metadata"]["managedFields"]}
+    assert managers == {"rewind-operator"}
+    dr = get_json(kubectl, namespace, "destinationrule", RELEASE)
+    assert [s["name"] for s in dr["spec"]["subsets"]] == ["r1", "r2"]
+
+
+def test_switching_weights_is_one_write_and_repeating_it_none(
+    router: IstioRouter,
+    owner: OwnerRef,
+    namespace: str,
+    api_client: client.ApiClient,
+    istio_crds: None,
+) -> None:
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100}))
+    # r2's subset first, so the switch itself only touches the VirtualService.
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100, 2: 0}))
+    api = client.CustomObjectsApi(api_client)
+
+    def version() -> str:
+        vs = cast(
+            dict[str, Any],
+            api.get_namespaced_custom_object(
+                ISTIO_GROUP, ISTIO_VERSION, namespace, "virtualservices", RELEASE
+            ),
+        )
+        return str(vs["metadata"]["resourceVersion"])
+
+    before = version()
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 75, 2: 25}, 2, 10))
+    after = version()
+    assert after != before
+
+    # Replay every change to the VirtualService since `before`: exactly one.
+    events = [
+        event["type"]
+        for event in watch.Watch().stream(
+            api.list_namespaced_custom_object,
+            ISTIO_GROUP,
+            ISTIO_VERSION,
+            namespace,
+            "virtualservices",
+            field_selector=f"metadata.name={RELEASE}",
+            resource_version=before,
+            timeout_seconds=2,
+        )
+    ]
+    assert events == ["MODIFIED"]
+
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 75, 2: 25}, 2, 10))
+    assert version() == after  # an identical apply is not a write
+
+
+def test_router_refuses_to_take_over_a_virtual_service_it_does_not_own(
+    router: IstioRouter, owner: OwnerRef, namespace: str, kubectl: Kubectl, istio_crds: None
+) -> None:
+    foreign = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": RELEASE, "namespace": namespace},
+        "spec": {
+            "hosts": ["fraud.example.com"],
+            "http": [{"route": [{"destination": {"host": "x"}}]}],
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(foreign))
+    with pytest.raises(OwnershipConflictError, match="not owned"):
+        run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100}))
+    vs = get_json(kubectl, namespace, "virtualservice", RELEASE)
+    assert vs["spec"]["http"][0]["route"][0]["destination"] == {"host": "x"}
+
+
+# -- workloads ---------------------------------------------------------------------------
+
+
+def wait_available(workloads: KubeWorkloads, namespace: str, revision: int) -> None:
+    wait_for(
+        f"revision {revision} to become Available",
+        lambda: (
+            (obs := run(workloads.observe_revisions(RELEASE, namespace)).get(revision)) is not None
+            and obs.available
+        ),
+        timeout=90,
+    )
+
+
+def test_snapshot_save_is_idempotent_and_refuses_a_different_spec(
+    workloads: KubeWorkloads, owner: OwnerRef, namespace: str, kubectl: Kubectl
+) -> None:
+    spec = make_spec()
+    digest = run(workloads.save_snapshot(RELEASE, namespace, owner, 1, spec))
+    assert digest == spec_hash(spec)
+    assert run(workloads.save_snapshot(RELEASE, namespace, owner, 1, spec)) == digest
+
+    with pytest.raises(SnapshotConflictError, match="immutable"):
+        run(workloads.save_snapshot(RELEASE, namespace, owner, 1, make_spec(DIGEST_B)))
+    assert run(workloads.load_snapshot(RELEASE, namespace, 1)) == spec
+
+    stored = get_json(kubectl, namespace, "controllerrevision", f"{RELEASE}-r1")
+    assert stored["revision"] == 1
+    assert stored["metadata"]["annotations"]["rewind.dev/spec-hash"] == digest
+    assert stored["metadata"]["labels"]["rewind.dev/release"] == RELEASE
+    assert stored["metadata"]["ownerReferences"][0]["uid"] == owner.uid
+
+
+def test_revision_deployment_becomes_available_behind_its_services(
+    workloads: KubeWorkloads, owner: OwnerRef, namespace: str, kubectl: Kubectl
+) -> None:
+    run(workloads.save_snapshot(RELEASE, namespace, owner, 1, make_spec()))
+    run(workloads.ensure_revision(RELEASE, namespace, owner, 1, 2))
+    run(workloads.ensure_revision(RELEASE, namespace, owner, 1, 2))  # idempotent
+    wait_available(workloads, namespace, 1)
+
+    obs = run(workloads.observe_revisions(RELEASE, namespace))[1]
+    assert (obs.replicas, obs.ready_replicas, obs.image, obs.model_digest) == (
+        2,
+        2,
+        IMAGE,
+        DIGEST_A,
+    )
+    umbrella = get_json(kubectl, namespace, "service", RELEASE)
+    assert umbrella["spec"]["selector"] == {"rewind.dev/release": RELEASE}
+    revision_svc = get_json(kubectl, namespace, "service", f"{RELEASE}-r1")
+    assert revision_svc["spec"]["selector"]["rewind.dev/revision"] == "1"
+    pods = get_json(kubectl, namespace, "pods", "-l", "rewind.dev/revision=1")["items"]
+    assert len(pods) == 2
+    assert all(p["metadata"]["labels"]["app.kubernetes.io/name"] == RELEASE for p in pods)
+
+
+def test_ensure_after_scale_to_zero_restores_the_same_image_and_model(
+    workloads: KubeWorkloads, owner: OwnerRef, namespace: str, kubectl: Kubectl
+) -> None:
+    run(workloads.save_snapshot(RELEASE, namespace, owner, 1, make_spec()))
+    run(workloads.ensure_revision(RELEASE, namespace, owner, 1, 2))
+    wait_available(workloads, namespace, 1)
+
+    run(workloads.scale_revision(RELEASE, namespace, 1, 0))
+    wait_for(
+        "revision 1 to scale to zero",
+        lambda: get_json(kubectl, namespace, "pods", "-l", "rewind.dev/revision=1")["items"] == [],
+        timeout=60,
+    )
+    obs = run(workloads.observe_revisions(RELEASE, namespace))[1]
+    assert (obs.replicas, obs.available) == (0, False)
+
+    run(workloads.ensure_revision(RELEASE, namespace, owner, 1, 2))
+    wait_available(workloads, namespace, 1)
+    dep = get_json(kubectl, namespace, "deployment", f"{RELEASE}-r1")
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["image"] == IMAGE
+    assert env["MODEL_DIGEST"] == DIGEST_A
+    assert env["REWIND_REVISION"] == "1"
+    assert dep["status"]["observedGeneration"] == dep["metadata"]["generation"]
+
+
+def test_scaling_a_missing_revision_to_zero_is_a_no_op(
+    workloads: KubeWorkloads, namespace: str
+) -> None:
+    run(workloads.scale_revision(RELEASE, namespace, 9, 0))
+    assert run(workloads.observe_revisions(RELEASE, namespace)) == {}
+
+
+def test_deleting_the_owner_garbage_collects_everything(
+    workloads: KubeWorkloads,
+    router: IstioRouter,
+    owner: OwnerRef,
+    namespace: str,
+    kubectl: Kubectl,
+    istio_crds: None,
+) -> None:
+    run(workloads.save_snapshot(RELEASE, namespace, owner, 1, make_spec()))
+    run(workloads.ensure_revision(RELEASE, namespace, owner, 1, 1))
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100}))
+    kubectl("delete", "configmap", RELEASE, "-n", namespace)
+    kinds = "deployment,service,controllerrevision,virtualservice,destinationrule"
+    wait_for(
+        "the garbage collector to delete the release's objects",
+        lambda: (
+            get_json(kubectl, namespace, kinds, "-l", "rewind.dev/release=fraud")["items"] == []
+        ),
+        timeout=60,
+    )
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+def test_events_are_recorded_against_the_owner_and_truncated(
+    api_client: client.ApiClient, owner: OwnerRef, namespace: str, kubectl: Kubectl
+) -> None:
+    recorder = EventRecorder(api_client, instance="sandbox-test")
+    run(recorder.post(owner, namespace, "Warning", "RollbackDecided", "error-rate " + "x" * 3000))
+    events = get_json(
+        kubectl, namespace, "events", "--field-selector", f"involvedObject.uid={owner.uid}"
+    )["items"]
+    assert len(events) == 1
+    event = events[0]
+    assert (event["type"], event["reason"]) == ("Warning", "RollbackDecided")
+    assert event["reportingComponent"] == "rewind-operator"
+    assert len(event["message"].encode()) <= 1024 and event["message"].endswith("...")

@@ -1,0 +1,370 @@
+"""The Prometheus provider against a real HTTP server that speaks /api/v1/query.
+
+No mocks of the client library: the server returns the bodies Prometheus returns (vector,
+scalar, empty, errors, garbage), a closed port stands in for an outage and a slow handler
+for a hung Prometheus, so the error kinds are what the operator will really see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from rewind.adapters.base import MetricQueryError
+from rewind.adapters.prometheus import PrometheusProvider, extract_value, judge
+from rewind.api import AnalysisSpec, MetricSpec, Verdict, query_variables
+
+
+def sync(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on a fresh event loop (no pytest-asyncio in this project)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(fn(*args, **kwargs))
+
+    return run
+
+
+NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def vector(*values: str) -> dict[str, Any]:
+    return {
+        "status": "success",
+        "data": {
+            "resultType": "vector",
+            "result": [
+                {"metric": {"pod": f"p{i}"}, "value": [1735787045.0, v]}
+                for i, v in enumerate(values)
+            ],
+        },
+    }
+
+
+def error(error_type: str, message: str) -> dict[str, Any]:
+    return {"status": "error", "errorType": error_type, "error": message}
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None
+    delay: float = 0.0
+
+
+@dataclass
+class FakePrometheus:
+    """Answers each PromQL text with a canned Reply and remembers what it was asked."""
+
+    url: str
+    replies: dict[str, Reply] = field(default_factory=dict)
+    seen: list[dict[str, str]] = field(default_factory=list)
+
+
+@pytest.fixture()
+def prom() -> Iterator[FakePrometheus]:
+    fake = FakePrometheus(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            parsed = urllib.parse.urlparse(self.path)
+            params = dict(urllib.parse.parse_qsl(parsed.query))
+            fake.seen.append({"path": parsed.path, **params})
+            reply = fake.replies.get(params.get("query", ""), Reply(body=vector()))
+            if reply.delay:
+                time.sleep(reply.delay)
+            raw = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+            try:
+                self.send_response(reply.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+            except OSError:
+                pass  # the client gave up (timeout test)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.block_on_close = False
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+async def query(prom: FakePrometheus, reply: Reply, timeout: float = 2.0) -> float | None:
+    prom.replies["q"] = reply
+    return await PrometheusProvider(prom.url).query("q", timeout=timeout)
+
+
+async def query_error(prom: FakePrometheus, reply: Reply, timeout: float = 2.0) -> MetricQueryError:
+    with pytest.raises(MetricQueryError) as caught:
+        await query(prom, reply, timeout)
+    return caught.value
+
+
+# -- query: values ---------------------------------------------------------------------
+
+
+@sync
+async def test_one_series_is_its_value(prom: FakePrometheus) -> None:
+    assert await query(prom, Reply(body=vector("0.12"))) == pytest.approx(0.12)
+    assert prom.seen[-1]["path"] == "/api/v1/query"
+    assert prom.seen[-1]["query"] == "q"
+    assert prom.seen[-1]["timeout"] == "2000ms"  # Prometheus stops evaluating too
+
+
+@sync
+async def test_empty_vector_is_no_data_not_an_error(prom: FakePrometheus) -> None:
+    assert await query(prom, Reply(body=vector())) is None
+
+
+@pytest.mark.parametrize("raw", ["NaN", "+Inf", "-Inf"])
+@sync
+async def test_nan_and_inf_are_no_data(prom: FakePrometheus, raw: str) -> None:
+    # 0/0 with no traffic is NaN: that is missing data, not a failing canary.
+    assert await query(prom, Reply(body=vector(raw))) is None
+
+
+@sync
+async def test_scalar_result_is_accepted(prom: FakePrometheus) -> None:
+    body = {"status": "success", "data": {"resultType": "scalar", "result": [1.0, "3.5"]}}
+    assert await query(prom, Reply(body=body)) == 3.5
+
+
+# -- query: errors, each with its kind ---------------------------------------------------
+
+
+@sync
+async def test_several_series_are_ambiguous(prom: FakePrometheus) -> None:
+    err = await query_error(prom, Reply(body=vector("0.1", "0.2")))
+    assert err.kind == "bad_result"
+    assert "2 series" in err.reason and "sum(" in err.reason
+
+
+@sync
+async def test_range_vector_is_not_an_instant_value(prom: FakePrometheus) -> None:
+    body = {
+        "status": "success",
+        "data": {"resultType": "matrix", "result": [{"metric": {}, "values": [[1, "1"]]}]},
+    }
+    assert (await query_error(prom, Reply(body=body))).kind == "bad_result"
+
+
+@sync
+async def test_non_numeric_sample_is_a_bad_result(prom: FakePrometheus) -> None:
+    assert (await query_error(prom, Reply(body=vector("lots")))).kind == "bad_result"
+
+
+@pytest.mark.parametrize("body", [b"<html>proxy error</html>", {"status": "success"}])
+@sync
+async def test_malformed_body_is_a_bad_result(prom: FakePrometheus, body: Any) -> None:
+    assert (await query_error(prom, Reply(body=body))).kind == "bad_result"
+
+
+@sync
+async def test_unparseable_promql_is_a_bad_query_with_prometheus_reason(
+    prom: FakePrometheus,
+) -> None:
+    reply = Reply(400, error("bad_data", '1:5: parse error: unexpected "}"'))
+    err = await query_error(prom, reply)
+    assert err.kind == "bad_query"
+    assert "HTTP 400" in err.reason and "parse error" in err.reason
+
+
+@sync
+async def test_execution_error_is_a_bad_query(prom: FakePrometheus) -> None:
+    reply = Reply(422, error("execution", "many-to-many matching not allowed"))
+    err = await query_error(prom, reply)
+    assert err.kind == "bad_query" and "many-to-many" in err.reason
+
+
+@sync
+async def test_server_side_timeout_is_a_timeout(prom: FakePrometheus) -> None:
+    reply = Reply(503, error("timeout", "query timed out in expression evaluation"))
+    assert (await query_error(prom, reply)).kind == "timeout"
+
+
+@pytest.mark.parametrize("status", [500, 502, 404])
+@sync
+async def test_server_errors_mean_no_working_prometheus(prom: FakePrometheus, status: int) -> None:
+    err = await query_error(prom, Reply(status, error("internal", "boom")))
+    assert err.kind == "unreachable" and f"HTTP {status}" in err.reason
+
+
+@sync
+async def test_closed_port_is_unreachable_and_fails_fast() -> None:
+    started = time.monotonic()
+    with pytest.raises(MetricQueryError) as caught:
+        await PrometheusProvider(closed_port_url()).query("up", timeout=5)
+    assert caught.value.kind == "unreachable"
+    assert time.monotonic() - started < 2  # no retry loop with back-off
+
+
+@sync
+async def test_slow_prometheus_times_out_within_the_budget(prom: FakePrometheus) -> None:
+    started = time.monotonic()
+    err = await query_error(prom, Reply(body=vector("1"), delay=1.5), timeout=0.3)
+    assert err.kind == "timeout"
+    assert time.monotonic() - started < 1.0
+
+
+@sync
+async def test_a_slow_query_does_not_block_the_event_loop(prom: FakePrometheus) -> None:
+    prom.replies["slow"] = Reply(body=vector("1"), delay=0.5)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.02)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        assert await PrometheusProvider(prom.url).query("slow", timeout=2) == 1.0
+    finally:
+        task.cancel()
+    assert ticks >= 10
+
+
+@sync
+async def test_concurrent_queries_each_get_their_own_answer(prom: FakePrometheus) -> None:
+    provider = PrometheusProvider(prom.url)
+    for i in range(8):
+        prom.replies[f"q{i}"] = Reply(body=vector(str(i)), delay=0.05)
+    values = await asyncio.gather(*(provider.query(f"q{i}", timeout=2) for i in range(8)))
+    assert values == [float(i) for i in range(8)]
+
+
+# -- measure: template + query + thresholds + policy -------------------------------------
+
+ERROR_RATE = MetricSpec(
+    name="error-rate",
+    query='sum(rate(errors{workload="{{candidateWorkload}}",ns="{{namespace}}"}[{{interval}}]))',
+    thresholds={"max": 0.05},
+)
+VARIABLES = query_variables(
+    namespace="shop", release="fraud", candidate=3, stable=2, interval="30s"
+)
+RENDERED = 'sum(rate(errors{workload="fraud-r3",ns="shop"}[30s]))'
+
+
+@sync
+async def test_measure_renders_the_template_and_fails_above_max(prom: FakePrometheus) -> None:
+    prom.replies[RENDERED] = Reply(body=vector("0.12"))
+    m = await PrometheusProvider(prom.url).measure(ERROR_RATE, VARIABLES, AnalysisSpec(), NOW)
+    assert prom.seen[-1]["query"] == RENDERED
+    assert m.verdict == Verdict.FAIL
+    assert m.message == "error-rate 0.12 > max 0.05"
+    assert (m.metric, m.value, m.min, m.max, m.at, m.revision) == (
+        "error-rate",
+        0.12,
+        None,
+        0.05,
+        NOW,
+        3,
+    )
+
+
+@sync
+async def test_measure_passes_within_threshold(prom: FakePrometheus) -> None:
+    prom.replies[RENDERED] = Reply(body=vector("0.01"))
+    m = await PrometheusProvider(prom.url).measure(ERROR_RATE, VARIABLES, AnalysisSpec(), NOW)
+    assert (m.verdict, m.value, m.message) == (Verdict.PASS, 0.01, "error-rate 0.01 <= max 0.05")
+
+
+@pytest.mark.parametrize("policy", ["Inconclusive", "Fail", "Pass"])
+@sync
+async def test_no_data_follows_the_policy(prom: FakePrometheus, policy: str) -> None:
+    prom.replies[RENDERED] = Reply(body=vector())
+    analysis = AnalysisSpec.model_validate({"noData": policy})
+    m = await PrometheusProvider(prom.url).measure(ERROR_RATE, VARIABLES, analysis, NOW)
+    assert m.verdict == Verdict(policy)
+    assert m.value is None and "no data" in m.message
+
+
+@pytest.mark.parametrize("policy", ["Inconclusive", "Fail"])
+@sync
+async def test_outage_follows_the_query_error_policy_not_a_hardcoded_fail(policy: str) -> None:
+    analysis = AnalysisSpec.model_validate({"queryError": policy})
+    m = await PrometheusProvider(closed_port_url()).measure(ERROR_RATE, VARIABLES, analysis, NOW)
+    assert m.verdict == Verdict(policy)
+    assert m.value is None and "unreachable" in m.message
+
+
+@sync
+async def test_bad_query_is_reported_as_such(prom: FakePrometheus) -> None:
+    prom.replies[RENDERED] = Reply(400, error("bad_data", "parse error"))
+    m = await PrometheusProvider(prom.url).measure(ERROR_RATE, VARIABLES, AnalysisSpec(), NOW)
+    assert m.verdict == Verdict.INCONCLUSIVE
+    assert "bad_query" in m.message and "parse error" in m.message
+
+
+@sync
+async def test_missing_template_variable_never_reaches_prometheus(prom: FakePrometheus) -> None:
+    partial = {k: v for k, v in VARIABLES.items() if k != "namespace"}
+    analysis = AnalysisSpec.model_validate({"queryError": "Fail"})
+    m = await PrometheusProvider(prom.url).measure(ERROR_RATE, partial, analysis, NOW, revision=7)
+    assert prom.seen == []
+    assert (m.verdict, m.revision) == (Verdict.FAIL, 7)
+    assert "bad_query" in m.message and "namespace" in m.message
+
+
+# -- judge: the verdict rules, pure ------------------------------------------------------
+
+
+def metric(**thresholds: float) -> MetricSpec:
+    return MetricSpec(name="latency", query="up", thresholds=thresholds)
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "value", "verdict", "message"),
+    [
+        ({"max": 0.05}, 0.05, "Pass", "latency 0.05 <= max 0.05"),  # bounds are inclusive
+        ({"min": 0.9}, 0.9, "Pass", "latency 0.9 >= min 0.9"),
+        ({"min": 0.9}, 0.5, "Fail", "latency 0.5 < min 0.9"),
+        ({"min": 1, "max": 2}, 1.5, "Pass", "latency 1.5 within [1, 2]"),
+        ({"min": 1, "max": 2}, 2.5, "Fail", "latency 2.5 > max 2"),
+        ({"max": 100}, 123456789.0, "Fail", "latency 1.235e+08 > max 100"),
+    ],
+)
+def test_thresholds(thresholds: dict[str, float], value: float, verdict: str, message: str) -> None:
+    m = judge(metric(**thresholds), AnalysisSpec(), NOW, 3, value=value)
+    assert (m.verdict, m.message) == (Verdict(verdict), message)
+    assert (m.min, m.max) == (thresholds.get("min"), thresholds.get("max"))
+
+
+def test_long_error_reasons_are_truncated_for_status() -> None:
+    err = MetricQueryError("bad_query", "x" * 5000)
+    m = judge(metric(max=1), AnalysisSpec(), NOW, 3, error=err)
+    assert len(m.message) <= 512 and m.message.endswith("...")
+
+
+def test_extract_value_rejects_non_lists() -> None:
+    with pytest.raises(MetricQueryError, match="bad_result"):
+        extract_value({"resultType": "vector"})
