@@ -6,20 +6,21 @@ that asks for `sandbox` starts it (or reuses a healthy one) once per session.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
+import threading
 import time
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+
+from rewind.sim import targets
 
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX_CLI = ROOT / "hack" / "sandbox"
@@ -177,13 +178,7 @@ def crds_installed(kubectl: Kubectl) -> None:
 
 def prometheus_query(prometheus_url: str, promql: str) -> list[dict[str, Any]]:
     """An instant query; returns the result vector (raises on an API error)."""
-    url = f"{prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(url, timeout=5) as response:
-        body = json.load(response)
-    if body.get("status") != "success":
-        raise RuntimeError(f"Prometheus error for {promql!r}: {body}")
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
+    return targets.query(prometheus_url, promql)
 
 
 @pytest.fixture()
@@ -201,25 +196,149 @@ def register_target(sandbox: Sandbox) -> Iterator[RegisterTarget]:
 
     Returns the target's `instance` label. Targets are removed when the test ends.
     """
-    written: list[Path] = []
+    names: list[str] = []
 
     def register(name: str, port: int, labels: dict[str, str] | None = None) -> str:
         instance = f"127.0.0.1:{port}"
-        path = sandbox.targets_dir / f"{name}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([{"targets": [instance], "labels": labels or {}}]))
-        tmp.replace(path)
-        written.append(path)
-        wait_for(
-            f"Prometheus to scrape {instance}",
-            lambda: any(
-                r["value"][1] == "1"
-                for r in prometheus_query(sandbox.prometheus_url, f'up{{instance="{instance}"}}')
-            ),
-            timeout=30,
-        )
+        targets.register_target(name, port, labels, directory=sandbox.targets_dir)
+        names.append(name)
+        try:
+            targets.wait_scraped(sandbox.prometheus_url, {"instance": instance}, timeout=30)
+        except TimeoutError as err:
+            pytest.fail(str(err))
         return instance
 
     yield register
-    for path in written:
-        path.unlink(missing_ok=True)
+    for name in names:
+        targets.unregister_target(name, directory=sandbox.targets_dir)
+
+
+class MetricsEndpoint:
+    """A /metrics endpoint whose gauges a test sets, e.g. a revision's error rate.
+
+    Series are keyed by name and labels; `set` replaces the value Prometheus will scrape
+    next, so a test can make a candidate "go bad" at a moment it chooses.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._lock = threading.Lock()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = endpoint.exposition().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        with self._lock:
+            self._values[(name, tuple(sorted(labels.items())))] = value
+
+    def remove(self, name: str, **labels: str) -> None:
+        with self._lock:
+            self._values.pop((name, tuple(sorted(labels.items()))), None)
+
+    def exposition(self) -> str:
+        with self._lock:
+            items = sorted(self._values.items())
+        lines = []
+        for (name, labels), value in items:
+            rendered = ",".join(f'{k}="{v}"' for k, v in labels)
+            lines.append(f"{name}{{{rendered}}} {value}")
+        return "\n".join(lines) + "\n"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def metrics_endpoint(
+    register_target: RegisterTarget, request: pytest.FixtureRequest
+) -> Iterator[MetricsEndpoint]:
+    """A settable /metrics endpoint registered with the sandbox Prometheus."""
+    endpoint = MetricsEndpoint()
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
+    register_target(f"test-{stem}-{endpoint.port}", endpoint.port)
+    yield endpoint
+    endpoint.close()
+
+
+class OperatorProcess:
+    """`rewind-operator` as a real process watching the given namespaces.
+
+    A process (not a thread) so a test can SIGKILL it at any moment and start it again,
+    exactly like a crashed pod.
+    """
+
+    def __init__(self, sandbox: Sandbox, namespaces: list[str], log_path: Path) -> None:
+        self.sandbox = sandbox
+        self.namespaces = namespaces
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *extra: str) -> None:
+        args = [str(ROOT / ".venv" / "bin" / "rewind-operator"), "--metrics-port", "0",
+                "--prometheus-url", self.sandbox.prometheus_url, "--verbose"]
+        for ns in self.namespaces:
+            args += ["--namespace", ns]
+        env = {**os.environ, "KUBECONFIG": self.sandbox.kubeconfig}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(args + list(extra), stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, as when a node dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture()
+def operator(
+    sandbox: Sandbox, namespace: str, crds_installed: None, istio_crds: None,
+    tmp_path: Path, request: pytest.FixtureRequest,
+) -> Iterator[OperatorProcess]:
+    """The operator, running against the sandbox and watching only this test's namespace.
+
+    Its log is printed when the test fails, so a failure explains itself.
+    """
+    process = OperatorProcess(sandbox, [namespace], tmp_path / "operator.log")
+    process.start()
+    yield process
+    process.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(f"--- operator log ({process.log_path}) ---\n{process.logs()[-20000:]}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Expose each phase's report on the item (used to print operator logs on failure)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)

@@ -1,0 +1,281 @@
+"""Shared set-up for the benchmarks: sandbox, operator process, settable metrics, timing.
+
+Benchmarks print a table; they never assert a time. They run against the same sandbox as
+the tests (`hack/sandbox up`) with the operator as a real process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+
+from rewind.sim import targets
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGEST = "sha256:" + "ab" * 32
+IMAGE = "registry.example.com/bench-server@sha256:" + "cd" * 32
+
+
+def sandbox_env() -> dict[str, str]:
+    """Start or reuse the sandbox and return its environment."""
+    subprocess.run([str(ROOT / "hack" / "sandbox"), "up"], check=True)
+    env: dict[str, str] = {}
+    for line in (ROOT / ".sandbox" / "env").read_text().splitlines():
+        match = re.match(r"^export (\w+)=([^\"].*)$", line)
+        if match:
+            env[match.group(1)] = match.group(2)
+    os.environ["KUBECONFIG"] = env["KUBECONFIG"]
+    return env
+
+
+def kubectl(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    out = subprocess.run([env["KUBECTL"], *args], input=stdin, capture_output=True, text=True,
+                         env={**os.environ, "KUBECONFIG": env["KUBECONFIG"]})
+    if out.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr}")
+    return out.stdout
+
+
+def fresh_namespace(env: dict[str, str], name: str) -> None:
+    kubectl(env, "apply", "--server-side", "-f", str(ROOT / "crds"))
+    kubectl(env, "wait", "--for=condition=Established", "crd/modelreleases.rewind.dev")
+    existing = subprocess.run([env["KUBECTL"], "get", "ns", name], capture_output=True,
+                              env={**os.environ, "KUBECONFIG": env["KUBECONFIG"]})
+    if existing.returncode == 0:
+        kubectl(env, "delete", "ns", name, "--wait=true", "--timeout=120s")
+    kubectl(env, "create", "ns", name)
+    wait_for("default ServiceAccount", lambda: subprocess.run(
+        [env["KUBECTL"], "get", "sa", "default", "-n", name], capture_output=True,
+        env={**os.environ, "KUBECONFIG": env["KUBECONFIG"]}).returncode == 0, 60)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    """Bounded polling."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise TimeoutError(f"{what} not reached in {timeout:.0f}s")
+
+
+class Operator:
+    """rewind-operator as a process watching one namespace."""
+
+    def __init__(self, env: dict[str, str], namespace: str, log_path: Path) -> None:
+        args = [str(ROOT / ".venv" / "bin" / "rewind-operator"), "--namespace", namespace,
+                "--metrics-port", "0", "--prometheus-url", env["PROMETHEUS_URL"]]
+        self.log = log_path.open("wb")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "KUBECONFIG": env["KUBECONFIG"]})
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+class Gauges:
+    """A /metrics endpoint with gauges the benchmark flips, registered with Prometheus."""
+
+    def __init__(self, env: dict[str, str], name: str) -> None:
+        self.values: dict[str, float] = {}
+        self.lock = threading.Lock()
+        gauges = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with gauges.lock:
+                    body = "".join(
+                        f'rewind_bench_error_rate{{workload="{w}"}} {v}\n'
+                        for w, v in gauges.values.items()
+                    ).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.port = int(self.server.server_address[1])
+        self.name = name
+        self.env = env
+        targets.register_target(name, self.port, directory=env["SANDBOX_TARGETS_DIR"])
+        targets.wait_scraped(env["PROMETHEUS_URL"], {"instance": f"127.0.0.1:{self.port}"}, 30)
+
+    def set(self, workload: str, value: float) -> None:
+        with self.lock:
+            self.values[workload] = value
+
+    def close(self) -> None:
+        targets.unregister_target(self.name, directory=self.env["SANDBOX_TARGETS_DIR"])
+        self.server.shutdown()
+
+
+def policy(name: str, *, interval: str, mode: str, steps: list[dict[str, Any]],
+           failure_limit: int = 1) -> dict[str, Any]:
+    rollback: dict[str, Any] = {"mode": mode, "scaleDownDelay": "1s"}
+    if mode == "approval":
+        rollback["approval"] = {"requiredApprovers": 1, "timeout": "1h", "onTimeout": "Rollback"}
+    return {
+        "apiVersion": "rewind.dev/v1alpha1",
+        "kind": "RolloutPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "strategy": {"canary": {"steps": steps}},
+            "analysis": {
+                "interval": interval,
+                "failureLimit": failure_limit,
+                "metrics": [{
+                    "name": "error-rate",
+                    "query": 'max(rewind_bench_error_rate{workload="{{candidateWorkload}}"})',
+                    "thresholds": {"max": 0.05},
+                }],
+            },
+            "rollback": rollback,
+            "progressDeadline": "2m",
+            "keepPreviousWarm": "1h",
+        },
+    }
+
+
+def release(name: str, policy_name: str, version: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "rewind.dev/v1alpha1",
+        "kind": "ModelRelease",
+        "metadata": {"name": name},
+        "spec": {
+            "policyRef": {"name": policy_name},
+            "model": {"name": name, "version": f"1.0.{version}",
+                      "artifactURI": f"s3://models/{name}/{version}/model.onnx",
+                      "artifactDigest": DIGEST, "format": "onnx"},
+            "code": {"image": IMAGE},
+            "data": {"datasetRef": "s3://datasets/bench", "version": f"v{version}"},
+            "serving": {"replicas": 1},
+            "traffic": {"hosts": [f"{name}.example.com"]},
+        },
+    }
+
+
+def apply(env: dict[str, str], namespace: str, *objs: dict[str, Any]) -> None:
+    kubectl(env, "apply", "-n", namespace, "-f", "-",
+            stdin="\n---\n".join(json.dumps(o) for o in objs))
+
+
+def custom_api() -> client.CustomObjectsApi:
+    api_client = config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    return client.CustomObjectsApi(api_client)
+
+
+def status_of(api: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    obj = api.get_namespaced_custom_object("rewind.dev", "v1alpha1", namespace,
+                                           "modelreleases", name)
+    return dict(obj.get("status") or {})
+
+
+def vs_weights(vs: dict[str, Any]) -> dict[int, int]:
+    routes = vs.get("spec", {}).get("http", [{}])[0].get("route", [])
+    return {int(r["destination"]["subset"][1:]): int(r.get("weight", 0)) for r in routes}
+
+
+WeightsPredicate = Callable[[dict[int, int]], bool]
+WaitForWeights = Callable[[WeightsPredicate, float], float | None]
+
+
+@contextlib.contextmanager
+def vs_watch(namespace: str, name: str) -> Iterator[WaitForWeights]:
+    """A watch on one VirtualService: `next_change(timeout)` returns the next weights seen,
+    timestamped on arrival (the moment the API server told us, not a poll later)."""
+    api = custom_api()
+    events: list[tuple[float, dict[int, int]]] = []
+    cond = threading.Condition()
+    stop = threading.Event()
+
+    def run() -> None:
+        w = watch.Watch()
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                for ev in w.stream(api.list_namespaced_custom_object, "networking.istio.io",
+                                   "v1", namespace, "virtualservices",
+                                   field_selector=f"metadata.name={name}", timeout_seconds=5):
+                    with cond:
+                        events.append((time.monotonic(), vs_weights(ev["object"])))
+                        cond.notify_all()
+                    if stop.is_set():
+                        break
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    # The watch is live once the object's current state (ADDED) has arrived.
+    wait_for("the VirtualService watch", lambda: len(events) > 0, 30)
+    cursor = [len(events)]
+
+    def wait_until(predicate: WeightsPredicate, timeout: float) -> float | None:
+        deadline = time.monotonic() + timeout
+        with cond:
+            while True:
+                while cursor[0] < len(events):
+                    at, weights = events[cursor[0]]
+                    cursor[0] += 1
+                    if predicate(weights):
+                        return at
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                cond.wait(left)
+
+    try:
+        yield wait_until
+    finally:
+        stop.set()
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = max(0, min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def table(title: str, rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{title}")
+    print("-" * (width + 24))
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print("-" * (width + 24))
+    sys.stdout.flush()
+
+
+def summary(values: list[float]) -> str:
+    if not values:
+        return "no samples"
+    return (f"n={len(values)} min={min(values):.3f}s median={statistics.median(values):.3f}s "
+            f"p99={percentile(values, 99):.3f}s max={max(values):.3f}s")

@@ -1,0 +1,70 @@
+"""`rewind-operator`: run the operator against $KUBECONFIG (or in-cluster credentials).
+
+A thin front over `kopf.run` so the container, `make run` and the tests start it the same
+way, with flags that say what they do instead of Kopf's generic ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import kopf
+
+import rewind.handlers  # noqa: F401 - registers the handlers with Kopf
+from rewind.handlers import RuntimeConfig
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="rewind-operator",
+        description="Progressive delivery and trustworthy rollback for ML models.",
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[],
+                       help="watch this namespace (repeatable); default: all namespaces")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="watch every namespace (the default)")
+    parser.add_argument("--prometheus-url", default=os.environ.get("PROMETHEUS_URL"),
+                        help="Prometheus base URL for analysis (env PROMETHEUS_URL)")
+    parser.add_argument("--metrics-port", type=int,
+                        default=int(os.environ.get("REWIND_METRICS_PORT", "9090")),
+                        help="port of the operator's own /metrics (0 = off)")
+    parser.add_argument("--liveness", default=os.environ.get("REWIND_LIVENESS"),
+                        help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--log-format", choices=("plain", "full", "json"), default="full")
+    parser.add_argument("--peering", default=None,
+                        help="Kopf peering object name for HA; default: standalone")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log_format = {
+        "plain": kopf.LogFormat.PLAIN,
+        "full": kopf.LogFormat.FULL,
+        "json": kopf.LogFormat.JSON,
+    }[args.log_format]
+    kopf.configure(verbose=args.verbose, debug=args.debug, log_format=log_format)
+    if not args.verbose and not args.debug:
+        logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    runtime = RuntimeConfig(metrics_port=args.metrics_port)
+    if args.prometheus_url:
+        runtime.prometheus_url = args.prometheus_url
+    kopf.run(
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+        memo=kopf.Memo(config=runtime),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

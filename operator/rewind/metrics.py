@@ -1,0 +1,152 @@
+"""The operator's own Prometheus metrics, derived from status transitions.
+
+Deriving them from what the engine wrote (new timeline entries, phase, weights) rather
+than sprinkling counters through the handlers keeps one source of truth: whatever the
+status says happened is what the metrics count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from rewind.api import Measurement, ModelReleaseStatus, Phase, TimelineEntry, TimelineType
+
+#: Timeline entries that start a rollback, and the `reason` label each one counts under.
+ROLLBACK_TRIGGERS: Mapping[str, str] = {
+    TimelineType.ROLLBACK_DECIDED.value: "analysis",
+    TimelineType.APPROVED.value: "approved",
+    TimelineType.APPROVAL_TIMED_OUT.value: "approval-timeout",
+    TimelineType.BREAK_GLASS.value: "break-glass",
+}
+FINISHED: Mapping[str, str] = {
+    TimelineType.PROMOTED.value: "Promoted",
+    TimelineType.ROLLED_BACK.value: "RolledBack",
+    TimelineType.FAILED.value: "Failed",
+}
+
+
+def _key(entry: TimelineEntry) -> tuple[object, ...]:
+    return (entry.at, entry.type, entry.revision, entry.message, entry.user)
+
+
+def new_entries(old: ModelReleaseStatus, new: ModelReleaseStatus) -> list[TimelineEntry]:
+    """Timeline entries the latest decision appended (the timeline only grows at the end)."""
+    seen = {_key(e) for e in old.timeline}
+    return [e for e in new.timeline if _key(e) not in seen]
+
+
+class OperatorMetrics:
+    """Counters, gauges and the decision-to-revert histogram, in their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        labels = ["namespace", "release"]
+        self.rollouts_started = Counter(
+            "rewind_rollouts_started_total",
+            "Revisions that started rolling out.",
+            [*labels, "strategy"],
+            registry=self.registry,
+        )
+        self.rollouts_finished = Counter(
+            "rewind_rollouts_finished_total",
+            "Rollouts that ended, by outcome (Promoted, RolledBack, Failed).",
+            [*labels, "outcome"],
+            registry=self.registry,
+        )
+        self.rollbacks = Counter(
+            "rewind_rollbacks_total",
+            "Rollbacks started, by what triggered them.",
+            [*labels, "reason"],
+            registry=self.registry,
+        )
+        self.measurements = Counter(
+            "rewind_analysis_measurements_total",
+            "Analysis measurements, by metric and verdict.",
+            [*labels, "metric", "verdict"],
+            registry=self.registry,
+        )
+        self.weight = Gauge(
+            "rewind_release_candidate_weight",
+            "Percent of user traffic on the candidate revision.",
+            labels,
+            registry=self.registry,
+        )
+        self.mirror = Gauge(
+            "rewind_release_mirror_percent",
+            "Percent of traffic mirrored to the candidate revision.",
+            labels,
+            registry=self.registry,
+        )
+        self.phase = Gauge(
+            "rewind_release_phase",
+            "1 for the release's current phase, 0 for the others.",
+            [*labels, "phase"],
+            registry=self.registry,
+        )
+        self.decision_to_revert = Histogram(
+            "rewind_decision_to_revert_seconds",
+            "From the rollback decision (or approval) to traffic back on stable.",
+            labels,
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900),
+            registry=self.registry,
+        )
+        self._extra: dict[str, Gauge] = {}
+
+    def observe(
+        self,
+        namespace: str,
+        release: str,
+        old: ModelReleaseStatus,
+        new: ModelReleaseStatus,
+        measurements: Sequence[Measurement] | None,
+        now: datetime,
+    ) -> None:
+        """Count what this reconcile changed."""
+        ids = {"namespace": namespace, "release": release}
+        for m in measurements or ():
+            self.measurements.labels(**ids, metric=m.metric, verdict=m.verdict.value).inc()
+        self.weight.labels(**ids).set(new.weights.candidate)
+        self.mirror.labels(**ids).set(new.mirror_percent)
+        for phase in Phase:
+            self.phase.labels(**ids, phase=phase.value).set(1 if new.phase == phase else 0)
+        triggered_at: datetime | None = None
+        fresh = new_entries(old, new)
+        added = {_key(e) for e in fresh}
+        for entry in fresh:
+            if entry.type == TimelineType.REVISION_CREATED.value:
+                strategy = new.strategy.value if new.strategy else "none"
+                self.rollouts_started.labels(**ids, strategy=strategy).inc()
+            if entry.type in ROLLBACK_TRIGGERS:
+                self.rollbacks.labels(**ids, reason=ROLLBACK_TRIGGERS[entry.type]).inc()
+            if entry.type in FINISHED:
+                self.rollouts_finished.labels(**ids, outcome=FINISHED[entry.type]).inc()
+        for entry in new.timeline:
+            if entry.type in ROLLBACK_TRIGGERS and entry.at is not None:
+                triggered_at = entry.at
+            reverted = entry.type == TimelineType.ROLLED_BACK.value
+            if reverted and triggered_at is not None and _key(entry) in added:
+                elapsed = (now - triggered_at).total_seconds()
+                self.decision_to_revert.labels(**ids).observe(max(0.0, elapsed))
+
+    def record(self, name: str, labels: Mapping[str, str], value: float) -> None:
+        """A gauge the engine asked for by name (RecordMetric)."""
+        gauge = self._extra.get(name)
+        if gauge is None:
+            gauge = Gauge(f"rewind_{name}", f"Engine metric {name}.", list(labels),
+                          registry=self.registry)
+            self._extra[name] = gauge
+        gauge.labels(**labels).set(value)
+
+    def forget(self, namespace: str, release: str) -> None:
+        """Drop a deleted release's gauges so dashboards don't show ghosts."""
+        ids = (namespace, release)
+        for gauge in (self.weight, self.mirror):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*ids)
+        for phase in Phase:
+            with contextlib.suppress(KeyError):
+                self.phase.remove(*ids, phase.value)
