@@ -1,11 +1,15 @@
-"""Thin Kopf wiring: one reconcile loop (a daemon) per ModelRelease, poked by events.
+"""Thin Kopf wiring: one reconcile loop per ModelRelease, poked by watch events.
 
 Kopf is edge-triggered; rollouts are level-based and time-driven. So each ModelRelease gets
-a daemon that reconciles, then sleeps until the engine's next deadline (a step's pause, the
-next analysis, an approval timeout) or until something pokes it: a spec change, a human's
-`rewind.dev/` annotation, its Deployment becoming Available, or its RolloutPolicy changing.
-One loop per release serialises every write to it; a poke makes `kubectl annotate` act
-within one API round-trip instead of at the next tick.
+a loop (an asyncio task) that reconciles, then sleeps until the engine's next deadline (a
+step's pause, the next analysis, an approval timeout) or until something pokes it: a spec
+change, a human's `rewind.dev/` annotation, its Deployment becoming Available, or its
+RolloutPolicy changing. One loop per release serialises every write to it; a poke makes
+`kubectl annotate` act within one API round-trip instead of at the next tick.
+
+The loops are plain tasks started from the watch, not Kopf daemons: Kopf puts a finalizer
+on every object with a daemon, so a ModelRelease (and its namespace) could not be deleted
+while the operator is down. Owned objects are garbage-collected through ownerReferences.
 
 Nothing lives only in memory: the loop re-reads the release on every pass, so the operator
 can be killed at any line and resumes from what the API server holds.
@@ -14,9 +18,9 @@ can be killed at any line and resumes from what the API server holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections import defaultdict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -60,22 +64,34 @@ class RuntimeConfig:
     worker_threads: int = 32
 
 
-class Wakeups:
-    """One asyncio.Event per release: set it to make that release's loop run now."""
+class ReleaseLoops:
+    """The reconcile loop of every ModelRelease seen, and the events that wake them."""
 
-    def __init__(self) -> None:
-        self._events: dict[tuple[str, str], asyncio.Event] = defaultdict(asyncio.Event)
+    def __init__(self, controller: ReleaseController) -> None:
+        self.controller = controller
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._wake: dict[tuple[str, str], asyncio.Event] = {}
         self._generations: dict[tuple[str, str], int] = {}
 
-    def event(self, namespace: str, name: str) -> asyncio.Event:
-        return self._events[(namespace, name)]
+    def ensure(self, namespace: str, name: str) -> bool:
+        """Start the release's loop unless it runs; True when it was started now."""
+        key = (namespace, name)
+        task = self._tasks.get(key)
+        if task is not None and not task.done():
+            return False
+        self._wake[key] = asyncio.Event()
+        self._tasks[key] = asyncio.create_task(
+            self._run(namespace, name), name=f"rewind:{namespace}/{name}"
+        )
+        return True
 
     def poke(self, namespace: str, name: str) -> None:
-        if (namespace, name) in self._events:
-            self._events[(namespace, name)].set()
+        event = self._wake.get((namespace, name))
+        if event is not None:
+            event.set()
 
     def poke_namespace(self, namespace: str) -> None:
-        for (ns, _), event in self._events.items():
+        for (ns, _), event in self._wake.items():
             if ns == namespace:
                 event.set()
 
@@ -84,9 +100,38 @@ class Wakeups:
         self._generations[(namespace, name)] = generation
         return previous != generation
 
-    def forget(self, namespace: str, name: str) -> None:
-        self._events.pop((namespace, name), None)
-        self._generations.pop((namespace, name), None)
+    async def stop(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        task = self._tasks.pop(key, None)
+        self._wake.pop(key, None)
+        self._generations.pop(key, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.controller.operator_metrics.forget(namespace, name)
+
+    async def stop_all(self) -> None:
+        for namespace, name in list(self._tasks):
+            await self.stop(namespace, name)
+
+    async def _run(self, namespace: str, name: str) -> None:
+        """Reconcile, sleep until the next deadline or a poke; never raises."""
+        wake = self._wake[(namespace, name)]
+        loop = asyncio.get_running_loop()
+        while True:
+            wake.clear()
+            started = loop.time()
+            try:
+                result = await self.controller.reconcile(namespace, name)
+                delay = result.requeue_after if result.requeue_after is not None else IDLE_RESYNC
+            except Exception:  # one release's bug must not stop its loop or others
+                log.exception("reconcile of %s/%s failed; retrying", namespace, name)
+                delay = ERROR_REQUEUE
+            # The engine's deadline is relative to the start of the reconcile: subtract the
+            # time the reconcile itself took, or every analysis interval drifts by it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), max(0.0, delay - (loop.time() - started)))
 
 
 def _api_client() -> client.ApiClient:
@@ -105,7 +150,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=API_GROUP, key="last-handled-configuration"
     )
-    settings.persistence.finalizer = f"{API_GROUP}/operator"
     # Rewind posts its own Events with reasons people can filter on.
     settings.posting.enabled = False
     # Watches can stall silently behind proxies; re-list regularly.
@@ -135,66 +179,45 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         notifier=EventRecorder(api_client),
         operator_metrics=operator_metrics,
     )
-    memo.wakeups = Wakeups()
+    memo.loops = ReleaseLoops(memo.controller)
     if runtime.metrics_port:
         start_http_server(runtime.metrics_port, registry=operator_metrics.registry)
         log.info("operator metrics on :%d/metrics", runtime.metrics_port)
     log.info("analysis queries go to %s", runtime.prometheus_url)
 
 
-async def _sleep_until_poked(
-    wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float
-) -> None:
-    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
-@kopf.daemon(API_GROUP, API_VERSION, MODELRELEASE_PLURAL, cancellation_timeout=10.0)
-async def release_loop(
-    name: str, namespace: str | None, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any
-) -> None:
-    """The reconcile loop of one ModelRelease; never raises, so it never crash-loops."""
-    assert namespace is not None  # ModelRelease is namespaced
-    controller: ReleaseController = memo.controller
-    wakeups: Wakeups = memo.wakeups
-    wake = wakeups.event(namespace, name)
-    try:
-        while not stopped:
-            wake.clear()
-            try:
-                result = await controller.reconcile(namespace, name)
-                delay = result.requeue_after if result.requeue_after is not None else IDLE_RESYNC
-            except Exception:  # one release's bug must not stop its loop or others
-                log.exception("reconcile of %s/%s failed; retrying", namespace, name)
-                delay = ERROR_REQUEUE
-            await _sleep_until_poked(wake, stopped, delay)
-    finally:
-        wakeups.forget(namespace, name)
-        controller.operator_metrics.forget(namespace, name)
-
-
 def _has_action(annotations: Mapping[str, str]) -> bool:
     return any(key in annotations for key in ANNOTATION_OF.values())
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    loops: ReleaseLoops | None = memo.get("loops")
+    if loops is not None:
+        await loops.stop_all()
 
 
 @kopf.on.event(API_GROUP, API_VERSION, MODELRELEASE_PLURAL)
 async def release_event(
     event: kopf.RawEvent, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Wake the loop for a spec change or a human action; ignore our own status writes."""
+    """Start the release's loop on first sight (also after a restart: the watch lists every
+    object), stop it on deletion, wake it for a spec change or a human action; our own
+    status writes change neither generation nor action annotations, so they wake nothing."""
     assert namespace is not None
+    loops: ReleaseLoops = memo.loops
+    if event.get("type") == "DELETED":
+        await loops.stop(namespace, name)
+        return
     obj: Mapping[str, Any] = event.get("object") or {}
     meta = obj.get("metadata") or {}
-    wakeups: Wakeups = memo.wakeups
-    generation_changed = wakeups.generation_changed(
+    generation_changed = loops.generation_changed(
         namespace, name, int(meta.get("generation") or 0)
     )
+    if loops.ensure(namespace, name):
+        return
     if generation_changed or _has_action(meta.get("annotations") or {}):
-        wakeups.poke(namespace, name)
+        loops.poke(namespace, name)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE})
@@ -204,7 +227,7 @@ async def revision_event(
     """A revision's Deployment changed (became Available, lost pods): re-decide now."""
     release = labels.get(RELEASE_LABEL)
     if release and namespace:
-        memo.wakeups.poke(namespace, release)
+        memo.loops.poke(namespace, release)
 
 
 @kopf.on.event(API_GROUP, API_VERSION, ROLLOUTPOLICY_PLURAL)
@@ -213,7 +236,7 @@ async def policy_event(
 ) -> None:
     """A policy changed: its releases re-decide, and `kubectl get rp` shows its strategy."""
     assert namespace is not None
-    memo.wakeups.poke_namespace(namespace)
+    memo.loops.poke_namespace(namespace)
     obj: Mapping[str, Any] = event.get("object") or {}
     if event.get("type") == "DELETED" or not obj:
         return
