@@ -1,0 +1,178 @@
+"""Who may approve, and who did: admission stamps the approver, RBAC verbs decide who may.
+
+These run the real admission chain of the sandbox API server (MutatingAdmissionPolicy and
+ValidatingAdmissionPolicy from charts/rewind/files/human-actions.yaml) and, for N-of-M
+approval, the real operator.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, Kubectl, MetricsEndpoint, OperatorProcess, Sandbox, wait_for
+
+pytestmark = pytest.mark.sandbox
+
+POLICY_FILE = ROOT / "charts" / "rewind" / "files" / "human-actions.yaml"
+DIGEST = "sha256:" + "1f" * 32
+IMAGE = "registry.example.com/chat@sha256:" + "2e" * 32
+
+
+@pytest.fixture(scope="session")
+def human_actions(kubectl: Kubectl, crds_installed: None) -> None:
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(POLICY_FILE))
+
+
+def _policy(required: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "rewind.dev/v1alpha1",
+        "kind": "RolloutPolicy",
+        "metadata": {"name": "two-approvers"},
+        "spec": {
+            "strategy": {"canary": {"steps": [{"weight": 50, "pause": {"duration": "1h"}}]}},
+            "analysis": {
+                "interval": "1s",
+                "failureLimit": 1,
+                "metrics": [{
+                    "name": "error-rate",
+                    "query": 'max(rewind_test_error_rate{workload="{{candidateWorkload}}"})',
+                    "thresholds": {"max": 0.05},
+                }],
+            },
+            "rollback": {
+                "mode": "approval",
+                "approval": {"requiredApprovers": required, "timeout": "1h",
+                             "onTimeout": "Rollback"},
+            },
+        },
+    }
+
+
+def _release(version: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "rewind.dev/v1alpha1",
+        "kind": "ModelRelease",
+        "metadata": {"name": "chatbot"},
+        "spec": {
+            "policyRef": {"name": "two-approvers"},
+            "model": {"name": "chatbot", "version": f"2.0.{version}",
+                      "artifactURI": f"s3://models/chatbot/{version}/model.safetensors",
+                      "artifactDigest": DIGEST, "format": "safetensors"},
+            "code": {"image": IMAGE},
+            "serving": {"replicas": 1},
+            "traffic": {"hosts": ["chat.example.com"]},
+        },
+    }
+
+
+def _apply(kubectl: Kubectl, namespace: str, obj: dict[str, Any]) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+
+def _get(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
+    out = kubectl("get", "modelrelease/chatbot", "-n", namespace, "-o", "json").stdout
+    return dict(json.loads(out))
+
+
+def _bind(kubectl: Kubectl, namespace: str, role: str, user: str) -> None:
+    kubectl("create", "rolebinding", f"{role}-{user}", f"--clusterrole={role}",
+            f"--user={user}", "-n", namespace)
+
+
+def test_approval_is_stamped_with_the_real_user_and_cannot_be_forged(
+    kubectl: Kubectl, namespace: str, human_actions: None, sandbox: Sandbox
+) -> None:
+    _apply(kubectl, namespace, _policy(1))
+    _apply(kubectl, namespace, _release(1))
+    kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
+            "rewind.dev/approve-rollback=true")
+    annotations = _get(kubectl, namespace)["metadata"]["annotations"]
+    assert annotations["rewind.dev/approve-rollback-by"] == "rewind-admin"
+
+    forged = kubectl("annotate", "-n", namespace, "modelrelease/chatbot", "--overwrite",
+                     "rewind.dev/approve-rollback-by=someone-else", check=False)
+    assert forged.returncode != 0
+    assert "may not set them by hand" in forged.stderr
+
+
+def test_only_users_granted_the_verb_may_approve(
+    kubectl: Kubectl, namespace: str, human_actions: None, sandbox: Sandbox
+) -> None:
+    user = sandbox.env["SANDBOX_DEV_USER"]
+    _apply(kubectl, namespace, _policy(1))
+    _apply(kubectl, namespace, _release(1))
+    # May edit the object, but holds no approve-rollback verb.
+    kubectl("create", "role", "mr-editor", "--verb=get,list,patch",
+            "--resource=modelreleases.rewind.dev", "-n", namespace)
+    kubectl("create", "rolebinding", "mr-editor", "--role=mr-editor", f"--user={user}",
+            "-n", namespace)
+    denied = kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
+                     "rewind.dev/approve-rollback=true", dev=True, check=False)
+    assert denied.returncode != 0
+    assert f"user {user} may not approve-rollback on modelrelease/chatbot" in denied.stderr
+    # Other annotations are still the editor's to set.
+    kubectl("annotate", "-n", namespace, "modelrelease/chatbot", "team=chat", dev=True)
+
+    _bind(kubectl, namespace, "rewind-approver", user)
+    wait_for("the approver role to take effect", lambda: kubectl(
+        "auth", "can-i", "approve-rollback", "modelreleases.rewind.dev", "-n", namespace,
+        dev=True, check=False).stdout.strip() == "yes")
+    kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
+            "rewind.dev/approve-rollback=true", dev=True)
+    annotations = _get(kubectl, namespace)["metadata"]["annotations"]
+    assert annotations["rewind.dev/approve-rollback-by"] == user
+    # An approver is not on call: break glass needs the rollback verb.
+    glass = kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
+                    "rewind.dev/rollback=panic", dev=True, check=False)
+    assert glass.returncode != 0 and "may not rollback" in glass.stderr
+
+
+def test_two_distinct_approvers_are_needed(
+    kubectl: Kubectl,
+    namespace: str,
+    human_actions: None,
+    sandbox: Sandbox,
+    operator: OperatorProcess,
+    metrics_endpoint: MetricsEndpoint,
+) -> None:
+    user = sandbox.env["SANDBOX_DEV_USER"]
+    _bind(kubectl, namespace, "rewind-approver", user)
+    _apply(kubectl, namespace, _policy(2))
+    _apply(kubectl, namespace, _release(1))
+    wait_for("r1 promoted", lambda: _get(kubectl, namespace).get("status", {})
+             .get("stableRevision") == 1, 60)
+    metrics_endpoint.set("rewind_test_error_rate", 0.4, workload="chatbot-r2")
+    _apply(kubectl, namespace, _release(2))
+    wait_for("the rollback decision", lambda: _get(kubectl, namespace).get("status", {})
+             .get("phase") == "AwaitingApproval", 60)
+
+    def approve(dev: bool) -> None:
+        kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
+                "rewind.dev/approve-rollback=true", dev=dev)
+
+    approve(dev=False)
+    wait_for("the first approval recorded", lambda: [
+        a["user"] for a in _get(kubectl, namespace)["status"]["pendingDecision"]["approvals"]
+    ] == ["rewind-admin"], 30)
+    # The same person approving again does not count twice.
+    approve(dev=False)
+    wait_for("the repeated annotation consumed", lambda: "rewind.dev/approve-rollback" not in
+             _get(kubectl, namespace)["metadata"].get("annotations", {}), 30)
+    status = _get(kubectl, namespace)["status"]
+    assert status["phase"] == "AwaitingApproval"
+    assert len(status["pendingDecision"]["approvals"]) == 1
+
+    approve(dev=True)
+    wait_for("the rollback", lambda: _get(kubectl, namespace)["status"]["phase"] == "RolledBack",
+             30)
+    status = _get(kubectl, namespace)["status"]
+    assert status["stableRevision"] == 1
+    approvers = {e["user"] for e in status["timeline"] if e["type"] == "Approved"}
+    assert approvers == {"rewind-admin", user}
+    vs = json.loads(kubectl("get", "virtualservice/chatbot", "-n", namespace, "-o",
+                            "json").stdout)
+    routes = vs["spec"]["http"][0]["route"]
+    assert [(r["destination"]["subset"], r.get("weight", 100)) for r in routes] == [("r1", 100)]
