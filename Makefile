@@ -52,11 +52,15 @@ lint: venv
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/mypy
 
+# crds/ is generated from operator/rewind/api.py; the chart ships a copy (a test compares).
 crds: venv
 	$(PY) -m rewind.crdgen
+	cp crds/*.yaml charts/rewind/crds/
+	$(PY) charts/rewind/argocd/generate.py
 
 crds-check: venv
 	$(PY) -m rewind.crdgen --check
+	$(PY) charts/rewind/argocd/generate.py --check
 
 test-unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)

@@ -18,6 +18,7 @@ can be killed at any line and resumes from what the API server holds.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -58,6 +59,21 @@ class RuntimeConfig:
     prometheus_token: str | None = field(
         default_factory=lambda: os.environ.get("PROMETHEUS_BEARER_TOKEN") or None
     )
+    prometheus_username: str | None = field(
+        default_factory=lambda: os.environ.get("PROMETHEUS_BASIC_AUTH_USERNAME") or None
+    )
+    prometheus_password: str | None = field(
+        default_factory=lambda: os.environ.get("PROMETHEUS_BASIC_AUTH_PASSWORD") or None
+    )
+
+    def prometheus_headers(self) -> dict[str, str] | None:
+        """Bearer token or basic auth for Prometheus (the chart refuses both at once)."""
+        if self.prometheus_token:
+            return {"Authorization": f"Bearer {self.prometheus_token}"}
+        if self.prometheus_username is not None:
+            pair = f"{self.prometheus_username}:{self.prometheus_password or ''}"
+            return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+        return None
     metrics_port: int = field(
         default_factory=lambda: int(os.environ.get("REWIND_METRICS_PORT", "0"))
     )
@@ -164,11 +180,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         ThreadPoolExecutor(max_workers=runtime.worker_threads, thread_name_prefix="rewind-io")
     )
     api_client = _api_client()
-    headers = (
-        {"Authorization": f"Bearer {runtime.prometheus_token}"}
-        if runtime.prometheus_token
-        else None
-    )
+    headers = runtime.prometheus_headers()
     operator_metrics = OperatorMetrics()
     memo.api_client = api_client
     memo.controller = ReleaseController(

@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-format", choices=("plain", "full", "json"), default="full")
     parser.add_argument("--peering", default=None,
                         help="Kopf peering object name for HA; default: standalone")
+    parser.add_argument("--priority", type=int, default=None,
+                        help="peering priority: the highest live replica is active")
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--debug", action="store_true")
     return parser.parse_args(argv)
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     kopf.run(
         standalone=args.peering is None,
         peering_name=args.peering,
+        priority=args.priority,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness,
