@@ -68,6 +68,14 @@ test-unit: venv
 test: sandbox-up lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The 3 AM incident: operator, model servers and a stand-in for Istio's data plane, on
+# the sandbox; exits non-zero unless every outcome checks out in the API server.
+demo: sandbox-up
+	$(PY) -m rewind.demo
+
+demo-down: venv
+	$(PY) -m rewind.demo --down
+
 run: sandbox-up
 	source .sandbox/env && $(VENV)/bin/rewind-operator
 

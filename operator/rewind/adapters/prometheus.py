@@ -70,6 +70,14 @@ def classify_http_error(exc: PrometheusApiClientException) -> MetricQueryError:
     return MetricQueryError("unreachable", reason)
 
 
+def _root_cause(exc: BaseException) -> str:
+    """The reason a request failed, without the URL-encoded query requests puts in it."""
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
+    if errno:
+        return errno.group(1).strip()
+    return type(exc).__name__
+
+
 def _number(raw: Any) -> float | None:
     """Float of a sample value; NaN and +-Inf (e.g. 0/0 with no traffic) are no data."""
     try:
@@ -205,7 +213,7 @@ class PrometheusProvider:
         except requests.exceptions.Timeout as exc:
             raise MetricQueryError("timeout", f"no answer within {timeout:g}s") from exc
         except requests.exceptions.RequestException as exc:
-            raise MetricQueryError("unreachable", f"{self.url}: {exc}"[:MAX_MESSAGE]) from exc
+            raise MetricQueryError("unreachable", f"{self.url}: {_root_cause(exc)}") from exc
         except PrometheusApiClientException as exc:
             raise classify_http_error(exc) from exc
         except (ValueError, KeyError, TypeError) as exc:

@@ -1,0 +1,139 @@
+"""`make demo` end to end: the whole story against the sandbox, then a re-run in place.
+
+The demo runs as a subprocess exactly as `make demo` runs it (its own operator, revision
+runner and traffic generators), in a namespace of its own so a demo someone is watching in
+`rewind-demo` is left alone. Its exit code says whether it verified the story; this test
+checks the outcomes again from the API server and that no process outlives the demo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, Kubectl, Sandbox
+
+pytestmark = pytest.mark.sandbox
+
+APPROVE = "kubectl annotate modelrelease/chatbot -n {ns} rewind.dev/approve-rollback=true"
+
+
+def run_demo(sandbox: Sandbox, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **sandbox.env, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "rewind.demo", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def release(kubectl: Kubectl, ns: str, name: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(
+        kubectl("get", "modelrelease", name, "-n", ns, "-o", "json").stdout
+    )
+    return out
+
+
+def outcomes(body: dict[str, Any]) -> dict[int, str]:
+    return {h["revision"]: h["outcome"] for h in body["status"].get("history", [])}
+
+
+def types(body: dict[str, Any], revision: int) -> list[str]:
+    return [e["type"] for e in body["status"].get("timeline", []) if e["revision"] == revision]
+
+
+def routes(kubectl: Kubectl, ns: str, name: str) -> tuple[dict[str, int], Any]:
+    vs = json.loads(kubectl("get", "virtualservice", name, "-n", ns, "-o", "json").stdout)
+    rule = vs["spec"]["http"][0]
+    weights = {r["destination"]["subset"]: r.get("weight", 100) for r in rule["route"]}
+    return {s: w for s, w in weights.items() if w > 0}, rule.get("mirror")
+
+
+def demo_processes(ns: str) -> list[str]:
+    """Live processes whose command line names the demo's namespace (its operator)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if ns in cmdline and "rewind" in cmdline and "pytest" not in cmdline:
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+@pytest.fixture()
+def demo_namespace(sandbox: Sandbox, kubectl: Kubectl) -> Iterator[str]:
+    ns = f"t-demo-{uuid.uuid4().hex[:6]}"
+    yield ns
+    run_demo(sandbox, "--down", "--namespace", ns, timeout=120)
+    kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.mark.timeout(900)
+def test_demo_plays_the_story_and_can_run_again(
+    sandbox: Sandbox, kubectl: Kubectl, demo_namespace: str
+) -> None:
+    ns = demo_namespace
+    full = run_demo(sandbox, "--namespace", ns, "--timeout", "420", timeout=480)
+    log = f"--- stdout ---\n{full.stdout[-15000:]}\n--- stderr ---\n{full.stderr[-5000:]}"
+    assert full.returncode == 0, log
+    assert "The story played as expected" in full.stdout, log
+    assert APPROVE.format(ns=ns) in full.stdout, log  # printed, then run by the demo
+    assert "[FAIL]" not in full.stdout, log
+
+    # v2 promoted through every step, v3 rolled back to it automatically.
+    fraud = release(kubectl, ns, "fraud")
+    assert fraud["status"]["phase"] == "RolledBack"
+    assert fraud["status"]["stableRevision"] == 2
+    assert outcomes(fraud)[2] == "Promoted" and outcomes(fraud)[3] == "RolledBack"
+    assert types(fraud, 2).count("StepStarted") == 2 and "AnalysisFailed" not in types(fraud, 2)
+    assert "RollbackDecided" in types(fraud, 3) and "Approved" not in types(fraud, 3)
+    assert routes(kubectl, ns, "fraud") == ({"r2": 100}, None)
+
+    # The drift waited for a human, who approved.
+    chatbot = release(kubectl, ns, "chatbot")
+    assert chatbot["status"]["phase"] == "RolledBack"
+    assert chatbot["status"]["stableRevision"] == 1
+    assert outcomes(chatbot)[2] == "RolledBack"
+    assert {"ApprovalRequested", "Approved"} <= set(types(chatbot, 2))
+    asked = next(e for e in chatbot["status"]["timeline"] if e["type"] == "ApprovalRequested")
+    assert "score-psi" in asked["message"]
+    assert "rewind.dev/approve-rollback" not in chatbot["metadata"].get("annotations", {})
+    assert routes(kubectl, ns, "chatbot") == ({"r1": 100}, None)
+
+    # The shadow never served users and was rejected.
+    recommender = release(kubectl, ns, "recommender")
+    assert recommender["status"]["phase"] == "Failed"
+    assert recommender["status"]["stableRevision"] == 1
+    assert outcomes(recommender)[2] == "Failed"
+    assert routes(kubectl, ns, "recommender") == ({"r1": 100}, None)
+    assert "never answered a user" in full.stdout
+
+    # Nothing outlives the demo: operator gone, every model server stopped.
+    assert demo_processes(ns) == []
+    runner_pids = Path(sandbox.env["SANDBOX_DIR"]) / "demo" / ns / "runner-pids.json"
+    assert json.loads(runner_pids.read_text()) == {}
+    leftover = [p.name for p in sandbox.targets_dir.glob("*.json") if ns in p.name]
+    assert leftover == []
+
+    # Safe to run twice: the quick story in the same namespace starts from scratch.
+    again = run_demo(sandbox, "--namespace", ns, "--quick", "--timeout", "300", timeout=360)
+    log = f"--- stdout ---\n{again.stdout[-15000:]}\n--- stderr ---\n{again.stderr[-5000:]}"
+    assert again.returncode == 0, log
+    assert "deleting the previous demo's objects" in again.stdout, log
+    fraud = release(kubectl, ns, "fraud")
+    assert fraud["status"]["phase"] == "RolledBack"
+    assert fraud["status"]["stableRevision"] == 1
+    assert outcomes(fraud) == {1: "Promoted", 2: "RolledBack"}
+    assert release(kubectl, ns, "chatbot")["status"]["phase"] == "RolledBack"
+    assert demo_processes(ns) == []
