@@ -283,10 +283,17 @@ class OperatorProcess:
     exactly like a crashed pod.
     """
 
-    def __init__(self, sandbox: Sandbox, namespaces: list[str], log_path: Path) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        namespaces: list[str],
+        log_path: Path,
+        kubeconfig: str | None = None,
+    ) -> None:
         self.sandbox = sandbox
         self.namespaces = namespaces
         self.log_path = log_path
+        self.kubeconfig = kubeconfig or sandbox.kubeconfig
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *extra: str) -> None:
@@ -294,7 +301,9 @@ class OperatorProcess:
                 "--prometheus-url", self.sandbox.prometheus_url, "--verbose"]
         for ns in self.namespaces:
             args += ["--namespace", ns]
-        env = {**os.environ, "KUBECONFIG": self.sandbox.kubeconfig}
+        if not self.namespaces:
+            args.append("--all-namespaces")
+        env = {**os.environ, "KUBECONFIG": self.kubeconfig}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args + list(extra), stdout=log, stderr=subprocess.STDOUT,
                                          env=env, start_new_session=True)
