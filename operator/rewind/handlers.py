@@ -57,13 +57,14 @@ class RuntimeConfig:
         default_factory=lambda: os.environ.get("PROMETHEUS_URL", "http://prometheus:9090")
     )
     prometheus_token: str | None = field(
-        default_factory=lambda: os.environ.get("PROMETHEUS_BEARER_TOKEN") or None
+        default_factory=lambda: os.environ.get("PROMETHEUS_BEARER_TOKEN") or None, repr=False
     )
     prometheus_username: str | None = field(
         default_factory=lambda: os.environ.get("PROMETHEUS_BASIC_AUTH_USERNAME") or None
     )
     prometheus_password: str | None = field(
-        default_factory=lambda: os.environ.get("PROMETHEUS_BASIC_AUTH_PASSWORD") or None
+        default_factory=lambda: os.environ.get("PROMETHEUS_BASIC_AUTH_PASSWORD") or None,
+        repr=False,
     )
 
     def prometheus_headers(self) -> dict[str, str] | None:
@@ -81,23 +82,32 @@ class RuntimeConfig:
 
 
 class ReleaseLoops:
-    """The reconcile loop of every ModelRelease seen, and the events that wake them."""
+    """The reconcile loop of every ModelRelease seen, and the events that wake them.
+
+    Loops are keyed by name but belong to one object (uid): a release deleted and created
+    again under the same name gets a new loop, and a late DELETED of the old object (Kopf
+    handles events per uid, so it can arrive after the new ADDED) stops nothing.
+    """
 
     def __init__(self, controller: ReleaseController) -> None:
         self.controller = controller
-        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._tasks: dict[tuple[str, str], tuple[str, asyncio.Task[None]]] = {}
         self._wake: dict[tuple[str, str], asyncio.Event] = {}
         self._generations: dict[tuple[str, str], int] = {}
 
-    def ensure(self, namespace: str, name: str) -> bool:
-        """Start the release's loop unless it runs; True when it was started now."""
+    def ensure(self, namespace: str, name: str, uid: str) -> bool:
+        """Start the object's loop unless it runs; True when it was started now."""
         key = (namespace, name)
-        task = self._tasks.get(key)
-        if task is not None and not task.done():
-            return False
+        current = self._tasks.get(key)
+        if current is not None:
+            current_uid, task = current
+            if current_uid == uid and not task.done():
+                return False
+            task.cancel()  # the previous object of that name is gone
         self._wake[key] = asyncio.Event()
-        self._tasks[key] = asyncio.create_task(
-            self._run(namespace, name), name=f"rewind:{namespace}/{name}"
+        self._tasks[key] = (
+            uid,
+            asyncio.create_task(self._run(namespace, name), name=f"rewind:{namespace}/{name}"),
         )
         return True
 
@@ -116,12 +126,17 @@ class ReleaseLoops:
         self._generations[(namespace, name)] = generation
         return previous != generation
 
-    async def stop(self, namespace: str, name: str) -> None:
+    async def stop(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Stop the loop; with a uid, only if the loop belongs to that object."""
         key = (namespace, name)
-        task = self._tasks.pop(key, None)
+        current = self._tasks.get(key)
+        if current is None or (uid is not None and current[0] != uid):
+            return
+        del self._tasks[key]
         self._wake.pop(key, None)
         self._generations.pop(key, None)
-        if task is not None:
+        task = current[1]
+        if task is not asyncio.current_task():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -218,15 +233,16 @@ async def release_event(
     status writes change neither generation nor action annotations, so they wake nothing."""
     assert namespace is not None
     loops: ReleaseLoops = memo.loops
-    if event.get("type") == "DELETED":
-        await loops.stop(namespace, name)
-        return
     obj: Mapping[str, Any] = event.get("object") or {}
     meta = obj.get("metadata") or {}
+    uid = str(meta.get("uid") or "")
+    if event.get("type") == "DELETED":
+        await loops.stop(namespace, name, uid)
+        return
     generation_changed = loops.generation_changed(
         namespace, name, int(meta.get("generation") or 0)
     )
-    if loops.ensure(namespace, name):
+    if loops.ensure(namespace, name, uid):
         return
     if generation_changed or _has_action(meta.get("annotations") or {}):
         loops.poke(namespace, name)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rewind.api import Measurement, ModelReleaseStatus, Phase, TimelineEntry, TimelineType
 
-#: Timeline entries that start a rollback, and the `reason` label each one counts under.
+#: Timeline entries that decide a rollback, and the `reason` label it counts under.
 ROLLBACK_TRIGGERS: Mapping[str, str] = {
     TimelineType.ROLLBACK_DECIDED.value: "analysis",
     TimelineType.APPROVED.value: "approved",
@@ -95,6 +96,8 @@ class OperatorMetrics:
             registry=self.registry,
         )
         self._extra: dict[str, Gauge] = {}
+        self._families: dict[int, Any] = {}
+        self._children: dict[tuple[str, str], set[tuple[int, tuple[str, ...]]]] = {}
 
     def observe(
         self,
@@ -103,34 +106,55 @@ class OperatorMetrics:
         old: ModelReleaseStatus,
         new: ModelReleaseStatus,
         measurements: Sequence[Measurement] | None,
-        now: datetime,
+        applied_at: datetime,
     ) -> None:
-        """Count what this reconcile changed."""
+        """Count what this reconcile changed; ``applied_at`` is when its writes landed."""
         ids = {"namespace": namespace, "release": release}
         for m in measurements or ():
-            self.measurements.labels(**ids, metric=m.metric, verdict=m.verdict.value).inc()
-        self.weight.labels(**ids).set(new.weights.candidate)
-        self.mirror.labels(**ids).set(new.mirror_percent)
+            self._child(self.measurements, ids, metric=m.metric, verdict=m.verdict.value).inc()
+        self._child(self.weight, ids).set(new.weights.candidate)
+        self._child(self.mirror, ids).set(new.mirror_percent)
         for phase in Phase:
-            self.phase.labels(**ids, phase=phase.value).set(1 if new.phase == phase else 0)
-        triggered_at: datetime | None = None
-        fresh = new_entries(old, new)
-        added = {_key(e) for e in fresh}
-        for entry in fresh:
-            if entry.type == TimelineType.REVISION_CREATED.value:
-                strategy = new.strategy.value if new.strategy else "none"
-                self.rollouts_started.labels(**ids, strategy=strategy).inc()
+            self._child(self.phase, ids, phase=phase.value).set(1 if new.phase == phase else 0)
+        trigger: TimelineEntry | None = None
+        for entry in new_entries(old, new):
             if entry.type in ROLLBACK_TRIGGERS:
-                self.rollbacks.labels(**ids, reason=ROLLBACK_TRIGGERS[entry.type]).inc()
+                trigger = entry
+            elif entry.type == TimelineType.REVISION_CREATED.value:
+                strategy = new.strategy.value if new.strategy else "none"
+                self._child(self.rollouts_started, ids, strategy=strategy).inc()
+            elif entry.type == TimelineType.ROLLBACK_STARTED.value:
+                # Counted where a rollback begins: an approval that is one of N, or a
+                # timeout that resumes, is not a rollback.
+                reason = ROLLBACK_TRIGGERS[trigger.type] if trigger else "other"
+                self._child(self.rollbacks, ids, reason=reason).inc()
             if entry.type in FINISHED:
-                self.rollouts_finished.labels(**ids, outcome=FINISHED[entry.type]).inc()
-        for entry in new.timeline:
+                self._child(self.rollouts_finished, ids, outcome=FINISHED[entry.type]).inc()
+            if entry.type == TimelineType.ROLLED_BACK.value:
+                decided = self._decided_at(new.timeline, entry)
+                if decided is not None:
+                    elapsed = (applied_at - decided).total_seconds()
+                    self._child(self.decision_to_revert, ids).observe(max(0.0, elapsed))
+
+    @staticmethod
+    def _decided_at(timeline: Sequence[TimelineEntry], reverted: TimelineEntry) -> datetime | None:
+        """When the decision behind a rollback was taken (the latest trigger before it)."""
+        decided: datetime | None = None
+        for entry in timeline:
+            if entry is reverted:
+                return decided
             if entry.type in ROLLBACK_TRIGGERS and entry.at is not None:
-                triggered_at = entry.at
-            reverted = entry.type == TimelineType.ROLLED_BACK.value
-            if reverted and triggered_at is not None and _key(entry) in added:
-                elapsed = (now - triggered_at).total_seconds()
-                self.decision_to_revert.labels(**ids).observe(max(0.0, elapsed))
+                decided = entry.at
+        return decided
+
+    def _child(self, family: Any, ids: Mapping[str, str], **labels: str) -> Any:
+        """A labelled child, remembered per release so `forget` can remove it."""
+        values = (ids["namespace"], ids["release"], *labels.values())
+        self._children.setdefault((ids["namespace"], ids["release"]), set()).add(
+            (id(family), values)
+        )
+        self._families[id(family)] = family
+        return family.labels(*values)
 
     def record(self, name: str, labels: Mapping[str, str], value: float) -> None:
         """A gauge the engine asked for by name (RecordMetric)."""
@@ -142,11 +166,7 @@ class OperatorMetrics:
         gauge.labels(**labels).set(value)
 
     def forget(self, namespace: str, release: str) -> None:
-        """Drop a deleted release's gauges so dashboards don't show ghosts."""
-        ids = (namespace, release)
-        for gauge in (self.weight, self.mirror):
+        """Drop a deleted release's series so dashboards show no ghosts and memory stays flat."""
+        for family_id, values in self._children.pop((namespace, release), set()):
             with contextlib.suppress(KeyError):
-                gauge.remove(*ids)
-        for phase in Phase:
-            with contextlib.suppress(KeyError):
-                self.phase.remove(*ids, phase.value)
+                self._families[family_id].remove(*values)

@@ -1,0 +1,69 @@
+"""Operator metrics are derived from what the status says happened."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from rewind.api import ModelReleaseStatus, Phase, TimelineEntry, TimelineType
+from rewind.metrics import OperatorMetrics
+
+T0 = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+IDS = {"namespace": "ml", "release": "chatbot"}
+
+
+def entry(kind: TimelineType, seconds: float, user: str = "") -> TimelineEntry:
+    return TimelineEntry(at=T0 + timedelta(seconds=seconds), type=kind.value, revision=2,
+                         user=user)
+
+
+def status(*entries: TimelineEntry, phase: Phase = Phase.PROGRESSING) -> ModelReleaseStatus:
+    return ModelReleaseStatus(phase=phase, timeline=list(entries))
+
+
+def value(metrics: OperatorMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, {**IDS, **labels})
+
+
+def test_one_of_two_approvals_is_not_a_rollback() -> None:
+    metrics = OperatorMetrics()
+    asked = entry(TimelineType.APPROVAL_REQUESTED, 0)
+    first = entry(TimelineType.APPROVED, 5, "alice")
+    metrics.observe("ml", "chatbot", status(asked), status(asked, first), None, T0)
+    assert value(metrics, "rewind_rollbacks_total", reason="approved") is None
+
+
+def test_a_rollback_counts_once_with_its_trigger_and_times_the_revert() -> None:
+    metrics = OperatorMetrics()
+    before = status(entry(TimelineType.APPROVED, 5, "alice"))
+    after = status(
+        *before.timeline,
+        entry(TimelineType.APPROVED, 9, "bob"),
+        entry(TimelineType.ROLLBACK_STARTED, 9),
+        entry(TimelineType.ROLLED_BACK, 9),
+        phase=Phase.ROLLED_BACK,
+    )
+    applied = T0 + timedelta(seconds=9.25)
+    metrics.observe("ml", "chatbot", before, after, None, applied)
+    assert value(metrics, "rewind_rollbacks_total", reason="approved") == 1
+    assert value(metrics, "rewind_rollouts_finished_total", outcome="RolledBack") == 1
+    assert value(metrics, "rewind_decision_to_revert_seconds_sum") == 0.25
+    # The same status seen again counts nothing new.
+    metrics.observe("ml", "chatbot", after, after, None, applied)
+    assert value(metrics, "rewind_rollbacks_total", reason="approved") == 1
+
+
+def test_a_timeout_that_resumes_is_not_a_rollback() -> None:
+    metrics = OperatorMetrics()
+    after = status(entry(TimelineType.APPROVAL_TIMED_OUT, 60))
+    metrics.observe("ml", "chatbot", status(), after, None, T0)
+    assert value(metrics, "rewind_rollbacks_total", reason="approval-timeout") is None
+
+
+def test_phase_gauge_and_forget() -> None:
+    metrics = OperatorMetrics()
+    metrics.observe("ml", "chatbot", status(), status(phase=Phase.AWAITING_APPROVAL), None, T0)
+    assert value(metrics, "rewind_release_phase", phase="AwaitingApproval") == 1
+    assert value(metrics, "rewind_release_phase", phase="Promoted") == 0
+    metrics.forget("ml", "chatbot")
+    assert value(metrics, "rewind_release_phase", phase="AwaitingApproval") is None
+    assert value(metrics, "rewind_release_candidate_weight") is None
