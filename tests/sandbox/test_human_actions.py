@@ -176,3 +176,23 @@ def test_two_distinct_approvers_are_needed(
                             "json").stdout)
     routes = vs["spec"]["http"][0]["route"]
     assert [(r["destination"]["subset"], r.get("weight", 100)) for r in routes] == [("r1", 100)]
+
+
+def test_the_stamp_of_a_pending_action_cannot_be_removed(
+    kubectl: Kubectl, namespace: str, human_actions: None
+) -> None:
+    """Removing -by while the action stays would turn one approver into two (one of them
+    anonymous); only consuming both together (what the operator does) is allowed."""
+    _apply(kubectl, namespace, _policy(2))
+    _apply(kubectl, namespace, {**_release(1), "metadata": {
+        "name": "chatbot", "annotations": {"rewind.dev/approve-rollback": "true"}}})
+    assert _get(kubectl, namespace)["metadata"]["annotations"][
+        "rewind.dev/approve-rollback-by"] == "rewind-admin"
+    stripped = kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
+                       "rewind.dev/approve-rollback-by-", check=False)
+    assert stripped.returncode != 0
+    assert "may not remove it" in stripped.stderr
+    kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
+            "rewind.dev/approve-rollback-", "rewind.dev/approve-rollback-by-")
+    assert "rewind.dev/approve-rollback-by" not in _get(kubectl, namespace)["metadata"].get(
+        "annotations", {})
