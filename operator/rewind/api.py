@@ -24,6 +24,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -57,9 +58,13 @@ __all__ = [
     "GATEWAY_PATTERN",
     "HOST_PATTERN",
     "IMAGE_DIGEST_SUFFIX_PATTERN",
+    "MAX_CONSUMED_ACTIONS",
     "MAX_HISTORY",
+    "MAX_HUMAN_TEXT",
     "MAX_MEASUREMENTS",
+    "MAX_MESSAGE",
     "MAX_RELEASE_NAME",
+    "MAX_SHORT_TEXT",
     "MAX_TIMELINE",
     "MODELRELEASE_KIND",
     "MODELRELEASE_PLURAL",
@@ -80,6 +85,7 @@ __all__ = [
     "Condition",
     "ConditionStatus",
     "ConditionType",
+    "ConsumedAction",
     "DataSpec",
     "DecisionAction",
     "Digest",
@@ -126,6 +132,7 @@ __all__ = [
     "Verdict",
     "Weights",
     "append_bounded",
+    "clip",
     "image_digest",
     "parse_duration",
     "query_variables",
@@ -153,6 +160,14 @@ MAX_RELEASE_NAME = 50
 MAX_MEASUREMENTS = 20
 MAX_HISTORY = 20
 MAX_TIMELINE = 50
+MAX_CONSUMED_ACTIONS = 10
+
+#: Bounded status strings (maxLength in the schema). Reading clips longer values instead of
+#: failing, and the engine clips what it writes: a status the API server refuses (etcd's
+#: object size limit, or these bounds) would stop the release from being reconciled at all.
+MAX_MESSAGE = 1024  # messages and reasons
+MAX_HUMAN_TEXT = 256  # an action annotation's value or its author, as stored in status
+MAX_SHORT_TEXT = 128  # engine-chosen identifiers: timeline types, condition types/reasons
 
 ANNOTATION_APPROVE_ROLLBACK = f"{API_GROUP}/approve-rollback"
 ANNOTATION_REJECT_ROLLBACK = f"{API_GROUP}/reject-rollback"
@@ -212,6 +227,30 @@ def workload_name(release: str, revision: int) -> str:
     return f"{release}-r{revision}"
 
 
+ELLIPSIS = "\u2026"
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, an ellipsis marking the cut.
+
+    Characters are Unicode code points, as the API server counts them for ``maxLength``.
+    """
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1] + ELLIPSIS if limit > 0 else ""
+
+
+def _clipper(limit: int) -> BeforeValidator:
+    """Clip an over-long string on read (an older status), then the bound is checked."""
+
+    def clip_value(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > limit:
+            return clip(value, limit)
+        return value
+
+    return BeforeValidator(clip_value)
+
+
 def _cel(
     rule: str, message: str, field_path: str | None = None, reason: str | None = None
 ) -> dict[str, str]:
@@ -238,6 +277,13 @@ Duration = Annotated[
 ]
 Digest = Annotated[str, StringConstraints(pattern=DIGEST_PATTERN, max_length=71)]
 Quantity = Annotated[str | int, Field(description="A Kubernetes resource quantity.")]
+
+#: Free text in status (messages, reasons): at most MAX_MESSAGE characters.
+StatusText = Annotated[str, StringConstraints(max_length=MAX_MESSAGE), _clipper(MAX_MESSAGE)]
+#: What a human wrote (an annotation's value, who set it): at most MAX_HUMAN_TEXT characters.
+HumanText = Annotated[str, StringConstraints(max_length=MAX_HUMAN_TEXT), _clipper(MAX_HUMAN_TEXT)]
+#: An identifier the engine chose (timeline type, condition type or reason).
+ShortText = Annotated[str, StringConstraints(max_length=MAX_SHORT_TEXT), _clipper(MAX_SHORT_TEXT)]
 
 
 # --------------------------------------------------------------------------------------
@@ -367,7 +413,13 @@ class ConditionStatus(StrEnum):
 
 
 class TimelineType(StrEnum):
-    """Well-known status.timeline entry types (the field itself accepts any string)."""
+    """Well-known status.timeline entry types (the field itself accepts any string).
+
+    ``RollbackStarted`` is appended on every entry into RollingBack, whatever triggered it
+    (analysis, approval, approval timeout, break glass), even when the rollback completes in
+    the same reconcile: count rollbacks from it. ``ApprovalTimedOut`` alone is not one
+    (``onTimeout: Resume`` continues the rollout).
+    """
 
     REVISION_CREATED = "RevisionCreated"
     STEP_STARTED = "StepStarted"
@@ -386,6 +438,7 @@ class TimelineType(StrEnum):
     BREAK_GLASS = "BreakGlassRollback"
     RETRY = "Retry"
     FAILED = "Failed"
+    ACTION_IGNORED = "ActionIgnored"
 
 
 # --------------------------------------------------------------------------------------
@@ -1194,7 +1247,7 @@ class Measurement(StatusModel):
     )
     at: datetime | None = Field(default=None, description="When the query ran (RFC 3339).")
     revision: int = Field(default=0, description="Revision that was measured.")
-    message: str = Field(default="", description="Why: no data, query error, out of range.")
+    message: StatusText = Field(default="", description="Why: no data, query error, out of range.")
 
 
 class AnalysisStatus(StatusModel):
@@ -1214,7 +1267,7 @@ class AnalysisStatus(StatusModel):
 class ApprovalRecord(StatusModel):
     """One user's approval of a pending decision."""
 
-    user: str = Field(default="", description="Who approved (from the annotation's author).")
+    user: HumanText = Field(default="", description="Who approved (from the annotation's author).")
     at: datetime | None = Field(default=None, description="When.")
 
 
@@ -1224,7 +1277,7 @@ class PendingDecision(StatusModel):
     action: DecisionAction = Field(
         default=DecisionAction.ROLLBACK, description="What approval would do: Rollback."
     )
-    reason: str = Field(default="", description="Why the operator proposes it.")
+    reason: StatusText = Field(default="", description="Why the operator proposes it.")
     decided_at: datetime | None = Field(default=None, description="When it was proposed.")
     expires_at: datetime | None = Field(
         default=None, description="When approval.onTimeout applies."
@@ -1256,28 +1309,44 @@ class HistoryEntry(StatusModel):
     created_at: datetime | None = Field(default=None, description="When it was first seen.")
     promoted_at: datetime | None = Field(default=None, description="When it became stable.")
     finished_at: datetime | None = Field(default=None, description="When it stopped serving.")
-    reason: str = Field(default="", description="Why it ended this way.")
+    reason: StatusText = Field(default="", description="Why it ended this way.")
 
 
 class TimelineEntry(StatusModel):
     """Something that happened, and why."""
 
     at: datetime | None = Field(default=None, description="When.")
-    type: str = Field(default="", description="What, e.g. RollbackDecided, Promoted.")
+    type: ShortText = Field(
+        default="",
+        description="What, e.g. RollbackDecided, RollbackStarted (every rollback that "
+        "begins, whatever triggered it), RolledBack, Promoted, ActionIgnored.",
+    )
     revision: int = Field(default=0, description="Revision concerned.")
-    message: str = Field(default="", description="Why, in words.")
-    user: str = Field(default="", description="Who, when a human acted.")
+    message: StatusText = Field(default="", description="Why, in words.")
+    user: HumanText = Field(default="", description="Who, when a human acted.")
+
+
+class ConsumedAction(StatusModel):
+    """An action annotation the operator acted on (or ignored) and asked to be removed."""
+
+    key: ShortText = Field(default="", description="Annotation key, e.g. rewind.dev/promote.")
+    value: HumanText = Field(
+        default="",
+        description=f"Its value (at most {MAX_HUMAN_TEXT} characters: longer ones are cut).",
+    )
+    user: HumanText = Field(default="", description="Who set it (empty: unknown).")
+    at: datetime | None = Field(default=None, description="When the operator consumed it.")
 
 
 class Condition(StatusModel):
     """kstatus-compatible condition (Ready, Progressing, Degraded, Stalled)."""
 
-    type: str = Field(default="", description="Ready, Progressing, Degraded or Stalled.")
+    type: ShortText = Field(default="", description="Ready, Progressing, Degraded or Stalled.")
     status: ConditionStatus = Field(
         default=ConditionStatus.UNKNOWN, description='"True", "False" or "Unknown".'
     )
-    reason: str = Field(default="", description="CamelCase reason.")
-    message: str = Field(default="", description="Human-readable detail.")
+    reason: ShortText = Field(default="", description="CamelCase reason.")
+    message: StatusText = Field(default="", description="Human-readable detail.")
     last_transition_time: datetime | None = Field(
         default=None, description="When status last changed."
     )
@@ -1295,7 +1364,7 @@ class ModelReleaseStatus(StatusModel):
         description="Pending, Progressing, Paused, AwaitingApproval, Promoted, RollingBack, "
         "RolledBack or Failed.",
     )
-    message: str = Field(default="", description="What is happening, in words.")
+    message: StatusText = Field(default="", description="What is happening, in words.")
     strategy: StrategyType | None = Field(
         default=None, description="Active strategy: canary, blueGreen or shadow."
     )
@@ -1330,6 +1399,14 @@ class ModelReleaseStatus(StatusModel):
     )
     conditions: list[Condition] = Field(
         default_factory=list, max_length=16, description="kstatus conditions."
+    )
+    consumed_actions: list[ConsumedAction] = Field(
+        default_factory=list,
+        max_length=MAX_CONSUMED_ACTIONS,
+        description="Action annotations (rewind.dev/promote, ...) the operator has already "
+        "acted on or ignored, kept until it sees them removed: an annotation still present "
+        "with the same value and author (its removal failed or is not seen yet) is never "
+        f"acted on twice, only removed again (at most {MAX_CONSUMED_ACTIONS}).",
     )
 
 

@@ -9,8 +9,8 @@ One explicit state machine
 ``decide`` runs a fixed pipeline (see ``_PIPELINE``)::
 
     record analysis -> expire a pending decision -> human actions
-        -> spec change + phase machine (to a fixpoint) -> housekeeping
-        -> desired state + conditions
+        -> spec change + phase machine (to a fixpoint) -> actions left for later judged
+        again -> housekeeping -> desired state + conditions -> status clipped to its bounds
 
 The phase machine is a dispatch table from ``status.phase`` to one small function
 (``_PHASES``); the rollout phases (Progressing/Paused) dispatch again on the kind of the
@@ -30,7 +30,7 @@ Progressing/Ready   candidate Available                     next stage (or Promo
 Progressing/Ready   progressDeadline passed                 Failed (candidate scaled to 0)
 Progressing/stage   duration elapsed + last analysis Pass   next stage; after the last one:
                                                             Promoted (or Promoted/shadow Stop)
-Paused/manual gate  rewind.dev/promote                      next stage
+Paused/manual gate  rewind.dev/promote=true                 next stage
 Progressing/Paused  failures >= failureLimit (or            automatic: RollingBack;
                     consecutive >= consecutiveFailureLimit) approval: AwaitingApproval
 AwaitingApproval    N distinct approvals / timeout+Rollback RollingBack
@@ -43,10 +43,46 @@ Promoted            rewind.dev/rollback (break glass)       RollingBack (target 
 RollingBack         target Available (at once when warm:    RolledBack (or Failed when the
                     same call)                              candidate never had live traffic)
 RollingBack         progressDeadline passed                 (stays) + condition Stalled
-Failed/RolledBack   rewind.dev/retry                        Progressing (same revision)
+Failed/RolledBack   rewind.dev/retry=true                   Progressing (same revision)
 Promoted            keepPreviousWarm / keepOldColour over   previous stable Retired (scaled 0)
 RolledBack/Failed   rollback.scaleDownDelay over            failed candidate scaled to 0
 ==================  ======================================  ===============================
+
+Every way into RollingBack (analysis, approval, approval timeout with ``onTimeout: Rollback``,
+break glass, blue-green switch-back) goes through ``_start_rollback``, which appends exactly
+one ``RollbackStarted`` timeline entry, also when the rollback completes in the same call
+(``RolledBack``, or ``Failed`` for a candidate that never had live traffic, follows it).
+Consumers (metrics) count rollbacks from it; ``ApprovalTimedOut`` alone is not a rollback,
+nor is failing a candidate with nothing to go back to (a first release).
+
+Human actions (annotations)
+---------------------------
+``_ACTIONS`` maps each kind to its handler and its value rule. ``approve-rollback``,
+``promote`` and ``retry`` act only when the value is ``true`` (case-insensitive, stripped);
+``reject-rollback`` and ``rollback`` take a reason (any non-empty text). Another value is
+ignored: an ``ActionIgnored`` note says why and how to do it, and the annotation is removed.
+
+Each annotation is acted on at most once, even if its removal never happens. The controller
+writes the status, then removes the annotations it was asked to; if the removal is lost
+(crash, API error) the next call sees the same annotation. ``status.consumedActions`` is the
+ledger (key, value, user, at; at most 10): every annotation acted on or deliberately ignored
+gets an entry and a ``RemoveAnnotation``; one still present with the key, value and user of
+an entry is only removed again (no event, no timeline entry); an entry whose annotation is
+gone is dropped (the removal happened), so setting it again later is a new action. While the
+ledger is not empty the decision requeues after ``CONSUMED_RECHECK`` seconds, so the removal
+is seen promptly: the same annotation set again by the same user *before* the operator saw it
+removed is taken for the old one and only removed (a window of seconds: set it once more).
+Left on the object, with no entry and no removal, are everything but break glass while the
+policy is unusable, and a promote at a gate whose candidate is not Available; those are
+judged again once the machine settled (``_reconsider_kept``), so deciding again on the
+produced status with the same annotations is a no-op besides ``RemoveAnnotation`` (with the
+annotations gone, only the ledger changes: it empties).
+
+What humans write is bounded at the engine boundary (``_bounded_actions``): values and users
+are clipped to ``api.MAX_HUMAN_TEXT`` characters (an ellipsis marks the cut), and the status
+is re-validated before it is returned, which clips every bounded string (messages and
+reasons: ``api.MAX_MESSAGE``): a 200 KB break-glass reason never makes a status etcd or the
+schema refuses.
 
 Actions are level-based: every call re-emits ``EnsureRevision`` for the stable, the in-flight
 candidate and anything that still has live weight, and one ``SetRoutes`` for the current
@@ -80,10 +116,12 @@ Choices worth knowing (documented in the tests too):
   is reset by a passing round (an inconclusive round leaves it). A stage advances only when
   its latest round (after the stage began) passed. Measurements for a round already recorded
   (``now <= analysis.lastRunAt``) are ignored, so a repeated call never double counts.
-* Without a usable policy only break glass is acted on (other annotations stay for later)
-  and a RollingBack completes; everything else holds with condition Stalled.
+* Without a usable policy only break glass is acted on (other annotations stay for later,
+  unless their value is refused: that needs no policy) and a RollingBack completes;
+  everything else holds with condition Stalled.
 * ``rewind.dev/promote`` at a manual gate while the candidate is not Available is left on
-  the object (not removed) and passes the gate once the candidate is Available again.
+  the object (not removed) and passes the gate once the candidate is Available again; if
+  the same call moves on (a new revision), it is ignored at once.
 * A spec change while RollingBack waits until the rollback completes (same call if it does).
 * Workload replicas: the revision the spec describes gets ``spec.serving.replicas``; any
   other revision keeps its observed replica count, or the spec's when it is scaled to zero.
@@ -104,7 +142,9 @@ from rewind.api import (
     ANNOTATION_REJECT_ROLLBACK,
     ANNOTATION_RETRY,
     ANNOTATION_ROLLBACK,
+    MAX_CONSUMED_ACTIONS,
     MAX_HISTORY,
+    MAX_HUMAN_TEXT,
     MAX_MEASUREMENTS,
     MAX_TIMELINE,
     AnalysisStatus,
@@ -113,6 +153,7 @@ from rewind.api import (
     Condition,
     ConditionStatus,
     ConditionType,
+    ConsumedAction,
     DecisionAction,
     HistoryEntry,
     Measurement,
@@ -127,6 +168,7 @@ from rewind.api import (
     TimelineType,
     Verdict,
     Weights,
+    clip,
     image_digest,
     parse_duration,
     tag_image_error,
@@ -184,7 +226,8 @@ class HumanAction:
     """A ``rewind.dev/`` annotation the handler read."""
 
     kind: ActionKind
-    value: str  # annotation value (a reason, or "true")
+    value: str  # annotation value: "true" (approve, promote, retry) or a reason (reject,
+    # rollback); the engine clips it, and the user, to api.MAX_HUMAN_TEXT characters
     user: str  # who set it ("" when unknown: one anonymous approver)
 
 
@@ -301,6 +344,9 @@ ROLLING_OUT = frozenset({Phase.PROGRESSING, Phase.PAUSED})
 DEFAULT_SCALE_DOWN_DELAY = 30.0
 DEFAULT_PROGRESS_DEADLINE = 600.0
 MIN_REQUEUE = 1.0
+#: After consuming an annotation, look again this soon: the removal is then seen and the
+#: ledger entry dropped before a human is likely to set the same annotation again.
+CONSUMED_RECHECK = 2.0
 _MACHINE_STEPS = 64  # more than the longest plan (1 + 20 shadow/canary stages + promote)
 
 
@@ -407,8 +453,8 @@ class _Ctx:
     wakeups: list[datetime] = field(default_factory=list)
     stalled: str | None = None  # stall reason found this call (besides policy / phase)
     deferred_spec: bool = False  # the spec changed while rolling back
-    kept: set[str] = field(default_factory=set)  # action kinds left on the object
-    rollback_started: bool = False  # this call moved to RollingBack
+    actions: tuple[HumanAction, ...] = ()  # Inputs.actions clipped, in the order acted on
+    kept: set[HumanAction] = field(default_factory=set)  # left on the object for later
 
     @property
     def now(self) -> datetime:
@@ -460,6 +506,20 @@ class _Ctx:
         if revision and action not in self.scale_downs:
             self.scale_downs.append(action)
 
+    def remove(self, action: HumanAction) -> None:
+        removal = RemoveAnnotation(ANNOTATION_OF[action.kind])
+        if removal not in self.annotations:
+            self.annotations.append(removal)
+
+    def _entry(self, type_: str, message: str, revision: int | None, user: str) -> TimelineEntry:
+        rev = (
+            revision
+            if revision is not None
+            else (self.s.candidate_revision or self.s.stable_revision)
+        )
+        # Validated on construction: the message and user are clipped to their bounds.
+        return TimelineEntry(at=self.now, type=str(type_), revision=rev, message=message, user=user)
+
     def record(
         self,
         type_: str,
@@ -470,22 +530,24 @@ class _Ctx:
         warning: bool = False,
     ) -> None:
         """A transition: timeline entry + Event."""
-        rev = (
-            revision
-            if revision is not None
-            else (self.s.candidate_revision or self.s.stable_revision)
-        )
-        self.s.timeline.append(
-            TimelineEntry(at=self.now, type=str(type_), revision=rev, message=message, user=user)
-        )
-        self.events.append(EmitEvent("Warning" if warning else "Normal", str(type_), message))
+        self._append(self._entry(type_, message, revision, user), warning)
+
+    def _append(self, entry: TimelineEntry, warning: bool) -> None:
+        self.s.timeline.append(entry)
+        self.events.append(EmitEvent("Warning" if warning else "Normal", entry.type, entry.message))
 
     def note(self, type_: str, message: str, *, user: str = "") -> None:
-        """Not a transition (an ignored action): recorded once even if delivered again."""
-        last = self.s.timeline[-1] if self.s.timeline else None
-        if last is not None and (last.type, last.message, last.user) == (type_, message, user):
-            return
-        self.record(type_, message, user=user)
+        """Not a transition (an ignored or waiting action): recorded once per state. During
+        a rollout that is once per stage (other entries may follow it), otherwise once in a
+        row."""
+        new = self._entry(type_, message, None, user)
+        since = self.s.step_started_at if self.s.phase in ROLLING_OUT else None
+        for e in reversed(self.s.timeline):
+            if (e.type, e.message, e.user) == (new.type, new.message, new.user):
+                return
+            if since is None or e.at is None or e.at < since:
+                break
+        self._append(new, warning=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -611,7 +673,11 @@ def _fail_candidate(ctx: _Ctx, reason: str) -> None:
 
 
 def _start_rollback(ctx: _Ctx, target: int, leaving: int, reason: str) -> None:
-    """Move to RollingBack towards ``target``; the machine completes it when warm."""
+    """Move to RollingBack towards ``target``; the machine completes it when warm.
+
+    The one way into RollingBack: it appends the ``RollbackStarted`` entry every rollback
+    has (even one that completes in this very call), which is what metrics count.
+    """
     s = ctx.s
     traffic: dict[int, int] = {}
     for rev, w in (
@@ -640,8 +706,26 @@ def _start_rollback(ctx: _Ctx, target: int, leaving: int, reason: str) -> None:
     s.current_step = 0
     s.step_started_at = ctx.now
     s.phase = Phase.ROLLING_BACK
-    ctx.rollback_started = True
     s.message = f"rolling back from r{leaving} to r{target}: {reason}"
+    wait = _not_ready(ctx, target)
+    ctx.record(
+        TimelineType.ROLLBACK_STARTED,
+        s.message + (f"; r{target} {wait}: traffic moves once it is Available" if wait else ""),
+        revision=leaving,
+        warning=True,
+    )
+
+
+def _not_ready(ctx: _Ctx, revision: int) -> str | None:
+    """Why ``revision`` cannot take traffic yet (None: it is Available)."""
+    if ctx.available(revision):
+        return None
+    obs = ctx.observed(revision)
+    if obs is None or not obs.exists:
+        return "has no Deployment (re-creating it from its snapshot)"
+    if obs.replicas == 0:
+        return "is scaled to zero (scaling it up)"
+    return "is not Available yet"
 
 
 def _resume(ctx: _Ctx) -> None:
@@ -900,7 +984,7 @@ def _no_pending(ctx: _Ctx, what: str, user: str) -> None:
     if timeout is not None and timeout.at is not None:
         late = f" (the decision timed out at {_ts(timeout.at)} and was acted upon)"
     ctx.note(
-        "ActionIgnored",
+        TimelineType.ACTION_IGNORED,
         f"{what} by {_who(user)} ignored: no rollback decision is pending{late}",
         user=user,
     )
@@ -908,7 +992,7 @@ def _no_pending(ctx: _Ctx, what: str, user: str) -> None:
 
 def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
     s = ctx.s
-    reason = f"break glass by {_who(a.user)}: {a.value or 'no reason given'}"
+    reason = f"break glass by {_who(a.user)}: {a.value.strip()}"
     if s.phase in IN_FLIGHT and s.candidate_revision:
         ctx.record(TimelineType.BREAK_GLASS, reason, user=a.user, warning=True)
         if s.stable_revision:
@@ -920,7 +1004,7 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
         target = _previous_known_good(s)
         if target is None:
             ctx.note(
-                "ActionIgnored",
+                TimelineType.ACTION_IGNORED,
                 f"{reason} ignored: no known-good revision before r{s.stable_revision}",
                 user=a.user,
             )
@@ -939,7 +1023,7 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
         Phase.ROLLED_BACK: f"already rolled back: r{s.stable_revision} is the last known-good",
         Phase.FAILED: f"nothing in flight: r{s.stable_revision} is the last known-good",
     }.get(s.phase, "nothing is released yet")
-    ctx.note("ActionIgnored", f"{reason} ignored: {state}", user=a.user)
+    ctx.note(TimelineType.ACTION_IGNORED, f"{reason} ignored: {state}", user=a.user)
 
 
 def _previous_known_good(s: ModelReleaseStatus) -> int | None:
@@ -962,7 +1046,7 @@ def _act_approve(ctx: _Ctx, a: HumanAction) -> None:
     users = [r.user for r in pd.approvals]
     if a.user in users:
         ctx.note(
-            "ActionIgnored",
+            TimelineType.ACTION_IGNORED,
             f"duplicate approval by {_who(a.user)} counts once "
             f"({len(users)}/{pd.required_approvers})",
             user=a.user,
@@ -994,7 +1078,7 @@ def _act_reject(ctx: _Ctx, a: HumanAction) -> None:
     ctx.record(
         TimelineType.REJECTED,
         f"rollback of r{s.candidate_revision} rejected by {_who(a.user)}: "
-        f"{a.value or 'no reason given'}; rollout resumes, failure counters reset",
+        f"{a.value.strip()}; rollout resumes, failure counters reset",
         user=a.user,
     )
     _resume(ctx)
@@ -1013,7 +1097,7 @@ def _act_promote(ctx: _Ctx, a: HumanAction) -> None:
                 f"promote by {_who(a.user)} waits: r{cand} is not Available",
                 user=a.user,
             )
-            ctx.kept.add(a.kind)
+            ctx.kept.add(a)
             return
         ctx.record(
             TimelineType.PROMOTE_REQUESTED,
@@ -1026,7 +1110,7 @@ def _act_promote(ctx: _Ctx, a: HumanAction) -> None:
         why = f"r{cand} is at {stage.label}, which is not a manual gate"
     else:
         why = f"phase is {s.phase.value}"
-    ctx.note("ActionIgnored", f"promote by {_who(a.user)} ignored: {why}", user=a.user)
+    ctx.note(TimelineType.ACTION_IGNORED, f"promote by {_who(a.user)} ignored: {why}", user=a.user)
 
 
 def _act_retry(ctx: _Ctx, a: HumanAction) -> None:
@@ -1052,31 +1136,104 @@ def _act_retry(ctx: _Ctx, a: HumanAction) -> None:
         if cur is not None and cur.spec_hash != ctx.inp.spec_hash
         else f"phase is {s.phase.value}, only a Failed or RolledBack revision can be retried"
     )
-    ctx.note("ActionIgnored", f"retry by {_who(a.user)} ignored: {why}", user=a.user)
+    ctx.note(TimelineType.ACTION_IGNORED, f"retry by {_who(a.user)} ignored: {why}", user=a.user)
 
 
-_ACTIONS: Mapping[str, Callable[[_Ctx, HumanAction], None]] = {
-    "rollback": _act_rollback,
-    "approve-rollback": _act_approve,
-    "reject-rollback": _act_reject,
-    "promote": _act_promote,
-    "retry": _act_retry,
+@dataclass(frozen=True)
+class _ActionRule:
+    """How one kind of action annotation is handled."""
+
+    act: Callable[[_Ctx, HumanAction], None]
+    noun: str  # how messages name it: "promote by alice ..."
+    purpose: str  # what it is for, in the how-to of a refused value
+    free_text: bool  # the value is a reason (any non-empty text); else it must be "true"
+
+
+_ACTIONS: Mapping[str, _ActionRule] = {
+    "rollback": _ActionRule(_act_rollback, "break glass", "roll back now", free_text=True),
+    "approve-rollback": _ActionRule(
+        _act_approve, "approval", "approve the pending rollback", free_text=False
+    ),
+    "reject-rollback": _ActionRule(
+        _act_reject, "rejection", "reject the pending rollback", free_text=True
+    ),
+    "promote": _ActionRule(_act_promote, "promote", "pass a manual gate", free_text=False),
+    "retry": _ActionRule(_act_retry, "retry", "retry the failed revision", free_text=False),
 }
 # Break glass first: it must win over a promote or a gate seen in the same call.
 _ACTION_ORDER = ("rollback", "approve-rollback", "reject-rollback", "promote", "retry")
 
 
+def _bounded_actions(actions: Sequence[HumanAction]) -> tuple[HumanAction, ...]:
+    """The engine boundary: values and users clipped to what status stores, in a fixed
+    order (kind, then user, then value) so the decision does not depend on input order."""
+    clipped = {
+        HumanAction(a.kind, clip(a.value, MAX_HUMAN_TEXT), clip(a.user, MAX_HUMAN_TEXT))
+        for a in actions
+    }
+    return tuple(sorted(clipped, key=lambda a: (_ACTION_ORDER.index(a.kind), a.user, a.value)))
+
+
+def _mark(a: HumanAction) -> tuple[str, str, str]:
+    return ANNOTATION_OF[a.kind], a.value, a.user
+
+
+def _value_refused(ctx: _Ctx, a: HumanAction, rule: _ActionRule) -> bool:
+    """Ignore (with a note saying how to do it) a value the action does not accept:
+    ``rewind.dev/promote=false`` must never promote."""
+    value = a.value.strip()
+    if rule.free_text:
+        if value:
+            return False
+        why, example = "no reason given", "'<reason>'"
+    else:
+        if value.lower() == "true":
+            return False
+        why, example = f'the value is "{clip(value, 64)}", not "true"', "true"
+    ctx.note(
+        TimelineType.ACTION_IGNORED,
+        f"{rule.noun} by {_who(a.user)} ignored: {why}; to {rule.purpose} run: "
+        f"{_kubectl(ctx, ANNOTATION_OF[a.kind], example)}",
+        user=a.user,
+    )
+    return True
+
+
+def _consume_one(ctx: _Ctx, action: HumanAction) -> bool:
+    """Act on (or ignore) an annotation seen for the first time; False: left on the object
+    for a later call (no usable policy, or a promote waiting for its candidate)."""
+    rule = _ACTIONS[action.kind]
+    if _value_refused(ctx, action, rule):
+        return True
+    if ctx.policy is None and action.kind != "rollback":
+        return False  # acted on once the policy is usable again
+    rule.act(ctx, action)
+    return action not in ctx.kept
+
+
 def _consume_actions(ctx: _Ctx) -> None:
-    ordered = sorted(ctx.inp.actions, key=lambda a: _ACTION_ORDER.index(a.kind))
-    for action in ordered:
-        if ctx.policy is None and action.kind != "rollback":
-            continue  # left on the object: acted on once the policy is usable again
-        _ACTIONS[action.kind](ctx, action)
-        if action.kind in ctx.kept:
-            continue  # not acted upon yet: stays on the object for a later call
-        removal = RemoveAnnotation(ANNOTATION_OF[action.kind])
-        if removal not in ctx.annotations:
-            ctx.annotations.append(removal)
+    """Act on each annotation at most once, whether or not its removal happens.
+
+    ``status.consumedActions`` is the ledger: an annotation still present with the key,
+    value and user of an entry was consumed already (its removal failed, or is not seen
+    yet): it is only removed again, with no event and no timeline entry. An entry whose
+    annotation is gone is dropped (the removal happened), so the same annotation set again
+    later is a new action.
+    """
+    s = ctx.s
+    ctx.kept.clear()
+    present = {_mark(a) for a in ctx.actions}
+    s.consumed_actions = [c for c in s.consumed_actions if (c.key, c.value, c.user) in present]
+    done = {(c.key, c.value, c.user) for c in s.consumed_actions}
+    for action in ctx.actions:
+        mark = _mark(action)
+        if mark not in done:
+            if not _consume_one(ctx, action):
+                continue
+            key, value, user = mark
+            s.consumed_actions.append(ConsumedAction(key=key, value=value, user=user, at=ctx.now))
+            done.add(mark)
+        ctx.remove(action)
 
 
 # --------------------------------------------------------------------------------------
@@ -1164,22 +1321,13 @@ def _phase_rolling_back(ctx: _Ctx) -> None:
             warning=True,
         )
         return
-    obs = ctx.observed(target)
-    if obs is None or not obs.exists:
-        why = "has no Deployment (re-creating it from its snapshot)"
-    elif obs.replicas == 0:
-        why = "is scaled to zero (scaling it up)"
-    else:
-        why = "is not Available yet"
+    why = _not_ready(ctx, target)
     since = s.step_started_at or ctx.now
     s.step_started_at = since
     s.message = (
         f"rolling back to r{target}: r{target} {why}; traffic stays on "
         f"r{leaving} until r{target} is Available"
     )
-    if ctx.rollback_started:  # announce the wait once, when the rollback begins
-        ctx.rollback_started = False
-        ctx.record(TimelineType.ROLLBACK_STARTED, s.message, revision=leaving, warning=True)
     deadline = since + timedelta(seconds=ctx.progress_deadline)
     if ctx.now >= deadline:
         ctx.stalled = (
@@ -1337,11 +1485,22 @@ def _settle(ctx: _Ctx) -> None:
             return
 
 
+def _reconsider_kept(ctx: _Ctx) -> None:
+    """Judge an annotation kept for later (a promote waiting for its candidate to be
+    Available) again once the machine has settled: if it moved on (the spec changed, a new
+    revision starts), the promote is ignored now rather than in the next call, so deciding
+    again with the same annotations changes nothing."""
+    if ctx.kept:
+        _consume_actions(ctx)
+        _settle(ctx)
+
+
 _PIPELINE: tuple[Callable[[_Ctx], None], ...] = (
     _record_analysis,
     _expire_decision,
     _consume_actions,
     _settle,
+    _reconsider_kept,
     _housekeeping,
 )
 
@@ -1470,6 +1629,7 @@ def _conditions(ctx: _Ctx) -> None:
 def _trim(s: ModelReleaseStatus) -> None:
     s.analysis.measurements = s.analysis.measurements[-MAX_MEASUREMENTS:]
     s.timeline = s.timeline[-MAX_TIMELINE:]
+    s.consumed_actions = s.consumed_actions[-MAX_CONSUMED_ACTIONS:]
     if s.pending_decision is not None:
         s.pending_decision.evidence = s.pending_decision.evidence[-MAX_MEASUREMENTS:]
         s.pending_decision.approvals = s.pending_decision.approvals[-10:]
@@ -1495,7 +1655,12 @@ def _requeue(ctx: _Ctx) -> float | None:
 
 
 def _copy_status(status: ModelReleaseStatus) -> ModelReleaseStatus:
-    """A deep copy the engine may mutate (dump + validate: much faster than deepcopy)."""
+    """A deep copy the engine may mutate (dump + validate: much faster than deepcopy).
+
+    Validating also clips every string to its schema bound (``api.StatusText``...): the
+    engine copies the stored status on the way in and its own result on the way out, so it
+    never writes a status the API server refuses, whatever a human wrote in an annotation.
+    """
     try:
         return ModelReleaseStatus.model_validate(status.model_dump())
     except ValidationError:  # e.g. a hand-built status beyond the schema's bounds
@@ -1513,6 +1678,7 @@ def decide(inputs: Inputs) -> Decision:
         s=_copy_status(inputs.status),
         policy=policy,
         policy_error=error,
+        actions=_bounded_actions(inputs.actions),
     )
     for step in _PIPELINE:
         step(ctx)
@@ -1524,6 +1690,9 @@ def decide(inputs: Inputs) -> Decision:
         s.message += "; the spec changed: its new revision starts once the rollback is done"
     _conditions(ctx)
     _trim(s)
+    ctx.s = s = _copy_status(s)
+    if s.consumed_actions:  # see the removal soon, so the ledger entry is dropped soon
+        ctx.wake(inputs.now + timedelta(seconds=CONSUMED_RECHECK))
     actions: list[Action] = [
         *ctx.snapshots,
         *_desired_state(ctx),

@@ -179,6 +179,38 @@ def test_status_parses_empty_and_ignores_unknown() -> None:
     assert api.RolloutPolicyStatus.model_validate({}).strategy is None
 
 
+def test_clip_cuts_with_an_ellipsis_within_the_limit() -> None:
+    assert api.clip("abc", 3) == "abc"
+    assert api.clip("abcd", 3) == "ab\u2026"
+    assert len(api.clip("x" * 10_000, api.MAX_MESSAGE)) == api.MAX_MESSAGE
+    assert api.clip("abc", 0) == ""
+
+
+def test_over_long_status_strings_are_clipped_on_read_not_refused() -> None:
+    """A status written before the bounds existed must still be read (and rewritten)."""
+    long = "z" * 5_000
+    status = api.ModelReleaseStatus.model_validate(
+        {
+            "message": long,
+            "timeline": [{"type": "BreakGlassRollback", "message": long, "user": long}],
+            "history": [{"revision": 1, "reason": long}],
+            "pendingDecision": {"reason": long, "approvals": [{"user": long}]},
+            "conditions": [{"type": "Ready", "message": long}],
+            "consumedActions": [{"key": "rewind.dev/rollback", "value": long, "user": long}],
+        }
+    )
+    assert len(status.message) == len(status.timeline[0].message) == api.MAX_MESSAGE
+    assert len(status.timeline[0].user) == api.MAX_HUMAN_TEXT
+    assert status.timeline[0].user.endswith("\u2026")
+    assert len(status.history[0].reason) == api.MAX_MESSAGE
+    assert status.pending_decision is not None
+    assert len(status.pending_decision.reason) == api.MAX_MESSAGE
+    assert len(status.pending_decision.approvals[0].user) == api.MAX_HUMAN_TEXT
+    assert len(status.conditions[0].message) == api.MAX_MESSAGE
+    ledger = status.consumed_actions[0]
+    assert len(ledger.value) == len(ledger.user) == api.MAX_HUMAN_TEXT
+
+
 def test_tag_image_needs_both_opt_ins() -> None:
     release = api.ModelRelease.model_validate(
         mutate(
@@ -465,6 +497,37 @@ def test_status_schema_declares_every_status_field() -> None:
     assert status["properties"]["history"]["maxItems"] == api.MAX_HISTORY
     assert status["properties"]["timeline"]["maxItems"] == api.MAX_TIMELINE
     assert measurement["items"]["properties"]["min"]["nullable"] is True
+    ledger = status["properties"]["consumedActions"]
+    assert ledger["maxItems"] == api.MAX_CONSUMED_ACTIONS and ledger["description"]
+    assert sorted(ledger["items"]["properties"]) == ["at", "key", "user", "value"]
+    assert ledger["items"]["properties"]["value"]["maxLength"] == api.MAX_HUMAN_TEXT
+
+
+def test_status_free_text_is_bounded() -> None:
+    """Messages, reasons and what humans wrote carry maxLength: the engine clips to them."""
+    schema = crdgen.modelrelease_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    bounds = {
+        path: node.get("maxLength")
+        for path, node in _walk(schema["properties"]["status"], "status")
+        if node.get("type") == "string"
+        and path.rsplit(".", 1)[-1] in {"message", "reason", "user", "value", "type"}
+    }
+    assert bounds == {
+        "status.message": api.MAX_MESSAGE,
+        "status.analysis.measurements[].message": api.MAX_MESSAGE,
+        "status.pendingDecision.reason": api.MAX_MESSAGE,
+        "status.pendingDecision.approvals[].user": api.MAX_HUMAN_TEXT,
+        "status.pendingDecision.evidence[].message": api.MAX_MESSAGE,
+        "status.history[].reason": api.MAX_MESSAGE,
+        "status.timeline[].type": api.MAX_SHORT_TEXT,
+        "status.timeline[].message": api.MAX_MESSAGE,
+        "status.timeline[].user": api.MAX_HUMAN_TEXT,
+        "status.conditions[].type": api.MAX_SHORT_TEXT,
+        "status.conditions[].reason": api.MAX_SHORT_TEXT,
+        "status.conditions[].message": api.MAX_MESSAGE,
+        "status.consumedActions[].value": api.MAX_HUMAN_TEXT,
+        "status.consumedActions[].user": api.MAX_HUMAN_TEXT,
+    }
 
 
 def test_printer_columns() -> None:

@@ -43,8 +43,8 @@ def test_a_failed_round_at_the_limit_rolls_back_at_once_to_the_warm_stable() -> 
     assert "error-rate 0.12 > max 0.05 at 2025-03-01T12:" in reason
     assert "failures 1/1" in reason
     assert s.history[-1].finished_at == w.now
-    types = [e.type for e in s.timeline[-3:]]
-    assert types == ["AnalysisFailed", "RollbackDecided", "RolledBack"]
+    types = [e.type for e in s.timeline[-4:]]
+    assert types == ["AnalysisFailed", "RollbackDecided", "RollbackStarted", "RolledBack"]
     assert {e.type for e in events(d)} == {"Warning"}
     assert w.condition("Degraded")[:2] == ("True", "RolledBack")
     assert w.condition("Stalled")[0] == "True"

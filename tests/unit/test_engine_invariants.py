@@ -46,7 +46,9 @@ KINDS: tuple[ActionKind, ...] = (
     "promote",
     "retry",
 )
-USERS = ("alice", "bob", "carol", "")
+USERS = ("alice", "bob", "carol", "", "x" * 300)
+#: Values a human might set: valid ones, refused ones, and one far beyond the status bounds.
+VALUES = ("true", "why", "TRUE ", "false", "", "y" * 300)
 
 
 def random_policy(rng: random.Random) -> Any:
@@ -87,12 +89,14 @@ def random_walk(seed: int, steps: int = 160) -> World:
             w.spec = make_spec(f"{version}.0.0")
             w.generation += 1
         elif roll < 0.15:
-            w.annotate(rng.choice(KINDS), value=rng.choice(["true", "why"]), user=rng.choice(USERS))
-        elif roll < 0.18 and w.deployments:
-            w.broken ^= {rng.choice(sorted(w.deployments))}
+            w.annotate(rng.choice(KINDS), value=rng.choice(VALUES), user=rng.choice(USERS))
+        elif roll < 0.17:
+            w.lose_removals = not w.lose_removals  # annotations delivered again and again
         elif roll < 0.20 and w.deployments:
+            w.broken ^= {rng.choice(sorted(w.deployments))}
+        elif roll < 0.22 and w.deployments:
             del w.deployments[rng.choice(sorted(w.deployments))]  # someone deleted it
-        elif roll < 0.23:
+        elif roll < 0.25:
             w.policy = None if w.policy is not None else policy
             w.policy_error = None if w.policy is not None else "RolloutPolicy 'p' not found"
         before_weights = w.weights()

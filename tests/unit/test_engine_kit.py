@@ -4,6 +4,8 @@
 measurements when due, hands pending annotations to ``decide``, applies the returned actions
 to fake Deployments / routes / snapshots (checking their preconditions), and stores the
 returned status. Tests then assert on what users would see (routes) and on the status.
+``lose_removals`` makes annotation removals fail (the controller crashed after the status
+write, or the API call failed), so an annotation is delivered again.
 
 The few tests at the bottom check the kit itself, so a broken fake cannot hide an engine bug.
 """
@@ -19,12 +21,17 @@ import pytest
 
 from rewind.api import (
     ANNOTATION_PROMOTE,
+    MAX_CONSUMED_ACTIONS,
+    MAX_HUMAN_TEXT,
+    MAX_MESSAGE,
     Measurement,
     ModelReleaseSpec,
     ModelReleaseStatus,
     Phase,
     RolloutPolicySpec,
+    TimelineEntry,
     Verdict,
+    clip,
     spec_hash,
 )
 from rewind.engine import (
@@ -234,6 +241,7 @@ class World:
     decisions: list[Decision] = field(default_factory=list)
     verdicts: Verdicts = field(default=lambda _rev, _now: Verdict.PASS)
     check_idempotent: bool = True
+    lose_removals: bool = False  # RemoveAnnotation is not applied (crash / API error)
 
     # ---- observation ------------------------------------------------------------------
 
@@ -301,6 +309,11 @@ class World:
     def act(
         self, kind: ActionKind, value: str = "true", user: str = "", advance: float = 0.0
     ) -> Decision:
+        """A human sets an annotation, then one reconcile. The operator looks again soon
+        after consuming an annotation (``requeue_after``); that reconcile, which sees the
+        removal and drops the ledger entry, comes before this human acts."""
+        if self.status.consumed_actions:
+            self.step()
         self.annotate(kind, value, user)
         return self.step(advance)
 
@@ -334,7 +347,8 @@ class World:
                 assert d is not None and d.replicas > 0, f"route to r{rev} which is not running"
             self.routes = action
         elif isinstance(action, RemoveAnnotation):
-            self.annotations.pop(action.key, None)
+            if not self.lose_removals:
+                self.annotations.pop(action.key, None)
         elif isinstance(action, EmitEvent):
             self.events.append(action)
 
@@ -492,19 +506,68 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
     # Every consumed annotation is removed at most once.
     removals = [a.key for a in d.actions if isinstance(a, RemoveAnnotation)]
     assert len(removals) == len(set(removals))
+    # The ledger names exactly the annotations consumed (acted on or ignored, now or in an
+    # earlier call): they, and only they, are removed; the others stay for a later call.
+    ledger = {(c.key, c.value, c.user) for c in s.consumed_actions}
+    present = {
+        (ANNOTATION_OF[a.kind], clip(a.value, MAX_HUMAN_TEXT), clip(a.user, MAX_HUMAN_TEXT))
+        for a in inp.actions
+    }
+    assert len(s.consumed_actions) <= MAX_CONSUMED_ACTIONS
+    assert ledger <= present, "an entry whose annotation is gone is dropped"
+    assert set(removals) == {key for key, _, _ in ledger}
+    # Every way into RollingBack (or straight through it) appends exactly one RollbackStarted.
+    started = [e for e in new_timeline(inp.status, s) if e.type == "RollbackStarted"]
+    was, now = inp.status.phase, s.phase
+    began = (now == Phase.ROLLING_BACK and was != Phase.ROLLING_BACK) or (
+        now == Phase.ROLLED_BACK and was not in (Phase.ROLLING_BACK, Phase.ROLLED_BACK)
+    )
+    assert len(started) == (1 if began else len(started)) and len(started) <= 1, started
+    if any(e.type == "RolledBack" for e in new_timeline(inp.status, s)):
+        assert len(started) == 1 or was == Phase.ROLLING_BACK  # begun now, or in a past call
+    # Every string within its schema bound (clipped, never refused by the API server).
+    for path, text in status_strings(s.model_dump(mode="json", by_alias=True)):
+        assert len(text) <= MAX_MESSAGE, path
     if d.requeue_after is not None:
         assert d.requeue_after >= 1.0
 
 
 def check_idempotent(inp: Inputs, d: Decision) -> None:
-    """Deciding again on the produced status with the same observations changes nothing."""
-    again = decide(replace(inp, status=d.status, actions=()))
+    """Deciding again on the produced status with the same observations changes nothing,
+    whether the consumed annotations were removed meanwhile or are still there (their
+    removal was lost): then they are only removed again, never acted on twice."""
+    routes = [a for a in d.actions if isinstance(a, SetRoutes)]
+    # The same annotations still present.
+    again = decide(replace(inp, status=d.status))
     assert again.status == d.status, _diff(d.status, again.status)
     for a in again.actions:
+        assert isinstance(a, (*SAFE_TO_REPEAT, RemoveAnnotation)), f"repeat produced {a}"
+    assert actions_of(again, RemoveAnnotation) == actions_of(d, RemoveAnnotation)
+    assert actions_of(again, SetRoutes) == routes
+    # The annotations removed: only the ledger forgets them.
+    gone = decide(replace(inp, status=d.status, actions=()))
+    forgot = d.status.model_copy(update={"consumed_actions": []})
+    assert gone.status == forgot, _diff(forgot, gone.status)
+    for a in gone.actions:
         assert isinstance(a, SAFE_TO_REPEAT), f"repeat produced {a}"
-    assert [a for a in again.actions if isinstance(a, SetRoutes)] == [
-        a for a in d.actions if isinstance(a, SetRoutes)
-    ]
+    assert actions_of(gone, SetRoutes) == routes
+
+
+def new_timeline(old: ModelReleaseStatus, new: ModelReleaseStatus) -> list[TimelineEntry]:
+    """Entries a decision appended (the timeline only grows at its end, then is trimmed)."""
+    seen = {(e.at, e.type, e.revision, e.message, e.user) for e in old.timeline}
+    return [e for e in new.timeline if (e.at, e.type, e.revision, e.message, e.user) not in seen]
+
+
+def status_strings(node: Any, path: str = "status") -> list[tuple[str, str]]:
+    """Every string in a status document, with its path."""
+    if isinstance(node, str):
+        return [(path, node)]
+    if isinstance(node, dict):
+        return [x for k, v in node.items() for x in status_strings(v, f"{path}.{k}")]
+    if isinstance(node, list):
+        return [x for i, v in enumerate(node) for x in status_strings(v, f"{path}[{i}]")]
+    return []
 
 
 def _diff(a: ModelReleaseStatus, b: ModelReleaseStatus) -> str:

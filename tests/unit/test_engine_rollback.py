@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
-from rewind.api import Outcome, Phase
+import pytest
+
+from rewind.api import Outcome, Phase, RolloutPolicySpec
 from rewind.engine import (
     EnsureRevision,
     RemoveAnnotation,
@@ -15,13 +19,16 @@ from rewind.engine import (
 from tests.unit.test_engine_kit import (
     BLUE_GREEN,
     FAIL,
+    IN_FLIGHT_OR_BACK,
     PASS,
+    SHADOW_STOP,
     World,
     actions_of,
     at_step,
     events,
     make_policy,
     make_spec,
+    new_timeline,
     promoted_world,
 )
 
@@ -42,7 +49,11 @@ def test_break_glass_mid_canary_returns_all_traffic_to_stable_at_once() -> None:
     assert s.history[-1].reason == "break glass by oncall: customers complain"
     glass = [e for e in s.timeline if e.type == "BreakGlassRollback"]
     assert glass[-1].user == "oncall"
-    assert [e.reason for e in events(d, "Warning")] == ["BreakGlassRollback", "RolledBack"]
+    assert [e.reason for e in events(d, "Warning")] == [
+        "BreakGlassRollback",
+        "RollbackStarted",
+        "RolledBack",
+    ]
 
 
 def test_break_glass_before_the_candidate_had_traffic_fails_it() -> None:
@@ -289,3 +300,175 @@ def test_new_spec_after_rollback_starts_a_new_revision_not_a_retry() -> None:
         2: Outcome.ROLLED_BACK,
         3: Outcome.PROMOTED,
     }
+
+
+# --------------------------------------------------------------------------------------
+# RollbackStarted: one per rollback, on every path (metrics count rollbacks from it)
+# --------------------------------------------------------------------------------------
+
+APPROVAL = {"requiredApprovers": 1, "timeout": "10m", "onTimeout": "Rollback"}
+
+
+def _canary_at_10(policy: RolloutPolicySpec | None = None, **kwargs: Any) -> World:
+    w = promoted_world(policy or make_policy(), **kwargs)
+    w.release(make_spec("2.0.0"))
+    at_step(w, 1)
+    return w
+
+
+def _blue_green_switched() -> World:
+    w = promoted_world(make_policy(BLUE_GREEN))
+    w.release(make_spec("2.0.0"))
+    w.run_until(lambda x: x.weights() == {2: 100})
+    return w
+
+
+def _fail(w: World) -> None:
+    w.verdicts = lambda _r, _n: FAIL
+
+
+def _automatic() -> World:
+    w = _canary_at_10()
+    _fail(w)
+    return w
+
+
+def _automatic_cold_stable() -> World:
+    w = _canary_at_10(ready_after=15)
+    del w.deployments[1]  # someone deleted the stable's Deployment: the rollback waits
+    _fail(w)
+    return w
+
+
+def _approved() -> World:
+    w = _canary_at_10(make_policy(approval=APPROVAL))
+    _fail(w)
+    w.step(10)
+    assert w.phase() == Phase.AWAITING_APPROVAL
+    w.annotate("approve-rollback", user="alice")
+    return w
+
+
+def _approval_timeout() -> World:
+    w = _canary_at_10(make_policy(approval=APPROVAL))
+    _fail(w)
+    w.step(10)
+    assert w.phase() == Phase.AWAITING_APPROVAL
+    w.verdicts = lambda _r, _n: PASS
+    return w
+
+
+def _break_glass_in_flight() -> World:
+    w = _canary_at_10()
+    w.annotate("rollback", value="pager", user="oncall")
+    return w
+
+
+def _break_glass_promoted_warm() -> World:
+    w = promoted_world(releases=2)
+    w.annotate("rollback", value="bad predictions", user="oncall")
+    return w
+
+
+def _break_glass_promoted_cold() -> World:
+    w = promoted_world(make_policy(keep_previous_warm="1m"), releases=2, ready_after=30)
+    w.run(120)
+    assert w.replicas(1) == 0
+    w.annotate("rollback", value="drift", user="oncall")
+    return w
+
+
+def _blue_green_switch_back_by_analysis() -> World:
+    w = _blue_green_switched()
+    _fail(w)
+    return w
+
+
+def _blue_green_switch_back_by_break_glass() -> World:
+    w = _blue_green_switched()
+    w.annotate("rollback", value="latency", user="oncall")
+    return w
+
+
+def _shadow_failure() -> World:
+    w = _canary_at_10(make_policy(SHADOW_STOP))
+    _fail(w)
+    return w
+
+
+ROLLBACK_PATHS: dict[str, tuple[Callable[[], World], str, Phase]] = {
+    "automatic": (_automatic, "RollbackDecided", Phase.ROLLED_BACK),
+    "automatic-cold-stable": (_automatic_cold_stable, "RollbackDecided", Phase.ROLLED_BACK),
+    "approved": (_approved, "Approved", Phase.ROLLED_BACK),
+    "approval-timeout-rollback": (_approval_timeout, "ApprovalTimedOut", Phase.ROLLED_BACK),
+    "break-glass-in-flight": (_break_glass_in_flight, "BreakGlassRollback", Phase.ROLLED_BACK),
+    "break-glass-promoted-warm": (
+        _break_glass_promoted_warm,
+        "BreakGlassRollback",
+        Phase.ROLLED_BACK,
+    ),
+    "break-glass-promoted-cold": (
+        _break_glass_promoted_cold,
+        "BreakGlassRollback",
+        Phase.ROLLED_BACK,
+    ),
+    "blue-green-switch-back-analysis": (
+        _blue_green_switch_back_by_analysis,
+        "RollbackDecided",
+        Phase.ROLLED_BACK,
+    ),
+    "blue-green-switch-back-break-glass": (
+        _blue_green_switch_back_by_break_glass,
+        "BreakGlassRollback",
+        Phase.ROLLED_BACK,
+    ),
+    # The candidate never had live traffic: it goes through RollingBack and ends Failed.
+    "shadow-failure": (_shadow_failure, "RollbackDecided", Phase.FAILED),
+}
+
+
+@pytest.mark.parametrize("path", sorted(ROLLBACK_PATHS))
+def test_every_rollback_path_appends_exactly_one_rollback_started(path: str) -> None:
+    build, trigger, end = ROLLBACK_PATHS[path]
+    w = build()
+    before, calls = w.status.model_copy(deep=True), len(w.decisions)
+    w.step(10)
+    w.run_until(lambda x: x.status.phase not in IN_FLIGHT_OR_BACK, dt=10)
+    assert w.phase() == end, w.status.message
+    waited = [d for d in w.decisions[calls:] if d.status.phase == Phase.ROLLING_BACK]
+    assert bool(waited) == ("cold" in path)  # a cold target spans calls, a warm one does not
+    types = [e.type for e in new_timeline(before, w.status)]
+    assert types.count("RollbackStarted") == 1, types
+    started = types.index("RollbackStarted")
+    assert trigger in types[:started], types  # what began it comes first
+    finished = "RolledBack" if end == Phase.ROLLED_BACK else "Failed"
+    assert types[started + 1 :].count(finished) == 1, types
+    # The same in Events, with the whole story in the entry.
+    entry = next(e for e in w.status.timeline if e.type == "RollbackStarted")
+    assert entry.message.startswith(f"rolling back from r{w.status.candidate_revision} to ")
+    reasons = [e.reason for d in w.decisions for e in events(d)]
+    assert reasons.count("RollbackStarted") == 1
+
+
+def test_a_cold_rollback_target_is_named_in_the_rollback_started_entry() -> None:
+    w = _break_glass_promoted_cold()
+    w.step()
+    entry = w.status.timeline[-1]
+    assert entry.type == "RollbackStarted"
+    assert "r1 is scaled to zero (scaling it up): traffic moves once it is Available" in (
+        entry.message
+    )
+
+
+def test_approval_timeout_with_resume_is_not_a_rollback() -> None:
+    w = _canary_at_10(
+        make_policy(approval={**APPROVAL, "onTimeout": "Resume"}),
+    )
+    _fail(w)
+    w.step(10)
+    w.verdicts = lambda _r, _n: PASS
+    before = w.status.model_copy(deep=True)
+    w.run(600)
+    types = [e.type for e in new_timeline(before, w.status)]
+    assert "ApprovalTimedOut" in types and "RollbackStarted" not in types
+    assert w.phase() in (Phase.PROGRESSING, Phase.PROMOTED)
