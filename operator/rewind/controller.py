@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,10 +33,14 @@ from rewind.adapters.base import (
     MetricProvider,
     Notifier,
     OwnerRef,
+    OwnershipConflictError,
     RevisionObservation,
     Router,
+    SnapshotConflictError,
     Workloads,
+    subset_name,
 )
+from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION
 from rewind.api import (
     MODELRELEASE_PLURAL,
     ROLLOUTPOLICY_PLURAL,
@@ -72,6 +77,8 @@ log = logging.getLogger(__name__)
 ACTOR_SUFFIX = "-by"
 #: Back-off after an adapter failure, so a broken object never spins the loop.
 ERROR_REQUEUE = 5.0
+#: Workloads and routes are re-applied this often even when they look in place.
+RESYNC = 60.0
 
 
 def utcnow() -> datetime:
@@ -84,16 +91,22 @@ class ReconcileResult:
 
     requeue_after: float | None
     decision: Decision | None = None
+    gone: bool = False  # the release no longer exists (or is being deleted)
     error: str | None = None
     applied: list[Action] = field(default_factory=list)
 
 
-def human_actions(annotations: Mapping[str, str]) -> list[HumanAction]:
-    """The rewind.dev/ action annotations present, with who set them when known."""
+def human_actions(annotations: Mapping[str, str], trust_actor: bool) -> list[HumanAction]:
+    """The rewind.dev/ action annotations present, with who set them.
+
+    `<key>-by` is only believed when the admission policies that stamp it (and refuse
+    forged ones) are installed, which the operator is told by `--trust-actor-annotations`;
+    otherwise anyone able to patch the object could name any approver.
+    """
     out: list[HumanAction] = []
     for kind, key in ANNOTATION_OF.items():
         if key in annotations:
-            user = annotations.get(key + ACTOR_SUFFIX, "")
+            user = annotations.get(key + ACTOR_SUFFIX, "") if trust_actor else ""
             out.append(HumanAction(kind=kind, value=annotations[key], user=user))  # type: ignore[arg-type]
     return out
 
@@ -138,8 +151,12 @@ class ReleaseController:
         operator_metrics: OperatorMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
         request_timeout: float = 30.0,
+        trust_actor_annotations: bool = False,
     ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
+        self._apps = client.AppsV1Api(api_client)
+        self._last_resync: dict[tuple[str, str], float] = {}
+        self.trust_actor_annotations = trust_actor_annotations
         self.router = router
         self.workloads = workloads
         self.metrics = metrics
@@ -205,7 +222,7 @@ class ReleaseController:
     async def reconcile(self, namespace: str, name: str) -> ReconcileResult:
         body = await self._get(MODELRELEASE_PLURAL, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            return ReconcileResult(requeue_after=None)
+            return ReconcileResult(requeue_after=None, gone=True)
         meta = body["metadata"]
         owner = OwnerRef.from_body(body)
         old_status_doc: dict[str, Any] = body.get("status") or {}
@@ -234,36 +251,80 @@ class ReleaseController:
             status=status,
             revisions=revision_states(observed),
             measurements=measurements,
-            actions=human_actions(annotations),
+            actions=human_actions(annotations, self.trust_actor_annotations),
             now=now,
             name=name,
             namespace=namespace,
         )
         decision = decide(inputs)
         result = ReconcileResult(requeue_after=decision.requeue_after, decision=decision)
-        removals: list[RemoveAnnotation] = []
+        snapshots = [a for a in decision.actions if isinstance(a, SnapshotRevision)]
+        events = [a for a in decision.actions if isinstance(a, EmitEvent)]
+        removals = [a for a in decision.actions if isinstance(a, RemoveAnnotation)]
+        converging = [
+            a for a in decision.actions
+            if not isinstance(a, SnapshotRevision | EmitEvent | RemoveAnnotation)
+        ]
+        # Order, so that dying at any line is harmless: (1) snapshots, which the status
+        # about to name must be able to restore; (2) the status, the decision itself,
+        # guarded by the object's uid and resourceVersion so a concurrent writer makes it
+        # re-decide instead of being overwritten; (3) the level-based actions (workloads,
+        # routes, scale-downs), which the engine re-emits from that status until they hold;
+        # (4) Events, once per decision; (5) annotation removals, last.
+        new_status_doc = status_document(decision.status)
+        stored_meta: Mapping[str, Any] = meta
+        action: Action | None = None
         try:
-            for action in decision.actions:
-                if isinstance(action, RemoveAnnotation):
-                    removals.append(action)
-                    continue
-                if await self._apply(action, name, namespace, owner, spec, decision, observed):
+            for action in snapshots:
+                await self._apply(action, name, namespace, owner, spec, decision, observed, status)
+            if new_status_doc != old_status_doc:
+                try:
+                    stored_meta = await self._write_status(namespace, name, new_status_doc, meta)
+                except client.ApiException as err:
+                    if err.status in (409, 422):  # changed meanwhile: decide again, now
+                        result.requeue_after = 0.0
+                        return result
+                    raise
+            force = self._resync_due(namespace, name)
+            for action in converging:
+                if await self._apply(
+                    action, name, namespace, owner, spec, decision, observed, status, force
+                ):
                     result.applied.append(action)
         except (AdapterError, client.ApiException) as err:
-            message = f"could not apply {type(action).__name__}: {_describe_error(err)}"
+            failed = type(action).__name__ if action is not None else "status"
+            message = f"could not apply {failed}: {_describe_error(err)}"
             log.warning("%s/%s: %s", namespace, name, message)
-            await self._write_stalled(namespace, name, old_status_doc, meta, message)
-            await self.notifier.post(owner, namespace, "Warning", "ApplyFailed", message)
+            base = new_status_doc if stored_meta is not meta else old_status_doc
+            if await self._write_stalled(namespace, name, base, stored_meta, message):
+                # Once per distinct failure, not once per retry (every ERROR_REQUEUE).
+                await self.notifier.post(owner, namespace, "Warning", "ApplyFailed", message)
             result.requeue_after, result.error = ERROR_REQUEUE, message
             return result
-
-        new_status_doc = status_document(decision.status)
-        if new_status_doc != old_status_doc:
-            await self._write_status(namespace, name, new_status_doc)
-        self.operator_metrics.observe(namespace, name, status, decision.status, measurements, now)
+        for event in events:
+            await self._apply(event, name, namespace, owner, spec, decision, observed, status)
+        self.operator_metrics.observe(
+            namespace, name, status, decision.status, measurements, self.clock()
+        )
+        if (decision.status.phase, decision.status.message) != (status.phase, status.message):
+            log.info("%s/%s: %s: %s", namespace, name, decision.status.phase.value,
+                     decision.status.message)
         for removal in removals:
             await self._remove_annotation(namespace, name, removal.key, annotations)
         return result
+
+    def _resync_due(self, namespace: str, name: str) -> bool:
+        """Re-apply even what looks in place every RESYNC seconds: a deleted Service or an
+        edited DestinationRule is only found by writing the whole desired state again."""
+        now = time.monotonic()
+        last = self._last_resync.get((namespace, name))
+        if last is not None and now - last < RESYNC:
+            return False
+        self._last_resync[(namespace, name)] = now
+        return True
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._last_resync.pop((namespace, name), None)
 
     async def _apply(
         self,
@@ -274,13 +335,23 @@ class ReleaseController:
         spec: ModelReleaseSpec,
         decision: Decision,
         observed: Mapping[int, RevisionObservation],
+        stored: ModelReleaseStatus,
+        force: bool = False,
     ) -> bool:
-        """Carry out one action; False when it was already true (no write needed)."""
+        """Carry out one action; False when it was already true (no write needed).
+
+        ``force`` writes workloads and routes even when they look in place (resync)."""
         if isinstance(action, SnapshotRevision):
-            await self.workloads.save_snapshot(name, namespace, owner, action.revision, spec)
+            try:
+                await self.workloads.save_snapshot(name, namespace, owner, action.revision, spec)
+            except SnapshotConflictError:
+                if _recorded(stored, action.revision):
+                    raise  # a revision the status knows never changes
+                await self._replace_orphan_snapshot(name, namespace, owner, action.revision)
+                await self.workloads.save_snapshot(name, namespace, owner, action.revision, spec)
             return True
         if isinstance(action, EnsureRevision):
-            if _already_running(action, observed, decision.status):
+            if not force and _already_running(action, observed, decision.status):
                 return False
             await self.workloads.ensure_revision(
                 name, namespace, owner, action.revision, action.replicas
@@ -295,11 +366,17 @@ class ReleaseController:
         if isinstance(action, SetRoutes):
             current_routes = await self.router.get_routes(name, namespace)
             wanted = (dict(action.weights), action.mirror_revision, action.mirror_percent)
-            if current_routes is not None and (
-                {r: w for r, w in current_routes.weights.items() if w > 0},
-                current_routes.mirror_revision,
-                current_routes.mirror_percent,
-            ) == wanted:
+            if (
+                not force
+                and current_routes is not None
+                and (
+                    {r: w for r, w in current_routes.weights.items() if w > 0},
+                    current_routes.mirror_revision,
+                    current_routes.mirror_percent,
+                )
+                == wanted
+                and await self._subsets_match(name, namespace, action)
+            ):
                 return False
             await self.router.set_routes(
                 name,
@@ -319,13 +396,94 @@ class ReleaseController:
             return True
         raise TypeError(f"unknown action {action!r}")
 
+    async def _subsets_match(self, name: str, namespace: str, action: SetRoutes) -> bool:
+        """The DestinationRule has exactly the subsets the wanted routes use.
+
+        The router writes the rule make-before-break (it keeps the subsets the previous
+        routes used) and prunes them "at the next call"; skipping that call because the
+        VirtualService already matches would keep them forever, and a rule deleted by hand
+        (every request then hits an unknown subset) would never come back.
+        """
+        rule = await _kube.get_or_none(
+            self._custom.get_namespaced_custom_object,
+            ISTIO_GROUP,
+            ISTIO_VERSION,
+            namespace,
+            "destinationrules",
+            name,
+            timeout=self._timeout,
+        )
+        if rule is None:
+            return False
+        wanted = {subset_name(r) for r, w in action.weights.items() if w > 0}
+        if action.mirror_revision is not None and action.mirror_percent > 0:
+            wanted.add(subset_name(action.mirror_revision))
+        subsets = (rule.get("spec") or {}).get("subsets") or []
+        return {str(s.get("name")) for s in subsets} == wanted
+
     # -- writes ----------------------------------------------------------------------
 
-    async def _write_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        # "add" replaces the whole status: fields the engine dropped (a cleared
-        # pendingDecision) disappear instead of lingering as with a merge patch.
-        patch = [{"op": "add", "path": "/status", "value": status}]
+    async def _replace_orphan_snapshot(
+        self, name: str, namespace: str, owner: OwnerRef, revision: int
+    ) -> None:
+        """Delete the snapshot of a revision the stored status does not know.
+
+        A reconcile saves the snapshot first and records the revision in status last; killed
+        in between, it leaves a snapshot nothing refers to (its Deployment, if any, carries
+        no traffic: a new revision starts at weight 0). When the spec changes before the
+        next reconcile, the engine numbers the new spec's revision the same, and the stale
+        snapshot would block the release forever as an immutable-revision conflict.
+        """
+        snapshot = workload_name(name, revision)
+        existing = await _kube.get_or_none(
+            self._apps.read_namespaced_controller_revision,
+            snapshot,
+            namespace,
+            timeout=self._timeout,
+        )
+        if existing is None:
+            return
+        if not owner.owns(existing):
+            raise OwnershipConflictError(
+                f"ControllerRevision {snapshot} is not owned by ModelRelease {name} "
+                f"(uid {owner.uid}); refusing to replace it"
+            )
+        meta = existing["metadata"]
+        preconditions = {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"]}
         await _kube.call(
+            self._apps.delete_namespaced_controller_revision,
+            snapshot,
+            namespace,
+            body={"preconditions": preconditions},
+            timeout=self._timeout,
+        )
+        message = (
+            f"replaced snapshot {snapshot}: it was saved by a reconcile that never recorded "
+            f"r{revision} in status (operator restarted), and the spec changed since"
+        )
+        log.warning("%s/%s: %s", namespace, name, message)
+        await self.notifier.post(owner, namespace, "Warning", "OrphanSnapshotReplaced", message)
+
+    async def _write_status(
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        meta: Mapping[str, Any],
+    ) -> Mapping[str, Any]:
+        """Replace the whole status if the object is still the one (uid) and the version
+        (resourceVersion) the decision was made from; returns the stored metadata.
+
+        "add" replaces the whole status: fields the engine dropped (a cleared
+        pendingDecision) disappear instead of lingering as with a merge patch. A failed
+        test (a spec edit, an annotation, another writer) is a 422: decide again.
+        """
+        patch = [
+            {"op": "test", "path": "/metadata/uid", "value": meta["uid"]},
+            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+            {"op": "add", "path": "/status", "value": status},
+        ]
+        stored = await _kube.call(
             self._custom.patch_namespaced_custom_object_status,
             API_GROUP,
             API_VERSION,
@@ -336,6 +494,8 @@ class ReleaseController:
             _content_type="application/json-patch+json",
             timeout=self._timeout,
         )
+        stored_meta: Mapping[str, Any] = stored.get("metadata") or meta
+        return stored_meta
 
     async def _write_stalled(
         self,
@@ -344,15 +504,18 @@ class ReleaseController:
         old_status: Mapping[str, Any],
         meta: Mapping[str, Any],
         message: str,
-    ) -> None:
-        """Keep every stored field, only raise Stalled: nothing is lost on a bad input."""
+    ) -> bool:
+        """Keep every stored field, only raise Stalled: nothing is lost on a bad input.
+
+        Returns True when the condition is new (it was not already Stalled saying this)."""
         status = json.loads(json.dumps(old_status)) if old_status else {}
         conditions = [c for c in status.get("conditions", []) if c.get("type") != "Stalled"]
         previous: dict[str, Any] = next(
             (c for c in status.get("conditions", []) if c.get("type") == "Stalled"), {}
         )
         since = self.clock().isoformat().replace("+00:00", "Z")
-        if previous.get("status") == "True" and previous.get("message") == message:
+        repeated = previous.get("status") == "True" and previous.get("message") == message[:1000]
+        if repeated:
             since = previous.get("lastTransitionTime", since)
         conditions.append(
             {
@@ -366,7 +529,8 @@ class ReleaseController:
         )
         status["conditions"] = conditions
         with contextlib.suppress(client.ApiException):
-            await self._write_status(namespace, name, status)
+            await self._write_status(namespace, name, status, meta)
+        return not repeated
 
     async def _remove_annotation(
         self, namespace: str, name: str, key: str, seen: Mapping[str, str]
@@ -402,6 +566,16 @@ class ReleaseController:
         except client.ApiException as err:
             if err.status not in (404, 409, 422):  # gone, or changed meanwhile: keep it
                 raise
+
+
+def _recorded(status: ModelReleaseStatus, revision: int) -> bool:
+    """The stored status refers to the revision (so its snapshot is authoritative)."""
+    return revision in {
+        status.stable_revision,
+        status.candidate_revision,
+        status.current_revision,
+        *(h.revision for h in status.history),
+    }
 
 
 def _already_running(

@@ -78,6 +78,9 @@ class RuntimeConfig:
     metrics_port: int = field(
         default_factory=lambda: int(os.environ.get("REWIND_METRICS_PORT", "0"))
     )
+    trust_actor_annotations: bool = field(
+        default_factory=lambda: os.environ.get("REWIND_TRUST_ACTOR_ANNOTATIONS", "") == "true"
+    )
     worker_threads: int = 32
 
 
@@ -107,7 +110,9 @@ class ReleaseLoops:
         self._wake[key] = asyncio.Event()
         self._tasks[key] = (
             uid,
-            asyncio.create_task(self._run(namespace, name), name=f"rewind:{namespace}/{name}"),
+            asyncio.create_task(
+                self._run(namespace, name, uid), name=f"rewind:{namespace}/{name}"
+            ),
         )
         return True
 
@@ -146,8 +151,11 @@ class ReleaseLoops:
         for namespace, name in list(self._tasks):
             await self.stop(namespace, name)
 
-    async def _run(self, namespace: str, name: str) -> None:
-        """Reconcile, sleep until the next deadline or a poke; never raises."""
+    async def _run(self, namespace: str, name: str, uid: str) -> None:
+        """Reconcile, sleep until the next deadline or a poke; never raises.
+
+        Ends by itself once the release is gone, also when the watch never delivered its
+        DELETED (a re-list after the watch expired does not replay deletions)."""
         wake = self._wake[(namespace, name)]
         loop = asyncio.get_running_loop()
         while True:
@@ -155,6 +163,10 @@ class ReleaseLoops:
             started = loop.time()
             try:
                 result = await self.controller.reconcile(namespace, name)
+                if result.gone:
+                    self.controller.forget(namespace, name)
+                    await self.stop(namespace, name, uid)
+                    return
                 delay = result.requeue_after if result.requeue_after is not None else IDLE_RESYNC
             except Exception:  # one release's bug must not stop its loop or others
                 log.exception("reconcile of %s/%s failed; retrying", namespace, name)
@@ -205,6 +217,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         metrics=PrometheusProvider(runtime.prometheus_url, headers=headers),
         notifier=EventRecorder(api_client),
         operator_metrics=operator_metrics,
+        trust_actor_annotations=runtime.trust_actor_annotations,
     )
     memo.loops = ReleaseLoops(memo.controller)
     if runtime.metrics_port:

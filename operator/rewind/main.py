@@ -34,6 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="port of the operator's own /metrics (0 = off)")
     parser.add_argument("--liveness", default=os.environ.get("REWIND_LIVENESS"),
                         help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--trust-actor-annotations", action="store_true",
+                        default=os.environ.get("REWIND_TRUST_ACTOR_ANNOTATIONS") == "true",
+                        help="record rewind.dev/<action>-by as the approver: only with the "
+                        "admission policies of charts/rewind/files/human-actions.yaml installed")
     parser.add_argument("--log-format", choices=("plain", "full", "json"), default="full")
     parser.add_argument("--peering", default=None,
                         help="Kopf peering object name for HA; default: standalone")
@@ -54,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=log_format)
     if not args.verbose and not args.debug:
         logging.getLogger("kubernetes").setLevel(logging.WARNING)
-    runtime = RuntimeConfig(metrics_port=args.metrics_port)
+    runtime = RuntimeConfig(metrics_port=args.metrics_port,
+                            trust_actor_annotations=args.trust_actor_annotations)
     if args.prometheus_url:
         runtime.prometheus_url = args.prometheus_url
     kopf.run(

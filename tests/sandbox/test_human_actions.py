@@ -139,6 +139,9 @@ def test_two_distinct_approvers_are_needed(
     metrics_endpoint: MetricsEndpoint,
 ) -> None:
     user = sandbox.env["SANDBOX_DEV_USER"]
+    # The policies are installed: the operator may believe the -by stamps.
+    operator.stop()
+    operator.start("--trust-actor-annotations")
     _bind(kubectl, namespace, "rewind-approver", user)
     _apply(kubectl, namespace, _policy(2))
     _apply(kubectl, namespace, _release(1))
@@ -196,3 +199,28 @@ def test_the_stamp_of_a_pending_action_cannot_be_removed(
             "rewind.dev/approve-rollback-", "rewind.dev/approve-rollback-by-")
     assert "rewind.dev/approve-rollback-by" not in _get(kubectl, namespace)["metadata"].get(
         "annotations", {})
+
+
+def test_without_trust_the_stamps_are_not_believed(
+    kubectl: Kubectl,
+    namespace: str,
+    human_actions: None,
+    operator: OperatorProcess,
+    metrics_endpoint: MetricsEndpoint,
+) -> None:
+    """An operator not told the policies are installed records every approver as
+    anonymous: one approval in total, whatever the -by annotations say."""
+    _apply(kubectl, namespace, _policy(2))
+    _apply(kubectl, namespace, _release(1))
+    wait_for("r1 promoted", lambda: _get(kubectl, namespace).get("status", {})
+             .get("stableRevision") == 1, 60)
+    metrics_endpoint.set("rewind_test_error_rate", 0.4, workload="chatbot-r2")
+    _apply(kubectl, namespace, _release(2))
+    wait_for("the rollback decision", lambda: _get(kubectl, namespace).get("status", {})
+             .get("phase") == "AwaitingApproval", 60)
+    kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
+            "rewind.dev/approve-rollback=true")
+    wait_for("the approval recorded", lambda: _get(kubectl, namespace)["status"]
+             .get("pendingDecision", {}).get("approvals"), 30)
+    approvals = _get(kubectl, namespace)["status"]["pendingDecision"]["approvals"]
+    assert [a.get("user", "") for a in approvals] == [""]
