@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config, watch
 
@@ -194,8 +194,8 @@ def custom_api() -> client.CustomObjectsApi:
 
 
 def status_of(api: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
-    obj = api.get_namespaced_custom_object("rewind.dev", "v1alpha1", namespace,
-                                           "modelreleases", name)
+    obj = cast(dict[str, Any], api.get_namespaced_custom_object(
+        "rewind.dev", "v1alpha1", namespace, "modelreleases", name))
     return dict(obj.get("status") or {})
 
 

@@ -143,7 +143,7 @@ def _virtual_service(namespace: str, route: list[dict[str, object]]) -> str:
 def test_istio_schema_accepts_weights_and_rejects_malformed(
     kubectl: Kubectl, namespace: str, istio_crds: None
 ) -> None:
-    good = [
+    good: list[dict[str, object]] = [
         {"destination": {"host": "model", "subset": "r1"}, "weight": 80},
         {"destination": {"host": "model", "subset": "r2"}, "weight": 20},
     ]
@@ -152,7 +152,9 @@ def test_istio_schema_accepts_weights_and_rejects_malformed(
                                 "json").stdout)
     assert [r["weight"] for r in stored["spec"]["http"][0]["route"]] == [80, 20]
 
-    malformed = [{"destination": {"host": "model", "subset": "r1"}, "weight": "heavy"}]
+    malformed: list[dict[str, object]] = [
+        {"destination": {"host": "model", "subset": "r1"}, "weight": "heavy"}
+    ]
     rejected = kubectl("apply", "-f", "-", input=_virtual_service(namespace, malformed),
                        check=False)
     assert rejected.returncode != 0

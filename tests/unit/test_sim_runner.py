@@ -60,7 +60,7 @@ def deployment(
     }
 
 
-BAD_ENV = [
+BAD_ENV: list[dict[str, Any]] = [
     {"name": "LOG_LEVEL", "value": "info"},
     {"name": "SIM_ERROR_RATE", "value": "0.3"},
     {"name": "SIM_LATENCY_MS", "value": "400"},
