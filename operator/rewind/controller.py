@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,10 +76,12 @@ log = logging.getLogger(__name__)
 
 #: The admission policy in charts/rewind stamps who set an action annotation here.
 ACTOR_SUFFIX = "-by"
+#: Stalled reason of an action that could not be applied (the engine never sets it).
+RECONCILE_ERROR = "ReconcileError"
 #: Back-off after an adapter failure, so a broken object never spins the loop.
 ERROR_REQUEUE = 5.0
 #: Workloads and routes are re-applied this often even when they look in place.
-RESYNC = 60.0
+RESYNC = 300.0
 
 
 def utcnow() -> datetime:
@@ -220,6 +223,9 @@ class ReleaseController:
     # -- the loop body ---------------------------------------------------------------
 
     async def reconcile(self, namespace: str, name: str) -> ReconcileResult:
+        # The decision's clock starts when the loop woke, not after the reads: deadlines
+        # are computed from it, so read latency would otherwise add to every interval.
+        now = self.clock()
         body = await self._get(MODELRELEASE_PLURAL, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return ReconcileResult(requeue_after=None, gone=True)
@@ -236,7 +242,6 @@ class ReleaseController:
             return ReconcileResult(requeue_after=None, error=message)
 
         policy, policy_error = await self._load_policy(namespace, spec.policy_ref.name)
-        now = self.clock()
         observed = await self.workloads.observe_revisions(name, namespace)
         measurements = (
             await self._measure(namespace, name, status, policy, now) if policy else None
@@ -272,6 +277,7 @@ class ReleaseController:
         # routes, scale-downs), which the engine re-emits from that status until they hold;
         # (4) Events, once per decision; (5) annotation removals, last.
         new_status_doc = status_document(decision.status)
+        engine_stalled = _keep_reconcile_error(old_status_doc, new_status_doc)
         stored_meta: Mapping[str, Any] = meta
         action: Action | None = None
         try:
@@ -301,6 +307,15 @@ class ReleaseController:
                 await self.notifier.post(owner, namespace, "Warning", "ApplyFailed", message)
             result.requeue_after, result.error = ERROR_REQUEUE, message
             return result
+        if engine_stalled is not None:
+            # Everything applied: the kept ReconcileError is over; store the engine's own.
+            cleared = _with_condition(new_status_doc, engine_stalled)
+            try:
+                stored_meta = await self._write_status(namespace, name, cleared, stored_meta)
+            except client.ApiException as err:
+                log.warning("%s/%s: could not clear Stalled: %s", namespace, name,
+                            _describe_error(err))
+                result.requeue_after = 0.0 if err.status in (409, 422) else ERROR_REQUEUE
         for event in events:
             await self._apply(event, name, namespace, owner, spec, decision, observed, status)
         self.operator_metrics.observe(
@@ -317,10 +332,14 @@ class ReleaseController:
         """Re-apply even what looks in place every RESYNC seconds: a deleted Service or an
         edited DestinationRule is only found by writing the whole desired state again."""
         now = time.monotonic()
-        last = self._last_resync.get((namespace, name))
-        if last is not None and now - last < RESYNC:
+        key = (namespace, name)
+        if key not in self._last_resync:
+            # A random phase, so releases created together don't all re-apply together.
+            self._last_resync[key] = now - random.uniform(0, RESYNC)
+            return True
+        if now - self._last_resync[key] < RESYNC:
             return False
-        self._last_resync[(namespace, name)] = now
+        self._last_resync[key] = now
         return True
 
     def forget(self, namespace: str, name: str) -> None:
@@ -521,7 +540,7 @@ class ReleaseController:
             {
                 "type": "Stalled",
                 "status": "True",
-                "reason": "ReconcileError",
+                "reason": RECONCILE_ERROR,
                 "message": message[:1000],
                 "lastTransitionTime": since,
                 "observedGeneration": int(meta.get("generation") or 0),
@@ -566,6 +585,42 @@ class ReleaseController:
         except client.ApiException as err:
             if err.status not in (404, 409, 422):  # gone, or changed meanwhile: keep it
                 raise
+
+
+def _keep_reconcile_error(old: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
+    """Carry a stored ``Stalled=True/ReconcileError`` (an action that failed to apply) into
+    the new status, in place of the engine's Stalled condition, which cannot know about it.
+
+    Otherwise every retry would store Stalled=False, fail again and raise it again: a
+    flapping condition and one more ApplyFailed Event every few seconds. Returns the
+    engine's condition, to store once every action applied (None: nothing was carried).
+    """
+    stored = next(
+        (c for c in old.get("conditions") or [] if c.get("type") == "Stalled"), None
+    )
+    if stored is None or stored.get("status") != "True":
+        return None
+    if stored.get("reason") != RECONCILE_ERROR:
+        return None
+    conditions: list[dict[str, Any]] = list(new.get("conditions") or [])
+    for i, condition in enumerate(conditions):
+        if condition.get("type") == "Stalled":
+            if condition.get("status") == "True":
+                return None  # the engine's own stall (policy, rollback target) says more
+            conditions[i] = dict(stored)
+            new["conditions"] = conditions
+            return dict(condition)
+    return None
+
+
+def _with_condition(status: Mapping[str, Any], condition: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``status`` with the condition of the same type replaced."""
+    out = dict(status)
+    out["conditions"] = [
+        dict(condition) if c.get("type") == condition.get("type") else c
+        for c in status.get("conditions") or []
+    ]
+    return out
 
 
 def _recorded(status: ModelReleaseStatus, revision: int) -> bool:

@@ -1,0 +1,149 @@
+"""The operator end to end with bad input: a missing RolloutPolicy, a PromQL query that does
+not parse. Each is reported where a human looks, and never stops other releases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Kubectl, MetricsEndpoint, OperatorProcess, Sandbox
+from tests.sandbox.operator_helpers import (
+    ERROR_RATE_QUERY,
+    HEALTHY,
+    METRIC,
+    Rewind,
+    Routes,
+    assert_holds,
+    canary,
+    condition,
+    outcomes,
+    policy_manifest,
+    release_manifest,
+    rewind_fixture,
+)
+
+pytestmark = pytest.mark.sandbox
+
+
+@pytest.fixture()
+def rw(
+    kubectl: Kubectl,
+    namespace: str,
+    operator: OperatorProcess,
+    metrics_endpoint: MetricsEndpoint,
+    sandbox: Sandbox,
+) -> Iterator[Rewind]:
+    yield from rewind_fixture(kubectl, namespace, operator, metrics_endpoint, sandbox)
+
+
+def test_missing_policy_stalls_with_its_name_until_it_is_created(rw: Rewind) -> None:
+    rw.apply(release_manifest("vision", "vision-policy"))
+    status = rw.wait_status(
+        "vision", "Stalled naming the missing policy",
+        lambda s: condition(s, "Stalled").get("status") == "True",
+    )
+    stalled = condition(status, "Stalled")
+    assert "vision-policy" in stalled["message"] and "not found" in stalled["message"], stalled
+    assert stalled["reason"] == "PolicyError"
+    assert status.get("phase", "Pending") == "Pending"
+    assert "vision-policy" in status.get("message", "")
+    # Nothing was deployed or routed for a release that has no policy.
+    assert rw.replicas("vision", 1) is None
+    assert rw.routes("vision") is None
+
+    rw.apply(policy_manifest("vision-policy", canary((50, "2s"))))
+    status = rw.wait_phase("vision", "Promoted", stable=1, timeout=40)
+    rw.wait_routes("vision", {1: 100})
+    assert condition(status, "Stalled")["status"] == "False"
+    assert condition(status, "Ready")["status"] == "True"
+    assert outcomes(status) == {1: "Promoted"}
+
+
+def test_unparsable_promql_is_reported_and_other_releases_keep_working(rw: Rewind) -> None:
+    # The good query without its closing parenthesis.
+    broken_query = ERROR_RATE_QUERY[:-1]
+    assert broken_query.startswith(f"max({METRIC}{{") and broken_query.endswith("}")
+    rw.apply(
+        policy_manifest("typo", canary((20, "2s"), (50, "2s")), query=broken_query),
+        policy_manifest("good", canary((20, "2s"), (50, "2s"))),
+    )
+    rw.promote_first_revision("vision", "typo")
+    rw.promote_first_revision("speech", "good")
+    rw.set_error_rate("vision", 2, HEALTHY)
+    rw.set_error_rate("speech", 2, HEALTHY)
+
+    rw.apply(
+        release_manifest("vision", "typo", version=2),
+        release_manifest("speech", "good", version=2),
+    )
+    status = rw.wait_status(
+        "vision", "a bad_query measurement and Degraded",
+        lambda s: condition(s, "Degraded").get("reason") == "AnalysisInconclusive"
+        and any("bad_query" in m.get("message", "") for m in s["analysis"]["measurements"]),
+        timeout=40,
+    )
+    last = status["analysis"]["measurements"][-1]
+    assert last["verdict"] == "Inconclusive"
+    # Names the metric, the kind of error and Prometheus' own parse error.
+    assert last["message"].startswith("error-rate: query error (bad_query): HTTP 400"), last
+    assert "parse error" in last["message"], last
+    degraded = condition(status, "Degraded")
+    assert degraded["status"] == "True" and "bad_query" in degraded["message"], degraded
+    assert status["phase"] == "Progressing"
+
+    # The other release in the namespace is promoted meanwhile...
+    other = rw.wait_phase("speech", "Promoted", stable=2, timeout=40)
+    rw.wait_routes("speech", {2: 100})
+    assert outcomes(other) == {1: "Promoted", 2: "Promoted"}
+    # ...while the broken one holds at its first step: no traffic increase, no rollback.
+    assert_holds(
+        "vision holding at 80/20",
+        lambda: rw.routes("vision") == Routes({1: 80, 2: 20})
+        and rw.status("vision")["phase"] == "Progressing",
+        seconds=3,
+    )
+    assert rw.status("vision")["analysis"].get("failures", 0) == 0
+
+
+def test_a_foreign_virtual_service_is_never_taken_over(rw: Rewind) -> None:
+    """Someone else's VirtualService with the release's name: the operator refuses to
+    overwrite it, says so once (Stalled + one Warning Event, not one per retry), and
+    proceeds once it is gone."""
+    foreign = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "vision"},
+        "spec": {
+            "hosts": ["vision.example.com"],
+            "http": [{"route": [{"destination": {"host": "legacy-vision"}}]}],
+        },
+    }
+    rw.apply(foreign, policy_manifest("good", canary((50, "2s"))))
+    rw.apply(release_manifest("vision", "good"), release_manifest("speech", "good"))
+    status = rw.wait_status(
+        "vision", "Stalled: VirtualService not owned",
+        lambda s: "not owned" in condition(s, "Stalled").get("message", ""),
+        timeout=40,
+    )
+    assert condition(status, "Stalled")["status"] == "True"
+    assert condition(status, "Stalled")["reason"] == "ReconcileError"
+    # The other release is unaffected.
+    rw.wait_phase("speech", "Promoted", stable=1, timeout=40)
+    # Retried (every 5s) without touching the foreign object or repeating the Event.
+    assert_holds(
+        "foreign VirtualService untouched",
+        lambda: rw.get("virtualservice", "vision")["spec"] == foreign["spec"],
+        seconds=6,
+    )
+    failures = [e for e in rw.events("vision") if e["reason"] == "ApplyFailed"]
+    assert len(failures) == 1, [e["message"] for e in failures]
+    assert "not owned by ModelRelease vision" in failures[0]["message"]
+
+    rw.kubectl("delete", "virtualservice", "vision", "-n", rw.namespace)
+    rw.wait_routes("vision", {1: 100}, timeout=30)
+    status = rw.wait_status(
+        "vision", "Stalled cleared", lambda s: condition(s, "Stalled").get("status") == "False"
+    )
+    assert status["phase"] == "Promoted" and status["stableRevision"] == 1
+    assert condition(status, "Ready")["status"] == "True"
