@@ -48,9 +48,10 @@ sandbox-down:
 sandbox-status:
 	@hack/sandbox status
 
+# mypy's cache lives outside the clone, so a fresh CI clone on a warm machine reuses it.
 lint: venv
 	$(VENV)/bin/ruff check operator tests bench
-	$(VENV)/bin/mypy
+	MYPY_CACHE_DIR=$${XDG_CACHE_HOME:-$$HOME/.cache}/rewind/mypy $(VENV)/bin/mypy
 
 # crds/ is generated from operator/rewind/api.py; the chart ships a copy (a test compares).
 crds: venv
@@ -65,8 +66,10 @@ crds-check: venv
 test-unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
+# Two xdist workers: the sandbox tests run in order on one (they share one cluster), the
+# unit tests on the other.
 test: sandbox-up lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # The 3 AM incident: operator, model servers and a stand-in for Istio's data plane, on
 # the sandbox; exits non-zero unless every outcome checks out in the API server.

@@ -61,7 +61,9 @@ def test_example_accepted(kubectl: Kubectl, dry_run_ns: str, file: str) -> None:
     assert "created (server dry run)" in result.stdout
 
 
-@pytest.mark.parametrize(("name", "base", "changes"), VALID_VARIANTS, ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    ("name", "base", "changes"), VALID_VARIANTS, ids=[v[0] for v in VALID_VARIANTS]
+)
 def test_valid_variant_accepted(
     kubectl: Kubectl,
     dry_run_ns: str,

@@ -145,7 +145,9 @@ def test_invalid_rejected_by_models(case: Case) -> None:
         assert case.reason in str(info.value)
 
 
-@pytest.mark.parametrize(("name", "base", "changes"), VALID_VARIANTS, ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    ("name", "base", "changes"), VALID_VARIANTS, ids=[v[0] for v in VALID_VARIANTS]
+)
 def test_valid_variants_accepted(
     name: str, base: tuple[str, str], changes: tuple[tuple[str, Any], ...]
 ) -> None:
