@@ -66,10 +66,8 @@ crds-check: venv
 test-unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-# Two xdist workers: the sandbox tests run in order on one (they share one cluster), the
-# unit tests on the other.
 test: sandbox-up lint
-	$(VENV)/bin/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The 3 AM incident: operator, model servers and a stand-in for Istio's data plane, on
 # the sandbox; exits non-zero unless every outcome checks out in the API server.

@@ -345,16 +345,6 @@ def operator(
         print(f"--- operator log ({process.log_path}) ---\n{process.logs()[-20000:]}")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test under tests/sandbox shares one cluster and one Prometheus, and some stop
-    Prometheus or run an all-namespaces operator: with pytest-xdist they all go to one
-    worker (in order), while unit tests run on the others."""
-    for item in items:
-        if "tests/sandbox/" in str(item.path).replace("\\", "/"):
-            item.add_marker(pytest.mark.sandbox)
-            item.add_marker(pytest.mark.xdist_group("sandbox"))
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Expose each phase's report on the item (used to print operator logs on failure)."""

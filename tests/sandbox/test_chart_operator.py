@@ -19,11 +19,11 @@ from tests.conftest import (
     wait_for,
 )
 from tests.sandbox.chart_helpers import ChartRelease, rewind_chart_fixture  # noqa: F401
+from tests.sandbox.operator_helpers import METRIC, canary, policy_manifest, release_manifest
 
 pytestmark = pytest.mark.sandbox
 
-DIGEST = "sha256:" + "3c" * 32
-IMAGE = "registry.example.com/scorer@sha256:" + "4d" * 32
+POLICY = "quick-canary"
 
 
 @pytest.fixture()
@@ -32,48 +32,6 @@ def release_namespace(kubectl: Kubectl) -> Iterator[str]:
     kubectl("create", "namespace", name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def _policy() -> dict[str, Any]:
-    return {
-        "apiVersion": "rewind.dev/v1alpha1",
-        "kind": "RolloutPolicy",
-        "metadata": {"name": "quick-canary"},
-        "spec": {
-            "strategy": {"canary": {"steps": [
-                {"weight": 20, "pause": {"duration": "2s"}},
-                {"weight": 60, "pause": {"duration": "2s"}},
-            ]}},
-            "analysis": {
-                "interval": "1s",
-                "failureLimit": 1,
-                "metrics": [{
-                    "name": "error-rate",
-                    "query": 'max(rewind_test_error_rate{workload="{{candidateWorkload}}"})',
-                    "thresholds": {"max": 0.05},
-                }],
-            },
-            "rollback": {"mode": "automatic", "scaleDownDelay": "1s"},
-            "keepPreviousWarm": "1m",
-        },
-    }
-
-
-def _release(version: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "rewind.dev/v1alpha1",
-        "kind": "ModelRelease",
-        "metadata": {"name": "scorer"},
-        "spec": {
-            "policyRef": {"name": "quick-canary"},
-            "model": {"name": "scorer", "version": f"3.0.{version}",
-                      "artifactURI": f"s3://models/scorer/{version}/model.onnx",
-                      "artifactDigest": DIGEST, "format": "onnx"},
-            "code": {"image": IMAGE},
-            "serving": {"replicas": 2},
-            "traffic": {"hosts": ["scorer.example.com"]},
-        },
-    }
 
 
 def test_operator_as_the_chart_service_account_promotes_and_rolls_back(
@@ -108,19 +66,20 @@ def test_operator_as_the_chart_service_account_promotes_and_rolls_back(
                                kubeconfig=str(rewind_chart.kubeconfig))
     operator.start()
     try:
-        apply(_policy())
-        apply(_release(1))
+        apply(policy_manifest(POLICY, canary((20, "2s"), (60, "2s")),
+                              scale_down_delay="1s", keep_previous_warm="1m"))
+        apply(release_manifest("scorer", POLICY, version=1))
         wait_for("r1 promoted", lambda: status().get("stableRevision") == 1, 60)
 
-        metrics_endpoint.set("rewind_test_error_rate", 0.0, workload="scorer-r2")
-        apply(_release(2))
+        metrics_endpoint.set(METRIC, 0.0, namespace=ns, workload="scorer-r2")
+        apply(release_manifest("scorer", POLICY, version=2))
         wait_for("r2 promoted", lambda: status().get("stableRevision") == 2, 90)
         assert routes() == [("r2", 100)]
         history = {h["revision"]: h["outcome"] for h in status()["history"]}
         assert history[2] == "Promoted"
 
-        metrics_endpoint.set("rewind_test_error_rate", 0.5, workload="scorer-r3")
-        apply(_release(3))
+        metrics_endpoint.set(METRIC, 0.5, namespace=ns, workload="scorer-r3")
+        apply(release_manifest("scorer", POLICY, version=3))
         wait_for("r3 rolled back", lambda: status().get("phase") == "RolledBack", 90)
         assert routes() == [("r2", 100)]
         events = kubectl("get", "events", "-n", ns, "--field-selector",
