@@ -174,6 +174,11 @@ def crds_installed(kubectl: Kubectl) -> None:
         "crd/modelreleases.rewind.dev",
         "crd/rolloutpolicies.rewind.dev",
     )
+    # Served a moment after Established on a fresh API server: wait until both list.
+    wait_for("the Rewind resources to be served", lambda: all(
+        kubectl("get", kind, "-A", check=False).returncode == 0
+        for kind in ("modelreleases.rewind.dev", "rolloutpolicies.rewind.dev")
+    ))
 
 
 def prometheus_query(prometheus_url: str, promql: str) -> list[dict[str, Any]]:

@@ -114,12 +114,13 @@ def policy_manifest(
     keep_previous_warm: str = "30s",
     progress_deadline: str = "60s",
     query_error: str = "Inconclusive",
+    required_approvers: int = 1,
 ) -> dict[str, Any]:
     """A RolloutPolicy with short durations, analysing the test's error-rate gauge."""
     rollback: dict[str, Any] = {"mode": mode, "scaleDownDelay": scale_down_delay}
     if mode == "approval":
         rollback["approval"] = {
-            "requiredApprovers": 1,
+            "requiredApprovers": required_approvers,
             "timeout": approval_timeout,
             "onTimeout": "Rollback",
         }

@@ -14,12 +14,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, Kubectl, MetricsEndpoint, OperatorProcess, Sandbox, wait_for
+from tests.sandbox.operator_helpers import METRIC, canary, policy_manifest, release_manifest
 
 pytestmark = pytest.mark.sandbox
 
 POLICY_FILE = ROOT / "charts" / "rewind" / "files" / "human-actions.yaml"
-DIGEST = "sha256:" + "1f" * 32
-IMAGE = "registry.example.com/chat@sha256:" + "2e" * 32
 
 
 @pytest.fixture(scope="session")
@@ -47,45 +46,12 @@ def human_actions(kubectl: Kubectl, crds_installed: None) -> Iterator[None]:
 
 
 def _policy(required: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "rewind.dev/v1alpha1",
-        "kind": "RolloutPolicy",
-        "metadata": {"name": "two-approvers"},
-        "spec": {
-            "strategy": {"canary": {"steps": [{"weight": 50, "pause": {"duration": "1h"}}]}},
-            "analysis": {
-                "interval": "1s",
-                "failureLimit": 1,
-                "metrics": [{
-                    "name": "error-rate",
-                    "query": 'max(rewind_test_error_rate{workload="{{candidateWorkload}}"})',
-                    "thresholds": {"max": 0.05},
-                }],
-            },
-            "rollback": {
-                "mode": "approval",
-                "approval": {"requiredApprovers": required, "timeout": "1h",
-                             "onTimeout": "Rollback"},
-            },
-        },
-    }
+    return policy_manifest("two-approvers", canary((50, "1h")), mode="approval",
+                           approval_timeout="1h", required_approvers=required)
 
 
 def _release(version: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "rewind.dev/v1alpha1",
-        "kind": "ModelRelease",
-        "metadata": {"name": "chatbot"},
-        "spec": {
-            "policyRef": {"name": "two-approvers"},
-            "model": {"name": "chatbot", "version": f"2.0.{version}",
-                      "artifactURI": f"s3://models/chatbot/{version}/model.safetensors",
-                      "artifactDigest": DIGEST, "format": "safetensors"},
-            "code": {"image": IMAGE},
-            "serving": {"replicas": 1},
-            "traffic": {"hosts": ["chat.example.com"]},
-        },
-    }
+    return release_manifest("chatbot", "two-approvers", version=version)
 
 
 def _apply(kubectl: Kubectl, namespace: str, obj: dict[str, Any]) -> None:
@@ -167,7 +133,7 @@ def test_two_distinct_approvers_are_needed(
     _apply(kubectl, namespace, _release(1))
     wait_for("r1 promoted", lambda: _get(kubectl, namespace).get("status", {})
              .get("stableRevision") == 1, 60)
-    metrics_endpoint.set("rewind_test_error_rate", 0.4, workload="chatbot-r2")
+    metrics_endpoint.set(METRIC, 0.4, namespace=namespace, workload="chatbot-r2")
     _apply(kubectl, namespace, _release(2))
     wait_for("the rollback decision", lambda: _get(kubectl, namespace).get("status", {})
              .get("phase") == "AwaitingApproval", 60)
@@ -234,7 +200,7 @@ def test_without_trust_the_stamps_are_not_believed(
     _apply(kubectl, namespace, _release(1))
     wait_for("r1 promoted", lambda: _get(kubectl, namespace).get("status", {})
              .get("stableRevision") == 1, 60)
-    metrics_endpoint.set("rewind_test_error_rate", 0.4, workload="chatbot-r2")
+    metrics_endpoint.set(METRIC, 0.4, namespace=namespace, workload="chatbot-r2")
     _apply(kubectl, namespace, _release(2))
     wait_for("the rollback decision", lambda: _get(kubectl, namespace).get("status", {})
              .get("phase") == "AwaitingApproval", 60)
