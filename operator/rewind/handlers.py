@@ -42,6 +42,7 @@ from rewind.api import MODELRELEASE_PLURAL, ROLLOUTPOLICY_PLURAL, RolloutPolicyS
 from rewind.controller import ERROR_REQUEUE, ReleaseController
 from rewind.engine import ANNOTATION_OF
 from rewind.metrics import OperatorMetrics
+from rewind.peering import PeeringGate, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,15 @@ class RuntimeConfig:
         default_factory=lambda: os.environ.get("REWIND_TRUST_ACTOR_ANNOTATIONS", "") == "true"
     )
     worker_threads: int = 32
+    #: Kopf peering (HA): the peering object's name, None when standalone.
+    peering_name: str | None = None
+    peering_priority: int = 0
+    #: Seconds a keep-alive entry lives; a standby takes over this long after a crash.
+    peering_lifetime: int = 30
+    #: Kopf's identity of this replica (the name of its keep-alive entry).
+    identity: str = ""
+    #: Watched namespaces; None for all (then the peering object is cluster-wide).
+    namespaces: list[str] | None = None
 
 
 class ReleaseLoops:
@@ -92,8 +102,11 @@ class ReleaseLoops:
     handles events per uid, so it can arrive after the new ADDED) stops nothing.
     """
 
-    def __init__(self, controller: ReleaseController) -> None:
+    def __init__(self, controller: ReleaseController, *, active: bool = True) -> None:
         self.controller = controller
+        #: False on a standby replica (Kopf peering): releases are remembered, not run.
+        self.active = active
+        self._known: dict[tuple[str, str], str] = {}
         self._tasks: dict[tuple[str, str], tuple[str, asyncio.Task[None]]] = {}
         self._wake: dict[tuple[str, str], asyncio.Event] = {}
         self._generations: dict[tuple[str, str], int] = {}
@@ -101,6 +114,9 @@ class ReleaseLoops:
     def ensure(self, namespace: str, name: str, uid: str) -> bool:
         """Start the object's loop unless it runs; True when it was started now."""
         key = (namespace, name)
+        self._known[key] = uid
+        if not self.active:
+            return False
         current = self._tasks.get(key)
         if current is not None:
             current_uid, task = current
@@ -131,9 +147,31 @@ class ReleaseLoops:
         self._generations[(namespace, name)] = generation
         return previous != generation
 
+    def running(self) -> list[tuple[str, str]]:
+        return sorted(key for key, (_, task) in self._tasks.items() if not task.done())
+
+    async def activate(self) -> None:
+        """This replica became the active one: run every release it knows of."""
+        self.active = True
+        self.controller.operator_metrics.active.set(1)
+        for (namespace, name), uid in list(self._known.items()):
+            self.ensure(namespace, name, uid)
+
+    async def stand_by(self) -> None:
+        """Another replica is active: stop every loop mid-flight (restart-safe by design),
+        remember the releases for when this replica is active again."""
+        self.active = False
+        self.controller.operator_metrics.active.set(0)
+        for namespace, name in list(self._tasks):
+            await self.stop(namespace, name)
+            # The active replica writes meanwhile: re-apply everything when active again.
+            self.controller.forget(namespace, name)
+
     async def stop(self, namespace: str, name: str, uid: str | None = None) -> None:
         """Stop the loop; with a uid, only if the loop belongs to that object."""
         key = (namespace, name)
+        if uid is not None and self._known.get(key) == uid:
+            del self._known[key]
         current = self._tasks.get(key)
         if current is None or (uid is not None and current[0] != uid):
             return
@@ -219,7 +257,24 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         operator_metrics=operator_metrics,
         trust_actor_annotations=runtime.trust_actor_annotations,
     )
-    memo.loops = ReleaseLoops(memo.controller)
+    memo.loops = ReleaseLoops(memo.controller, active=runtime.peering_name is None)
+    if runtime.peering_name is not None:
+        # Kopf reads this when its keep-alive starts, after the startup handlers.
+        settings.peering.lifetime = runtime.peering_lifetime
+        operator_metrics.active.set(0)
+        loops: ReleaseLoops = memo.loops
+
+        async def follow(verdict: Verdict) -> None:
+            await (loops.activate() if verdict.active else loops.stand_by())
+
+        gate = PeeringGate(
+            api_client, name=runtime.peering_name, namespaces=runtime.namespaces,
+            identity=runtime.identity, priority=runtime.peering_priority, on_change=follow,
+            poll_interval=min(2.0, runtime.peering_lifetime / 5),
+        )
+        memo.peering_task = asyncio.create_task(gate.run(), name="rewind:peering")
+        log.info("peering %s as %r, priority %d: standing by until active",
+                 runtime.peering_name, runtime.identity, runtime.peering_priority)
     if runtime.metrics_port:
         start_http_server(runtime.metrics_port, registry=operator_metrics.registry)
         log.info("operator metrics on :%d/metrics", runtime.metrics_port)
@@ -232,6 +287,11 @@ def _has_action(annotations: Mapping[str, str]) -> bool:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    peering_task: asyncio.Task[None] | None = memo.get("peering_task")
+    if peering_task is not None:
+        peering_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await peering_task
     loops: ReleaseLoops | None = memo.get("loops")
     if loops is not None:
         await loops.stop_all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 
 import kopf
@@ -41,15 +42,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-format", choices=("plain", "full", "json"), default="full")
     parser.add_argument("--peering", default=None,
                         help="Kopf peering object name for HA; default: standalone")
-    parser.add_argument("--priority", type=int, default=None,
+    parser.add_argument("--priority", type=int, default=0,
                         help="peering priority: the highest live replica is active")
+    parser.add_argument("--peering-lifetime", type=int, default=30,
+                        help="seconds a replica's keep-alive lives: a standby takes over "
+                        "this long after the active replica dies (default 30)")
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--debug", action="store_true")
     return parser.parse_args(argv)
 
 
+def own_identity() -> str:
+    """The name of this replica's keep-alive entry: the pod name in a cluster (POD_ID, as
+    Kopf reads it), else host and pid, so local replicas never share one."""
+    return os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.peering is not None:
+        patterns = [ns for ns in args.namespace if any(c in ns for c in "*?[!")]
+        if patterns:
+            sys.exit(f"rewind-operator: --peering needs plain namespace names, got "
+                     f"{', '.join(patterns)}: list the namespaces one by one")
+        if args.peering_lifetime < 10:
+            sys.exit("rewind-operator: --peering-lifetime must be at least 10 seconds "
+                     "(Kopf renews the keep-alive 5-10 s before it expires)")
     log_format = {
         "plain": kopf.LogFormat.PLAIN,
         "full": kopf.LogFormat.FULL,
@@ -58,14 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=log_format)
     if not args.verbose and not args.debug:
         logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    identity = own_identity()
     runtime = RuntimeConfig(metrics_port=args.metrics_port,
-                            trust_actor_annotations=args.trust_actor_annotations)
+                            trust_actor_annotations=args.trust_actor_annotations,
+                            peering_name=args.peering, peering_priority=args.priority,
+                            peering_lifetime=args.peering_lifetime, identity=identity,
+                            namespaces=args.namespace or None)
     if args.prometheus_url:
         runtime.prometheus_url = args.prometheus_url
     kopf.run(
         standalone=args.peering is None,
         peering_name=args.peering,
         priority=args.priority,
+        identity=identity,  # type: ignore[arg-type]  # Kopf's NewType of str
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness,

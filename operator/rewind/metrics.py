@@ -95,6 +95,12 @@ class OperatorMetrics:
             buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900),
             registry=self.registry,
         )
+        self.active = Gauge(
+            "rewind_operator_active",
+            "1 while this replica runs reconcile loops, 0 while it stands by (Kopf peering).",
+            registry=self.registry,
+        )
+        self.active.set(1)
         self._extra: dict[str, Gauge] = {}
         self._families: dict[int, Any] = {}
         self._children: dict[tuple[str, str], set[tuple[int, tuple[str, ...]]]] = {}

@@ -1,0 +1,281 @@
+"""HA: only the active replica runs reconcile loops, by Kopf's peering rule."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubernetes import client
+
+from rewind.controller import ReconcileResult
+from rewind.handlers import ReleaseLoops
+from rewind.metrics import OperatorMetrics
+from rewind.peering import SELF_MARGIN, PeeringGate, Verdict, peering_verdict
+
+NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+WHERE = "clusterkopfpeering/rewind"
+
+
+def entry(priority: int, seen_ago: float = 1.0, lifetime: int = 30) -> dict[str, Any]:
+    return {"priority": priority, "lifetime": lifetime,
+            "lastseen": (NOW - timedelta(seconds=seen_ago)).isoformat()}
+
+
+def peering(**peers: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": "rewind"}, "status": peers}
+
+
+def verdict(body: Mapping[str, Any] | None, me: str = "me", priority: int = 1) -> Verdict:
+    return peering_verdict({WHERE: body}, identity=me, priority=priority, now=NOW)
+
+
+def test_the_highest_live_priority_is_active() -> None:
+    assert verdict(peering(me=entry(1), other=entry(0))).active
+
+
+def test_a_live_higher_priority_peer_puts_us_on_standby() -> None:
+    result = verdict(peering(me=entry(0), other=entry(1)), priority=0)
+    assert not result.active
+    assert "other" in result.reason
+
+
+def test_a_dead_higher_priority_peer_does_not_count() -> None:
+    assert verdict(peering(me=entry(0), other=entry(1, seen_ago=31)), priority=0).active
+
+
+def test_same_priority_pauses_everyone_like_kopf() -> None:
+    result = verdict(peering(me=entry(1), twin=entry(1)))
+    assert not result.active
+    assert "own priority" in result.reason
+
+
+def test_missing_object_or_own_entry_means_standby() -> None:
+    assert "not found" in verdict(None).reason
+    assert not verdict(None).active
+    assert not verdict(peering(other=entry(0))).active
+
+
+def test_no_peering_object_configured_is_not_a_licence_to_run() -> None:
+    assert not peering_verdict({}, identity="me", priority=1, now=NOW).active
+
+
+def test_we_stand_by_before_the_others_see_us_dead() -> None:
+    lifetime = 30
+    margin = SELF_MARGIN.total_seconds()
+    fresh = verdict(peering(me=entry(1, seen_ago=lifetime - margin - 0.5, lifetime=lifetime)))
+    stale = verdict(peering(me=entry(1, seen_ago=lifetime - margin + 0.5, lifetime=lifetime)))
+    assert fresh.active
+    assert not stale.active
+    assert "expire" in stale.reason
+
+
+def test_every_namespace_must_agree() -> None:
+    bodies: dict[str, Mapping[str, Any] | None] = {
+        "kopfpeering/rewind in a": peering(me=entry(1)),
+        "kopfpeering/rewind in b": peering(me=entry(1), other=entry(5)),
+    }
+    result = peering_verdict(bodies, identity="me", priority=1, now=NOW)
+    assert not result.active
+    assert " in b" in result.reason
+
+
+def test_malformed_entries_fall_back_to_kopf_defaults() -> None:
+    # Non-numeric priority counts as 0, a missing lastseen as "seen now" (Kopf does both).
+    body = peering(me=entry(1), odd={"priority": "high", "lifetime": "x"}, bare={})
+    assert verdict(body).active
+    assert not verdict(peering(me=entry(0), bare={}), priority=0).active
+
+
+# --- the gate and the loops ---------------------------------------------------------------
+
+
+@dataclass
+class FakeController:
+    """Counts reconciles; every reconcile asks to run again soon."""
+
+    operator_metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    reconciles: list[tuple[str, str]] = field(default_factory=list)
+    forgotten: list[tuple[str, str]] = field(default_factory=list)
+    gone: set[str] = field(default_factory=set)
+
+    async def reconcile(self, namespace: str, name: str) -> ReconcileResult:
+        self.reconciles.append((namespace, name))
+        return ReconcileResult(requeue_after=0.01, gone=name in self.gone)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.forgotten.append((namespace, name))
+
+
+async def until(check: Any, what: str) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def active_gauge(controller: FakeController) -> float:
+    value = controller.operator_metrics.registry.get_sample_value("rewind_operator_active")
+    assert value is not None
+    return value
+
+
+def test_a_standby_remembers_releases_and_runs_them_once_active() -> None:
+    async def scenario() -> None:
+        controller = FakeController()
+        loops = ReleaseLoops(controller, active=False)  # type: ignore[arg-type]
+        assert not loops.ensure("ns", "a", "uid-a")
+        assert not loops.ensure("ns", "b", "uid-b")
+        await asyncio.sleep(0.05)
+        assert controller.reconciles == []
+        assert loops.running() == []
+
+        await loops.activate()
+        assert active_gauge(controller) == 1
+        assert loops.running() == [("ns", "a"), ("ns", "b")]
+        await until(lambda: {("ns", "a"), ("ns", "b")} <= set(controller.reconciles),
+                    "both releases to reconcile")
+
+        await loops.stand_by()
+        assert active_gauge(controller) == 0
+        assert loops.running() == []
+        assert set(controller.forgotten) == {("ns", "a"), ("ns", "b")}
+        count = len(controller.reconciles)
+        await asyncio.sleep(0.05)
+        assert len(controller.reconciles) == count
+
+        await loops.activate()  # the same releases again, without a new watch event
+        assert loops.running() == [("ns", "a"), ("ns", "b")]
+        await loops.stop_all()
+
+    asyncio.run(scenario())
+
+
+def test_a_release_deleted_while_on_standby_is_not_resumed() -> None:
+    async def scenario() -> None:
+        controller = FakeController()
+        loops = ReleaseLoops(controller, active=False)  # type: ignore[arg-type]
+        loops.ensure("ns", "a", "uid-a")
+        await loops.stop("ns", "a", "uid-a")  # its DELETED event
+        await loops.activate()
+        assert loops.running() == []
+
+    asyncio.run(scenario())
+
+
+def test_a_release_found_gone_is_dropped_for_good() -> None:
+    async def scenario() -> None:
+        controller = FakeController(gone={"a"})
+        loops = ReleaseLoops(controller)  # type: ignore[arg-type]
+        loops.ensure("ns", "a", "uid-a")
+        await until(lambda: loops.running() == [], "the loop to end")
+        await loops.stand_by()
+        await loops.activate()
+        assert loops.running() == []
+
+    asyncio.run(scenario())
+
+
+class ScriptedGate(PeeringGate):
+    """The real gate with its reads replaced by a script (the API part is tested on the
+    sandbox)."""
+
+    def __init__(self, reads: list[Any], priority: int = 1, **kwargs: Any) -> None:
+        super().__init__(client.ApiClient(), name="rewind", namespaces=None, identity="me",
+                         priority=priority, **kwargs)
+        self.reads = reads
+
+    async def _read(self) -> dict[str, Mapping[str, Any] | None]:
+        item = self.reads.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return {WHERE: item}
+
+
+def test_the_gate_calls_back_on_every_flip_and_only_then() -> None:
+    async def scenario() -> None:
+        seen: list[bool] = []
+
+        async def on_change(verdict: Verdict) -> None:
+            seen.append(verdict.active)
+
+        mine, theirs = peering(me=entry(1)), peering(me=entry(1), other=entry(2))
+        gate = ScriptedGate([mine, mine, theirs, theirs, mine], on_change=on_change,
+                            now=lambda: NOW)
+        for _ in range(5):
+            await gate.check()
+        assert seen == [True, False, True]
+
+    asyncio.run(scenario())
+
+
+def test_a_gate_that_cannot_read_stands_by_when_its_entry_expires() -> None:
+    async def scenario() -> None:
+        seen: list[bool] = []
+        clock = [NOW]
+
+        async def on_change(verdict: Verdict) -> None:
+            seen.append(verdict.active)
+
+        gate = ScriptedGate([peering(me=entry(1, seen_ago=0)), OSError("connection refused"),
+                             OSError("connection refused")],
+                            on_change=on_change, now=lambda: clock[0])
+        await gate.check()
+        clock[0] = NOW + timedelta(seconds=5)
+        await gate.check()  # read fails, the last read still says we are alive
+        assert seen == [True]
+        clock[0] = NOW + timedelta(seconds=29)
+        await gate.check()
+        assert seen == [True, False]
+
+    asyncio.run(scenario())
+
+
+def test_kopf_renews_before_our_margin() -> None:
+    """Kopf renews its entry 5-10 s before it expires: a wider margin would make the active
+    replica stand by between two renewals."""
+    assert timedelta(seconds=5) > SELF_MARGIN
+
+
+def test_taking_over_from_a_live_lower_replica_waits_for_it_to_stop() -> None:
+    async def scenario() -> None:
+        seen: list[bool] = []
+        clock = [NOW]
+
+        async def on_change(verdict: Verdict) -> None:
+            seen.append(verdict.active)
+
+        body = peering(me=entry(2, seen_ago=0), lower=entry(1, seen_ago=0))
+        gate = ScriptedGate([body] * 4, priority=2, on_change=on_change,
+                            now=lambda: clock[0], poll_interval=2.0)
+        assert gate.handover == timedelta(seconds=5)
+        assert not (await gate.check()).active
+        clock[0] = NOW + timedelta(seconds=4.9)
+        assert not (await gate.check()).active
+        assert seen == []
+        clock[0] = NOW + timedelta(seconds=5)
+        assert (await gate.check()).active
+        assert seen == [True]
+        clock[0] = NOW + timedelta(seconds=6)
+        assert (await gate.check()).active  # already active: no new wait
+        assert seen == [True]
+
+    asyncio.run(scenario())
+
+
+def test_alone_or_after_a_crash_the_takeover_is_immediate() -> None:
+    async def scenario() -> None:
+        seen: list[bool] = []
+
+        async def on_change(verdict: Verdict) -> None:
+            seen.append(verdict.active)
+
+        crashed = peering(me=entry(1, seen_ago=0), old=entry(2, seen_ago=31))
+        gate = ScriptedGate([crashed], on_change=on_change, now=lambda: NOW)
+        assert (await gate.check()).active
+        assert seen == [True]
+
+    asyncio.run(scenario())
