@@ -646,3 +646,36 @@ def rewind_fixture(
 ) -> Iterator[Rewind]:
     """Body of each test module's ``rw`` fixture."""
     yield Rewind(kubectl, namespace, operator, metrics_endpoint, sandbox)
+
+
+class Replica:
+    """One operator process of a Kopf peering, with its own /metrics port."""
+
+    def __init__(self, process: OperatorProcess, peering: str, *, priority: int,
+                 lifetime: int = 10) -> None:
+        self.process = process
+        self.peering = peering
+        self.priority = priority
+        self.lifetime = lifetime
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+
+    def start(self) -> None:
+        self.process.start("--peering", self.peering, "--priority", str(self.priority),
+                           "--peering-lifetime", str(self.lifetime),
+                           "--metrics-port", str(self.port))
+
+    def active(self) -> float | None:
+        """rewind_operator_active: 1 active, 0 standby (None until /metrics answers)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics",
+                                        timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "rewind_operator_active":
+                    return float(sample.value)
+        return None

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Kubectl, Sandbox, wait_for
+from tests.conftest import ROOT, Kubectl, OperatorProcess, Sandbox, wait_for
 from tests.sandbox.chart_helpers import (
     ALL_ON_VALUES,
     CHART,
@@ -33,6 +33,7 @@ from tests.sandbox.chart_helpers import (
     rewind_chart_fixture,  # noqa: F401  (the rewind_chart fixture)
     workload_ready,
 )
+from tests.sandbox.operator_helpers import Replica
 
 sandbox_test = pytest.mark.sandbox
 
@@ -204,7 +205,8 @@ def test_operator_arguments_follow_the_values(sandbox: Sandbox, kubectl: Kubectl
         "--namespace=rewind-demo", "--namespace=rewind-system"]
     assert "--all-namespaces" not in args
     assert {"--log-format=json", "--verbose", "--metrics-port=9200",
-            "--peering=rewind-ci", "--priority=$(POD_INDEX)"} <= set(args)
+            "--peering=rewind-ci", "--priority=$(POD_INDEX)", "--peering-lifetime=20"
+            } <= set(args)
     assert [d["kind"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")] == [
         "StatefulSet"]
 
@@ -441,6 +443,11 @@ def test_alerts_fire_as_documented(sandbox: Sandbox, kubectl: Kubectl, tmp_path:
                     {"series": 'rewind_release_phase{namespace="rec",release="recommender",'
                                'phase="AwaitingApproval"}',
                      "values": "1 1 1 0 0 0 0 0 0 0 0 0"},
+                    # Two replicas (peering): both on standby from minute 4 to 8.
+                    {"series": 'rewind_operator_active{pod="rewind-0"}',
+                     "values": "1 1 1 1 0 0 0 0 0 0 0 0"},
+                    {"series": 'rewind_operator_active{pod="rewind-1"}',
+                     "values": "0 0 0 0 0 0 0 0 0 1 1 1"},
                 ],
                 "alert_rule_test": [
                     {"eval_time": "2m", "alertname": "RewindRollbackHappened", "exp_alerts": []},
@@ -473,6 +480,20 @@ def test_alerts_fire_as_documented(sandbox: Sandbox, kubectl: Kubectl, tmp_path:
                         },
                     }]},
                     {"eval_time": "9m", "alertname": "RewindAwaitingApproval", "exp_alerts": []},
+                    {"eval_time": "3m", "alertname": "RewindNoActiveReplica", "exp_alerts": []},
+                    {"eval_time": "5m", "alertname": "RewindNoActiveReplica", "exp_alerts": []},
+                    {"eval_time": "7m", "alertname": "RewindNoActiveReplica", "exp_alerts": [{
+                        "exp_labels": {"severity": "critical"},
+                        "exp_annotations": {
+                            "summary": "No Rewind operator replica is running rollouts",
+                            "description": (
+                                "Every Rewind replica has been on standby for 2m: rollouts, "
+                                "analyses and rollbacks are not progressing. Look for \"same "
+                                "priority\" or \"keep-alive\" in the operator logs (Kopf "
+                                "peering)."),
+                        },
+                    }]},
+                    {"eval_time": "10m", "alertname": "RewindNoActiveReplica", "exp_alerts": []},
                 ],
             }
         ],
@@ -671,6 +692,26 @@ def test_peering_runs_replicas_with_distinct_priorities(
         assert can_i(sandbox, config, "watch", "clusterkopfpeerings.kopf.dev")
         assert not can_i(sandbox, config, "patch", "clusterkopfpeerings.kopf.dev/other")
         assert not can_i(sandbox, config, "delete", f"clusterkopfpeerings.kopf.dev/{peering}")
+
+        # The chart's RBAC carries HA: two operators as its ServiceAccount keep their
+        # keep-alives in the chart's peering object, and exactly one runs the loops. (The
+        # sandbox's pods are kwok's and run nothing, so they hold no keep-alive.)
+        replicas = [Replica(OperatorProcess(sandbox, [], tmp_path / f"op-{priority}.log",
+                                            kubeconfig=str(config)),
+                            peering, priority=priority) for priority in (7, 3)]
+        try:
+            for replica in replicas:
+                replica.start()
+            wait_for("replica 7 active, replica 3 on standby",
+                     lambda: [r.active() for r in replicas] == [1, 0], timeout=45)
+            peers = json.loads(kubectl("get", f"clusterkopfpeering/{peering}", "-o",
+                                       "json").stdout)["status"]
+            assert sorted(p["priority"] for p in peers.values()) == [3, 7]
+        finally:
+            for replica in replicas:
+                replica.process.stop()
+            logs = "".join(r.process.logs() for r in replicas)
+        assert "Forbidden" not in logs, logs[-5000:]
     # Uninstalled with the release.
     wait_for(f"clusterkopfpeering/{peering} to go",
              lambda: kubectl("get", f"clusterkopfpeering/{peering}", check=False).returncode != 0)
