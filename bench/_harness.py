@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
@@ -76,10 +76,11 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
 class Operator:
     """rewind-operator as a process watching one namespace."""
 
-    def __init__(self, env: dict[str, str], namespace: str, log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], namespace: str, log_path: Path,
+                 extra: Sequence[str] = ()) -> None:
         args = [str(ROOT / ".venv" / "bin" / "rewind-operator"), "--namespace", namespace,
-                "--metrics-port", "0", "--prometheus-url", env["PROMETHEUS_URL"]]
-        self.log = log_path.open("wb")
+                "--metrics-port", "0", "--prometheus-url", env["PROMETHEUS_URL"], *extra]
+        self.log = log_path.open("ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "KUBECONFIG": env["KUBECONFIG"]})
 
@@ -89,7 +90,16 @@ class Operator:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def kill(self) -> None:
+        """SIGKILL, as when a node dies."""
+        self.proc.kill()
+        self.proc.wait(timeout=15)
+        self.log.close()
+
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            self.log.close()
+            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=15)
