@@ -66,8 +66,10 @@ crds-check: venv
 test-unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
+# Unit tests beside the sandbox suite; exclusive sandbox tests alone, then the rest on
+# SANDBOX_WORKERS processes (hack/test.sh says why).
 test: sandbox-up lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	hack/test.sh $(PYTEST_ARGS)
 
 # The 3 AM incident: operator, model servers and a stand-in for Istio's data plane, on
 # the sandbox; exits non-zero unless every outcome checks out in the API server.

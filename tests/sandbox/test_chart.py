@@ -36,6 +36,9 @@ from tests.sandbox.chart_helpers import (
 from tests.sandbox.operator_helpers import Replica
 
 sandbox_test = pytest.mark.sandbox
+# Cluster-wide objects (admission policies, ClusterRoles) and operators watching every
+# namespace: nothing else may run meanwhile.
+pytestmark = pytest.mark.exclusive
 
 VALUES = {"default": [], "all-on": [ALL_ON_VALUES]}
 RBAC_KINDS = ("ClusterRole", "Role")

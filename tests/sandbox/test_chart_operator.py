@@ -21,7 +21,8 @@ from tests.conftest import (
 from tests.sandbox.chart_helpers import ChartRelease, rewind_chart_fixture  # noqa: F401
 from tests.sandbox.operator_helpers import METRIC, canary, policy_manifest, release_manifest
 
-pytestmark = pytest.mark.sandbox
+# The operator watches every namespace: nothing else may run meanwhile.
+pytestmark = [pytest.mark.sandbox, pytest.mark.exclusive]
 
 POLICY = "quick-canary"
 

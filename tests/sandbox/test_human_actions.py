@@ -16,7 +16,8 @@ import pytest
 from tests.conftest import ROOT, Kubectl, MetricsEndpoint, OperatorProcess, Sandbox, wait_for
 from tests.sandbox.operator_helpers import METRIC, canary, policy_manifest, release_manifest
 
-pytestmark = pytest.mark.sandbox
+# Cluster-wide admission policies change every annotate: nothing else may run meanwhile.
+pytestmark = [pytest.mark.sandbox, pytest.mark.exclusive]
 
 POLICY_FILE = ROOT / "charts" / "rewind" / "files" / "human-actions.yaml"
 

@@ -73,6 +73,7 @@ def _at(entry: dict[str, Any]) -> datetime:
     return parse_time(entry["at"])
 
 
+@pytest.mark.exclusive  # stops the Prometheus every other test queries
 def test_prometheus_outage_holds_the_rollout_and_never_rolls_back(rw: Rewind) -> None:
     rw.apply(policy_manifest(POLICY, canary((20, "4s"), (50, "2s"))))
     rw.promote_first_revision(NAME, POLICY)

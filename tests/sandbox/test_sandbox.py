@@ -22,7 +22,8 @@ from tests.conftest import (
     wait_for,
 )
 
-pytestmark = pytest.mark.sandbox
+# Stops and restarts sandbox components: nothing else may run meanwhile.
+pytestmark = [pytest.mark.sandbox, pytest.mark.exclusive]
 
 
 def _widget_crd(group: str) -> dict[str, object]:
