@@ -67,7 +67,7 @@ test-unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 # Unit tests beside the sandbox suite; exclusive sandbox tests alone, then the rest on
-# SANDBOX_WORKERS processes (hack/test.sh says why).
+# SANDBOX_WORKERS processes (default 3; hack/test.sh says why).
 test: sandbox-up lint
 	hack/test.sh $(PYTEST_ARGS)
 

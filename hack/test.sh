@@ -3,12 +3,12 @@
 # it computes, so it runs in two phases. Tests marked `exclusive` change the sandbox for
 # everyone (they stop a component, or install cluster-wide objects or operators) and run
 # alone, one at a time. The rest use their own namespace each and run on SANDBOX_WORKERS
-# processes (default 2). The unit tests run beside both phases.
+# processes (default 3: they mostly wait, even on 2 cores). The unit tests run beside both phases.
 # Arguments go to every pytest run (PYTEST_ARGS in the Makefile).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 pytest=.venv/bin/pytest
-workers=${SANDBOX_WORKERS:-2}
+workers=${SANDBOX_WORKERS:-3}
 unit_log=$(mktemp -t rewind-unit-tests.XXXXXX)
 
 # Exit status 5 means "no tests selected" (say, -k matched none in one phase): not a failure.

@@ -356,3 +356,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     setattr(item, f"rep_{report.when}", report)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `slow` first: in the parallel phase of `make test` a multi-minute test
+    scheduled last would leave the other workers idle while it finishes."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

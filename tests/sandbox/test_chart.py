@@ -36,9 +36,10 @@ from tests.sandbox.chart_helpers import (
 from tests.sandbox.operator_helpers import Replica
 
 sandbox_test = pytest.mark.sandbox
-# Cluster-wide objects (admission policies, ClusterRoles) and operators watching every
-# namespace: nothing else may run meanwhile.
-pytestmark = pytest.mark.exclusive
+# Installs put cluster-wide objects in place (admission policies that change every
+# annotate, ClusterRoles) and some start operators watching every namespace: nothing else
+# may run meanwhile. Rendering and server-side dry runs leave nothing behind.
+exclusive = pytest.mark.exclusive
 
 VALUES = {"default": [], "all-on": [ALL_ON_VALUES]}
 RBAC_KINDS = ("ClusterRole", "Role")
@@ -513,6 +514,7 @@ def test_alerts_fire_as_documented(sandbox: Sandbox, kubectl: Kubectl, tmp_path:
 
 
 @sandbox_test
+@exclusive
 def test_chart_installs_a_hardened_operator(
     kubectl: Kubectl, rewind_chart: ChartRelease
 ) -> None:
@@ -599,6 +601,7 @@ DENIED_NAMESPACED = [
 
 
 @sandbox_test
+@exclusive
 def test_operator_identity_is_narrow(
     sandbox: Sandbox, kubectl: Kubectl, rewind_chart: ChartRelease
 ) -> None:
@@ -642,6 +645,7 @@ def test_operator_identity_is_narrow(
 
 
 @sandbox_test
+@exclusive
 def test_watch_namespaces_confines_the_operator(
     sandbox: Sandbox, kubectl: Kubectl, namespace: str, second_namespace: str, tmp_path: Path
 ) -> None:
@@ -672,6 +676,7 @@ def test_watch_namespaces_confines_the_operator(
 
 
 @sandbox_test
+@exclusive
 def test_peering_runs_replicas_with_distinct_priorities(
     sandbox: Sandbox, kubectl: Kubectl, namespace: str, tmp_path: Path
 ) -> None:

@@ -80,6 +80,7 @@ def demo_namespace(sandbox: Sandbox, kubectl: Kubectl) -> Iterator[str]:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_demo_plays_the_story_and_can_run_again(
     sandbox: Sandbox, kubectl: Kubectl, demo_namespace: str
 ) -> None:

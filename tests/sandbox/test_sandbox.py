@@ -22,8 +22,7 @@ from tests.conftest import (
     wait_for,
 )
 
-# Stops and restarts sandbox components: nothing else may run meanwhile.
-pytestmark = [pytest.mark.sandbox, pytest.mark.exclusive]
+pytestmark = pytest.mark.sandbox
 
 
 def _widget_crd(group: str) -> dict[str, object]:
@@ -211,6 +210,7 @@ def test_version_is_stamped(kubectl: Kubectl) -> None:
     assert reported["clientVersion"]["gitVersion"] == pinned
 
 
+@pytest.mark.exclusive  # stops the Prometheus every other test queries
 def test_up_is_idempotent_and_repairs_a_stopped_component(sandbox: Sandbox) -> None:
     subprocess.run([str(SANDBOX_CLI), "stop", "prometheus"], check=True)
     assert subprocess.run([str(SANDBOX_CLI), "status"], capture_output=True).returncode == 1
