@@ -21,10 +21,12 @@ help:
 
 # The virtualenv is rebuilt only when pyproject.toml changes; pip's own cache lives outside
 # the clone, so a fresh clone on a warm machine installs in seconds.
-$(VENV)/.installed: pyproject.toml
+# Runtime dependencies are held at the versions of operator/requirements.lock (what the image
+# ships), so tests run what users run and pip resolves nothing new between two clean runs.
+$(VENV)/.installed: pyproject.toml operator/requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c operator/requirements.lock -e '.[test]'
 	@touch $@
 
 venv: $(VENV)/.installed

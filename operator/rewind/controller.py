@@ -60,7 +60,6 @@ from rewind.engine import (
     EnsureRevision,
     HumanAction,
     Inputs,
-    RecordMetric,
     RemoveAnnotation,
     RevisionState,
     ScaleRevision,
@@ -409,9 +408,6 @@ class ReleaseController:
             return True
         if isinstance(action, EmitEvent):
             await self.notifier.post(owner, namespace, action.type, action.reason, action.message)
-            return True
-        if isinstance(action, RecordMetric):
-            self.operator_metrics.record(action.name, action.labels, action.value)
             return True
         raise TypeError(f"unknown action {action!r}")
 

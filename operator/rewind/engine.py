@@ -183,7 +183,6 @@ __all__ = [
     "EnsureRevision",
     "HumanAction",
     "Inputs",
-    "RecordMetric",
     "RemoveAnnotation",
     "RevisionState",
     "ScaleRevision",
@@ -304,15 +303,6 @@ class EmitEvent:
     message: str
 
 
-@dataclass(frozen=True)
-class RecordMetric:
-    """A gauge the handler may export (optional; the engine currently emits none)."""
-
-    name: str
-    labels: Mapping[str, str]
-    value: float
-
-
 Action = (
     SnapshotRevision
     | EnsureRevision
@@ -320,7 +310,6 @@ Action = (
     | SetRoutes
     | RemoveAnnotation
     | EmitEvent
-    | RecordMetric
 )
 
 

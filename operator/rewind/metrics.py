@@ -101,7 +101,6 @@ class OperatorMetrics:
             registry=self.registry,
         )
         self.active.set(1)
-        self._extra: dict[str, Gauge] = {}
         self._families: dict[int, Any] = {}
         self._children: dict[tuple[str, str], set[tuple[int, tuple[str, ...]]]] = {}
 
@@ -161,15 +160,6 @@ class OperatorMetrics:
         )
         self._families[id(family)] = family
         return family.labels(*values)
-
-    def record(self, name: str, labels: Mapping[str, str], value: float) -> None:
-        """A gauge the engine asked for by name (RecordMetric)."""
-        gauge = self._extra.get(name)
-        if gauge is None:
-            gauge = Gauge(f"rewind_{name}", f"Engine metric {name}.", list(labels),
-                          registry=self.registry)
-            self._extra[name] = gauge
-        gauge.labels(**labels).set(value)
 
     def forget(self, namespace: str, release: str) -> None:
         """Drop a deleted release's series so dashboards show no ghosts and memory stays flat."""

@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -369,3 +370,49 @@ def test_long_error_reasons_are_truncated_for_status() -> None:
 def test_extract_value_rejects_non_lists() -> None:
     with pytest.raises(MetricQueryError, match="bad_result"):
         extract_value({"resultType": "vector"})
+
+
+# -- threads: queries have their own, and the timeout starts when the query is sent ------
+
+
+@sync
+async def test_time_waiting_for_a_thread_does_not_count_against_the_timeout(
+    prom: FakePrometheus,
+) -> None:
+    provider = PrometheusProvider(prom.url, max_concurrent=1)
+    prom.replies["first"] = Reply(body=vector("1"), delay=0.7)
+    prom.replies["second"] = Reply(body=vector("2"), delay=0.5)
+    # The second query waits ~0.7 s for the only thread, then takes 0.5 s: 1.2 s in all,
+    # over its 1 s timeout, yet well inside it once sent.
+    values = await asyncio.gather(provider.query("first", timeout=1.0),
+                                  provider.query("second", timeout=1.0))
+    assert list(values) == [1.0, 2.0]
+
+
+@sync
+async def test_a_query_that_never_gets_a_thread_says_the_operator_is_overloaded(
+    prom: FakePrometheus,
+) -> None:
+    provider = PrometheusProvider(prom.url, max_concurrent=1)
+    prom.replies["hog"] = Reply(body=vector("1"), delay=1.0)
+    hog = asyncio.create_task(provider.query("hog", timeout=2.0))
+    await asyncio.sleep(0.05)
+    with pytest.raises(MetricQueryError) as caught:
+        await provider.query("starved", timeout=0.3)
+    assert caught.value.kind == "timeout"
+    assert "overloaded" in str(caught.value)
+    assert await hog == 1.0
+
+
+@sync
+async def test_queries_do_not_wait_behind_kubernetes_calls(prom: FakePrometheus) -> None:
+    """Kubernetes calls run on the loop's default executor; saturate it."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+    blocker = asyncio.create_task(asyncio.to_thread(time.sleep, 1.5))
+    await asyncio.sleep(0.05)
+    prom.replies["q"] = Reply(body=vector("3"))
+    started = time.monotonic()
+    assert await PrometheusProvider(prom.url).query("q", timeout=1.0) == 3.0
+    assert time.monotonic() - started < 1.0
+    await blocker

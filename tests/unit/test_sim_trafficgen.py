@@ -186,12 +186,15 @@ def test_istio_metric_names_and_labels(servers: dict[str, RunningModelServer]) -
     finally:
         gen.close()
     samples = _istio_samples(gen)
-    totals = samples["istio_requests_total"]
-    for labels, _ in totals:
+    every = samples["istio_requests_total"]
+    for labels, _ in every:
         assert set(labels) == set(ISTIO_LABELS)
-        assert labels["reporter"] == "source" and labels["source_workload"] == "trafficgen"
-    by_workload = {(lbl["destination_workload"], lbl["response_code"]): v for lbl, v in totals}
-    assert by_workload == {("fraud-r1", "200"): 10.0, ("fraud-r2", "500"): 10.0}
+        assert labels["source_workload"] == "trafficgen"
+    for reporter in ("source", "destination"):  # both sidecars saw every answered request
+        seen = {(lbl["destination_workload"], lbl["response_code"]): v
+                for lbl, v in every if lbl["reporter"] == reporter}
+        assert seen == {("fraud-r1", "200"): 10.0, ("fraud-r2", "500"): 10.0}, reporter
+    totals = [(lbl, v) for lbl, v in every if lbl["reporter"] == "source"]
     r2 = next(lbl for lbl, _ in totals if lbl["destination_workload"] == "fraud-r2")
     assert r2["destination_service_name"] == "fraud-r2"
     assert r2["destination_workload_namespace"] == NS
@@ -199,12 +202,13 @@ def test_istio_metric_names_and_labels(servers: dict[str, RunningModelServer]) -
     r1_buckets = [
         float(lbl["le"])
         for lbl, _ in samples["istio_request_duration_milliseconds_bucket"]
-        if lbl["destination_workload"] == "fraud-r1"
+        if lbl["destination_workload"] == "fraud-r1" and lbl["reporter"] == "source"
     ]
     assert r1_buckets == [*ISTIO_DURATION_BUCKETS_MS, float("inf")]
     counts = {
         lbl["destination_workload"]: v
         for lbl, v in samples["istio_request_duration_milliseconds_count"]
+        if lbl["reporter"] == "source"
     }
     assert counts == {"fraud-r1": 10.0, "fraud-r2": 10.0}
 
@@ -228,6 +232,8 @@ def test_unresolved_subset_and_dead_backend_look_like_envoy(tmp_path: Path) -> N
     assert flags == {("fraud-r1", 503, "UF"), ("unknown", 503, "UH")}
     labels = [lbl for lbl, _ in _istio_samples(gen)["istio_requests_total"]]
     assert {lbl["destination_workload"] for lbl in labels} == {"fraud-r1", "unknown"}
+    # No server answered, so no server-side sidecar reported anything.
+    assert {lbl["reporter"] for lbl in labels} == {"source"}
 
 
 def test_run_is_paced_bounded_and_follows_vs_changes(

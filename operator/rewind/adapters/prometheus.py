@@ -4,7 +4,9 @@ Two lessons shape it. Flagger counts "no data" and "Prometheus down" as failed c
 an outage rolls back a healthy canary: here both are reported as what they are (None, or a
 MetricQueryError with a kind) and the policy's noData / queryError settings decide the
 verdict. And prometheus-api-client is blocking, so every query runs in a worker thread
-with a hard timeout; Kopf's event loop never waits on the network.
+with a hard timeout; Kopf's event loop never waits on the network. The threads are the
+provider's own: queries never wait behind Kubernetes calls, and a query's timeout starts
+when it is sent, not while it waits for a thread.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import math
 import re
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import requests
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from rewind.adapters.base import MetricQueryError
@@ -76,6 +80,23 @@ def _root_cause(exc: BaseException) -> str:
     if errno:
         return errno.group(1).strip()
     return type(exc).__name__
+
+
+def _read_timed_out(exc: BaseException) -> bool:
+    """With retries off, urllib3 reports a read timeout as MaxRetryError(reason=...), which
+    requests raises as a ConnectionError: find the timeout inside."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ReadTimeoutError):
+            return True
+        pending.extend([*item.args, getattr(item, "reason", None), item.__cause__,
+                        item.__context__])
+    return False
 
 
 def _number(raw: Any) -> float | None:
@@ -180,8 +201,11 @@ class PrometheusProvider:
         headers: Mapping[str, str] | None = None,
         disable_ssl: bool = False,
         default_timeout: float = 10.0,
+        max_concurrent: int = 16,
     ) -> None:
         self.url = url.rstrip("/")
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrent,
+                                            thread_name_prefix="rewind-prometheus")
         self._headers = dict(headers) if headers else None
         self._disable_ssl = disable_ssl
         self.default_timeout = default_timeout
@@ -213,6 +237,8 @@ class PrometheusProvider:
         except requests.exceptions.Timeout as exc:
             raise MetricQueryError("timeout", f"no answer within {timeout:g}s") from exc
         except requests.exceptions.RequestException as exc:
+            if _read_timed_out(exc):
+                raise MetricQueryError("timeout", f"no answer within {timeout:g}s") from exc
             raise MetricQueryError("unreachable", f"{self.url}: {_root_cause(exc)}") from exc
         except PrometheusApiClientException as exc:
             raise classify_http_error(exc) from exc
@@ -225,10 +251,31 @@ class PrometheusProvider:
     async def query(self, query: str, timeout: float | None = None) -> float | None:
         """Run an instant query: a number, None for no data; raises MetricQueryError."""
         limit = self.default_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        sent: asyncio.Future[None] = loop.create_future()
+
+        def mark_sent() -> None:
+            if not sent.done():
+                sent.set_result(None)
+
+        def run() -> float | None:
+            loop.call_soon_threadsafe(mark_sent)
+            return self._query_blocking(query, limit)
+
+        answer = loop.run_in_executor(self._executor, run)
         try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(self._query_blocking, query, limit), timeout=limit
-            )
+            # Waiting for a free thread gets its own budget: a queue that long means the
+            # operator is overloaded, which is not the query's (or Prometheus') fault.
+            await asyncio.wait_for(asyncio.shield(sent), timeout=limit)
+        except TimeoutError as exc:
+            answer.cancel()
+            raise MetricQueryError(
+                "timeout", f"not sent within {limit:g}s: every analysis thread was busy "
+                "(the operator is overloaded)") from exc
+        try:
+            # requests enforces the limit on the wire; the margin covers a thread that
+            # overruns it.
+            return await asyncio.wait_for(answer, timeout=limit + 1.0)
         except TimeoutError as exc:
             raise MetricQueryError("timeout", f"no answer within {limit:g}s") from exc
 

@@ -4,8 +4,11 @@ The sandbox has the Istio CRDs but no Envoy, so nothing would honour the weights
 the operator writes. This generator reads the VirtualService (every ~1 s), sends requests to
 127.0.0.1 model servers split by the route weights, mirrors ``mirrorPercentage`` of them to the
 ``mirror`` destination (fire-and-forget, never the user's answer), and reports each request,
-mirrored ones included, as Istio's source-reporter metrics (``istio_requests_total``,
-``istio_request_duration_milliseconds``), so policies run the same PromQL as on a real mesh.
+mirrored ones included, as Istio's standard metrics (``istio_requests_total``,
+``istio_request_duration_milliseconds``), so policies run the same PromQL as on a real mesh:
+``reporter="source"`` for every request (the caller's sidecar, which also sees connection
+failures and timeouts), ``reporter="destination"`` for those the model server answered (its
+own sidecar).
 
 The VirtualService reader and the subset -> backend mapping are plain callables/mappings, so
 unit tests feed dicts and the demo plugs in the Kubernetes client.
@@ -637,6 +640,11 @@ class TrafficGenerator:
         labels = self._labels(dest, backend, code, flags)
         self._requests.labels(**labels).inc()
         self._duration.labels(**labels).observe(duration_ms)
+        if flags == "-":
+            # The server's own sidecar reports what reached it (not UH/UF/UT failures).
+            labels["reporter"] = "destination"
+            self._requests.labels(**labels).inc()
+            self._duration.labels(**labels).observe(duration_ms)
         workload = backend.workload if backend else UNKNOWN
         self.stats.add(kind, workload, code)
         return Response(workload, code, flags, duration_ms, body)
