@@ -19,6 +19,7 @@ from rewind.adapters.base import (
     OwnershipConflictError,
     RouteState,
     SnapshotConflictError,
+    SnapshotNotFoundError,
 )
 from rewind.adapters.events import EventRecorder
 from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION, IstioRouter
@@ -169,6 +170,22 @@ def test_router_refuses_to_take_over_a_virtual_service_it_does_not_own(
 
 
 # -- workloads ---------------------------------------------------------------------------
+
+
+def test_a_deleted_snapshot_is_never_rebuilt_from_guesswork(
+    workloads: KubeWorkloads, owner: OwnerRef, namespace: str, kubectl: Kubectl
+) -> None:
+    """Restoring a revision whose snapshot is gone fails, naming the object and the fixes,
+    instead of building something nobody verified."""
+    run(workloads.save_snapshot(RELEASE, namespace, owner, 1, make_spec()))
+    kubectl("delete", "controllerrevision", f"{RELEASE}-r1", "-n", namespace)
+    with pytest.raises(SnapshotNotFoundError) as caught:
+        run(workloads.ensure_revision(RELEASE, namespace, owner, 1, replicas=1))
+    message = str(caught.value)
+    assert f"ControllerRevision {namespace}/{RELEASE}-r1" in message
+    assert "Restore that ControllerRevision" in message and "roll forward" in message
+    assert kubectl("get", "deployment", f"{RELEASE}-r1", "-n", namespace,
+                   check=False).returncode != 0
 
 
 def wait_available(workloads: KubeWorkloads, namespace: str, revision: int) -> None:

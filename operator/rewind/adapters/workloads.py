@@ -386,7 +386,12 @@ class KubeWorkloads:
             self._apps.read_namespaced_controller_revision, name, namespace, timeout=self._timeout
         )
         if snapshot is None:
-            raise SnapshotNotFoundError(f"no snapshot {namespace}/{name} for revision {revision}")
+            raise SnapshotNotFoundError(
+                f"ControllerRevision {namespace}/{name}, the verified snapshot of revision "
+                f"{revision}, is gone: Rewind will not rebuild r{revision} from a spec it cannot "
+                f"verify. Restore that ControllerRevision from a backup, or roll forward by "
+                f"applying a new spec version"
+            )
         return snapshot
 
     async def load_snapshot(self, release: str, namespace: str, revision: int) -> ModelReleaseSpec:
