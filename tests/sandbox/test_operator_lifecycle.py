@@ -1,8 +1,9 @@
 """The operator end to end, lifecycle edges the engine's unit tests cover: a spec change
 mid-rollout, a candidate that never becomes Available (progressDeadline), a query with no
 data under ``noData: Fail`` (and the default that holds), blue-green with a manual switch,
-and retrying a rolled-back revision. Real API server, real Prometheus, the real
-`rewind-operator` process; assertions read what the API server stores."""
+retrying a rolled-back revision, and a shadow that goes on to a canary. Real API server,
+real Prometheus, the real `rewind-operator` process; assertions read what the API server
+stores."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from tests.sandbox.operator_helpers import (
     policy_manifest,
     release_manifest,
     rewind_fixture,
+    shadow,
     timeline,
     workload,
 )
@@ -307,3 +309,42 @@ def test_retry_starts_the_rolled_back_revision_again(rw: Rewind) -> None:
     assert measured and all(m["verdict"] == "Pass" for m in measured), measured
     assert not has_annotation(rw.release(NAME), RETRY)
     rw.event(NAME, type="Normal", reason="Retry", contains="r2 starts again")
+
+
+def test_a_passing_shadow_goes_on_to_a_canary(rw: Rewind) -> None:
+    """Shadow with onSuccess Canary: mirrored only while the shadow runs, then stepped live
+    weights, then promoted; the mirror is gone before any user reaches the candidate."""
+    strategy = shadow(mirror_percent=40, duration="3s")
+    strategy["shadow"]["onSuccess"] = {"action": "Canary",
+                                       "canary": canary((30, "2s"))["canary"]}
+    rw.apply(policy_manifest(POLICY, strategy))
+    rw.promote_first_revision(NAME, POLICY)
+    rw.set_error_rate(NAME, 2, HEALTHY)
+
+    with Recorder(rw.sandbox, rw.namespace) as rec:
+        rw.apply(release_manifest(NAME, POLICY, version=2))
+        status = rw.wait_phase(NAME, "Promoted", stable=2, timeout=60)
+        rw.wait_routes(NAME, {2: 100})
+
+    routes = [r for _, r in rec.routes(NAME)]
+    assert [(r.weights, r.mirror, r.mirror_percent) for r in routes] == [
+        ({1: 100}, None, 0.0),
+        ({1: 100}, 2, 40.0),   # shadow: a copy of 40% of requests, no user answered by r2
+        ({1: 70, 2: 30}, None, 0.0),  # canary step: live weight, mirror removed
+        ({2: 100}, None, 0.0),
+    ], routes
+    # The shadow's analysis passed before any live weight, in the status too.
+    statuses = [s for _, s in rec.statuses(NAME)]
+    first_live = next(i for i, s in enumerate(statuses)
+                      if s.get("weights", {}).get("candidate", 0) > 0)
+    assert any(s.get("mirrorPercent") == 40 for s in statuses[:first_live])
+    assert all(not s.get("mirrorPercent") for s in statuses[first_live:])
+    # The shadow stage was analysed (and passed) on mirrored traffic before the canary.
+    shadow_passes = [m for m in statuses[first_live - 1].get("analysis", {}).get(
+        "measurements", []) if m["revision"] == 2 and m["verdict"] == "Pass"]
+    assert shadow_passes, statuses[first_live - 1].get("analysis")
+    stages = [(e["type"], e["message"]) for e in timeline(status) if e["revision"] == 2]
+    assert [t for t, _ in stages] == ["RevisionCreated", "StepStarted", "StepStarted",
+                                      "Promoted"], stages
+    assert "shadow mirroring 40%" in stages[1][1] and "canary step 1/1 at 30%" in stages[2][1]
+    assert outcomes(status) == {1: "Promoted", 2: "Promoted"}
