@@ -4,7 +4,8 @@
 # everyone (they stop a component, or install cluster-wide objects or operators) and run
 # alone, one at a time. The rest use their own namespace each and run on SANDBOX_WORKERS
 # processes (default 3: they mostly wait, even on 2 cores). The unit tests run beside both phases.
-# Arguments go to every pytest run (PYTEST_ARGS in the Makefile).
+# Arguments go to every pytest run (PYTEST_ARGS in the Makefile): use them to select (-k) or
+# report (-x, -v), not to pass paths or -m, which would override the phases' own selection.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 pytest=.venv/bin/pytest
@@ -33,8 +34,13 @@ parallel_time=$((SECONDS - start - exclusive_time))
 wait "$unit_pid"
 unit=$?
 echo "[test] unit tests:"
-tail -n 40 "$unit_log"
-rm -f "$unit_log"
+if ok "$unit"; then
+  tail -n 3 "$unit_log"
+  rm -f "$unit_log"
+else
+  cat "$unit_log"  # every traceback; the log stays for the record
+  echo "[test] unit test log kept: $unit_log"
+fi
 
 status=0
 for phase in "unit:$unit" "exclusive:$exclusive" "parallel:$parallel"; do

@@ -275,7 +275,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         gate = PeeringGate(
             api_client, name=runtime.peering_name, namespaces=runtime.namespaces,
             identity=runtime.identity, priority=runtime.peering_priority, on_change=follow,
-            poll_interval=min(2.0, runtime.peering_lifetime / 5),
+            poll_interval=min(1.0, runtime.peering_lifetime / 10),
         )
         memo.peering_task = asyncio.create_task(gate.run(), name="rewind:peering")
         log.info("peering %s as %r, priority %d: standing by until active",

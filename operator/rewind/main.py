@@ -61,7 +61,7 @@ def own_identity() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.peering is not None:
-        patterns = [ns for ns in args.namespace if any(c in ns for c in "*?[!")]
+        patterns = [ns for ns in args.namespace if any(c in ns for c in "*?[!, \t")]
         if patterns:
             sys.exit(f"rewind-operator: --peering needs plain namespace names, got "
                      f"{', '.join(patterns)}: list the namespaces one by one")

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubernetes import client
-
-from rewind.adapters import _kube
+from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,9 @@ KOPF_VERSION = "v1"
 #: Kopf's default when a peer does not say how long it lives.
 DEFAULT_LIFETIME = 60
 #: We stand by this long before the others would consider us dead. Kopf renews its entry
-#: 5-10 s before it expires, so the margin must stay well under 5 s.
-SELF_MARGIN = timedelta(seconds=2)
+#: 5-10 s before it expires, so the margin must stay under 5 s; a poll (sleep plus a read
+#: bounded by the same interval) must fit inside it.
+SELF_MARGIN = timedelta(seconds=3)
 
 
 @dataclass(frozen=True)
@@ -119,20 +122,38 @@ def peering_verdict(
     return Verdict(True, "highest priority among live peers", contended)
 
 
+def other_peers(
+    peerings: Mapping[str, Mapping[str, Any] | None], *, identity: str, now: datetime
+) -> tuple[set[str], dict[str, datetime]]:
+    """(every other peer with an entry, the deadlines of those still live)."""
+    present: set[str] = set()
+    live: dict[str, datetime] = {}
+    for body in peerings.values():
+        for pid, info in ((body or {}).get("status") or {}).items():
+            if str(pid) == identity or not isinstance(info, Mapping):
+                continue
+            present.add(str(pid))
+            deadline = Peer.parse(str(pid), info, now).deadline
+            if deadline > now:
+                live[str(pid)] = min(deadline, live.get(str(pid), deadline))
+    return present, live
+
+
 Transition = Callable[[Verdict], Awaitable[None]]
 
 
 class PeeringGate:
     """Polls the peering object(s) and switches the loops on and off with the verdict.
 
-    A read that fails leaves the last verdict standing until our own entry would expire,
-    which the verdict already accounts for: the last bodies read are re-judged with the
-    current time.
+    Reads run on the gate's own threads and are bounded by the poll interval, so a slow API
+    server or busy reconcile threads cannot keep an expiring replica active: a read that
+    fails or times out leaves the last bodies, judged again with the current time.
 
-    Standing by is immediate; taking over from a live lower-priority replica waits
-    `handover` seconds of unchanged verdicts, so that replica polls and stops first. After a
-    crash there is nobody to wait for (its entry has expired), so the takeover is
-    immediate."""
+    Standing by is immediate. Taking over waits `handover` when the previous holder may still
+    be running: a live lower-priority replica, or a peer whose entry was just removed (a clean
+    shutdown: Kopf drops the entry before Rewind's loops stop). Its own next poll stands it
+    down within that time. After a crash the entry expires instead, and nobody is left to
+    wait for."""
 
     def __init__(
         self,
@@ -143,11 +164,13 @@ class PeeringGate:
         identity: str,
         priority: int,
         on_change: Transition,
-        poll_interval: float = 2.0,
+        poll_interval: float = 1.0,
         handover: float | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rewind-peering")
         self.name = name
         self.namespaces = list(namespaces) if namespaces else None
         self.identity = identity
@@ -158,38 +181,71 @@ class PeeringGate:
                                   else handover)
         self._now = now
         self._eligible_since: datetime | None = None
+        self._hold_until: datetime | None = None
+        self._last_live: dict[str, datetime] = {}
         self._bodies: dict[str, Mapping[str, Any] | None] = {}
         self.verdict = Verdict(False, "peering not read yet")
 
+    async def _get(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One API read on the gate's threads; 404 is None."""
+        call = functools.partial(fn, *args, _preload_content=False,
+                                 _request_timeout=self.poll_interval, **kwargs)
+        try:
+            response = await asyncio.get_running_loop().run_in_executor(self._threads, call)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return json.loads(response.data) if response.data else None
+
+    async def _read_namespace(self, namespace: str) -> tuple[bool, Mapping[str, Any] | None]:
+        """(whether the namespace exists, its KopfPeering). Kopf serves only namespaces that
+        exist, so the gate ignores the others too."""
+        body = await self._get(self._custom.get_namespaced_custom_object, KOPF_GROUP,
+                               KOPF_VERSION, namespace, "kopfpeerings", self.name)
+        if body is not None:
+            return True, dict(body)
+        found = await self._get(self._core.list_namespace,
+                                field_selector=f"metadata.name={namespace}")
+        return bool(found and found.get("items")), None
+
     async def _read(self) -> dict[str, Mapping[str, Any] | None]:
         if self.namespaces is None:
-            body = await _kube.get_or_none(
-                self._custom.get_cluster_custom_object, KOPF_GROUP, KOPF_VERSION,
-                "clusterkopfpeerings", self.name, timeout=10.0)
+            body = await self._get(self._custom.get_cluster_custom_object, KOPF_GROUP,
+                                   KOPF_VERSION, "clusterkopfpeerings", self.name)
             return {f"clusterkopfpeering/{self.name}": body}
-        bodies: dict[str, Mapping[str, Any] | None] = {}
-        for namespace in self.namespaces:
-            bodies[f"kopfpeering/{self.name} in {namespace}"] = await _kube.get_or_none(
-                self._custom.get_namespaced_custom_object, KOPF_GROUP, KOPF_VERSION,
-                namespace, "kopfpeerings", self.name, timeout=10.0)
-        return bodies
+        found = await asyncio.gather(*(self._read_namespace(ns) for ns in self.namespaces))
+        return {f"kopfpeering/{self.name} in {ns}": body
+                for ns, (exists, body) in zip(self.namespaces, found, strict=True) if exists}
 
     async def check(self) -> Verdict:
         """One poll: read, judge, and call `on_change` when the verdict flips."""
         try:
-            self._bodies = await self._read()
+            self._bodies = await asyncio.wait_for(self._read(), timeout=self.poll_interval)
+            now = self._now()
+            present, live = other_peers(self._bodies, identity=self.identity, now=now)
+            # Gone before its deadline: removed by its own shutdown. (After the deadline,
+            # Kopf's clean-up of a dead peer removes it too: that was a crash.)
+            removed = [pid for pid, deadline in self._last_live.items()
+                       if pid not in present and deadline > now]
+            if removed and not self.verdict.active:
+                self._hold_until = now + self.handover
+            self._last_live = live
         except Exception as exc:  # judged again with the last bodies: we may have to stop
-            log.warning("cannot read the peering %s: %s", self.name, exc)
+            log.warning("cannot read the peering %s: %s", self.name, exc or type(exc).__name__)
         now = self._now()
         verdict = peering_verdict(self._bodies, identity=self.identity,
                                   priority=self.priority, now=now)
         if not verdict.active:
             self._eligible_since = None
-        elif not self.verdict.active and verdict.contended:
-            self._eligible_since = self._eligible_since or now
-            if now - self._eligible_since < self.handover:
-                return Verdict(False, f"taking over after {self.handover.total_seconds():g}s"
-                                      " (a lower-priority replica may still be active)")
+        elif not self.verdict.active:
+            hold_until = self._hold_until
+            if verdict.contended:
+                self._eligible_since = self._eligible_since or now
+                hold_until = max(hold_until or now, self._eligible_since + self.handover)
+            if hold_until is not None and now < hold_until:
+                return Verdict(False, f"taking over in {(hold_until - now).total_seconds():.1f}s"
+                                      " (the previous replica may still be active)")
         if verdict.active != self.verdict.active:
             log.info("peering %s: %s (%s)", self.name,
                      "active" if verdict.active else "standby", verdict.reason)
@@ -200,15 +256,18 @@ class PeeringGate:
 
     async def run(self) -> None:
         """Poll forever; a bug in one poll must not leave the loops running unchecked."""
-        while True:
-            try:
-                await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("peering check failed; standing by")
-                if self.verdict.active:
-                    self.verdict = Verdict(False, "peering check failed")
-                    with contextlib.suppress(Exception):
-                        await self.on_change(self.verdict)
-            await asyncio.sleep(self.poll_interval)
+        try:
+            while True:
+                try:
+                    await self.check()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("peering check failed; standing by")
+                    if self.verdict.active:
+                        self.verdict = Verdict(False, "peering check failed")
+                        with contextlib.suppress(Exception):
+                            await self.on_change(self.verdict)
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            self._threads.shutdown(wait=False, cancel_futures=True)

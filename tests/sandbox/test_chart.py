@@ -381,6 +381,7 @@ def _dry_run(kubectl: Kubectl, manifest: str) -> list[str]:
 
 
 @sandbox_test
+@exclusive  # monitoring_crds creates and deletes cluster-wide CRDs around the module
 @pytest.mark.parametrize("values", VALUES, ids=list(VALUES))
 def test_api_server_accepts_the_rendered_chart(
     sandbox: Sandbox, kubectl: Kubectl, namespace: str, second_namespace: str,

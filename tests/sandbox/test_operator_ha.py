@@ -69,13 +69,19 @@ def test_only_the_active_replica_acts_and_a_standby_takes_over(
         return any(key.startswith("rewind_release_phase{")
                    for key in rw.operator_metrics(replica.port))
 
+    # The low-priority replica starts alone: it is active and runs the release.
     low.start()
-    high.start()
-    wait_for("the high-priority replica active", lambda: active(high) == 1, timeout=30)
-    wait_for("the low-priority replica on standby", lambda: active(low) == 0, timeout=30)
-
+    wait_for("the low-priority replica active while alone", lambda: active(low) == 1,
+             timeout=30)
     rw.apply(policy_manifest(POLICY, canary((20, None), (50, "2s"))))
     rw.promote_first_revision(NAME, POLICY)
+    assert runs_release(low)
+
+    # A higher-priority replica joins: the running loops stop, the newcomer takes over.
+    high.start()
+    wait_for("the high-priority replica active", lambda: active(high) == 1, timeout=30)
+    wait_for("the low-priority replica on standby", lambda: active(low) == 0, timeout=10)
+    wait_for("the standby's loops stopped", lambda: not runs_release(low), timeout=10)
     rw.set_error_rate(NAME, 2, HEALTHY)
     rw.apply(release_manifest(NAME, POLICY, version=2))
     rw.wait_phase(NAME, "Paused", candidate=2, timeout=40)

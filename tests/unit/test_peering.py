@@ -192,6 +192,8 @@ class ScriptedGate(PeeringGate):
         item = self.reads.pop(0)
         if isinstance(item, Exception):
             raise item
+        if item == "hang":  # an API server that never answers
+            await asyncio.Event().wait()
         return {WHERE: item}
 
 
@@ -203,7 +205,8 @@ def test_the_gate_calls_back_on_every_flip_and_only_then() -> None:
             seen.append(verdict.active)
 
         mine, theirs = peering(me=entry(1)), peering(me=entry(1), other=entry(2))
-        gate = ScriptedGate([mine, mine, theirs, theirs, mine], on_change=on_change,
+        crashed = peering(me=entry(1), other=entry(2, seen_ago=31))
+        gate = ScriptedGate([mine, mine, theirs, theirs, crashed], on_change=on_change,
                             now=lambda: NOW)
         for _ in range(5):
             await gate.check()
@@ -277,5 +280,101 @@ def test_alone_or_after_a_crash_the_takeover_is_immediate() -> None:
         gate = ScriptedGate([crashed], on_change=on_change, now=lambda: NOW)
         assert (await gate.check()).active
         assert seen == [True]
+
+    asyncio.run(scenario())
+
+
+def test_a_hung_read_cannot_keep_an_expiring_replica_active() -> None:
+    async def scenario() -> None:
+        seen: list[bool] = []
+        clock = [NOW]
+
+        async def on_change(verdict: Verdict) -> None:
+            seen.append(verdict.active)
+
+        gate = ScriptedGate([peering(me=entry(1, seen_ago=0)), "hang"],
+                            on_change=on_change, now=lambda: clock[0], poll_interval=0.2)
+        await gate.check()
+        clock[0] = NOW + timedelta(seconds=28)  # lifetime 30: inside the margin
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        verdict = await gate.check()
+        assert loop.time() - started < 1.0  # bounded by the poll interval, not the server
+        assert not verdict.active and "expire" in verdict.reason
+        assert seen == [True, False]
+
+    asyncio.run(scenario())
+
+
+def test_a_cleanly_removed_higher_peer_is_given_time_to_stop() -> None:
+    """Kopf drops its entry on shutdown before Rewind's loops stop; unlike an expired entry
+    (a crash), that replica may still be running for one more poll."""
+    async def scenario() -> None:
+        seen: list[bool] = []
+        clock = [NOW]
+
+        async def on_change(verdict: Verdict) -> None:
+            seen.append(verdict.active)
+
+        before = peering(me=entry(1, seen_ago=0), old=entry(2, seen_ago=0))
+        after = peering(me=entry(1, seen_ago=0))
+        gate = ScriptedGate([before, after, after, after], on_change=on_change,
+                            now=lambda: clock[0], poll_interval=1.0)
+        assert gate.handover == timedelta(seconds=3)
+        assert not (await gate.check()).active  # "old" leads
+        clock[0] = NOW + timedelta(seconds=1)
+        held = await gate.check()  # "old" removed itself: wait
+        assert not held.active and "taking over" in held.reason
+        clock[0] = NOW + timedelta(seconds=3.5)
+        assert not (await gate.check()).active
+        clock[0] = NOW + timedelta(seconds=4)
+        assert (await gate.check()).active
+        assert seen == [True]
+
+    asyncio.run(scenario())
+
+
+def test_a_watched_namespace_that_does_not_exist_is_left_out() -> None:
+    """Kopf serves only existing namespaces; requiring a KopfPeering in a deleted one would
+    stand every replica by for good."""
+    async def scenario() -> None:
+        async def on_change(verdict: Verdict) -> None:
+            pass
+
+        class Namespaced(PeeringGate):
+            async def _read_namespace(
+                self, namespace: str
+            ) -> tuple[bool, Mapping[str, Any] | None]:
+                if namespace == "deleted":
+                    return False, None
+                if namespace == "unpeered":
+                    return True, None
+                return True, peering(me=entry(1, seen_ago=0))
+
+        gate = Namespaced(client.ApiClient(), name="rewind", namespaces=["a", "deleted"],
+                          identity="me", priority=1, on_change=on_change, now=lambda: NOW)
+        assert (await gate.check()).active
+        gate.namespaces = ["a", "unpeered"]
+        verdict = await gate.check()
+        assert not verdict.active and "unpeered" in verdict.reason
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_peer_cleaned_up_by_kopf_is_not_mistaken_for_a_clean_shutdown() -> None:
+    """Kopf's clean-up deletes a dead peer's entry once it has expired: a crash, so the
+    takeover must not wait."""
+    async def scenario() -> None:
+        clock = [NOW]
+
+        async def on_change(verdict: Verdict) -> None:
+            pass
+
+        before = peering(me=entry(1, seen_ago=0), old=entry(2, seen_ago=25))  # 5 s left
+        after = peering(me=entry(1, seen_ago=0))
+        gate = ScriptedGate([before, after], on_change=on_change, now=lambda: clock[0])
+        assert not (await gate.check()).active
+        clock[0] = NOW + timedelta(seconds=6)  # past old's deadline, then cleaned up
+        assert (await gate.check()).active
 
     asyncio.run(scenario())

@@ -99,6 +99,12 @@ def _read_timed_out(exc: BaseException) -> bool:
     return False
 
 
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned query's outcome, so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _number(raw: Any) -> float | None:
     """Float of a sample value; NaN and +-Inf (e.g. 0/0 with no traffic) are no data."""
     try:
@@ -264,11 +270,25 @@ class PrometheusProvider:
 
         answer = loop.run_in_executor(self._executor, run)
         try:
+            return await self._await_answer(sent, answer, limit)
+        finally:
+            if not answer.done():
+                # Cancelled (say, the replica stood down) or timed out: a query still queued
+                # never runs; one on the wire ends by its own timeout and nobody waits for it.
+                answer.cancel()
+                answer.add_done_callback(_consume)
+
+    @staticmethod
+    async def _await_answer(
+        sent: asyncio.Future[None], answer: asyncio.Future[float | None], limit: float
+    ) -> float | None:
+        """At most `limit` to get a thread, then `limit` (+1 s) on the wire: 2 x limit + 1 in
+        the worst case."""
+        try:
             # Waiting for a free thread gets its own budget: a queue that long means the
             # operator is overloaded, which is not the query's (or Prometheus') fault.
             await asyncio.wait_for(asyncio.shield(sent), timeout=limit)
         except TimeoutError as exc:
-            answer.cancel()
             raise MetricQueryError(
                 "timeout", f"not sent within {limit:g}s: every analysis thread was busy "
                 "(the operator is overloaded)") from exc
