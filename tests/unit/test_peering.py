@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from rewind.controller import ReconcileResult
 from rewind.handlers import ReleaseLoops
+from rewind.main import main
 from rewind.metrics import OperatorMetrics
 from rewind.peering import SELF_MARGIN, PeeringGate, Verdict, peering_verdict
 
@@ -378,3 +380,17 @@ def test_a_dead_peer_cleaned_up_by_kopf_is_not_mistaken_for_a_clean_shutdown() -
         assert (await gate.check()).active
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("namespace", ["team-*", "a,b", "a b", "!kube-system"])
+def test_peering_refuses_namespace_patterns_the_gate_cannot_read(namespace: str) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--peering", "rewind", "--namespace", namespace])
+    assert "plain namespace names" in str(caught.value.code)
+    assert namespace in str(caught.value.code)
+
+
+def test_peering_refuses_a_lifetime_kopf_cannot_renew_in_time() -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--peering", "rewind", "--peering-lifetime", "5"])
+    assert "at least 10 seconds" in str(caught.value.code)
