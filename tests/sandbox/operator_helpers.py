@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -635,17 +635,6 @@ def assert_holds(what: str, check: Callable[[], bool], seconds: float) -> None:
         if not check():
             pytest.fail(f"expected {what} to hold for {seconds:g}s, but it stopped holding")
         time.sleep(0.2)
-
-
-def rewind_fixture(
-    kubectl: Kubectl,
-    namespace: str,
-    operator: OperatorProcess,
-    metrics_endpoint: MetricsEndpoint,
-    sandbox: Sandbox,
-) -> Iterator[Rewind]:
-    """Body of each test module's ``rw`` fixture."""
-    yield Rewind(kubectl, namespace, operator, metrics_endpoint, sandbox)
 
 
 class Replica:

@@ -4,12 +4,11 @@ the real `rewind-operator` process; assertions read what the API server stores."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import Kubectl, MetricsEndpoint, OperatorProcess, Sandbox, wait_for
+from tests.conftest import wait_for
 from tests.sandbox.operator_helpers import (
     ANNOTATION_APPROVE,
     ANNOTATION_REJECT,
@@ -29,7 +28,6 @@ from tests.sandbox.operator_helpers import (
     parse_time,
     policy_manifest,
     release_manifest,
-    rewind_fixture,
     timeline,
 )
 
@@ -37,17 +35,6 @@ pytestmark = pytest.mark.sandbox
 
 NAME = "fraud"
 POLICY = "fraud-canary"
-
-
-@pytest.fixture()
-def rw(
-    kubectl: Kubectl,
-    namespace: str,
-    operator: OperatorProcess,
-    metrics_endpoint: MetricsEndpoint,
-    sandbox: Sandbox,
-) -> Iterator[Rewind]:
-    yield from rewind_fixture(kubectl, namespace, operator, metrics_endpoint, sandbox)
 
 
 def test_healthy_canary_is_promoted_through_every_step(rw: Rewind) -> None:

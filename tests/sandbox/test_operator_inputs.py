@@ -3,11 +3,8 @@ not parse. Each is reported where a human looks, and never stops other releases.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.conftest import Kubectl, MetricsEndpoint, OperatorProcess, Sandbox
 from tests.sandbox.operator_helpers import (
     ERROR_RATE_QUERY,
     HEALTHY,
@@ -20,21 +17,9 @@ from tests.sandbox.operator_helpers import (
     outcomes,
     policy_manifest,
     release_manifest,
-    rewind_fixture,
 )
 
 pytestmark = pytest.mark.sandbox
-
-
-@pytest.fixture()
-def rw(
-    kubectl: Kubectl,
-    namespace: str,
-    operator: OperatorProcess,
-    metrics_endpoint: MetricsEndpoint,
-    sandbox: Sandbox,
-) -> Iterator[Rewind]:
-    yield from rewind_fixture(kubectl, namespace, operator, metrics_endpoint, sandbox)
 
 
 def test_missing_policy_stalls_with_its_name_until_it_is_created(rw: Rewind) -> None:

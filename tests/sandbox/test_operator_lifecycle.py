@@ -7,12 +7,11 @@ stores."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import Kubectl, MetricsEndpoint, OperatorProcess, Sandbox, wait_for
+from tests.conftest import wait_for
 from tests.sandbox.operator_helpers import (
     BROKEN,
     HEALTHY,
@@ -30,7 +29,6 @@ from tests.sandbox.operator_helpers import (
     parse_time,
     policy_manifest,
     release_manifest,
-    rewind_fixture,
     shadow,
     timeline,
     workload,
@@ -42,17 +40,6 @@ NAME = "scorer"
 POLICY = "scorer-policy"
 PROMOTE = "rewind.dev/promote"
 RETRY = "rewind.dev/retry"
-
-
-@pytest.fixture()
-def rw(
-    kubectl: Kubectl,
-    namespace: str,
-    operator: OperatorProcess,
-    metrics_endpoint: MetricsEndpoint,
-    sandbox: Sandbox,
-) -> Iterator[Rewind]:
-    yield from rewind_fixture(kubectl, namespace, operator, metrics_endpoint, sandbox)
 
 
 def _with_no_data(policy: dict[str, Any], verdict: str) -> dict[str, Any]:

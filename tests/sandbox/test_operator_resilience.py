@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import json
 import subprocess
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -19,10 +18,6 @@ from rewind.adapters.workloads import build_deployment, build_snapshot
 from rewind.api import ModelReleaseSpec
 from tests.conftest import (
     SANDBOX_CLI,
-    Kubectl,
-    MetricsEndpoint,
-    OperatorProcess,
-    Sandbox,
     wait_for,
 )
 from tests.sandbox.operator_helpers import (
@@ -42,7 +37,6 @@ from tests.sandbox.operator_helpers import (
     parse_time,
     policy_manifest,
     release_manifest,
-    rewind_fixture,
     timeline,
 )
 
@@ -50,17 +44,6 @@ pytestmark = pytest.mark.sandbox
 
 NAME = "recsys"
 POLICY = "recsys-canary"
-
-
-@pytest.fixture()
-def rw(
-    kubectl: Kubectl,
-    namespace: str,
-    operator: OperatorProcess,
-    metrics_endpoint: MetricsEndpoint,
-    sandbox: Sandbox,
-) -> Iterator[Rewind]:
-    yield from rewind_fixture(kubectl, namespace, operator, metrics_endpoint, sandbox)
 
 
 def _sandbox(*args: str) -> subprocess.CompletedProcess[str]:

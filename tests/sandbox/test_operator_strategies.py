@@ -3,11 +3,9 @@ moment (watched, not sampled), and how a failure is undone."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.conftest import Kubectl, MetricsEndpoint, OperatorProcess, Sandbox, wait_for
+from tests.conftest import wait_for
 from tests.sandbox.operator_helpers import (
     BROKEN,
     HEALTHY,
@@ -19,7 +17,6 @@ from tests.sandbox.operator_helpers import (
     outcomes,
     policy_manifest,
     release_manifest,
-    rewind_fixture,
     shadow,
     timeline,
 )
@@ -27,17 +24,6 @@ from tests.sandbox.operator_helpers import (
 pytestmark = pytest.mark.sandbox
 
 NAME = "assistant"
-
-
-@pytest.fixture()
-def rw(
-    kubectl: Kubectl,
-    namespace: str,
-    operator: OperatorProcess,
-    metrics_endpoint: MetricsEndpoint,
-    sandbox: Sandbox,
-) -> Iterator[Rewind]:
-    yield from rewind_fixture(kubectl, namespace, operator, metrics_endpoint, sandbox)
 
 
 def test_blue_green_previews_at_zero_switches_at_once_and_switches_back(rw: Rewind) -> None:
