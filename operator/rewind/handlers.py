@@ -42,7 +42,7 @@ from rewind.api import MODELRELEASE_PLURAL, ROLLOUTPOLICY_PLURAL, RolloutPolicyS
 from rewind.controller import ERROR_REQUEUE, ReleaseController
 from rewind.engine import ANNOTATION_OF
 from rewind.metrics import OperatorMetrics
-from rewind.peering import PeeringGate, Verdict
+from rewind.peering import PeeringGate, PeeringVerdict
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         operator_metrics.active.set(0)
         loops: ReleaseLoops = memo.loops
 
-        async def follow(verdict: Verdict) -> None:
+        async def follow(verdict: PeeringVerdict) -> None:
             await (loops.activate() if verdict.active else loops.stand_by())
 
         gate = PeeringGate(

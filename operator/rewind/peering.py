@@ -40,7 +40,7 @@ SELF_MARGIN = timedelta(seconds=3)
 
 
 @dataclass(frozen=True)
-class Verdict:
+class PeeringVerdict:
     active: bool
     reason: str
     #: Live lower-priority peers exist: they may still be active until their next poll.
@@ -90,36 +90,37 @@ def peering_verdict(
     identity: str,
     priority: int,
     now: datetime,
-) -> Verdict:
+) -> PeeringVerdict:
     """Whether this replica may run reconcile loops, from every peering object it is in.
 
     `peerings` maps where each object lives (cluster-wide, or a namespace) to its body, or
     None when it does not exist (Kopf stays paused then too)."""
     if not peerings:
-        return Verdict(False, "no peering object to check")
+        return PeeringVerdict(False, "no peering object to check")
     contended = False
     for where, body in peerings.items():
         if body is None:
-            return Verdict(False, f"peering object {where} not found")
+            return PeeringVerdict(False, f"peering object {where} not found")
         status = body.get("status") or {}
         peers = [Peer.parse(str(pid), info, now) for pid, info in status.items()
                  if isinstance(info, Mapping)]
         own = next((peer for peer in peers if peer.identity == identity), None)
         if own is None:
-            return Verdict(False, f"own keep-alive not yet in {where}")
+            return PeeringVerdict(False, f"own keep-alive not yet in {where}")
         if now >= own.deadline - SELF_MARGIN:
-            return Verdict(False, f"own keep-alive in {where} is about to expire")
+            return PeeringVerdict(False, f"own keep-alive in {where} is about to expire")
         live = [peer for peer in peers if peer.identity != identity and peer.deadline > now]
         higher = sorted(peer.identity for peer in live if peer.priority > priority)
         if higher:
-            return Verdict(False, f"standing by for higher priority {', '.join(higher)} "
-                                  f"in {where}")
+            return PeeringVerdict(
+                False, f"standing by for higher priority {', '.join(higher)} in {where}")
         same = sorted(peer.identity for peer in live if peer.priority == priority)
         if same:
-            return Verdict(False, f"same priority {priority} as {', '.join(same)} in {where}: "
-                                  "Kopf pauses them all; give each replica its own priority")
+            return PeeringVerdict(
+                False, f"same priority {priority} as {', '.join(same)} in {where}: "
+                       "Kopf pauses them all; give each replica its own priority")
         contended = contended or bool(live)
-    return Verdict(True, "highest priority among live peers", contended)
+    return PeeringVerdict(True, "highest priority among live peers", contended)
 
 
 def other_peers(
@@ -139,7 +140,7 @@ def other_peers(
     return present, live
 
 
-Transition = Callable[[Verdict], Awaitable[None]]
+Transition = Callable[[PeeringVerdict], Awaitable[None]]
 
 
 class PeeringGate:
@@ -184,7 +185,7 @@ class PeeringGate:
         self._hold_until: datetime | None = None
         self._last_live: dict[str, datetime] = {}
         self._bodies: dict[str, Mapping[str, Any] | None] = {}
-        self.verdict = Verdict(False, "peering not read yet")
+        self.verdict = PeeringVerdict(False, "peering not read yet")
 
     async def _get(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One API read on the gate's threads; 404 is None."""
@@ -218,7 +219,7 @@ class PeeringGate:
         return {f"kopfpeering/{self.name} in {ns}": body
                 for ns, (exists, body) in zip(self.namespaces, found, strict=True) if exists}
 
-    async def check(self) -> Verdict:
+    async def check(self) -> PeeringVerdict:
         """One poll: read, judge, and call `on_change` when the verdict flips."""
         try:
             self._bodies = await asyncio.wait_for(self._read(), timeout=self.poll_interval)
@@ -244,8 +245,9 @@ class PeeringGate:
                 self._eligible_since = self._eligible_since or now
                 hold_until = max(hold_until or now, self._eligible_since + self.handover)
             if hold_until is not None and now < hold_until:
-                return Verdict(False, f"taking over in {(hold_until - now).total_seconds():.1f}s"
-                                      " (the previous replica may still be active)")
+                wait = (hold_until - now).total_seconds()
+                return PeeringVerdict(False, f"taking over in {wait:.1f}s (the previous "
+                                             "replica may still be active)")
         if verdict.active != self.verdict.active:
             log.info("peering %s: %s (%s)", self.name,
                      "active" if verdict.active else "standby", verdict.reason)
@@ -265,7 +267,7 @@ class PeeringGate:
                 except Exception:
                     log.exception("peering check failed; standing by")
                     if self.verdict.active:
-                        self.verdict = Verdict(False, "peering check failed")
+                        self.verdict = PeeringVerdict(False, "peering check failed")
                         with contextlib.suppress(Exception):
                             await self.on_change(self.verdict)
                 await asyncio.sleep(self.poll_interval)

@@ -62,16 +62,13 @@ def test_only_the_active_replica_acts_and_a_standby_takes_over(
     high, low = replicas
     rw = Rewind(kubectl, namespace, high.process, metrics_endpoint, sandbox)
 
-    def active(replica: Replica) -> float | None:
-        return replica.active()
-
     def runs_release(replica: Replica) -> bool:
         return any(key.startswith("rewind_release_phase{")
                    for key in rw.operator_metrics(replica.port))
 
     # The low-priority replica starts alone: it is active and runs the release.
     low.start()
-    wait_for("the low-priority replica active while alone", lambda: active(low) == 1,
+    wait_for("the low-priority replica active while alone", lambda: low.active() == 1,
              timeout=30)
     rw.apply(policy_manifest(POLICY, canary((20, None), (50, "2s"))))
     rw.promote_first_revision(NAME, POLICY)
@@ -79,20 +76,20 @@ def test_only_the_active_replica_acts_and_a_standby_takes_over(
 
     # A higher-priority replica joins: the running loops stop, the newcomer takes over.
     high.start()
-    wait_for("the high-priority replica active", lambda: active(high) == 1, timeout=30)
-    wait_for("the low-priority replica on standby", lambda: active(low) == 0, timeout=10)
+    wait_for("the high-priority replica active", lambda: high.active() == 1, timeout=30)
+    wait_for("the low-priority replica on standby", lambda: low.active() == 0, timeout=10)
     wait_for("the standby's loops stopped", lambda: not runs_release(low), timeout=10)
     rw.set_error_rate(NAME, 2, HEALTHY)
     rw.apply(release_manifest(NAME, POLICY, version=2))
     rw.wait_phase(NAME, "Paused", candidate=2, timeout=40)
     assert runs_release(high)
     assert_holds("the standby running no release loop",
-                 lambda: active(low) == 0 and not runs_release(low), seconds=3)
+                 lambda: low.active() == 0 and not runs_release(low), seconds=3)
 
     # The active replica dies; the standby takes over once its keep-alive has expired.
     high.process.kill()
     killed = time.monotonic()
-    wait_for("the standby to become active", lambda: active(low) == 1,
+    wait_for("the standby to become active", lambda: low.active() == 1,
              timeout=LIFETIME + 15)
     takeover = time.monotonic() - killed
     print(f"takeover after SIGKILL: {takeover:.1f}s (keep-alive lifetime {LIFETIME}s)")
@@ -108,8 +105,8 @@ def test_only_the_active_replica_acts_and_a_standby_takes_over(
 
     # The higher-priority replica returns: the other one stands down, it takes over.
     high.start()
-    wait_for("the returning replica active", lambda: active(high) == 1, timeout=30)
-    wait_for("the other replica back on standby", lambda: active(low) == 0, timeout=10)
+    wait_for("the returning replica active", lambda: high.active() == 1, timeout=30)
+    wait_for("the other replica back on standby", lambda: low.active() == 0, timeout=10)
     wait_for("the standby to drop its release series", lambda: not runs_release(low),
              timeout=10)
     wait_for("the returning replica to run the release", lambda: runs_release(high),

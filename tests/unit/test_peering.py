@@ -15,7 +15,7 @@ from rewind.controller import ReconcileResult
 from rewind.handlers import ReleaseLoops
 from rewind.main import main
 from rewind.metrics import OperatorMetrics
-from rewind.peering import SELF_MARGIN, PeeringGate, Verdict, peering_verdict
+from rewind.peering import SELF_MARGIN, PeeringGate, PeeringVerdict, peering_verdict
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 WHERE = "clusterkopfpeering/rewind"
@@ -30,7 +30,7 @@ def peering(**peers: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": {"name": "rewind"}, "status": peers}
 
 
-def verdict(body: Mapping[str, Any] | None, me: str = "me", priority: int = 1) -> Verdict:
+def verdict(body: Mapping[str, Any] | None, me: str = "me", priority: int = 1) -> PeeringVerdict:
     return peering_verdict({WHERE: body}, identity=me, priority=priority, now=NOW)
 
 
@@ -203,7 +203,7 @@ def test_the_gate_calls_back_on_every_flip_and_only_then() -> None:
     async def scenario() -> None:
         seen: list[bool] = []
 
-        async def on_change(verdict: Verdict) -> None:
+        async def on_change(verdict: PeeringVerdict) -> None:
             seen.append(verdict.active)
 
         mine, theirs = peering(me=entry(1)), peering(me=entry(1), other=entry(2))
@@ -222,7 +222,7 @@ def test_a_gate_that_cannot_read_stands_by_when_its_entry_expires() -> None:
         seen: list[bool] = []
         clock = [NOW]
 
-        async def on_change(verdict: Verdict) -> None:
+        async def on_change(verdict: PeeringVerdict) -> None:
             seen.append(verdict.active)
 
         gate = ScriptedGate([peering(me=entry(1, seen_ago=0)), OSError("connection refused"),
@@ -250,7 +250,7 @@ def test_taking_over_from_a_live_lower_replica_waits_for_it_to_stop() -> None:
         seen: list[bool] = []
         clock = [NOW]
 
-        async def on_change(verdict: Verdict) -> None:
+        async def on_change(verdict: PeeringVerdict) -> None:
             seen.append(verdict.active)
 
         body = peering(me=entry(2, seen_ago=0), lower=entry(1, seen_ago=0))
@@ -275,7 +275,7 @@ def test_alone_or_after_a_crash_the_takeover_is_immediate() -> None:
     async def scenario() -> None:
         seen: list[bool] = []
 
-        async def on_change(verdict: Verdict) -> None:
+        async def on_change(verdict: PeeringVerdict) -> None:
             seen.append(verdict.active)
 
         crashed = peering(me=entry(1, seen_ago=0), old=entry(2, seen_ago=31))
@@ -291,7 +291,7 @@ def test_a_hung_read_cannot_keep_an_expiring_replica_active() -> None:
         seen: list[bool] = []
         clock = [NOW]
 
-        async def on_change(verdict: Verdict) -> None:
+        async def on_change(verdict: PeeringVerdict) -> None:
             seen.append(verdict.active)
 
         gate = ScriptedGate([peering(me=entry(1, seen_ago=0)), "hang"],
@@ -315,7 +315,7 @@ def test_a_cleanly_removed_higher_peer_is_given_time_to_stop() -> None:
         seen: list[bool] = []
         clock = [NOW]
 
-        async def on_change(verdict: Verdict) -> None:
+        async def on_change(verdict: PeeringVerdict) -> None:
             seen.append(verdict.active)
 
         before = peering(me=entry(1, seen_ago=0), old=entry(2, seen_ago=0))
@@ -340,7 +340,7 @@ def test_a_watched_namespace_that_does_not_exist_is_left_out() -> None:
     """Kopf serves only existing namespaces; requiring a KopfPeering in a deleted one would
     stand every replica by for good."""
     async def scenario() -> None:
-        async def on_change(verdict: Verdict) -> None:
+        async def on_change(verdict: PeeringVerdict) -> None:
             pass
 
         class Namespaced(PeeringGate):
@@ -369,7 +369,7 @@ def test_a_dead_peer_cleaned_up_by_kopf_is_not_mistaken_for_a_clean_shutdown() -
     async def scenario() -> None:
         clock = [NOW]
 
-        async def on_change(verdict: Verdict) -> None:
+        async def on_change(verdict: PeeringVerdict) -> None:
             pass
 
         before = peering(me=entry(1, seen_ago=0), old=entry(2, seen_ago=25))  # 5 s left
