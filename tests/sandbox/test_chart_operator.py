@@ -75,14 +75,15 @@ def test_operator_as_the_chart_service_account_promotes_and_rolls_back(
         metrics_endpoint.set(METRIC, 0.0, namespace=ns, workload="scorer-r2")
         apply(release_manifest("scorer", POLICY, version=2))
         wait_for("r2 promoted", lambda: status().get("stableRevision") == 2, 90)
-        assert routes() == [("r2", 100)]
+        # The status is written before the routes it decided (docs/design.md), so wait.
+        wait_for("all traffic on r2", lambda: routes() == [("r2", 100)], 10)
         history = {h["revision"]: h["outcome"] for h in status()["history"]}
         assert history[2] == "Promoted"
 
         metrics_endpoint.set(METRIC, 0.5, namespace=ns, workload="scorer-r3")
         apply(release_manifest("scorer", POLICY, version=3))
         wait_for("r3 rolled back", lambda: status().get("phase") == "RolledBack", 90)
-        assert routes() == [("r2", 100)]
+        wait_for("all traffic back on r2", lambda: routes() == [("r2", 100)], 10)
         events = kubectl("get", "events", "-n", ns, "--field-selector",
                          "involvedObject.name=scorer", "-o", "json").stdout
         reasons = {e["reason"] for e in json.loads(events)["items"]}
