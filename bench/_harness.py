@@ -62,6 +62,13 @@ def fresh_namespace(env: dict[str, str], name: str) -> None:
         env={**os.environ, "KUBECONFIG": env["KUBECONFIG"]}).returncode == 0, 60)
 
 
+def drop_namespace(env: dict[str, str], name: str) -> None:
+    """Delete the benchmark's namespace once its operator has stopped: releases left behind
+    would be reconciled by any later operator that watches every namespace (some tests run
+    one), hundreds at a time."""
+    kubectl(env, "delete", "ns", name, "--wait=false", "--ignore-not-found")
+
+
 def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
     """Bounded polling."""
     deadline = time.monotonic() + timeout

@@ -29,6 +29,7 @@ from _harness import (
     Operator,
     apply,
     custom_api,
+    drop_namespace,
     fresh_namespace,
     kubectl,
     policy,
@@ -147,6 +148,7 @@ def main() -> int:
         gauges.close()
         high.stop()
         low.stop()
+        drop_namespace(env, NAMESPACE)
     target = args.lifetime + 1
     table(f"Failover (two replicas, keep-alive lifetime {args.lifetime}s, SIGKILL)", [
         (f"SIGKILL to standby active (target <= {target} s)", summary(to_active)),

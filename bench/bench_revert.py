@@ -27,6 +27,7 @@ from _harness import (
     WeightsPredicate,
     apply,
     custom_api,
+    drop_namespace,
     fresh_namespace,
     kubectl,
     policy,
@@ -144,6 +145,7 @@ def main() -> int:
     finally:
         gauges.close()
         operator.stop()
+        drop_namespace(env, NAMESPACE)
     table("Rollback latency (sandbox, operator as a local process)", [
         ("approval-to-revert (target p99 <= 1 s)", summary(approval)),
         ("breach-to-revert, interval 5 s (target <= 6 s)", summary(breach)),

@@ -27,6 +27,7 @@ from _harness import (
     Operator,
     apply,
     custom_api,
+    drop_namespace,
     fresh_namespace,
     percentile,
     policy,
@@ -105,6 +106,7 @@ def main() -> int:
     finally:
         gauges.close()
         operator.stop()
+        drop_namespace(env, NAMESPACE)
     table(f"{args.releases} ModelReleases under analysis (interval {args.interval})", [
         ("r1 of all promoted in", f"{promoted_in:.1f}s"),
         ("r2 of all at 10% in", f"{canary_in:.1f}s"),
