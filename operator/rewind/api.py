@@ -92,6 +92,8 @@ __all__ = [
     "Duration",
     "EnvVar",
     "EnvironmentSpec",
+    "HeaderMatch",
+    "HeaderRoute",
     "HistoryEntry",
     "Measurement",
     "MetricSpec",
@@ -110,11 +112,14 @@ __all__ = [
     "Quantity",
     "QueryErrorPolicy",
     "ResourceRequirements",
+    "RetrySpec",
     "RollbackMode",
     "RollbackSpec",
     "RolloutPolicy",
     "RolloutPolicySpec",
     "RolloutPolicyStatus",
+    "RouteWeight",
+    "RoutesStatus",
     "ServingSpec",
     "ShadowAction",
     "ShadowOnSuccess",
@@ -298,6 +303,7 @@ class Phase(StrEnum):
     PROGRESSING = "Progressing"
     PAUSED = "Paused"
     AWAITING_APPROVAL = "AwaitingApproval"
+    PROMOTING = "Promoting"
     PROMOTED = "Promoted"
     ROLLING_BACK = "RollingBack"
     ROLLED_BACK = "RolledBack"
@@ -399,9 +405,10 @@ class ConditionType(StrEnum):
     """kstatus-compatible condition types the operator maintains."""
 
     READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
-    STALLED = "Stalled"
 
 
 class ConditionStatus(StrEnum):
@@ -439,6 +446,11 @@ class TimelineType(StrEnum):
     RETRY = "Retry"
     FAILED = "Failed"
     ACTION_IGNORED = "ActionIgnored"
+    ROUTES_REFUSED = "RoutesRefused"
+    ROUTE_CONFLICT = "RouteConflict"
+    ROUTE_DRIFT = "RouteDrift"
+    STABLE_UNAVAILABLE = "StableUnavailable"
+    CANDIDATE_UNAVAILABLE = "CandidateUnavailable"
 
 
 # --------------------------------------------------------------------------------------
@@ -720,6 +732,78 @@ class ServingSpec(SpecModel):
     )
 
 
+class RetrySpec(SpecModel):
+    """Retries of a failed request, as Istio's HTTPRetry."""
+
+    attempts: int = Field(
+        ge=0,
+        le=10,
+        description=(
+            "Retries per request (0..10); 0 turns retries off, as LLM teams do: a retry "
+            "re-runs an expensive generation."
+        ),
+    )
+    per_try_timeout: Duration | None = Field(
+        default=None, description="Timeout of each attempt, e.g. 30s. Omitted: the route timeout."
+    )
+    retry_on: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=r"^[a-z0-9-]+(,[a-z0-9-]+)*$",
+        description="Envoy retry policies, comma-separated, e.g. connect-failure,reset,503.",
+    )
+
+
+class HeaderMatch(SpecModel):
+    """One request header condition: exactly one of exact, prefix or regex."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "[has(self.exact), has(self.prefix), has(self.regex)]"
+                ".filter(x, x).size() == 1",
+                "set exactly one of exact, prefix or regex",
+            )
+        )
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[a-z0-9][-a-z0-9_.]*$",
+        description="Header name, lowercase (Istio matches lowercase names), e.g. x-user-group.",
+    )
+    exact: str | None = Field(default=None, max_length=1024, description="Value equals this.")
+    prefix: str | None = Field(
+        default=None, max_length=1024, description="Value starts with this."
+    )
+    regex: str | None = Field(
+        default=None, max_length=1024, description="Value matches this RE2 regular expression."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HeaderMatch:
+        if sum(x is not None for x in (self.exact, self.prefix, self.regex)) != 1:
+            raise ValueError("set exactly one of exact, prefix or regex")
+        return self
+
+
+class HeaderRoute(SpecModel):
+    """A named group of callers, picked by request headers, sent to the candidate."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Name of the group of callers (lowercase DNS label), e.g. beta-testers.",
+    )
+    headers: list[HeaderMatch] = Field(
+        min_length=1,
+        max_length=8,
+        description="Conditions that must all hold for a request to take this route.",
+    )
+
+
 class TrafficSpec(SpecModel):
     """How users reach the model: the Istio hosts and gateways the router manages."""
 
@@ -744,6 +828,43 @@ class TrafficSpec(SpecModel):
     port: int = Field(
         default=80, ge=1, le=65535, description="Port users call on the hosts. Default 80."
     )
+    timeout: Duration | None = Field(
+        default=None,
+        description=(
+            "Request timeout of the route (Istio http[].timeout), e.g. 120s for a long "
+            "generation. Omitted: the mesh default."
+        ),
+    )
+    retries: RetrySpec | None = Field(
+        default=None,
+        description=(
+            "Retries of failed requests (Istio http[].retries). Omitted: the mesh default "
+            "(Istio retries twice); attempts: 0 turns retries off."
+        ),
+    )
+    header_routes: list[HeaderRoute] = Field(
+        default_factory=list,
+        max_length=8,
+        description=(
+            "A/B routing: requests matching one of these routes go to the candidate while one "
+            "is being released (canary steps, blue-green preview, switch and post-switch; "
+            "never to a shadow candidate, which must not answer users); all other requests "
+            "follow the weights."
+        ),
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
+    )
+
+    @field_validator("header_routes")
+    @classmethod
+    def _unique_routes(cls, routes: list[HeaderRoute]) -> list[HeaderRoute]:
+        names = [r.name for r in routes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate header route names: {', '.join(dupes)}")
+        return routes
 
 
 class ModelReleaseSpec(SpecModel):
@@ -842,6 +963,17 @@ class CanaryStrategy(SpecModel):
                 f"canary step weights must be strictly increasing (e.g. 10, 25, 50), got {weights}"
             )
         return steps
+
+    post_promotion_duration: Duration = Field(
+        default="0s",
+        description=(
+            "Post-promotion watch: after the last step the candidate takes 100% while the "
+            "previous stable stays warm, and analysis keeps running this long. A failed "
+            "analysis, or the candidate left with no ready pod, switches traffic back to the "
+            "previous revision (at once, or after approval, per rollback.mode), as "
+            "blue-green's postSwitchDuration does. 0s (default): no watch."
+        ),
+    )
 
 
 class BlueGreenStrategy(SpecModel):
@@ -1235,6 +1367,52 @@ class Weights(StatusModel):
     )
 
 
+class RouteWeight(StatusModel):
+    """Percent of user traffic the routes send to one revision."""
+
+    revision: int = Field(default=0, description="Revision number.")
+    weight: int = Field(default=0, ge=0, le=100, description="Percent of user traffic.")
+
+
+class RoutesStatus(StatusModel):
+    """The routes in effect, as read back from the router (never as intended)."""
+
+    in_effect: bool = Field(
+        default=False,
+        description=(
+            "True when the routes the current phase and step need are what the router "
+            "reports (weights, mirror, header routes), with no refusal, conflict or drift."
+        ),
+    )
+    since: datetime | None = Field(
+        default=None, description="When inEffect last changed (RFC 3339)."
+    )
+    weights: list[RouteWeight] = Field(
+        default_factory=list,
+        max_length=16,
+        description="User traffic per revision as the router reports it (weights > 0).",
+    )
+    mirror_revision: int = Field(
+        default=0, description="Revision receiving mirrored traffic (0 = none)."
+    )
+    mirror_percent: int = Field(
+        default=0, ge=0, le=100, description="Percent of requests mirrored."
+    )
+    header_revision: int = Field(
+        default=0, description="Revision the header routes send their callers to (0 = none)."
+    )
+    wanted: list[RouteWeight] = Field(
+        default_factory=list,
+        max_length=16,
+        description="The weights the current phase and step need (what the operator asks for).",
+    )
+    message: StatusText = Field(
+        default="",
+        description="Why the routes are not in effect: a refused write, a conflicting route, "
+        "an edit outside Rewind, or a write not seen yet.",
+    )
+
+
 class Measurement(StatusModel):
     """One metric query result and its verdict."""
 
@@ -1339,9 +1517,11 @@ class ConsumedAction(StatusModel):
 
 
 class Condition(StatusModel):
-    """kstatus-compatible condition (Ready, Progressing, Degraded, Stalled)."""
+    """kstatus-compatible condition (Ready, Reconciling, Stalled; also Progressing, Degraded)."""
 
-    type: ShortText = Field(default="", description="Ready, Progressing, Degraded or Stalled.")
+    type: ShortText = Field(
+        default="", description="Ready, Reconciling, Stalled, Progressing or Degraded."
+    )
     status: ConditionStatus = Field(
         default=ConditionStatus.UNKNOWN, description='"True", "False" or "Unknown".'
     )
@@ -1361,8 +1541,8 @@ class ModelReleaseStatus(StatusModel):
     observed_generation: int = Field(default=0, description="metadata.generation last acted on.")
     phase: Phase = Field(
         default=Phase.PENDING,
-        description="Pending, Progressing, Paused, AwaitingApproval, Promoted, RollingBack, "
-        "RolledBack or Failed.",
+        description="Pending, Progressing, Paused, AwaitingApproval, Promoting, Promoted, "
+        "RollingBack, RolledBack or Failed.",
     )
     message: StatusText = Field(default="", description="What is happening, in words.")
     strategy: StrategyType | None = Field(
@@ -1373,13 +1553,26 @@ class ModelReleaseStatus(StatusModel):
     )
     candidate_revision: int = Field(default=0, description="Revision being released (0 = none).")
     current_revision: int = Field(default=0, description="Revision the current spec describes.")
-    weights: Weights = Field(default_factory=Weights, description="User traffic split.")
+    weights: Weights = Field(
+        default_factory=Weights,
+        description="User traffic split in effect, as the router reports it (see routes).",
+    )
     mirror_percent: int = Field(
-        default=0, ge=0, le=100, description="Percent mirrored to the candidate (shadow)."
+        default=0,
+        ge=0,
+        le=100,
+        description="Percent mirrored to the candidate in effect (shadow), as reported.",
+    )
+    routes: RoutesStatus = Field(
+        default_factory=RoutesStatus,
+        description="The routes in effect, read back from the router, and whether they are "
+        "the ones the current step needs.",
     )
     current_step: int = Field(default=0, description="Index into the active step list.")
     step_started_at: datetime | None = Field(
-        default=None, description="When the current step began."
+        default=None,
+        description="When the current step began: when its routes were seen in effect "
+        "(its pause and analysis count from then; null while they are not).",
     )
     analysis: AnalysisStatus = Field(
         default_factory=AnalysisStatus, description="Analysis counters and measurements."

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -36,12 +37,14 @@ from rewind.adapters.base import (
     OwnerRef,
     OwnershipConflictError,
     RevisionObservation,
+    RouteObservation,
+    RouteProblem,
     Router,
+    RouteRefusedError,
+    RouteState,
     SnapshotConflictError,
     Workloads,
-    subset_name,
 )
-from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION
 from rewind.api import (
     MODELRELEASE_PLURAL,
     ROLLOUTPOLICY_PLURAL,
@@ -81,6 +84,13 @@ RECONCILE_ERROR = "ReconcileError"
 ERROR_REQUEUE = 5.0
 #: Workloads and routes are re-applied this often even when they look in place.
 RESYNC = 300.0
+#: After a route write, look again this soon (seconds, by how many reconciles in a row
+#: wrote routes): the engine starts a step, promotes or finishes a rollback only once it
+#: reads the routes back, so the first look is at once; a route that something keeps
+#: reverting is written again with a growing pause instead of in a hot loop.
+ROUTE_RECHECK = (0.0, 0.5, 1.0, 2.0, 5.0)
+#: A refused route write is reported by the engine from the next reconcile: that soon.
+REFUSED_RECHECK = 1.0
 
 
 def utcnow() -> datetime:
@@ -115,9 +125,29 @@ def human_actions(annotations: Mapping[str, str], trust_actor: bool) -> list[Hum
 
 def revision_states(observed: Mapping[int, RevisionObservation]) -> dict[int, RevisionState]:
     return {
-        rev: RevisionState(revision=rev, available=o.available, replicas=o.replicas, exists=True)
+        rev: RevisionState(
+            revision=rev,
+            available=o.available,
+            replicas=o.replicas,
+            exists=True,
+            min_available=o.min_available,
+            ready_replicas=o.ready_replicas,
+            name=o.name,
+        )
         for rev, o in observed.items()
     }
+
+
+def with_refusal(
+    routes: RouteObservation, refused: tuple[RouteState, str] | None
+) -> RouteObservation:
+    """The observation plus the refusal of the last route write, which only the writer
+    knows (the API server keeps no record of a refused request)."""
+    if refused is None:
+        return routes
+    wanted, message = refused
+    problem = RouteProblem("Refused", message, wanted)
+    return dataclasses.replace(routes, problems=(*routes.problems, problem))
 
 
 def analysis_variables(
@@ -158,6 +188,10 @@ class ReleaseController:
         self._custom = client.CustomObjectsApi(api_client)
         self._apps = client.AppsV1Api(api_client)
         self._last_resync: dict[tuple[str, str], float] = {}
+        #: The last refused route write per release: what was asked and the API's answer.
+        self._refused: dict[tuple[str, str], tuple[RouteState, str]] = {}
+        #: Reconciles in a row that wrote routes, per release (see ROUTE_RECHECK).
+        self._route_streak: dict[tuple[str, str], int] = {}
         self.trust_actor_annotations = trust_actor_annotations
         self.router = router
         self.workloads = workloads
@@ -240,8 +274,13 @@ class ReleaseController:
             await self._write_stalled(namespace, name, old_status_doc, meta, message)
             return ReconcileResult(requeue_after=None, error=message)
 
-        policy, policy_error = await self._load_policy(namespace, spec.policy_ref.name)
-        observed = await self.workloads.observe_revisions(name, namespace)
+        (policy, policy_error), observed, routes = await asyncio.gather(
+            self._load_policy(namespace, spec.policy_ref.name),
+            self.workloads.observe_revisions(name, namespace),
+            self.router.observe_routes(name, namespace, owner, spec.traffic),
+        )
+        key = (namespace, name)
+        routes = with_refusal(routes, self._refused.get(key))
         measurements = (
             await self._measure(namespace, name, status, policy, now) if policy else None
         )
@@ -259,6 +298,7 @@ class ReleaseController:
             now=now,
             name=name,
             namespace=namespace,
+            routes=routes,
         )
         decision = decide(inputs)
         result = ReconcileResult(requeue_after=decision.requeue_after, decision=decision)
@@ -292,6 +332,10 @@ class ReleaseController:
                     raise
             force = self._resync_due(namespace, name)
             for action in converging:
+                if isinstance(action, SetRoutes):
+                    if await self._set_routes(action, name, namespace, owner, spec, routes, force):
+                        result.applied.append(action)
+                    continue
                 if await self._apply(
                     action, name, namespace, owner, spec, decision, observed, status, force
                 ):
@@ -306,6 +350,15 @@ class ReleaseController:
                 await self.notifier.post(owner, namespace, "Warning", "ApplyFailed", message)
             result.requeue_after, result.error = ERROR_REQUEUE, message
             return result
+        wrote_routes = any(isinstance(a, SetRoutes) for a in result.applied)
+        streak = self._route_streak.get(key, 0) + 1 if wrote_routes else 0
+        self._route_streak[key] = streak
+        if streak:
+            recheck = ROUTE_RECHECK[min(streak, len(ROUTE_RECHECK)) - 1]
+            result.requeue_after = _sooner(result.requeue_after, recheck)
+        if key in self._refused and not wrote_routes:
+            # Refused now (or earlier, for routes still wanted): the engine reports it next.
+            result.requeue_after = _sooner(result.requeue_after, REFUSED_RECHECK)
         if engine_stalled is not None:
             # Everything applied: the kept ReconcileError is over; store the engine's own.
             cleared = _with_condition(new_status_doc, engine_stalled)
@@ -343,6 +396,58 @@ class ReleaseController:
 
     def forget(self, namespace: str, name: str) -> None:
         self._last_resync.pop((namespace, name), None)
+        self._refused.pop((namespace, name), None)
+        self._route_streak.pop((namespace, name), None)
+
+    async def _set_routes(
+        self,
+        action: SetRoutes,
+        name: str,
+        namespace: str,
+        owner: OwnerRef,
+        spec: ModelReleaseSpec,
+        seen: RouteObservation,
+        force: bool,
+    ) -> bool:
+        """Write the routes unless the router already reports exactly them with nothing
+        amiss (``force``: write anyway, the periodic resync); False when no write was
+        needed. A refusal by the API server is remembered for the engine to report (it
+        holds the release until the routes are in effect) instead of failing the
+        reconcile: the rest of the actions still apply."""
+        key = (namespace, name)
+        wanted = RouteState(
+            dict(action.weights), action.mirror_revision, action.mirror_percent,
+            action.header_revision,
+        )
+        in_place = (
+            seen.exists
+            and not seen.problems
+            and dict(seen.weights) == dict(action.weights)
+            and (seen.mirror_revision, seen.mirror_percent)
+            == (action.mirror_revision, action.mirror_percent)
+            and seen.header_revision == action.header_revision
+        )
+        if in_place and not force:
+            self._refused.pop(key, None)
+            return False
+        try:
+            await self.router.set_routes(
+                name,
+                namespace,
+                owner,
+                spec.traffic,
+                action.weights,
+                action.mirror_revision,
+                action.mirror_percent,
+                action.header_revision,
+            )
+        except (RouteRefusedError, OwnershipConflictError) as err:
+            if self._refused.get(key) != (wanted, str(err)):
+                log.warning("%s/%s: route write refused: %s", namespace, name, err)
+            self._refused[key] = (wanted, str(err))
+            return False
+        self._refused.pop(key, None)
+        return True
 
     async def _apply(
         self,
@@ -381,60 +486,10 @@ class ReleaseController:
                 return False
             await self.workloads.scale_revision(name, namespace, action.revision, action.replicas)
             return True
-        if isinstance(action, SetRoutes):
-            current_routes = await self.router.get_routes(name, namespace)
-            wanted = (dict(action.weights), action.mirror_revision, action.mirror_percent)
-            if (
-                not force
-                and current_routes is not None
-                and (
-                    {r: w for r, w in current_routes.weights.items() if w > 0},
-                    current_routes.mirror_revision,
-                    current_routes.mirror_percent,
-                )
-                == wanted
-                and await self._subsets_match(name, namespace, action)
-            ):
-                return False
-            await self.router.set_routes(
-                name,
-                namespace,
-                owner,
-                spec.traffic,
-                action.weights,
-                action.mirror_revision,
-                action.mirror_percent,
-            )
-            return True
         if isinstance(action, EmitEvent):
             await self.notifier.post(owner, namespace, action.type, action.reason, action.message)
             return True
         raise TypeError(f"unknown action {action!r}")
-
-    async def _subsets_match(self, name: str, namespace: str, action: SetRoutes) -> bool:
-        """The DestinationRule has exactly the subsets the wanted routes use.
-
-        The router writes the rule make-before-break (it keeps the subsets the previous
-        routes used) and prunes them "at the next call"; skipping that call because the
-        VirtualService already matches would keep them forever, and a rule deleted by hand
-        (every request then hits an unknown subset) would never come back.
-        """
-        rule = await _kube.get_or_none(
-            self._custom.get_namespaced_custom_object,
-            ISTIO_GROUP,
-            ISTIO_VERSION,
-            namespace,
-            "destinationrules",
-            name,
-            timeout=self._timeout,
-        )
-        if rule is None:
-            return False
-        wanted = {subset_name(r) for r, w in action.weights.items() if w > 0}
-        if action.mirror_revision is not None and action.mirror_percent > 0:
-            wanted.add(subset_name(action.mirror_revision))
-        subsets = (rule.get("spec") or {}).get("subsets") or []
-        return {str(s.get("name")) for s in subsets} == wanted
 
     # -- writes ----------------------------------------------------------------------
 
@@ -607,6 +662,11 @@ def _keep_reconcile_error(old: Mapping[str, Any], new: dict[str, Any]) -> dict[s
             new["conditions"] = conditions
             return dict(condition)
     return None
+
+
+def _sooner(current: float | None, other: float) -> float:
+    """The earlier of two requeue delays (None: nothing scheduled)."""
+    return other if current is None else min(current, other)
 
 
 def _with_condition(status: Mapping[str, Any], condition: Mapping[str, Any]) -> dict[str, Any]:

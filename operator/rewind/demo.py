@@ -1330,8 +1330,12 @@ class Demo:
         vs = self.k.get_virtual_service(self.ns, name)
         if vs is None:
             return {}, None, 0
-        weights, mirror, pct = parse_routes(vs)
-        return {r: w for r, w in weights.items() if w > 0}, mirror, pct
+        routes = parse_routes(vs)
+        return (
+            {r: w for r, w in routes.weights.items() if w > 0},
+            routes.mirror_revision,
+            routes.mirror_percent,
+        )
 
     def verify(self) -> list[Check]:
         checks: list[Check] = []

@@ -130,12 +130,13 @@ Choices worth knowing (documented in the tests too):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from pydantic import ValidationError
 
+from rewind.adapters.base import RouteObservation, RouteProblem
 from rewind.api import (
     ANNOTATION_APPROVE_ROLLBACK,
     ANNOTATION_PROMOTE,
@@ -164,6 +165,7 @@ from rewind.api import (
     Phase,
     RollbackMode,
     RolloutPolicySpec,
+    RouteWeight,
     TimelineEntry,
     TimelineType,
     Verdict,
@@ -185,6 +187,8 @@ __all__ = [
     "Inputs",
     "RemoveAnnotation",
     "RevisionState",
+    "RouteObservation",
+    "RouteProblem",
     "ScaleRevision",
     "SetRoutes",
     "SnapshotRevision",
@@ -218,6 +222,32 @@ class RevisionState:
     available: bool  # Deployment Available with the desired replicas ready
     replicas: int  # desired replicas currently set
     exists: bool  # the Deployment exists at all
+    #: The Deployment's own Available condition (its minimum of replicas answer); None:
+    #: not observed, taken to be ``available``.
+    min_available: bool | None = None
+    #: Pods ready now; None: not observed (``replicas`` when available, else 0).
+    ready_replicas: int | None = None
+    name: str = ""  # namespace/name of the Deployment, for messages
+
+    @property
+    def ready(self) -> int:
+        if self.ready_replicas is not None:
+            return self.ready_replicas
+        return self.replicas if self.available else 0
+
+    @property
+    def serving(self) -> bool:
+        """Some pods answer: the revision can take its share of traffic."""
+        if not self.exists or self.replicas <= 0:
+            return False
+        return self.available if self.min_available is None else self.min_available
+
+    def describe(self) -> str:
+        """``Deployment risk/fraud-r2 has 0/3 ready replicas``."""
+        what = f"Deployment {self.name}" if self.name else f"the Deployment of r{self.revision}"
+        if not self.exists:
+            return f"{what} does not exist"
+        return f"{what} has {self.ready}/{self.replicas} ready replicas"
 
 
 @dataclass(frozen=True)
@@ -246,6 +276,8 @@ class Inputs:
     now: datetime  # tz-aware UTC
     name: str = ""  # metadata.name (for the kubectl commands in messages)
     namespace: str = ""  # metadata.namespace
+    #: The routes in effect as the router reads them back, and what makes them untrue.
+    routes: RouteObservation = field(default_factory=RouteObservation)
 
 
 # --------------------------------------------------------------------------------------
@@ -280,11 +312,13 @@ class ScaleRevision:
 
 @dataclass(frozen=True)
 class SetRoutes:
-    """One router write: live weights per revision (sum 100) plus an optional mirror."""
+    """One router write: live weights per revision (sum 100), an optional mirror, and the
+    revision the spec's header routes send their callers to (None: no header routes)."""
 
     weights: Mapping[int, int]
     mirror_revision: int | None
     mirror_percent: int
+    header_revision: int | None = None
 
 
 @dataclass(frozen=True)
@@ -328,7 +362,11 @@ class Decision:
 # Small helpers
 # --------------------------------------------------------------------------------------
 
-IN_FLIGHT = frozenset({Phase.PROGRESSING, Phase.PAUSED, Phase.AWAITING_APPROVAL})
+IN_FLIGHT = frozenset(
+    {Phase.PROGRESSING, Phase.PAUSED, Phase.AWAITING_APPROVAL, Phase.PROMOTING}
+)
+#: Phases with nothing in flight: the stable revision (if any) serves all users.
+SETTLED = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED})
 ROLLING_OUT = frozenset({Phase.PROGRESSING, Phase.PAUSED})
 DEFAULT_SCALE_DOWN_DELAY = 30.0
 DEFAULT_PROGRESS_DEADLINE = 600.0
@@ -354,6 +392,33 @@ def _dur(seconds: float) -> str:
 
 def _who(user: str) -> str:
     return user or "anonymous"
+
+
+def _same(problem: RouteProblem, want: SetRoutes | None) -> bool:
+    """The refused write was a wish for ``want`` (or says nothing of what it wished)."""
+    if problem.wanted is None:
+        return True
+    if want is None:
+        return False
+    wished = problem.wanted
+    return (
+        {r: w for r, w in wished.weights.items() if w > 0} == dict(want.weights)
+        and (wished.mirror_revision if wished.mirror_percent else None) == want.mirror_revision
+        and wished.mirror_percent == want.mirror_percent
+        and wished.header_revision == want.header_revision
+    )
+
+
+def _describe_routes(routes: SetRoutes | None) -> str:
+    """``r1 70%, r2 30%, mirror 10% to r2, header routes to r2`` (or ``nothing``)."""
+    if routes is None:
+        return "nothing"
+    parts = [f"r{r} {w}%" for r, w in sorted(routes.weights.items()) if w > 0]
+    if routes.mirror_percent and routes.mirror_revision:
+        parts.append(f"mirror {routes.mirror_percent}% to r{routes.mirror_revision}")
+    if routes.header_revision:
+        parts.append(f"header routes to r{routes.header_revision}")
+    return ", ".join(parts) or "nothing"
 
 
 def plan_for(status: ModelReleaseStatus, policy: RolloutPolicySpec) -> Plan:
@@ -479,6 +544,59 @@ class _Ctx:
         obs = self.observed(revision)
         return obs is not None and obs.exists and obs.available and obs.replicas > 0
 
+    def down(self, revision: int) -> RevisionState | None:
+        """The revision's Deployment, when it should run but no pod answers."""
+        obs = self.observed(revision)
+        if obs is None or not obs.exists or obs.replicas <= 0:
+            return None
+        return obs if not obs.serving and obs.ready == 0 else None
+
+    # ---- routes (what the router reads back) -----------------------------------------
+
+    def route_problem(self, want: SetRoutes | None) -> RouteProblem | None:
+        """What makes the routes read back untrue for ``want``, most serious first. A
+        refused write concerns only a wish for the same routes: a different wish is
+        written (and judged) afresh."""
+        order = ("Refused", "Conflict", "NotAccepted", "Drift")
+        problems = sorted(
+            (p for p in self.inp.routes.problems if p.kind != "Refused" or _same(p, want)),
+            key=lambda p: order.index(p.kind),
+        )
+        return problems[0] if problems else None
+
+    def routes_match(self, want: SetRoutes | None) -> bool:
+        """The router reports exactly ``want`` (None: no routes are needed)."""
+        if want is None:
+            return True
+        obs = self.inp.routes
+        seen = {r: w for r, w in obs.weights.items() if w > 0}
+        mirror = (obs.mirror_revision, obs.mirror_percent) if obs.mirror_percent else (None, 0)
+        return (
+            seen == dict(want.weights)
+            and mirror == (want.mirror_revision, want.mirror_percent)
+            and obs.header_revision == want.header_revision
+        )
+
+    def in_effect(self, want: SetRoutes | None) -> bool:
+        """``want`` is what users get: the router reports it and nothing makes it untrue."""
+        return self.routes_match(want) and (want is None or self.route_problem(want) is None)
+
+    def routes_why(self, want: SetRoutes | None) -> str:
+        """Why ``want`` is not in effect, naming the route object."""
+        problem = self.route_problem(want)
+        if problem is not None:
+            return problem.message
+        obs = self.inp.routes
+        source = obs.source or "the router"
+        if not obs.exists:
+            return f"{source} does not exist yet (want {_describe_routes(want)})"
+        seen = _describe_routes(
+            SetRoutes(
+                dict(obs.weights), obs.mirror_revision, obs.mirror_percent, obs.header_revision
+            )
+        )
+        return f"{source} routes {seen}, want {_describe_routes(want)}"
+
     def entry(self, revision: int) -> HistoryEntry | None:
         for e in self.s.history:
             if e.revision == revision:
@@ -544,42 +662,124 @@ class _Ctx:
 # --------------------------------------------------------------------------------------
 
 
-def _weights_for(ctx: _Ctx, stage: Stage) -> Weights:
-    if not ctx.s.stable_revision:
-        return Weights(stable=0, candidate=0)  # first release: no traffic until promoted
-    return Weights(stable=100 - stage.weight, candidate=stage.weight)
+#: Stages whose candidate may answer the callers the spec's header routes pick (A/B):
+#: never a shadow candidate, and not before it is Available.
+_HEADER_ROUTED = frozenset(
+    {StageKind.CANARY, StageKind.PREVIEW, StageKind.SWITCH, StageKind.POST_SWITCH,
+     StageKind.POST_PROMOTION}
+)
+
+
+def _stage_routes(ctx: _Ctx, stage: Stage) -> SetRoutes | None:
+    """The routes a rollout stage needs (None: no routes, a first release)."""
+    s = ctx.s
+    stable, cand = s.stable_revision, s.candidate_revision
+    if not stable or not cand or cand == stable:
+        return None  # first release: no traffic until it is promoted
+    weights = {r: w for r, w in ((stable, 100 - stage.weight), (cand, stage.weight)) if w > 0}
+    header = cand if ctx.inp.spec.traffic.header_routes and stage.kind in _HEADER_ROUTED else None
+    mirror = cand if stage.mirror else None
+    return SetRoutes(weights, mirror, stage.mirror, header)
+
+
+def _rollout_routes(ctx: _Ctx, plan: Plan) -> SetRoutes | None:
+    """The routes of the current stage. A policy edited mid-rollout to fewer stages than
+    ``currentStep`` assumes runs the new last stage's gates at the split in effect: the
+    release never loses traffic it had, nor skips to promote."""
+    s = ctx.s
+    stage = plan.stage(s.current_step)
+    want = _stage_routes(ctx, stage)
+    if want is None or s.current_step < len(plan.stages):
+        return want
+    seen = {r: w for r, w in ctx.inp.routes.weights.items() if w > 0}
+    if set(seen) <= {s.stable_revision, s.candidate_revision} and sum(seen.values()) == 100:
+        return replace(want, weights=seen)
+    return want
+
+
+def _desired_routes(ctx: _Ctx) -> SetRoutes | None:
+    """The routes the current phase and step need: a pure function of the status (and,
+    while rolling back, of whether the target is Available). None: no routes are needed,
+    or traffic holds where the router has it (no usable policy, a cold rollback target)."""
+    s = ctx.s
+    stable, cand = s.stable_revision, s.candidate_revision
+    if s.phase in (Phase.PROGRESSING, Phase.PAUSED, Phase.AWAITING_APPROVAL):
+        plan = ctx.plan()
+        return None if plan is None else _rollout_routes(ctx, plan)
+    if s.phase == Phase.PROMOTING:
+        plan = ctx.plan()
+        if plan is None or not cand:
+            return None
+        if plan.finish == Finish.STOP and stable:
+            return SetRoutes({stable: 100}, None, 0)
+        return SetRoutes({cand: 100}, None, 0)
+    if s.phase == Phase.ROLLING_BACK:
+        return SetRoutes({stable: 100}, None, 0) if stable and ctx.available(stable) else None
+    if s.phase in SETTLED and stable:
+        return SetRoutes({stable: 100}, None, 0)
+    return None
 
 
 def _enter_stage(ctx: _Ctx, plan: Plan, index: int) -> None:
+    """Ask for the stage: its clock (pause, analysis) starts once its routes are seen in
+    effect (``_stage_started``), except stage Ready, which needs no new routes."""
     s = ctx.s
     stage = plan.stages[index]
     s.current_step = index
-    s.step_started_at = ctx.now
     s.strategy = stage.strategy
-    s.weights = _weights_for(ctx, stage)
-    s.mirror_percent = stage.mirror
     s.phase = Phase.PAUSED if stage.manual else Phase.PROGRESSING
-    s.message = f"r{s.candidate_revision}: {stage.label}"
     if stage.kind == StageKind.READY:
+        s.step_started_at = ctx.now
+        s.message = f"r{s.candidate_revision}: {stage.label}"
         return  # recorded by the caller as RevisionCreated / Retry
-    ctx.record(
-        TimelineType.STEP_STARTED,
-        f"r{s.candidate_revision}: {stage.label} (stable r{s.stable_revision} "
-        f"{s.weights.stable}%, mirror {s.mirror_percent}%)",
-    )
-    if stage.manual:
-        ctx.record(
-            TimelineType.PAUSED,
-            f"r{s.candidate_revision} paused at {stage.label}; to continue run: "
-            f"{_kubectl(ctx, ANNOTATION_PROMOTE, 'true')}",
+    s.step_started_at = None
+    s.message = f"r{s.candidate_revision}: {stage.label}: waiting for its routes to take effect"
+
+
+def _stage_started(ctx: _Ctx, plan: Plan, stage: Stage) -> bool:
+    """Start the stage's clock once its routes are in effect; False while they are not
+    (the stage holds: no pause runs out, no analysis, no next step)."""
+    s = ctx.s
+    want = _rollout_routes(ctx, plan)
+    if not ctx.in_effect(want):
+        why = ctx.routes_why(want)
+        state = "waiting for its routes to take effect" if s.step_started_at is None else (
+            "holding: its routes are no longer in effect"
         )
+        s.message = f"r{s.candidate_revision}: {stage.label}: {state}: {why}"
+        return False
+    if s.step_started_at is None:
+        s.step_started_at = ctx.now
+        ctx.record(
+            TimelineType.STEP_STARTED,
+            f"r{s.candidate_revision}: {stage.label} in effect: {_describe_routes(want)}",
+        )
+        if stage.manual:
+            ctx.record(
+                TimelineType.PAUSED,
+                f"r{s.candidate_revision} paused at {stage.label}; to continue run: "
+                f"{_kubectl(ctx, ANNOTATION_PROMOTE, 'true')}",
+            )
+    return True
 
 
 def _advance(ctx: _Ctx, plan: Plan) -> None:
     if plan.is_last(ctx.s.current_step):
-        _FINISH[plan.finish](ctx)
+        _start_promoting(ctx, plan)
     else:
         _enter_stage(ctx, plan, ctx.s.current_step + 1)
+
+
+def _start_promoting(ctx: _Ctx, plan: Plan) -> None:
+    """Every stage passed: ask for the final routes; Promoted once they are in effect."""
+    s = ctx.s
+    s.phase = Phase.PROMOTING
+    s.step_started_at = None
+    s.pending_decision = None
+    if plan.finish == Finish.STOP:
+        s.message = f"r{s.candidate_revision}: shadow passed: removing the mirror"
+    else:
+        s.message = f"promoting r{s.candidate_revision}: moving 100% of traffic to it"
 
 
 def _promote(ctx: _Ctx) -> None:
@@ -601,8 +801,6 @@ def _promote(ctx: _Ctx) -> None:
             kept = f"; r{prev} stays warm for {_dur(plan.warm_for)}"
     s.stable_revision = cand
     s.candidate_revision = 0
-    s.weights = Weights(stable=100, candidate=0)
-    s.mirror_percent = 0
     s.current_step = 0
     s.step_started_at = None
     s.pending_decision = None
@@ -624,8 +822,6 @@ def _shadow_stop(ctx: _Ctx) -> None:
         entry.finished_at = ctx.now
         entry.reason = reason
     s.candidate_revision = 0
-    s.weights = Weights(stable=100, candidate=0)
-    s.mirror_percent = 0
     s.current_step = 0
     s.step_started_at = None
     s.phase = Phase.PROMOTED
@@ -651,8 +847,6 @@ def _fail_candidate(ctx: _Ctx, reason: str) -> None:
         entry.outcome = Outcome.FAILED
         entry.finished_at = ctx.now
         entry.reason = reason
-    s.weights = Weights(stable=100 if s.stable_revision else 0, candidate=0)
-    s.mirror_percent = 0
     s.pending_decision = None
     s.step_started_at = None
     s.phase = Phase.FAILED
@@ -668,21 +862,13 @@ def _start_rollback(ctx: _Ctx, target: int, leaving: int, reason: str) -> None:
     has (even one that completes in this very call), which is what metrics count.
     """
     s = ctx.s
-    traffic: dict[int, int] = {}
-    for rev, w in (
-        (s.stable_revision, s.weights.stable),
-        (s.candidate_revision, s.weights.candidate),
-    ):
-        if rev:
-            traffic[rev] = traffic.get(rev, 0) + w
-    live = traffic.get(leaving, 0) > 0
+    # Whether users got answers from the revision being left, as the router reports it
+    # (header routes included); a mirror only sends copies, whose answers nobody sees.
+    seen = ctx.inp.routes
+    live = seen.weights.get(leaving, 0) > 0 or seen.header_revision == leaving
     s.pending_decision = None
     s.stable_revision = target
     s.candidate_revision = leaving
-    s.weights = Weights(stable=traffic.get(target, 0), candidate=traffic.get(leaving, 0))
-    if s.weights.stable + s.weights.candidate != 100:  # defensive: a hand-edited status
-        s.weights = Weights(stable=0, candidate=100) if live else Weights(stable=100)
-    s.mirror_percent = 0
     left = ctx.entry(leaving)
     if left is not None:
         left.outcome = Outcome.ROLLED_BACK if live else Outcome.FAILED
@@ -811,8 +997,6 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
         entry.outcome = Outcome.FAILED
         entry.finished_at = ctx.now
         entry.reason = error
-        s.weights = Weights(stable=100 if s.stable_revision else 0, candidate=0)
-        s.mirror_percent = 0
         s.step_started_at = None
         s.phase = Phase.FAILED
         s.message = f"r{revision} failed: {error}"
@@ -848,8 +1032,10 @@ def _record_analysis(ctx: _Ctx) -> None:
     a = s.analysis
     if a.last_run_at is not None and ctx.now <= a.last_run_at:
         return  # this round is already recorded: never count twice
-    if s.step_started_at is not None and ctx.now <= s.step_started_at:
-        return  # the stage began this instant: the round measured the stage before it
+    if s.step_started_at is None or ctx.now <= s.step_started_at:
+        # The stage's routes are not in effect yet, or it began this instant: the round
+        # measured traffic of another split, not of this stage.
+        return
     cand = s.candidate_revision
     round_ = [
         m.model_copy(update={"at": ctx.now, "revision": cand})
@@ -1269,10 +1455,35 @@ def _phase_rollout(ctx: _Ctx) -> None:
     plan = ctx.plan()
     if plan is None:
         return  # no usable policy: hold where we are
-    stage = plan.stage(ctx.s.current_step)
-    if ctx.s.step_started_at is None:
-        ctx.s.step_started_at = ctx.now
+    s = ctx.s
+    stage = plan.stage(s.current_step)
+    if stage.kind == StageKind.READY:
+        if s.step_started_at is None:
+            s.step_started_at = ctx.now
+        _stage_ready(ctx, plan, stage)
+        return
+    if not _stage_started(ctx, plan, stage):
+        return
+    if _candidate_down(ctx, plan):
+        return
     _STAGES[stage.kind](ctx, plan, stage)
+
+
+def _candidate_down(ctx: _Ctx, plan: Plan) -> bool:
+    """A candidate that answers users (weight or header routes) but has no ready pod is a
+    failed release, whatever the metrics say: users get errors. Decide a rollback (at
+    once, or ask for approval, per the policy), as a failed analysis would."""
+    s = ctx.s
+    cand = s.candidate_revision
+    want = _rollout_routes(ctx, plan)
+    answers = want is not None and (want.weights.get(cand, 0) > 0 or want.header_revision == cand)
+    down = ctx.down(cand) if answers and s.stable_revision else None
+    if down is None:
+        return False
+    reason = f"r{cand} is unavailable: {down.describe()}"
+    ctx.record(TimelineType.CANDIDATE_UNAVAILABLE, reason, revision=cand, warning=True)
+    _decide_rollback(ctx, reason)
+    return True
 
 
 def _phase_awaiting(ctx: _Ctx) -> None:
@@ -1288,13 +1499,45 @@ def _phase_awaiting(ctx: _Ctx) -> None:
         ctx.wake(pd.expires_at)
 
 
+def _phase_promoting(ctx: _Ctx) -> None:
+    """The final routes are asked for; the release is Promoted (or, for a shadow that
+    stops, done) once the router reports them. A candidate that loses every pod first is
+    rolled back, as in any stage where it answers users."""
+    plan = ctx.plan()
+    if plan is None:
+        return  # no usable policy: hold
+    s = ctx.s
+    want = _desired_routes(ctx)
+    cand = s.candidate_revision
+    down = ctx.down(cand) if plan.finish == Finish.PROMOTE and s.stable_revision else None
+    if down is not None:
+        reason = f"r{cand} is unavailable: {down.describe()}"
+        ctx.record(TimelineType.CANDIDATE_UNAVAILABLE, reason, revision=cand, warning=True)
+        _decide_rollback(ctx, reason)
+        return
+    if ctx.in_effect(want):
+        _FINISH[plan.finish](ctx)
+        return
+    head = (
+        f"r{cand}: shadow passed: removing the mirror"
+        if plan.finish == Finish.STOP
+        else f"promoting r{cand}: waiting for 100% to take effect"
+    )
+    s.message = f"{head}: {ctx.routes_why(want)}"
+
+
 def _phase_rolling_back(ctx: _Ctx) -> None:
     s = ctx.s
     target, leaving = s.stable_revision, s.candidate_revision
     left = ctx.entry(leaving)
     if ctx.available(target):
-        s.weights = Weights(stable=100, candidate=0)
-        s.mirror_percent = 0
+        want = _desired_routes(ctx)
+        if not ctx.in_effect(want):
+            s.message = (
+                f"rolling back from r{leaving} to r{target}: r{target} is Available, moving "
+                f"traffic to it: {ctx.routes_why(want)}"
+            )
+            return
         s.step_started_at = None
         reason = left.reason if left is not None else "rollback"
         if left is not None:
@@ -1332,6 +1575,7 @@ _PHASES: Mapping[Phase, Callable[[_Ctx], None]] = {
     Phase.PROGRESSING: _phase_rollout,
     Phase.PAUSED: _phase_rollout,
     Phase.AWAITING_APPROVAL: _phase_awaiting,
+    Phase.PROMOTING: _phase_promoting,
     Phase.PROMOTED: _phase_idle,
     Phase.ROLLING_BACK: _phase_rolling_back,
     Phase.ROLLED_BACK: _phase_idle,
@@ -1400,6 +1644,7 @@ _STAGES: Mapping[StageKind, Callable[[_Ctx, Plan, Stage], None]] = {
     StageKind.PREVIEW: _stage_gate,
     StageKind.SWITCH: _stage_gate,
     StageKind.POST_SWITCH: _stage_gate,
+    StageKind.POST_PROMOTION: _stage_gate,
     StageKind.SHADOW: _stage_gate,
 }
 
@@ -1514,17 +1759,34 @@ def _desired_state(ctx: _Ctx) -> list[Action]:
     stable, cand = s.stable_revision, s.candidate_revision
     if stable:
         out.append(EnsureRevision(stable, _replicas_for(ctx, stable)))
-    if cand and cand != stable and (s.phase in IN_FLIGHT or s.weights.candidate > 0):
+    seen = ctx.inp.routes
+    carries = seen.weights.get(cand, 0) > 0 or seen.header_revision == cand
+    if cand and cand != stable and (s.phase in IN_FLIGHT or carries):
         # The candidate in flight, or the revision a RollingBack still sends traffic to.
         out.append(EnsureRevision(cand, _replicas_for(ctx, cand)))
-    weights: dict[int, int] = {}
-    for rev, w in ((stable, s.weights.stable), (cand, s.weights.candidate)):
-        if rev and w > 0:
-            weights[rev] = weights.get(rev, 0) + w
-    if sum(weights.values()) == 100:
-        mirror = s.mirror_percent if cand and cand != stable else 0
-        out.append(SetRoutes(weights, cand if mirror else None, mirror))
+    want = _desired_routes(ctx)
+    if want is not None and _safe_to_write(ctx, want):
+        out.append(want)
     return out
+
+
+def _safe_to_write(ctx: _Ctx, want: SetRoutes) -> bool:
+    """Users are never moved onto a revision that is not Available: a write that adds
+    live weight (or the header routes' callers) to one waits until it is (the step then
+    holds, not in effect). The stable revision is exempt: it is where traffic goes back to
+    whatever happens."""
+    seen = ctx.inp.routes
+    stable = ctx.s.stable_revision
+    for rev, weight in want.weights.items():
+        if rev != stable and weight > seen.weights.get(rev, 0) and not ctx.available(rev):
+            return False
+    header = want.header_revision
+    return not (
+        header is not None
+        and header != stable
+        and seen.header_revision != header
+        and not ctx.available(header)
+    )
 
 
 def _set_condition(ctx: _Ctx, type_: ConditionType, on: bool, reason: str, message: str) -> None:
@@ -1554,19 +1816,160 @@ def _condition(s: ModelReleaseStatus, type_: ConditionType) -> Condition | None:
     return next((c for c in s.conditions if c.type == type_.value), None)
 
 
-def _conditions(ctx: _Ctx) -> None:
+_PROBLEM_EVENT: Mapping[str, str] = {
+    "Refused": TimelineType.ROUTES_REFUSED,
+    "Conflict": TimelineType.ROUTE_CONFLICT,
+    "Drift": TimelineType.ROUTE_DRIFT,
+}
+
+
+def _route_weights(weights: Mapping[int, int]) -> list[RouteWeight]:
+    return [RouteWeight(revision=r, weight=w) for r, w in sorted(weights.items()) if w > 0]
+
+
+def _report_routes(ctx: _Ctx) -> SetRoutes | None:
+    """Report the routes in effect (never the ones asked for) and whether they are the
+    ones the final state needs; record a route problem, or an edit outside Rewind of
+    routes that were in effect, once. Returns the routes the final state needs."""
+    s = ctx.s
+    stored = ctx.inp.status.routes
+    obs = ctx.inp.routes
+    want = _desired_routes(ctx)
+    in_effect = ctx.in_effect(want)
+    problem = ctx.route_problem(want)
+    seen = _route_weights(obs.weights)
+    mirror = (obs.mirror_revision or 0, obs.mirror_percent) if obs.mirror_percent else (0, 0)
+    header = obs.header_revision or 0
+    message = "" if in_effect else ctx.routes_why(want)
+    source = obs.source or "the routes"
+    before = (stored.weights, (stored.mirror_revision, stored.mirror_percent),
+              stored.header_revision)
+    if stored.in_effect and (seen, mirror, header) != before and problem is None:
+        old = _describe_routes(SetRoutes({w.revision: w.weight for w in stored.weights},
+                                         stored.mirror_revision or None,
+                                         stored.mirror_percent, stored.header_revision or None))
+        new = _describe_routes(SetRoutes(dict(obs.weights), mirror[0] or None, mirror[1],
+                                         header or None))
+        ctx.record(
+            TimelineType.ROUTE_DRIFT,
+            f"{source} was changed outside Rewind: it routes {new} instead of {old}; "
+            "Rewind restores it (route options belong in spec.traffic)",
+            warning=True,
+        )
+    elif problem is not None and problem.kind in _PROBLEM_EVENT and problem.message != (
+        stored.message
+    ):
+        ctx.record(_PROBLEM_EVENT[problem.kind], problem.message, warning=True)
+    wanted = _route_weights(want.weights) if want is not None else []
+    r = s.routes
+    if r.since is None or r.in_effect != in_effect or r.wanted != wanted:
+        r.since = ctx.now
+    r.in_effect = in_effect
+    r.weights = seen
+    r.mirror_revision, r.mirror_percent = mirror
+    r.header_revision = header
+    r.wanted = wanted
+    r.message = message
+    stable, cand = s.stable_revision, s.candidate_revision
+    s.weights = Weights(
+        stable=obs.weights.get(stable, 0) if stable else 0,
+        candidate=obs.weights.get(cand, 0) if cand and cand != stable else 0,
+    )
+    s.mirror_percent = mirror[1] if cand and mirror[0] == cand else 0
+    return want
+
+
+def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
+    """kstatus conditions (Ready, Reconciling, Stalled) and the legacy Progressing and
+    Degraded, from the final state and what was observed. Exactly one of Ready,
+    Reconciling and Stalled is True, so kstatus (Current / InProgress / Failed) and
+    Argo CD's health.lua (Healthy / Progressing or Suspended / Degraded) always agree."""
     s = ctx.s
     phase = s.phase
     msg = s.message or phase.value
     inconclusive = phase in ROLLING_OUT and _round_verdict(_latest_round(s)) == Verdict.INCONCLUSIVE
-    stall = ctx.policy_error or ctx.stalled
+    in_effect = s.routes.in_effect
+    problem = ctx.route_problem(want)
 
-    _set_condition(ctx, ConditionType.READY, phase == Phase.PROMOTED, phase.value, msg)
+    stuck: str | None = None
+    if not in_effect and want is not None and s.routes.since is not None:
+        deadline = s.routes.since + timedelta(seconds=ctx.progress_deadline)
+        if ctx.now >= deadline:
+            stuck = (
+                f"the routes are not in effect after {_dur(ctx.progress_deadline)} "
+                f"(since {_ts(s.routes.since)}): {s.routes.message}"
+            )
+        else:
+            ctx.wake(deadline)
+    stable = s.stable_revision
+    obs = ctx.observed(stable) if stable else None
+    stable_down: str | None = None
+    if phase in SETTLED and stable and (obs is None or not obs.serving):
+        stable_down = (
+            f"stable r{stable} is unavailable: "
+            + (obs.describe() if obs is not None else f"the Deployment of r{stable} is missing")
+        )
+
+    stalled: tuple[str, str] | None = None
+    if ctx.policy_error:
+        stalled = ("PolicyError", ctx.policy_error)
+    elif problem is not None and problem.kind in ("Refused", "Conflict"):
+        reason = TimelineType.ROUTES_REFUSED if problem.kind == "Refused" else (
+            TimelineType.ROUTE_CONFLICT
+        )
+        stalled = (reason.value, f"{problem.message}; {msg}")
+    elif ctx.stalled:
+        stalled = ("RollbackStalled", ctx.stalled)
+    elif stuck:
+        stalled = ("RoutesNotInEffect", stuck)
+    elif stable_down:
+        stalled = (TimelineType.STABLE_UNAVAILABLE.value, f"{stable_down}; {msg}")
+    elif phase in (Phase.FAILED, Phase.ROLLED_BACK):
+        cur = s.current_revision
+        stalled = (
+            phase.value,
+            f"{msg}; the spec still describes r{cur}: annotate {ANNOTATION_RETRY}=true to "
+            "try it again or change the spec",
+        )
+    ready = phase == Phase.PROMOTED and in_effect and stalled is None
+    if ready:
+        ready_reason = phase.value
+    elif stalled is not None:
+        ready_reason = stalled[0]
+    elif phase == Phase.PROMOTED:
+        ready_reason = "RoutesNotInEffect"
+    else:
+        ready_reason = phase.value
+    ready_msg = msg if ready or phase != Phase.PROMOTED or in_effect else (
+        f"{msg}; routes not in effect: {s.routes.message}"
+    )
+    if stalled is not None and not ready:
+        ready_msg = stalled[1]
+    _set_condition(ctx, ConditionType.READY, ready, ready_reason, ready_msg)
+    reconciling = not ready and stalled is None
+    _set_condition(
+        ctx,
+        ConditionType.RECONCILING,
+        reconciling,
+        ready_reason if reconciling else "AsExpected",
+        ready_msg if reconciling else "",
+    )
+    if stalled is not None:
+        _set_condition(ctx, ConditionType.STALLED, True, stalled[0], stalled[1])
+    else:
+        _set_condition(ctx, ConditionType.STALLED, False, "AsExpected", "")
+
     progressing = phase in IN_FLIGHT or phase == Phase.ROLLING_BACK
     _set_condition(ctx, ConditionType.PROGRESSING, progressing, phase.value, msg)
 
-    if inconclusive:
-        prev = _condition(s, ConditionType.DEGRADED)
+    prev = _condition(ctx.inp.status, ConditionType.DEGRADED)
+    if stable_down:
+        was_down = prev is not None and prev.reason == TimelineType.STABLE_UNAVAILABLE
+        if not was_down:
+            ctx.record(TimelineType.STABLE_UNAVAILABLE, stable_down, revision=stable, warning=True)
+        _set_condition(ctx, ConditionType.DEGRADED, True, TimelineType.STABLE_UNAVAILABLE.value,
+                       stable_down)
+    elif inconclusive:
         since = ctx.now
         if (
             prev is not None
@@ -1583,9 +1986,10 @@ def _conditions(ctx: _Ctx) -> None:
             f"measurements; last: {last}): no traffic increase, no step advancement, no rollback"
         )
         _set_condition(ctx, ConditionType.DEGRADED, True, "AnalysisInconclusive", detail)
-        progressing_cond = _condition(s, ConditionType.PROGRESSING)
-        if progressing_cond is not None:
-            progressing_cond.message = f"{msg}; {detail}"
+        for type_ in (ConditionType.PROGRESSING, ConditionType.RECONCILING):
+            cond = _condition(s, type_)
+            if cond is not None and cond.status == ConditionStatus.TRUE:
+                cond.message = f"{msg}; {detail}"
     else:
         degraded_reason = {
             Phase.AWAITING_APPROVAL: "AnalysisFailed",
@@ -1600,19 +2004,9 @@ def _conditions(ctx: _Ctx) -> None:
             degraded_reason or "AsExpected",
             msg if degraded_reason else "",
         )
-
-    if stall:
-        reason = "PolicyError" if ctx.policy_error else "RollbackStalled"
-        _set_condition(ctx, ConditionType.STALLED, True, reason, stall)
-    elif phase in (Phase.FAILED, Phase.ROLLED_BACK):
-        cur = s.current_revision
-        hint = (
-            f"{msg}; the spec still describes r{cur}: annotate "
-            f"{ANNOTATION_RETRY}=true to try it again or change the spec"
-        )
-        _set_condition(ctx, ConditionType.STALLED, True, phase.value, hint)
-    else:
-        _set_condition(ctx, ConditionType.STALLED, False, "AsExpected", "")
+    recovered = prev is not None and prev.reason == TimelineType.STABLE_UNAVAILABLE
+    if recovered and not stable_down and phase in SETTLED and stable:
+        ctx.record("StableAvailable", f"stable r{stable} is available again", revision=stable)
 
 
 def _trim(s: ModelReleaseStatus) -> None:
@@ -1677,7 +2071,8 @@ def decide(inputs: Inputs) -> Decision:
         s.message = f"waiting for a usable RolloutPolicy: {error}"
     if ctx.deferred_spec and s.phase == Phase.ROLLING_BACK:
         s.message += "; the spec changed: its new revision starts once the rollback is done"
-    _conditions(ctx)
+    want = _report_routes(ctx)
+    _conditions(ctx, want)
     _trim(s)
     ctx.s = s = _copy_status(s)
     if s.consumed_actions:  # see the removal soon, so the ledger entry is dropped soon

@@ -13,12 +13,15 @@ index     kind        meaning
 1         Preview     blue-green: candidate at 0 % while analysis runs (previewDuration)
 ..        Switch      blue-green with autoSwitch false: manual gate before the switch
 ..        PostSwitch  blue-green: candidate at 100 %, old colour warm (postSwitchDuration)
+n+1       PostPromo.  canary with postPromotionDuration: candidate at 100 %, previous stable
+                      warm, analysis still running (the post-promotion watch)
 1         Shadow      stable 100 %, ``mirror`` % copied to the candidate (duration)
 ========  ==========  =====================================================================
 
 After the last stage passes, :class:`Finish` says what happens: ``Promote`` (the candidate
 becomes stable at 100 %) or ``Stop`` (shadow ``onSuccess: Stop``: a validation run; the
-candidate is retired without ever serving users).
+candidate is retired without ever serving users). The engine first asks for the final
+routes (phase Promoting) and finishes once the router reports them in effect.
 
 A first release (no stable revision yet) has the plan ``(Ready,)`` + Promote: there is
 nothing to compare against and nobody to protect, so it is promoted once Available.
@@ -51,6 +54,7 @@ class StageKind(StrEnum):
     PREVIEW = "Preview"
     SWITCH = "Switch"
     POST_SWITCH = "PostSwitch"
+    POST_PROMOTION = "PostPromotion"
     SHADOW = "Shadow"
 
 
@@ -117,6 +121,20 @@ def _canary(canary: CanaryStrategy, interval: float, analysed: bool) -> list[Sta
                 manual=manual,
                 analysed=analysed,
                 label=f"canary step {i + 1}/{total} at {step.weight}%",
+            )
+        )
+    watch = parse_duration(canary.post_promotion_duration)
+    if watch > 0:
+        stages.append(
+            Stage(
+                kind=StageKind.POST_PROMOTION,
+                strategy=StrategyType.CANARY,
+                weight=100,
+                mirror=0,
+                duration=watch,
+                manual=False,
+                analysed=analysed,
+                label="post-promotion watch at 100%",
             )
         )
     return stages

@@ -19,6 +19,7 @@ from tests.unit.test_engine_kit import (
     make_spec,
     meas,
     promoted_world,
+    routes_of,
 )
 
 
@@ -36,7 +37,7 @@ def test_a_failed_round_at_the_limit_rolls_back_at_once_to_the_warm_stable() -> 
     s = d.status
     assert s.phase == Phase.ROLLED_BACK
     assert w.weights() == {1: 100} and w.mirror() == (None, 0)
-    assert actions_of(d, SetRoutes) == [SetRoutes({1: 100}, None, 0)]
+    assert routes_of(d) == [SetRoutes({1: 100}, None, 0)]
     assert w.outcome(2) == "RolledBack"
     reason = s.history[-1].reason
     # metric, value, threshold, time

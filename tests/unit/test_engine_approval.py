@@ -18,6 +18,7 @@ from tests.unit.test_engine_kit import (
     make_policy,
     make_spec,
     promoted_world,
+    routes_of,
 )
 
 
@@ -202,7 +203,7 @@ def test_spec_change_while_awaiting_approval_supersedes_and_clears_the_decision(
     s = d.status
     assert s.pending_decision is None and s.phase == Phase.PROGRESSING
     assert w.outcome(2) == "Superseded" and s.candidate_revision == 3
-    assert actions_of(d, SetRoutes) == [SetRoutes({1: 100}, None, 0)]
+    assert routes_of(d)[0] == SetRoutes({1: 100}, None, 0)  # then r3 starts its canary
 
 
 def test_promote_while_awaiting_approval_is_ignored() -> None:
@@ -228,7 +229,8 @@ def test_approvals_from_several_users_in_one_call_are_counted_together() -> None
         HumanAction("approve-rollback", "true", "bob"),
     ]
     d = decide(w.inputs(actions=acts))
-    assert d.status.phase == Phase.ROLLED_BACK
+    assert d.status.phase == Phase.ROLLING_BACK  # RolledBack once the routes are read back
+    assert actions_of(d, SetRoutes) == [SetRoutes({1: 100}, None, 0)]
     assert actions_of(d, RemoveAnnotation) == [RemoveAnnotation("rewind.dev/approve-rollback")]
 
 
@@ -239,6 +241,6 @@ def test_approve_and_reject_in_the_same_call_the_rollback_wins() -> None:
         HumanAction("approve-rollback", "true", "alice"),
     ]
     d = decide(w.inputs(actions=acts))
-    assert d.status.phase == Phase.ROLLED_BACK
+    assert d.status.phase == Phase.ROLLING_BACK
     notes = [e.message for e in d.status.timeline if e.type == "ActionIgnored"]
     assert len(notes) == 1 and "rejection by bob ignored" in notes[0]

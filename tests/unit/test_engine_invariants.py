@@ -104,6 +104,9 @@ def random_walk(seed: int, steps: int = 160) -> World:
         w.now += timedelta(seconds=rng.choice([1, 5, 10, 10, 30, 60, 300]))
         observed = w.observe()  # what this decision sees
         d = w.step()
+        # A route write is read back at once (World.step), by a reconcile that may see a
+        # revision Available that the first one did not (re-created, ready at once).
+        observed = {**observed, **{r: o for r, o in w.observe().items() if o.available}}
         check_walk_step(w, d.status, before_phase, before_weights, observed)
     return w
 
@@ -186,8 +189,12 @@ def test_crash_after_status_write_before_actions_converges_on_the_next_call() ->
     del w.deployments[2]
     again = w.step(1, measurements=None)
     assert EnsureRevision(2, 2) in again.actions
-    assert SetRoutes({1: 90, 2: 10}, None, 0) in again.actions
+    # Users are moved onto r2 only once it is Available again: the next call.
+    assert not actions_of(again, SetRoutes) or w.weights() == {1: 90, 2: 10}
+    assert w.status.timeline[-1].type == "RouteDrift"  # the routes in effect were changed
+    w.step(1, measurements=None)
     assert w.weights() == {1: 90, 2: 10} and w.replicas(2) == 2
+    assert w.status.routes.in_effect
 
 
 def test_crash_after_actions_before_status_write_repeats_the_same_transition() -> None:
@@ -222,7 +229,7 @@ def test_same_observations_same_decision_regardless_of_action_order() -> None:
     acts = list(w.annotations.values())
     one = decide(w.inputs(actions=acts))
     two = decide(w.inputs(actions=list(reversed(acts))))
-    assert one == two and one.status.phase == Phase.ROLLED_BACK
+    assert one == two and one.status.phase == Phase.ROLLING_BACK
 
 
 # --------------------------------------------------------------------------------------
@@ -262,6 +269,7 @@ def test_condition_matrix_per_phase() -> None:
     w = promoted_world()
     assert conditions(w) == {
         "Ready": "True",
+        "Reconciling": "False",
         "Progressing": "False",
         "Degraded": "False",
         "Stalled": "False",
@@ -270,6 +278,7 @@ def test_condition_matrix_per_phase() -> None:
     at_step(w, 1)
     assert conditions(w) == {
         "Ready": "False",
+        "Reconciling": "True",
         "Progressing": "True",
         "Degraded": "False",
         "Stalled": "False",
@@ -279,6 +288,7 @@ def test_condition_matrix_per_phase() -> None:
     assert w.phase() == Phase.ROLLED_BACK
     assert conditions(w) == {
         "Ready": "False",
+        "Reconciling": "False",
         "Progressing": "False",
         "Degraded": "True",
         "Stalled": "True",

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from rewind.adapters.base import RouteState
 from rewind.api import (
     ANNOTATION_PROMOTE,
     MAX_CONSUMED_ACTIONS,
@@ -45,6 +46,8 @@ from rewind.engine import (
     Inputs,
     RemoveAnnotation,
     RevisionState,
+    RouteObservation,
+    RouteProblem,
     ScaleRevision,
     SetRoutes,
     SnapshotRevision,
@@ -233,15 +236,24 @@ class World:
     generation: int = 1
     ready_after: float = 0.0  # seconds a scaled-up Deployment needs to become Available
     broken: set[int] = field(default_factory=set)  # revisions that never become Available
+    #: Revisions that lost some pods: not Available, but some pods answer (min available).
+    degraded: set[int] = field(default_factory=set)
     deployments: dict[int, Deployment] = field(default_factory=dict)
     snapshots: dict[int, str] = field(default_factory=dict)
     routes: SetRoutes | None = None
     annotations: dict[str, HumanAction] = field(default_factory=dict)
     events: list[EmitEvent] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    decided_at: list[datetime] = field(default_factory=list)  # the clock of each decision
     verdicts: Verdicts = field(default=lambda _rev, _now: Verdict.PASS)
     check_idempotent: bool = True
     lose_removals: bool = False  # RemoveAnnotation is not applied (crash / API error)
+    #: The API server refuses route writes with this message (None: it accepts them).
+    refuse_routes: str | None = None
+    refused: tuple[SetRoutes, str] | None = None  # the last refused write, as the handler
+    route_problems: tuple[RouteProblem, ...] = ()  # conflicts, drift... the router reports
+    #: Reconcile again at once after a route write, as the handler does (ROUTE_RECHECK).
+    follow_route_writes: bool = True
 
     # ---- observation ------------------------------------------------------------------
 
@@ -249,8 +261,41 @@ class World:
         out = {}
         for rev, d in self.deployments.items():
             available = d.replicas > 0 and rev not in self.broken and self.now >= d.ready_at
+            if available and rev in self.degraded:
+                out[rev] = RevisionState(
+                    rev, available=False, replicas=d.replicas, exists=True,
+                    min_available=True, ready_replicas=max(1, d.replicas - 1),
+                )
+                continue
             out[rev] = RevisionState(rev, available=available, replicas=d.replicas, exists=True)
         return out
+
+    def observe_routes(self) -> RouteObservation:
+        problems = list(self.route_problems)
+        if self.refused is not None:
+            wanted, message = self.refused
+            problems.append(
+                RouteProblem(
+                    "Refused",
+                    message,
+                    RouteState(
+                        dict(wanted.weights), wanted.mirror_revision, wanted.mirror_percent,
+                        wanted.header_revision,
+                    ),
+                )
+            )
+        r = self.routes
+        if r is None:
+            return RouteObservation(exists=False, problems=tuple(problems), source="VS")
+        return RouteObservation(
+            exists=True,
+            weights=dict(r.weights),
+            mirror_revision=r.mirror_revision,
+            mirror_percent=r.mirror_percent,
+            header_revision=r.header_revision,
+            problems=tuple(problems),
+            source="VS",
+        )
 
     def round(self) -> list[Measurement] | None:
         if self.policy is None or not analysis_due(self.status, self.policy, self.now):
@@ -280,6 +325,7 @@ class World:
             now=self.now,
             name=NAME,
             namespace=NAMESPACE,
+            routes=self.observe_routes(),
         )
 
     # ---- one reconcile ------------------------------------------------------------------
@@ -290,17 +336,29 @@ class World:
         *,
         measurements: Sequence[Measurement] | str | None = "auto",
     ) -> Decision:
-        """Advance the clock, then one handler call: analyse if due, decide, apply."""
+        """Advance the clock, then one handler call: analyse if due, decide, apply. When
+        the call wrote routes, the handler looks again at once (as ROUTE_RECHECK): that
+        reconcile follows here, and the returned decision merges both (the second one's
+        status, every action and event)."""
         self.now += timedelta(seconds=advance)
         ms = self.round() if isinstance(measurements, str) else measurements
+        first = self._reconcile(ms)
+        if not (self.follow_route_writes and self._wrote_routes):
+            return first
+        second = self._reconcile(None)
+        return Decision(second.status, first.actions + second.actions, second.requeue_after)
+
+    def _reconcile(self, ms: Sequence[Measurement] | None) -> Decision:
         inp = self.inputs(ms, list(self.annotations.values()))
         decision = decide(inp)
         check_invariants(inp, decision)
         if self.check_idempotent:
             check_idempotent(inp, decision)
+        self._wrote_routes = False
         self.apply(decision)
         self.status = decision.status
         self.decisions.append(decision)
+        self.decided_at.append(self.now)
         return decision
 
     def annotate(self, kind: ActionKind, value: str = "true", user: str = "") -> None:
@@ -345,7 +403,18 @@ class World:
             for rev in action.weights:
                 d = self.deployments.get(rev)
                 assert d is not None and d.replicas > 0, f"route to r{rev} which is not running"
+            if self.refuse_routes is not None:
+                if action != self.routes:
+                    self.refused = (action, self.refuse_routes)
+                return
+            self.refused = None
+            if action != self.routes or self.route_problems:
+                self._wrote_routes = True
             self.routes = action
+            # A write restores what the router found amiss (drift, outdated options).
+            self.route_problems = tuple(
+                p for p in self.route_problems if p.kind not in ("Drift", "NotAccepted")
+            )
         elif isinstance(action, RemoveAnnotation):
             if not self.lose_removals:
                 self.annotations.pop(action.key, None)
@@ -385,6 +454,8 @@ class World:
     def phase(self) -> Phase:
         """The current phase (a call, so mypy does not narrow it across steps)."""
         return self.status.phase
+
+    _wrote_routes: bool = False
 
     def weights(self) -> dict[int, int]:
         return dict(self.routes.weights) if self.routes else {}
@@ -464,22 +535,35 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
         assert 0 <= r.mirror_percent <= 100
         assert (r.mirror_revision is None) == (r.mirror_percent == 0)
         assert r.mirror_revision not in r.weights, "never mirror to a revision with live weight"
+    # Weights are what the router reports, by role; never more than all the traffic.
     total = s.weights.stable + s.weights.candidate
-    assert total in (0, 100), s.weights
-    if s.stable_revision:
-        assert total == 100
+    assert total <= 100, s.weights
+    assert s.weights.stable == inp.routes.weights.get(s.stable_revision, 0) or (
+        not s.stable_revision
+    )
     # Bounded lists, and a status the API server accepts (round-trips through the schema).
     assert len(s.history) <= 20 and len(s.timeline) <= 50
     assert len(s.analysis.measurements) <= 20
     again = ModelReleaseStatus.model_validate(s.model_dump(mode="json", by_alias=True))
     assert again.model_dump() == s.model_dump()
-    # kstatus: one condition of each type, all for this generation.
+    # kstatus: one condition of each type, all for this generation, and exactly one of
+    # Ready, Reconciling and Stalled true (kstatus and Argo CD's health then agree).
     types = [c.type for c in s.conditions]
-    assert sorted(types) == ["Degraded", "Progressing", "Ready", "Stalled"], types
+    assert sorted(types) == ["Degraded", "Progressing", "Ready", "Reconciling", "Stalled"], types
     assert all(c.observed_generation == inp.generation for c in s.conditions)
     assert s.observed_generation == inp.generation
-    ready = next(c for c in s.conditions if c.type == "Ready")
-    assert (ready.status.value == "True") == (s.phase == Phase.PROMOTED)
+    state = {c.type: c.status.value == "True" for c in s.conditions}
+    assert [state["Ready"], state["Reconciling"], state["Stalled"]].count(True) == 1, state
+    if state["Ready"]:
+        assert s.phase == Phase.PROMOTED and s.routes.in_effect
+    # Promoted, a finished rollback and a started step only with their routes in effect.
+    if s.phase == Phase.PROMOTED and inp.status.phase != Phase.PROMOTED:
+        assert s.routes.in_effect, s.routes
+    if s.phase == Phase.ROLLED_BACK and inp.status.phase != Phase.ROLLED_BACK:
+        assert s.routes.in_effect, s.routes
+    started = s.phase in (Phase.PROGRESSING, Phase.PAUSED) and s.step_started_at is not None
+    if started and s.current_step > 0 and s.stable_revision:
+        assert s.routes.in_effect or inp.status.step_started_at is not None, s.routes
     # Ordering: snapshots first, then workloads, routes, scale-downs, annotations, events.
     order = [
         SnapshotRevision,
@@ -587,6 +671,15 @@ def events(d: Decision | Iterable[Decision], kind: str | None = None) -> list[Em
 
 def actions_of(d: Decision, cls: type[Any]) -> list[Any]:
     return [a for a in d.actions if isinstance(a, cls)]
+
+
+def routes_of(d: Decision) -> list[SetRoutes]:
+    """The distinct route writes of a (merged) decision, in order."""
+    out: list[SetRoutes] = []
+    for a in actions_of(d, SetRoutes):
+        if a not in out:
+            out.append(a)
+    return out
 
 
 # --------------------------------------------------------------------------------------

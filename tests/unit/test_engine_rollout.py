@@ -36,6 +36,7 @@ from tests.unit.test_engine_kit import (
     make_policy,
     make_spec,
     promoted_world,
+    routes_of,
 )
 
 # --------------------------------------------------------------------------------------
@@ -249,11 +250,11 @@ def test_candidate_losing_availability_holds_the_step() -> None:
     w = promoted_world()
     w.release(make_spec("2.0.0"))
     at_step(w, 1)
-    w.broken.add(2)
+    w.degraded.add(2)  # some pods still answer: a hold, not a rollback
     w.run(120)
     assert w.status.current_step == 1 and w.weights() == {1: 90, 2: 10}
     assert "r2 is not Available" in w.status.message
-    w.broken.clear()
+    w.degraded.clear()
     w.run(10)
     assert w.status.current_step == 2
 
@@ -375,6 +376,7 @@ def test_spec_change_mid_rollout_supersedes_candidate_against_the_same_stable() 
     w.release(make_spec("2.0.0"))
     at_step(w, 2)
     assert w.weights() == {1: 50, 2: 50}
+    w.ready_after = 5.0  # r3 is not Available in this call
     d = w.release(make_spec("3.0.0"))
     s = d.status
     assert w.outcome(2) == "Superseded" and "superseded by r3" in s.history[1].reason
@@ -557,7 +559,7 @@ def test_spec_change_during_blue_green_post_switch_sends_users_back_to_stable() 
     w.release(make_spec("2.0.0"))
     w.run_until(lambda x: x.weights() == {2: 100})
     d = w.release(make_spec("3.0.0"))
-    assert actions_of(d, SetRoutes) == [SetRoutes({1: 100}, None, 0)]
+    assert routes_of(d) == [SetRoutes({1: 100}, None, 0)]
     assert ScaleRevision(2, 0) in d.actions and w.outcome(2) == "Superseded"
 
 
@@ -565,7 +567,7 @@ def test_promote_while_the_candidate_is_unavailable_waits_on_the_object() -> Non
     w = promoted_world(make_policy(CANARY_MANUAL))
     w.release(make_spec("2.0.0"))
     at_step(w, 2)
-    w.broken.add(2)
+    w.degraded.add(2)
     d = w.act("promote", user="carol", advance=10)
     assert actions_of(d, RemoveAnnotation) == []
     assert "rewind.dev/promote" in w.annotations
@@ -573,7 +575,7 @@ def test_promote_while_the_candidate_is_unavailable_waits_on_the_object() -> Non
     assert w.status.timeline[-1].type == "PromoteWaiting"
     w.run(30)
     assert w.timeline_types().count("PromoteWaiting") == 1
-    w.broken.clear()
+    w.degraded.clear()
     d = w.step(10)
     assert RemoveAnnotation("rewind.dev/promote") in d.actions
     assert w.phase() == Phase.PROMOTED and w.weights() == {2: 100}

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from rewind.adapters.base import OwnerRef
+from rewind.adapters.base import OwnerRef, RouteState
 from rewind.adapters.router import (
     build_destination_rule,
     build_virtual_service,
@@ -183,4 +183,4 @@ def test_parse_routes_follows_istio_defaults_for_hand_edited_objects() -> None:
 
 
 def test_parse_routes_of_an_empty_object_is_empty() -> None:
-    assert parse_routes({}) == ({}, None, 0)
+    assert parse_routes({}) == RouteState({}, None, 0, None)

@@ -55,3 +55,14 @@ def status_of(exc: BaseException) -> int | None:
     if isinstance(exc, ApiException):
         return int(exc.status) if exc.status is not None else None
     return None
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own message in an error response (admission denials quote the
+    policy's message), or the HTTP reason when the body is not a Status."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return f"HTTP {exc.status} {exc.reason}"
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or exc.reason or f"HTTP {exc.status}")

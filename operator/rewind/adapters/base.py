@@ -8,7 +8,7 @@ The shared naming and labelling rules live here so every adapter agrees on them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
@@ -111,6 +111,11 @@ class SnapshotCorruptError(AdapterError):
     """A snapshot's data no longer hashes to the hash recorded when it was saved."""
 
 
+class RouteRefusedError(AdapterError):
+    """The API server refused a route write (admission, validation): the message names the
+    object and quotes the API server."""
+
+
 MetricErrorKind = Literal["unreachable", "timeout", "bad_query", "bad_result"]
 
 
@@ -129,11 +134,51 @@ class MetricQueryError(AdapterError):
 
 
 class RouteState(NamedTuple):
-    """What the mesh is told to do now: weights per revision and the mirror, if any."""
+    """What the mesh is told to do now: weights per revision, the mirror and the revision
+    the header routes (A/B) go to, if any."""
 
     weights: dict[int, int]
     mirror_revision: int | None
     mirror_percent: int
+    header_revision: int | None = None
+
+
+RouteProblemKind = Literal["Refused", "Conflict", "Drift", "NotAccepted"]
+
+
+@dataclass(frozen=True)
+class RouteProblem:
+    """Why the routes read back may not be what users get.
+
+    ``Refused``: the API server refused the last write (admission, validation, ownership);
+    ``Conflict``: another route object claims the same hosts on the same gateway (or an
+    object of Rewind's name belongs to someone else), so the mesh picks one silently;
+    ``Drift``: a route Rewind owns was edited outside Rewind (it is restored by the next
+    write); ``NotAccepted``: the mesh or gateway has not accepted the route (yet), or it
+    was written for an older ``spec.traffic`` and is being updated. ``message`` names the
+    object and says why, for humans.
+    """
+
+    kind: RouteProblemKind
+    message: str
+    #: For ``Refused``: the routes whose write was refused (the problem concerns only a
+    #: wish for those same routes; a different wish is written and judged afresh).
+    wanted: RouteState | None = None
+
+
+@dataclass(frozen=True)
+class RouteObservation:
+    """The routes in effect, read back from the router (Flagger's GetRoutes), plus what
+    may make them untrue. ``weights`` holds only revisions with weight > 0."""
+
+    exists: bool = False
+    weights: Mapping[int, int] = field(default_factory=dict)
+    mirror_revision: int | None = None
+    mirror_percent: int = 0
+    header_revision: int | None = None
+    problems: tuple[RouteProblem, ...] = ()
+    #: What to call the routes in messages, e.g. "VirtualService risk/fraud".
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +189,10 @@ class RevisionObservation:
     replicas: int
     ready_replicas: int
     available: bool
+    #: The Deployment's Available condition: at least the minimum of its replicas answer.
+    min_available: bool = False
+    available_replicas: int = 0
+    name: str = ""  # namespace/name of the Deployment, for messages
     image: str = ""
     model_digest: str = ""
     spec_hash: str = ""
@@ -163,12 +212,22 @@ class Router(Protocol):
         weights: Mapping[int, int],
         mirror_revision: int | None = None,
         mirror_percent: int = 0,
+        header_revision: int | None = None,
     ) -> None:
-        """Make the mesh route ``weights`` (summing to 100) and the mirror, in one write."""
+        """Make the mesh route ``weights`` (summing to 100), the mirror and the header
+        routes of ``traffic`` (to ``header_revision``; None: no header routes), in one
+        write of the route object."""
         ...
 
     async def get_routes(self, release: str, namespace: str) -> RouteState | None:
         """Read back what the mesh is told; None when no routes exist yet."""
+        ...
+
+    async def observe_routes(
+        self, release: str, namespace: str, owner: OwnerRef, traffic: TrafficSpec
+    ) -> RouteObservation:
+        """The routes in effect and any problem that makes them untrue (conflicting
+        routes, edits outside Rewind, a route the mesh has not accepted)."""
         ...
 
 

@@ -12,6 +12,7 @@ the VirtualService's route ``rewind`` weights those subsets.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -24,11 +25,15 @@ from rewind.adapters.base import (
     REVISION_LABEL,
     OwnerRef,
     OwnershipConflictError,
+    RouteObservation,
+    RouteProblem,
+    RouteRefusedError,
     RouteState,
     release_labels,
     service_host,
     subset_name,
 )
+from rewind.api import parse_duration
 
 if TYPE_CHECKING:
     from rewind.api import TrafficSpec
@@ -36,6 +41,8 @@ if TYPE_CHECKING:
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSION = "v1"
 ROUTE_NAME = "rewind"
+#: The route of the spec's header routes (A/B), first in the list so it wins.
+HEADER_ROUTE_NAME = "rewind-headers"
 MESH_GATEWAY = "mesh"
 
 _SUBSET = re.compile(r"^r([1-9][0-9]*)$")
@@ -95,6 +102,43 @@ def _destination(release_name: str, namespace: str, revision: int) -> dict[str, 
     return {"host": service_host(release_name, namespace), "subset": subset_name(revision)}
 
 
+def _istio_duration(duration: str) -> str:
+    """Istio reads durations as protobuf JSON (seconds with an ``s``): ``1m30s`` -> ``90s``."""
+    return f"{parse_duration(duration):g}s"
+
+
+def _route_options(traffic: TrafficSpec) -> dict[str, Any]:
+    """Timeout and retries of spec.traffic, in Istio's HTTPRoute fields."""
+    options: dict[str, Any] = {}
+    if traffic.timeout is not None:
+        options["timeout"] = _istio_duration(traffic.timeout)
+    if traffic.retries is not None:
+        retries: dict[str, Any] = {"attempts": traffic.retries.attempts}
+        if traffic.retries.per_try_timeout is not None:
+            retries["perTryTimeout"] = _istio_duration(traffic.retries.per_try_timeout)
+        if traffic.retries.retry_on is not None:
+            retries["retryOn"] = traffic.retries.retry_on
+        options["retries"] = retries
+    return options
+
+
+def _header_matches(traffic: TrafficSpec) -> list[dict[str, Any]]:
+    """One Istio match per header route (matches are ORed, headers within one ANDed)."""
+    matches: list[dict[str, Any]] = []
+    for group in traffic.header_routes:
+        headers: dict[str, dict[str, str]] = {}
+        for header in group.headers:
+            kind, value = next(
+                (k, v)
+                for k, v in (("exact", header.exact), ("prefix", header.prefix),
+                             ("regex", header.regex))
+                if v is not None
+            )
+            headers[header.name] = {kind: value}
+        matches.append({"name": group.name, "headers": headers})
+    return matches
+
+
 def build_virtual_service(
     release_name: str,
     namespace: str,
@@ -103,16 +147,20 @@ def build_virtual_service(
     weights: Mapping[int, int],
     mirror_revision: int | None = None,
     mirror_percent: int = 0,
+    header_revision: int | None = None,
 ) -> dict[str, Any]:
     """The VirtualService that splits ``traffic.hosts`` (and in-mesh calls) by ``weights``.
 
     Only revisions with weight > 0 get a route entry. With gateways, ``mesh`` is added so
-    in-mesh callers get the same split as external ones.
+    in-mesh callers get the same split as external ones. With ``header_revision`` and
+    ``traffic.headerRoutes``, a first route sends the matching callers to that revision.
+    Timeout and retries of ``traffic`` apply to both routes.
     """
     checked = validate_weights(weights)
     mirror = _validate_mirror(mirror_revision, mirror_percent)
     umbrella = service_host(release_name, namespace)
     hosts = list(dict.fromkeys([*traffic.hosts, umbrella]))
+    options = _route_options(traffic)
     route: dict[str, Any] = {
         "name": ROUTE_NAME,
         "route": [
@@ -120,6 +168,7 @@ def build_virtual_service(
             for revision, weight in sorted(checked.items())
             if weight > 0
         ],
+        **options,
     }
     if mirror is not None:
         route["mirror"] = _destination(release_name, namespace, mirror)
@@ -128,7 +177,19 @@ def build_virtual_service(
     gateways = list(traffic.gateways or [])
     if gateways:
         spec["gateways"] = list(dict.fromkeys([*gateways, MESH_GATEWAY]))
-    spec["http"] = [route]
+    http: list[dict[str, Any]] = []
+    if header_revision is not None and traffic.header_routes:
+        http.append(
+            {
+                "name": HEADER_ROUTE_NAME,
+                "match": _header_matches(traffic),
+                "route": [{"destination": _destination(release_name, namespace,
+                                                       header_revision)}],
+                **options,
+            }
+        )
+    http.append(route)
+    spec["http"] = http
     return {
         "apiVersion": f"{ISTIO_GROUP}/{ISTIO_VERSION}",
         "kind": "VirtualService",
@@ -168,10 +229,17 @@ def parse_routes(virtual_service: Mapping[str, Any]) -> RouteState:
     """Read weights and mirror back from a VirtualService written by this module.
 
     Destinations that are not ``r<N>`` subsets are ignored; a lone destination without a
-    weight gets 100 and a mirror without a percentage 100, as Istio does.
+    weight gets 100 and a mirror without a percentage 100, as Istio does. The header route
+    (A/B) names the revision its callers go to.
     """
     http = virtual_service.get("spec", {}).get("http") or []
-    route = next((r for r in http if r.get("name") == ROUTE_NAME), http[0] if http else {})
+    route = next((r for r in http if r.get("name") == ROUTE_NAME), http[-1] if http else {})
+    header_revision: int | None = None
+    for candidate in http:
+        if candidate.get("name") == HEADER_ROUTE_NAME:
+            targets = candidate.get("route") or []
+            if len(targets) == 1:
+                header_revision = _revision_of(targets[0].get("destination") or {})
     entries = route.get("route") or []
     weights: dict[int, int] = {}
     for entry in entries:
@@ -187,7 +255,7 @@ def parse_routes(virtual_service: Mapping[str, Any]) -> RouteState:
         if mirror_revision is not None:
             percentage = (route.get("mirrorPercentage") or {}).get("value", 100.0)
             mirror_percent = round(float(percentage))
-    return RouteState(weights, mirror_revision, mirror_percent)
+    return RouteState(weights, mirror_revision, mirror_percent, header_revision)
 
 
 class IstioRouter:
@@ -216,6 +284,18 @@ class IstioRouter:
         )
 
     async def _apply(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+        meta = body["metadata"]
+        try:
+            return await self._apply_raw(plural, body)
+        except client.ApiException as err:
+            if err.status is None or not 400 <= err.status < 500 or err.status in (408, 429):
+                raise  # unreachable, overloaded: retried as any API failure
+            raise RouteRefusedError(
+                f"{body['kind']} {meta['namespace']}/{meta['name']} was refused by the API "
+                f"server (HTTP {err.status}): {_kube.api_message(err)}"
+            ) from err
+
+    async def _apply_raw(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
         return await _kube.call(
             self._api.patch_namespaced_custom_object,
@@ -251,15 +331,17 @@ class IstioRouter:
         weights: Mapping[int, int],
         mirror_revision: int | None = None,
         mirror_percent: int = 0,
+        header_revision: int | None = None,
     ) -> None:
-        """Route ``weights`` and the mirror with one VirtualService apply.
+        """Route ``weights``, the mirror and the header routes with one VirtualService apply.
 
         Make-before-break: the DestinationRule is applied first and keeps the subsets the
         current VirtualService still routes to, so no request hits an unknown subset
         (a 503) while Envoy catches up; subsets no longer used go at the next call.
         """
         virtual_service = build_virtual_service(
-            release, namespace, owner, traffic, weights, mirror_revision, mirror_percent
+            release, namespace, owner, traffic, weights, mirror_revision, mirror_percent,
+            header_revision,
         )
         current_vs = await self._get("virtualservices", release, namespace)
         self._check_owner(current_vs, owner)
@@ -267,11 +349,14 @@ class IstioRouter:
         revisions = set(weights)
         if mirror_percent > 0 and mirror_revision is not None:
             revisions.add(mirror_revision)
+        if header_revision is not None:
+            revisions.add(header_revision)
         if current_vs is not None:
             current = parse_routes(current_vs)
             revisions.update(r for r, w in current.weights.items() if w > 0)
-            if current.mirror_revision is not None:
-                revisions.add(current.mirror_revision)
+            for extra in (current.mirror_revision, current.header_revision):
+                if extra is not None:
+                    revisions.add(extra)
         rule = build_destination_rule(release, namespace, owner, revisions)
         await self._apply("destinationrules", rule)
         await self._apply("virtualservices", virtual_service)
@@ -281,6 +366,123 @@ class IstioRouter:
         virtual_service = await self._get("virtualservices", release, namespace)
         return None if virtual_service is None else parse_routes(virtual_service)
 
+    async def observe_routes(
+        self, release: str, namespace: str, owner: OwnerRef, traffic: TrafficSpec
+    ) -> RouteObservation:
+        """The routes in effect: the VirtualService as the API server has it, checked
+        against the DestinationRule (every routed subset must exist) and against what
+        Rewind would write for those same routes (anything else is an edit outside Rewind,
+        or routes written for an older spec.traffic)."""
+        virtual_service, rule = await asyncio.gather(
+            self._get("virtualservices", release, namespace),
+            self._get("destinationrules", release, namespace),
+        )
+        source = f"VirtualService {namespace}/{release}"
+        if virtual_service is None:
+            return RouteObservation(exists=False, source=source)
+        routes = parse_routes(virtual_service)
+        problems = route_problems(release, namespace, owner, traffic, virtual_service, rule)
+        return RouteObservation(
+            exists=True,
+            weights={r: w for r, w in routes.weights.items() if w > 0},
+            mirror_revision=routes.mirror_revision if routes.mirror_percent else None,
+            mirror_percent=routes.mirror_percent if routes.mirror_revision else 0,
+            header_revision=routes.header_revision,
+            problems=tuple(problems),
+            source=source,
+        )
+
+
+def _other_managers(obj: Mapping[str, Any]) -> list[str]:
+    """Field managers other than Rewind's that own something under ``spec``."""
+    names: list[str] = []
+    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
+        manager = str(entry.get("manager") or "")
+        fields = entry.get("fieldsV1") or {}
+        if manager and manager != FIELD_MANAGER and "f:spec" in fields:
+            names.append(manager)
+    return sorted(set(names))
+
+
+def route_problems(
+    release: str,
+    namespace: str,
+    owner: OwnerRef,
+    traffic: TrafficSpec,
+    virtual_service: Mapping[str, Any],
+    rule: Mapping[str, Any] | None,
+) -> list[RouteProblem]:
+    """What makes a read-back VirtualService untrue (see :class:`RouteProblem`)."""
+    name = f"{namespace}/{release}"
+    problems: list[RouteProblem] = []
+    for obj, kind in ((virtual_service, "VirtualService"), (rule, "DestinationRule")):
+        if obj is not None and not owner.owns(obj):
+            problems.append(RouteProblem(
+                "Conflict",
+                f"{kind} {name} exists and is not owned by ModelRelease {owner.name}: Rewind "
+                "will not overwrite it; delete it or rename the release",
+            ))
+    if problems:
+        return problems
+    routes = parse_routes(virtual_service)
+    routed = {r for r, w in routes.weights.items() if w > 0}
+    routed.update(r for r in (routes.mirror_revision, routes.header_revision) if r is not None)
+    subsets = {str(s.get("name")) for s in ((rule or {}).get("spec") or {}).get("subsets") or []}
+    missing = sorted(r for r in routed if subset_name(r) not in subsets)
+    if missing:
+        problems.append(RouteProblem(
+            "Drift",
+            f"DestinationRule {name} has no subset for "
+            + ", ".join(f"r{r}" for r in missing)
+            + " that VirtualService routes to: those requests fail; restoring it",
+        ))
+    try:
+        expected = build_virtual_service(
+            release, namespace, owner, traffic, routes.weights,
+            routes.mirror_revision if routes.mirror_percent else None,
+            routes.mirror_percent if routes.mirror_revision else 0,
+            routes.header_revision,
+        )["spec"]
+    except ValueError as err:
+        expected = None
+        detail = str(err)
+    else:
+        detail = _spec_difference(expected, virtual_service.get("spec") or {})
+    if expected is None or detail:
+        others = _other_managers(virtual_service)
+        if others or expected is None:
+            by = f" by {', '.join(others)}" if others else ""
+            problems.append(RouteProblem(
+                "Drift",
+                f"VirtualService {name} was edited outside Rewind{by} ({detail}); Rewind "
+                "restores it: put route options in spec.traffic (timeout, retries, "
+                "headerRoutes)",
+            ))
+        else:
+            problems.append(RouteProblem(
+                "NotAccepted",
+                f"VirtualService {name} was written for an earlier spec.traffic ({detail}); "
+                "updating it",
+            ))
+    return problems
+
+
+def _spec_difference(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> str:
+    """The first top-level spec field (or http route field) that differs, in words."""
+    for key in sorted(set(expected) | set(actual)):
+        if key == "http":
+            continue
+        if expected.get(key) != actual.get(key):
+            return f"spec.{key} differs"
+    want, got = list(expected.get("http") or []), list(actual.get("http") or [])
+    if len(want) != len(got):
+        return f"spec.http has {len(got)} routes, Rewind writes {len(want)}"
+    for index, (a, b) in enumerate(zip(want, got, strict=True)):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                change = "added" if key not in a else "removed" if key not in b else "changed"
+                return f"spec.http[{index}].{key} {change}"
+    return ""
 
 if TYPE_CHECKING:
     from rewind.adapters.base import Router

@@ -282,6 +282,9 @@ def observe_deployment(deployment: Mapping[str, Any]) -> RevisionObservation | N
     Available means able to take traffic now: at least one replica wanted, the controller
     has seen the latest spec, the Available condition is True and every wanted replica is
     updated and ready. A revision scaled to zero is therefore not available.
+    ``min_available`` is looser: the Deployment's own Available condition (its minimum of
+    replicas answer, as maxUnavailable allows) with at least one pod ready; a revision that
+    serves users with less than that is unavailable to them.
     """
     meta = deployment.get("metadata", {})
     try:
@@ -319,6 +322,9 @@ def observe_deployment(deployment: Mapping[str, Any]) -> RevisionObservation | N
         replicas=replicas,
         ready_replicas=ready,
         available=available,
+        min_available=replicas > 0 and current and available_condition and ready > 0,
+        available_replicas=int(status.get("availableReplicas") or 0),
+        name=f"{meta.get('namespace', '')}/{meta.get('name', '')}",
         image=str(containers[0].get("image", "")),
         model_digest=str(annotations.get(MODEL_DIGEST_ANNOTATION, "")),
         spec_hash=str(annotations.get(SPEC_HASH_ANNOTATION, "")),
