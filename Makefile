@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv tools sandbox-up sandbox-down sandbox-status test test-unit lint crds crds-check run demo demo-down bench clean
+.PHONY: help deps venv tools test-tools sandbox-up sandbox-down sandbox-status test test-unit lint crds crds-check run demo demo-down bench clean
 
 help:
 	@echo "make demo          run the 3 AM incident on the local sandbox"
@@ -37,9 +37,15 @@ deps: venv
 	  echo "[deps] apt-get install prometheus openssl"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus openssl; }
 
-# Go builds of etcd, kube-*, kwok and helm, cached in ~/.cache/rewind/<versions hash>/.
+# Go builds of etcd, kube-*, kwok and helm, cached in ~/.cache/rewind/<versions hash>/, and
+# of the test tools of hack/tools (argocd-lua, kstatus), cached under their own key in
+# ~/.cache/rewind/test-tools/<hash of hack/tools>/ (`hack/build-tools.sh --test-tools-dir`).
 tools:
 	@hack/build-tools.sh >/dev/null
+
+# Only the test tools: what the unit tests need (a minute or two on a cold machine).
+test-tools:
+	@hack/build-tools.sh --test-tools >/dev/null
 
 sandbox-up: deps tools
 	@hack/sandbox up
@@ -65,7 +71,7 @@ crds-check: venv
 	$(PY) -m rewind.crdgen --check
 	$(PY) charts/rewind/argocd/generate.py --check
 
-test-unit: venv
+test-unit: venv test-tools
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 # Unit tests beside the sandbox suite; exclusive sandbox tests alone, then the rest on

@@ -5,7 +5,17 @@
 # replaces, so `go install` cannot build it; a wrapper that replaces each with its published
 # v0.X.Y can. etcd's release tags carry relative replaces too, hence a wrapper for it as well.
 #
-# Prints the bin directory on stdout when done; progress goes to stderr.
+# Also builds Rewind's own Go test tools from the module in hack/tools (argocd-lua: Argo CD's
+# Lua runtime for the chart's health check and actions; kstatus: cli-utils' kstatus), which the
+# unit tests run. They have their own cache key, from the contents of hack/tools, so changing
+# them never rebuilds Kubernetes, and a new hack/versions.env never rebuilds them.
+#
+#   hack/build-tools.sh                  build what is missing of both; print the sandbox's
+#                                        bin directory on stdout (only that line)
+#   hack/build-tools.sh --test-tools     build only the test tools; print their bin directory
+#   hack/build-tools.sh --test-tools-dir print where the test tools are (or would be); build nothing
+#
+# Progress goes to stderr.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,9 +33,25 @@ export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" GOFLAGS="-buildvcs=false -mod=mod"
 
 log() { printf '[build-tools] %s\n' "$*" >&2; }
 
+# The test tools: key = their sources (go.mod, go.sum, *.go) and TEST_TOOLS_RECIPE.
+# Bump TEST_TOOLS_RECIPE when a change to build_test_tools changes what it produces.
+TEST_TOOLS_RECIPE=1
+test_tools_src="$here/tools"
+test_tools_key="$( (cd "$test_tools_src" &&
+  find . -type f \( -name go.mod -o -name go.sum -o -name '*.go' \) -print0 | LC_ALL=C sort -z |
+  xargs -0 sha256sum; echo "recipe=$TEST_TOOLS_RECIPE") | sha256sum | cut -c1-16)"
+test_tools_dest="$cache_root/test-tools/$test_tools_key"
+test_tools_bin="$test_tools_dest/bin"
+TEST_TOOLS=(argocd-lua kstatus)
+
+mode="${1:-all}"
+case "$mode" in
+  all | --test-tools) ;;
+  --test-tools-dir) echo "$test_tools_bin"; exit 0 ;;
+  *) log "usage: $0 [--test-tools | --test-tools-dir]"; exit 2 ;;
+esac
 
 command -v go >/dev/null || { log "go is not installed: install Go >= 1.26 (https://go.dev/dl) and re-run"; exit 1; }
-mkdir -p "$bin" "$logs"
 
 # Run a build step with a heartbeat so a multi-minute compile shows it is alive.
 run_step() {
@@ -158,11 +184,42 @@ ready() {
   done
   [[ -f "$dest/istio-crds.yaml" && -f "$dest/kwok-stages.yaml" ]]
 }
+test_tools_ready() {
+  local t
+  for t in "${TEST_TOOLS[@]}"; do [[ -x "$test_tools_bin/$t" ]] || return 1; done
+}
+
+# go.sum is committed, and -mod=readonly builds exactly the versions pinned there.
+build_test_tools() {
+  local tmp t
+  tmp="$(mktemp -d "$test_tools_dest/tmp.XXXXXX")"
+  (cd "$test_tools_src" && go build -mod=readonly -trimpath -ldflags "-s -w" -o "$tmp/" \
+    "${TEST_TOOLS[@]/#/./}")
+  for t in "${TEST_TOOLS[@]}"; do mv -f "$tmp/$t" "$test_tools_bin/$t"; done
+  rm -rf "$tmp"
+}
+
+ensure_test_tools() {
+  test_tools_ready && return 0
+  local logs="$test_tools_dest/logs"  # run_step's log directory, for this step only
+  mkdir -p "$test_tools_bin" "$logs"
+  log "cache: $test_tools_dest (key from the contents of hack/tools)"
+  run_step test-tools "hack/tools (${TEST_TOOLS[*]})" build_test_tools
+  test_tools_ready || { log "internal error: the test tools built but are missing in $test_tools_bin"; exit 1; }
+}
+
+if [[ $mode == --test-tools ]]; then
+  ensure_test_tools
+  echo "$test_tools_bin"
+  exit 0
+fi
 if ready; then
+  ensure_test_tools
   echo "$bin"
   exit 0
 fi
 
+mkdir -p "$bin" "$logs"
 log "cache: $dest (key from hack/versions.env and RECIPE)"
 [[ -x "$bin/etcd" ]] || run_step etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" build_etcd
 [[ -x "$bin/kwok" ]] || run_step kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" build_go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
@@ -174,4 +231,5 @@ log "cache: $dest (key from hack/versions.env and RECIPE)"
 rm -rf "$dest/src" "$dest/.complete"
 ready || { log "internal error: a step finished but an artifact is missing in $dest"; exit 1; }
 log "all binaries ready in $bin"
+ensure_test_tools
 echo "$bin"

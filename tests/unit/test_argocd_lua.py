@@ -1,9 +1,11 @@
 """Argo CD health check and resource actions for ModelRelease (charts/rewind/argocd/*.lua).
 
-The Lua runs under Lua 5.1 (lupa), the dialect of Argo CD's gopher-lua, against
-ModelRelease objects built with the pydantic models. The release states come from the real
-decision engine (driven by the engine test kit), and for every state the actions Argo CD
-offers are exactly those the engine would act on rather than ignore.
+The Lua runs in hack/tools' argocd-lua, which sets gopher-lua up the way Argo CD does (no
+string, no math library, unless resource.customizations.useOpenLibs is set) and validates
+the results as Argo CD does; kstatus (cli-utils) reads the same objects. The objects are the
+hand-built cases of tests/argocd_objects.py (every phase, generation ahead, Stalled, missing
+status or conditions) and release states reached through the real decision engine. Every
+batch runs in one process per tool.
 """
 
 from __future__ import annotations
@@ -11,12 +13,10 @@ from __future__ import annotations
 import copy
 import importlib.util
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, get_args
 
 import pytest
 import yaml
-from lupa import lua51
 
 from rewind.api import (
     ANNOTATION_APPROVE_ROLLBACK,
@@ -24,14 +24,23 @@ from rewind.api import (
     ANNOTATION_REJECT_ROLLBACK,
     ANNOTATION_RETRY,
     ANNOTATION_ROLLBACK,
-    Condition,
-    ConditionStatus,
     ModelRelease,
-    ModelReleaseStatus,
     ObjectMeta,
     Phase,
 )
 from rewind.engine import ANNOTATION_OF, ActionKind, EmitEvent
+from tests import go_tools
+from tests.argocd_objects import CASES, PHASES, Case, manifest, operator_status
+from tests.go_tools import (
+    ACTIONS,
+    ARGOCD,
+    DISCOVERY_LUA,
+    HEALTH_LUA,
+    KSTATUS_OF_HEALTH,
+    action_lua,
+    argocd_lua,
+    job,
+)
 from tests.unit.test_engine_kit import (
     BLUE_GREEN_MANUAL,
     CANARY_MANUAL,
@@ -45,110 +54,203 @@ from tests.unit.test_engine_kit import (
     promoted_world,
 )
 
-ARGOCD = Path(__file__).resolve().parents[2] / "charts" / "rewind" / "argocd"
-ACTIONS = {
+#: action -> (annotation it sets, value)
+ANNOTATIONS = {
     "approve-rollback": (ANNOTATION_APPROVE_ROLLBACK, "true"),
     "reject-rollback": (ANNOTATION_REJECT_ROLLBACK, "rejected in Argo CD"),
     "rollback": (ANNOTATION_ROLLBACK, "break glass from Argo CD"),
     "promote": (ANNOTATION_PROMOTE, "true"),
     "retry": (ANNOTATION_RETRY, "true"),
 }
-#: Argo CD health per phase, when the operator is up to date with the spec.
-HEALTH = {
-    Phase.PENDING: "Progressing",
-    Phase.PROGRESSING: "Progressing",
-    Phase.ROLLING_BACK: "Progressing",
-    Phase.PAUSED: "Suspended",
-    Phase.AWAITING_APPROVAL: "Suspended",
-    Phase.PROMOTED: "Healthy",
-    Phase.ROLLED_BACK: "Degraded",
-    Phase.FAILED: "Degraded",
-}
-
-
-# --------------------------------------------------------------------------------------
-# Running Argo CD Lua
-# --------------------------------------------------------------------------------------
-
-
-def to_lua(lua: Any, value: Any) -> Any:
-    """JSON-like Python -> Lua, as Argo CD hands objects over (null fields are absent)."""
-    if isinstance(value, dict):
-        table = lua.table()
-        for key, item in value.items():
-            if item is not None:
-                table[key] = to_lua(lua, item)
-        return table
-    if isinstance(value, list):
-        table = lua.table()
-        for index, item in enumerate(value, 1):
-            table[index] = to_lua(lua, item)
-        return table
-    return value
-
-
-def from_lua(value: Any) -> Any:
-    if lua51.lua_type(value) != "table":
-        return value
-    items = dict(value.items())
-    if items and all(isinstance(k, int) for k in items) and set(items) == set(
-        range(1, len(items) + 1)
-    ):
-        return [from_lua(items[i]) for i in range(1, len(items) + 1)]
-    return {k: from_lua(v) for k, v in items.items()}
-
-
-def run_lua(script: str, obj: dict[str, Any]) -> Any:
-    lua = lua51.LuaRuntime(unpack_returned_tuples=True)
-    lua.globals().obj = to_lua(lua, obj)
-    return from_lua(lua.execute(script))
 
 
 def lua_file(name: str) -> str:
     return (ARGOCD / name).read_text()
 
 
-def health(obj: dict[str, Any]) -> dict[str, str]:
-    result: dict[str, str] = run_lua(lua_file("health.lua"), obj)
-    return result
-
-
-def offered(obj: dict[str, Any]) -> set[str]:
-    return set(run_lua(lua_file("discovery.lua"), obj) or {})
-
-
-def act(name: str, obj: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = run_lua(lua_file(f"actions/{name}.lua"), obj)
-    return result
-
-
 # --------------------------------------------------------------------------------------
-# ModelRelease objects
+# Hand-built cases: every script over every case, in one argocd-lua and one kstatus run
 # --------------------------------------------------------------------------------------
 
 
-def manifest(
-    status: ModelReleaseStatus | None,
-    *,
-    generation: int = 1,
-    annotations: dict[str, str] | None = None,
-    world: World | None = None,
-) -> dict[str, Any]:
-    """A ModelRelease as the API server would return it (pydantic-validated)."""
-    release = ModelRelease(
-        metadata=ObjectMeta(name=NAME, namespace=NAMESPACE, uid="u-1", generation=generation,
-                            annotations=annotations or {}),
-        spec=world.spec if world is not None else make_spec(),
-        status=status if status is not None else ModelReleaseStatus(),
-    )
-    obj = release.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if status is None:
-        del obj["status"]
-    return obj
+class Runs:
+    """Results for CASES: health, discovery, every action, kstatus."""
+
+    def __init__(self) -> None:
+        objs = [c.obj for c in CASES]
+        jobs = [job("health", HEALTH_LUA, o) for o in objs]
+        jobs += [job("discovery", DISCOVERY_LUA, o) for o in objs]
+        for name in ACTIONS:
+            jobs += [job("action", action_lua(name), o) for o in objs]
+        out = argocd_lua(jobs)
+        n = len(objs)
+        self.health = dict(zip([c.id for c in CASES], out[:n], strict=True))
+        self.discovery = dict(zip([c.id for c in CASES], out[n : 2 * n], strict=True))
+        self.actions: dict[tuple[str, str], dict[str, Any]] = {}
+        for i, name in enumerate(ACTIONS):
+            chunk = out[(2 + i) * n : (3 + i) * n]
+            for case, result in zip(CASES, chunk, strict=True):
+                self.actions[(case.id, name)] = result
+        self.kstatus = dict(zip([c.id for c in CASES], go_tools.kstatus(objs), strict=True))
+
+
+@pytest.fixture(scope="module")
+def runs() -> Runs:
+    return Runs()
+
+
+def by_id(cases: list[Case]) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("case", cases, ids=[c.id for c in cases])
+
+
+def test_cases_cover_every_phase_and_every_health() -> None:
+    assert {c.obj.get("status", {}).get("phase") for c in CASES} >= set(PHASES)
+    assert set(PHASES) >= {p.value for p in Phase}, "a phase of the API is missing here"
+    assert {c.health for c in CASES} == set(KSTATUS_OF_HEALTH)
+    assert {kind: key for kind, (key, _) in ANNOTATIONS.items()} == dict(ANNOTATION_OF)
+    assert set(ACTIONS) == set(ANNOTATIONS)
+
+
+@by_id(CASES)
+def test_health(case: Case, runs: Runs) -> None:
+    result = runs.health[case.id]
+    assert "error" not in result, result["error"]
+    hs = result["health"]
+    assert hs["status"] == case.health, hs
+    assert hs.get("message"), f"empty health message: {hs}"
+    assert case.says in hs["message"]
+
+
+@by_id(CASES)
+def test_discovery(case: Case, runs: Runs) -> None:
+    result = runs.discovery[case.id]
+    assert "error" not in result, result["error"]
+    offered = result["actions"]
+    assert {a["name"] for a in offered} == case.actions
+    for action in offered:
+        assert not action.get("disabled")
+        assert action["displayName"] and action["iconClass"].startswith("fa "), action
+
+
+@by_id(CASES)
+@pytest.mark.parametrize("name", ACTIONS)
+def test_action_sets_its_annotation_and_nothing_else(case: Case, name: str, runs: Runs) -> None:
+    result = runs.actions[(case.id, name)]
+    assert "error" not in result, result["error"]
+    [impacted] = result["impacted"]
+    assert impacted["operation"] == "patch"
+    key, value = ANNOTATIONS[name]
+    before = case.obj["metadata"].get("annotations", {})
+    assert impacted["resource"]["metadata"]["annotations"] == {**before, key: value}
+    # What Argo CD sends to the API server: a merge patch of the live and returned objects.
+    # Nothing else may change (a status patch would race the operator).
+    assert impacted["mergePatch"] == {"metadata": {"annotations": {key: value}}}
+
+
+@by_id(CASES)
+def test_kstatus_agrees_with_argocd(case: Case, runs: Runs) -> None:
+    ks = runs.kstatus[case.id]
+    assert "error" not in ks, ks
+    if case.operator_written:
+        assert ks["status"] == KSTATUS_OF_HEALTH[case.health], (case.health, ks)
+    else:
+        # Conditions the operator never writes this way: kstatus cannot know better.
+        assert ks["status"] == case.kstatus, ks
+
+
+def test_the_issue_input_is_progressing_not_a_lua_error() -> None:
+    """Issue 10: generation 3, observedGeneration 2 made the old script call string.format,
+    which Argo CD does not load: it showed "attempt to index a non-table object(nil) with
+    key 'format'" instead of Progressing."""
+    obj = manifest({"observedGeneration": 2, "phase": "Promoted", "message": "r2 promoted"},
+                   generation=3)
+    [result] = go_tools.health([obj])
+    assert "error" not in result, result["error"]
+    assert result["health"] == {
+        "status": "Progressing",
+        "message": "Waiting for the Rewind operator to act on generation 3 (last acted on 2)",
+    }
+
+
+def test_the_harness_runs_lua_as_argocd_does() -> None:
+    """No string or math library; os only through require (Argo CD registers its safe os
+    under the table library's name, so the global stays nil); numbers stay numbers."""
+    probe = """
+        local globals = type(string) .. "," .. type(math) .. "," .. type(os) .. "," .. type(io)
+          .. "," .. type(coroutine) .. "," .. type(json) .. "," .. type(table) .. ","
+          .. type(require) .. "," .. type(actionParams)
+        local os = require("os")
+        return {status = "Healthy", message = globals .. ";" .. type(os.date) .. ";"
+          .. type(os.time) .. ";" .. type(os.exit) .. ";" .. tostring(obj.metadata.generation)
+          .. ";" .. type(obj.metadata.generation)}
+    """
+    obj = manifest(operator_status("Promoted"), generation=7)
+    restricted, open_libs = argocd_lua([job("health", probe, obj),
+                                        job("health", probe, obj, open_libs=True)])
+    assert restricted["health"]["message"] == (
+        "nil,nil,nil,nil,nil,nil,table,function,table;function;function;nil;7;number")
+    assert open_libs["health"]["message"].startswith("table,table,table,table,table,nil,")
+    # The failure Argo CD showed for the old script: string.format on a nil global.
+    [old] = argocd_lua([job("health", 'return {status = string.format("%s", "x")}', obj)])
+    assert "attempt to index a non-table object(nil) with key 'format'" in old["error"]
+    assert old["health"]["status"] == "Unknown"
+
+
+def test_the_harness_validates_results_as_argocd_does() -> None:
+    obj = manifest(operator_status("Promoted"))
+    got = argocd_lua([
+        job("health", 'return {status = "Fine"}', obj),
+        job("health", "return {}", obj),
+        job("health", "return 3", obj),
+        job("discovery", "return {}", obj),
+        job("discovery", "return {a = {}, b = {disabled = true, displayName = 'B'}}", obj),
+        job("action", "obj.metadata.labels = {} return obj", obj),
+    ])
+    assert got[0]["health"] == {"status": "Unknown",
+                                "message": "Lua returned an invalid health status"}
+    assert got[1]["health"] == {}
+    assert got[2]["error"] == "expect table output from Lua script, not number"
+    assert got[3]["actions"] == []
+    assert got[4]["actions"] == [{"name": "a"},
+                                 {"name": "b", "disabled": True, "displayName": "B"}]
+    # An emptied map comes back as a map (Argo CD's cleanReturnedObj), and is patched as one.
+    assert got[5]["impacted"][0]["mergePatch"] == {"metadata": {"labels": {"team": None}}}
+    assert got[5]["impacted"][0]["resource"]["metadata"]["labels"] == {}
+
+
+def test_scripts_give_the_same_results_with_and_without_open_libs() -> None:
+    """They use nothing Argo CD leaves out by default."""
+    objs = [c.obj for c in CASES]
+    scripts = [("health", HEALTH_LUA), ("discovery", DISCOVERY_LUA)]
+    scripts += [("action", action_lua(name)) for name in ACTIONS]
+    jobs = [job(kind, script, o, open_libs=open_libs)
+            for open_libs in (False, True) for kind, script in scripts for o in objs]
+    out = argocd_lua(jobs)
+    half = len(out) // 2
+    assert out[:half] == out[half:]
+
+
+def test_a_missing_tool_fails_naming_make_tools(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Any) -> None:
+    monkeypatch.setenv("REWIND_TEST_TOOLS", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match="make tools"):
+        go_tools.kstatus([])
+
+
+# --------------------------------------------------------------------------------------
+# Release states reached through the real engine
+# --------------------------------------------------------------------------------------
 
 
 def from_world(w: World) -> dict[str, Any]:
-    return manifest(w.status, generation=w.generation, world=w)
+    """The ModelRelease of an engine world, as the API server would return it."""
+    release = ModelRelease(
+        metadata=ObjectMeta(name=NAME, namespace=NAMESPACE, uid="u-1", generation=w.generation),
+        spec=w.spec,
+        status=w.status,
+    )
+    obj = release.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {"apiVersion": "rewind.dev/v1alpha1", "kind": "ModelRelease", **obj}
 
 
 def engine_acts_on(w: World, kind: ActionKind) -> bool:
@@ -160,17 +262,12 @@ def engine_acts_on(w: World, kind: ActionKind) -> bool:
     """
     trial = copy.deepcopy(w)
     assert not any(e.user == "argocd" for e in trial.status.timeline)
-    decision = trial.act(kind, value=ACTIONS[kind][1], user="argocd")
+    decision = trial.act(kind, value=ANNOTATIONS[kind][1], user="argocd")
     entries = [e.type for e in decision.status.timeline if e.user == "argocd"]
     ignored = any(
         isinstance(a, EmitEvent) and a.reason == "ActionIgnored" for a in decision.actions
     )
     return bool(entries) and "ActionIgnored" not in entries and not ignored
-
-
-# --------------------------------------------------------------------------------------
-# Release states reached through the real engine
-# --------------------------------------------------------------------------------------
 
 
 def _pending() -> World:
@@ -210,14 +307,6 @@ def _awaiting_approval() -> World:
     return w
 
 
-def _promoted_once() -> World:
-    return promoted_world()
-
-
-def _promoted_twice() -> World:
-    return promoted_world(releases=2)
-
-
 def _rolling_back() -> World:
     w = promoted_world(make_policy(keep_previous_warm="1m"), releases=2, ready_after=30)
     w.run(120)  # r1 is scaled to zero: a rollback to it has to wait for it
@@ -242,147 +331,77 @@ def _failed_first_release() -> World:
     return w
 
 
-#: state -> (builder, phase it must be in, the actions Argo CD offers there)
-STATES: dict[str, tuple[Callable[[], World], Phase, set[str]]] = {
-    "pending-without-policy": (_pending, Phase.PENDING, set()),
-    "first-release-in-progress": (_first_release_in_progress, Phase.PROGRESSING, {"rollback"}),
-    "canary-in-progress": (_canary_in_progress, Phase.PROGRESSING, {"rollback"}),
-    "canary-manual-gate": (_paused(CANARY_MANUAL), Phase.PAUSED, {"promote", "rollback"}),
-    "blue-green-manual-switch": (_paused(BLUE_GREEN_MANUAL), Phase.PAUSED,
+#: state -> (builder, its phase, the Argo CD health, the actions Argo CD offers there)
+STATES: dict[str, tuple[Callable[[], World], Phase, str, set[str]]] = {
+    # No usable policy: the operator says Stalled (PolicyError), so Argo CD says Degraded.
+    "pending-without-policy": (_pending, Phase.PENDING, "Degraded", set()),
+    "first-release-in-progress": (_first_release_in_progress, Phase.PROGRESSING, "Progressing",
+                                  {"rollback"}),
+    "canary-in-progress": (_canary_in_progress, Phase.PROGRESSING, "Progressing", {"rollback"}),
+    "canary-manual-gate": (_paused(CANARY_MANUAL), Phase.PAUSED, "Suspended",
+                           {"promote", "rollback"}),
+    "blue-green-manual-switch": (_paused(BLUE_GREEN_MANUAL), Phase.PAUSED, "Suspended",
                                  {"promote", "rollback"}),
-    "awaiting-approval": (_awaiting_approval, Phase.AWAITING_APPROVAL,
+    "awaiting-approval": (_awaiting_approval, Phase.AWAITING_APPROVAL, "Suspended",
                           {"approve-rollback", "reject-rollback", "rollback"}),
-    "promoted-first-release": (_promoted_once, Phase.PROMOTED, set()),
-    "promoted-with-previous": (_promoted_twice, Phase.PROMOTED, {"rollback"}),
-    "rolling-back": (_rolling_back, Phase.ROLLING_BACK, set()),
-    "rolled-back": (_rolled_back, Phase.ROLLED_BACK, {"retry"}),
-    "failed-first-release": (_failed_first_release, Phase.FAILED, {"retry"}),
+    "promoted-first-release": (promoted_world, Phase.PROMOTED, "Healthy", set()),
+    "promoted-with-previous": (lambda: promoted_world(releases=2), Phase.PROMOTED, "Healthy",
+                               {"rollback"}),
+    "rolling-back": (_rolling_back, Phase.ROLLING_BACK, "Progressing", set()),
+    "rolled-back": (_rolled_back, Phase.ROLLED_BACK, "Degraded", {"retry"}),
+    "failed-first-release": (_failed_first_release, Phase.FAILED, "Degraded", {"retry"}),
 }
 
 
-def test_states_cover_every_phase_and_every_action() -> None:
-    assert {phase for _, phase, _ in STATES.values()} == set(Phase)
-    assert set(HEALTH) == set(Phase)
-    assert {kind: key for kind, (key, _) in ACTIONS.items()} == dict(ANNOTATION_OF)
+class EngineRuns:
+    """The engine states, and health, discovery and kstatus of each, in one run per tool."""
+
+    def __init__(self) -> None:
+        self.worlds: dict[str, World] = {}
+        for state, (build, phase, _, _) in STATES.items():
+            w = build()
+            assert w.status.phase == phase, w.status.message
+            self.worlds[state] = w
+        objs = [from_world(w) for w in self.worlds.values()]
+        out = argocd_lua([job("health", HEALTH_LUA, o) for o in objs]
+                         + [job("discovery", DISCOVERY_LUA, o) for o in objs])
+        self.health = dict(zip(STATES, out[: len(objs)], strict=True))
+        self.discovery = dict(zip(STATES, out[len(objs) :], strict=True))
+        self.kstatus = dict(zip(STATES, go_tools.kstatus(objs), strict=True))
 
 
-@pytest.fixture(params=list(STATES), scope="module")
-def state(request: pytest.FixtureRequest) -> tuple[World, Phase, set[str]]:
-    build, phase, actions = STATES[request.param]
-    w = build()
-    assert w.status.phase == phase, w.status.message
-    return w, phase, actions
+@pytest.fixture(scope="module")
+def engine() -> EngineRuns:
+    return EngineRuns()
 
 
-def test_health_of_each_engine_state(state: tuple[World, Phase, set[str]]) -> None:
-    w, phase, _ = state
-    obj = from_world(w)
-    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
-    hs = health(obj)
-    assert hs == {"status": HEALTH[phase], "message": w.status.message}
+def test_states_cover_every_phase() -> None:
+    assert {phase for _, phase, _, _ in STATES.values()} == set(Phase)
 
 
-def test_discovery_offers_what_the_engine_acts_on(state: tuple[World, Phase, set[str]]) -> None:
-    w, _, expected = state
-    got = offered(from_world(w))
-    assert got == expected
+@pytest.mark.parametrize("state", list(STATES))
+def test_health_of_each_engine_state(state: str, engine: EngineRuns) -> None:
+    result, expected = engine.health[state], STATES[state][2]
+    assert "error" not in result, result["error"]
+    assert result["health"]["status"] == expected, result
+    assert result["health"].get("message")
+    ks = engine.kstatus[state]
+    assert ks["status"] == KSTATUS_OF_HEALTH[expected], (result, ks)
+
+
+@pytest.mark.parametrize("state", list(STATES))
+def test_discovery_offers_what_the_engine_acts_on(state: str, engine: EngineRuns) -> None:
+    w = engine.worlds[state]
+    got = {a["name"] for a in engine.discovery[state]["actions"]}
+    assert got == STATES[state][3]
     acting = {kind for kind in get_args(ActionKind) if engine_acts_on(w, kind)}
     assert got == acting, f"Argo CD offers {sorted(got)}, the engine acts on {sorted(acting)}"
 
 
-def test_discovered_actions_are_displayable() -> None:
-    w = _awaiting_approval()
-    actions = run_lua(lua_file("discovery.lua"), from_world(w))
-    for name, entry in actions.items():
-        assert entry["displayName"] and entry["iconClass"].startswith("fa "), name
-
-
-# --------------------------------------------------------------------------------------
-# Health edge cases (hand-built statuses)
-# --------------------------------------------------------------------------------------
-
-
-def _status(phase: Phase, message: str = "m", ready: bool | None = None,
-            observed: int = 1) -> ModelReleaseStatus:
-    conditions = []
-    if ready is not None:
-        conditions.append(Condition(type="Ready",
-                                    status=ConditionStatus.TRUE if ready else ConditionStatus.FALSE,
-                                    reason=phase.value, observed_generation=observed))
-    return ModelReleaseStatus(observed_generation=observed, phase=phase, message=message,
-                              conditions=conditions)
-
-
-@pytest.mark.parametrize("phase", list(Phase), ids=[p.value for p in Phase])
-def test_every_phase_maps_to_its_health(phase: Phase) -> None:
-    hs = health(manifest(_status(phase, "what happens", ready=phase == Phase.PROMOTED)))
-    assert hs == {"status": HEALTH[phase], "message": "what happens"}
-
-
-@pytest.mark.parametrize("phase", list(Phase), ids=[p.value for p in Phase])
-def test_a_spec_the_operator_has_not_seen_is_progressing(phase: Phase) -> None:
-    obj = manifest(_status(phase, ready=phase == Phase.PROMOTED, observed=4), generation=5)
-    hs = health(obj)
-    assert hs["status"] == "Progressing"
-    assert hs["message"] == (
-        "Waiting for the Rewind operator to act on generation 5 (last acted on 4)"
-    )
-
-
-def test_no_status_yet_is_progressing() -> None:
-    assert health(manifest(None))["status"] == "Progressing"
-
-
-def test_promoted_without_ready_true_is_not_healthy() -> None:
-    for ready in (False, None):
-        hs = health(manifest(_status(Phase.PROMOTED, "r1 promoted", ready=ready)))
-        assert hs["status"] == "Progressing", ready
-        assert hs["message"].endswith("r1 promoted")
-
-
-def test_empty_message_falls_back_to_the_phase() -> None:
-    assert health(manifest(_status(Phase.FAILED, "")))["message"] == "Failed"
-
-
-def test_unknown_phase_is_unknown() -> None:
-    obj = manifest(_status(Phase.PROGRESSING, "x"))
-    obj["status"]["phase"] = "Hibernating"
-    assert health(obj) == {"status": "Unknown", "message": "Unknown phase Hibernating: x"}
-
-
-# --------------------------------------------------------------------------------------
-# Actions
-# --------------------------------------------------------------------------------------
-
-
-def _pruned(value: Any) -> Any:
-    """Without empty lists and maps: Lua has one empty table for both."""
-    if isinstance(value, dict):
-        out = {k: _pruned(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v not in ({}, [])}
-    if isinstance(value, list):
-        return [_pruned(v) for v in value]
-    return value
-
-
-@pytest.mark.parametrize("name", list(ACTIONS))
-def test_action_sets_its_annotation_and_nothing_else(name: str) -> None:
-    key, value = ACTIONS[name]
-    before = from_world(_awaiting_approval())
-    before["metadata"]["annotations"] = {"team": "risk"}
-    after = act(name, copy.deepcopy(before))
-    assert after["metadata"]["annotations"] == {"team": "risk", key: value}
-    after["metadata"]["annotations"] = before["metadata"]["annotations"]
-    assert _pruned(after) == _pruned(before)
-
-
-@pytest.mark.parametrize("name", list(ACTIONS))
-def test_action_creates_the_annotations_map(name: str) -> None:
-    key, value = ACTIONS[name]
-    obj = manifest(_status(Phase.PAUSED))
-    assert "annotations" not in obj["metadata"] or not obj["metadata"]["annotations"]
-    obj["metadata"].pop("annotations", None)
-    assert act(name, obj)["metadata"]["annotations"] == {key: value}
+def test_engine_states_agree_with_kstatus_through_the_shared_helper(engine: EngineRuns) -> None:
+    """go_tools.disagreements is what other tests feed engine-made statuses to."""
+    objs = [from_world(w) for w in engine.worlds.values()]
+    assert go_tools.disagreements(objs) == []
 
 
 # --------------------------------------------------------------------------------------
@@ -398,9 +417,11 @@ def test_argocd_cm_snippet_embeds_the_lua_files() -> None:
     actions = yaml.safe_load(data["resource.customizations.actions.rewind.dev_ModelRelease"])
     assert actions["discovery.lua"] == lua_file("discovery.lua")
     definitions = {d["name"]: d["action.lua"] for d in actions["definitions"]}
-    assert set(definitions) == set(ACTIONS)
+    assert set(definitions) == set(ANNOTATIONS)
     for name, script in definitions.items():
         assert script == lua_file(f"actions/{name}.lua"), name
+    # Argo CD's default: no useOpenLibs, so the scripts run without string and math.
+    assert not any("useOpenLibs" in key for key in data)
 
 
 def test_argocd_cm_snippet_is_what_the_generator_writes() -> None:

@@ -1,5 +1,6 @@
 -- Argo CD resource actions for rewind.dev/ModelRelease: only those the operator would act
 -- on in the current phase (it ignores the others, with an ActionIgnored event).
+-- Runs without the string and math libraries, like every Argo CD customization script.
 local actions = {}
 local status = obj.status or {}
 local phase = status.phase or ""
@@ -11,9 +12,10 @@ if phase == "AwaitingApproval" and status.pendingDecision ~= nil then
   actions["reject-rollback"] = {["displayName"] = "Reject rollback (resume)", ["iconClass"] = "fa fa-fw fa-times"}
 end
 
--- Break glass: while a candidate is in flight, or after a promotion when an earlier
--- known-good revision exists to go back to.
+-- Break glass: while a candidate is in flight (Promoting: traffic is moving to 100 % of it),
+-- or after a promotion when an earlier known-good revision exists to go back to.
 local in_flight = phase == "Progressing" or phase == "Paused" or phase == "AwaitingApproval"
+  or phase == "Promoting"
 local previous_good = false
 if phase == "Promoted" and status.history ~= nil then
   for _, entry in ipairs(status.history) do

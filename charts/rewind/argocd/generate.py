@@ -3,7 +3,9 @@
     python charts/rewind/argocd/generate.py           # rewrite argocd-cm.yaml
     python charts/rewind/argocd/generate.py --check   # exit 1 if it is stale
 
-tests/unit/test_argocd_lua.py runs the Lua and fails when argocd-cm.yaml is stale.
+tests/unit/test_argocd_lua.py runs the Lua the way Argo CD does (hack/tools/argocd-lua:
+gopher-lua with only the base, table, package and a safe os library, so no string and no
+math), checks the health against kstatus, and fails when argocd-cm.yaml is stale.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ HEADER = """\
 # Merge into Argo CD's argocd-cm ConfigMap:
 #   kubectl -n argocd patch configmap argocd-cm --type merge --patch-file argocd-cm.yaml
 # (with the argo-cd Helm chart, put the two data keys under configs.cm instead).
+#
+# Health: Progressing until the operator has acted on the current generation, Degraded when
+# Stalled=True (or after a rollback or a failure), Suspended at a manual gate or while a
+# rollback awaits approval, Progressing while Reconciling=True, Healthy when Ready=True,
+# Progressing otherwise. kstatus agrees (Current, InProgress, Failed). The scripts need no
+# resource.customizations.useOpenLibs: they run with Argo CD's default libraries (no string,
+# no math).
 #
 # ignoreDifferences: none needed. The operator creates and owns the VirtualService,
 # DestinationRule, Deployments and Services of a release (ownerReferences); they are not in
