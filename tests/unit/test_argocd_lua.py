@@ -28,7 +28,7 @@ from rewind.api import (
     ObjectMeta,
     Phase,
 )
-from rewind.engine import ANNOTATION_OF, ActionKind, EmitEvent
+from rewind.engine import ANNOTATION_OF, ActionKind, EmitEvent, SetRoutes
 from tests import go_tools
 from tests.argocd_objects import CASES, PHASES, Case, manifest, operator_status
 from tests.go_tools import (
@@ -331,6 +331,60 @@ def _failed_first_release() -> World:
     return w
 
 
+def _promoting() -> World:
+    """The last step passed; 100% is written but not read back yet."""
+    w = promoted_world()
+    w.release(make_spec("2.0.0"))
+    w.follow_route_writes = False
+    w.run_until(lambda x: x.status.phase == Phase.PROMOTING)
+    return w
+
+
+def _routes_refused() -> World:
+    """A mesh admission webhook refuses the VirtualService write of the first step."""
+    w = promoted_world()
+    w.refuse_routes = "VirtualService risk/fraud was refused: denied by mesh policy"
+    w.release(make_spec("2.0.0"))
+    w.run(30)
+    return w
+
+
+def _routes_pending() -> World:
+    """The first step's routes are written but not read back yet."""
+    w = promoted_world()
+    w.follow_route_writes = False
+    w.release(make_spec("2.0.0"))
+    w.run_until(lambda x: x.status.current_step == 1)
+    return w
+
+
+def _promoted_stable_down() -> World:
+    """The promoted revision lost every pod (nodes cordoned, pods deleted)."""
+    w = promoted_world()
+    w.broken.add(1)
+    w.step(5)
+    return w
+
+
+def _promoted_routes_edited() -> World:
+    """Someone edited the VirtualService; the restoring write is not read back yet."""
+    w = promoted_world(releases=2)
+    w.follow_route_writes = False
+    w.routes = SetRoutes({1: 100}, None, 0)
+    w.step(5)
+    return w
+
+
+def _post_promotion_watch() -> World:
+    w = promoted_world(make_policy(
+        {"canary": {"steps": [{"weight": 50, "pause": {"duration": "1m"}}],
+                    "postPromotionDuration": "5m"}}
+    ))
+    w.release(make_spec("2.0.0"))
+    at_step(w, 2)
+    return w
+
+
 #: state -> (builder, its phase, the Argo CD health, the actions Argo CD offers there)
 STATES: dict[str, tuple[Callable[[], World], Phase, str, set[str]]] = {
     # No usable policy: the operator says Stalled (PolicyError), so Argo CD says Degraded.
@@ -348,6 +402,14 @@ STATES: dict[str, tuple[Callable[[], World], Phase, str, set[str]]] = {
     "promoted-with-previous": (lambda: promoted_world(releases=2), Phase.PROMOTED, "Healthy",
                                {"rollback"}),
     "rolling-back": (_rolling_back, Phase.ROLLING_BACK, "Progressing", set()),
+    "promoting": (_promoting, Phase.PROMOTING, "Progressing", {"rollback"}),
+    "canary-routes-refused": (_routes_refused, Phase.PROGRESSING, "Degraded", {"rollback"}),
+    "canary-routes-pending": (_routes_pending, Phase.PROGRESSING, "Progressing", {"rollback"}),
+    "post-promotion-watch": (_post_promotion_watch, Phase.PROGRESSING, "Progressing",
+                             {"rollback"}),
+    "promoted-stable-down": (_promoted_stable_down, Phase.PROMOTED, "Degraded", set()),
+    "promoted-routes-edited": (_promoted_routes_edited, Phase.PROMOTED, "Progressing",
+                               {"rollback"}),
     "rolled-back": (_rolled_back, Phase.ROLLED_BACK, "Degraded", {"retry"}),
     "failed-first-release": (_failed_first_release, Phase.FAILED, "Degraded", {"retry"}),
 }

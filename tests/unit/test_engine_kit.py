@@ -261,13 +261,16 @@ class World:
         out = {}
         for rev, d in self.deployments.items():
             available = d.replicas > 0 and rev not in self.broken and self.now >= d.ready_at
+            name = f"{NAMESPACE}/{NAME}-r{rev}"
             if available and rev in self.degraded:
                 out[rev] = RevisionState(
                     rev, available=False, replicas=d.replicas, exists=True,
-                    min_available=True, ready_replicas=max(1, d.replicas - 1),
+                    min_available=True, ready_replicas=max(1, d.replicas - 1), name=name,
                 )
                 continue
-            out[rev] = RevisionState(rev, available=available, replicas=d.replicas, exists=True)
+            out[rev] = RevisionState(
+                rev, available=available, replicas=d.replicas, exists=True, name=name
+            )
         return out
 
     def observe_routes(self) -> RouteObservation:
@@ -411,10 +414,9 @@ class World:
             if action != self.routes or self.route_problems:
                 self._wrote_routes = True
             self.routes = action
-            # A write restores what the router found amiss (drift, outdated options).
-            self.route_problems = tuple(
-                p for p in self.route_problems if p.kind not in ("Drift", "NotAccepted")
-            )
+            # A write restores an edit outside Rewind; a gateway that does not accept the
+            # route (NotAccepted) or a conflicting route stays until the test lifts it.
+            self.route_problems = tuple(p for p in self.route_problems if p.kind != "Drift")
         elif isinstance(action, RemoveAnnotation):
             if not self.lose_removals:
                 self.annotations.pop(action.key, None)
