@@ -387,6 +387,35 @@ INVALID: list[Case] = [
         "at least 1s",
     ),
     Case(
+        "metric-timeout-over-interval",
+        FRAUD_RP,
+        (("spec.analysis.interval", "10s"), (f"{M0}.timeout", "30s")),
+        "spec.analysis.metrics",
+        "must be at most analysis.interval",
+    ),
+    Case(
+        # No interval: the default (30s) applies, at admission as in the models.
+        "metric-timeout-over-default-interval",
+        FRAUD_RP,
+        (("spec.analysis.interval", DELETE), ("spec.analysis.metrics[1].timeout", "45s")),
+        "spec.analysis.metrics",
+        "must be at most analysis.interval",
+    ),
+    Case(
+        "metric-timeout-zero",
+        FRAUD_RP,
+        ((f"{M0}.timeout", "0s"),),
+        f"{M0}.timeout",
+        "more than 0s",
+    ),
+    Case(
+        "metric-timeout-not-a-duration",
+        FRAUD_RP,
+        ((f"{M0}.timeout", "20"),),
+        f"{M0}.timeout",
+        "should match",
+    ),
+    Case(
         "min-greater-than-max",
         FRAUD_RP,
         ((f"{M0}.thresholds", {"min": 0.5, "max": 0.1}),),
@@ -540,6 +569,17 @@ VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] =
     ("threshold-min-only", FRAUD_RP, ((f"{M0}.thresholds", {"min": 0.9}),)),
     ("threshold-min-equals-max", FRAUD_RP, ((f"{M0}.thresholds", {"min": 1, "max": 1}),)),
     ("single-step-to-100", FRAUD_RP, ((STEPS, [{"weight": 100}]),)),
+    (
+        "metric-timeout-equal-to-interval",
+        FRAUD_RP,
+        (("spec.analysis.interval", "20s"), (f"{M0}.timeout", "20s")),
+    ),
+    ("metric-timeout-in-ms", FRAUD_RP, ((f"{M0}.timeout", "1500ms"),)),
+    (
+        "metric-timeout-within-default-interval",
+        FRAUD_RP,
+        (("spec.analysis.interval", DELETE), (f"{M0}.timeout", "30s")),
+    ),
     ("template-with-spaces", FRAUD_RP, ((f"{M0}.query", 'up{pod=~"{{ candidateWorkload }}-.*"}'),)),
     ("no-metrics", FRAUD_RP, (("spec.analysis.metrics", []),)),
     (

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -110,6 +111,7 @@ __all__ = [
     "Phase",
     "PolicyRef",
     "Quantity",
+    "QueryErrorKind",
     "QueryErrorPolicy",
     "ResourceRequirements",
     "RetrySpec",
@@ -138,6 +140,7 @@ __all__ = [
     "Weights",
     "append_bounded",
     "clip",
+    "format_value",
     "image_digest",
     "parse_duration",
     "query_variables",
@@ -230,6 +233,16 @@ def image_digest(image: str) -> str | None:
 def workload_name(release: str, revision: int) -> str:
     """Name of the Deployment/Service of one revision (``<release>-r<N>``)."""
     return f"{release}-r{revision}"
+
+
+def format_value(value: float) -> str:
+    """A metric value as status and Events show it: 4 significant digits (``0.1235``,
+    ``1.235e+08``), and ``+Inf``, ``-Inf``, ``NaN`` spelled as Prometheus spells them."""
+    if value != value:  # NaN
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    return f"{value:.4g}"
 
 
 ELLIPSIS = "\u2026"
@@ -379,6 +392,21 @@ class QueryErrorPolicy(StrEnum):
 
     INCONCLUSIVE = "Inconclusive"
     FAIL = "Fail"
+
+
+class QueryErrorKind(StrEnum):
+    """Why a query gave no answer (``Measurement.errorKind``).
+
+    ``overloaded`` is the operator's own fault, never the model's: every analysis thread was
+    busy for longer than the query's timeout, so the query was never sent. It is always
+    Inconclusive, whatever ``queryError`` says.
+    """
+
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    BAD_QUERY = "bad_query"
+    BAD_RESULT = "bad_result"
+    OVERLOADED = "overloaded"
 
 
 class RollbackMode(StrEnum):
@@ -1204,10 +1232,48 @@ class MetricSpec(SpecModel):
     thresholds: Thresholds = Field(
         description="Pass range: min and/or max (inclusive), min <= max."
     )
+    timeout: Duration | None = Field(
+        default=None,
+        description="How long this metric's query may run, e.g. 20s for a long PromQL range "
+        "on Thanos; sent to Prometheus as its query timeout too. At most analysis.interval. "
+        "Default: the operator's --prometheus-timeout (10s unless set otherwise).",
+        json_schema_extra=_validations(
+            _cel(
+                "!self.matches('" + DURATION_PATTERN + "') || duration(self) > duration('0s')",
+                "metrics[].timeout must be more than 0s",
+            )
+        ),
+    )
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, v: str | None) -> str | None:
+        if v is not None and parse_duration(v) <= 0:
+            raise ValueError("metrics[].timeout must be more than 0s")
+        return v
+
+
+#: CEL: every metric's timeout fits in one analysis interval (the default interval when unset).
+_TIMEOUTS_WITHIN_INTERVAL = (
+    "!has(self.metrics) || self.metrics.all(m, !has(m.timeout) "
+    "|| !m.timeout.matches('" + DURATION_PATTERN + "') "
+    "|| (has(self.interval) && !self.interval.matches('" + DURATION_PATTERN + "')) "
+    "|| duration(m.timeout) <= duration(has(self.interval) ? self.interval : '30s'))"
+)
+_TIMEOUT_MESSAGE = (
+    "metrics[].timeout must be at most analysis.interval: a query may not outlast its "
+    "analysis round; lower the metric's timeout or lengthen analysis.interval"
+)
 
 
 class AnalysisSpec(SpecModel):
     """How the candidate is measured while it is being released."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(_TIMEOUTS_WITHIN_INTERVAL, _TIMEOUT_MESSAGE, field_path=".metrics")
+        )
+    )
 
     interval: Duration = Field(
         default="30s",
@@ -1269,6 +1335,17 @@ class AnalysisSpec(SpecModel):
         if dupes:
             raise ValueError(f"duplicate metric names: {', '.join(dupes)}")
         return metrics
+
+    @model_validator(mode="after")
+    def _timeouts_within_interval(self) -> AnalysisSpec:
+        interval = parse_duration(self.interval)
+        for i, m in enumerate(self.metrics):
+            if m.timeout is not None and parse_duration(m.timeout) > interval:
+                raise ValueError(
+                    f"{_TIMEOUT_MESSAGE} (metrics[{i}] {m.name}: timeout {m.timeout}, "
+                    f"interval {self.interval})"
+                )
+        return self
 
 
 class ApprovalSpec(SpecModel):
@@ -1417,7 +1494,17 @@ class Measurement(StatusModel):
     """One metric query result and its verdict."""
 
     metric: str = Field(default="", description="Metric name from the policy.")
-    value: float | None = Field(default=None, description="Query result; null when no data.")
+    value: float | None = Field(
+        default=None,
+        description="Query result when it is a finite number; null for no data, a query error "
+        "or an infinite result (JSON has no infinity: see valueText).",
+    )
+    value_text: ShortText = Field(
+        default="",
+        description="The query result as shown: 4 significant digits (0.1235), or +Inf / -Inf "
+        "(e.g. a ratio whose stable denominator is 0; judged against the thresholds like any "
+        "number). Empty for no data or a query error.",
+    )
     min: float | None = Field(default=None, description="Lower threshold in effect.")
     max: float | None = Field(default=None, description="Upper threshold in effect.")
     verdict: Verdict = Field(
@@ -1426,6 +1513,31 @@ class Measurement(StatusModel):
     at: datetime | None = Field(default=None, description="When the query ran (RFC 3339).")
     revision: int = Field(default=0, description="Revision that was measured.")
     message: StatusText = Field(default="", description="Why: no data, query error, out of range.")
+    error_kind: ShortText = Field(
+        default="",
+        description="Why the query gave no answer: unreachable, timeout, bad_query, bad_result, "
+        "or overloaded (the operator had no free analysis thread within the query's timeout: "
+        "the operator's fault, not the model's, so always Inconclusive). Empty when the query "
+        "answered (a value or no data).",
+    )
+
+    @model_validator(mode="after")
+    def _finite_value(self) -> Measurement:
+        """Keep ``value`` JSON- and schema-safe: an infinite value moves to ``valueText``
+        (NaN is no data); a finite one gets its ``valueText`` when it has none."""
+        if self.value is not None and not math.isfinite(self.value):
+            self.value_text = "" if math.isnan(self.value) else format_value(self.value)
+            self.value = None
+        elif self.value is not None and not self.value_text:
+            self.value_text = format_value(self.value)
+        return self
+
+    @property
+    def shown(self) -> str:
+        """The result for humans: valueText, else the value, else ``no data``."""
+        if self.value_text:
+            return self.value_text
+        return "no data" if self.value is None else format_value(self.value)
 
 
 class AnalysisStatus(StatusModel):

@@ -721,4 +721,4 @@ def measurement_summary(measurements: Sequence[Measurement] | None) -> str:
     """For the log line of a reconcile."""
     if not measurements:
         return ""
-    return ", ".join(f"{m.metric}={m.value} {m.verdict}" for m in measurements)
+    return ", ".join(f"{m.metric}={m.shown} {m.verdict}" for m in measurements)

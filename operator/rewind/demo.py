@@ -721,6 +721,13 @@ def _num(value: Any) -> str:
     return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
 
 
+def _shown(m: Mapping[str, Any]) -> str:
+    """A stored measurement's value: +Inf/-Inf are kept in valueText (value is null)."""
+    if m.get("value") is None and m.get("valueText"):
+        return str(m["valueText"])
+    return _num(m.get("value"))
+
+
 def _bound(m: Mapping[str, Any]) -> str:
     parts = [f"{k} {_num(m[k])}" for k in ("min", "max") if m.get(k) is not None]
     return ", ".join(parts)
@@ -753,7 +760,7 @@ def progress_line(name: str, body: Mapping[str, Any] | None, elapsed: float,
     stage = str(st.get("message") or "").split(";")[0]
     round_ = latest_round(st)
     last = ", ".join(
-        f"{m.get('metric')} {_num(m.get('value'))} ({_bound(m)}) {m.get('verdict')}"
+        f"{m.get('metric')} {_shown(m)} ({_bound(m)}) {m.get('verdict')}"
         for m in round_
     ) or "-"
     parts = [f"[{elapsed:5.0f}s] {name}", f"{phase}: {stage}" if stage else phase, traffic,

@@ -1093,8 +1093,8 @@ def _describe(m: Measurement) -> str:
         bounds = " ".join(
             f"{k} {v:g}" for k, v in (("min", m.min), ("max", m.max)) if v is not None
         )
-        value = "no data" if m.value is None else f"{m.value:g}"
-        what = f"{m.metric} {value} (thresholds {bounds or 'none'})"
+        # valueText: +Inf / -Inf are stored as text (value is null), never "no data".
+        what = f"{m.metric} {m.shown} (thresholds {bounds or 'none'})"
     return f"{what} at {_ts(m.at)}" if m.at is not None else what
 
 

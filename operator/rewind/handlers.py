@@ -35,10 +35,15 @@ from rewind import API_GROUP, API_VERSION
 from rewind.adapters import _kube
 from rewind.adapters.base import MANAGED_BY_LABEL, MANAGED_BY_VALUE, RELEASE_LABEL
 from rewind.adapters.events import EventRecorder
-from rewind.adapters.prometheus import PrometheusProvider
+from rewind.adapters.prometheus import DEFAULT_THREADS, PrometheusProvider
 from rewind.adapters.router import IstioRouter
 from rewind.adapters.workloads import KubeWorkloads
-from rewind.api import MODELRELEASE_PLURAL, ROLLOUTPOLICY_PLURAL, RolloutPolicySpec
+from rewind.api import (
+    MODELRELEASE_PLURAL,
+    ROLLOUTPOLICY_PLURAL,
+    RolloutPolicySpec,
+    parse_duration,
+)
 from rewind.controller import ERROR_REQUEUE, ReleaseController
 from rewind.engine import ANNOTATION_OF
 from rewind.metrics import OperatorMetrics
@@ -76,11 +81,21 @@ class RuntimeConfig:
             pair = f"{self.prometheus_username}:{self.prometheus_password or ''}"
             return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
         return None
+
     metrics_port: int = field(
         default_factory=lambda: int(os.environ.get("REWIND_METRICS_PORT", "0"))
     )
     trust_actor_annotations: bool = field(
         default_factory=lambda: os.environ.get("REWIND_TRUST_ACTOR_ANNOTATIONS", "") == "true"
+    )
+    #: Seconds an analysis query may run when its metric sets no timeout.
+    prometheus_timeout: float = field(
+        default_factory=lambda: parse_duration(os.environ.get("PROMETHEUS_TIMEOUT", "10s"))
+    )
+    #: Analysis queries in flight at once (the Prometheus provider's own threads).
+    analysis_threads: int = field(
+        default_factory=lambda: int(os.environ.get("REWIND_ANALYSIS_THREADS",
+                                                   str(DEFAULT_THREADS)))
     )
     worker_threads: int = 32
     #: Kopf peering (HA): the peering object's name, None when standalone.
@@ -92,6 +107,12 @@ class RuntimeConfig:
     identity: str = ""
     #: Watched namespaces; None for all (then the peering object is cluster-wide).
     namespaces: list[str] | None = None
+
+    def prometheus_provider(self) -> PrometheusProvider:
+        """The analysis queries' provider: URL, credentials, timeout and threads."""
+        return PrometheusProvider(self.prometheus_url, headers=self.prometheus_headers(),
+                                  default_timeout=self.prometheus_timeout,
+                                  max_concurrent=self.analysis_threads)
 
 
 class ReleaseLoops:
@@ -250,14 +271,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         ThreadPoolExecutor(max_workers=runtime.worker_threads, thread_name_prefix="rewind-io")
     )
     api_client = _api_client(runtime.worker_threads)
-    headers = runtime.prometheus_headers()
     operator_metrics = OperatorMetrics()
     memo.api_client = api_client
     memo.controller = ReleaseController(
         api_client,
         router=IstioRouter(api_client),
         workloads=KubeWorkloads(api_client),
-        metrics=PrometheusProvider(runtime.prometheus_url, headers=headers),
+        metrics=runtime.prometheus_provider(),
         notifier=EventRecorder(api_client),
         operator_metrics=operator_metrics,
         trust_actor_annotations=runtime.trust_actor_annotations,
@@ -283,7 +303,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if runtime.metrics_port:
         start_http_server(runtime.metrics_port, registry=operator_metrics.registry)
         log.info("operator metrics on :%d/metrics", runtime.metrics_port)
-    log.info("analysis queries go to %s", runtime.prometheus_url)
+    log.info("analysis queries go to %s (timeout %gs unless a metric sets one, %d threads)",
+             runtime.prometheus_url, runtime.prometheus_timeout, runtime.analysis_threads)
 
 
 def _has_action(annotations: Mapping[str, str]) -> bool:

@@ -15,7 +15,31 @@ import sys
 import kopf
 
 import rewind.handlers  # noqa: F401 - registers the handlers with Kopf
+from rewind.adapters.prometheus import DEFAULT_THREADS
+from rewind.api import parse_duration
 from rewind.handlers import RuntimeConfig
+
+
+def _timeout(text: str) -> float:
+    """A positive duration (``10s``, ``1m30s``, ``500ms``) in seconds, for argparse."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0s")
+    return seconds
+
+
+def _threads(text: str) -> int:
+    """A thread count from 1 to 1024, for argparse."""
+    try:
+        count = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from err
+    if not 1 <= count <= 1024:
+        raise argparse.ArgumentTypeError(f"{count} is not between 1 and 1024")
+    return count
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,6 +54,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="watch every namespace (the default)")
     parser.add_argument("--prometheus-url", default=os.environ.get("PROMETHEUS_URL"),
                         help="Prometheus base URL for analysis (env PROMETHEUS_URL)")
+    parser.add_argument("--prometheus-timeout", type=_timeout, metavar="DURATION",
+                        default=os.environ.get("PROMETHEUS_TIMEOUT", "10s"),
+                        help="how long an analysis query may run when its metric sets no "
+                        "timeout, e.g. 30s for Thanos; also Prometheus' own query timeout "
+                        "(env PROMETHEUS_TIMEOUT, default 10s)")
+    parser.add_argument("--analysis-threads", type=_threads, metavar="N",
+                        default=os.environ.get("REWIND_ANALYSIS_THREADS", str(DEFAULT_THREADS)),
+                        help="analysis queries in flight at once. A query that finds no free "
+                        "thread within its timeout is Inconclusive (overloaded), never a "
+                        f"failure (env REWIND_ANALYSIS_THREADS, default {DEFAULT_THREADS})")
     parser.add_argument("--metrics-port", type=int,
                         default=int(os.environ.get("REWIND_METRICS_PORT", "9090")),
                         help="port of the operator's own /metrics (0 = off)")
@@ -81,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                             trust_actor_annotations=args.trust_actor_annotations,
                             peering_name=args.peering, peering_priority=args.priority,
                             peering_lifetime=args.peering_lifetime, identity=identity,
-                            namespaces=args.namespace or None)
+                            namespaces=args.namespace or None,
+                            prometheus_timeout=args.prometheus_timeout,
+                            analysis_threads=args.analysis_threads)
     if args.prometheus_url:
         runtime.prometheus_url = args.prometheus_url
     kopf.run(

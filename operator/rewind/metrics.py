@@ -14,7 +14,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from rewind.api import Measurement, ModelReleaseStatus, Phase, TimelineEntry, TimelineType
+from rewind.api import (
+    Measurement,
+    ModelReleaseStatus,
+    Phase,
+    QueryErrorKind,
+    TimelineEntry,
+    TimelineType,
+)
 
 #: Timeline entries that decide a rollback, and the `reason` label it counts under.
 ROLLBACK_TRIGGERS: Mapping[str, str] = {
@@ -70,6 +77,15 @@ class OperatorMetrics:
             [*labels, "metric", "verdict"],
             registry=self.registry,
         )
+        self.overloaded = Counter(
+            "rewind_analysis_overloaded_total",
+            "Analysis queries never sent because every query thread stayed busy for the "
+            "query's timeout (measurement Inconclusive, errorKind overloaded): the operator, "
+            "not the model, is the bottleneck. Raise --analysis-threads, lengthen intervals, "
+            "use fewer metrics or shard releases across operators by namespace.",
+            labels,
+            registry=self.registry,
+        )
         self.weight = Gauge(
             "rewind_release_candidate_weight",
             "Percent of user traffic on the candidate revision.",
@@ -117,6 +133,8 @@ class OperatorMetrics:
         ids = {"namespace": namespace, "release": release}
         for m in measurements or ():
             self._child(self.measurements, ids, metric=m.metric, verdict=m.verdict.value).inc()
+            if m.error_kind == QueryErrorKind.OVERLOADED.value:
+                self._child(self.overloaded, ids).inc()
         self._child(self.weight, ids).set(new.weights.candidate)
         self._child(self.mirror, ids).set(new.mirror_percent)
         for phase in Phase:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -97,6 +98,16 @@ def _full_status() -> api.ModelReleaseStatus:
         revision=3,
         message="error-rate 0.12 > max 0.05",
     )
+    # An infinite ratio (stored as valueText) and a round the operator was too busy to run.
+    infinite = api.Measurement(
+        metric="error-ratio", value=math.inf, max=2.0, verdict=api.Verdict.FAIL, at=at,
+        revision=3, message="error-ratio +Inf > max 2",
+    )
+    overloaded = api.Measurement(
+        metric="latency", verdict=api.Verdict.INCONCLUSIVE, at=at, revision=3,
+        error_kind=api.QueryErrorKind.OVERLOADED.value,
+        message="latency: query error (overloaded): every analysis thread was busy",
+    )
     return api.ModelReleaseStatus(
         observed_generation=1,
         phase=api.Phase.AWAITING_APPROVAL,
@@ -110,7 +121,8 @@ def _full_status() -> api.ModelReleaseStatus:
         current_step=1,
         step_started_at=at,
         analysis=api.AnalysisStatus(
-            last_run_at=at, failures=1, consecutive_failures=1, inconclusive=2, measurements=[fail]
+            last_run_at=at, failures=1, consecutive_failures=1, inconclusive=2,
+            measurements=[fail, infinite, overloaded],
         ),
         pending_decision=api.PendingDecision(
             reason="error-rate 0.12 > max 0.05",

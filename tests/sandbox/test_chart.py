@@ -99,6 +99,8 @@ def test_helm_lint_passes(sandbox: Sandbox, values: str) -> None:
         ("logFormat=xml", "at '/logFormat'"),
         ("logLevel=trace", "at '/logLevel'"),
         ("prometheus.url=prometheus:9090", "at '/prometheus/url'"),
+        ("prometheus.timeout=10", "at '/prometheus/timeout'"),
+        ("analysis.threads=0", "at '/analysis/threads'"),
         ("image.digest=sha256:abc", "at '/image/digest'"),
         ("watchNamespaces={Bad_Namespace}", "at '/watchNamespaces/0'"),
         ("replicas=2", "replicas > 1 needs peering.enabled=true"),
@@ -209,8 +211,8 @@ def test_operator_arguments_follow_the_values(sandbox: Sandbox, kubectl: Kubectl
         "--namespace=rewind-demo", "--namespace=rewind-system"]
     assert "--all-namespaces" not in args
     assert {"--log-format=json", "--verbose", "--metrics-port=9200",
-            "--peering=rewind-ci", "--priority=$(POD_INDEX)", "--peering-lifetime=20"
-            } <= set(args)
+            "--peering=rewind-ci", "--priority=$(POD_INDEX)", "--peering-lifetime=20",
+            "--prometheus-timeout=25s", "--analysis-threads=48"} <= set(args)
     assert [d["kind"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")] == [
         "StatefulSet"]
 
@@ -223,6 +225,7 @@ def test_operator_arguments_follow_the_values(sandbox: Sandbox, kubectl: Kubectl
         pytest.param(["watchNamespaces={a,b}", "logFormat=json", "logLevel=debug"],
                      id="namespaces"),
         pytest.param(["peering.enabled=true", "replicas=2"], id="peering"),
+        pytest.param(["prometheus.timeout=1m30s", "analysis.threads=64"], id="analysis"),
     ],
 )
 def test_rewind_operator_accepts_the_arguments(
@@ -238,6 +241,9 @@ def test_rewind_operator_accepts_the_arguments(
     assert parsed.liveness == "http://0.0.0.0:8080/healthz"
     assert parsed.metrics_port == 9102
     assert parsed.prometheus_url == "http://prometheus-operated.monitoring.svc:9090"
+    tuned = "analysis.threads=64" in values
+    assert (parsed.prometheus_timeout, parsed.analysis_threads) == (
+        (90.0, 64) if tuned else (10.0, 16))
 
 
 @sandbox_test

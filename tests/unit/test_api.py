@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 from typing import Any
 
@@ -36,6 +37,8 @@ CUSTOM_REASONS = {
     "strictly increasing",
     "exactly one of pause.duration",
     "at least 1s",
+    "must be at most analysis.interval",
+    "more than 0s",
     "less than or equal to thresholds.max",
     "at least one of thresholds.min",
     "unknown template variable",
@@ -179,6 +182,32 @@ def test_status_parses_empty_and_ignores_unknown() -> None:
     assert status.pending_decision.action is api.DecisionAction.ROLLBACK
     assert status.analysis.measurements[0].verdict is api.Verdict.INCONCLUSIVE
     assert api.RolloutPolicyStatus.model_validate({}).strategy is None
+
+
+@pytest.mark.parametrize(("value", "text"), [(math.inf, "+Inf"), (-math.inf, "-Inf")])
+def test_an_infinite_measurement_is_stored_as_text_the_schema_and_json_accept(
+    value: float, text: str
+) -> None:
+    """JSON has no infinity and the CRD's `value` is a number: the value moves to valueText."""
+    m = api.Measurement(metric="error-ratio", value=value, max=2.0, verdict=api.Verdict.FAIL)
+    assert (m.value, m.value_text, m.shown) == (None, text, text)
+    status = api.ModelReleaseStatus(analysis=api.AnalysisStatus(measurements=[m]))
+    doc = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    stored = json.loads(json.dumps(doc, allow_nan=False))  # what the API server gets
+    assert stored["analysis"]["measurements"][0] == {
+        "metric": "error-ratio", "valueText": text, "max": 2.0, "verdict": "Fail",
+        "revision": 0, "message": "", "errorKind": "",
+    }
+    again = api.ModelReleaseStatus.model_validate(stored).analysis.measurements[0]
+    assert (again.value, again.shown) == (None, text)
+
+
+def test_measurement_value_text_defaults_to_the_formatted_value_and_nan_is_no_data() -> None:
+    assert api.Measurement(value=0.123456).value_text == "0.1235"
+    assert api.Measurement(value=0.12, value_text="0.12").shown == "0.12"
+    nan = api.Measurement(value=math.nan)
+    assert (nan.value, nan.value_text, nan.shown) == (None, "", "no data")
+    assert api.Measurement().shown == "no data"
 
 
 def test_clip_cuts_with_an_ellipsis_within_the_limit() -> None:
@@ -521,6 +550,7 @@ def test_status_free_text_is_bounded() -> None:
         "status.pendingDecision.approvals[].user": api.MAX_HUMAN_TEXT,
         "status.pendingDecision.evidence[].message": api.MAX_MESSAGE,
         "status.history[].reason": api.MAX_MESSAGE,
+        "status.routes.message": api.MAX_MESSAGE,
         "status.timeline[].type": api.MAX_SHORT_TEXT,
         "status.timeline[].message": api.MAX_MESSAGE,
         "status.timeline[].user": api.MAX_HUMAN_TEXT,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from datetime import timedelta
 
-from rewind.api import Measurement, Phase, Verdict
+import pytest
+
+from rewind.adapters.prometheus import extract_value, judge
+from rewind.api import Measurement, NoDataPolicy, Phase, Verdict
 from rewind.engine import EnsureRevision, ScaleRevision, SetRoutes, decide
 from tests.unit.test_engine_kit import (
     FAIL,
@@ -153,6 +157,39 @@ def test_inconclusive_never_rolls_back_even_past_the_failure_limit_count() -> No
     w.verdicts = lambda _r, _n: [INCONCLUSIVE, PASS]
     w.run(600)
     assert w.phase() == Phase.PROGRESSING and w.status.analysis.failures == 0
+
+
+@pytest.mark.parametrize("no_data", [NoDataPolicy.INCONCLUSIVE, NoDataPolicy.PASS])
+def test_an_infinite_ratio_from_prometheus_rolls_the_candidate_back(
+    no_data: NoDataPolicy,
+) -> None:
+    """A candidate's error ratio against a flawless stable is +Inf. Once taken for no data,
+    it held the rollout forever (noData: Inconclusive) or passed it (noData: Pass)."""
+    w = canary_at_step_1()
+    assert w.policy is not None
+    analysis = w.policy.analysis.model_copy(update={"no_data": no_data})
+    w.policy = w.policy.model_copy(update={"analysis": analysis})
+    error_rate = analysis.metrics[0]  # max 0.05
+    answer = [{"metric": {}, "value": [1740830400.0, "+Inf"]}]  # Prometheus' data.result
+    w.now += timedelta(seconds=10)
+    m = judge(error_rate, analysis, w.now, w.status.candidate_revision,
+              value=extract_value(answer))
+    d = w.step(measurements=[m])
+    assert w.phase() == Phase.ROLLED_BACK and w.weights() == {1: 100}
+    assert "error-rate +Inf > max 0.05 at " in w.status.history[-1].reason
+    for text in [e.message for e in events(d)] + [w.status.history[-1].reason]:
+        assert "no data" not in text and "None" not in text and "inf " not in text
+    stored = w.status.analysis.measurements[-1]
+    assert (stored.value, stored.value_text, stored.verdict) == (None, "+Inf", Verdict.FAIL)
+
+
+def test_a_measurement_without_a_message_is_described_with_its_infinite_value() -> None:
+    """A status written without messages (an older operator) still shows +Inf, not no data."""
+    w = canary_at_step_1()
+    bare = Measurement(metric="error-rate", value=math.inf, max=0.05, verdict=Verdict.FAIL)
+    w.step(10, measurements=[bare])
+    assert w.phase() == Phase.ROLLED_BACK
+    assert "error-rate +Inf (thresholds max 0.05) at " in w.status.history[-1].reason
 
 
 def test_the_same_round_delivered_twice_is_counted_once() -> None:

@@ -563,8 +563,8 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
         assert s.routes.in_effect, s.routes
     if s.phase == Phase.ROLLED_BACK and inp.status.phase != Phase.ROLLED_BACK:
         assert s.routes.in_effect, s.routes
-    started = s.phase in (Phase.PROGRESSING, Phase.PAUSED) and s.step_started_at is not None
-    if started and s.current_step > 0 and s.stable_revision:
+    running = s.phase in (Phase.PROGRESSING, Phase.PAUSED) and s.step_started_at is not None
+    if running and s.current_step > 0 and s.stable_revision:
         assert s.routes.in_effect or inp.status.step_started_at is not None, s.routes
     # Ordering: snapshots first, then workloads, routes, scale-downs, annotations, events.
     order = [

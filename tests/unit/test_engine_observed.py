@@ -267,7 +267,7 @@ def test_an_option_edited_by_hand_is_reported_once_and_restored() -> None:
     w.route_problems = (RouteProblem("Drift", message),)
     w.step(5)
     assert [e.message for e in w.status.timeline if e.type == "RouteDrift"] == [message]
-    assert w.route_problems == () and ready(w)  # the write restored it, read back
+    assert len(w.route_problems) == 0 and ready(w)  # the write restored it, read back
 
 
 def test_a_conflicting_route_holds_the_release_and_names_it() -> None:

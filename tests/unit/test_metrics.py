@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from rewind.api import ModelReleaseStatus, Phase, TimelineEntry, TimelineType
+from rewind.api import Measurement, ModelReleaseStatus, Phase, TimelineEntry, TimelineType, Verdict
 from rewind.metrics import OperatorMetrics
 
 T0 = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
@@ -50,6 +50,24 @@ def test_a_rollback_counts_once_with_its_trigger_and_times_the_revert() -> None:
     # The same status seen again counts nothing new.
     metrics.observe("ml", "chatbot", after, after, None, applied)
     assert value(metrics, "rewind_rollbacks_total", reason="approved") == 1
+
+
+def test_overloaded_measurements_are_counted_apart_from_other_errors() -> None:
+    metrics = OperatorMetrics()
+    round_ = [
+        Measurement(metric="error-rate", verdict=Verdict.INCONCLUSIVE, error_kind="overloaded"),
+        Measurement(metric="latency", verdict=Verdict.INCONCLUSIVE, error_kind="overloaded"),
+        Measurement(metric="psi", verdict=Verdict.FAIL, error_kind="timeout"),
+        Measurement(metric="ratio", value=float("inf"), verdict=Verdict.FAIL),
+    ]
+    metrics.observe("ml", "chatbot", status(), status(), round_, T0)
+    assert value(metrics, "rewind_analysis_overloaded_total") == 2
+    assert value(metrics, "rewind_analysis_measurements_total", metric="error-rate",
+                 verdict="Inconclusive") == 1
+    metrics.observe("ml", "chatbot", status(), status(), round_[2:], T0)
+    assert value(metrics, "rewind_analysis_overloaded_total") == 2
+    metrics.forget("ml", "chatbot")
+    assert value(metrics, "rewind_analysis_overloaded_total") is None
 
 
 def test_a_timeout_that_resumes_is_not_a_rollback() -> None:

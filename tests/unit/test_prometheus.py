@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
+import math
 import socket
 import threading
 import time
+import typing
 import urllib.parse
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from rewind.adapters.base import MetricQueryError
+from rewind.adapters.base import MetricErrorKind, MetricQueryError
 from rewind.adapters.prometheus import PrometheusProvider, extract_value, judge
-from rewind.api import AnalysisSpec, MetricSpec, Verdict, query_variables
+from rewind.api import AnalysisSpec, MetricSpec, QueryErrorKind, Verdict, query_variables
 
 
 def sync(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -144,11 +147,21 @@ async def test_empty_vector_is_no_data_not_an_error(prom: FakePrometheus) -> Non
     assert await query(prom, Reply(body=vector())) is None
 
 
-@pytest.mark.parametrize("raw", ["NaN", "+Inf", "-Inf"])
 @sync
-async def test_nan_and_inf_are_no_data(prom: FakePrometheus, raw: str) -> None:
+async def test_nan_is_no_data(prom: FakePrometheus) -> None:
     # 0/0 with no traffic is NaN: that is missing data, not a failing canary.
-    assert await query(prom, Reply(body=vector(raw))) is None
+    assert await query(prom, Reply(body=vector("NaN"))) is None
+
+
+@pytest.mark.parametrize(("raw", "value"), [("+Inf", math.inf), ("-Inf", -math.inf)])
+@sync
+async def test_infinities_are_numbers_not_no_data(
+    prom: FakePrometheus, raw: str, value: float
+) -> None:
+    # errors/0 with errors > 0 is +Inf: the worst candidate there is, not a missing value.
+    assert await query(prom, Reply(body=vector(raw))) == value
+    scalar = {"status": "success", "data": {"resultType": "scalar", "result": [1.0, raw]}}
+    assert await query(prom, Reply(body=scalar)) == value
 
 
 @sync
@@ -361,6 +374,49 @@ def test_thresholds(thresholds: dict[str, float], value: float, verdict: str, me
     assert (m.min, m.max) == (thresholds.get("min"), thresholds.get("max"))
 
 
+@pytest.mark.parametrize("no_data", ["Inconclusive", "Fail", "Pass"])
+@pytest.mark.parametrize(
+    ("thresholds", "value", "verdict", "message"),
+    [
+        ({"max": 2}, math.inf, "Fail", "latency +Inf > max 2"),
+        ({"min": 0.5, "max": 2}, math.inf, "Fail", "latency +Inf > max 2"),
+        ({"min": 0.5}, math.inf, "Pass", "latency +Inf >= min 0.5"),
+        ({"min": 0.5}, -math.inf, "Fail", "latency -Inf < min 0.5"),
+        ({"min": 0.5, "max": 2}, -math.inf, "Fail", "latency -Inf < min 0.5"),
+        ({"max": 2}, -math.inf, "Pass", "latency -Inf <= max 2"),
+    ],
+)
+def test_infinities_are_judged_by_the_thresholds_whatever_no_data_says(
+    no_data: str, thresholds: dict[str, float], value: float, verdict: str, message: str
+) -> None:
+    analysis = AnalysisSpec.model_validate({"noData": no_data})
+    m = judge(metric(**thresholds), analysis, NOW, 3, value=value)
+    assert (m.verdict, m.message) == (Verdict(verdict), message)
+    # Stored as the schema allows (value is a JSON number), shown as Prometheus shows it.
+    assert (m.value, m.value_text, m.shown, m.error_kind) == (None, message.split()[1],
+                                                             message.split()[1], "")
+
+
+@pytest.mark.parametrize("no_data", ["Inconclusive", "Fail", "Pass"])
+def test_nan_given_to_judge_is_no_data_never_a_pass(no_data: str) -> None:
+    analysis = AnalysisSpec.model_validate({"noData": no_data})
+    m = judge(metric(max=2), analysis, NOW, 3, value=math.nan)
+    assert m.verdict == Verdict(no_data)
+    assert (m.value, m.shown) == (None, "no data") and "no data" in m.message
+
+
+@pytest.mark.parametrize("no_data", ["Inconclusive", "Fail", "Pass"])
+@sync
+async def test_measure_an_infinite_ratio_fails_its_max(prom: FakePrometheus, no_data: str) -> None:
+    """candidate errors / stable errors with a flawless stable: +Inf, a failure, shown as such
+    (the old provider called it no data: Pass with noData: Pass, a hold forever otherwise)."""
+    prom.replies[RENDERED] = Reply(body=vector("+Inf"))
+    analysis = AnalysisSpec.model_validate({"noData": no_data})
+    m = await PrometheusProvider(prom.url).measure(ERROR_RATE, VARIABLES, analysis, NOW)
+    assert (m.verdict, m.message, m.value_text) == (
+        Verdict.FAIL, "error-rate +Inf > max 0.05", "+Inf")
+
+
 def test_long_error_reasons_are_truncated_for_status() -> None:
     err = MetricQueryError("bad_query", "x" * 5000)
     m = judge(metric(max=1), AnalysisSpec(), NOW, 3, error=err)
@@ -389,19 +445,112 @@ async def test_time_waiting_for_a_thread_does_not_count_against_the_timeout(
     assert list(values) == [1.0, 2.0]
 
 
+async def saturate(provider: PrometheusProvider, prom: FakePrometheus,
+                   delay: float = 1.0) -> list[asyncio.Task[float | None]]:
+    """Occupy every query thread of ``provider`` with a slow query; returns their tasks once
+    each of them is on the wire (the server has seen it)."""
+    prom.replies["hog"] = Reply(body=vector("1"), delay=delay)
+    before = len(prom.seen)
+    hogs = [asyncio.create_task(provider.query("hog", timeout=delay + 2))
+            for _ in range(provider.max_concurrent)]
+    deadline = time.monotonic() + 5
+    while len(prom.seen) < before + provider.max_concurrent:
+        assert time.monotonic() < deadline, "the slow queries never reached the server"
+        await asyncio.sleep(0.01)
+    return hogs
+
+
 @sync
 async def test_a_query_that_never_gets_a_thread_says_the_operator_is_overloaded(
     prom: FakePrometheus,
 ) -> None:
     provider = PrometheusProvider(prom.url, max_concurrent=1)
-    prom.replies["hog"] = Reply(body=vector("1"), delay=1.0)
-    hog = asyncio.create_task(provider.query("hog", timeout=2.0))
-    await asyncio.sleep(0.05)
+    hogs = await saturate(provider, prom)
     with pytest.raises(MetricQueryError) as caught:
         await provider.query("starved", timeout=0.3)
-    assert caught.value.kind == "timeout"
-    assert "overloaded" in str(caught.value)
-    assert await hog == 1.0
+    assert caught.value.kind == "overloaded"
+    assert "all 1 analysis threads were busy" in caught.value.reason
+    assert "starved" not in [q.get("query") for q in prom.seen]  # never sent
+    assert await asyncio.gather(*hogs) == [1.0]
+
+
+@sync
+async def test_overload_is_inconclusive_even_with_query_error_fail_other_errors_still_fail(
+    prom: FakePrometheus,
+) -> None:
+    """The operator's saturation must never roll back a model: queryError: Fail applies to
+    Prometheus' errors, not to a query the operator had no thread to send."""
+    provider = PrometheusProvider(prom.url, max_concurrent=2, default_timeout=0.3)
+    analysis = AnalysisSpec.model_validate({"queryError": "Fail"})
+    prom.replies[RENDERED] = Reply(body=vector("0.01"))  # a healthy candidate
+    hogs = await saturate(provider, prom)
+    m = await provider.measure(ERROR_RATE, VARIABLES, analysis, NOW)
+    assert (m.verdict, m.error_kind, m.value, m.value_text) == (
+        Verdict.INCONCLUSIVE, "overloaded", None, "")
+    assert "overloaded" in m.message and "queryError" in m.message
+    await asyncio.gather(*hogs)
+    # A free thread, and a Prometheus slower than the timeout: that is Prometheus' error.
+    prom.replies[RENDERED] = Reply(body=vector("0.01"), delay=1.0)
+    m = await provider.measure(ERROR_RATE, VARIABLES, analysis, NOW)
+    assert (m.verdict, m.error_kind) == (Verdict.FAIL, "timeout")
+
+
+@sync
+async def test_overload_is_logged_once_per_interval_with_what_to_do(
+    prom: FakePrometheus, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider = PrometheusProvider(prom.url, max_concurrent=1)
+    hogs = await saturate(provider, prom, delay=1.5)
+    with caplog.at_level(logging.WARNING, logger="rewind.adapters.prometheus"):
+        for _ in range(3):
+            with pytest.raises(MetricQueryError):
+                await provider.query("starved", timeout=0.1)
+        provider.overload_log_interval = 0.0  # the interval is over: the next one reports
+        with pytest.raises(MetricQueryError):
+            await provider.query("starved", timeout=0.1)
+    await asyncio.gather(*hogs)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert "1 analysis query not sent" in warnings[0]
+    assert "3 analysis queries not sent" in warnings[1]  # the two held back, and this one
+    for advice in ("--analysis-threads", "analysis.interval", "fewer metrics", "--namespace",
+                   "replicas of this operator do not help"):
+        assert advice in warnings[0]
+
+
+def test_error_kinds_of_the_adapter_and_the_api_agree() -> None:
+    assert set(typing.get_args(MetricErrorKind)) == {k.value for k in QueryErrorKind}
+
+
+@pytest.mark.parametrize("kwargs", [{"default_timeout": 0}, {"max_concurrent": 0}])
+def test_provider_refuses_a_zero_timeout_or_no_threads(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        PrometheusProvider("http://127.0.0.1:1", **kwargs)  # type: ignore[arg-type]
+
+
+# -- timeouts: the operator's default and a metric's own --------------------------------
+
+
+@sync
+async def test_a_metric_timeout_lets_a_slow_healthy_prometheus_answer(
+    prom: FakePrometheus,
+) -> None:
+    """Thanos answering in 1.5 s: a timeout under the operator's 1 s default, a Pass with
+    `timeout: 3s` on the metric, which both Prometheus and the HTTP client are given."""
+    provider = PrometheusProvider(prom.url, default_timeout=1.0)
+    prom.replies[RENDERED] = Reply(body=vector("0.01"), delay=1.5)
+    analysis = AnalysisSpec.model_validate({"queryError": "Fail"})
+    m = await provider.measure(ERROR_RATE, VARIABLES, analysis, NOW)
+    # The HTTP client gave up at 1 s: had it waited for the answer (1.5 s, within the
+    # provider's own 1 s + 1 s margin), this would be a Pass.
+    assert (m.verdict, m.error_kind) == (Verdict.FAIL, "timeout")
+    assert "no answer within 1s" in m.message
+    assert prom.seen[-1]["timeout"] == "1000ms"
+    patient = ERROR_RATE.model_copy(update={"timeout": "3s"})
+    m = await provider.measure(patient, VARIABLES, analysis, NOW)
+    assert (m.verdict, m.value, m.error_kind) == (Verdict.PASS, 0.01, "")
+    assert prom.seen[-1]["timeout"] == "3000ms"
+    assert provider.timeout_for(patient) == 3.0 and provider.timeout_for(ERROR_RATE) == 1.0
 
 
 @sync

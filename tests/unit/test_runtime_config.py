@@ -1,16 +1,20 @@
-"""The operator's Prometheus credentials: what the chart passes becomes the right header."""
+"""The operator's runtime settings: what the chart passes becomes the right header, the
+Prometheus provider's timeout and threads."""
 
 from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
+import kopf
 import pytest
 import yaml
 from kubernetes import client
 from kubernetes.config import kube_config
 
 from rewind.handlers import RuntimeConfig, _api_client
+from rewind.main import main, parse_args
 
 
 def test_bearer_token_becomes_an_authorization_header() -> None:
@@ -56,3 +60,63 @@ def test_the_kubernetes_connection_pool_is_as_large_as_the_thread_pool(
         client.Configuration.set_default(default)  # loading set this process's default
     assert api.configuration.connection_pool_maxsize == threads
     assert api.rest_client.pool_manager.connection_pool_kw["maxsize"] == threads
+
+
+# -- analysis queries: timeout and threads ---------------------------------------------
+
+
+@pytest.fixture()
+def no_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.delenv("PROMETHEUS_TIMEOUT", raising=False)
+    monkeypatch.delenv("REWIND_ANALYSIS_THREADS", raising=False)
+    return monkeypatch
+
+
+def test_query_timeout_and_threads_default_to_10s_and_16(no_env: pytest.MonkeyPatch) -> None:
+    args = parse_args([])
+    assert (args.prometheus_timeout, args.analysis_threads) == (10.0, 16)
+    provider = RuntimeConfig().prometheus_provider()
+    assert (provider.default_timeout, provider.max_concurrent) == (10.0, 16)
+
+
+def test_query_timeout_and_threads_from_flags_then_env(no_env: pytest.MonkeyPatch) -> None:
+    args = parse_args(["--prometheus-timeout", "1m30s", "--analysis-threads", "64"])
+    assert (args.prometheus_timeout, args.analysis_threads) == (90.0, 64)
+    no_env.setenv("PROMETHEUS_TIMEOUT", "45s")
+    no_env.setenv("REWIND_ANALYSIS_THREADS", "8")
+    assert (parse_args([]).prometheus_timeout, parse_args([]).analysis_threads) == (45.0, 8)
+    assert parse_args(["--prometheus-timeout", "500ms"]).prometheus_timeout == 0.5
+    provider = RuntimeConfig().prometheus_provider()  # `kopf run` reads the same env
+    assert (provider.default_timeout, provider.max_concurrent) == (45.0, 8)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "why"),
+    [
+        ("--prometheus-timeout", "0s", "must be more than 0s"),
+        ("--prometheus-timeout", "10", "invalid duration"),
+        ("--analysis-threads", "0", "not between 1 and 1024"),
+        ("--analysis-threads", "many", "not a whole number"),
+    ],
+)
+def test_bad_timeout_or_thread_count_is_refused_with_the_reason(
+    no_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], flag: str, value: str,
+    why: str,
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args([flag, value])
+    err = capsys.readouterr().err
+    assert flag in err and why in err
+
+
+def test_the_operator_gives_its_provider_the_flags(no_env: pytest.MonkeyPatch) -> None:
+    started: dict[str, Any] = {}
+    no_env.setattr(kopf, "configure", lambda **_: None)
+    no_env.setattr(kopf, "run", lambda **kwargs: started.update(kwargs))
+    assert main(["--prometheus-url", "http://thanos:9090", "--prometheus-timeout", "25s",
+                 "--analysis-threads", "48"]) == 0
+    memo = started["memo"]
+    assert isinstance(memo, kopf.Memo)
+    provider = memo["config"].prometheus_provider()
+    assert (provider.url, provider.default_timeout, provider.max_concurrent) == (
+        "http://thanos:9090", 25.0, 48)

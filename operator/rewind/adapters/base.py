@@ -116,7 +116,8 @@ class RouteRefusedError(AdapterError):
     object and quotes the API server."""
 
 
-MetricErrorKind = Literal["unreachable", "timeout", "bad_query", "bad_result"]
+#: The values of ``api.QueryErrorKind`` (a test keeps the two in step).
+MetricErrorKind = Literal["unreachable", "timeout", "bad_query", "bad_result", "overloaded"]
 
 
 class MetricQueryError(AdapterError):
@@ -125,6 +126,8 @@ class MetricQueryError(AdapterError):
     ``unreachable``: no answer from the backend (connection refused, DNS, HTTP 5xx).
     ``timeout``: no answer in time. ``bad_query``: the backend rejected the query (PromQL
     does not parse or cannot execute). ``bad_result``: an answer that is not one number.
+    ``overloaded``: never sent, because the operator had no free thread for it in time: the
+    operator's fault, so the measurement is Inconclusive whatever ``queryError`` says.
     """
 
     def __init__(self, kind: MetricErrorKind, reason: str) -> None:
@@ -235,7 +238,7 @@ class MetricProvider(Protocol):
     """Answers PromQL-like queries with one number and turns it into a verdict."""
 
     async def query(self, query: str, timeout: float | None = None) -> float | None:
-        """One number, None for no data; raises MetricQueryError."""
+        """One number (possibly +-inf), None for no data; raises MetricQueryError."""
         ...
 
     async def measure(

@@ -7,6 +7,13 @@ verdict. And prometheus-api-client is blocking, so every query runs in a worker 
 with a hard timeout; Kopf's event loop never waits on the network. The threads are the
 provider's own: queries never wait behind Kubernetes calls, and a query's timeout starts
 when it is sent, not while it waits for a thread.
+
+Only NaN (0/0: no traffic) is no data. +Inf and -Inf are numbers: a ratio against a stable
+revision with no errors is +Inf as soon as the candidate has one, and must fail a max.
+
+A query that waited its whole timeout for a thread was never sent: that is the operator's
+overload, never the model's failure, so it is the ``overloaded`` kind, always Inconclusive,
+and a rate-limited warning says how to give the operator room.
 """
 
 from __future__ import annotations
@@ -14,9 +21,11 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -29,10 +38,23 @@ from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from rewind.adapters.base import MetricQueryError
-from rewind.api import AnalysisSpec, Measurement, MetricSpec, Verdict, render_query
+from rewind.api import (
+    AnalysisSpec,
+    Measurement,
+    MetricSpec,
+    QueryErrorKind,
+    Verdict,
+    format_value,
+    parse_duration,
+    render_query,
+)
+
+log = logging.getLogger(__name__)
 
 #: Longest message kept in a Measurement (it lands in status and Events).
 MAX_MESSAGE = 512
+#: Seconds between two warnings that the operator is overloaded (the count covers the gap).
+OVERLOAD_LOG_INTERVAL = 60.0
 
 _STATUS = re.compile(r"HTTP Status Code (\d+) \((.*)\)\s*$", re.DOTALL)
 
@@ -106,12 +128,13 @@ def _consume(future: asyncio.Future[Any]) -> None:
 
 
 def _number(raw: Any) -> float | None:
-    """Float of a sample value; NaN and +-Inf (e.g. 0/0 with no traffic) are no data."""
+    """Float of a sample value. NaN (e.g. 0/0 with no traffic) is no data: None. +Inf and
+    -Inf are returned as they are, to be judged like any number (x/0 with x > 0 is +Inf)."""
     try:
         value = float(raw)
     except (TypeError, ValueError) as exc:
         raise MetricQueryError("bad_result", f"sample value {raw!r} is not a number") from exc
-    return value if math.isfinite(value) else None
+    return None if math.isnan(value) else value
 
 
 def extract_value(result: Any) -> float | None:
@@ -119,7 +142,8 @@ def extract_value(result: Any) -> float | None:
 
     A vector with no series is no data; with several series it is ambiguous (an error, not
     a guess at which one to judge); a range vector is not an instant value. A scalar
-    (``[time, "value"]``) is accepted as is.
+    (``[time, "value"]``) is accepted as is. A NaN sample is no data (None); +Inf and -Inf
+    come back as ``math.inf`` and ``-math.inf``.
     """
     if not isinstance(result, list):
         raise MetricQueryError("bad_result", f"unexpected result {type(result).__name__}")
@@ -145,10 +169,6 @@ def extract_value(result: Any) -> float | None:
     return _number(value[1])
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
-
-
 def _truncate(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
 
@@ -163,10 +183,21 @@ def judge(
 ) -> Measurement:
     """Turn a query outcome into a Measurement, applying thresholds and the policy.
 
+    ``value`` may be +-inf: it is compared with the bounds like any number and shown as
+    ``+Inf``/``-Inf`` (the Measurement keeps it in ``valueText``). None is no data
+    (``analysis.noData`` decides). An ``error`` follows ``analysis.queryError``, except the
+    ``overloaded`` kind, which is always Inconclusive; its kind lands in ``errorKind``.
     Kept pure so the verdict rules can be tested (and reused) without any HTTP.
     """
     thresholds = metric.thresholds
-    if error is not None:
+    if value is not None and math.isnan(value):
+        value = None  # NaN compares false with every bound: it would pass any threshold
+    if error is not None and error.kind == QueryErrorKind.OVERLOADED.value:
+        # The operator's saturation says nothing about the model: never a failure.
+        verdict = Verdict.INCONCLUSIVE
+        message = (f"{metric.name}: query error ({error.kind}): {error.reason}; "
+                   "Inconclusive whatever queryError says")
+    elif error is not None:
         verdict = Verdict(analysis.query_error.value)
         message = f"{metric.name}: query error ({error.kind}): {error.reason}"
     elif value is None:
@@ -174,17 +205,18 @@ def judge(
         message = f"{metric.name}: no data (noData: {verdict.value})"
     else:
         verdict = thresholds.verdict(value)
-        name, shown = metric.name, _fmt(value)
+        fmt = format_value  # +Inf / -Inf, never "inf" or "no data"
+        name, shown = metric.name, fmt(value)
         if thresholds.min is not None and value < thresholds.min:
-            message = f"{name} {shown} < min {_fmt(thresholds.min)}"
+            message = f"{name} {shown} < min {fmt(thresholds.min)}"
         elif thresholds.max is not None and value > thresholds.max:
-            message = f"{name} {shown} > max {_fmt(thresholds.max)}"
+            message = f"{name} {shown} > max {fmt(thresholds.max)}"
         elif thresholds.min is not None and thresholds.max is not None:
-            message = f"{name} {shown} within [{_fmt(thresholds.min)}, {_fmt(thresholds.max)}]"
+            message = f"{name} {shown} within [{fmt(thresholds.min)}, {fmt(thresholds.max)}]"
         elif thresholds.max is not None:
-            message = f"{name} {shown} <= max {_fmt(thresholds.max)}"
+            message = f"{name} {shown} <= max {fmt(thresholds.max)}"
         else:
-            message = f"{name} {shown} >= min {_fmt(cast(float, thresholds.min))}"
+            message = f"{name} {shown} >= min {fmt(cast(float, thresholds.min))}"
     return Measurement(
         metric=metric.name,
         value=value if error is None else None,
@@ -194,11 +226,21 @@ def judge(
         at=now,
         revision=revision,
         message=_truncate(message),
+        error_kind=error.kind if error is not None else "",
     )
 
 
+#: Defaults of `rewind-operator --prometheus-timeout` and `--analysis-threads`.
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_THREADS = 16
+
+
 class PrometheusProvider:
-    """Instant PromQL queries against one Prometheus, off the event loop."""
+    """Instant PromQL queries against one Prometheus, off the event loop.
+
+    ``default_timeout`` (seconds) bounds a query whose metric sets no ``timeout``;
+    ``max_concurrent`` is the number of query threads (queries in flight at once).
+    """
 
     def __init__(
         self,
@@ -206,10 +248,15 @@ class PrometheusProvider:
         *,
         headers: Mapping[str, str] | None = None,
         disable_ssl: bool = False,
-        default_timeout: float = 10.0,
-        max_concurrent: int = 16,
+        default_timeout: float = DEFAULT_TIMEOUT,
+        max_concurrent: int = DEFAULT_THREADS,
     ) -> None:
+        if default_timeout <= 0:
+            raise ValueError(f"default_timeout must be positive, got {default_timeout}")
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
         self.url = url.rstrip("/")
+        self.max_concurrent = max_concurrent
         self._executor = ThreadPoolExecutor(max_workers=max_concurrent,
                                             thread_name_prefix="rewind-prometheus")
         self._headers = dict(headers) if headers else None
@@ -217,6 +264,10 @@ class PrometheusProvider:
         self.default_timeout = default_timeout
         # requests.Session is not thread-safe: one client per worker thread.
         self._local = threading.local()
+        #: Seconds between two overload warnings; queries not sent since the last one.
+        self.overload_log_interval = OVERLOAD_LOG_INTERVAL
+        self._overload_logged_at: float | None = None
+        self._overloaded_unlogged = 0
 
     def _client(self) -> PrometheusConnect:
         client: PrometheusConnect | None = getattr(self._local, "client", None)
@@ -255,7 +306,11 @@ class PrometheusProvider:
         return extract_value(result)
 
     async def query(self, query: str, timeout: float | None = None) -> float | None:
-        """Run an instant query: a number, None for no data; raises MetricQueryError."""
+        """Run an instant query: a number (+-inf included), None for no data (an empty
+        vector or NaN). ``timeout`` (seconds, default ``default_timeout``) bounds the wait
+        for a thread, and then the query on the wire (also sent to Prometheus as its own
+        ``timeout``). Raises MetricQueryError; kind ``overloaded`` when no thread was free
+        within ``timeout``."""
         limit = self.default_timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         sent: asyncio.Future[None] = loop.create_future()
@@ -278,9 +333,8 @@ class PrometheusProvider:
                 answer.cancel()
                 answer.add_done_callback(_consume)
 
-    @staticmethod
     async def _await_answer(
-        sent: asyncio.Future[None], answer: asyncio.Future[float | None], limit: float
+        self, sent: asyncio.Future[None], answer: asyncio.Future[float | None], limit: float
     ) -> float | None:
         """At most `limit` to get a thread, then `limit` (+1 s) on the wire: 2 x limit + 1 in
         the worst case."""
@@ -289,15 +343,40 @@ class PrometheusProvider:
             # operator is overloaded, which is not the query's (or Prometheus') fault.
             await asyncio.wait_for(asyncio.shield(sent), timeout=limit)
         except TimeoutError as exc:
+            self._warn_overloaded(limit)
             raise MetricQueryError(
-                "timeout", f"not sent within {limit:g}s: every analysis thread was busy "
-                "(the operator is overloaded)") from exc
+                "overloaded", f"not sent within {limit:g}s: all {self.max_concurrent} analysis "
+                "threads were busy (the operator is overloaded, not the model)") from exc
         try:
             # requests enforces the limit on the wire; the margin covers a thread that
             # overruns it.
             return await asyncio.wait_for(answer, timeout=limit + 1.0)
         except TimeoutError as exc:
             raise MetricQueryError("timeout", f"no answer within {limit:g}s") from exc
+
+    def _warn_overloaded(self, limit: float) -> None:
+        """Say (at most once per ``overload_log_interval``) that queries were not sent, and
+        what helps. Called on the event loop only."""
+        self._overloaded_unlogged += 1
+        now = time.monotonic()
+        last = self._overload_logged_at
+        if last is not None and now - last < self.overload_log_interval:
+            return
+        count, self._overloaded_unlogged = self._overloaded_unlogged, 0
+        self._overload_logged_at = now
+        log.warning(
+            "operator overloaded: %d analysis %s not sent since the last report (none of the "
+            "%d query threads came free within the query's timeout, %gs); such measurements "
+            "are Inconclusive, never failures. Raise --analysis-threads (chart: "
+            "analysis.threads), lengthen analysis.interval, use fewer metrics, or shard "
+            "releases across operators by namespace (--namespace). More replicas of this "
+            "operator do not help: only one is active.",
+            count, "query" if count == 1 else "queries", self.max_concurrent, limit,
+        )
+
+    def timeout_for(self, metric: MetricSpec) -> float:
+        """The metric's query timeout in seconds: its ``timeout``, else ``default_timeout``."""
+        return parse_duration(metric.timeout) if metric.timeout else self.default_timeout
 
     async def measure(
         self,
@@ -311,7 +390,9 @@ class PrometheusProvider:
         """Render the metric's template, query it and judge the result.
 
         Never raises for a failed query: the error becomes a Measurement whose verdict
-        follows ``analysis.queryError``. ``revision`` defaults to ``variables["candidate"]``.
+        follows ``analysis.queryError`` (``overloaded``: always Inconclusive).
+        ``revision`` defaults to ``variables["candidate"]``. ``timeout`` (seconds) overrides
+        :meth:`timeout_for` (the metric's ``timeout``, else ``default_timeout``).
         """
         if revision is None:
             try:
@@ -324,7 +405,8 @@ class PrometheusProvider:
             error = MetricQueryError("bad_query", f"template: {exc}")
             return judge(metric, analysis, now, revision, error=error)
         try:
-            value = await self.query(promql, timeout)
+            value = await self.query(promql, self.timeout_for(metric) if timeout is None
+                                     else timeout)
         except MetricQueryError as exc:
             return judge(metric, analysis, now, revision, error=exc)
         return judge(metric, analysis, now, revision, value=value)
