@@ -163,6 +163,7 @@ from rewind.api import (
     Outcome,
     PendingDecision,
     Phase,
+    QueryErrorKind,
     RollbackMode,
     RolloutPolicySpec,
     RouteWeight,
@@ -1974,18 +1975,27 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
         if (
             prev is not None
             and prev.status == ConditionStatus.TRUE
-            and prev.reason == "AnalysisInconclusive"
+            and prev.reason in ("AnalysisInconclusive", "OperatorOverloaded")
             and prev.last_transition_time is not None
         ):
             since = prev.last_transition_time
-        last = "; ".join(
-            m.message or m.metric for m in _latest_round(s) if m.verdict != Verdict.PASS
-        )
+        latest = _latest_round(s)
+        last = "; ".join(m.message or m.metric for m in latest if m.verdict != Verdict.PASS)
+        overloaded = any(m.error_kind == QueryErrorKind.OVERLOADED for m in latest)
+        why = "OperatorOverloaded" if overloaded else "AnalysisInconclusive"
+        if prev is None or prev.reason != why:
+            since = ctx.now
         detail = (
             f"analysis inconclusive since {_ts(since)} ({s.analysis.inconclusive} inconclusive "
             f"measurements; last: {last}): no traffic increase, no step advancement, no rollback"
         )
-        _set_condition(ctx, ConditionType.DEGRADED, True, "AnalysisInconclusive", detail)
+        if overloaded:
+            detail += (
+                "; the operator is overloaded, not the model: raise --analysis-threads, "
+                "lengthen analysis.interval, use fewer metrics, or shard releases across "
+                "operators by namespace (more replicas do not help: one is active)"
+            )
+        _set_condition(ctx, ConditionType.DEGRADED, True, why, detail)
         for type_ in (ConditionType.PROGRESSING, ConditionType.RECONCILING):
             cond = _condition(s, type_)
             if cond is not None and cond.status == ConditionStatus.TRUE:

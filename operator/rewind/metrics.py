@@ -88,7 +88,7 @@ class OperatorMetrics:
         )
         self.weight = Gauge(
             "rewind_release_candidate_weight",
-            "Percent of user traffic on the candidate revision.",
+            "Percent of user traffic on the candidate revision, as the router reports it.",
             labels,
             registry=self.registry,
         )
@@ -109,6 +109,19 @@ class OperatorMetrics:
             "From the rollback decision (or approval) to traffic back on stable.",
             labels,
             buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900),
+            registry=self.registry,
+        )
+        self.condition = Gauge(
+            "rewind_release_condition",
+            "1 while the release's condition of this type (Ready, Reconciling, Stalled, "
+            "Degraded) is True, else 0; alert on Ready == 0 for a promoted release.",
+            [*labels, "type"],
+            registry=self.registry,
+        )
+        self.routes_in_effect = Gauge(
+            "rewind_release_routes_in_effect",
+            "1 when the routes read back from the router are the ones the release needs.",
+            labels,
             registry=self.registry,
         )
         self.active = Gauge(
@@ -136,6 +149,11 @@ class OperatorMetrics:
             if m.error_kind == QueryErrorKind.OVERLOADED.value:
                 self._child(self.overloaded, ids).inc()
         self._child(self.weight, ids).set(new.weights.candidate)
+        self._child(self.routes_in_effect, ids).set(1 if new.routes.in_effect else 0)
+        for condition in new.conditions:
+            if condition.type in ("Ready", "Reconciling", "Stalled", "Degraded"):
+                on = 1 if condition.status.value == "True" else 0
+                self._child(self.condition, ids, type=condition.type).set(on)
         self._child(self.mirror, ids).set(new.mirror_percent)
         for phase in Phase:
             self._child(self.phase, ids, phase=phase.value).set(1 if new.phase == phase else 0)

@@ -337,3 +337,30 @@ def test_promoted_only_once_the_full_switch_is_read_back() -> None:
     w.step(0)
     assert w.phase() == Phase.PROMOTED and ready(w)
     w.verdicts = lambda _r, _n: PASS
+
+
+# --------------------------------------------------------------------------------------
+# The operator's own saturation (issue 11, item 2)
+# --------------------------------------------------------------------------------------
+
+
+def test_an_overloaded_operator_holds_and_says_so_never_rolls_back() -> None:
+    from rewind.api import Measurement, QueryErrorKind, Verdict
+
+    w = promoted_world(make_policy(failure_limit=1))
+    w.release(make_spec("2.0.0"))
+    at_step(w, 1)
+    starved = Measurement(
+        metric="error-rate",
+        verdict=Verdict.INCONCLUSIVE,
+        error_kind=QueryErrorKind.OVERLOADED,
+        message="error-rate: query error (overloaded): not sent within 10s",
+    )
+    for _ in range(5):
+        w.step(10, measurements=[starved])
+    assert w.phase() == Phase.PROGRESSING and w.status.current_step == 1
+    degraded = condition(w, "Degraded")
+    assert degraded[:2] == ("True", "OperatorOverloaded")
+    assert "--analysis-threads" in degraded[2] and "not the model" in degraded[2]
+    w.step(10)  # a passing round: the condition clears
+    assert condition(w, "Degraded")[0] == "False"

@@ -85,3 +85,22 @@ def test_phase_gauge_and_forget() -> None:
     metrics.forget("ml", "chatbot")
     assert value(metrics, "rewind_release_phase", phase="AwaitingApproval") is None
     assert value(metrics, "rewind_release_candidate_weight") is None
+
+
+def test_conditions_and_routes_in_effect_are_gauges() -> None:
+    from tests.unit.test_engine_kit import promoted_world
+
+    w = promoted_world(releases=2)
+    metrics = OperatorMetrics()
+    metrics.observe("ml", "chatbot", w.status, w.status, None, T0)
+    assert value(metrics, "rewind_release_condition", type="Ready") == 1
+    assert value(metrics, "rewind_release_routes_in_effect") == 1
+    before = w.status
+    w.broken.add(2)  # the promoted revision lost its pods
+    w.step(2)
+    metrics.observe("ml", "chatbot", before, w.status, None, T0)
+    assert value(metrics, "rewind_release_condition", type="Ready") == 0
+    assert value(metrics, "rewind_release_condition", type="Stalled") == 1
+    assert value(metrics, "rewind_release_condition", type="Degraded") == 1
+    metrics.forget("ml", "chatbot")
+    assert value(metrics, "rewind_release_condition", type="Ready") is None
