@@ -422,6 +422,7 @@ class ReleaseController:
         in_place = (
             seen.exists
             and not seen.problems
+            and not seen.untidy
             and dict(seen.weights) == dict(action.weights)
             and (seen.mirror_revision, seen.mirror_percent)
             == (action.mirror_revision, action.mirror_percent)
@@ -441,7 +442,10 @@ class ReleaseController:
                 action.mirror_percent,
                 action.header_revision,
             )
-        except (RouteRefusedError, OwnershipConflictError) as err:
+        except OwnershipConflictError:
+            # The observation reports it already (a Conflict naming the object's owner).
+            return False
+        except RouteRefusedError as err:
             if self._refused.get(key) != (wanted, str(err)):
                 log.warning("%s/%s: route write refused: %s", namespace, name, err)
             self._refused[key] = (wanted, str(err))

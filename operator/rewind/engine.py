@@ -375,6 +375,8 @@ MIN_REQUEUE = 1.0
 #: After consuming an annotation, look again this soon: the removal is then seen and the
 #: ledger entry dropped before a human is likely to set the same annotation again.
 CONSUMED_RECHECK = 2.0
+#: While the routes the release needs are not in effect, look again this often (s).
+ROUTES_RECHECK = 5.0
 _MACHINE_STEPS = 64  # more than the longest plan (1 + 20 shadow/canary stages + promote)
 
 
@@ -753,7 +755,7 @@ def _stage_started(ctx: _Ctx, plan: Plan, stage: Stage) -> bool:
         s.step_started_at = ctx.now
         ctx.record(
             TimelineType.STEP_STARTED,
-            f"r{s.candidate_revision}: {stage.label} in effect: {_describe_routes(want)}",
+            f"r{s.candidate_revision}: {stage.label} (in effect: {_describe_routes(want)})",
         )
         if stage.manual:
             ctx.record(
@@ -1841,7 +1843,9 @@ def _report_routes(ctx: _Ctx) -> SetRoutes | None:
     seen = _route_weights(obs.weights)
     mirror = (obs.mirror_revision or 0, obs.mirror_percent) if obs.mirror_percent else (0, 0)
     header = obs.header_revision or 0
-    message = "" if in_effect else ctx.routes_why(want)
+    # Why the routes are not in effect; with nothing wanted yet, a problem the router sees
+    # all the same (kept so that its Event is not repeated).
+    message = ctx.routes_why(want) if not in_effect else (problem.message if problem else "")
     source = obs.source or "the routes"
     before = (stored.weights, (stored.mirror_revision, stored.mirror_percent),
               stored.header_revision)
@@ -1902,6 +1906,9 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
             )
         else:
             ctx.wake(deadline)
+        # Routes are not watched: look again soon, to see a refusal lifted, a conflicting
+        # object deleted, or a write that landed.
+        ctx.wake(ctx.now + timedelta(seconds=ROUTES_RECHECK))
     stable = s.stable_revision
     obs = ctx.observed(stable) if stable else None
     stable_down: str | None = None

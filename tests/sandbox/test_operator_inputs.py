@@ -112,7 +112,7 @@ def test_a_foreign_virtual_service_is_never_taken_over(rw: Rewind) -> None:
         timeout=40,
     )
     assert condition(status, "Stalled")["status"] == "True"
-    assert condition(status, "Stalled")["reason"] == "ReconcileError"
+    assert condition(status, "Stalled")["reason"] == "RouteConflict"
     # The other release is unaffected.
     rw.wait_phase("speech", "Promoted", stable=1, timeout=40)
     # Retried (every 5s) without touching the foreign object or repeating the Event.
@@ -121,9 +121,10 @@ def test_a_foreign_virtual_service_is_never_taken_over(rw: Rewind) -> None:
         lambda: rw.get("virtualservice", "vision")["spec"] == foreign["spec"],
         seconds=6,
     )
-    failures = [e for e in rw.events("vision") if e["reason"] == "ApplyFailed"]
+    failures = [e for e in rw.events("vision") if e["reason"] == "RouteConflict"]
     assert len(failures) == 1, [e["message"] for e in failures]
     assert "not owned by ModelRelease vision" in failures[0]["message"]
+    assert not [e for e in rw.events("vision") if e["reason"] == "ApplyFailed"]
 
     rw.kubectl("delete", "virtualservice", "vision", "-n", rw.namespace)
     rw.wait_routes("vision", {1: 100}, timeout=30)

@@ -59,9 +59,12 @@ def test_blue_green_previews_at_zero_switches_at_once_and_switches_back(rw: Rewi
         rw.wait_routes(NAME, {1: 100})
 
     assert [r.weights for _, r in rec.routes(NAME)] == [{1: 100}, {2: 100}, {1: 100}]
-    # The old colour never went down, so switching back did not wait for it (no RollingBack
-    # phase was ever stored: the switch-back completed in the deciding reconcile).
-    assert "RollingBack" not in rec.phases(NAME), rec.phases(NAME)
+    # The old colour never went down, so switching back did not wait for it: one route
+    # write, and RolledBack is stored only once that write is read back.
+    assert rec.phases(NAME)[-2:] == ["RollingBack", "RolledBack"], rec.phases(NAME)
+    back = rec.routes(NAME)[-1][0]
+    done = next(rv for rv, s in rec.statuses(NAME) if s.get("phase") == "RolledBack")
+    assert done > back
     r1_replicas = [
         s.obj["spec"]["replicas"] for s in rec.versions("deployments", f"{NAME}-r1")
     ]

@@ -93,7 +93,7 @@ def test_a_refused_route_write_holds_the_step_and_says_who_refused_it() -> None:
     w.step(1)
     assert w.weights() == {1: 70, 2: 30} and w.status.routes.in_effect
     started = [e for e in w.status.timeline if e.type == "StepStarted"]
-    assert "canary step 1/2 at 30% in effect" in started[-1].message
+    assert "canary step 1/2 at 30% (in effect" in started[-1].message
     assert condition(w, "Stalled")[0] == "False" and condition(w, "Reconciling")[0] == "True"
     w.settle()
     assert w.phase() == Phase.PROMOTED and w.weights() == {2: 100} and ready(w)

@@ -182,6 +182,9 @@ class RouteObservation:
     problems: tuple[RouteProblem, ...] = ()
     #: What to call the routes in messages, e.g. "VirtualService risk/fraud".
     source: str = ""
+    #: Housekeeping the router wants from the next write although the routes are right
+    #: (e.g. DestinationRule subsets kept make-before-break, no longer routed); "" if none.
+    untidy: str = ""
 
 
 @dataclass(frozen=True)

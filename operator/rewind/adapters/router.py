@@ -382,6 +382,15 @@ class IstioRouter:
             return RouteObservation(exists=False, source=source)
         routes = parse_routes(virtual_service)
         problems = route_problems(release, namespace, owner, traffic, virtual_service, rule)
+        routed = {r for r, w in routes.weights.items() if w > 0}
+        routed.update(
+            r for r in (routes.mirror_revision if routes.mirror_percent else None,
+                        routes.header_revision)
+            if r is not None
+        )
+        subsets = {str(s.get("name")) for s in ((rule or {}).get("spec") or {}).get("subsets")
+                   or []}
+        unused = sorted(subsets - {subset_name(r) for r in routed})
         return RouteObservation(
             exists=True,
             weights={r: w for r, w in routes.weights.items() if w > 0},
@@ -390,6 +399,8 @@ class IstioRouter:
             header_revision=routes.header_revision,
             problems=tuple(problems),
             source=source,
+            untidy=f"DestinationRule subsets {', '.join(unused)} are no longer routed"
+            if unused else "",
         )
 
 
