@@ -410,10 +410,11 @@ class ReleaseController:
         force: bool,
     ) -> bool:
         """Write the routes unless the router already reports exactly them with nothing
-        amiss (``force``: write anyway, the periodic resync); False when no write was
-        needed. A refusal by the API server is remembered for the engine to report (it
-        holds the release until the routes are in effect) instead of failing the
-        reconcile: the rest of the actions still apply."""
+        amiss that a write repairs (``force``: write anyway, the periodic resync); False
+        when no write was needed. A conflict with another VirtualService is not repaired
+        by writing ours again, so it alone causes no write. A refusal by the API server is
+        remembered for the engine to report (it holds the release until the routes are in
+        effect) instead of failing the reconcile: the rest of the actions still apply."""
         key = (namespace, name)
         wanted = RouteState(
             dict(action.weights), action.mirror_revision, action.mirror_percent,
@@ -421,7 +422,7 @@ class ReleaseController:
         )
         in_place = (
             seen.exists
-            and not seen.problems
+            and all(p.kind == "Conflict" for p in seen.problems)
             and dict(seen.weights) == dict(action.weights)
             and (seen.mirror_revision, seen.mirror_percent)
             == (action.mirror_revision, action.mirror_percent)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
 import pytest
+from kubernetes import client
 
-from rewind.adapters.base import OwnerRef, RouteProblem, RouteState
+from rewind.adapters.base import OwnerRef, RouteObservation, RouteProblem, RouteState
+from rewind.adapters.route_index import VirtualServiceIndex
 from rewind.adapters.router import (
+    IstioRouter,
     _spec_difference,
     build_destination_rule,
     build_virtual_service,
     parse_routes,
+    release_claim,
     route_problems,
     validate_weights,
 )
@@ -242,6 +247,14 @@ def test_retries_carry_per_try_timeout_and_retry_on_when_given() -> None:
     assert "timeout" not in route
 
 
+def test_the_release_claims_its_hosts_and_gateways_resolved_plus_mesh() -> None:
+    claim = release_claim("fraud", "shop", TrafficSpec(hosts=["fraud.example.com"],
+                                                       gateways=["public"]))
+    assert claim.hosts == ("fraud.example.com", HOST)
+    assert claim.gateways == ("mesh", "shop/public")
+    assert release_claim("fraud", "shop", TrafficSpec(hosts=["fraud"])).gateways == ("mesh",)
+
+
 # -- what the router reads back: route_problems -------------------------------------------
 
 
@@ -340,3 +353,77 @@ def test_spec_difference_counts_what_it_does_not_name_and_clips_long_values() ->
     assert _spec_difference({"http": [{"name": "rewind"}]}, extra) == (
         "spec.http has 2 routes (mine, rewind), Rewind writes 1"
     )
+
+
+# -- conflicts read back through the index -------------------------------------------------
+
+
+def foreign_vs(hosts: list[str], version: str = "1") -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "catch-all", "namespace": "team-b", "resourceVersion": version},
+        "spec": {"hosts": hosts, "gateways": ["istio-system/public"],
+                 "http": [{"route": [{"destination": {"host": "legacy"}}]}]},
+    }
+
+
+class FakeRouter(IstioRouter):
+    """The router with its reads answered from a dict (no API server)."""
+
+    def __init__(self, objects: dict[tuple[str, str, str], dict[str, Any]],
+                 index: VirtualServiceIndex) -> None:
+        super().__init__(client.ApiClient(), index=index)
+        self.objects = objects
+        self.reads: list[tuple[str, str, str]] = []
+
+    async def _get(self, plural: str, name: str, namespace: str) -> dict[str, Any] | None:
+        self.reads.append((plural, namespace, name))
+        return copy.deepcopy(self.objects.get((plural, namespace, name)))
+
+
+def observe(router: IstioRouter) -> RouteObservation:
+    return asyncio.run(router.observe_routes("fraud", "shop", OWNER, TRAFFIC))
+
+
+def test_a_conflicting_virtual_service_is_read_back_before_it_is_reported() -> None:
+    index = VirtualServiceIndex()
+    index.apply("ADDED", foreign_vs(["fraud.example.com"]))
+    objects = {
+        ("virtualservices", "shop", "fraud"): written({1: 100}),
+        ("destinationrules", "shop", "fraud"): build_destination_rule("fraud", "shop", OWNER, [1]),
+        ("virtualservices", "team-b", "catch-all"): foreign_vs(["fraud.example.com"]),
+    }
+    router = FakeRouter(objects, index)
+    seen = observe(router)
+    assert [p.kind for p in seen.problems] == ["Conflict"]
+    assert seen.problems[0].message.startswith(
+        "VirtualService team-b/catch-all (fraud.example.com on gateway istio-system/public) "
+        "also routes this release's hosts"
+    )
+    # Changed meanwhile (the watch has not said so yet): judged on what it is now.
+    objects[("virtualservices", "team-b", "catch-all")] = foreign_vs(["other.example.com"], "2")
+    assert observe(router).problems == ()
+    # Gone, and the watch missed it: no conflict, and the index forgets it.
+    del objects[("virtualservices", "team-b", "catch-all")]
+    assert observe(router).problems == ()
+    assert index.get("team-b", "catch-all") is None
+
+
+def test_a_conflict_is_reported_before_rewinds_virtual_service_exists() -> None:
+    index = VirtualServiceIndex()
+    index.apply("ADDED", foreign_vs(["*.example.com"]))
+    router = FakeRouter({("virtualservices", "team-b", "catch-all"):
+                         foreign_vs(["*.example.com"])}, index)
+    seen = observe(router)
+    assert not seen.exists and [p.kind for p in seen.problems] == ["Conflict"]
+    assert "fraud.example.com (as *.example.com) on gateway istio-system/public" in (
+        seen.problems[0].message
+    )
+
+
+def test_without_suspects_the_router_reads_nothing_more() -> None:
+    index = VirtualServiceIndex()
+    index.apply("ADDED", foreign_vs(["unrelated.example.org"]))
+    router = FakeRouter({}, index)
+    observe(router)
+    assert sorted(r[0] for r in router.reads) == ["destinationrules", "virtualservices"]

@@ -36,7 +36,11 @@ from rewind.adapters.base import (
 )
 from rewind.adapters.route_index import (
     MESH,
+    RouteClaim,
+    VirtualServiceIndex,
+    conflict_message,
     other_spec_managers,
+    overlaps,
 )
 from rewind.api import parse_duration
 
@@ -160,6 +164,12 @@ def route_bindings(
     return hosts, gateways
 
 
+def release_claim(release_name: str, namespace: str, traffic: TrafficSpec) -> RouteClaim:
+    """The hosts and gateways the release's VirtualService routes, resolved as Istio does."""
+    hosts, gateways = route_bindings(release_name, namespace, traffic)
+    return RouteClaim.wanted(release_name, namespace, hosts, gateways)
+
+
 def build_virtual_service(
     release_name: str,
     namespace: str,
@@ -278,7 +288,10 @@ def parse_routes(virtual_service: Mapping[str, Any]) -> RouteState:
 
 
 class IstioRouter:
-    """Writes and reads the release's VirtualService and DestinationRule."""
+    """Writes and reads the release's VirtualService and DestinationRule.
+
+    With an ``index`` (fed by a watch of VirtualServices), :meth:`observe_routes` also
+    reports the other VirtualServices that route the release's hosts on its gateways."""
 
     def __init__(
         self,
@@ -286,10 +299,12 @@ class IstioRouter:
         *,
         field_manager: str = FIELD_MANAGER,
         request_timeout: float = 30.0,
+        index: VirtualServiceIndex | None = None,
     ) -> None:
         self._api = client.CustomObjectsApi(api_client)
         self._field_manager = field_manager
         self._timeout = request_timeout
+        self.index = index
 
     async def _get(self, plural: str, name: str, namespace: str) -> dict[str, Any] | None:
         return await _kube.get_or_none(
@@ -419,6 +434,29 @@ class IstioRouter:
         virtual_service = await self._get("virtualservices", release, namespace)
         return None if virtual_service is None else parse_routes(virtual_service)
 
+    async def _conflicts(
+        self, release: str, namespace: str, traffic: TrafficSpec
+    ) -> list[RouteProblem]:
+        """Other VirtualServices routing the release's hosts on its gateways: found in the
+        index, then read back, because the watch may lag or have missed a deletion (a
+        VirtualService the API server no longer has is dropped from the index)."""
+        if self.index is None:
+            return []
+        mine = release_claim(release, namespace, traffic)
+        suspects = self.index.candidates(mine)
+        if not suspects:
+            return []
+        current = await asyncio.gather(
+            *(self._get("virtualservices", s.name, s.namespace) for s in suspects)
+        )
+        found = []
+        for suspect, obj in zip(suspects, current, strict=True):
+            if obj is None:
+                self.index.discard(suspect.namespace, suspect.name, suspect.version)
+                continue
+            found += overlaps(mine, RouteClaim.of(obj))
+        return [RouteProblem("Conflict", conflict_message(found))] if found else []
+
     async def observe_routes(
         self, release: str, namespace: str, owner: OwnerRef, traffic: TrafficSpec
     ) -> RouteObservation:
@@ -426,15 +464,17 @@ class IstioRouter:
         against the DestinationRule (every routed subset must exist) and against what
         Rewind would write for those same routes (anything else is an edit outside Rewind,
         or routes written for an older spec.traffic)."""
-        virtual_service, rule = await asyncio.gather(
+        virtual_service, rule, conflicts = await asyncio.gather(
             self._get("virtualservices", release, namespace),
             self._get("destinationrules", release, namespace),
+            self._conflicts(release, namespace, traffic),
         )
         source = f"VirtualService {namespace}/{release}"
         if virtual_service is None:
-            return RouteObservation(exists=False, source=source)
+            return RouteObservation(exists=False, problems=tuple(conflicts), source=source)
         routes = parse_routes(virtual_service)
         problems = route_problems(release, namespace, owner, traffic, virtual_service, rule)
+        problems += conflicts
         return RouteObservation(
             exists=True,
             weights={r: w for r, w in routes.weights.items() if w > 0},
