@@ -1841,7 +1841,9 @@ def _report_routes(ctx: _Ctx) -> SetRoutes | None:
     seen = _route_weights(obs.weights)
     mirror = (obs.mirror_revision or 0, obs.mirror_percent) if obs.mirror_percent else (0, 0)
     header = obs.header_revision or 0
-    message = "" if in_effect else ctx.routes_why(want)
+    # A problem is kept in the message also when no routes are needed yet (want None, so
+    # "in effect"): it is what the next decision compares with, to record it only once.
+    message = ctx.routes_why(want) if not in_effect else problem.message if problem else ""
     source = obs.source or "the routes"
     before = (stored.weights, (stored.mirror_revision, stored.mirror_percent),
               stored.header_revision)
