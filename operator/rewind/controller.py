@@ -443,6 +443,13 @@ class ReleaseController:
                 action.header_revision,
             )
         except (RouteRefusedError, OwnershipConflictError) as err:
+            if isinstance(err, OwnershipConflictError) and any(
+                p.kind == "Conflict" for p in seen.problems
+            ):
+                # The router already reports the object of Rewind's name that belongs to
+                # someone else (a Conflict): a refusal would only say it twice.
+                self._refused.pop(key, None)
+                return False
             if self._refused.get(key) != (wanted, str(err)):
                 log.warning("%s/%s: route write refused: %s", namespace, name, err)
             self._refused[key] = (wanted, str(err))

@@ -13,6 +13,7 @@ from rewind.adapters.base import (
     MetricProvider,
     Notifier,
     OwnerRef,
+    OwnershipConflictError,
     RouteObservation,
     RouteProblem,
     Router,
@@ -73,3 +74,25 @@ def test_routes_a_write_can_fix_are_written_even_during_a_conflict(
     seen: RouteObservation,
 ) -> None:
     assert write(seen) == [{1: 80, 2: 20}]
+
+
+class OwnedBySomeoneElse(RecordingRouter):
+    async def set_routes(self, *args: Any) -> None:
+        raise OwnershipConflictError("VirtualService fraud exists and is not owned by ...")
+
+
+def test_a_write_refused_for_ownership_already_reported_as_a_conflict_is_not_repeated() -> None:
+    controller = ReleaseController(
+        client.ApiClient(), router=cast(Router, OwnedBySomeoneElse()),
+        workloads=cast(Workloads, None), metrics=cast(MetricProvider, None),
+        notifier=cast(Notifier, None),
+    )
+    spec = cast(Any, type("Spec", (), {"traffic": TRAFFIC}))
+    foreign = RouteProblem("Conflict", "VirtualService shop/fraud exists and is not owned by ...")
+    seen = RouteObservation(exists=True, problems=(foreign,))
+    asyncio.run(controller._set_routes(WANT, "fraud", "shop", OWNER, spec, seen, False))
+    assert controller._refused == {}
+    # Not yet seen as a conflict (the object appeared after the read): remembered as refused.
+    asyncio.run(controller._set_routes(WANT, "fraud", "shop", OWNER, spec,
+                                       RouteObservation(exists=False), False))
+    assert list(controller._refused) == [("shop", "fraud")]

@@ -288,12 +288,14 @@ def test_a_change_wakes_the_releases_it_concerns() -> None:
     assert index.apply(None, own) == set()
     assert index.apply(None, vs("speech", NS, ["speech.example.com"], release="speech")) == set()
     foreign = vs("catch-all", "team-b", ["*.example.com"], ["istio-system/public"])
-    # speech routes only mesh, which the foreign VirtualService does not name.
-    assert index.apply("ADDED", foreign) == {(NS, "fraud")}
+    # speech routes only mesh, which the foreign VirtualService does not name. A release
+    # named catch-all in team-b would be held by it (it has Rewind's name): woken too.
+    catch_all = ("team-b", "catch-all")
+    assert index.apply("ADDED", foreign) == {(NS, "fraud"), catch_all}
     moved = vs("catch-all", "team-b", ["*.example.org"], ["istio-system/public"], version="2")
-    assert index.apply("MODIFIED", moved) == {(NS, "fraud")}  # it was there before
-    assert index.apply("MODIFIED", moved) == set()
-    assert index.apply("DELETED", moved) == set()
+    assert index.apply("MODIFIED", moved) == {(NS, "fraud"), catch_all}  # it was there before
+    assert index.apply("MODIFIED", moved) == {catch_all}
+    assert index.apply("DELETED", moved) == {catch_all}
 
 
 def test_an_edit_or_deletion_of_rewinds_own_virtual_service_wakes_its_release() -> None:

@@ -294,7 +294,9 @@ class VirtualServiceIndex:
     def apply(self, event_type: str | None, obj: Mapping[str, Any]) -> set[Key]:
         """Take one watch event (ADDED, MODIFIED, DELETED, or None from the initial list);
         returns the releases (namespace, name) to reconcile now: those whose routes the
-        change may concern, and the owner of an edited or deleted Rewind VirtualService."""
+        change may concern, the owner of an edited or deleted Rewind VirtualService, and
+        the release named like a VirtualService that is not Rewind's (which holds that
+        release while it exists)."""
         meta = obj.get("metadata") or {}
         key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         if not all(key):
@@ -310,6 +312,8 @@ class VirtualServiceIndex:
         own = after or before
         if own is not None and own.release is not None and (after is None or after.edited):
             touched.add((own.namespace, own.release))
+        if own is not None and own.release is None:
+            touched.add(key)  # a release of that name waits for it to go (a Conflict)
         return touched
 
     def discard(self, namespace: str, name: str, version: str) -> None:
