@@ -383,7 +383,8 @@ def conflict_message(overlaps_found: Iterable[Overlap], limit: int = 4) -> str:
     noun = "VirtualService" if len(by_other) == 1 else "VirtualServices"
     verb = "routes" if len(by_other) == 1 else "route"
     return (
-        f"{noun} {', '.join(parts)} also {verb} this release's hosts: Istio picks one "
-        "route silently, so users may not get the weights Rewind reports; remove the host "
-        "or gateway from it, restrict its exportTo, or delete it. The release holds until then"
+        f"{noun} {', '.join(parts)} also {verb} this release's hosts: Istio applies one "
+        "of them, or merges them in creation order, without a word, so users may not get "
+        "the weights Rewind reports; remove the host or gateway from it, restrict its "
+        "exportTo, or delete it; the release holds until then"
     )
