@@ -200,6 +200,27 @@ INVALID: list[Case] = [
         "should match",
     ),
     Case(
+        "route-timeout-zero",
+        FRAUD_MR,
+        (("spec.traffic.timeout", "0s"),),
+        "spec.traffic.timeout",
+        "must be more than 0s",
+    ),
+    Case(
+        "route-per-try-timeout-zero",
+        FRAUD_MR,
+        (("spec.traffic.retries", {"attempts": 2, "perTryTimeout": "0ms"}),),
+        "spec.traffic.retries.perTryTimeout",
+        "must be more than 0s",
+    ),
+    Case(
+        "route-retries-too-many",
+        FRAUD_MR,
+        (("spec.traffic.retries", {"attempts": 11}),),
+        "spec.traffic.retries.attempts",
+        "less than or equal to 10",
+    ),
+    Case(
         "replicas-zero",
         FRAUD_MR,
         (("spec.serving.replicas", 0),),
@@ -564,6 +585,15 @@ VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] =
             ("spec.code.args", DELETE),
             ("spec.code.env", DELETE),
             ("spec.traffic.gateways", DELETE),
+        ),
+    ),
+    (
+        "route-options",
+        FRAUD_MR,
+        (
+            ("spec.traffic.timeout", "1ms"),
+            ("spec.traffic.retries", {"attempts": 0, "perTryTimeout": "1h30m",
+                                      "retryOn": "connect-failure,503"}),
         ),
     ),
     ("threshold-min-only", FRAUD_RP, ((f"{M0}.thresholds", {"min": 0.9}),)),

@@ -284,6 +284,20 @@ def _validations(*rules: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
 
 
+def _positive_duration_rule(name: str) -> dict[str, str]:
+    """CEL: a duration field is more than 0s (Istio's schema refuses a 0s route timeout)."""
+    return _cel(
+        "!self.matches('" + DURATION_PATTERN + "') || duration(self) > duration('0s')",
+        f"{name} must be more than 0s",
+    )
+
+
+def _positive_duration(value: str | None, name: str) -> str | None:
+    if value is not None and parse_duration(value) <= 0:
+        raise ValueError(f"{name} must be more than 0s")
+    return value
+
+
 # --------------------------------------------------------------------------------------
 # Reusable field types
 # --------------------------------------------------------------------------------------
@@ -772,7 +786,10 @@ class RetrySpec(SpecModel):
         ),
     )
     per_try_timeout: Duration | None = Field(
-        default=None, description="Timeout of each attempt, e.g. 30s. Omitted: the route timeout."
+        default=None,
+        description="Timeout of each attempt, e.g. 30s (more than 0s). Omitted: the route "
+        "timeout.",
+        json_schema_extra=_validations(_positive_duration_rule("retries.perTryTimeout")),
     )
     retry_on: str | None = Field(
         default=None,
@@ -780,6 +797,11 @@ class RetrySpec(SpecModel):
         pattern=r"^[a-z0-9-]+(,[a-z0-9-]+)*$",
         description="Envoy retry policies, comma-separated, e.g. connect-failure,reset,503.",
     )
+
+    @field_validator("per_try_timeout")
+    @classmethod
+    def _positive_per_try_timeout(cls, v: str | None) -> str | None:
+        return _positive_duration(v, "retries.perTryTimeout")
 
 
 class HeaderMatch(SpecModel):
@@ -860,8 +882,9 @@ class TrafficSpec(SpecModel):
         default=None,
         description=(
             "Request timeout of the route (Istio http[].timeout), e.g. 120s for a long "
-            "generation. Omitted: the mesh default."
+            "generation; more than 0s. Omitted: the mesh default."
         ),
+        json_schema_extra=_validations(_positive_duration_rule("traffic.timeout")),
     )
     retries: RetrySpec | None = Field(
         default=None,
@@ -884,6 +907,11 @@ class TrafficSpec(SpecModel):
             "x-kubernetes-list-map-keys": ["name"],
         },
     )
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, v: str | None) -> str | None:
+        return _positive_duration(v, "traffic.timeout")
 
     @field_validator("header_routes")
     @classmethod

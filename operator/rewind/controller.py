@@ -410,10 +410,11 @@ class ReleaseController:
         force: bool,
     ) -> bool:
         """Write the routes unless the router already reports exactly them with nothing
-        amiss (``force``: write anyway, the periodic resync); False when no write was
-        needed. A refusal by the API server is remembered for the engine to report (it
-        holds the release until the routes are in effect) instead of failing the
-        reconcile: the rest of the actions still apply."""
+        amiss that a write repairs (``force``: write anyway, the periodic resync); False
+        when no write was needed. A conflict with another VirtualService is not repaired
+        by writing ours again, so it alone causes no write. A refusal by the API server is
+        remembered for the engine to report (it holds the release until the routes are in
+        effect) instead of failing the reconcile: the rest of the actions still apply."""
         key = (namespace, name)
         wanted = RouteState(
             dict(action.weights), action.mirror_revision, action.mirror_percent,
@@ -421,8 +422,8 @@ class ReleaseController:
         )
         in_place = (
             seen.exists
-            and not seen.problems
             and not seen.untidy
+            and all(p.kind == "Conflict" for p in seen.problems)
             and dict(seen.weights) == dict(action.weights)
             and (seen.mirror_revision, seen.mirror_percent)
             == (action.mirror_revision, action.mirror_percent)
@@ -442,10 +443,14 @@ class ReleaseController:
                 action.mirror_percent,
                 action.header_revision,
             )
-        except OwnershipConflictError:
-            # The observation reports it already (a Conflict naming the object's owner).
-            return False
-        except RouteRefusedError as err:
+        except (RouteRefusedError, OwnershipConflictError) as err:
+            if isinstance(err, OwnershipConflictError) and any(
+                p.kind == "Conflict" for p in seen.problems
+            ):
+                # The router already reports the object of Rewind's name that belongs to
+                # someone else (a Conflict): a refusal would only say it twice.
+                self._refused.pop(key, None)
+                return False
             if self._refused.get(key) != (wanted, str(err)):
                 log.warning("%s/%s: route write refused: %s", namespace, name, err)
             self._refused[key] = (wanted, str(err))

@@ -36,7 +36,8 @@ from rewind.adapters import _kube
 from rewind.adapters.base import MANAGED_BY_LABEL, MANAGED_BY_VALUE, RELEASE_LABEL
 from rewind.adapters.events import EventRecorder
 from rewind.adapters.prometheus import DEFAULT_THREADS, PrometheusProvider
-from rewind.adapters.router import IstioRouter
+from rewind.adapters.route_index import VirtualServiceIndex
+from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION, IstioRouter
 from rewind.adapters.workloads import KubeWorkloads
 from rewind.api import (
     MODELRELEASE_PLURAL,
@@ -273,9 +274,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     api_client = _api_client(runtime.worker_threads)
     operator_metrics = OperatorMetrics()
     memo.api_client = api_client
+    # Filled by route_event from the VirtualService watch; read by the router.
+    memo.route_index = VirtualServiceIndex()
     memo.controller = ReleaseController(
         api_client,
-        router=IstioRouter(api_client),
+        router=IstioRouter(api_client, index=memo.route_index),
         workloads=KubeWorkloads(api_client),
         metrics=runtime.prometheus_provider(),
         notifier=EventRecorder(api_client),
@@ -354,6 +357,21 @@ async def revision_event(
     """A revision's Deployment changed (became Available, lost pods): re-decide now."""
     release = labels.get(RELEASE_LABEL)
     if release and namespace:
+        memo.loops.poke(namespace, release)
+
+
+@kopf.on.event(ISTIO_GROUP, ISTIO_VERSION, "virtualservices")
+async def route_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the VirtualService index current (route conflicts are looked up in it, never
+    listed per reconcile) and wake the releases a change concerns: those whose hosts
+    another VirtualService now claims or no longer claims, and the owner of a Rewind
+    VirtualService edited by someone else or deleted, so drift is restored at once.
+
+    The watch covers the namespaces the operator watches (all, by default); Kopf lists
+    them when it starts, so the index fills itself after a restart. Nothing is written."""
+    obj: Mapping[str, Any] = event.get("object") or {}
+    index: VirtualServiceIndex = memo.route_index
+    for namespace, release in sorted(index.apply(event.get("type"), obj)):
         memo.loops.poke(namespace, release)
 
 

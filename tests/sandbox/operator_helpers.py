@@ -188,10 +188,13 @@ def _revision(destination: Mapping[str, Any]) -> int:
 
 
 def parse_virtual_service(vs: Mapping[str, Any]) -> Routes:
-    """Independent of the operator's own parser: read http[0] as Istio would."""
+    """Independent of the operator's own parser: read the catch-all route (the last one,
+    without a match) as Istio would. Routes before it must match something (the header
+    routes of A/B testing); they take only the requests they match."""
     http = vs["spec"]["http"]
-    assert len(http) == 1, http
-    route = http[0]
+    assert http and "match" not in http[-1], http
+    assert all(r.get("match") for r in http[:-1]), http
+    route = http[-1]
     weights: dict[int, int] = {}
     for entry in route.get("route") or []:
         weight = int(entry.get("weight", 100 if len(route["route"]) == 1 else 0))

@@ -17,12 +17,18 @@ from kubernetes import client, watch
 from rewind.adapters.base import (
     OwnerRef,
     OwnershipConflictError,
+    RouteRefusedError,
     RouteState,
     SnapshotConflictError,
     SnapshotNotFoundError,
 )
 from rewind.adapters.events import EventRecorder
-from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION, IstioRouter
+from rewind.adapters.router import (
+    ISTIO_GROUP,
+    ISTIO_VERSION,
+    IstioRouter,
+    build_virtual_service,
+)
 from rewind.adapters.workloads import KubeWorkloads
 from rewind.api import ModelReleaseSpec, TrafficSpec, spec_hash
 from tests.conftest import Kubectl, wait_for
@@ -167,6 +173,92 @@ def test_router_refuses_to_take_over_a_virtual_service_it_does_not_own(
         run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100}))
     vs = get_json(kubectl, namespace, "virtualservice", RELEASE)
     assert vs["spec"]["http"][0]["route"][0]["destination"] == {"host": "x"}
+
+
+HEADER_ROUTES = [
+    {"name": "beta", "headers": [{"name": "x-group", "exact": "beta"},
+                                 {"name": "x-tier", "prefix": "gold"}]},
+    {"name": "staff", "headers": [{"name": "x-user", "regex": "^[a-z]+@example\\.com$"}]},
+]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"timeout": "120s"},
+        {"timeout": "1500ms"},
+        {"timeout": "1ms"},
+        {"timeout": "1000h"},
+        {"retries": {"attempts": 0}},
+        {"retries": {"attempts": 3, "perTryTimeout": "2s",
+                     "retryOn": "connect-failure,refused-stream,503"}},
+        {"headerRoutes": HEADER_ROUTES},
+        {"timeout": "1m30s", "retries": {"attempts": 1, "perTryTimeout": "45s"},
+         "headerRoutes": HEADER_ROUTES},
+    ],
+    ids=["timeout", "timeout-ms", "timeout-1ms", "timeout-1000h", "retries-off",
+         "retries-full", "header-routes", "everything"],
+)
+def test_every_route_option_is_accepted_by_istios_schema_as_written(
+    router: IstioRouter, owner: OwnerRef, namespace: str, kubectl: Kubectl, istio_crds: None,
+    options: dict[str, Any],
+) -> None:
+    """Istio's own CRD (with its CEL rules on durations) validates what Rewind writes, with
+    field validation Strict: each option is stored exactly as rendered and read back as
+    Rewind's own, with nothing amiss."""
+    traffic = TrafficSpec.model_validate({**TRAFFIC.model_dump(by_alias=True), **options})
+    header = 2 if "headerRoutes" in options else None
+    run(router.set_routes(RELEASE, namespace, owner, traffic, {1: 80, 2: 20},
+                          header_revision=header))
+    stored = get_json(kubectl, namespace, "virtualservice", RELEASE)
+    expected = build_virtual_service(RELEASE, namespace, owner, traffic, {1: 80, 2: 20},
+                                     header_revision=header)
+    assert stored["spec"] == expected["spec"]
+    seen = run(router.observe_routes(RELEASE, namespace, owner, traffic))
+    assert seen.problems == () and seen.weights == {1: 80, 2: 20}
+    assert seen.header_revision == header
+
+
+def test_istio_refuses_a_zero_timeout_which_is_why_rewinds_api_does(
+    router: IstioRouter, owner: OwnerRef, namespace: str, istio_crds: None
+) -> None:
+    body = build_virtual_service(RELEASE, namespace, owner, TRAFFIC, {1: 100})
+    body["spec"]["http"][0]["timeout"] = "0s"
+    with pytest.raises(RouteRefusedError, match="must be a valid duration greater than 1ms"):
+        run(router._apply("virtualservices", body))
+    with pytest.raises(ValueError, match="must be more than 0s"):
+        TrafficSpec(hosts=["fraud.example.com"], timeout="0s")
+
+
+def test_a_hand_edit_is_drift_and_the_next_write_undoes_all_of_it(
+    router: IstioRouter, owner: OwnerRef, namespace: str, kubectl: Kubectl, istio_crds: None
+) -> None:
+    """kubectl patch adds route options and an exportTo: the router names the editor and
+    every field; one write restores the VirtualService exactly (the exportTo too, which an
+    apply alone leaves to its owner), and Rewind is its only manager again."""
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100}))
+    patch = [
+        {"op": "add", "path": "/spec/http/0/timeout", "value": "120s"},
+        {"op": "add", "path": "/spec/http/0/retries", "value": {"attempts": 0}},
+        {"op": "add", "path": "/spec/exportTo", "value": ["."]},
+    ]
+    kubectl("patch", "virtualservice", RELEASE, "-n", namespace, "--type=json",
+            "-p", json.dumps(patch))
+    [problem] = run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC)).problems
+    assert problem.kind == "Drift"
+    assert f"VirtualService {namespace}/{RELEASE} was edited outside Rewind by kubectl-patch" in (
+        problem.message
+    )
+    for change in ('spec.exportTo added: ["."]', 'spec.http[0].retries added: {"attempts":0}',
+                   'spec.http[0].timeout added: "120s"'):
+        assert change in problem.message
+
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100}))
+    vs = get_json(kubectl, namespace, "virtualservice", RELEASE, "--show-managed-fields")
+    assert vs["spec"] == build_virtual_service(RELEASE, namespace, owner, TRAFFIC,
+                                               {1: 100})["spec"]
+    assert {m["manager"] for m in vs["metadata"]["managedFields"]} == {"rewind-operator"}
+    assert run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC)).problems == ()
 
 
 # -- workloads ---------------------------------------------------------------------------

@@ -579,6 +579,8 @@ ALLOWED_NAMESPACED = [
     ("patch", "rolloutpolicies.rewind.dev", "--subresource=status"),
     ("create", "virtualservices.networking.istio.io"),
     ("patch", "virtualservices.networking.istio.io"),
+    ("list", "virtualservices.networking.istio.io"),  # the route conflict index
+    ("watch", "virtualservices.networking.istio.io"),
     ("patch", "destinationrules.networking.istio.io"),
     ("patch", "deployments.apps"),
     ("patch", "deployments.apps", "--subresource=scale"),
@@ -664,6 +666,9 @@ def test_watch_namespaces_confines_the_operator(
             assert can_i(sandbox, config, *check, "-n", second_namespace), check
             assert not can_i(sandbox, config, *check, "-n", "rewind-demo"), check
         assert not can_i(sandbox, config, "list", "modelreleases.rewind.dev", "--all-namespaces")
+        # Route conflicts are looked for in the watched namespaces only (docs: the limit).
+        assert not can_i(sandbox, config, "watch", "virtualservices.networking.istio.io",
+                         "--all-namespaces")
         assert not can_i(sandbox, config, "patch", "modelreleases.rewind.dev",
                          "--subresource=status", "--all-namespaces")
         # Kopf's cluster-wide needs when restricted to namespaces.

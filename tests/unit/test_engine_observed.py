@@ -289,6 +289,23 @@ def test_a_conflicting_route_holds_the_release_and_names_it() -> None:
     assert w.phase() == Phase.PROMOTED
 
 
+def test_a_conflict_seen_before_any_route_is_needed_is_reported_once() -> None:
+    """A first release waiting to become Available needs no routes yet; a conflict seen
+    then is still reported (Stalled, one Event), not once per reconcile."""
+    w = World(make_policy(), ready_after=20)
+    w.route_problems = (RouteProblem("Conflict", "VirtualService team-b/legacy also routes"),)
+    w.run(15, dt=1)
+    assert condition(w, "Stalled")[:2] == ("True", "RouteConflict")
+    assert [e.reason for e in w.events].count("RouteConflict") == 1
+    assert [e.type for e in w.status.timeline].count("RouteConflict") == 1
+    w.run(15, dt=1)  # Available now: promoting waits for the conflict to go
+    assert w.phase() == Phase.PROMOTING
+    assert [e.reason for e in w.events].count("RouteConflict") == 1
+    w.route_problems = ()
+    w.run(2, dt=1)
+    assert w.phase() == Phase.PROMOTED and ready(w)
+
+
 def test_routes_that_never_take_effect_stall_after_the_progress_deadline() -> None:
     w = promoted_world(make_policy(progress_deadline="1m"))
     w.route_problems = (RouteProblem("NotAccepted", "gateway has not accepted the route"),)

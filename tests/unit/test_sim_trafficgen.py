@@ -103,6 +103,20 @@ def test_parse_virtual_service_istio_defaults() -> None:
         parse_virtual_service(vs({"r1": 100}, mirror="r2", pct=150))
 
 
+def test_header_routes_before_the_weights_take_none_of_the_generated_requests() -> None:
+    """Rewind's A/B route matches callers by header; the generator sends no such header."""
+    table = vs({"r1": 80, "r2": 20})
+    header_route = {"name": "rewind-headers",
+                    "match": [{"name": "beta", "headers": {"x-group": {"exact": "beta"}}}],
+                    "route": [{"destination": {"host": "fraud", "subset": "r2"}}]}
+    table["spec"]["http"].insert(0, header_route)
+    parsed = parse_virtual_service(table, HOST)
+    assert [(r.destination.subset, r.weight) for r in parsed.routes] == [("r1", 80), ("r2", 20)]
+    only_matches = vs({"r1": 100})
+    only_matches["spec"]["http"] = [header_route]
+    assert parse_virtual_service(only_matches) == RouteTable()  # Istio: no route, a 404
+
+
 @pytest.mark.parametrize(
     "weights",
     [{"r1": 90, "r2": 10}, {"r1": 50, "r2": 50}, {"r1": 0, "r2": 100}, {"r1": 1, "r2": 99}],

@@ -118,7 +118,9 @@ app.kubernetes.io/part-of: rewind
 - apiGroups: [apps]
   resources: [controllerrevisions]
   verbs: [get, list, watch, create, delete]
-# The release's traffic split (server-side apply = patch).
+# The release's traffic split (server-side apply = patch). list/watch also feed the
+# operator's index of every VirtualService it can see, where route conflicts (another
+# VirtualService on a release's host and gateway) are looked up; get reads one back.
 - apiGroups: [networking.istio.io]
   resources: [virtualservices, destinationrules]
   verbs: [get, list, watch, create, patch, update, delete]
