@@ -40,6 +40,7 @@ from rewind.adapters import _kube
 from rewind.adapters.archive import (
     FORGET_HISTORY_ANNOTATION,
     KubeArchive,
+    LegacySnapshotError,
     archive_entries,
     describe_source,
     encode_record,
@@ -514,10 +515,14 @@ class ReleaseController:
                 if snapshot is None:
                     await self.workloads.save_snapshot(name, namespace, owner, entry.revision,
                                                        spec)
-                await self.archive.record(
-                    namespace, workload_name(name, entry.revision), entry, owner.uid, now,
-                    drop_owners=snapshot is not None and snapshot.owned,
-                )
+                try:
+                    await self.archive.record(
+                        namespace, workload_name(name, entry.revision), entry, owner.uid, now,
+                        drop_owners=snapshot is not None and snapshot.owned,
+                    )
+                except LegacySnapshotError as err:
+                    log.warning("%s/%s: r%d not recorded: %s", namespace, name,
+                                entry.revision, err)
             else:
                 log.warning("%s/%s: r%d has no snapshot to record its history on",
                             namespace, name, entry.revision)

@@ -44,6 +44,7 @@ from rewind.adapters.base import (
     RELEASE_LABEL,
     REVISION_LABEL,
     SPEC_HASH_ANNOTATION,
+    AdapterError,
 )
 from rewind.api import MODELRELEASE_PLURAL, HistoryEntry
 
@@ -59,6 +60,12 @@ FORGET_HISTORY_ANNOTATION = f"{API_GROUP}/forget-history"
 
 #: Every Rewind snapshot, of every release.
 SNAPSHOT_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{REVISION_LABEL}"
+
+
+class LegacySnapshotError(AdapterError):
+    """A snapshot saved by an operator before history records: the API server refuses any
+    change to its metadata (it re-serializes the ``data`` bytes differently and calls that
+    a change of an immutable field), so it keeps its ownerReference and gets no record."""
 
 
 def timestamp(at: datetime) -> str:
@@ -367,6 +374,12 @@ class KubeArchive:
         except client.ApiException as exc:
             if exc.status in (404, 409):
                 return False
+            if exc.status == 422 and "immutable" in (exc.body or ""):
+                raise LegacySnapshotError(
+                    f"ControllerRevision {namespace}/{name} was saved by an operator without "
+                    "history records: the API server refuses any change to it (its data "
+                    "would be re-serialized), so it keeps its ownerReference and no record"
+                ) from exc
             raise
         return True
 
@@ -388,10 +401,13 @@ class KubeArchive:
                 releases[key] = referenced_revisions(body)
         done: list[SweepStep] = []
         for step in sweep_plan(stored, releases, retention, now):
-            if step.kind == "delete":
-                applied = await self.delete(step.stored)
-            else:
-                applied = await self.mark_orphaned(step.stored, now)
+            try:
+                if step.kind == "delete":
+                    applied = await self.delete(step.stored)
+                else:
+                    applied = await self.mark_orphaned(step.stored, now)
+            except LegacySnapshotError:
+                continue  # owned by its release: the garbage collector takes it
             if applied:
                 done.append(step)
         return done

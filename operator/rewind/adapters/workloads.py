@@ -45,6 +45,7 @@ from rewind.adapters.base import (
 from rewind.api import ModelReleaseSpec, spec_hash, workload_name
 
 CONTAINER_NAME = "model-server"
+SNAPSHOTS_PATH = "/apis/apps/v1/namespaces/{namespace}/controllerrevisions"
 PORT_NAME = "http"
 VERSION_LABEL = "app.kubernetes.io/version"
 
@@ -380,8 +381,12 @@ class KubeWorkloads:
         body = build_snapshot(release, namespace, owner, revision, spec)
         digest: str = body["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
         try:
-            await _kube.call(
-                self._apps.create_namespaced_controller_revision,
+            # Canonical bytes: its history record is patched into its metadata later, and
+            # the API server refuses any patch of a ControllerRevision whose data it would
+            # re-serialize differently.
+            await _kube.create_exact(
+                self._apps.api_client,
+                SNAPSHOTS_PATH,
                 namespace,
                 body,
                 field_manager=self._field_manager,
