@@ -246,3 +246,27 @@ def test_forgetting_a_deleted_release_on_purpose_starts_afresh(rw: Rewind, how: 
     assert (snapshot(rw, 1) or {})["data"]["model"]["version"] == "3.0.0"
     assert snapshot(rw, 2) is None
     wait_recorded(rw, 1, "Promoted")
+
+
+def test_a_record_lost_to_a_crash_is_written_after_the_restart(rw: Rewind) -> None:
+    """Records follow the status: an operator killed between the two writes leaves the
+    record behind the status (never ahead of it), and writes it once it is back."""
+    rw.apply(policy_manifest(POLICY, canary((50, "2s")), scale_down_delay="2s"))
+    rw.promote_first_revision(NAME, POLICY)
+    rw.set_error_rate(NAME, 2, BROKEN)
+    status = rw.kill_operator_when(
+        NAME, "phase RolledBack", lambda s: s.get("phase") == "RolledBack",
+        after=lambda: rw.apply(release_manifest(NAME, POLICY, version=2)),
+    )
+    # Whether or not the record write made it before the kill, make it lost: what an
+    # operator killed between the status write and the record write leaves.
+    lagging = {**history(status, 2), "outcome": "Progressing"}
+    for key in ("finishedAt", "reason"):
+        lagging.pop(key, None)
+    rw.kubectl("annotate", "--overwrite", "-n", rw.namespace, "controllerrevision",
+               workload(NAME, 2), f"rewind.dev/record={json.dumps(lagging)}")
+    assert (record(rw, 2) or {}).get("outcome") == "Progressing"
+
+    rw.operator.start()
+    written = wait_recorded(rw, 2, "RolledBack")
+    assert written == history(rw.status(NAME), 2)
