@@ -28,8 +28,8 @@ from                on                                      to
 Pending/restoring   stable Available, routes read back      the current revision's recorded
                     (at once when there is no stable)       phase (Promoted / RolledBack /
                                                             Failed)
-Pending/restoring   the current revision was in flight      Progressing (same revision,
-                                                            from stage 0)
+Pending/restoring   the current revision never finished     Progressing (same revision,
+                    its rollout (in flight, Superseded)     from stage 0)
 (any) / Pending     spec hash differs from newest history   Progressing (new revision N+1,
                                                             stage Ready); in-flight candidate
                                                             Superseded; Failed if the image
@@ -1157,14 +1157,16 @@ def _phase_pending(ctx: _Ctx) -> None:
     current = ctx.entry(s.current_revision) if s.current_revision else None
     if current is None:
         return  # the spec is not recorded: it starts once the policy is usable
-    if current.outcome == Outcome.PROGRESSING:  # in flight when the object was deleted
+    if current.outcome in (Outcome.PROGRESSING, Outcome.SUPERSEDED):
+        # In flight when the object was deleted (or recorded as superseded by a revision
+        # whose record was lost): never judged, so it goes through the analysis again.
         if ctx.policy is None:
             return
         against = f" against stable r{s.stable_revision}" if s.stable_revision else ""
         ctx.record(
             "RolloutRestarted",
-            f"r{current.revision}'s rollout was interrupted when the ModelRelease was deleted; "
-            f"it starts again{against}",
+            f"r{current.revision} had not finished its rollout when the ModelRelease was "
+            f"deleted; it starts again{against}",
             revision=current.revision,
         )
         _start_revision(ctx, current.revision, fresh=False)

@@ -244,6 +244,27 @@ def test_a_rollout_interrupted_by_the_deletion_starts_again() -> None:
     assert w.decided_at[first_route_write(w)] >= w.decided_at[0] + timedelta(seconds=5)
 
 
+def test_a_current_revision_recorded_as_superseded_is_released_again() -> None:
+    """Its successor's record was lost (a crash before the record write, then the deletion)
+    and Git went back to it: never judged, so through the analysis again, never promoted
+    as it is."""
+    w = promoted_world(make_policy())
+    w.release(make_spec("2.0.0"))
+    w.step(10)
+    w.release(make_spec("3.0.0"))
+    assert w.outcome(2) == "Superseded"
+    entries = tuple(e for e in w.status.history if e.revision != 3)
+    w = recreate(w, make_spec("2.0.0"))
+    w.archive = replace(w.archive, entries=entries)
+    w.step()
+    assert w.phase() == Phase.PROGRESSING
+    assert (w.status.candidate_revision, w.status.stable_revision) == (2, 1)
+    assert "RolloutRestarted" in w.timeline_types()
+    w.settle()
+    assert w.phase() == Phase.PROMOTED and w.status.stable_revision == 2
+    assert {1: 90, 2: 10} in route_writes(w)
+
+
 def test_an_interrupted_rollout_is_superseded_when_the_spec_moved_on() -> None:
     w = promoted_world(make_policy())
     w.release(make_spec("2.0.0"))
