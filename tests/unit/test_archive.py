@@ -26,6 +26,7 @@ from rewind.adapters.archive import (
     record_patch,
     referenced_revisions,
     sweep_plan,
+    watched,
 )
 from rewind.adapters.base import OwnerRef
 from rewind.adapters.workloads import build_snapshot
@@ -252,3 +253,23 @@ def test_referenced_revisions_of_a_stored_status() -> None:
     body = {"status": {"history": [{"revision": 4}, {"revision": 5}], "stableRevision": 3,
                        "candidateRevision": 5, "currentRevision": 6}}
     assert referenced_revisions(body) == frozenset({3, 4, 5, 6})
+
+
+@pytest.mark.parametrize(
+    ("namespace", "patterns", "expected"),
+    [
+        ("risk", ["risk"], True),
+        ("risk", ["shop"], False),
+        ("team-a", ["team-*"], True),
+        ("team-a", ["team-*, !team-a"], False),
+        ("team-b", ["team-*, !team-a"], True),
+        ("other", ["!team-a"], True),  # a leading negation implies a catch-all (Kopf)
+        ("team-a", ["!team-a"], False),
+        ("team-a", ["shop", "team-*"], True),  # any value
+    ],
+)
+def test_the_sweep_covers_only_the_watched_namespaces(
+    namespace: str, patterns: list[str], expected: bool
+) -> None:
+    """Records of namespaces another operator watches are never touched."""
+    assert watched(namespace, patterns) is expected

@@ -386,19 +386,25 @@ class KubeArchive:
     async def sweep(
         self, namespaces: Sequence[str] | None, retention: float, now: datetime
     ) -> list[SweepStep]:
-        """Apply :func:`sweep_plan` to the watched namespaces (None: all); returns the
-        steps that took effect. Snapshots are listed before releases: a release created
-        in between adopts (claims) its records, which fails the sweep's conditional
-        delete of the version it listed."""
+        """Apply :func:`sweep_plan` to the watched namespaces (None: all; globs and
+        ``!`` negations as ``--namespace`` takes them); returns the steps that took
+        effect. Snapshots are listed before releases: a release created in between adopts
+        (claims) its records, which fails the sweep's conditional delete of the version
+        it listed."""
+        scopes: list[str | None] = [None]
+        if namespaces is not None and not any(_is_pattern(n) for n in namespaces):
+            scopes = list(namespaces)
         stored: list[StoredRevision] = []
         releases: dict[tuple[str, str], frozenset[int] | None] = {}
-        for namespace in namespaces if namespaces is not None else [None]:
+        for namespace in scopes:
             stored += await self._list_snapshots(namespace)
-        for namespace in namespaces if namespaces is not None else [None]:
+        for namespace in scopes:
             for body in await self._list_releases(namespace):
                 meta = body.get("metadata") or {}
                 key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
                 releases[key] = referenced_revisions(body)
+        if namespaces is not None and scopes == [None]:
+            stored = [s for s in stored if watched(s.namespace, namespaces)]
         done: list[SweepStep] = []
         for step in sweep_plan(stored, releases, retention, now):
             try:
@@ -448,6 +454,19 @@ class KubeArchive:
             )
         items: list[dict[str, Any]] = listing.get("items") or []
         return items
+
+
+def _is_pattern(namespace: str) -> bool:
+    return any(c in namespace for c in "*?[!,")
+
+
+def watched(namespace: str, patterns: Sequence[str]) -> bool:
+    """Whether the ``--namespace`` values (names, globs, ``!`` negations) cover
+    ``namespace``, by Kopf's own rule, so the sweep touches exactly the namespaces whose
+    releases this operator reconciles."""
+    from kopf._cogs.structs.references import NamespaceName, match_namespace
+
+    return any(match_namespace(NamespaceName(namespace), p) for p in patterns)
 
 
 def _parse_listing(listing: Mapping[str, Any], release: str | None) -> list[StoredRevision]:
