@@ -26,6 +26,7 @@ from tests.sandbox.operator_helpers import (
     Routes,
     assert_holds,
     canary,
+    condition,
     history,
     outcomes,
     parse_time,
@@ -270,3 +271,53 @@ def test_a_record_lost_to_a_crash_is_written_after_the_restart(rw: Rewind) -> No
     rw.operator.start()
     written = wait_recorded(rw, 2, "RolledBack")
     assert written == history(rw.status(NAME), 2)
+
+
+
+HOLD = "rewind.test/hold"  # a finalizer that keeps an object the garbage collector deletes
+
+
+def test_applied_again_before_the_garbage_collector_is_done_still_comes_back(
+    rw: Rewind,
+) -> None:
+    """Argo CD re-creates at once: the old object's Deployment and routes may still exist,
+    owned by the old uid (here held by a finalizer). They are not taken for the new
+    object's: it waits, reporting why, and comes back once they are gone."""
+    rw.apply(policy_manifest(POLICY, canary((50, "2s")), scale_down_delay="2s"))
+    rw.promote_first_revision(NAME, POLICY)
+    rw.set_error_rate(NAME, 2, BROKEN)
+    manifest = release_manifest(NAME, POLICY, version=2)
+    rw.apply(manifest)
+    rw.wait_phase(NAME, "RolledBack", stable=1, timeout=40)
+    rw.wait_replicas(NAME, 2, 0, timeout=20)
+    held = [("deployment", workload(NAME, 1)), ("virtualservice", NAME)]
+    for kind, name in held:
+        rw.kubectl("patch", kind, name, "-n", rw.namespace, "--type=merge", "-p",
+                   json.dumps({"metadata": {"finalizers": [HOLD]}}))
+
+    with Recorder(rw.sandbox, rw.namespace) as rec:
+        rw.kubectl("delete", "modelrelease", NAME, "-n", rw.namespace, "--timeout=30s")
+        wait_for("the old Deployment and VirtualService held while being deleted",
+                 lambda: all(rw.get(kind, name)["metadata"].get("deletionTimestamp")
+                             for kind, name in held), timeout=30)
+        rw.apply(manifest)
+        new_uid = rw.release(NAME)["metadata"]["uid"]
+        stalled = rw.wait_status(NAME, "Stalled by the old objects",
+                                 lambda s: condition(s, "Stalled").get("status") == "True")
+        assert "deleted ModelRelease of the same name" in condition(stalled, "Stalled")[
+            "message"] or "not owned" in condition(stalled, "Stalled")["message"], stalled
+        assert_holds("Pending while the old objects exist",
+                     lambda: rw.status(NAME).get("phase") == "Pending", seconds=3)
+        for kind, name in held:
+            rw.kubectl("patch", kind, name, "-n", rw.namespace, "--type=merge", "-p",
+                       json.dumps({"metadata": {"finalizers": None}}))
+        status = rw.wait_phase(NAME, "RolledBack", stable=1, timeout=60)
+        rw.wait_routes(NAME, {1: 100})
+    vs = rw.get("virtualservice", NAME)
+    assert [ref["uid"] for ref in vs["metadata"]["ownerReferences"]] == [new_uid]
+    deployment = rw.get("deployment", workload(NAME, 1))
+    assert [ref["uid"] for ref in deployment["metadata"]["ownerReferences"]] == [new_uid]
+    assert outcomes(status) == {1: "Promoted", 2: "RolledBack"}
+    assert all(2 not in r.weights for _, r in rec.routes(NAME)), rec.routes(NAME)
+    phases = {s.get("phase") for _, s in rec.statuses(NAME) if s.get("stableRevision") != 2}
+    assert phases <= {None, "Pending", "RolledBack"}, rec.phases(NAME)
