@@ -8,7 +8,7 @@ One explicit state machine
 --------------------------
 ``decide`` runs a fixed pipeline (see ``_PIPELINE``)::
 
-    record analysis -> expire a pending decision -> human actions
+    adopt recorded history -> record analysis -> expire a pending decision -> human actions
         -> spec change + phase machine (to a fixpoint) -> actions left for later judged
         again -> housekeeping -> desired state + conditions -> status clipped to its bounds
 
@@ -21,6 +21,15 @@ emits an Event through ``_Ctx.record``.
 ==================  ======================================  ===============================
 from                on                                      to
 ==================  ======================================  ===============================
+(no history)        recorded revisions (``Inputs.archive``: Pending, restoring: history
+                    the object was deleted and created      adopted, stable = last
+                    again)                                  known-good, current = the newest
+                                                            record if the spec hashes to it
+Pending/restoring   stable Available, routes read back      the current revision's recorded
+                    (at once when there is no stable)       phase (Promoted / RolledBack /
+                                                            Failed)
+Pending/restoring   the current revision never finished     Progressing (same revision,
+                    its rollout (in flight, Superseded)     from stage 0)
 (any) / Pending     spec hash differs from newest history   Progressing (new revision N+1,
                                                             stage Ready); in-flight candidate
                                                             Superseded; Failed if the image
@@ -92,6 +101,12 @@ Order: snapshots, workloads, routes, scale-downs, annotation removals, events.
 
 Choices worth knowing (documented in the tests too):
 
+* Records outlive the object: a status without history adopts ``Inputs.archive`` (the
+  controller reads it only then), so a ModelRelease deleted and applied again from Git
+  comes back in its recorded phase with its last known-good revision restored, instead of
+  releasing the spec as a first release without analysis. Revision numbers continue from
+  the records. Restoring is not a rollback (no ``RollbackStarted``): the timeline says
+  ``HistoryAdopted``, then ``Restored``.
 * Revision numbers only grow. A spec whose hash equals an *older* revision's hash (the user
   reverted Git) is still a new revision N+1: history is immutable and ordered.
 * ``status.currentStep`` indexes the engine's plan, whose stage 0 is "wait for Available".
@@ -181,6 +196,7 @@ from rewind.engine_plan import Finish, Plan, Stage, StageKind, build_plan
 __all__ = [
     "Action",
     "ActionKind",
+    "Archive",
     "Decision",
     "EmitEvent",
     "EnsureRevision",
@@ -262,6 +278,18 @@ class HumanAction:
 
 
 @dataclass(frozen=True)
+class Archive:
+    """The recorded revisions of this namespace/name, read by the controller while the
+    status has no history (the ModelRelease was deleted and created again): snapshots and
+    their history records outlive the object (see ``_adopt_archive``)."""
+
+    entries: tuple[HistoryEntry, ...] = ()  # one per recorded revision, any order
+    source: str = ""  # where they were read, for the timeline
+    #: Records deleted on request (rewind.dev/forget-history) instead of adopted.
+    forgotten: int = 0
+
+
+@dataclass(frozen=True)
 class Inputs:
     """Everything one decision may depend on (the engine reads nothing else)."""
 
@@ -279,6 +307,8 @@ class Inputs:
     namespace: str = ""  # metadata.namespace
     #: The routes in effect as the router reads them back, and what makes them untrue.
     routes: RouteObservation = field(default_factory=RouteObservation)
+    #: Recorded revisions to adopt when the status has no history (empty: none).
+    archive: Archive = field(default_factory=Archive)
 
 
 # --------------------------------------------------------------------------------------
@@ -716,7 +746,7 @@ def _desired_routes(ctx: _Ctx) -> SetRoutes | None:
         if plan.finish == Finish.STOP and stable:
             return SetRoutes({stable: 100}, None, 0)
         return SetRoutes({cand: 100}, None, 0)
-    if s.phase == Phase.ROLLING_BACK:
+    if s.phase in (Phase.ROLLING_BACK, Phase.PENDING):  # Pending: restoring adopted history
         return SetRoutes({stable: 100}, None, 0) if stable and ctx.available(stable) else None
     if s.phase in SETTLED and stable:
         return SetRoutes({stable: 100}, None, 0)
@@ -1018,6 +1048,166 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
     plan = ctx.plan()
     assert plan is not None
     _enter_stage(ctx, plan, 0)
+
+
+# --------------------------------------------------------------------------------------
+# Pipeline step 0: a release created again adopts its recorded history
+# --------------------------------------------------------------------------------------
+
+#: Why an adopted revision that was in flight when its ModelRelease was deleted ended.
+INTERRUPTED = "its rollout was interrupted: the ModelRelease was deleted while it was in flight"
+
+
+def _known_good(entries: Sequence[HistoryEntry]) -> int:
+    """The last known-good revision of adopted entries: the one serving as stable (outcome
+    Promoted, not finished), else the newest that was ever promoted (0: none)."""
+    serving = [e.revision for e in entries if e.outcome == Outcome.PROMOTED and not e.finished_at]
+    if serving:
+        return max(serving)
+    good = [
+        e.revision
+        for e in entries
+        if e.promoted_at is not None and e.outcome in (Outcome.PROMOTED, Outcome.RETIRED)
+    ]
+    return max(good) if good else 0
+
+
+def _adopt_archive(ctx: _Ctx) -> None:
+    """A status without history, and recorded revisions of the same namespace/name: the
+    ModelRelease was deleted and created again (a rebuilt cluster, an Argo CD app created
+    again with prune). Adopt the records, so the release neither forgets what failed nor
+    re-numbers revisions:
+
+    * history = the records (outcomes, reasons, digests, times); an entry that was in flight
+      is Superseded (interrupted) unless the spec still describes it, a warm previous stable
+      is Retired (its Deployment went with the deleted object);
+    * stable = the last known-good revision; current = the newest record if its spec hash is
+      the spec's (else the spec becomes revision max+1, against that stable);
+    * phase Pending until the stable, re-created from its snapshot, is Available and the
+      routes to it are read back; then the current revision's recorded phase
+      (``_phase_pending``). An interrupted current revision starts its rollout again.
+    """
+    s, archive = ctx.s, ctx.inp.archive
+    if s.history:
+        return
+    if not archive.entries:
+        if archive.forgotten:
+            ctx.note(
+                "HistoryForgotten",
+                f"forgot {archive.forgotten} recorded revision(s) of this release "
+                f"({archive.source or 'on request'}): it starts afresh",
+            )
+        return
+    by_revision = {e.revision: e for e in archive.entries if e.revision > 0}
+    if not by_revision:
+        return
+    entries = [by_revision[r].model_copy(deep=True) for r in sorted(by_revision)]
+    newest = entries[-1]
+    current = newest.revision if newest.spec_hash == ctx.inp.spec_hash else 0
+    for e in entries:
+        if e.outcome == Outcome.PROGRESSING and e.revision != current:
+            e.outcome = Outcome.SUPERSEDED
+            e.finished_at = e.finished_at or ctx.now
+            e.reason = INTERRUPTED
+        elif e.outcome in (Outcome.ROLLED_BACK, Outcome.FAILED) and e.finished_at is None:
+            e.finished_at = ctx.now
+    stable = _known_good(entries)
+    for e in entries:
+        if e.revision == stable:
+            e.outcome, e.finished_at = Outcome.PROMOTED, None
+        elif e.outcome == Outcome.PROMOTED:  # a previous stable kept warm
+            e.outcome = Outcome.RETIRED
+            e.finished_at = e.finished_at or ctx.now
+    s.history = entries
+    s.stable_revision, s.current_revision, s.candidate_revision = stable, current, 0
+    s.phase = Phase.PENDING
+    s.current_step = 0
+    s.step_started_at = ctx.now  # the restore's progress deadline counts from here
+    s.pending_decision = None
+    outcomes = ", ".join(f"r{e.revision} {e.outcome.value}" for e in entries)
+    spec = (
+        f"the spec is r{current} ({newest.outcome.value})"
+        if current
+        else f"the spec is new: it becomes r{newest.revision + 1}"
+    )
+    good = f"last known-good r{stable}" if stable else "no known-good revision"
+    ctx.record(
+        "HistoryAdopted",
+        f"adopted {len(entries)} recorded revision(s) from {archive.source or 'the archive'}: "
+        f"{outcomes}; {good}; {spec}",
+        revision=current or stable,
+    )
+
+
+def _restored_phase(entry: HistoryEntry) -> Phase:
+    """The phase a restored release settles in: its current revision's recorded outcome."""
+    if entry.outcome in (Outcome.PROMOTED, Outcome.RETIRED):
+        return Phase.PROMOTED
+    if entry.outcome == Outcome.ROLLED_BACK:
+        return Phase.ROLLED_BACK
+    return Phase.FAILED
+
+
+def _phase_pending(ctx: _Ctx) -> None:
+    """Pending: nothing released yet (a new spec starts the first revision), or restoring
+    adopted history: the last known-good revision is re-created from its snapshot, gets
+    the routes once it is Available, and the release settles in its recorded phase once
+    they are read back."""
+    s = ctx.s
+    if not s.history:
+        return
+    current = ctx.entry(s.current_revision) if s.current_revision else None
+    if current is None:
+        return  # the spec is not recorded: it starts once the policy is usable
+    if current.outcome in (Outcome.PROGRESSING, Outcome.SUPERSEDED):
+        # In flight when the object was deleted (or recorded as superseded by a revision
+        # whose record was lost): never judged, so it goes through the analysis again.
+        if ctx.policy is None:
+            return
+        against = f" against stable r{s.stable_revision}" if s.stable_revision else ""
+        ctx.record(
+            "RolloutRestarted",
+            f"r{current.revision} had not finished its rollout when the ModelRelease was "
+            f"deleted; it starts again{against}",
+            revision=current.revision,
+        )
+        _start_revision(ctx, current.revision, fresh=False)
+        return
+    target = s.stable_revision
+    if target:
+        want = _desired_routes(ctx)
+        if not ctx.available(target) or not ctx.in_effect(want):
+            why = _not_ready(ctx, target)
+            wait = (
+                f"r{target} {why}; it gets the routes once it is Available"
+                if why
+                else f"r{target} is Available, moving traffic to it: {ctx.routes_why(want)}"
+            )
+            s.message = f"restoring the last known-good r{target} from its snapshot: {wait}"
+            since = s.step_started_at or ctx.now
+            s.step_started_at = since
+            deadline = since + timedelta(seconds=ctx.progress_deadline)
+            if ctx.now >= deadline:
+                ctx.stalled = (
+                    f"restored r{target} is not Available with its routes in effect after "
+                    f"{_dur(ctx.progress_deadline)} (since {_ts(since)}): {wait}"
+                )
+            else:
+                ctx.wake(deadline)
+            return
+    s.phase = _restored_phase(current)
+    s.step_started_at = None
+    serving = f"r{target} serves 100%" if target else "nothing serves users"
+    if s.phase == Phase.PROMOTED and current.revision == target:
+        s.message = f"r{target} promoted: serving 100% of traffic"
+    else:
+        verb = "rolled back" if s.phase == Phase.ROLLED_BACK else current.outcome.value.lower()
+        s.message = f"r{current.revision} {verb}; {serving}: {current.reason or 'recorded'}"
+    ctx.record(
+        "Restored",
+        f"restored from the recorded history: {s.message}",
+        revision=current.revision,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -1451,7 +1641,7 @@ def _check_spec(ctx: _Ctx) -> None:
 
 
 def _phase_idle(ctx: _Ctx) -> None:
-    """Pending / Promoted / RolledBack / Failed: only humans or a new spec move these."""
+    """Promoted / RolledBack / Failed: only humans or a new spec move these."""
 
 
 def _phase_rollout(ctx: _Ctx) -> None:
@@ -1574,7 +1764,7 @@ def _phase_rolling_back(ctx: _Ctx) -> None:
 
 
 _PHASES: Mapping[Phase, Callable[[_Ctx], None]] = {
-    Phase.PENDING: _phase_idle,
+    Phase.PENDING: _phase_pending,
     Phase.PROGRESSING: _phase_rollout,
     Phase.PAUSED: _phase_rollout,
     Phase.AWAITING_APPROVAL: _phase_awaiting,
@@ -1733,6 +1923,7 @@ def _reconsider_kept(ctx: _Ctx) -> None:
 
 
 _PIPELINE: tuple[Callable[[_Ctx], None], ...] = (
+    _adopt_archive,
     _record_analysis,
     _expire_decision,
     _consume_actions,
@@ -1776,12 +1967,15 @@ def _desired_state(ctx: _Ctx) -> list[Action]:
 def _safe_to_write(ctx: _Ctx, want: SetRoutes) -> bool:
     """Users are never moved onto a revision that is not Available: a write that adds
     live weight (or the header routes' callers) to one waits until it is (the step then
-    holds, not in effect). The stable revision is exempt: it is where traffic goes back to
-    whatever happens."""
+    holds, not in effect). The stable revision is exempt while the routes read back give
+    it live weight: it is where traffic goes back to whatever happens. A stable with no
+    live weight at all (a release created again from its records: its route objects went
+    with the deleted one) gets users only once it is Available, like any revision."""
     seen = ctx.inp.routes
     stable = ctx.s.stable_revision
     for rev, weight in want.weights.items():
-        if rev != stable and weight > seen.weights.get(rev, 0) and not ctx.available(rev):
+        exempt = rev == stable and seen.weights.get(rev, 0) > 0
+        if not exempt and weight > seen.weights.get(rev, 0) and not ctx.available(rev):
             return False
     header = want.header_revision
     return not (

@@ -9,7 +9,9 @@ RolloutPolicy changing. One loop per release serialises every write to it; a pok
 
 The loops are plain tasks started from the watch, not Kopf daemons: Kopf puts a finalizer
 on every object with a daemon, so a ModelRelease (and its namespace) could not be deleted
-while the operator is down. Owned objects are garbage-collected through ownerReferences.
+while the operator is down. Owned objects are garbage-collected through ownerReferences;
+revision snapshots and their history records are not owned: they outlive the object, and a
+sweep deletes them after the retention (``sweep_records``).
 
 Nothing lives only in memory: the loop re-reads the release on every pass, so the operator
 can be killed at any line and resumes from what the API server holds.
@@ -25,6 +27,7 @@ import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -33,6 +36,7 @@ from prometheus_client import start_http_server
 
 from rewind import API_GROUP, API_VERSION
 from rewind.adapters import _kube
+from rewind.adapters.archive import KubeArchive
 from rewind.adapters.base import MANAGED_BY_LABEL, MANAGED_BY_VALUE, RELEASE_LABEL
 from rewind.adapters.events import EventRecorder
 from rewind.adapters.prometheus import DEFAULT_THREADS, PrometheusProvider
@@ -54,6 +58,13 @@ log = logging.getLogger(__name__)
 
 #: A release with nothing scheduled is still re-read this often (drift repair).
 IDLE_RESYNC = 60.0
+#: Revision records outlive their ModelRelease this long by default (30 days).
+DEFAULT_HISTORY_RETENTION = "720h"
+
+
+def sweep_interval(retention: float) -> float:
+    """How often the retention sweep runs: a tenth of the retention, 1 s to 10 min."""
+    return min(600.0, max(1.0, retention / 10))
 
 
 @dataclass
@@ -99,6 +110,13 @@ class RuntimeConfig:
                                                    str(DEFAULT_THREADS)))
     )
     worker_threads: int = 32
+    #: Seconds revision records of a deleted ModelRelease (and records a live release no
+    #: longer refers to) are kept before the sweep deletes them.
+    history_retention: float = field(
+        default_factory=lambda: parse_duration(
+            os.environ.get("REWIND_HISTORY_RETENTION", DEFAULT_HISTORY_RETENTION)
+        )
+    )
     #: Kopf peering (HA): the peering object's name, None when standalone.
     peering_name: str | None = None
     peering_priority: int = 0
@@ -303,11 +321,38 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         memo.peering_task = asyncio.create_task(gate.run(), name="rewind:peering")
         log.info("peering %s as %r, priority %d: standing by until active",
                  runtime.peering_name, runtime.identity, runtime.peering_priority)
+    memo.sweep_task = asyncio.create_task(
+        sweep_records(memo.controller.archive, memo.loops, runtime.namespaces,
+                      runtime.history_retention),
+        name="rewind:history-retention",
+    )
     if runtime.metrics_port:
         start_http_server(runtime.metrics_port, registry=operator_metrics.registry)
         log.info("operator metrics on :%d/metrics", runtime.metrics_port)
     log.info("analysis queries go to %s (timeout %gs unless a metric sets one, %d threads)",
              runtime.prometheus_url, runtime.prometheus_timeout, runtime.analysis_threads)
+    log.info("revision records of deleted releases are kept %gs", runtime.history_retention)
+
+
+async def sweep_records(
+    archive: KubeArchive,
+    loops: ReleaseLoops,
+    namespaces: list[str] | None,
+    retention: float,
+) -> None:
+    """The one rule that deletes revision records (docs/design.md): on the active replica
+    only, every ``sweep_interval``, mark the snapshots of releases that no longer exist
+    and delete those past the retention. Never raises: a failed sweep is tried again."""
+    while True:
+        if loops.active:
+            try:
+                for step in await archive.sweep(namespaces, retention, datetime.now(UTC)):
+                    verb = "deleted" if step.kind == "delete" else "marked orphaned"
+                    log.info("ControllerRevision %s/%s %s: %s", step.stored.namespace,
+                             step.stored.name, verb, step.why)
+            except Exception:  # the API may be away; the next sweep tries again
+                log.exception("history retention sweep failed; trying again")
+        await asyncio.sleep(sweep_interval(retention))
 
 
 def _has_action(annotations: Mapping[str, str]) -> bool:
@@ -316,11 +361,12 @@ def _has_action(annotations: Mapping[str, str]) -> bool:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    peering_task: asyncio.Task[None] | None = memo.get("peering_task")
-    if peering_task is not None:
-        peering_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await peering_task
+    for name in ("peering_task", "sweep_task"):
+        task: asyncio.Task[None] | None = memo.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     loops: ReleaseLoops | None = memo.get("loops")
     if loops is not None:
         await loops.stop_all()

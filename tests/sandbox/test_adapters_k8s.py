@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import pytest
 from kubernetes import client, watch
 
+from rewind.adapters import _kube
+from rewind.adapters.archive import KubeArchive, LegacySnapshotError
 from rewind.adapters.base import (
     OwnerRef,
     OwnershipConflictError,
@@ -29,8 +32,8 @@ from rewind.adapters.router import (
     IstioRouter,
     build_virtual_service,
 )
-from rewind.adapters.workloads import KubeWorkloads
-from rewind.api import ModelReleaseSpec, TrafficSpec, spec_hash
+from rewind.adapters.workloads import KubeWorkloads, build_snapshot
+from rewind.api import HistoryEntry, ModelReleaseSpec, Outcome, TrafficSpec, spec_hash
 from tests.conftest import Kubectl, wait_for
 
 pytestmark = pytest.mark.sandbox
@@ -306,8 +309,46 @@ def test_snapshot_save_is_idempotent_and_refuses_a_different_spec(
     stored = get_json(kubectl, namespace, "controllerrevision", f"{RELEASE}-r1")
     assert stored["revision"] == 1
     assert stored["metadata"]["annotations"]["rewind.dev/spec-hash"] == digest
+    assert stored["metadata"]["annotations"]["rewind.dev/release-uid"] == owner.uid
     assert stored["metadata"]["labels"]["rewind.dev/release"] == RELEASE
-    assert stored["metadata"]["ownerReferences"][0]["uid"] == owner.uid
+    assert "ownerReferences" not in stored["metadata"]  # outlives the release
+
+
+def test_a_snapshot_takes_its_history_record_again_and_again(
+    workloads: KubeWorkloads, api_client: client.ApiClient, owner: OwnerRef, namespace: str,
+) -> None:
+    """The record is patched into the metadata of a ControllerRevision whose data never
+    changes. The API server refuses any patch of one whose data it would re-serialize to
+    other bytes (`data: field is immutable`): snapshots are saved in canonical bytes, also
+    when the spec holds characters JSON encoders escape differently (<, >, &, non-ASCII)."""
+    spec = make_spec().model_copy(deep=True)
+    spec.code.env[0].value = "<tag> & caf\u00e9 \u2028"
+    spec.model.artifact_uri = "s3://models/fraud/2.1.0/model.onnx?x=1&y=<2>"
+    run(workloads.save_snapshot(RELEASE, namespace, owner, 1, spec))
+    archive = KubeArchive(api_client)
+    now = datetime.now(UTC)
+    for outcome, promoted in ((Outcome.PROGRESSING, None), (Outcome.PROMOTED, now),
+                              (Outcome.RETIRED, now)):
+        entry = HistoryEntry(revision=1, spec_hash=spec_hash(spec), outcome=outcome,
+                             promoted_at=promoted, reason="replaced by r2 & <r3>")
+        assert run(archive.record(namespace, f"{RELEASE}-r1", entry, owner.uid, now))
+        [stored] = run(archive.read(RELEASE, namespace))
+        assert stored.entry == entry and stored.up_to_date(entry, owner.uid)
+    assert run(workloads.load_snapshot(RELEASE, namespace, 1)) == spec  # data unchanged
+
+
+def test_a_snapshot_saved_with_blanks_refuses_a_record_as_legacy(
+    api_client: client.ApiClient, owner: OwnerRef, namespace: str,
+) -> None:
+    """What an operator before history records saved (the client's JSON, with blanks):
+    the API server refuses to change its metadata, and the archive says why."""
+    body = build_snapshot(RELEASE, namespace, owner, 1, make_spec())
+    apps = client.AppsV1Api(api_client)
+    run(_kube.call(apps.create_namespaced_controller_revision, namespace, body, timeout=30))
+    entry = HistoryEntry(revision=1, spec_hash=spec_hash(make_spec()), outcome=Outcome.PROMOTED)
+    with pytest.raises(LegacySnapshotError, match="saved by an operator without history"):
+        run(KubeArchive(api_client).record(namespace, f"{RELEASE}-r1", entry, owner.uid,
+                                           datetime.now(UTC)))
 
 
 def test_revision_deployment_becomes_available_behind_its_services(
@@ -380,7 +421,7 @@ def test_deleting_the_owner_garbage_collects_everything(
     run(workloads.ensure_revision(RELEASE, namespace, owner, 1, 1))
     run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100}))
     kubectl("delete", "configmap", RELEASE, "-n", namespace)
-    kinds = "deployment,service,controllerrevision,virtualservice,destinationrule"
+    kinds = "deployment,service,virtualservice,destinationrule"
     wait_for(
         "the garbage collector to delete the release's objects",
         lambda: (
@@ -388,6 +429,9 @@ def test_deleting_the_owner_garbage_collects_everything(
         ),
         timeout=60,
     )
+    # The snapshot is not owned: it outlives the release (with its history record).
+    left = get_json(kubectl, namespace, "controllerrevisions", "-l", "rewind.dev/release=fraud")
+    assert [i["metadata"]["name"] for i in left["items"]] == [f"{RELEASE}-r1"]
 
 
 # -- events ------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from rewind.engine import (
     ANNOTATION_OF,
     Action,
     ActionKind,
+    Archive,
     Decision,
     EmitEvent,
     EnsureRevision,
@@ -254,6 +255,8 @@ class World:
     route_problems: tuple[RouteProblem, ...] = ()  # conflicts, drift... the router reports
     #: Reconcile again at once after a route write, as the handler does (ROUTE_RECHECK).
     follow_route_writes: bool = True
+    #: Recorded revisions the handler read (it reads them while the status has no history).
+    archive: Archive = field(default_factory=Archive)
 
     # ---- observation ------------------------------------------------------------------
 
@@ -329,6 +332,7 @@ class World:
             name=NAME,
             namespace=NAMESPACE,
             routes=self.observe_routes(),
+            archive=self.archive if not self.status.history else Archive(),
         )
 
     # ---- one reconcile ------------------------------------------------------------------
@@ -577,8 +581,9 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
     ]
     ranks = [order.index(type(a)) for a in d.actions]
     assert ranks == sorted(ranks), [type(a).__name__ for a in d.actions]
-    # A revision is snapshotted before the status first records it as started.
-    before = {e.revision for e in inp.status.history}
+    # A revision is snapshotted before the status first records it as started (adopted
+    # records were snapshotted by the object that recorded them).
+    before = {e.revision for e in inp.status.history} | {e.revision for e in inp.archive.entries}
     for e in s.history:
         if e.revision not in before and e.outcome.value != "Failed":
             assert SnapshotRevision(e.revision, inp.spec_hash) in d.actions
@@ -605,8 +610,12 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
     # Every way into RollingBack (or straight through it) appends exactly one RollbackStarted.
     started = [e for e in new_timeline(inp.status, s) if e.type == "RollbackStarted"]
     was, now = inp.status.phase, s.phase
+    # Restoring adopted history (Pending -> the recorded RolledBack) is not a rollback.
+    restored = any(e.type == "Restored" for e in new_timeline(inp.status, s))
     began = (now == Phase.ROLLING_BACK and was != Phase.ROLLING_BACK) or (
-        now == Phase.ROLLED_BACK and was not in (Phase.ROLLING_BACK, Phase.ROLLED_BACK)
+        now == Phase.ROLLED_BACK
+        and was not in (Phase.ROLLING_BACK, Phase.ROLLED_BACK)
+        and not restored
     )
     assert len(started) == (1 if began else len(started)) and len(started) <= 1, started
     if any(e.type == "RolledBack" for e in new_timeline(inp.status, s)):
