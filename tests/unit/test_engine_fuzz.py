@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -292,6 +293,7 @@ class Harness:
             self.acted.add(ident)
 
 
+@pytest.mark.timeout(max(900, EXAMPLES // 10))  # about 10 ms an example on a quiet machine
 @settings(
     max_examples=EXAMPLES,
     derandomize=DERANDOMIZE,
