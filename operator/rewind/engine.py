@@ -726,6 +726,8 @@ def _rollout_routes(ctx: _Ctx, plan: Plan) -> SetRoutes | None:
         return want
     seen = {r: w for r, w in ctx.inp.routes.weights.items() if w > 0}
     if set(seen) <= {s.stable_revision, s.candidate_revision} and sum(seen.values()) == 100:
+        if seen.get(s.candidate_revision):  # never mirror to a revision with live weight
+            return replace(want, weights=seen, mirror_revision=None, mirror_percent=0)
         return replace(want, weights=seen)
     return want
 
@@ -2288,10 +2290,15 @@ def decide(inputs: Inputs) -> Decision:
     ctx.s = s = _copy_status(s)
     if s.consumed_actions:  # see the removal soon, so the ledger entry is dropped soon
         ctx.wake(inputs.now + timedelta(seconds=CONSUMED_RECHECK))
+    desired = _desired_state(ctx)
+    # What the desired state keeps up (the stable, the candidate in flight, a revision the
+    # routes still send users to, e.g. a first release stopped after its routes were
+    # written) is never scaled down in the same decision: it is what serves.
+    kept_up = {a.revision for a in desired if isinstance(a, EnsureRevision)}
     actions: list[Action] = [
         *ctx.snapshots,
-        *_desired_state(ctx),
-        *ctx.scale_downs,
+        *desired,
+        *(a for a in ctx.scale_downs if a.revision not in kept_up),
         *ctx.annotations,
         *ctx.events,
     ]

@@ -381,3 +381,29 @@ def test_an_overloaded_operator_holds_and_says_so_never_rolls_back() -> None:
     assert "--analysis-threads" in degraded[2] and "not the model" in degraded[2]
     w.step(10)  # a passing round: the condition clears
     assert condition(w, "Degraded")[0] == "False"
+
+
+def test_a_first_release_stopped_while_its_routes_point_at_it_stays_up() -> None:
+    """Found by the fuzz: break glass on a first release whose 100% was written but not
+    in effect (a conflicting route) asked to scale it down and keep it up at once. It is
+    all that serves, so it stays up; the release is Failed."""
+    w = World(make_policy())
+    w.route_problems = (RouteProblem("Conflict", "VirtualService other/x claims the host"),)
+    w.step()
+    w.step(1)
+    assert w.phase() == Phase.PROMOTING and w.weights() == {1: 100}
+    w.act("rollback", value="true")
+    assert w.phase() == Phase.FAILED and w.replicas(1) == 2
+
+
+def test_a_policy_edited_to_a_shadow_mid_switch_never_mirrors_to_the_live_revision() -> None:
+    """Found by the fuzz: a blue-green at post-switch (r2 at 100%) whose policy becomes a
+    shadow holds the split in effect, and must not also mirror to r2."""
+    from tests.unit.test_engine_kit import BLUE_GREEN, SHADOW_STOP
+
+    w = promoted_world(make_policy(BLUE_GREEN))
+    w.release(make_spec("2.0.0"))
+    w.run_until(lambda x: x.weights() == {2: 100})
+    w.policy = make_policy(SHADOW_STOP)
+    w.step(1)  # World.step checks: no mirror to a revision with live weight
+    assert w.weights() == {2: 100} and w.mirror() == (None, 0)
