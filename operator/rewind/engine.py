@@ -42,7 +42,15 @@ Promoted            rewind.dev/rollback (break glass)       RollingBack (target 
                                                             known-good revision)
 RollingBack         target Available (at once when warm:    RolledBack (or Failed when the
                     same call)                              candidate never had live traffic)
-RollingBack         progressDeadline passed                 (stays) + condition Stalled
+RollingBack         progressDeadline passed                 (stays) + condition Stalled,
+                                                            naming the ways out
+RollingBack,        spec hash differs (a new spec)          Progressing: a new revision
+ stalled                                                    against what serves users now
+                                                            (RollbackAbandoned; the target
+                                                            is retired again)
+RollingBack,        rewind.dev/rollback (break glass)       RollingBack to the known-good
+ stalled                                                    revision promoted before the
+                                                            target (none: a note)
 Failed/RolledBack   rewind.dev/retry=true                   Progressing (same revision)
 Promoted            keepPreviousWarm / keepOldColour over   previous stable Retired (scaled 0)
 RolledBack/Failed   rollback.scaleDownDelay over            failed candidate scaled to 0
@@ -107,7 +115,28 @@ Choices worth knowing (documented in the tests too):
   the validation run the spec asked for is complete) while stable keeps serving.
 * Break glass in RolledBack/Failed/RollingBack is a no-op (a note): the last known-good is
   already serving or being restored, and a re-delivered annotation must never roll back
-  twice. In Promoted it undoes the latest promotion.
+  twice. In Promoted it undoes the latest promotion. Two exceptions: a stalled rollback
+  (below), and a release settled on a revision that is not known-good (a roll-forward from
+  a stalled rollback that was itself rolled back), where it goes on to the known-good
+  revision promoted most recently. "Known-good": promoted once and never rolled back
+  since (outcome Promoted or Retired); "most recently" is by promotion time.
+* A rollback that cannot finish (its target is not Available after ``progressDeadline``:
+  a ResourceQuota, a lost node pool) stays RollingBack with Stalled=True and never blocks a
+  roll-forward. Its message and the Stalled condition name the ways out: fix what keeps the
+  target down (the rollback then completes by itself); apply a new spec; or break glass
+  again, which rolls back to the known-good revision promoted before the target instead.
+  A new spec seen while the rollback can still finish waits for it (the message says
+  until when); once the rollback is stalled, the new spec supersedes it at once
+  (``RollbackAbandoned``): the target goes back to Retired (still known-good) and is
+  scaled down, and the new revision is released **against the revision that serves users
+  now**: the one being rolled back away from, when it still answers and the target does
+  not. Traffic stays on it until the new revision is ready; the new revision's analysis
+  compares with it (``{{stable}}``), because it is what users would otherwise keep
+  getting, and a failed analysis returns users to it, never to a target that cannot run.
+  That base keeps its RolledBack outcome: it is never a rollback target, and the timeline
+  says the new revision goes "against r2, which serves users but is not known-good". A
+  metric relative to ``{{stable}}`` is therefore only as strict as that base; the absolute
+  thresholds are what protect users then.
 * Timers (approval expiry) that fell due before this call are applied before the human
   actions seen in this call: an approval seen after ``expiresAt`` is late.
 * Analysis rounds: one call = one round stamped ``now``; a round is Fail if any measurement
@@ -122,7 +151,8 @@ Choices worth knowing (documented in the tests too):
 * ``rewind.dev/promote`` at a manual gate while the candidate is not Available is left on
   the object (not removed) and passes the gate once the candidate is Available again; if
   the same call moves on (a new revision), it is ignored at once.
-* A spec change while RollingBack waits until the rollback completes (same call if it does).
+* A spec change while RollingBack waits until the rollback completes (same call if it does)
+  or stalls (see above).
 * Workload replicas: the revision the spec describes gets ``spec.serving.replicas``; any
   other revision keeps its observed replica count, or the spec's when it is scaled to zero.
 """
@@ -796,7 +826,8 @@ def _promote(ctx: _Ctx) -> None:
     old = ctx.entry(prev) if prev else None
     if old is not None:
         old.finished_at = ctx.now  # stopped serving; retired after the keep-warm window
-        old.reason = f"replaced by r{cand}"
+        replaced = f"replaced by r{cand}"
+        old.reason = replaced if _known_good(old) else f"{old.reason}; {replaced}".lstrip("; ")
         plan = ctx.plan()
         if plan is not None:
             kept = f"; r{prev} stays warm for {_dur(plan.warm_for)}"
@@ -1004,7 +1035,16 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
         ctx.record(TimelineType.FAILED, s.message, revision=revision, warning=True)
         return
     ctx.snapshots.append(SnapshotRevision(revision, ctx.inp.spec_hash))
-    against = f"against stable r{s.stable_revision}" if s.stable_revision else "first release"
+    base = ctx.entry(s.stable_revision) if s.stable_revision else None
+    if not s.stable_revision:
+        against = "first release"
+    elif base is not None and not _known_good(base):
+        against = (
+            f"against r{s.stable_revision}, which serves users but is not known-good "
+            f"({base.outcome.value})"
+        )
+    else:
+        against = f"against stable r{s.stable_revision}"
     if fresh:
         ctx.record(
             TimelineType.REVISION_CREATED,
@@ -1176,7 +1216,11 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
         else:
             _fail_candidate(ctx, f"{reason} (first release: no known-good revision to restore)")
         return
-    if s.phase == Phase.PROMOTED:
+    serving = ctx.entry(s.stable_revision) if s.stable_revision else None
+    # Settled on a revision that is not known-good (a roll-forward from a stalled rollback
+    # was itself rolled back to it): break glass goes on to a known-good one.
+    unproven = s.phase in SETTLED and serving is not None and not _known_good(serving)
+    if s.phase == Phase.PROMOTED or unproven:
         target = _previous_known_good(s)
         if target is None:
             ctx.note(
@@ -1194,6 +1238,27 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
         )
         _start_rollback(ctx, target, s.stable_revision, reason)
         return
+    if s.phase == Phase.ROLLING_BACK and _rollback_stalled(ctx):
+        older = _older_target(ctx)
+        if older is not None:
+            target, leaving = s.stable_revision, s.candidate_revision
+            _give_up_target(ctx, f"break glass by {_who(a.user)} chose r{older} instead")
+            ctx.record(
+                TimelineType.BREAK_GLASS,
+                f"{reason} (r{leaving} -> r{older}: r{target} could not be restored)",
+                revision=leaving,
+                user=a.user,
+                warning=True,
+            )
+            _start_rollback(ctx, older, leaving, reason)
+            return
+        ctx.note(
+            TimelineType.ACTION_IGNORED,
+            f"{reason} ignored: no known-good revision older than r{s.stable_revision}; "
+            + _ways_out(ctx),
+            user=a.user,
+        )
+        return
     state = {
         Phase.ROLLING_BACK: f"already rolling back to r{s.stable_revision}",
         Phase.ROLLED_BACK: f"already rolled back: r{s.stable_revision} is the last known-good",
@@ -1202,15 +1267,30 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
     ctx.note(TimelineType.ACTION_IGNORED, f"{reason} ignored: {state}", user=a.user)
 
 
-def _previous_known_good(s: ModelReleaseStatus) -> int | None:
+def _known_good(e: HistoryEntry) -> bool:
+    """Promoted once and never rolled back (or failed) since."""
+    return e.promoted_at is not None and e.outcome in (Outcome.PROMOTED, Outcome.RETIRED)
+
+
+def _promotion(e: HistoryEntry) -> tuple[datetime, int]:
+    """Order of promotions (a restored revision was promoted again, later)."""
+    assert e.promoted_at is not None
+    return e.promoted_at, e.revision
+
+
+def _previous_known_good(
+    s: ModelReleaseStatus, *, before: HistoryEntry | None = None, skip: int = 0
+) -> int | None:
+    """The known-good revision promoted most recently, the stable (and ``skip``) aside;
+    with ``before``, only one promoted before that entry."""
     good = [
-        e.revision
+        e
         for e in s.history
-        if e.promoted_at is not None
-        and e.outcome in (Outcome.PROMOTED, Outcome.RETIRED)
-        and e.revision != s.stable_revision
+        if _known_good(e) and e.revision not in (s.stable_revision, skip)
     ]
-    return max(good) if good else None
+    if before is not None and before.promoted_at is not None:
+        good = [e for e in good if _promotion(e) < _promotion(before)]
+    return max(good, key=_promotion).revision if good else None
 
 
 def _act_approve(ctx: _Ctx, a: HumanAction) -> None:
@@ -1425,8 +1505,12 @@ def _check_spec(ctx: _Ctx) -> None:
     if newest is not None and newest.spec_hash == ctx.inp.spec_hash:
         return
     if s.phase == Phase.ROLLING_BACK:
-        ctx.deferred_spec = True  # noted in the message once the machine has run
-        return
+        if not _rollback_stalled(ctx):
+            ctx.deferred_spec = True  # noted in the message once the machine has run
+            return
+        # A rollback that cannot finish never blocks a roll-forward: the new spec is
+        # released against what serves users now.
+        _abandon_rollback(ctx, "the spec changed")
     new = 1 + max(
         [s.current_revision, s.candidate_revision, s.stable_revision]
         + [e.revision for e in s.history]
@@ -1563,12 +1647,103 @@ def _phase_rolling_back(ctx: _Ctx) -> None:
     )
     deadline = since + timedelta(seconds=ctx.progress_deadline)
     if ctx.now >= deadline:
+        obs = ctx.observed(target)
+        detail = obs.describe() if obs is not None else f"r{target} has no Deployment"
         ctx.stalled = (
             f"rollback target r{target} is not Available after {_dur(ctx.progress_deadline)} "
-            f"(since {_ts(since)}): check its pods"
+            f"(since {_ts(since)}): {detail}; traffic stays on r{leaving}. {_ways_out(ctx)}"
         )
+        s.message += f". Stalled: {_ways_out(ctx)}"
     else:
         ctx.wake(deadline)
+
+
+def _rollback_stalled(ctx: _Ctx) -> bool:
+    """RollingBack, and its target is still not Available after the progress deadline."""
+    s = ctx.s
+    if s.phase != Phase.ROLLING_BACK or ctx.available(s.stable_revision):
+        return False
+    since = s.step_started_at
+    return since is not None and ctx.now >= since + timedelta(seconds=ctx.progress_deadline)
+
+
+def _older_target(ctx: _Ctx) -> int | None:
+    """A known-good revision promoted before the stalled rollback's target."""
+    s = ctx.s
+    return _previous_known_good(
+        s, before=ctx.entry(s.stable_revision), skip=s.candidate_revision
+    )
+
+
+def _serving_base(ctx: _Ctx) -> int:
+    """What a roll-forward from a stalled rollback is released against: the revision being
+    left when it still answers users and the target cannot, else the target."""
+    s = ctx.s
+    target, leaving = s.stable_revision, s.candidate_revision
+    seen = ctx.inp.routes
+    live = seen.weights.get(leaving, 0) > 0 or seen.header_revision == leaving
+    obs = ctx.observed(target)
+    target_serves = obs is not None and obs.serving
+    return leaving if leaving and live and not target_serves else target
+
+
+def _ways_out(ctx: _Ctx) -> str:
+    """What ends a rollback whose target cannot become Available, in words."""
+    s = ctx.s
+    target = s.stable_revision
+    ways = [
+        f"fix what keeps r{target} from becoming Available (quota, nodes, image: see the "
+        "events of its pods and ReplicaSet) and the rollback completes by itself",
+        f"apply a new spec: it supersedes this rollback and is released against "
+        f"r{_serving_base(ctx)}, which serves users now",
+    ]
+    older = _older_target(ctx)
+    if older is not None:
+        ways.append(
+            f"break glass again with a new reason to roll back to r{older} instead: "
+            f"{_kubectl(ctx, ANNOTATION_ROLLBACK, chr(39) + '<new reason>' + chr(39))}"
+        )
+    return "Ways out: " + "; or ".join(ways)
+
+
+def _give_up_target(ctx: _Ctx, why: str) -> None:
+    """The rollback target never became Available: it goes back to being retired (still
+    known-good) and is scaled down."""
+    s = ctx.s
+    target = s.stable_revision
+    entry = ctx.entry(target)
+    if entry is not None and entry.outcome == Outcome.PROMOTED:
+        entry.outcome = Outcome.RETIRED
+        entry.finished_at = ctx.now
+        entry.reason = (
+            f"could not be restored: not Available within progressDeadline "
+            f"{_dur(ctx.progress_deadline)}; {why}"
+        )
+
+
+def _abandon_rollback(ctx: _Ctx, why: str) -> None:
+    """Leave a stalled rollback for a roll-forward: what serves now becomes the base."""
+    s = ctx.s
+    target, leaving = s.stable_revision, s.candidate_revision
+    base = _serving_base(ctx)
+    if base != target:
+        _give_up_target(ctx, f"rollback abandoned: {why}")
+    else:
+        left = ctx.entry(leaving)
+        if left is not None and left.finished_at is None:
+            left.finished_at = ctx.now
+    ctx.record(
+        TimelineType.ROLLBACK_ABANDONED,
+        f"rollback from r{leaving} to r{target} abandoned: r{target} is not Available after "
+        f"{_dur(ctx.progress_deadline)}; {why}; r{base} keeps serving until the new "
+        "revision is ready",
+        revision=leaving,
+        warning=True,
+    )
+    s.stable_revision = base
+    s.candidate_revision = 0
+    s.step_started_at = None
+    s.pending_decision = None
 
 
 _PHASES: Mapping[Phase, Callable[[_Ctx], None]] = {
@@ -2019,6 +2194,20 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
         ctx.record("StableAvailable", f"stable r{stable} is available again", revision=stable)
 
 
+def _deferred_note(ctx: _Ctx) -> str:
+    """Why the new spec waits while rolling back, and until when."""
+    s = ctx.s
+    note = "; the spec changed: its new revision starts once the rollback is done"
+    since = s.step_started_at
+    if since is not None and not ctx.available(s.stable_revision):
+        deadline = since + timedelta(seconds=ctx.progress_deadline)
+        note += (
+            f" (or at {_ts(deadline)} against r{_serving_base(ctx)} if r{s.stable_revision} "
+            "is not Available by then)"
+        )
+    return note
+
+
 def _trim(s: ModelReleaseStatus) -> None:
     s.analysis.measurements = s.analysis.measurements[-MAX_MEASUREMENTS:]
     s.timeline = s.timeline[-MAX_TIMELINE:]
@@ -2080,7 +2269,7 @@ def decide(inputs: Inputs) -> Decision:
     if error is not None and s.phase == Phase.PENDING:
         s.message = f"waiting for a usable RolloutPolicy: {error}"
     if ctx.deferred_spec and s.phase == Phase.ROLLING_BACK:
-        s.message += "; the spec changed: its new revision starts once the rollback is done"
+        s.message += _deferred_note(ctx)
     want = _report_routes(ctx)
     _conditions(ctx, want)
     _trim(s)

@@ -315,6 +315,31 @@ def _rolling_back() -> World:
     return w
 
 
+def _rollback_stalled(releases: int) -> Callable[[], World]:
+    """Rolling back to a retired revision that never becomes Available (a quota)."""
+
+    def build() -> World:
+        w = promoted_world(make_policy(keep_previous_warm="1m", progress_deadline="2m"),
+                           releases=releases)
+        w.run(120)
+        w.broken.update(range(1, releases))
+        w.act("rollback", value="bad answers", user="oncall")
+        w.run(130)
+        assert w.condition("Stalled")[1] == "RollbackStalled"
+        return w
+
+    return build
+
+
+def _rolled_back_onto_unproven() -> World:
+    """A roll-forward from a stalled rollback, itself rolled back to the revision it left."""
+    w = _rollback_stalled(2)()
+    w.verdicts = lambda _rev, _now: FAIL
+    w.release(make_spec("3.0.0"))
+    w.settle()
+    return w
+
+
 def _rolled_back() -> World:
     w = promoted_world()
     w.verdicts = lambda _rev, _now: FAIL
@@ -402,6 +427,11 @@ STATES: dict[str, tuple[Callable[[], World], Phase, str, set[str]]] = {
     "promoted-with-previous": (lambda: promoted_world(releases=2), Phase.PROMOTED, "Healthy",
                                {"rollback"}),
     "rolling-back": (_rolling_back, Phase.ROLLING_BACK, "Progressing", set()),
+    "rollback-stalled": (_rollback_stalled(2), Phase.ROLLING_BACK, "Degraded", set()),
+    "rollback-stalled-older-known-good": (_rollback_stalled(3), Phase.ROLLING_BACK,
+                                          "Degraded", {"rollback"}),
+    "rolled-back-onto-unproven": (_rolled_back_onto_unproven, Phase.ROLLED_BACK, "Degraded",
+                                  {"retry", "rollback"}),
     "promoting": (_promoting, Phase.PROMOTING, "Progressing", {"rollback"}),
     "canary-routes-refused": (_routes_refused, Phase.PROGRESSING, "Degraded", {"rollback"}),
     "canary-routes-pending": (_routes_pending, Phase.PROGRESSING, "Progressing", {"rollback"}),

@@ -227,7 +227,8 @@ def test_a_promote_left_for_later_is_ignored_at_once_when_the_spec_change_moves_
 
 def test_the_ledger_is_bounded() -> None:
     w = awaiting(required=3)
-    acts = [HumanAction("approve-rollback", "true", f"user-{i:02}") for i in range(15)]
+    many = MAX_CONSUMED_ACTIONS + 5
+    acts = [HumanAction("approve-rollback", "true", f"user-{i:02}") for i in range(many)]
     d = decide(w.inputs(actions=acts))
     assert d.status.phase == Phase.ROLLING_BACK  # RolledBack once its routes are read back
     assert len(d.status.consumed_actions) == MAX_CONSUMED_ACTIONS
