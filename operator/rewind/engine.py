@@ -21,10 +21,19 @@ emits an Event through ``_Ctx.record``.
 ==================  ======================================  ===============================
 from                on                                      to
 ==================  ======================================  ===============================
-(any) / Pending     spec hash differs from newest history   Progressing (new revision N+1,
-                                                            stage Ready); in-flight candidate
+(any) / Pending     spec hash differs from the current      Progressing (new revision N+1,
+                    revision's                              stage Ready); in-flight candidate
                                                             Superseded; Failed if the image
                                                             is tag-only and not allowed
+(any)               spec hash equals a known-good revision  restore (``status.restoring``,
+                    in the rollbackWindow                   same revision number): the
+                                                            stable in place -> Promoting;
+                                                            another -> Progressing/Ready
+                                                            (scaled up from its snapshot);
+                                                            in-flight candidate Superseded
+Promoting, restore  100% read back on the restored one      Promoted (``Restored``)
+Progressing/Ready,  progressDeadline passed                 Failed (could not be restored);
+ restore                                                    the stable keeps serving
 Progressing/Ready   candidate Available                     next stage (or Promoted when
                                                             there is no stable yet)
 Progressing/Ready   progressDeadline passed                 Failed (candidate scaled to 0)
@@ -100,8 +109,22 @@ Order: snapshots, workloads, routes, scale-downs, annotation removals, events.
 
 Choices worth knowing (documented in the tests too):
 
-* Revision numbers only grow. A spec whose hash equals an *older* revision's hash (the user
-  reverted Git) is still a new revision N+1: history is immutable and ordered.
+* Revision numbers only grow, and a revision is never renumbered. A spec whose hash equals
+  a revision's in the policy's ``rollbackWindow`` (the stable, or one of the
+  ``revisions`` promoted most recently before it, by promotion time) that is still
+  known-good is a **restore** of that revision (the user reverted Git): no new number, no
+  steps, no analysis (it was verified when first promoted). ``RestoreStarted`` names it
+  and why; its Deployment is scaled up from its snapshot (``EnsureRevision``), and stage
+  Ready holds traffic where it is until it is Available (``progressDeadline``, else Failed:
+  "could not be restored", and a retry releases it through the plan); then one route
+  write, phase Promoting, and ``Restored`` once 100% is read back. Its history entry is
+  updated (outcome Promoted, ``promotedAt`` now: the most recent promotion); the replaced
+  stable is kept warm as after a promotion. The stable itself is restored in place (an
+  in-flight candidate is superseded, a RolledBack/Failed release is Promoted again: Git and
+  cluster agree). A revert to the target of a rollback in progress waits for it (the
+  rollback restores it). Anything else, outside the window, or with
+  ``rollbackWindow.revisions: 0``, is a new revision N+1: history stays immutable and
+  ordered.
 * ``status.currentStep`` indexes the engine's plan, whose stage 0 is "wait for Available".
 * Rollback target not warm (Deployment missing, 0 replicas or not Available): phase
   RollingBack, ``EnsureRevision(target)``, traffic stays where it is until it is Available.
@@ -453,8 +476,11 @@ def _describe_routes(routes: SetRoutes | None) -> str:
 
 
 def plan_for(status: ModelReleaseStatus, policy: RolloutPolicySpec) -> Plan:
-    """The plan ``status.currentStep`` indexes (first release: no stable revision yet)."""
-    return build_plan(policy, first_release=status.stable_revision == 0)
+    """The plan ``status.currentStep`` indexes (first release: no stable revision yet;
+    restore: the spec was reverted to a known-good revision)."""
+    return build_plan(
+        policy, first_release=status.stable_revision == 0, restore=status.restoring
+    )
 
 
 def next_analysis_at(status: ModelReleaseStatus, policy: RolloutPolicySpec) -> datetime | None:
@@ -739,6 +765,8 @@ def _desired_routes(ctx: _Ctx) -> SetRoutes | None:
         return None if plan is None else _rollout_routes(ctx, plan)
     if s.phase == Phase.PROMOTING:
         plan = ctx.plan()
+        if plan is not None and s.restoring and not cand and stable:
+            return SetRoutes({stable: 100}, None, 0)  # restoring the stable in place
         if plan is None or not cand:
             return None
         if plan.finish == Finish.STOP and stable:
@@ -807,7 +835,9 @@ def _start_promoting(ctx: _Ctx, plan: Plan) -> None:
     s.phase = Phase.PROMOTING
     s.step_started_at = None
     s.pending_decision = None
-    if plan.finish == Finish.STOP:
+    if s.restoring:
+        s.message = f"restoring r{s.candidate_revision}: moving 100% of traffic to it"
+    elif plan.finish == Finish.STOP:
         s.message = f"r{s.candidate_revision}: shadow passed: removing the mirror"
     else:
         s.message = f"promoting r{s.candidate_revision}: moving 100% of traffic to it"
@@ -839,6 +869,37 @@ def _promote(ctx: _Ctx) -> None:
     s.phase = Phase.PROMOTED
     s.message = f"r{cand} promoted: serving 100% of traffic{kept}"
     ctx.record(TimelineType.PROMOTED, s.message, revision=cand)
+
+
+def _finish_restore(ctx: _Ctx) -> None:
+    """All traffic is read back on the restored revision: it is the stable again."""
+    s = ctx.s
+    rev = s.candidate_revision or s.stable_revision
+    prev = s.stable_revision if s.candidate_revision else 0
+    entry = ctx.entry(rev)
+    if entry is not None:
+        entry.outcome = Outcome.PROMOTED
+        entry.promoted_at = ctx.now  # the most recent promotion now
+        entry.finished_at = None
+        entry.reason = f"restored at {_ts(ctx.now)}: the spec was reverted to it"
+    kept = ""
+    old = ctx.entry(prev) if prev else None
+    if old is not None:
+        old.finished_at = ctx.now
+        replaced = f"replaced by r{rev} (restored)"
+        old.reason = replaced if _known_good(old) else f"{old.reason}; {replaced}".lstrip("; ")
+        plan = ctx.plan()
+        if plan is not None:
+            kept = f"; r{prev} stays warm for {_dur(plan.warm_for)}"
+    s.stable_revision = rev
+    s.candidate_revision = 0
+    s.current_step = 0
+    s.step_started_at = None
+    s.pending_decision = None
+    s.restoring = False
+    s.phase = Phase.PROMOTED
+    s.message = f"r{rev} restored: serving 100% of traffic (the spec was reverted to it){kept}"
+    ctx.record(TimelineType.RESTORED, s.message, revision=rev)
 
 
 def _shadow_stop(ctx: _Ctx) -> None:
@@ -881,6 +942,7 @@ def _fail_candidate(ctx: _Ctx, reason: str) -> None:
         entry.reason = reason
     s.pending_decision = None
     s.step_started_at = None
+    s.restoring = False
     s.phase = Phase.FAILED
     s.message = f"r{cand} failed: {reason}"
     ctx.scale_down(cand)
@@ -899,6 +961,7 @@ def _start_rollback(ctx: _Ctx, target: int, leaving: int, reason: str) -> None:
     seen = ctx.inp.routes
     live = seen.weights.get(leaving, 0) > 0 or seen.header_revision == leaving
     s.pending_decision = None
+    s.restoring = False
     s.stable_revision = target
     s.candidate_revision = leaving
     left = ctx.entry(leaving)
@@ -1024,6 +1087,7 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
     s.candidate_revision = revision
     s.analysis = AnalysisStatus()
     s.pending_decision = None
+    s.restoring = False
     error = tag_image_error(spec, policy)
     if error is not None:
         entry.outcome = Outcome.FAILED
@@ -1502,9 +1566,14 @@ def _check_spec(ctx: _Ctx) -> None:
     if ctx.policy is None:
         return
     newest = max(s.history, key=lambda e: e.revision) if s.history else None
-    if newest is not None and newest.spec_hash == ctx.inp.spec_hash:
+    described = ctx.entry(s.current_revision) or newest
+    if described is not None and described.spec_hash == ctx.inp.spec_hash:
         return
+    restore = _restorable(ctx)
     if s.phase == Phase.ROLLING_BACK:
+        if restore is not None and restore.revision == s.stable_revision:
+            ctx.deferred_spec = True  # the rollback restores it; then it is the spec's
+            return
         if not _rollback_stalled(ctx):
             ctx.deferred_spec = True  # noted in the message once the machine has run
             return
@@ -1517,14 +1586,89 @@ def _check_spec(ctx: _Ctx) -> None:
     )
     cand = s.candidate_revision
     if s.phase in IN_FLIGHT and cand and cand != s.stable_revision:
+        then = f"r{restore.revision} is restored" if restore is not None else f"r{new}"
         old = ctx.entry(cand)
-        if old is not None:
+        if old is not None and s.restoring:
+            old.outcome = Outcome.RETIRED  # still known-good: only its restore stopped
+            old.finished_at = ctx.now
+            old.reason = f"restore superseded: the spec changed again ({then})"
+        elif old is not None:
             old.outcome = Outcome.SUPERSEDED
             old.finished_at = ctx.now
-            old.reason = f"superseded by r{new} (the spec changed mid-rollout)"
+            old.reason = f"superseded by {then} (the spec changed mid-rollout)"
         ctx.scale_down(cand)
-        ctx.record("Superseded", f"r{cand} superseded by r{new}: the spec changed", revision=cand)
+        ctx.record("Superseded", f"r{cand} superseded: the spec changed ({then})", revision=cand)
+    if restore is not None:
+        _start_restore(ctx, restore)
+        return
     _start_revision(ctx, new, fresh=True)
+
+
+def _rollback_window(ctx: _Ctx) -> list[HistoryEntry]:
+    """The stable revision, then the ``rollbackWindow.revisions`` revisions promoted most
+    recently before it (empty: the window is off)."""
+    s, policy = ctx.s, ctx.policy
+    size = policy.rollback_window.revisions if policy is not None else 0
+    if size <= 0:
+        return []
+    promoted = sorted(
+        (e for e in s.history if e.promoted_at is not None), key=_promotion, reverse=True
+    )
+    stable = [e for e in promoted if e.revision == s.stable_revision]
+    return stable + [e for e in promoted if e.revision != s.stable_revision][:size]
+
+
+def _restorable(ctx: _Ctx) -> HistoryEntry | None:
+    """The known-good revision in the rollback window whose spec the current spec is."""
+    for e in _rollback_window(ctx):
+        if e.spec_hash == ctx.inp.spec_hash and _known_good(e):
+            return e
+    return None
+
+
+def _start_restore(ctx: _Ctx, entry: HistoryEntry) -> None:
+    """The spec was reverted to a known-good revision: bring it back without steps or
+    analysis (same revision number). A warm (or the stable) revision takes all traffic at
+    once; a cold one is scaled up from its snapshot first (stage Ready)."""
+    s, policy = ctx.s, ctx.policy
+    assert policy is not None
+    rev = entry.revision
+    assert entry.promoted_at is not None
+    s.current_revision = rev
+    s.analysis = AnalysisStatus()
+    s.pending_decision = None
+    s.restoring = True
+    window = policy.rollback_window.revisions
+    why = (
+        f"the spec equals r{rev}'s (spec {entry.spec_hash}, promoted "
+        f"{_ts(entry.promoted_at)}, within rollbackWindow.revisions {window}): no steps, "
+        "no analysis"
+    )
+    if rev == s.stable_revision:
+        # It serves already: only whatever else has traffic goes (Promoting until the
+        # router reports all traffic on it).
+        s.candidate_revision = 0
+        s.current_step = 0
+        s.step_started_at = None
+        s.phase = Phase.PROMOTING
+        s.message = f"restoring r{rev}: moving 100% of traffic to it"
+        ctx.record(TimelineType.RESTORE_STARTED, f"restoring r{rev}: {why}", revision=rev)
+        return
+    entry.outcome = Outcome.PROGRESSING
+    entry.finished_at = None
+    entry.reason = f"being restored: {why}"
+    s.candidate_revision = rev
+    wait = _not_ready(ctx, rev)
+    ctx.record(
+        TimelineType.RESTORE_STARTED,
+        f"restoring r{rev} (replacing r{s.stable_revision}): {why}"
+        + (f"; r{rev} {wait}: traffic moves once it is Available" if wait else ""),
+        revision=rev,
+    )
+    plan = ctx.plan()
+    assert plan is not None
+    _enter_stage(ctx, plan, 0)
+    s.message = f"restoring r{rev}: waiting for it to become Available"
 
 
 # --------------------------------------------------------------------------------------
@@ -1601,7 +1745,15 @@ def _phase_promoting(ctx: _Ctx) -> None:
         _decide_rollback(ctx, reason)
         return
     if ctx.in_effect(want):
-        _FINISH[plan.finish](ctx)
+        if s.restoring:
+            _finish_restore(ctx)
+        else:
+            _FINISH[plan.finish](ctx)
+        return
+    if s.restoring:
+        s.message = f"restoring r{cand or s.stable_revision}: waiting for 100% to take " + (
+            f"effect: {ctx.routes_why(want)}"
+        )
         return
     head = (
         f"r{cand}: shadow passed: removing the mirror"
@@ -1768,14 +1920,15 @@ def _stage_ready(ctx: _Ctx, plan: Plan, stage: Stage) -> None:
     started = s.step_started_at or ctx.now
     deadline = started + timedelta(seconds=ctx.progress_deadline)
     if ctx.now >= deadline:
-        _fail_candidate(
-            ctx,
+        late = (
             f"not Available within progressDeadline {_dur(ctx.progress_deadline)} "
-            f"(started {_ts(started)})",
+            f"(started {_ts(started)})"
         )
+        _fail_candidate(ctx, f"could not be restored: {late}" if s.restoring else late)
         return
     ctx.wake(deadline)
-    s.message = f"r{cand}: waiting to become Available (deadline {_ts(deadline)})"
+    head = f"restoring r{cand}" if s.restoring else f"r{cand}"
+    s.message = f"{head}: waiting to become Available (deadline {_ts(deadline)})"
 
 
 def _stage_gate(ctx: _Ctx, plan: Plan, stage: Stage) -> None:
@@ -2197,6 +2350,12 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
 def _deferred_note(ctx: _Ctx) -> str:
     """Why the new spec waits while rolling back, and until when."""
     s = ctx.s
+    restore = _restorable(ctx)
+    if restore is not None and restore.revision == s.stable_revision:
+        return (
+            f"; the spec is r{restore.revision}'s again: once this rollback is done, r"
+            f"{restore.revision} is what the spec describes"
+        )
     note = "; the spec changed: its new revision starts once the rollback is done"
     since = s.step_started_at
     if since is not None and not ctx.available(s.stable_revision):

@@ -26,12 +26,16 @@ routes (phase Promoting) and finishes once the router reports them in effect.
 A first release (no stable revision yet) has the plan ``(Ready,)`` + Promote: there is
 nothing to compare against and nobody to protect, so it is promoted once Available.
 
+A restore (the spec was reverted to a known-good revision within the policy's
+``rollbackWindow``, ``status.restoring``) has the plan ``(Ready,)`` + Promote too: the
+revision was verified when it was first promoted, so it takes all traffic once Available.
+
 Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from rewind.api import (
@@ -181,7 +185,18 @@ def _blue_green(bg: BlueGreenStrategy, analysed: bool) -> list[Stage]:
     return stages
 
 
-def build_plan(policy: RolloutPolicySpec, *, first_release: bool) -> Plan:
+def _warm_for(policy: RolloutPolicySpec) -> float:
+    """How long a replaced stable stays up: keepOldColour for blue-green, else
+    keepPreviousWarm."""
+    strategy = policy.strategy
+    bg = strategy.blue_green
+    if bg is None and strategy.shadow is not None:
+        then = strategy.shadow.on_success
+        bg = then.blue_green if then.action == ShadowAction.BLUE_GREEN else None
+    return parse_duration(bg.keep_old_colour if bg is not None else policy.keep_previous_warm)
+
+
+def build_plan(policy: RolloutPolicySpec, *, first_release: bool, restore: bool = False) -> Plan:
     """Flatten the policy's strategy into stages (see the module docstring)."""
     strategy = policy.strategy
     analysed = bool(policy.analysis.metrics)
@@ -197,6 +212,9 @@ def build_plan(policy: RolloutPolicySpec, *, first_release: bool) -> Plan:
         label="waiting for the candidate to become Available",
     )
     warm_for = parse_duration(policy.keep_previous_warm)
+    if restore:
+        restoring = replace(ready, label="restoring: waiting for it to become Available")
+        return Plan(stages=(restoring,), finish=Finish.PROMOTE, warm_for=_warm_for(policy))
     if first_release:
         return Plan(stages=(ready,), finish=Finish.PROMOTE, warm_for=warm_for)
 

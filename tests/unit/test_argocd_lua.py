@@ -340,6 +340,15 @@ def _rolled_back_onto_unproven() -> World:
     return w
 
 
+def _restoring() -> World:
+    """The spec was reverted to r1 (retired): it is scaled up from its snapshot."""
+    w = promoted_world(make_policy(keep_previous_warm="1m"), releases=2, ready_after=30)
+    w.run(120)
+    w.release(make_spec("1.0.0"))
+    assert w.status.restoring
+    return w
+
+
 def _rolled_back() -> World:
     w = promoted_world()
     w.verdicts = lambda _rev, _now: FAIL
@@ -430,6 +439,7 @@ STATES: dict[str, tuple[Callable[[], World], Phase, str, set[str]]] = {
     "rollback-stalled": (_rollback_stalled(2), Phase.ROLLING_BACK, "Degraded", set()),
     "rollback-stalled-older-known-good": (_rollback_stalled(3), Phase.ROLLING_BACK,
                                           "Degraded", {"rollback"}),
+    "restoring": (_restoring, Phase.PROGRESSING, "Progressing", {"rollback"}),
     "rolled-back-onto-unproven": (_rolled_back_onto_unproven, Phase.ROLLED_BACK, "Degraded",
                                   {"retry", "rollback"}),
     "promoting": (_promoting, Phase.PROMOTING, "Progressing", {"rollback"}),

@@ -168,15 +168,21 @@ def make_policy(
     progress_deadline: str = "5m",
     keep_previous_warm: str = "10m",
     allow_tag_images: bool = False,
+    rollback_window: int | None = None,
 ) -> RolloutPolicySpec:
+    """A valid RolloutPolicySpec; None leaves a field to the API's default."""
     rollback: dict[str, Any] = {
         "mode": "automatic" if approval is None else "approval",
         "scaleDownDelay": scale_down_delay,
     }
     if approval is not None:
         rollback["approval"] = dict(approval)
+    extra: dict[str, Any] = {}
+    if rollback_window is not None:
+        extra["rollbackWindow"] = {"revisions": rollback_window}
     return RolloutPolicySpec.model_validate(
         {
+            **extra,
             "strategy": dict(strategy or CANARY),
             "analysis": {
                 "interval": interval,
