@@ -74,26 +74,49 @@ nor is failing a candidate with nothing to go back to (a first release).
 
 Human actions (annotations)
 ---------------------------
-``_ACTIONS`` maps each kind to its handler and its value rule. ``approve-rollback``,
-``promote`` and ``retry`` act only when the value is ``true`` (case-insensitive, stripped);
-``reject-rollback`` and ``rollback`` take a reason (any non-empty text). Another value is
-ignored: an ``ActionIgnored`` note says why and how to do it, and the annotation is removed.
+``_ACTIONS`` maps each kind to its handler, its value rule and what it acts on (its
+target). ``approve-rollback``, ``promote`` and ``retry`` act only when the value is ``true``
+or ``true`` followed by one of ``-_.:`` and anything (``true-2``, ``true-1718000000``: a
+unique value; case-insensitive, stripped); ``reject-rollback`` and ``rollback`` take a reason
+(any non-empty text). Another value is ignored: an ``ActionIgnored`` note says why and how
+to do it, and the annotation is removed.
 
-Each annotation is acted on at most once, even if its removal never happens. The controller
-writes the status, then removes the annotations it was asked to; if the removal is lost
-(crash, API error) the next call sees the same annotation. ``status.consumedActions`` is the
-ledger (key, value, user, at; at most 10): every annotation acted on or deliberately ignored
-gets an entry and a ``RemoveAnnotation``; one still present with the key, value and user of
-an entry is only removed again (no event, no timeline entry); an entry whose annotation is
-gone is dropped (the removal happened), so setting it again later is a new action. While the
-ledger is not empty the decision requeues after ``CONSUMED_RECHECK`` seconds, so the removal
-is seen promptly: the same annotation set again by the same user *before* the operator saw it
-removed is taken for the old one and only removed (a window of seconds: set it once more).
+Each annotation is acted on at most once, even if its removal never happens, and a value
+that acted never acts on the same thing again when it comes back (an action annotation kept
+in Git, put back by Argo CD's self-heal each time the operator removes it).
+``status.consumedActions`` is the ledger (at most ``MAX_CONSUMED_ACTIONS``): every
+annotation acted on or deliberately ignored gets an entry (key, value, user, at, the
+``target`` it acted on, the ``revision`` in play) when first seen.
+
+* The same annotation (key, value, user of an entry not seen gone) is only removed again
+  (no event, no timeline entry): its removal failed, or is not seen yet. While such a
+  removal is pending the decision requeues after ``CONSUMED_RECHECK`` seconds (and the
+  handler wakes the release when it sees the removal), so the removal is seen promptly.
+  One still there ``REMOVAL_PATIENCE`` seconds after it was consumed is left on the object
+  (``keep``): something puts it back at once.
+* An entry whose annotation is gone (or changed) is kept, marked ``goneAt`` (the oldest
+  such are forgotten first; one still on the object never is). The same value set again
+  later is a new annotation, judged against what the value did before
+  (``_returning_blocked``): a **reason never acts twice** (a break glass belongs to the
+  revision it rolled back, a rejection to its decision: a re-applied manifest cannot roll
+  back the next release); ``true`` never acts again on the **target** it acted on (a
+  promote on the gate it passed, a retry on the failure it retried, an approval on its
+  decision by the same approver: the decision's list of approvers counts each user once,
+  so ``-by`` stamps still count distinct users); and a value its author left on the object
+  in this revision never acts again in it. Otherwise it acts: ``approve-rollback=true`` set
+  afresh by a human approves the next decision.
+* A value that comes back and does not act is **left on the object** (``keep``): never
+  removed, never judged again while it stays, with one ``ActionIgnored`` note saying how to
+  act for real (a new value: ``true-<anything>``, or a new reason). Removing it would only
+  make a GitOps tool put it back, forever; left in place, the object matches Git and
+  nothing loops. At most one removal per value and target (plus ``REMOVAL_PATIENCE``'s
+  worth when the removal is never seen) ever happens.
+
 Left on the object, with no entry and no removal, are everything but break glass while the
 policy is unusable, and a promote at a gate whose candidate is not Available; those are
 judged again once the machine settled (``_reconsider_kept``), so deciding again on the
 produced status with the same annotations is a no-op besides ``RemoveAnnotation`` (with the
-annotations gone, only the ledger changes: it empties).
+annotations gone, only the ledger changes: its entries are marked gone).
 
 What humans write is bounded at the engine boundary (``_bounded_actions``): values and users
 are clipped to ``api.MAX_HUMAN_TEXT`` characters (an ellipsis marks the cut), and the status
@@ -182,6 +205,7 @@ Choices worth knowing (documented in the tests too):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -1270,7 +1294,7 @@ def _no_pending(ctx: _Ctx, what: str, user: str) -> None:
     )
 
 
-def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
+def _act_rollback(ctx: _Ctx, a: HumanAction) -> bool:
     s = ctx.s
     reason = f"break glass by {_who(a.user)}: {a.value.strip()}"
     if s.phase in IN_FLIGHT and s.candidate_revision:
@@ -1279,7 +1303,7 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
             _start_rollback(ctx, s.stable_revision, s.candidate_revision, reason)
         else:
             _fail_candidate(ctx, f"{reason} (first release: no known-good revision to restore)")
-        return
+        return True
     serving = ctx.entry(s.stable_revision) if s.stable_revision else None
     # Settled on a revision that is not known-good (a roll-forward from a stalled rollback
     # was itself rolled back to it): break glass goes on to a known-good one.
@@ -1292,7 +1316,7 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
                 f"{reason} ignored: no known-good revision before r{s.stable_revision}",
                 user=a.user,
             )
-            return
+            return False
         ctx.record(
             TimelineType.BREAK_GLASS,
             f"{reason} (r{s.stable_revision} -> r{target})",
@@ -1301,7 +1325,7 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
             warning=True,
         )
         _start_rollback(ctx, target, s.stable_revision, reason)
-        return
+        return True
     if s.phase == Phase.ROLLING_BACK and _rollback_stalled(ctx):
         older = _older_target(ctx)
         if older is not None:
@@ -1315,20 +1339,21 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
                 warning=True,
             )
             _start_rollback(ctx, older, leaving, reason)
-            return
+            return True
         ctx.note(
             TimelineType.ACTION_IGNORED,
             f"{reason} ignored: no known-good revision older than r{s.stable_revision}; "
             + _ways_out(ctx),
             user=a.user,
         )
-        return
+        return False
     state = {
         Phase.ROLLING_BACK: f"already rolling back to r{s.stable_revision}",
         Phase.ROLLED_BACK: f"already rolled back: r{s.stable_revision} is the last known-good",
         Phase.FAILED: f"nothing in flight: r{s.stable_revision} is the last known-good",
     }.get(s.phase, "nothing is released yet")
     ctx.note(TimelineType.ACTION_IGNORED, f"{reason} ignored: {state}", user=a.user)
+    return False
 
 
 def _known_good(e: HistoryEntry) -> bool:
@@ -1357,14 +1382,15 @@ def _previous_known_good(
     return max(good, key=_promotion).revision if good else None
 
 
-def _act_approve(ctx: _Ctx, a: HumanAction) -> None:
+def _act_approve(ctx: _Ctx, a: HumanAction) -> bool:
     s = ctx.s
     pd = s.pending_decision
     if s.phase != Phase.AWAITING_APPROVAL or pd is None:
         _no_pending(ctx, "approval", a.user)
-        return
+        return False
     users = [r.user for r in pd.approvals]
-    if a.user in users:
+    counted = a.user not in users
+    if not counted:
         ctx.note(
             TimelineType.ACTION_IGNORED,
             f"duplicate approval by {_who(a.user)} counts once "
@@ -1388,13 +1414,14 @@ def _act_approve(ctx: _Ctx, a: HumanAction) -> None:
             s.candidate_revision,
             f"rollback approved by {names}: {pd.reason}",
         )
+    return counted
 
 
-def _act_reject(ctx: _Ctx, a: HumanAction) -> None:
+def _act_reject(ctx: _Ctx, a: HumanAction) -> bool:
     s = ctx.s
     if s.phase != Phase.AWAITING_APPROVAL or s.pending_decision is None:
         _no_pending(ctx, "rejection", a.user)
-        return
+        return False
     ctx.record(
         TimelineType.REJECTED,
         f"rollback of r{s.candidate_revision} rejected by {_who(a.user)}: "
@@ -1402,9 +1429,10 @@ def _act_reject(ctx: _Ctx, a: HumanAction) -> None:
         user=a.user,
     )
     _resume(ctx)
+    return True
 
 
-def _act_promote(ctx: _Ctx, a: HumanAction) -> None:
+def _act_promote(ctx: _Ctx, a: HumanAction) -> bool:
     s = ctx.s
     plan = ctx.plan()
     stage = None if plan is None else plan.stage(s.current_step)
@@ -1418,22 +1446,23 @@ def _act_promote(ctx: _Ctx, a: HumanAction) -> None:
                 user=a.user,
             )
             ctx.kept.add(a)
-            return
+            return False
         ctx.record(
             TimelineType.PROMOTE_REQUESTED,
             f"{_who(a.user)} passed the manual gate of r{cand} ({stage.label})",
             user=a.user,
         )
         _advance(ctx, plan)
-        return
+        return True
     if s.phase in ROLLING_OUT and stage is not None:
         why = f"r{cand} is at {stage.label}, which is not a manual gate"
     else:
         why = f"phase is {s.phase.value}"
     ctx.note(TimelineType.ACTION_IGNORED, f"promote by {_who(a.user)} ignored: {why}", user=a.user)
+    return False
 
 
-def _act_retry(ctx: _Ctx, a: HumanAction) -> None:
+def _act_retry(ctx: _Ctx, a: HumanAction) -> bool:
     s = ctx.s
     cur = ctx.entry(s.current_revision)
     if (
@@ -1450,38 +1479,91 @@ def _act_retry(ctx: _Ctx, a: HumanAction) -> None:
             user=a.user,
         )
         _start_revision(ctx, cur.revision, fresh=False)
-        return
+        return True
     why = (
         "the spec changed (it becomes a new revision)"
         if cur is not None and cur.spec_hash != ctx.inp.spec_hash
         else f"phase is {s.phase.value}, only a Failed or RolledBack revision can be retried"
     )
     ctx.note(TimelineType.ACTION_IGNORED, f"retry by {_who(a.user)} ignored: {why}", user=a.user)
+    return False
+
+
+def _target_rollback(ctx: _Ctx) -> str:
+    s = ctx.s
+    rolling = s.phase in IN_FLIGHT or s.phase == Phase.ROLLING_BACK
+    rev = s.candidate_revision if rolling and s.candidate_revision else s.stable_revision
+    return f"r{rev}" if rev else ""
+
+
+def _target_decision(ctx: _Ctx) -> str:
+    s = ctx.s
+    pd = s.pending_decision
+    if s.phase != Phase.AWAITING_APPROVAL or pd is None:
+        return ""
+    when = _ts(pd.decided_at) if pd.decided_at is not None else "?"
+    return f"the rollback decision on r{s.candidate_revision} of {when}"
+
+
+def _target_gate(ctx: _Ctx) -> str:
+    s = ctx.s
+    stage = ctx.stage()
+    if stage is None or s.phase not in ROLLING_OUT or not s.candidate_revision:
+        return ""
+    since = f" (since {_ts(s.step_started_at)})" if s.step_started_at is not None else ""
+    return f"r{s.candidate_revision} {stage.label}{since}"
+
+
+def _target_attempt(ctx: _Ctx) -> str:
+    s = ctx.s
+    cur = ctx.entry(s.current_revision)
+    if cur is None or cur.outcome not in (Outcome.FAILED, Outcome.ROLLED_BACK):
+        return ""
+    when = _ts(cur.finished_at) if cur.finished_at is not None else "?"
+    return f"r{cur.revision} {cur.outcome.value} at {when}"
 
 
 @dataclass(frozen=True)
 class _ActionRule:
     """How one kind of action annotation is handled."""
 
-    act: Callable[[_Ctx, HumanAction], None]
+    act: Callable[[_Ctx, HumanAction], bool]  # True: it acted (False: ignored, a note)
+    target: Callable[[_Ctx], str]  # what it would act on now ("": nothing)
     noun: str  # how messages name it: "promote by alice ..."
     purpose: str  # what it is for, in the how-to of a refused value
     free_text: bool  # the value is a reason (any non-empty text); else it must be "true"
+    #: The same value by another user is another action (approvals: the decision's list of
+    #: approvers binds them, and counts each approver once).
+    per_user: bool = False
 
 
 _ACTIONS: Mapping[str, _ActionRule] = {
-    "rollback": _ActionRule(_act_rollback, "break glass", "roll back now", free_text=True),
+    "rollback": _ActionRule(
+        _act_rollback, _target_rollback, "break glass", "roll back now", free_text=True
+    ),
     "approve-rollback": _ActionRule(
-        _act_approve, "approval", "approve the pending rollback", free_text=False
+        _act_approve, _target_decision, "approval", "approve the pending rollback",
+        free_text=False, per_user=True,
     ),
     "reject-rollback": _ActionRule(
-        _act_reject, "rejection", "reject the pending rollback", free_text=True
+        _act_reject, _target_decision, "rejection", "reject the pending rollback",
+        free_text=True,
     ),
-    "promote": _ActionRule(_act_promote, "promote", "pass a manual gate", free_text=False),
-    "retry": _ActionRule(_act_retry, "retry", "retry the failed revision", free_text=False),
+    "promote": _ActionRule(
+        _act_promote, _target_gate, "promote", "pass a manual gate", free_text=False
+    ),
+    "retry": _ActionRule(
+        _act_retry, _target_attempt, "retry", "retry the failed revision", free_text=False
+    ),
 }
 # Break glass first: it must win over a promote or a gate seen in the same call.
 _ACTION_ORDER = ("rollback", "approve-rollback", "reject-rollback", "promote", "retry")
+#: ``true``, or ``true`` and a suffix after one of these (``true-2``, ``true:alice``): a
+#: unique value, for acting again where the same value acted before.
+_TRUE = re.compile(r"true(?:[-_.:].+)?", re.IGNORECASE | re.DOTALL)
+#: A consumed annotation still there this long after (its removal keeps failing, or
+#: something keeps putting it back before the removal is seen) is left on the object.
+REMOVAL_PATIENCE = 60.0
 
 
 def _bounded_actions(actions: Sequence[HumanAction]) -> tuple[HumanAction, ...]:
@@ -1498,6 +1580,18 @@ def _mark(a: HumanAction) -> tuple[str, str, str]:
     return ANNOTATION_OF[a.kind], a.value, a.user
 
 
+def _scope(s: ModelReleaseStatus) -> int:
+    """The revision human actions concern now: the one in flight, else the spec's."""
+    return s.candidate_revision or s.current_revision
+
+
+def _fresh_value(ctx: _Ctx, rule: _ActionRule) -> str:
+    """A value never used before, for the how-to of an action that must act again."""
+    if rule.free_text:
+        return "'<a new reason>'"
+    return f"true-{int(ctx.now.timestamp())}"
+
+
 def _value_refused(ctx: _Ctx, a: HumanAction, rule: _ActionRule) -> bool:
     """Ignore (with a note saying how to do it) a value the action does not accept:
     ``rewind.dev/promote=false`` must never promote."""
@@ -1507,7 +1601,7 @@ def _value_refused(ctx: _Ctx, a: HumanAction, rule: _ActionRule) -> bool:
             return False
         why, example = "no reason given", "'<reason>'"
     else:
-        if value.lower() == "true":
+        if _TRUE.fullmatch(value):
             return False
         why, example = f'the value is "{clip(value, 64)}", not "true"', "true"
     ctx.note(
@@ -1519,41 +1613,132 @@ def _value_refused(ctx: _Ctx, a: HumanAction, rule: _ActionRule) -> bool:
     return True
 
 
-def _consume_one(ctx: _Ctx, action: HumanAction) -> bool:
-    """Act on (or ignore) an annotation seen for the first time; False: left on the object
-    for a later call (no usable policy, or a promote waiting for its candidate)."""
+def _left_note(ctx: _Ctx, a: HumanAction, rule: _ActionRule, why: str) -> None:
+    """An annotation left on the object on purpose, and how to act for real."""
+    key = ANNOTATION_OF[a.kind]
+    ctx.note(
+        TimelineType.ACTION_IGNORED,
+        f"{rule.noun} by {_who(a.user)} ignored: {why}. {key}={clip(a.value, 64)!r} is "
+        "left on the object and never acts again (it came back after it was consumed, as "
+        "a GitOps tool re-applying it does; removing it again would only bring it back). "
+        f"To {rule.purpose}, set a new value: "
+        f"kubectl annotate --overwrite modelrelease/{ctx.inp.name or '<name>'} -n "
+        f"{ctx.inp.namespace or '<namespace>'} {key}={_fresh_value(ctx, rule)}",
+        user=a.user,
+    )
+
+
+def _returning_blocked(
+    ctx: _Ctx, a: HumanAction, rule: _ActionRule, returning: Sequence[ConsumedAction]
+) -> str | None:
+    """Why a value that comes back (consumed before, then seen gone) must not act, or None.
+
+    A value its author left on the object earlier in this revision never acts again in it
+    (a GitOps tool's copy, put back after a human overwrote it, cannot pass the next gate);
+    a reason acts once; ``true`` (or a variant) never acts again on what it acted on. An
+    approval is bound by the decision's own list of approvers: the same approver counts
+    once, another one counts."""
+    if not returning:
+        return None
+    scope = _scope(ctx.s)
+    if any(c.keep and c.revision == scope and c.user == a.user for c in returning):
+        return f"the same value by {_who(a.user)} was left on the object during r{scope}"
+    acted = [c for c in returning if c.target]
+    if rule.free_text:
+        if acted:
+            last = acted[-1]
+            at = _ts(last.at) if last.at is not None else "?"
+            return f"the same reason already acted on {last.target} at {at}; a reason acts once"
+        return None
+    target = rule.target(ctx)
+    if not rule.per_user and target and any(c.target == target for c in acted):
+        return f"the same value already acted on {target}"
+    return None
+
+
+def _judge(ctx: _Ctx, action: HumanAction) -> ConsumedAction | None:
+    """Act on (or ignore) an annotation seen for the first time and return its ledger
+    entry; None: left on the object for a later call (no usable policy, or a promote
+    waiting for its candidate)."""
+    s = ctx.s
     rule = _ACTIONS[action.kind]
+    key, value, user = _mark(action)
+    returning = [
+        c for c in s.consumed_actions
+        if c.key == key and c.value == value and c.gone_at is not None
+    ]
+
+    def entry(target: str, *, keep: bool) -> ConsumedAction:
+        return ConsumedAction(
+            key=key, value=value, user=user, at=ctx.now, target=target, revision=_scope(s),
+            keep=keep,
+        )
+
     if _value_refused(ctx, action, rule):
-        return True
+        return entry("", keep=bool(returning))
     if ctx.policy is None and action.kind != "rollback":
-        return False  # acted on once the policy is usable again
-    rule.act(ctx, action)
-    return action not in ctx.kept
+        return None  # acted on once the policy is usable again
+    blocked = _returning_blocked(ctx, action, rule, returning)
+    if blocked is not None:
+        _left_note(ctx, action, rule, blocked)
+        return entry("", keep=True)
+    target = rule.target(ctx)
+    acted = rule.act(ctx, action)
+    if action in ctx.kept:
+        return None
+    if not acted and returning:
+        _left_note(ctx, action, rule, "it did not act (see the note before)")
+    return entry(target if acted else "", keep=bool(returning) and not acted)
 
 
 def _consume_actions(ctx: _Ctx) -> None:
-    """Act on each annotation at most once, whether or not its removal happens.
+    """Act on each annotation at most once, whether or not its removal happens, and never
+    let a value that comes back act on the same thing again.
 
-    ``status.consumedActions`` is the ledger: an annotation still present with the key,
-    value and user of an entry was consumed already (its removal failed, or is not seen
-    yet): it is only removed again, with no event and no timeline entry. An entry whose
-    annotation is gone is dropped (the removal happened), so the same annotation set again
-    later is a new action.
+    ``status.consumedActions`` is the ledger. An annotation still present with the key,
+    value and user of an entry whose annotation was never seen gone is the same annotation
+    (its removal failed, or is not seen yet): it is only removed again, with no event and
+    no timeline entry. An entry whose annotation is seen gone is kept (``goneAt``), bounded:
+    the same value set again later is a new action, judged by ``_returning_blocked``. A
+    value that comes back and does not act is left on the object (``keep``): a GitOps tool
+    that keeps it in Git then has nothing to restore, so nothing loops.
     """
     s = ctx.s
     ctx.kept.clear()
     present = {_mark(a) for a in ctx.actions}
-    s.consumed_actions = [c for c in s.consumed_actions if (c.key, c.value, c.user) in present]
-    done = {(c.key, c.value, c.user) for c in s.consumed_actions}
+    for c in s.consumed_actions:
+        if c.gone_at is None and (c.key, c.value, c.user) not in present:
+            c.gone_at = ctx.now
+            if c.keep:
+                c.revision = _scope(s)  # left on the object through this revision
+    live = {(c.key, c.value, c.user): c for c in s.consumed_actions if c.gone_at is None}
     for action in ctx.actions:
         mark = _mark(action)
-        if mark not in done:
-            if not _consume_one(ctx, action):
+        entry = live.get(mark)
+        if entry is None:
+            entry = _judge(ctx, action)
+            if entry is None:
                 continue
-            key, value, user = mark
-            s.consumed_actions.append(ConsumedAction(key=key, value=value, user=user, at=ctx.now))
-            done.add(mark)
-        ctx.remove(action)
+            s.consumed_actions.append(entry)
+            live[mark] = entry
+        elif not entry.keep and entry.at is not None and (
+            ctx.now > entry.at + timedelta(seconds=REMOVAL_PATIENCE)
+        ):
+            entry.keep = True
+            ctx.note(
+                TimelineType.ACTION_IGNORED,
+                f"{mark[0]}={clip(mark[1], 64)!r} is still there {_dur(REMOVAL_PATIENCE)} "
+                "after it was consumed (its removal keeps failing, or something puts it "
+                "back at once): it is left on the object and never acts again",
+                user=mark[2],
+            )
+        if not entry.keep:
+            ctx.remove(action)
+
+
+def _removals_pending(s: ModelReleaseStatus) -> bool:
+    """A consumed annotation whose removal is not seen yet."""
+    return any(c.gone_at is None and not c.keep for c in s.consumed_actions)
 
 
 # --------------------------------------------------------------------------------------
@@ -2370,7 +2555,10 @@ def _deferred_note(ctx: _Ctx) -> str:
 def _trim(s: ModelReleaseStatus) -> None:
     s.analysis.measurements = s.analysis.measurements[-MAX_MEASUREMENTS:]
     s.timeline = s.timeline[-MAX_TIMELINE:]
-    s.consumed_actions = s.consumed_actions[-MAX_CONSUMED_ACTIONS:]
+    while len(s.consumed_actions) > MAX_CONSUMED_ACTIONS:
+        # Forget the oldest value seen gone first: one still on the object must be known.
+        gone = next((i for i, c in enumerate(s.consumed_actions) if c.gone_at is not None), 0)
+        del s.consumed_actions[gone]
     if s.pending_decision is not None:
         s.pending_decision.evidence = s.pending_decision.evidence[-MAX_MEASUREMENTS:]
         s.pending_decision.approvals = s.pending_decision.approvals[-10:]
@@ -2433,7 +2621,7 @@ def decide(inputs: Inputs) -> Decision:
     _conditions(ctx, want)
     _trim(s)
     ctx.s = s = _copy_status(s)
-    if s.consumed_actions:  # see the removal soon, so the ledger entry is dropped soon
+    if _removals_pending(s):  # see the removal soon, so a re-added value is told apart
         ctx.wake(inputs.now + timedelta(seconds=CONSUMED_RECHECK))
     actions: list[Action] = [
         *ctx.snapshots,

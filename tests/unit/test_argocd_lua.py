@@ -54,14 +54,20 @@ from tests.unit.test_engine_kit import (
     promoted_world,
 )
 
-#: action -> (annotation it sets, value)
+#: action -> (annotation it sets, its value on an object at resourceVersion {rv}): unique to
+#: the object's version, since the operator never acts twice on a value that acted.
 ANNOTATIONS = {
-    "approve-rollback": (ANNOTATION_APPROVE_ROLLBACK, "true"),
-    "reject-rollback": (ANNOTATION_REJECT_ROLLBACK, "rejected in Argo CD"),
-    "rollback": (ANNOTATION_ROLLBACK, "break glass from Argo CD"),
-    "promote": (ANNOTATION_PROMOTE, "true"),
-    "retry": (ANNOTATION_RETRY, "true"),
+    "approve-rollback": (ANNOTATION_APPROVE_ROLLBACK, "true-{rv}"),
+    "reject-rollback": (ANNOTATION_REJECT_ROLLBACK,
+                        "rejected in Argo CD (at resourceVersion {rv})"),
+    "rollback": (ANNOTATION_ROLLBACK, "break glass from Argo CD (at resourceVersion {rv})"),
+    "promote": (ANNOTATION_PROMOTE, "true-{rv}"),
+    "retry": (ANNOTATION_RETRY, "true-{rv}"),
 }
+
+
+def action_value(name: str, obj: dict[str, Any]) -> str:
+    return ANNOTATIONS[name][1].format(rv=obj["metadata"].get("resourceVersion", "unknown"))
 
 
 def lua_file(name: str) -> str:
@@ -139,7 +145,7 @@ def test_action_sets_its_annotation_and_nothing_else(case: Case, name: str, runs
     assert "error" not in result, result["error"]
     [impacted] = result["impacted"]
     assert impacted["operation"] == "patch"
-    key, value = ANNOTATIONS[name]
+    key, value = ANNOTATIONS[name][0], action_value(name, case.obj)
     before = case.obj["metadata"].get("annotations", {})
     assert impacted["resource"]["metadata"]["annotations"] == {**before, key: value}
     # What Argo CD sends to the API server: a merge patch of the live and returned objects.
@@ -262,7 +268,7 @@ def engine_acts_on(w: World, kind: ActionKind) -> bool:
     """
     trial = copy.deepcopy(w)
     assert not any(e.user == "argocd" for e in trial.status.timeline)
-    decision = trial.act(kind, value=ANNOTATIONS[kind][1], user="argocd")
+    decision = trial.act(kind, value=ANNOTATIONS[kind][1].format(rv=4711), user="argocd")
     entries = [e.type for e in decision.status.timeline if e.user == "argocd"]
     ignored = any(
         isinstance(a, EmitEvent) and a.reason == "ActionIgnored" for a in decision.actions
@@ -509,6 +515,19 @@ def test_engine_states_agree_with_kstatus_through_the_shared_helper(engine: Engi
 # --------------------------------------------------------------------------------------
 # The argocd-cm snippet embeds exactly the .lua files
 # --------------------------------------------------------------------------------------
+
+
+def test_an_argocd_action_taken_again_later_acts_again() -> None:
+    """Its value names the object's version: a second break glass from Argo CD, for another
+    incident, is not the same value coming back."""
+    w = promoted_world(releases=3)
+    w.act("rollback", value=ANNOTATIONS["rollback"][1].format(rv=4711), user="argocd")
+    assert w.status.stable_revision == 2
+    w.release(make_spec("4.0.0"))
+    w.settle()
+    w.act("rollback", value=ANNOTATIONS["rollback"][1].format(rv=5210), user="argocd")
+    assert w.status.phase == Phase.ROLLED_BACK and w.status.stable_revision == 2
+    assert w.status.timeline[-1].type == "RolledBack"
 
 
 def test_argocd_cm_snippet_embeds_the_lua_files() -> None:

@@ -379,7 +379,7 @@ class World:
         """A human sets an annotation, then one reconcile. The operator looks again soon
         after consuming an annotation (``requeue_after``); that reconcile, which sees the
         removal and drops the ledger entry, comes before this human acts."""
-        if self.status.consumed_actions:
+        if any(c.gone_at is None and not c.keep for c in self.status.consumed_actions):
             self.step()
         self.annotate(kind, value, user)
         return self.step(advance)
@@ -598,16 +598,21 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
     # Every consumed annotation is removed at most once.
     removals = [a.key for a in d.actions if isinstance(a, RemoveAnnotation)]
     assert len(removals) == len(set(removals))
-    # The ledger names exactly the annotations consumed (acted on or ignored, now or in an
-    # earlier call): they, and only they, are removed; the others stay for a later call.
-    ledger = {(c.key, c.value, c.user) for c in s.consumed_actions}
+    # The ledger's entries not seen gone name exactly the annotations consumed (acted on or
+    # ignored, now or in an earlier call): they are removed, but for those left on the
+    # object on purpose (keep: a value that came back); the others stay for a later call.
+    ledger = {(c.key, c.value, c.user) for c in s.consumed_actions if c.gone_at is None}
     present = {
         (ANNOTATION_OF[a.kind], clip(a.value, MAX_HUMAN_TEXT), clip(a.user, MAX_HUMAN_TEXT))
         for a in inp.actions
     }
     assert len(s.consumed_actions) <= MAX_CONSUMED_ACTIONS
-    assert ledger <= present, "an entry whose annotation is gone is dropped"
-    assert set(removals) == {key for key, _, _ in ledger}
+    assert ledger <= present, "an entry whose annotation is gone is marked gone"
+    removed = {c.key for c in s.consumed_actions if c.gone_at is None and not c.keep}
+    assert set(removals) == removed
+    for c in s.consumed_actions:
+        if c.keep and c.gone_at is None:
+            assert RemoveAnnotation(c.key) not in d.actions or c.key in removed
     # Every way into RollingBack (or straight through it) appends exactly one RollbackStarted.
     started = [e for e in new_timeline(inp.status, s) if e.type == "RollbackStarted"]
     was, now = inp.status.phase, s.phase
@@ -636,9 +641,16 @@ def check_idempotent(inp: Inputs, d: Decision) -> None:
         assert isinstance(a, (*SAFE_TO_REPEAT, RemoveAnnotation)), f"repeat produced {a}"
     assert actions_of(again, RemoveAnnotation) == actions_of(d, RemoveAnnotation)
     assert actions_of(again, SetRoutes) == routes
-    # The annotations removed: only the ledger forgets them.
+    # The annotations removed: only the ledger changes, marking them gone (a value left on
+    # the object stays pinned to the revision in play).
     gone = decide(replace(inp, status=d.status, actions=()))
-    forgot = d.status.model_copy(update={"consumed_actions": []})
+    scope = d.status.candidate_revision or d.status.current_revision
+    seen_gone = [
+        c.model_copy(update={"gone_at": inp.now, **({"revision": scope} if c.keep else {})})
+        if c.gone_at is None else c
+        for c in d.status.consumed_actions
+    ]
+    forgot = d.status.model_copy(update={"consumed_actions": seen_gone})
     assert gone.status == forgot, _diff(forgot, gone.status)
     for a in gone.actions:
         assert isinstance(a, SAFE_TO_REPEAT), f"repeat produced {a}"
