@@ -1471,11 +1471,12 @@ class RolloutPolicySpec(SpecModel):
     first_release: FirstRelease = Field(
         default=FirstRelease.GATES,
         description="How a release's first revision (no stable revision yet) goes out. "
-        "Gates (default): it runs at 0% of user traffic (reachable at its own Service "
-        "<release>-r<N> for smoke tests) for the strategy's first verification window, with "
-        "the analysis metrics that do not use {{stable}}, and waits at a manual gate if the "
-        "strategy has one, before it takes all traffic. Promote: all traffic as soon as it "
-        "is Available.",
+        "Gates (default): before it takes any traffic it runs at 0% (reachable only at its "
+        "own Service <release>-r<N>, for smoke tests) for the strategy's first verification "
+        "window (canary: the first step's pause; blue-green: previewDuration; shadow: "
+        "duration), analysed with the metrics that do not use {{stable}} (no data holds it, "
+        "as anywhere: rewind.dev/promote vouches for it), then waits at a manual gate if the "
+        "strategy has one. Promote: all traffic as soon as it is Available.",
     )
 
 

@@ -34,8 +34,12 @@ from                on                                      to
 Promoting, restore  100% read back on the restored one      Promoted (``Restored``)
 Progressing/Ready,  progressDeadline passed                 Failed (could not be restored);
  restore                                                    the stable keeps serving
-Progressing/Ready   candidate Available                     next stage (or Promoted when
-                                                            there is no stable yet)
+Progressing/Ready   candidate Available                     next stage (a first release
+                                                            with firstRelease: Promote:
+                                                            Promoting)
+Progressing/        duration elapsed + last analysis Pass,  next stage / Promoting; a
+ FirstPreview       or rewind.dev/promote (a human vouches) failed round at the limit:
+                                                            Failed (never served users)
 Progressing/Ready   progressDeadline passed                 Failed (candidate scaled to 0)
 Progressing/stage   duration elapsed + last analysis Pass   next stage; after the last one:
                                                             Promoted (or Promoted/shadow Stop)
@@ -149,6 +153,24 @@ Choices worth knowing (documented in the tests too):
   ``rollbackWindow.revisions: 0``, is a new revision N+1: history stays immutable and
   ordered.
 * ``status.currentStep`` indexes the engine's plan, whose stage 0 is "wait for Available".
+* A first release (no stable revision) runs the policy's gates unless the policy says
+  ``firstRelease: Promote`` (then: all traffic once Available). It has no stable to share
+  traffic with, to compare with or to mirror from, so its gates run at 0% of user traffic,
+  with no routes to it at all (:mod:`rewind.engine_plan`): a FirstPreview for the
+  strategy's first verification window, reachable only at its own Service
+  ``<release>-r<N>`` (smoke tests), analysed with the metrics that need no ``{{stable}}``
+  (``analysis_metrics``; ``analysis_targets`` gives stable 0), then a FirstGate (manual)
+  if the strategy has a manual gate anywhere; then Promoting. Its analysis is judged like
+  any other: a failed round at the limit fails it (no users ever saw it: Failed, scaled
+  down, nothing to roll back to); Inconclusive holds, since with no smoke tests nothing
+  reaches it and ``noData: Inconclusive`` means "hold, never decide on no data". That is
+  a choice: a first release promoted on no evidence would make the gates decorative. So
+  the hold says how to move on (the stage message and the Degraded condition): send smoke
+  tests to its Service, vouch for it with ``rewind.dev/promote`` (which passes a
+  FirstPreview as it passes a manual gate, recorded with who), or set ``firstRelease:
+  Promote``. Canary weights, the mirror and post-switch/post-promotion watches need a
+  stable and do not apply; a shadow with ``onSuccess: Stop`` still ends Promoted (nothing
+  else would serve). It is never routed before it is Available (Promoting's write waits).
 * Rollback target not warm (Deployment missing, 0 replicas or not Available): phase
   RollingBack, ``EnsureRevision(target)``, traffic stays where it is until it is Available.
   While RollingBack, ``stableRevision`` already names the target and ``candidateRevision``
@@ -235,6 +257,7 @@ from rewind.api import (
     DecisionAction,
     HistoryEntry,
     Measurement,
+    MetricSpec,
     ModelReleaseSpec,
     ModelReleaseStatus,
     Outcome,
@@ -253,7 +276,14 @@ from rewind.api import (
     parse_duration,
     tag_image_error,
 )
-from rewind.engine_plan import Finish, Plan, Stage, StageKind, build_plan
+from rewind.engine_plan import (
+    Finish,
+    Plan,
+    Stage,
+    StageKind,
+    build_plan,
+    first_release_metrics,
+)
 
 __all__ = [
     "Action",
@@ -271,6 +301,7 @@ __all__ = [
     "SetRoutes",
     "SnapshotRevision",
     "analysis_due",
+    "analysis_metrics",
     "analysis_targets",
     "decide",
     "next_analysis_at",
@@ -542,12 +573,19 @@ def analysis_due(
 
 
 def analysis_targets(status: ModelReleaseStatus) -> tuple[int, int] | None:
-    """``(candidate, stable)`` revisions an analysis round measures, or None."""
-    if status.phase not in ROLLING_OUT:
-        return None
-    if not status.candidate_revision or not status.stable_revision:
+    """``(candidate, stable)`` revisions an analysis round measures, or None. A first
+    release has no stable: 0 (only the metrics of :func:`analysis_metrics` run then)."""
+    if status.phase not in ROLLING_OUT or not status.candidate_revision:
         return None
     return status.candidate_revision, status.stable_revision
+
+
+def analysis_metrics(status: ModelReleaseStatus, policy: RolloutPolicySpec) -> list[MetricSpec]:
+    """The metrics an analysis round queries: all of them, or, for a first release (no
+    stable revision), those that do not use ``{{stable}}`` or ``{{stableWorkload}}``."""
+    if not status.stable_revision:
+        return first_release_metrics(policy)
+    return list(policy.analysis.metrics)
 
 
 def _round_verdict(round_: Sequence[Measurement]) -> Verdict | None:
@@ -833,9 +871,10 @@ def _stage_started(ctx: _Ctx, plan: Plan, stage: Stage) -> bool:
         return False
     if s.step_started_at is None:
         s.step_started_at = ctx.now
+        routes = _describe_routes(want) if want is not None else "no routes to it"
         ctx.record(
             TimelineType.STEP_STARTED,
-            f"r{s.candidate_revision}: {stage.label} in effect: {_describe_routes(want)}",
+            f"r{s.candidate_revision}: {stage.label} in effect: {routes}",
         )
         if stage.manual:
             ctx.record(
@@ -1047,7 +1086,7 @@ def _decide_rollback(ctx: _Ctx, reason: str) -> None:
     assert ctx.policy is not None
     rollback = ctx.policy.rollback
     cand, stable = s.candidate_revision, s.stable_revision
-    if not stable:  # nothing to go back to (cannot happen: first releases are not analysed)
+    if not stable:  # a first release failing its preview: no users, nothing to go back to
         _fail_candidate(ctx, reason)
         return
     if rollback.mode == RollbackMode.AUTOMATIC or rollback.approval is None:
@@ -1437,7 +1476,10 @@ def _act_promote(ctx: _Ctx, a: HumanAction) -> bool:
     plan = ctx.plan()
     stage = None if plan is None else plan.stage(s.current_step)
     cand = s.candidate_revision
-    if plan is not None and stage is not None and s.phase in ROLLING_OUT and stage.manual:
+    # A manual gate, or a first release's preview: a human may vouch for a revision that
+    # no user traffic can measure yet.
+    gate = stage is not None and (stage.manual or stage.kind == StageKind.FIRST_PREVIEW)
+    if plan is not None and stage is not None and s.phase in ROLLING_OUT and gate:
         if not ctx.available(cand):
             # Kept on the object: the gate passes once the candidate is Available again.
             ctx.note(
@@ -1447,9 +1489,10 @@ def _act_promote(ctx: _Ctx, a: HumanAction) -> bool:
             )
             ctx.kept.add(a)
             return False
+        what = "the manual gate" if stage.manual else "the preview (vouching for it)"
         ctx.record(
             TimelineType.PROMOTE_REQUESTED,
-            f"{_who(a.user)} passed the manual gate of r{cand} ({stage.label})",
+            f"{_who(a.user)} passed {what} of r{cand} ({stage.label})",
             user=a.user,
         )
         _advance(ctx, plan)
@@ -2144,12 +2187,25 @@ def _stage_gate(ctx: _Ctx, plan: Plan, stage: Stage) -> None:
             waits.append("waiting for a passing analysis (the last one failed)")
         elif verdict == Verdict.INCONCLUSIVE:
             waits.append("analysis inconclusive: holding")
+            if stage.kind == StageKind.FIRST_PREVIEW:
+                waits.append(_first_release_hint(ctx))
     if not ctx.available(cand):
         waits.append(f"r{cand} is not Available")
     if waits:
         s.message = f"r{cand}: {stage.label}; " + "; ".join(waits)
         return
     _advance(ctx, plan)
+
+
+def _first_release_hint(ctx: _Ctx) -> str:
+    """What moves a first release on whose preview analysis has nothing to measure."""
+    s = ctx.s
+    service = f"{ctx.inp.name or '<release>'}-r{s.candidate_revision}"
+    return (
+        f"no user traffic reaches a first release at 0%: send smoke tests to Service "
+        f"{service}, or vouch for it: {_kubectl(ctx, ANNOTATION_PROMOTE, 'true')} (or set "
+        "the policy's firstRelease: Promote)"
+    )
 
 
 _STAGES: Mapping[StageKind, Callable[[_Ctx, Plan, Stage], None]] = {
@@ -2160,6 +2216,8 @@ _STAGES: Mapping[StageKind, Callable[[_Ctx, Plan, Stage], None]] = {
     StageKind.POST_SWITCH: _stage_gate,
     StageKind.POST_PROMOTION: _stage_gate,
     StageKind.SHADOW: _stage_gate,
+    StageKind.FIRST_PREVIEW: _stage_gate,
+    StageKind.FIRST_GATE: _stage_gate,
 }
 
 
@@ -2502,6 +2560,9 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
             f"analysis inconclusive since {_ts(since)} ({s.analysis.inconclusive} inconclusive "
             f"measurements; last: {last}): no traffic increase, no step advancement, no rollback"
         )
+        stage = ctx.stage()
+        if stage is not None and stage.kind == StageKind.FIRST_PREVIEW:
+            detail += "; " + _first_release_hint(ctx)
         if overloaded:
             detail += (
                 "; the operator is overloaded, not the model: raise --analysis-threads, "

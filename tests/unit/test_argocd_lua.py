@@ -45,6 +45,7 @@ from tests.unit.test_engine_kit import (
     BLUE_GREEN_MANUAL,
     CANARY_MANUAL,
     FAIL,
+    INCONCLUSIVE,
     NAME,
     NAMESPACE,
     World,
@@ -288,6 +289,23 @@ def _first_release_in_progress() -> World:
     return w
 
 
+def _first_release_preview() -> World:
+    """A first release at 0% under firstRelease: Gates; nothing to measure: it holds."""
+    w = World(make_policy(first_release=None))
+    w.verdicts = lambda _rev, _now: INCONCLUSIVE
+    w.step()
+    w.run(120)
+    assert w.status.current_step == 1
+    return w
+
+
+def _first_release_gate() -> World:
+    w = World(make_policy(CANARY_MANUAL, first_release=None))
+    w.step()
+    w.run_until(lambda x: x.status.phase == Phase.PAUSED)
+    return w
+
+
 def _canary_in_progress() -> World:
     w = promoted_world()
     w.release(make_spec("2.0.0"))
@@ -431,6 +449,10 @@ STATES: dict[str, tuple[Callable[[], World], Phase, str, set[str]]] = {
     "pending-without-policy": (_pending, Phase.PENDING, "Degraded", set()),
     "first-release-in-progress": (_first_release_in_progress, Phase.PROGRESSING, "Progressing",
                                   {"rollback"}),
+    "first-release-preview": (_first_release_preview, Phase.PROGRESSING, "Progressing",
+                              {"promote", "rollback"}),
+    "first-release-gate": (_first_release_gate, Phase.PAUSED, "Suspended",
+                           {"promote", "rollback"}),
     "canary-in-progress": (_canary_in_progress, Phase.PROGRESSING, "Progressing", {"rollback"}),
     "canary-manual-gate": (_paused(CANARY_MANUAL), Phase.PAUSED, "Suspended",
                            {"promote", "rollback"}),

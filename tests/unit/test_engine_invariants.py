@@ -68,6 +68,7 @@ def random_policy(rng: random.Random) -> Any:
         approval=approval,
         scale_down_delay=rng.choice(["0s", "30s"]),
         rollback_window=rng.choice([None, 0, 1]),
+        first_release=rng.choice([None, "Promote"]),
         progress_deadline=rng.choice(["1m", "3m"]),
         keep_previous_warm=rng.choice(["0s", "2m"]),
     )

@@ -52,6 +52,7 @@ from rewind.engine import (
     SetRoutes,
     SnapshotRevision,
     analysis_due,
+    analysis_metrics,
     analysis_targets,
     decide,
 )
@@ -169,8 +170,12 @@ def make_policy(
     keep_previous_warm: str = "10m",
     allow_tag_images: bool = False,
     rollback_window: int | None = None,
+    first_release: str | None = "Promote",
 ) -> RolloutPolicySpec:
-    """A valid RolloutPolicySpec; None leaves a field to the API's default."""
+    """A valid RolloutPolicySpec; None leaves a field to the API's default. The first
+    release is promoted once Available unless asked (``first_release=None``: the API's
+    default, Gates): most tests are about the releases after it, and start from a promoted
+    one; tests/unit/test_engine_first_release.py tests the first release's gates."""
     rollback: dict[str, Any] = {
         "mode": "automatic" if approval is None else "approval",
         "scaleDownDelay": scale_down_delay,
@@ -180,6 +185,8 @@ def make_policy(
     extra: dict[str, Any] = {}
     if rollback_window is not None:
         extra["rollbackWindow"] = {"revisions": rollback_window}
+    if first_release is not None:
+        extra["firstRelease"] = first_release
     return RolloutPolicySpec.model_validate(
         {
             **extra,
@@ -313,7 +320,7 @@ class World:
         assert targets is not None, "analysis due but no targets"
         got = self.verdicts(targets[0], self.now)
         verdicts = [got] if isinstance(got, Verdict) else list(got)
-        names = [m.name for m in self.policy.analysis.metrics]
+        names = [m.name for m in analysis_metrics(self.status, self.policy)]
         return [meas(v, metric=names[i % len(names)]) for i, v in enumerate(verdicts)]
 
     def inputs(

@@ -63,8 +63,12 @@ if (in_flight and candidate > 0) or previous_good then
   actions["rollback"] = {["displayName"] = "Roll back now (break glass)", ["iconClass"] = "fa fa-fw fa-undo"}
 end
 
--- A manual gate (canary pause with manual: true, blue-green autoSwitch: false).
-if phase == "Paused" then
+-- A manual gate (canary pause with manual: true, blue-green autoSwitch: false), or the
+-- preview of a first release (no stable revision yet, past its first stage: a human may
+-- vouch for a revision no user traffic can measure yet).
+local first_preview = phase == "Progressing" and (status.stableRevision or 0) == 0
+  and candidate > 0 and (status.currentStep or 0) >= 1
+if phase == "Paused" or first_preview then
   actions["promote"] = {["displayName"] = "Promote (pass the manual gate)", ["iconClass"] = "fa fa-fw fa-forward"}
 end
 
