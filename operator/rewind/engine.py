@@ -1500,7 +1500,7 @@ def _act_promote(ctx: _Ctx, a: HumanAction) -> bool:
     if s.phase in ROLLING_OUT and stage is not None:
         why = f"r{cand} is at {stage.label}, which is not a manual gate"
     else:
-        why = f"phase is {s.phase.value}"
+        why = f"phase is {s.phase.value}" + _stalled_hint(ctx)
     ctx.note(TimelineType.ACTION_IGNORED, f"promote by {_who(a.user)} ignored: {why}", user=a.user)
     return False
 
@@ -1527,6 +1527,7 @@ def _act_retry(ctx: _Ctx, a: HumanAction) -> bool:
         "the spec changed (it becomes a new revision)"
         if cur is not None and cur.spec_hash != ctx.inp.spec_hash
         else f"phase is {s.phase.value}, only a Failed or RolledBack revision can be retried"
+        + _stalled_hint(ctx)
     )
     ctx.note(TimelineType.ACTION_IGNORED, f"retry by {_who(a.user)} ignored: {why}", user=a.user)
     return False
@@ -2036,6 +2037,11 @@ def _phase_rolling_back(ctx: _Ctx) -> None:
         s.message += f". Stalled: {_ways_out(ctx)}"
     else:
         ctx.wake(deadline)
+
+
+def _stalled_hint(ctx: _Ctx) -> str:
+    """The ways out of a stalled rollback, for an action that cannot end it."""
+    return f". {_ways_out(ctx)}" if _rollback_stalled(ctx) else ""
 
 
 def _rollback_stalled(ctx: _Ctx) -> bool:

@@ -617,9 +617,6 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
     assert ledger <= present, "an entry whose annotation is gone is marked gone"
     removed = {c.key for c in s.consumed_actions if c.gone_at is None and not c.keep}
     assert set(removals) == removed
-    for c in s.consumed_actions:
-        if c.keep and c.gone_at is None:
-            assert RemoveAnnotation(c.key) not in d.actions or c.key in removed
     # Every way into RollingBack (or straight through it) appends exactly one RollbackStarted.
     started = [e for e in new_timeline(inp.status, s) if e.type == "RollbackStarted"]
     was, now = inp.status.phase, s.phase

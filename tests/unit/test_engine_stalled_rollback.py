@@ -114,6 +114,16 @@ def test_with_nothing_older_a_second_break_glass_names_the_ways_out() -> None:
     assert w.phase() == Phase.ROLLING_BACK and w.weights() == {2: 100}
 
 
+def test_retry_and_promote_cannot_end_a_stalled_rollback_and_say_what_can() -> None:
+    w = stalled()
+    for kind in ("retry", "promote"):
+        w.act(kind, user="oncall")
+        note = w.status.timeline[-1]
+        assert note.type == "ActionIgnored" and "phase is RollingBack" in note.message
+        assert "Ways out: fix what keeps r1 from becoming Available" in note.message
+    assert w.phase() == Phase.ROLLING_BACK and w.weights() == {2: 100}
+
+
 def test_before_the_deadline_a_second_break_glass_changes_nothing() -> None:
     w = promoted_world(make_policy(keep_previous_warm="1m", progress_deadline="2m"), releases=3)
     w.run(120)
