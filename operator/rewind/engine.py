@@ -53,6 +53,9 @@ in flight           rewind.dev/rollback (break glass)       RollingBack (target 
                                                             no stable yet: Failed
 Promoted            rewind.dev/rollback (break glass)       RollingBack (target = previous
                                                             known-good revision)
+RolledBack/Failed   rewind.dev/rollback, the stable not     RollingBack (target = the most
+ on a base that is  known-good (a roll-forward from a       recent known-good revision)
+ not known-good     stalled rollback was rolled back)
 RollingBack         target Available (at once when warm:    RolledBack (or Failed when the
                     same call)                              candidate never had live traffic)
 RollingBack         progressDeadline passed                 (stays) + condition Stalled,
