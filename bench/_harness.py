@@ -178,6 +178,8 @@ def policy(name: str, *, interval: str, mode: str, steps: list[dict[str, Any]],
             "rollback": rollback,
             "progressDeadline": "2m",
             "keepPreviousWarm": "1h",
+            # The benchmarks measure later releases: the first one serves once Available.
+            "firstRelease": "Promote",
         },
     }
 

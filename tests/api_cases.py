@@ -566,6 +566,34 @@ INVALID: list[Case] = [
         f"{ON_SUCCESS}.action",
         "Unsupported value",
     ),
+    Case(
+        "rollback-window-negative",
+        FRAUD_RP,
+        (("spec.rollbackWindow.revisions", -1),),
+        "spec.rollbackWindow.revisions",
+        "greater than or equal to 0",
+    ),
+    Case(
+        "rollback-window-beyond-history",
+        FRAUD_RP,
+        (("spec.rollbackWindow.revisions", 21),),
+        "spec.rollbackWindow.revisions",
+        "less than or equal to 20",
+    ),
+    Case(
+        "rollback-window-unknown-field",
+        FRAUD_RP,
+        (("spec.rollbackWindow.days", 3),),
+        "spec.rollbackWindow.days",
+        "unknown field",
+    ),
+    Case(
+        "first-release-unknown",
+        FRAUD_RP,
+        (("spec.firstRelease", "Skip"),),
+        "spec.firstRelease",
+        "Unsupported value",
+    ),
 ]
 
 #: Variants that look unusual but must be accepted.
@@ -624,4 +652,9 @@ VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] =
         ),
     ),
     ("shadow-stop", REC_RP, ((ON_SUCCESS, {"action": "Stop"}),)),
+    ("rollback-window-off", FRAUD_RP, (("spec.rollbackWindow", {"revisions": 0}),)),
+    ("rollback-window-whole-history", FRAUD_RP, (("spec.rollbackWindow", {"revisions": 20}),)),
+    ("rollback-window-default", FRAUD_RP, (("spec.rollbackWindow", {}),)),
+    ("first-release-promote", FRAUD_RP, (("spec.firstRelease", "Promote"),)),
+    ("first-release-gates", CHAT_RP, (("spec.firstRelease", "Gates"),)),
 ]

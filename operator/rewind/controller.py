@@ -86,6 +86,7 @@ from rewind.engine import (
     SetRoutes,
     SnapshotRevision,
     analysis_due,
+    analysis_metrics,
     analysis_targets,
     decide,
 )
@@ -269,7 +270,7 @@ class ReleaseController:
         results = await asyncio.gather(
             *(
                 self.metrics.measure(metric, variables, policy.analysis, now, candidate)
-                for metric in policy.analysis.metrics
+                for metric in analysis_metrics(status, policy)
             )
         )
         return list(results)

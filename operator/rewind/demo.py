@@ -259,6 +259,8 @@ def _policy(model: Model) -> RolloutPolicySpec:
                 },
                 "rollback": {"mode": "automatic", "scaleDownDelay": "10s"},
                 "progressDeadline": "2m",
+                # The story starts with v1 serving: it takes traffic once Available.
+                "firstRelease": "Promote",
                 "keepPreviousWarm": "20s",
             }
         )
@@ -287,6 +289,8 @@ def _policy(model: Model) -> RolloutPolicySpec:
                     "scaleDownDelay": "10s",
                 },
                 "progressDeadline": "2m",
+                # The story starts with v1 serving: it takes traffic once Available.
+                "firstRelease": "Promote",
                 "keepPreviousWarm": "1m",
             }
         )
@@ -314,6 +318,7 @@ def _policy(model: Model) -> RolloutPolicySpec:
             "rollback": {"mode": "automatic", "scaleDownDelay": "10s"},
             "progressDeadline": "2m",
             "keepPreviousWarm": "1m",
+            "firstRelease": "Promote",
         }
     )
 

@@ -359,6 +359,19 @@ def _has_action(annotations: Mapping[str, str]) -> bool:
     return any(key in annotations for key in ANNOTATION_OF.values())
 
 
+def _removal_done(obj: Mapping[str, Any]) -> bool:
+    """An annotation the operator removes (status.consumedActions, not seen gone yet) is
+    gone: look at once, so the engine sees it gone before a GitOps tool can put it back
+    (which then counts as the same value coming back, not as a removal that failed)."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    ledger = (obj.get("status") or {}).get("consumedActions") or []
+    return any(
+        isinstance(c, Mapping) and not c.get("goneAt") and not c.get("keep")
+        and c.get("key") not in annotations
+        for c in ledger
+    )
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for name in ("peering_task", "sweep_task"):
@@ -377,8 +390,9 @@ async def release_event(
     event: kopf.RawEvent, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
     """Start the release's loop on first sight (also after a restart: the watch lists every
-    object), stop it on deletion, wake it for a spec change or a human action; our own
-    status writes change neither generation nor action annotations, so they wake nothing."""
+    object), stop it on deletion, wake it for a spec change, a human action or the removal
+    of one it consumed; our own status writes change neither generation nor action
+    annotations, so they wake nothing."""
     assert namespace is not None
     loops: ReleaseLoops = memo.loops
     obj: Mapping[str, Any] = event.get("object") or {}
@@ -392,7 +406,7 @@ async def release_event(
     )
     if loops.ensure(namespace, name, uid):
         return
-    if generation_changed or _has_action(meta.get("annotations") or {}):
+    if generation_changed or _has_action(meta.get("annotations") or {}) or _removal_done(obj):
         loops.poke(namespace, name)
 
 
