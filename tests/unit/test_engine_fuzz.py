@@ -264,8 +264,14 @@ class Harness:
         policy = self.w.policy
         if not left or not cand or not before.stable_revision or policy is None:
             return
-        if s.stable_revision == before.stable_revision and s.phase == Phase.PROMOTED:
-            return  # a shadow that passed and stopped: nothing was promoted
+        # Only the candidate's own promotion counts: not a restore of another revision on a
+        # Git revert (the candidate is superseded), nor a shadow that passed and stopped.
+        promoting = (
+            s.phase == Phase.PROMOTING and s.candidate_revision == cand and not s.restoring
+        )
+        promoted = s.phase == Phase.PROMOTED and s.stable_revision == cand
+        if not (promoting or promoted):
+            return
         if any(e.type == "PromoteRequested" for e in fresh):
             return
         from rewind.engine import plan_for
