@@ -885,7 +885,8 @@ def _enter_stage(ctx: _Ctx, plan: Plan, index: int) -> None:
     stage = plan.stages[index]
     s.current_step = index
     s.strategy = stage.strategy
-    s.phase = Phase.PAUSED if stage.manual else Phase.PROGRESSING
+    # A manual gate is Paused (waiting for a human) only once its routes are in effect.
+    s.phase = Phase.PROGRESSING
     if stage.kind == StageKind.READY:
         s.step_started_at = ctx.now
         s.message = f"r{s.candidate_revision}: {stage.label}"
@@ -914,6 +915,7 @@ def _stage_started(ctx: _Ctx, plan: Plan, stage: Stage) -> bool:
             f"r{s.candidate_revision}: {stage.label} (in effect: {routes})",
         )
         if stage.manual:
+            s.phase = Phase.PAUSED
             ctx.record(
                 TimelineType.PAUSED,
                 f"r{s.candidate_revision} paused at {stage.label}; to continue run: "
@@ -1673,6 +1675,16 @@ def _act_promote(ctx: _Ctx, a: HumanAction) -> bool:
     # no user traffic can measure yet.
     gate = stage is not None and (stage.manual or stage.kind == StageKind.FIRST_PREVIEW)
     if plan is not None and stage is not None and s.phase in ROLLING_OUT and gate:
+        if s.step_started_at is None:
+            # Kept on the object: the gate is not in effect yet (its routes are not read
+            # back), so a human cannot have seen what they pass; it passes once it is.
+            ctx.note(
+                "PromoteWaiting",
+                f"promote by {_who(a.user)} waits: {stage.label} is not in effect yet",
+                user=a.user,
+            )
+            ctx.kept.add(a)
+            return False
         if not ctx.available(cand):
             # Kept on the object: the gate passes once the candidate is Available again.
             ctx.note(
@@ -2019,7 +2031,8 @@ def _check_spec(ctx: _Ctx) -> None:
             old.finished_at = ctx.now
             old.reason = f"superseded by {then} (the spec changed mid-rollout)"
         ctx.scale_down(cand)
-        ctx.record("Superseded", f"r{cand} superseded: the spec changed ({then})", revision=cand)
+        ctx.record("Superseded", f"r{cand} superseded by {then}: the spec changed",
+                   revision=cand)
     if restore is not None:
         _start_restore(ctx, restore)
         return
