@@ -42,6 +42,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -278,10 +279,24 @@ def profile(pid: int, seconds: float, output: str) -> subprocess.Popen[bytes] | 
         return None
     formats = {".svg": "flamegraph", ".json": "speedscope"}
     fmt = formats.get(Path(output).suffix, "raw")
+    # --gil: only the thread holding the GIL, i.e. where the operator's Python spends CPU
+    # (threads blocked on a socket would otherwise dominate); --nonblocking: never pause it.
     return subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50",
-         "--nonblocking", "--format", fmt, "--output", output],
+        [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "20",
+         "--gil", "--nonblocking", "--format", fmt, "--output", output],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(spy: subprocess.Popen[bytes]) -> None:
+    """py-spy writes its output when its duration is over, or on SIGINT."""
+    try:
+        spy.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
 
 
 def main() -> int:
@@ -387,7 +402,7 @@ def main() -> int:
         observation.record(final, since)
         proxy = slow.stats()
         if spy is not None:
-            spy.wait(timeout=60)
+            stop_profile(spy)
     except (UnfinishedError, TimeoutError) as err:
         unfinished = str(err)
     finally:
