@@ -73,6 +73,7 @@ from rewind.engine import (
     decide,
 )
 from rewind.metrics import OperatorMetrics
+from rewind.policycache import PolicyCache
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ class ReleaseController:
         clock: Callable[[], datetime] = utcnow,
         request_timeout: float = 30.0,
         trust_actor_annotations: bool = False,
+        policies: PolicyCache | None = None,
     ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
         self._apps = client.AppsV1Api(api_client)
@@ -193,6 +195,8 @@ class ReleaseController:
         #: Reconciles in a row that wrote routes, per release (see ROUTE_RECHECK).
         self._route_streak: dict[tuple[str, str], int] = {}
         self.trust_actor_annotations = trust_actor_annotations
+        #: RolloutPolicies as last read; ``handlers.policy_event`` invalidates them.
+        self.policies = policies if policies is not None else PolicyCache()
         self.router = router
         self.workloads = workloads
         self.metrics = metrics
@@ -217,16 +221,22 @@ class ReleaseController:
     async def _load_policy(
         self, namespace: str, name: str
     ) -> tuple[RolloutPolicySpec | None, str | None]:
-        body = await self._get(ROLLOUTPOLICY_PLURAL, namespace, name)
-        if body is None:
-            return None, (
-                f"RolloutPolicy {name!r} not found in namespace {namespace!r}: create it or "
-                "fix spec.policyRef.name"
-            )
-        try:
-            return RolloutPolicySpec.model_validate(body.get("spec") or {}), None
-        except ValidationError as err:
-            return None, f"RolloutPolicy {name!r} is invalid: {_first_error(err)}"
+        """The release's policy, from the cache the policy watch keeps true
+        (:mod:`rewind.policycache`), else read and parsed."""
+
+        async def read() -> tuple[tuple[RolloutPolicySpec | None, str | None], bool]:
+            body = await self._get(ROLLOUTPOLICY_PLURAL, namespace, name)
+            if body is None:
+                return (None, (
+                    f"RolloutPolicy {name!r} not found in namespace {namespace!r}: create it "
+                    "or fix spec.policyRef.name"
+                )), False
+            try:
+                return (RolloutPolicySpec.model_validate(body.get("spec") or {}), None), True
+            except ValidationError as err:
+                return (None, f"RolloutPolicy {name!r} is invalid: {_first_error(err)}"), True
+
+        return await self.policies.load(namespace, name, read)
 
     async def _measure(
         self,
