@@ -99,6 +99,13 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
     raise TimeoutError(f"{what} not reached in {timeout:.0f}s")
 
 
+def _cpu_of(stat: Path) -> float:
+    """User + system CPU seconds from a /proc stat file (a process or one of its threads)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3, utime 14 and stime 15 (man 5 proc).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Operator:
     """rewind-operator as a process watching one namespace."""
 
@@ -121,9 +128,12 @@ class Operator:
 
     def cpu_seconds(self) -> float:
         """User + system CPU the operator process (all its threads) has used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        # After the command name: state is field 3, utime 14 and stime 15 (man 5 proc).
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_of(Path(f"/proc/{self.proc.pid}/stat"))
+
+    def main_thread_cpu_seconds(self) -> float:
+        """CPU of the operator's main thread alone: its event loop (Kopf, the reconciles'
+        Python), which one core bounds; the rest is worker threads (HTTP, JSON)."""
+        return _cpu_of(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat"))
 
     def metrics(self) -> dict[str, float]:
         """The operator's /metrics, each family summed over its labels (needs metrics_port)."""
