@@ -410,6 +410,8 @@ def main() -> int:
             stop_profile(spy)
     except (UnfinishedError, TimeoutError) as err:
         unfinished = str(err)
+    except KeyboardInterrupt:
+        unfinished = f"interrupted after {time.monotonic() - wall:.0f}s"
     finally:
         total_cpu = operator.cpu_seconds() if operator.proc.poll() is None else float("nan")
         gauges.close()

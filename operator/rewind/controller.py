@@ -3,7 +3,8 @@
 The engine decides; this module only does I/O around it, in an order that makes a crash
 at any line harmless:
 
-1. everything is read fresh from the API server (no in-memory state survives a restart);
+1. everything is read fresh from the API server (no in-memory state survives a restart),
+   but the RolloutPolicy, which the policy watch keeps true (:mod:`rewind.policycache`);
 2. the engine's actions are applied before the status that depends on them is written
    (snapshot before the revision is recorded, routes before the weights are reported), and
    every action is idempotent, so a crash before the status write just repeats them;
