@@ -132,3 +132,21 @@ def test_a_foreign_virtual_service_is_never_taken_over(rw: Rewind) -> None:
     )
     assert status["phase"] == "Promoted" and status["stableRevision"] == 1
     assert condition(status, "Ready")["status"] == "True"
+
+
+def test_an_edited_policy_is_used_at_once_not_when_its_cached_copy_expires(rw: Rewind) -> None:
+    """The operator keeps RolloutPolicies parsed (rewind.policycache); the policy watch drops
+    the copy before it wakes the releases, so an edit acts within seconds, well inside the
+    copy's 30 s bound."""
+    rw.apply(policy_manifest("held", canary((50, "1h"))))
+    rw.promote_first_revision("vision", "held")
+    rw.set_error_rate("vision", 2, HEALTHY)
+    rw.apply(release_manifest("vision", "held", version=2))
+    rw.wait_status("vision", "r2 held at 50%", lambda s: s.get("candidateRevision") == 2
+                   and s.get("stepStartedAt") is not None
+                   and (s.get("weights") or {}).get("candidate") == 50, timeout=40)
+    assert_holds("r2 held at its 1 h step",
+                 lambda: rw.status("vision").get("phase") == "Progressing", 3)
+    rw.apply(policy_manifest("held", canary((50, "1s"))))  # the step now lasts a second
+    status = rw.wait_phase("vision", "Promoted", stable=2, timeout=10)
+    assert outcomes(status) == {1: "Promoted", 2: "Promoted"}
