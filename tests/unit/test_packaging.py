@@ -115,4 +115,4 @@ def test_the_dockerfile_install_steps_give_a_working_operator(tmp_path: Path) ->
     assert "--peering" in usage and "--prometheus-url" in usage
     # Every module the operator loads imports with only the locked set present.
     run(str(venv / "bin" / "python"), "-c",
-        "import rewind.handlers, rewind.main, rewind.peering, rewind.demo")
+        "import rewind.handlers, rewind.main, rewind.peering")
