@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from kubernetes import client, config, watch
 
-from rewind.sim import targets
+from rewind_demo import targets
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGEST = "sha256:" + "ab" * 32
