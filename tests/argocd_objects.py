@@ -237,7 +237,8 @@ ACTIONS_OF_PHASE: dict[str, frozenset[str]] = {
     "Paused": frozenset({"promote", "rollback"}),
     "AwaitingApproval": frozenset({"approve-rollback", "reject-rollback", "rollback"}),
     "Promoting": frozenset({"rollback"}),
-    "Promoted": frozenset({"rollback"}),  # r1 was promoted before r2: there is a way back
+    # r1 was promoted before r2: there is a way back (and a drill of it)
+    "Promoted": frozenset({"rollback", "drill"}),
     "RollingBack": frozenset(),
     "RolledBack": frozenset({"retry"}),
     "Failed": frozenset({"retry"}),

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ARGOCD = ROOT / "charts" / "rewind" / "argocd"
 HEALTH_LUA = ARGOCD / "health.lua"
 DISCOVERY_LUA = ARGOCD / "discovery.lua"
-ACTIONS = ("approve-rollback", "reject-rollback", "promote", "retry", "rollback")
+ACTIONS = (
+    "approve-rollback", "reject-rollback", "promote", "retry", "rollback", "reset-breaker", "drill"
+)
 
 
 def action_lua(name: str) -> Path:

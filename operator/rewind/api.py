@@ -46,8 +46,10 @@ from rewind.templates import (
 
 __all__ = [
     "ANNOTATION_APPROVE_ROLLBACK",
+    "ANNOTATION_DRILL",
     "ANNOTATION_PROMOTE",
     "ANNOTATION_REJECT_ROLLBACK",
+    "ANNOTATION_RESET_BREAKER",
     "ANNOTATION_RETRY",
     "ANNOTATION_ROLLBACK",
     "API_GROUP",
@@ -81,6 +83,12 @@ __all__ = [
     "ApprovalSpec",
     "ApprovalTimeoutAction",
     "BlueGreenStrategy",
+    "BreakerFallback",
+    "BreakerReset",
+    "BreakerResetMode",
+    "BreakerSpec",
+    "BreakerState",
+    "BreakerStatus",
     "CanaryStep",
     "CanaryStrategy",
     "CodeSpec",
@@ -91,9 +99,17 @@ __all__ = [
     "DataSpec",
     "DecisionAction",
     "Digest",
+    "DirectResponseSpec",
+    "DrillFailure",
+    "DrillPhase",
+    "DrillResult",
+    "DrillSpec",
+    "DrillStatus",
+    "DrillVerdict",
     "Duration",
     "EnvVar",
     "EnvironmentSpec",
+    "FallbackServiceSpec",
     "FirstRelease",
     "HeaderMatch",
     "HeaderRoute",
@@ -189,6 +205,8 @@ ANNOTATION_REJECT_ROLLBACK = f"{API_GROUP}/reject-rollback"
 ANNOTATION_ROLLBACK = f"{API_GROUP}/rollback"
 ANNOTATION_PROMOTE = f"{API_GROUP}/promote"
 ANNOTATION_RETRY = f"{API_GROUP}/retry"
+ANNOTATION_RESET_BREAKER = f"{API_GROUP}/reset-breaker"
+ANNOTATION_DRILL = f"{API_GROUP}/drill"
 
 DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
 DIGEST_PATTERN = r"^sha256:[a-f0-9]{64}$"
@@ -451,6 +469,54 @@ class ApprovalTimeoutAction(StrEnum):
     RESUME = "Resume"
 
 
+class BreakerResetMode(StrEnum):
+    """How a tripped circuit breaker closes again."""
+
+    AUTOMATIC = "Automatic"
+    MANUAL = "Manual"
+
+
+class BreakerState(StrEnum):
+    """Where a release's circuit breaker is (status.breaker.state).
+
+    ``Tripping``: the fallback is asked for, not yet read back; ``Tripped``: the routes read
+    back send users to the fallback; ``Resetting``: the model's routes are asked for again,
+    not yet read back; ``Closed``: users are on the model (or no trip ever happened).
+    """
+
+    CLOSED = "Closed"
+    TRIPPING = "Tripping"
+    TRIPPED = "Tripped"
+    RESETTING = "Resetting"
+
+
+class DrillPhase(StrEnum):
+    """Where a rollback drill in progress is (status.drill.phase)."""
+
+    STARTING = "Starting"  # the target's snapshot is checked, then it is scaled up
+    WAITING_READY = "WaitingReady"  # scaled up from its snapshot, not Available yet
+    ANALYSING = "Analysing"  # Available; mirrored traffic analysed
+
+
+class DrillVerdict(StrEnum):
+    """How a rollback drill ended."""
+
+    PASSED = "Passed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+class DrillFailure(StrEnum):
+    """What would have failed in a real rollback (status.lastDrill.failure)."""
+
+    NONE = ""
+    NO_TARGET = "NoTarget"  # no known-good revision to roll back to
+    SNAPSHOT_MISSING = "SnapshotMissing"  # its snapshot (ControllerRevision) is gone
+    SNAPSHOT_CORRUPT = "SnapshotCorrupt"  # its snapshot no longer verifies (integrity)
+    PODS_NEVER_READY = "PodsNeverReady"  # not Available within the drill's timeout
+    ANALYSIS_FAILING = "AnalysisFailing"  # the policy's analysis fails on mirrored traffic
+
+
 class DecisionAction(StrEnum):
     """The action a pending decision would take once approved."""
 
@@ -510,6 +576,14 @@ class TimelineType(StrEnum):
     ROUTE_DRIFT = "RouteDrift"
     STABLE_UNAVAILABLE = "StableUnavailable"
     CANDIDATE_UNAVAILABLE = "CandidateUnavailable"
+    BREAKER_TRIPPED = "BreakerTripped"
+    FALLBACK_IN_EFFECT = "FallbackInEffect"
+    BREAKER_RESET = "BreakerReset"
+    BREAKER_CLOSED = "BreakerClosed"
+    DRILL_STARTED = "DrillStarted"
+    DRILL_PASSED = "DrillPassed"
+    DRILL_FAILED = "DrillFailed"
+    DRILL_CANCELLED = "DrillCancelled"
 
 
 # --------------------------------------------------------------------------------------
@@ -1464,6 +1538,170 @@ class RollbackWindowSpec(SpecModel):
     )
 
 
+class FallbackServiceSpec(SpecModel):
+    """A Service in the release's namespace that answers instead of the model (for example
+    a simple rules-based model)."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Name of the Service (same namespace as the ModelRelease).",
+    )
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Service port; required when the Service has more than one.",
+    )
+
+
+class DirectResponseSpec(SpecModel):
+    """A fixed answer from the mesh itself (Istio HTTPRoute ``directResponse``)."""
+
+    status: int = Field(ge=200, le=599, description="HTTP status, e.g. 503.")
+    body: str = Field(
+        default="", max_length=4096, description="Response body (text); empty: no body."
+    )
+
+
+class BreakerFallback(SpecModel):
+    """Where users go while the breaker is tripped: exactly one of service or
+    directResponse."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "has(self.service) != has(self.directResponse)",
+                "set exactly one of fallback.service or fallback.directResponse",
+            )
+        )
+    )
+
+    service: FallbackServiceSpec | None = Field(
+        default=None, description="Send users to this Service."
+    )
+    direct_response: DirectResponseSpec | None = Field(
+        default=None, description="Answer every request with this status and body."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BreakerFallback:
+        if (self.service is None) == (self.direct_response is None):
+            raise ValueError("set exactly one of fallback.service or fallback.directResponse")
+        return self
+
+
+class BreakerReset(SpecModel):
+    """How a tripped breaker closes again."""
+
+    mode: BreakerResetMode = Field(
+        default=BreakerResetMode.AUTOMATIC,
+        description="Automatic (default): once the signal has been healthy for healthyFor. "
+        "Manual: only when a human sets rewind.dev/reset-breaker=true.",
+    )
+    healthy_for: Duration = Field(
+        default="30s",
+        description="Automatic reset: how long every reading must pass before users go "
+        "back to the model. Default 30s.",
+    )
+
+
+class BreakerSpec(SpecModel):
+    """A circuit breaker: a fast signal that, held beyond its threshold, sends users to a
+    fallback with one route write, in any phase. It never rolls back and never changes
+    revisions."""
+
+    query: Annotated[str, AfterValidator(_check_template)] = Field(
+        min_length=1,
+        max_length=4096,
+        description="PromQL instant query returning one number, e.g. the release's error "
+        "ratio over the last few seconds. Same template variables as analysis metrics; "
+        "{{candidate}} is the stable revision when nothing is in flight, {{interval}} the "
+        "breaker's interval.",
+    )
+    thresholds: Thresholds = Field(description="Healthy range: min and/or max (inclusive).")
+    interval: Duration = Field(
+        default="5s",
+        description="How often the signal is read (>= 1s), independent of analysis. "
+        "Default 5s.",
+        json_schema_extra=_validations(
+            _cel(
+                "!self.matches('" + DURATION_PATTERN + "') || duration(self) >= duration('1s')",
+                "breaker.interval must be at least 1s",
+            )
+        ),
+    )
+    hold_for: Duration = Field(
+        default="0s",
+        description="The signal must breach for this long (consecutive readings) before the "
+        "breaker trips; 0s (default): the first breaching reading trips it.",
+    )
+    timeout: Duration | None = Field(
+        default=None,
+        description="Query timeout; default: the interval.",
+    )
+    fallback: BreakerFallback = Field(description="Where users go while it is tripped.")
+    reset: BreakerReset = Field(
+        default_factory=BreakerReset, description="How it closes again."
+    )
+
+    @field_validator("interval")
+    @classmethod
+    def _breaker_interval(cls, v: str) -> str:
+        if parse_duration(v) < 1.0:
+            raise ValueError("breaker.interval must be at least 1s")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _breaker_timeout(cls, v: str | None) -> str | None:
+        return _positive_duration(v, "breaker.timeout")
+
+    def metric(self) -> MetricSpec:
+        """The signal as a metric, for the metric provider."""
+        return MetricSpec(
+            name="breaker",
+            query=self.query,
+            thresholds=self.thresholds,
+            timeout=self.timeout or self.interval,
+        )
+
+
+class DrillSpec(SpecModel):
+    """Rollback drills: exercise the rollback path without touching user traffic."""
+
+    every: Duration | None = Field(
+        default=None,
+        description="Run a drill this long after the last one (or after the stable "
+        "revision was promoted), e.g. 24h. Omitted: on demand only (rewind.dev/drill=true).",
+    )
+    timeout: Duration = Field(
+        default="10m",
+        description="The rollback target must become Available (and, with a mirror, pass "
+        "the analysis) within this. Default 10m.",
+    )
+    mirror_percent: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Mirror this percent of live traffic to the target and run the policy's "
+        "analysis against it (responses are discarded: users are never affected). 0 "
+        "(default): only bring it to Available.",
+    )
+    passing_rounds: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="With a mirror: consecutive passing analysis rounds needed. Default 1.",
+    )
+
+    @field_validator("every")
+    @classmethod
+    def _positive_every(cls, v: str | None) -> str | None:
+        return _positive_duration(v, "drill.every")
+
+
 class RolloutPolicySpec(SpecModel):
     """How ModelReleases that reference this policy are released and rolled back."""
 
@@ -1505,6 +1743,18 @@ class RolloutPolicySpec(SpecModel):
         "duration), analysed with the metrics that do not use {{stable}} (no data holds it, "
         "as anywhere: rewind.dev/promote vouches for it), then waits at a manual gate if the "
         "strategy has one. Promote: all traffic as soon as it is Available.",
+    )
+    drill: DrillSpec | None = Field(
+        default=None,
+        description="Rollback drills on a schedule (every) and on demand: the revision a "
+        "rollback would go to now is brought to Available from its snapshot (optionally "
+        "analysed on mirrored traffic), timed and scaled back; users are never affected.",
+    )
+    breaker: BreakerSpec | None = Field(
+        default=None,
+        description="Circuit breaker: a fast signal and a fallback (a Service or a direct "
+        "response). Works in every phase, including Promoted; a trip is one route write, "
+        "never a rollback.",
     )
 
 
@@ -1555,6 +1805,11 @@ class RoutesStatus(StatusModel):
     )
     header_revision: int = Field(
         default=0, description="Revision the header routes send their callers to (0 = none)."
+    )
+    fallback: StatusText = Field(
+        default="",
+        description="The circuit breaker's fallback the routes send every user to, as read "
+        "back (empty: none).",
     )
     wanted: list[RouteWeight] = Field(
         default_factory=list,
@@ -1743,6 +1998,65 @@ class Condition(StatusModel):
     )
 
 
+class BreakerStatus(StatusModel):
+    """The circuit breaker as last decided and read back."""
+
+    state: BreakerState = Field(
+        default=BreakerState.CLOSED,
+        description="Closed, Tripping (fallback asked for), Tripped (fallback read back in "
+        "effect), Resetting (model routes asked for again).",
+    )
+    since: datetime | None = Field(default=None, description="When state last changed.")
+    breaching_since: datetime | None = Field(
+        default=None, description="First reading of the current run of breaching readings."
+    )
+    healthy_since: datetime | None = Field(
+        default=None, description="First reading of the current healthy run while tripped."
+    )
+    tripped_at: datetime | None = Field(default=None, description="Last trip decision.")
+    reset_at: datetime | None = Field(default=None, description="Last reset decision.")
+    trips: int = Field(default=0, ge=0, description="Trips so far.")
+    fallback: StatusText = Field(default="", description="The fallback, in words.")
+    reason: StatusText = Field(default="", description="Why it last tripped or reset.")
+
+
+class DrillStatus(StatusModel):
+    """A rollback drill in progress."""
+
+    phase: DrillPhase = Field(default=DrillPhase.STARTING, description="Where it is.")
+    target: int = Field(default=0, description="The revision a rollback would go to.")
+    started_at: datetime | None = Field(default=None, description="When it started.")
+    ready_at: datetime | None = Field(default=None, description="When the target was Available.")
+    replicas_before: int = Field(
+        default=0, ge=0, description="The target's replicas before the drill (restored after)."
+    )
+    trigger: ShortText = Field(default="", description="schedule, or who asked (annotation).")
+    passing_rounds: int = Field(default=0, ge=0, description="Consecutive passing rounds.")
+    last_round_at: datetime | None = Field(default=None, description="Last analysis round.")
+
+
+class DrillResult(StatusModel):
+    """How the last rollback drill ended."""
+
+    started_at: datetime | None = Field(default=None, description="When it started.")
+    finished_at: datetime | None = Field(default=None, description="When it ended.")
+    target: int = Field(default=0, description="The revision a rollback would have gone to.")
+    trigger: ShortText = Field(default="", description="schedule, or who asked.")
+    verdict: DrillVerdict | None = Field(default=None, description="Passed, Failed, Cancelled.")
+    failure: DrillFailure = Field(
+        default=DrillFailure.NONE,
+        description="What would have failed in a real rollback: NoTarget, SnapshotMissing, "
+        "SnapshotCorrupt, PodsNeverReady or AnalysisFailing (empty when it passed).",
+    )
+    time_to_ready_seconds: float | None = Field(
+        default=None, description="From the start to the target Available."
+    )
+    time_to_passing_analysis_seconds: float | None = Field(
+        default=None, description="From the start to a passing analysis (with a mirror)."
+    )
+    message: StatusText = Field(default="", description="What happened, in words.")
+
+
 class ModelReleaseStatus(StatusModel):
     """Observed state of a ModelRelease, written by the operator."""
 
@@ -1793,6 +2107,19 @@ class ModelReleaseStatus(StatusModel):
         description="True while the candidate is a known-good revision being restored "
         "because the spec was reverted to it (RolloutPolicy rollbackWindow): no steps, no "
         "analysis; it takes all traffic once Available.",
+    )
+    breaker: BreakerStatus | None = Field(
+        default=None,
+        description="The circuit breaker (absent when the policy defines none).",
+    )
+    drill: DrillStatus | None = Field(
+        default=None, description="The rollback drill in progress (absent: none)."
+    )
+    last_drill: DrillResult | None = Field(
+        default=None, description="How the last rollback drill ended."
+    )
+    last_successful_drill_at: datetime | None = Field(
+        default=None, description="When the last drill that passed ended."
     )
     history: list[HistoryEntry] = Field(
         default_factory=list,

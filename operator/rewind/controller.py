@@ -60,11 +60,14 @@ from rewind.adapters.base import (
     RouteRefusedError,
     RouteState,
     SnapshotConflictError,
+    SnapshotCorruptError,
+    SnapshotNotFoundError,
     Workloads,
 )
 from rewind.api import (
     MODELRELEASE_PLURAL,
     ROLLOUTPOLICY_PLURAL,
+    AnalysisSpec,
     Measurement,
     ModelReleaseSpec,
     ModelReleaseStatus,
@@ -85,11 +88,16 @@ from rewind.engine import (
     RevisionState,
     ScaleRevision,
     SetRoutes,
+    SnapshotCheck,
     SnapshotRevision,
     analysis_due,
     analysis_metrics,
     analysis_targets,
+    breaker_due,
+    breaker_variables_targets,
     decide,
+    drill_analysis_due,
+    drill_snapshot_due,
 )
 from rewind.metrics import OperatorMetrics
 from rewind.policycache import PolicyCache
@@ -269,6 +277,17 @@ class ReleaseController:
         policy: RolloutPolicySpec,
         now: datetime,
     ) -> list[Measurement] | None:
+        drill = drill_analysis_due(status, policy, now)
+        if drill is not None:
+            # A rollback drill's round: the policy's metrics on the target's mirrored traffic.
+            candidate, stable = drill
+            variables = analysis_variables(
+                namespace, release, candidate, stable, policy.analysis.interval
+            )
+            return list(await asyncio.gather(*(
+                self.metrics.measure(metric, variables, policy.analysis, now, candidate)
+                for metric in policy.analysis.metrics
+            )))
         if not policy.analysis.metrics or not analysis_due(status, policy, now):
             return None
         targets = analysis_targets(status)
@@ -285,6 +304,41 @@ class ReleaseController:
             )
         )
         return list(results)
+
+    async def _read_breaker(
+        self,
+        namespace: str,
+        release: str,
+        status: ModelReleaseStatus,
+        policy: RolloutPolicySpec,
+        now: datetime,
+    ) -> Measurement | None:
+        """One reading of the circuit breaker's signal (every reconcile while it is armed:
+        the engine requeues every ``breaker.interval``). No data and query errors are
+        Inconclusive: they never trip it, nor count as healthy."""
+        breaker = policy.breaker
+        if breaker is None or not breaker_due(status, policy):
+            return None
+        candidate, stable = breaker_variables_targets(status)
+        variables = analysis_variables(namespace, release, candidate, stable, breaker.interval)
+        judging = AnalysisSpec(interval=breaker.interval)
+        return await self.metrics.measure(breaker.metric(), variables, judging, now, candidate)
+
+    async def _check_drill_snapshot(
+        self, namespace: str, release: str, status: ModelReleaseStatus
+    ) -> SnapshotCheck | None:
+        """A rollback drill's first step: could its target be re-created from its snapshot
+        now (present, and its data still hashes to the hash recorded when it was saved)?"""
+        target = drill_snapshot_due(status)
+        if target is None:
+            return None
+        try:
+            await self.workloads.load_snapshot(release, namespace, target)
+        except SnapshotNotFoundError as err:
+            return SnapshotCheck(target, "missing", str(err))
+        except SnapshotCorruptError as err:
+            return SnapshotCheck(target, "corrupt", str(err))
+        return SnapshotCheck(target)
 
     # -- the loop body ---------------------------------------------------------------
 
@@ -329,8 +383,12 @@ class ReleaseController:
                 return ReconcileResult(requeue_after=ERROR_REQUEUE, error=message)
         key = (namespace, name)
         routes = with_refusal(routes, self._refused.get(key))
-        measurements = (
-            await self._measure(namespace, name, status, policy, now) if policy else None
+        measurements, breaker_reading = (
+            await asyncio.gather(
+                self._measure(namespace, name, status, policy, now),
+                self._read_breaker(namespace, name, status, policy, now),
+            )
+            if policy else (None, None)
         )
         inputs = Inputs(
             spec=spec,
@@ -347,6 +405,8 @@ class ReleaseController:
             namespace=namespace,
             routes=routes,
             archive=archive,
+            breaker_reading=breaker_reading,
+            drill_snapshot=await self._check_drill_snapshot(namespace, name, status),
         )
         decision = decide(inputs)
         result = ReconcileResult(requeue_after=decision.requeue_after, decision=decision)
@@ -560,7 +620,7 @@ class ReleaseController:
         key = (namespace, name)
         wanted = RouteState(
             dict(action.weights), action.mirror_revision, action.mirror_percent,
-            action.header_revision,
+            action.header_revision, action.fallback,
         )
         in_place = (
             seen.exists
@@ -570,6 +630,7 @@ class ReleaseController:
             and (seen.mirror_revision, seen.mirror_percent)
             == (action.mirror_revision, action.mirror_percent)
             and seen.header_revision == action.header_revision
+            and seen.fallback == action.fallback
         )
         if in_place and not force:
             self._refused.pop(key, None)
@@ -584,6 +645,7 @@ class ReleaseController:
                 action.mirror_revision,
                 action.mirror_percent,
                 action.header_revision,
+                action.fallback,
             )
         except (RouteRefusedError, OwnershipConflictError) as err:
             if isinstance(err, OwnershipConflictError) and any(

@@ -289,6 +289,13 @@ def modelrelease_crd() -> dict[str, Any]:
             "jsonPath": ".status.weights.candidate",
             "description": "Percent of user traffic on the candidate.",
         },
+        {
+            "name": "Breaker",
+            "type": "string",
+            "jsonPath": ".status.breaker.state",
+            "description": "Circuit breaker: Closed, Tripping, Tripped (users on the "
+            "fallback, read back) or Resetting; empty without one.",
+        },
         {"name": "Model", "type": "string", "jsonPath": ".spec.model.version", "priority": 1},
         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
         _AGE,

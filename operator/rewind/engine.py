@@ -253,11 +253,13 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from rewind.adapters.base import RouteObservation, RouteProblem
+from rewind.adapters.base import Fallback, RouteObservation, RouteProblem
 from rewind.api import (
     ANNOTATION_APPROVE_ROLLBACK,
+    ANNOTATION_DRILL,
     ANNOTATION_PROMOTE,
     ANNOTATION_REJECT_ROLLBACK,
+    ANNOTATION_RESET_BREAKER,
     ANNOTATION_RETRY,
     ANNOTATION_ROLLBACK,
     MAX_CONSUMED_ACTIONS,
@@ -268,11 +270,21 @@ from rewind.api import (
     AnalysisStatus,
     ApprovalRecord,
     ApprovalTimeoutAction,
+    BreakerResetMode,
+    BreakerSpec,
+    BreakerState,
+    BreakerStatus,
     Condition,
     ConditionStatus,
     ConditionType,
     ConsumedAction,
     DecisionAction,
+    DrillFailure,
+    DrillPhase,
+    DrillResult,
+    DrillSpec,
+    DrillStatus,
+    DrillVerdict,
     HistoryEntry,
     Measurement,
     MetricSpec,
@@ -318,11 +330,17 @@ __all__ = [
     "RouteProblem",
     "ScaleRevision",
     "SetRoutes",
+    "SnapshotCheck",
     "SnapshotRevision",
     "analysis_due",
     "analysis_metrics",
     "analysis_targets",
+    "breaker_due",
+    "breaker_variables_targets",
     "decide",
+    "drill_analysis_due",
+    "drill_snapshot_due",
+    "fallback_of",
     "next_analysis_at",
     "plan_for",
 ]
@@ -331,7 +349,10 @@ __all__ = [
 # Inputs
 # --------------------------------------------------------------------------------------
 
-ActionKind = Literal["approve-rollback", "reject-rollback", "rollback", "promote", "retry"]
+ActionKind = Literal[
+    "approve-rollback", "reject-rollback", "rollback", "promote", "retry", "reset-breaker",
+    "drill",
+]
 
 ANNOTATION_OF: Mapping[str, str] = {
     "approve-rollback": ANNOTATION_APPROVE_ROLLBACK,
@@ -339,6 +360,8 @@ ANNOTATION_OF: Mapping[str, str] = {
     "rollback": ANNOTATION_ROLLBACK,
     "promote": ANNOTATION_PROMOTE,
     "retry": ANNOTATION_RETRY,
+    "reset-breaker": ANNOTATION_RESET_BREAKER,
+    "drill": ANNOTATION_DRILL,
 }
 
 
@@ -401,6 +424,16 @@ class Archive:
 
 
 @dataclass(frozen=True)
+class SnapshotCheck:
+    """Whether a revision could be re-created from its snapshot now: ``problem`` is ""
+    (it loads and verifies), ``missing`` or ``corrupt``; ``message`` says which object."""
+
+    revision: int
+    problem: Literal["", "missing", "corrupt"] = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class Inputs:
     """Everything one decision may depend on (the engine reads nothing else)."""
 
@@ -420,6 +453,12 @@ class Inputs:
     routes: RouteObservation = field(default_factory=RouteObservation)
     #: Recorded revisions to adopt when the status has no history (empty: none).
     archive: Archive = field(default_factory=Archive)
+    #: This call's reading of the policy's circuit-breaker signal, judged against its
+    #: thresholds (None: none taken). Its ``at`` is ignored: the reading is of ``now``.
+    breaker_reading: Measurement | None = None
+    #: The controller's check of the snapshot of a drill's target (``drill_snapshot_due``);
+    #: None: not checked in this call.
+    drill_snapshot: SnapshotCheck | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -461,6 +500,9 @@ class SetRoutes:
     mirror_revision: int | None
     mirror_percent: int
     header_revision: int | None = None
+    #: A tripped circuit breaker: every user to this fallback (``weights`` empty, no
+    #: mirror, no header routes).
+    fallback: Fallback | None = None
 
 
 @dataclass(frozen=True)
@@ -550,6 +592,7 @@ def _same(problem: RouteProblem, want: SetRoutes | None) -> bool:
         and (wished.mirror_revision if wished.mirror_percent else None) == want.mirror_revision
         and wished.mirror_percent == want.mirror_percent
         and wished.header_revision == want.header_revision
+        and wished.fallback == want.fallback
     )
 
 
@@ -557,6 +600,8 @@ def _describe_routes(routes: SetRoutes | None) -> str:
     """``r1 70%, r2 30%, mirror 10% to r2, header routes to r2`` (or ``nothing``)."""
     if routes is None:
         return "nothing"
+    if routes.fallback is not None:
+        return f"everyone to the breaker's fallback ({routes.fallback.describe()})"
     parts = [f"r{r} {w}%" for r, w in sorted(routes.weights.items()) if w > 0]
     if routes.mirror_percent and routes.mirror_revision:
         parts.append(f"mirror {routes.mirror_percent}% to r{routes.mirror_revision}")
@@ -729,6 +774,7 @@ class _Ctx:
             seen == dict(want.weights)
             and mirror == (want.mirror_revision, want.mirror_percent)
             and obs.header_revision == want.header_revision
+            and obs.fallback == want.fallback
         )
 
     def in_effect(self, want: SetRoutes | None) -> bool:
@@ -746,7 +792,8 @@ class _Ctx:
             return f"{source} does not exist yet (want {_describe_routes(want)})"
         seen = _describe_routes(
             SetRoutes(
-                dict(obs.weights), obs.mirror_revision, obs.mirror_percent, obs.header_revision
+                dict(obs.weights), obs.mirror_revision, obs.mirror_percent, obs.header_revision,
+                obs.fallback,
             )
         )
         return f"{source} routes {seen}, want {_describe_routes(want)}"
@@ -874,6 +921,9 @@ def _desired_routes(ctx: _Ctx) -> SetRoutes | None:
     if s.phase in (Phase.ROLLING_BACK, Phase.PENDING):  # Pending: restoring adopted history
         return SetRoutes({stable: 100}, None, 0) if stable and ctx.available(stable) else None
     if s.phase in SETTLED and stable:
+        mirror = _drill_mirror(ctx)
+        if mirror is not None:
+            return SetRoutes({stable: 100}, mirror[0], mirror[1])
         return SetRoutes({stable: 100}, None, 0)
     return None
 
@@ -899,6 +949,13 @@ def _stage_started(ctx: _Ctx, plan: Plan, stage: Stage) -> bool:
     """Start the stage's clock once its routes are in effect; False while they are not
     (the stage holds: no pause runs out, no analysis, no next step)."""
     s = ctx.s
+    if _breaker_open(ctx):
+        s.step_started_at = None  # starts afresh once the model's routes are back
+        s.message = (
+            f"r{s.candidate_revision}: {stage.label}: holding: the circuit breaker is tripped "
+            "(users on its fallback); the stage starts again once it resets"
+        )
+        return False
     want = _rollout_routes(ctx, plan)
     if not ctx.in_effect(want):
         why = ctx.routes_why(want)
@@ -1795,9 +1852,20 @@ _ACTIONS: Mapping[str, _ActionRule] = {
     "retry": _ActionRule(
         _act_retry, _target_attempt, "retry", "retry the failed revision", free_text=False
     ),
+    "drill": _ActionRule(
+        lambda ctx, a: _act_drill(ctx, a), lambda ctx: _target_drill(ctx),
+        "drill", "run a rollback drill now", free_text=False,
+    ),
+    "reset-breaker": _ActionRule(
+        lambda ctx, a: _act_reset_breaker(ctx, a), lambda ctx: _target_breaker(ctx),
+        "breaker reset", "reset the tripped circuit breaker", free_text=False,
+    ),
 }
 # Break glass first: it must win over a promote or a gate seen in the same call.
-_ACTION_ORDER = ("rollback", "approve-rollback", "reject-rollback", "promote", "retry")
+_ACTION_ORDER = (
+    "rollback", "approve-rollback", "reject-rollback", "promote", "retry", "reset-breaker",
+    "drill",
+)
 #: ``true``, or ``true`` and a suffix after one of these (``true-2``, ``true:alice``): a
 #: unique value, for acting again where the same value acted before.
 _TRUE = re.compile(r"true(?:[-_.:].+)?", re.IGNORECASE | re.DOTALL)
@@ -2459,6 +2527,8 @@ def _housekeeping(ctx: _Ctx) -> None:
     if plan is None:
         return
     protected = {s.stable_revision}
+    if s.drill is not None:
+        protected.add(s.drill.target)  # scaled back by the drill itself when it ends
     if s.phase in IN_FLIGHT or s.phase == Phase.ROLLING_BACK:
         protected.add(s.candidate_revision)
     for e in s.history:
@@ -2504,14 +2574,496 @@ def _reconsider_kept(ctx: _Ctx) -> None:
         _settle(ctx)
 
 
+# --------------------------------------------------------------------------------------
+# Pipeline step 7: the circuit breaker
+# --------------------------------------------------------------------------------------
+#
+# A fast signal (``RolloutPolicy.spec.breaker``), read by the controller on its own short
+# interval and handed in as ``Inputs.breaker_reading``. Closed -> Tripping when the signal
+# breaches for ``holdFor`` (an unbroken run of breaching readings; an inconclusive reading
+# neither starts, extends nor breaks a run, and never trips); Tripping -> Tripped once the
+# routes read back send every user to the fallback; Tripped -> Resetting after ``healthyFor``
+# of passing readings (``reset.mode: Automatic``; an inconclusive or breaching reading
+# breaks that run) or on ``rewind.dev/reset-breaker=true``; Resetting -> Closed once the
+# routes the phase needs are read back. Only the routes change: no rollback, no revision
+# change; a rollout in flight holds (its stage starts again, with a fresh clock and fresh
+# analysis, once the model's routes are back), a rollback or promotion completes only once
+# its own routes are read back after the reset. It arms once a revision serves users (a
+# stable exists): before that no user reaches the model.
+
+_OPEN = frozenset({BreakerState.TRIPPING, BreakerState.TRIPPED})
+
+
+def breaker_variables_targets(status: ModelReleaseStatus) -> tuple[int, int]:
+    """``(candidate, stable)`` for the breaker query's template variables: the candidate in
+    flight, else the stable (so ``{{candidateWorkload}}`` names what serves users)."""
+    stable = status.stable_revision
+    cand = status.candidate_revision if status.phase in IN_FLIGHT else 0
+    return cand or stable, stable
+
+
+def breaker_due(status: ModelReleaseStatus, policy: RolloutPolicySpec | None) -> bool:
+    """Whether the controller should read the breaker's signal before :func:`decide`."""
+    return policy is not None and policy.breaker is not None and bool(status.stable_revision)
+
+
+def fallback_of(spec: BreakerSpec, namespace: str) -> Fallback:
+    """The router's view of the policy's fallback (a Service in the release's namespace)."""
+    fb = spec.fallback
+    if fb.service is not None:
+        return Fallback(service=f"{fb.service.name}.{namespace}.svc.cluster.local",
+                        port=fb.service.port or 0)
+    assert fb.direct_response is not None  # the model validates exactly one
+    return Fallback(status=fb.direct_response.status, body=fb.direct_response.body)
+
+
+def _breaker_spec(ctx: _Ctx) -> BreakerSpec | None:
+    return ctx.policy.breaker if ctx.policy is not None else None
+
+
+def _fallback_routes(ctx: _Ctx, spec: BreakerSpec) -> SetRoutes:
+    return SetRoutes({}, None, 0, None, fallback_of(spec, ctx.inp.namespace))
+
+
+def _routes_wanted(ctx: _Ctx) -> SetRoutes | None:
+    """What is written and reported: the fallback while the breaker is open, else what the
+    phase and step need (``_desired_routes``, which the phase machine judges by: a
+    promotion or rollback completes only on its own routes). Open with no usable policy:
+    hold where the router has it (the fallback is not known)."""
+    b = ctx.s.breaker
+    if b is not None and b.state in _OPEN:
+        spec = _breaker_spec(ctx)
+        return None if spec is None else _fallback_routes(ctx, spec)
+    return _desired_routes(ctx)
+
+
+def _set_breaker(ctx: _Ctx, state: BreakerState) -> BreakerStatus:
+    b = ctx.s.breaker
+    assert b is not None
+    b.state, b.since = state, ctx.now
+    return b
+
+
+def _trip(ctx: _Ctx, spec: BreakerSpec, reading: Measurement) -> None:
+    s = ctx.s
+    b = _set_breaker(ctx, BreakerState.TRIPPING)
+    since = b.breaching_since or ctx.now
+    b.tripped_at, b.trips, b.healthy_since = ctx.now, b.trips + 1, None
+    b.reason = f"{_describe(reading)} since {_ts(since)} (holdFor {spec.hold_for})"
+    b.reason = b.reason.replace(" at " + _ts(reading.at), "") if reading.at else b.reason
+    held = ""
+    if s.phase in ROLLING_OUT and s.candidate_revision:
+        # The stage starts again once the model's routes are back: its pause and analysis
+        # never count time its users spent on the fallback.
+        s.step_started_at = None
+        held = f"; r{s.candidate_revision}'s rollout holds and its stage starts again on reset"
+    ctx.record(
+        TimelineType.BREAKER_TRIPPED,
+        f"circuit breaker tripped: {b.reason}: sending every user to {b.fallback} "
+        f"(one route write; not a rollback, revisions unchanged){held}",
+        warning=True,
+    )
+
+
+def _reset_breaker(ctx: _Ctx, why: str, *, user: str = "") -> None:
+    b = _set_breaker(ctx, BreakerState.RESETTING)
+    b.reset_at, b.healthy_since, b.breaching_since = ctx.now, None, None
+    b.reason = why
+    ctx.record(
+        TimelineType.BREAKER_RESET,
+        f"circuit breaker reset ({why}): moving users back from {b.fallback} to "
+        f"{_describe_routes(_desired_routes(ctx))}",
+        user=user,
+    )
+
+
+def _breaker_read_back(ctx: _Ctx, spec: BreakerSpec | None) -> None:
+    """Tripping -> Tripped and Resetting -> Closed happen only on the routes read back."""
+    b = ctx.s.breaker
+    assert b is not None
+    obs = ctx.inp.routes
+    if b.state == BreakerState.TRIPPING and spec is not None:
+        if ctx.in_effect(_fallback_routes(ctx, spec)):
+            _set_breaker(ctx, BreakerState.TRIPPED)
+            ctx.record(
+                TimelineType.FALLBACK_IN_EFFECT,
+                f"every user is on the fallback ({b.fallback}): read back from "
+                f"{obs.source or 'the routes'}",
+                warning=True,
+            )
+    elif b.state == BreakerState.RESETTING:
+        want = _desired_routes(ctx)
+        if obs.fallback is None and (want is None or ctx.in_effect(want)):
+            _set_breaker(ctx, BreakerState.CLOSED)
+            ctx.record(
+                TimelineType.BREAKER_CLOSED,
+                f"users are back on the model ({_describe_routes(want)}): read back from "
+                f"{obs.source or 'the routes'}",
+            )
+
+
+def _run_breaker(ctx: _Ctx) -> None:
+    s = ctx.s
+    if ctx.policy is None:
+        return  # no usable policy: the breaker and its routes hold as they are
+    spec = _breaker_spec(ctx)
+    b = s.breaker
+    if spec is None:
+        if b is None:
+            return
+        if b.state in _OPEN:
+            _reset_breaker(ctx, "the RolloutPolicy no longer defines a breaker")
+        _breaker_read_back(ctx, None)
+        if b.state == BreakerState.CLOSED:
+            s.breaker = None
+        return
+    if b is None:
+        b = s.breaker = BreakerStatus(since=ctx.now)
+    b.fallback = fallback_of(spec, ctx.inp.namespace).describe()
+    if not s.stable_revision:
+        return  # nothing serves users yet: not armed
+    reading = ctx.inp.breaker_reading
+    if reading is not None:
+        reading = reading.model_copy(update={"at": ctx.now})
+        if b.state in _OPEN:
+            if reading.verdict == Verdict.PASS:
+                b.healthy_since = b.healthy_since or ctx.now
+                healthy_for = parse_duration(spec.reset.healthy_for)
+                healthy = (ctx.now - b.healthy_since).total_seconds()
+                if spec.reset.mode == BreakerResetMode.AUTOMATIC and healthy >= healthy_for:
+                    _reset_breaker(
+                        ctx, f"the signal passed for {_dur(healthy)} (healthyFor "
+                        f"{spec.reset.healthy_for}): {reading.message or reading.shown}",
+                    )
+            else:
+                b.healthy_since = None
+        elif reading.verdict == Verdict.FAIL:
+            b.breaching_since = b.breaching_since or ctx.now
+            held = (ctx.now - b.breaching_since).total_seconds()
+            if held >= parse_duration(spec.hold_for):
+                _trip(ctx, spec, reading)
+        elif reading.verdict == Verdict.PASS:
+            b.breaching_since = None
+    _breaker_read_back(ctx, spec)
+
+
+def _breaker_timer(ctx: _Ctx) -> None:
+    """Wake for the next reading (after the machine, which keeps only its own timers)."""
+    spec = _breaker_spec(ctx)
+    if spec is not None and ctx.s.stable_revision:
+        ctx.wake(ctx.now + timedelta(seconds=parse_duration(spec.interval)))
+
+
+def _breaker_open(ctx: _Ctx) -> bool:
+    b = ctx.s.breaker
+    return b is not None and b.state in _OPEN
+
+
+def _act_reset_breaker(ctx: _Ctx, a: HumanAction) -> bool:
+    b = ctx.s.breaker
+    if b is None or b.state not in _OPEN:
+        state = "no breaker is defined" if b is None else f"the breaker is {b.state.value}"
+        ctx.note(
+            TimelineType.ACTION_IGNORED,
+            f"breaker reset by {_who(a.user)} ignored: {state}, not tripped",
+            user=a.user,
+        )
+        return False
+    _reset_breaker(ctx, f"reset by {_who(a.user)}", user=a.user)
+    return True
+
+
+def _target_breaker(ctx: _Ctx) -> str:
+    b = ctx.s.breaker
+    if b is None or b.state not in _OPEN or b.tripped_at is None:
+        return ""
+    return f"the breaker trip of {_ts(b.tripped_at)}"
+
+
+
+# --------------------------------------------------------------------------------------
+# Pipeline step 8: rollback drills
+# --------------------------------------------------------------------------------------
+#
+# "Have you ever pushed it?" A drill exercises the rollback path of a Promoted release
+# without touching user traffic: the revision a break glass would pick now (the known-good
+# revision promoted most recently before the stable) is checked against its snapshot
+# (the controller loads and verifies it: ``Inputs.drill_snapshot``), scaled up from it
+# (``EnsureRevision``), timed to Available, optionally sent a mirrored share of live
+# traffic and analysed with the policy's metrics, then scaled back to where it was. It
+# runs only in Promoted with the breaker closed; anything else (a rollback, a new spec, a
+# trip) cancels it at once. The verdict names what would have failed in a real rollback.
+
+#: Drills on demand when the policy configures none.
+_DEFAULT_DRILL = DrillSpec()
+
+
+def _drill_spec(ctx: _Ctx) -> DrillSpec:
+    spec = ctx.policy.drill if ctx.policy is not None else None
+    return spec if spec is not None else _DEFAULT_DRILL
+
+
+def _drill_mirror(ctx: _Ctx) -> tuple[int, int] | None:
+    """(target, percent) a drill mirrors to now, or None."""
+    d = ctx.s.drill
+    spec = _drill_spec(ctx)
+    if d is None or d.phase != DrillPhase.ANALYSING or not spec.mirror_percent:
+        return None
+    return d.target, spec.mirror_percent
+
+
+def drill_snapshot_due(status: ModelReleaseStatus) -> int | None:
+    """The revision whose snapshot the controller should check before :func:`decide`."""
+    d = status.drill
+    return d.target if d is not None and d.phase == DrillPhase.STARTING else None
+
+
+def drill_analysis_due(
+    status: ModelReleaseStatus, policy: RolloutPolicySpec | None, now: datetime
+) -> tuple[int, int] | None:
+    """``(target, stable)`` when a drill's analysis round on mirrored traffic is due: one
+    analysis interval after the mirror was read back in effect (``status.routes``), then
+    every interval."""
+    d = status.drill
+    if policy is None or d is None or d.phase != DrillPhase.ANALYSING:
+        return None
+    spec = policy.drill or _DEFAULT_DRILL
+    if not spec.mirror_percent or not policy.analysis.metrics:
+        return None
+    r = status.routes
+    if not (r.in_effect and r.mirror_revision == d.target) or r.since is None:
+        return None
+    base = max(t for t in (r.since, d.last_round_at) if t is not None)
+    due = base + timedelta(seconds=parse_duration(policy.analysis.interval))
+    return (d.target, status.stable_revision) if now >= due else None
+
+
+def _drill_target(ctx: _Ctx) -> int | None:
+    """The revision a rollback would go to now (what break glass in Promoted picks)."""
+    return _previous_known_good(ctx.s)
+
+
+def _start_drill(ctx: _Ctx, trigger: str, user: str = "") -> None:
+    s = ctx.s
+    target = _drill_target(ctx)
+    if target is None:
+        result = DrillResult(
+            started_at=ctx.now, finished_at=ctx.now, trigger=trigger,
+            verdict=DrillVerdict.FAILED, failure=DrillFailure.NO_TARGET,
+            message=f"a rollback now would have nowhere to go: no known-good revision before "
+            f"r{s.stable_revision}",
+        )
+        s.last_drill = result
+        ctx.record(TimelineType.DRILL_FAILED, f"rollback drill failed (NoTarget): "
+                   f"{result.message}", user=user, warning=True)
+        return
+    obs = ctx.observed(target)
+    before = obs.replicas if obs is not None and obs.exists else 0
+    s.drill = DrillStatus(
+        phase=DrillPhase.STARTING, target=target, started_at=ctx.now, replicas_before=before,
+        trigger=trigger,
+    )
+    spec = _drill_spec(ctx)
+    how = (f"mirror {spec.mirror_percent}% of live traffic to it and analyse it"
+           if spec.mirror_percent else "bring it to Available")
+    ctx.record(
+        TimelineType.DRILL_STARTED,
+        f"rollback drill ({trigger}): a rollback now would go to r{target}; checking its "
+        f"snapshot, then scaling it up from it to {how} (timeout {spec.timeout}); users stay "
+        f"on r{s.stable_revision}",
+        revision=target, user=user,
+    )
+    ctx.wake(ctx.now + timedelta(seconds=MIN_REQUEUE))
+
+
+def _end_drill(
+    ctx: _Ctx, verdict: DrillVerdict, message: str, failure: DrillFailure = DrillFailure.NONE,
+) -> None:
+    s = ctx.s
+    d = s.drill
+    assert d is not None
+    started = d.started_at or ctx.now
+    ready = (d.ready_at - started).total_seconds() if d.ready_at is not None else None
+    passing = (
+        (ctx.now - started).total_seconds()
+        if verdict == DrillVerdict.PASSED and _drill_spec(ctx).mirror_percent else None
+    )
+    s.last_drill = DrillResult(
+        started_at=started, finished_at=ctx.now, target=d.target, trigger=d.trigger,
+        verdict=verdict, failure=failure, time_to_ready_seconds=ready,
+        time_to_passing_analysis_seconds=passing, message=message,
+    )
+    if verdict == DrillVerdict.PASSED:
+        s.last_successful_drill_at = ctx.now
+    s.drill = None
+    # Back to where it was (a warm previous stable stays warm); never what now serves or
+    # is being released (a rollback to it, which cancelled the drill, needs it up).
+    if not d.replicas_before and d.target not in (s.stable_revision, s.candidate_revision):
+        ctx.scale_down(d.target)
+    type_ = {
+        DrillVerdict.PASSED: TimelineType.DRILL_PASSED,
+        DrillVerdict.FAILED: TimelineType.DRILL_FAILED,
+        DrillVerdict.CANCELLED: TimelineType.DRILL_CANCELLED,
+    }[verdict]
+    head = {
+        DrillVerdict.PASSED: "rollback drill passed",
+        DrillVerdict.FAILED: f"rollback drill failed ({failure.value})",
+        DrillVerdict.CANCELLED: "rollback drill cancelled",
+    }[verdict]
+    ctx.record(type_, f"{head}: {message}", revision=d.target,
+               warning=verdict == DrillVerdict.FAILED)
+
+
+def _drill_timings(ctx: _Ctx) -> str:
+    d = ctx.s.drill
+    assert d is not None and d.started_at is not None
+    ready = f"Available after {_dur(round((d.ready_at - d.started_at).total_seconds(), 1))}" \
+        if d.ready_at is not None else "never Available"
+    return ready
+
+
+def _drill_due_at(ctx: _Ctx) -> datetime | None:
+    """When the scheduled drill is due (None: no schedule, or nothing promoted yet)."""
+    spec = ctx.policy.drill if ctx.policy is not None else None
+    if spec is None or spec.every is None:
+        return None
+    s = ctx.s
+    last = s.last_drill.started_at if s.last_drill is not None else None
+    stable = ctx.entry(s.stable_revision)
+    base = last or (stable.promoted_at if stable is not None else None)
+    return None if base is None else base + timedelta(seconds=parse_duration(spec.every))
+
+
+def _drill_blocked(ctx: _Ctx) -> str | None:
+    """Why no drill may run now (None: it may)."""
+    s = ctx.s
+    if ctx.policy is None:
+        return "the RolloutPolicy is not usable"
+    if s.phase != Phase.PROMOTED:
+        return (f"phase is {s.phase.value}: a drill never runs while a rollout or rollback is "
+                "in flight, nor on a release that is not Promoted")
+    if _breaker_open(ctx):
+        return "the circuit breaker is tripped"
+    return None
+
+
+def _run_drill(ctx: _Ctx) -> None:
+    s = ctx.s
+    d = s.drill
+    blocked = _drill_blocked(ctx)
+    if d is None:
+        due = _drill_due_at(ctx)
+        if due is None or blocked is not None:
+            return
+        if ctx.now >= due:
+            _start_drill(ctx, "schedule")
+        else:
+            ctx.wake(due)
+        return
+    if blocked is not None:
+        why = ("a rollback started" if s.phase == Phase.ROLLING_BACK or s.phase in (
+            Phase.ROLLED_BACK, Phase.FAILED) else blocked)
+        _end_drill(ctx, DrillVerdict.CANCELLED, f"{why}; r{d.target} is left to it"
+                   if d.target in (s.stable_revision, s.candidate_revision) else why)
+        return
+    spec = _drill_spec(ctx)
+    assert d.started_at is not None
+    deadline = d.started_at + timedelta(seconds=parse_duration(spec.timeout))
+    target = d.target
+    if d.phase == DrillPhase.STARTING:
+        check = ctx.inp.drill_snapshot
+        if check is None or check.revision != target:
+            ctx.wake(ctx.now + timedelta(seconds=MIN_REQUEUE))  # the controller checks it
+            return
+        if check.problem:
+            failure = (DrillFailure.SNAPSHOT_MISSING if check.problem == "missing"
+                       else DrillFailure.SNAPSHOT_CORRUPT)
+            _end_drill(ctx, DrillVerdict.FAILED,
+                       f"r{target} could not be re-created: {check.message}", failure)
+            return
+        d.phase = DrillPhase.WAITING_READY
+    if d.phase == DrillPhase.WAITING_READY:
+        if ctx.available(target):
+            d.ready_at = ctx.now
+            if not spec.mirror_percent:
+                _end_drill(ctx, DrillVerdict.PASSED,
+                           f"r{target} was {_drill_timings(ctx)} from its snapshot; scaled "
+                           "back")
+                return
+            d.phase = DrillPhase.ANALYSING
+        elif ctx.now >= deadline:
+            obs = ctx.observed(target)
+            detail = obs.describe() if obs is not None else f"r{target} has no Deployment"
+            _end_drill(ctx, DrillVerdict.FAILED,
+                       f"r{target} was not Available within {spec.timeout}: {detail}",
+                       DrillFailure.PODS_NEVER_READY)
+            return
+        else:
+            ctx.wake(deadline)
+            return
+    # Analysing: one round per analysis interval on mirrored traffic.
+    ms = ctx.inp.measurements
+    if ms and (d.last_round_at is None or ctx.now > d.last_round_at):
+        d.last_round_at = ctx.now
+        verdict = _round_verdict(list(ms))
+        detail = "; ".join(m.message or m.metric for m in ms)
+        if verdict == Verdict.FAIL:
+            _end_drill(ctx, DrillVerdict.FAILED,
+                       f"r{target} was {_drill_timings(ctx)}, but the analysis fails on "
+                       f"{spec.mirror_percent}% mirrored traffic: {detail}",
+                       DrillFailure.ANALYSIS_FAILING)
+            return
+        d.passing_rounds = d.passing_rounds + 1 if verdict == Verdict.PASS else 0
+        if d.passing_rounds >= spec.passing_rounds:
+            _end_drill(ctx, DrillVerdict.PASSED,
+                       f"r{target} was {_drill_timings(ctx)} from its snapshot and passed "
+                       f"{d.passing_rounds} analysis round(s) on {spec.mirror_percent}% "
+                       f"mirrored traffic ({detail}); mirror removed, scaled back")
+            return
+    if ctx.now >= deadline:
+        _end_drill(ctx, DrillVerdict.FAILED,
+                   f"r{target} was {_drill_timings(ctx)}, but no passing analysis on "
+                   f"mirrored traffic within {spec.timeout} (no data?)",
+                   DrillFailure.ANALYSIS_FAILING)
+        return
+    ctx.wake(deadline)
+    if ctx.policy is not None:
+        ctx.wake(ctx.now + timedelta(seconds=parse_duration(ctx.policy.analysis.interval)))
+
+
+def _act_drill(ctx: _Ctx, a: HumanAction) -> bool:
+    s = ctx.s
+    blocked = _drill_blocked(ctx)
+    if s.drill is not None:
+        blocked = f"a drill of r{s.drill.target} is already running"
+    if blocked is not None:
+        ctx.note(TimelineType.ACTION_IGNORED, f"drill by {_who(a.user)} ignored: {blocked}",
+                 user=a.user)
+        return False
+    _start_drill(ctx, f"requested by {_who(a.user)}", user=a.user)
+    return True
+
+
+def _target_drill(ctx: _Ctx) -> str:
+    s = ctx.s
+    if s.phase != Phase.PROMOTED or not s.stable_revision:
+        return ""
+    # Per stable revision, not per drill: a value kept in Git and put back after each
+    # removal must not drill in a loop (a new value, true-<n>, drills again).
+    return f"drills of r{s.stable_revision}"
+
+
 _PIPELINE: tuple[Callable[[_Ctx], None], ...] = (
     _adopt_archive,
     _record_analysis,
     _expire_decision,
     _consume_actions,
+    _run_breaker,
     _settle,
     _reconsider_kept,
     _housekeeping,
+    _run_drill,
+    _breaker_timer,
 )
 
 
@@ -2540,7 +3092,11 @@ def _desired_state(ctx: _Ctx) -> list[Action]:
     if cand and cand != stable and (s.phase in IN_FLIGHT or carries):
         # The candidate in flight, or the revision a RollingBack still sends traffic to.
         out.append(EnsureRevision(cand, _replicas_for(ctx, cand)))
-    want = _desired_routes(ctx)
+    drill = s.drill
+    warming = (DrillPhase.WAITING_READY, DrillPhase.ANALYSING)
+    if drill is not None and drill.phase in warming and drill.target not in (stable, cand):
+        out.append(EnsureRevision(drill.target, _replicas_for(ctx, drill.target)))
+    want = _routes_wanted(ctx)
     if want is not None and _safe_to_write(ctx, want):
         out.append(want)
     return out
@@ -2613,24 +3169,27 @@ def _report_routes(ctx: _Ctx) -> SetRoutes | None:
     s = ctx.s
     stored = ctx.inp.status.routes
     obs = ctx.inp.routes
-    want = _desired_routes(ctx)
+    want = _routes_wanted(ctx)
     in_effect = ctx.in_effect(want)
     problem = ctx.route_problem(want)
     seen = _route_weights(obs.weights)
     mirror = (obs.mirror_revision or 0, obs.mirror_percent) if obs.mirror_percent else (0, 0)
     header = obs.header_revision or 0
+    fallback = obs.fallback.describe() if obs.fallback is not None else ""
     # Why the routes are not in effect; with nothing wanted yet, a problem the router sees
     # all the same (kept so that its Event is not repeated).
     message = ctx.routes_why(want) if not in_effect else (problem.message if problem else "")
     source = obs.source or "the routes"
     before = (stored.weights, (stored.mirror_revision, stored.mirror_percent),
-              stored.header_revision)
-    if stored.in_effect and (seen, mirror, header) != before and problem is None:
+              stored.header_revision, stored.fallback)
+    if stored.in_effect and (seen, mirror, header, fallback) != before and problem is None:
         old = _describe_routes(SetRoutes({w.revision: w.weight for w in stored.weights},
                                          stored.mirror_revision or None,
                                          stored.mirror_percent, stored.header_revision or None))
+        if stored.fallback:
+            old = f"everyone to the breaker's fallback ({stored.fallback})"
         new = _describe_routes(SetRoutes(dict(obs.weights), mirror[0] or None, mirror[1],
-                                         header or None))
+                                         header or None, obs.fallback))
         ctx.record(
             TimelineType.ROUTE_DRIFT,
             f"{source} was changed outside Rewind: it routes {new} instead of {old}; "
@@ -2649,6 +3208,7 @@ def _report_routes(ctx: _Ctx) -> SetRoutes | None:
     r.weights = seen
     r.mirror_revision, r.mirror_percent = mirror
     r.header_revision = header
+    r.fallback = fallback
     r.wanted = wanted
     r.message = message
     stable, cand = s.stable_revision, s.candidate_revision
@@ -2694,6 +3254,7 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
             + (obs.describe() if obs is not None else f"the Deployment of r{stable} is missing")
         )
 
+    breaker = _breaker_condition(ctx)
     stalled: tuple[str, str] | None = None
     if ctx.policy_error:
         stalled = ("PolicyError", ctx.policy_error)
@@ -2708,6 +3269,8 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
         stalled = ("RoutesNotInEffect", stuck)
     elif stable_down:
         stalled = (TimelineType.STABLE_UNAVAILABLE.value, f"{stable_down}; {msg}")
+    elif breaker is not None and breaker[2]:
+        stalled = (breaker[0], breaker[1])
     elif phase in (Phase.FAILED, Phase.ROLLED_BACK):
         cur = s.current_revision
         stalled = (
@@ -2715,11 +3278,13 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
             f"{msg}; the spec still describes r{cur}: annotate {ANNOTATION_RETRY}=true to "
             "try it again or change the spec",
         )
-    ready = phase == Phase.PROMOTED and in_effect and stalled is None
+    ready = phase == Phase.PROMOTED and in_effect and stalled is None and breaker is None
     if ready:
         ready_reason = phase.value
     elif stalled is not None:
         ready_reason = stalled[0]
+    elif breaker is not None:
+        ready_reason = breaker[0]
     elif phase == Phase.PROMOTED:
         ready_reason = "RoutesNotInEffect"
     else:
@@ -2727,6 +3292,8 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
     ready_msg = msg if ready or phase != Phase.PROMOTED or in_effect else (
         f"{msg}; routes not in effect: {s.routes.message}"
     )
+    if breaker is not None and stalled is None:
+        ready_msg = f"{breaker[1]}; {msg}"
     if stalled is not None and not ready:
         ready_msg = stalled[1]
     _set_condition(ctx, ConditionType.READY, ready, ready_reason, ready_msg)
@@ -2753,6 +3320,8 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
             ctx.record(TimelineType.STABLE_UNAVAILABLE, stable_down, revision=stable, warning=True)
         _set_condition(ctx, ConditionType.DEGRADED, True, TimelineType.STABLE_UNAVAILABLE.value,
                        stable_down)
+    elif breaker is not None:
+        _set_condition(ctx, ConditionType.DEGRADED, True, breaker[0], breaker[1])
     elif inconclusive:
         since = ctx.now
         if (
@@ -2803,6 +3372,25 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
     recovered = prev is not None and prev.reason == TimelineType.STABLE_UNAVAILABLE
     if recovered and not stable_down and phase in SETTLED and stable:
         ctx.record("StableAvailable", f"stable r{stable} is available again", revision=stable)
+
+
+def _breaker_condition(ctx: _Ctx) -> tuple[str, str, bool] | None:
+    """(reason, message, a human must act) while the breaker is not Closed, else None."""
+    b = ctx.s.breaker
+    if b is None or b.state == BreakerState.CLOSED:
+        return None
+    if b.state == BreakerState.RESETTING:
+        return ("BreakerResetting", f"circuit breaker reset ({b.reason}): moving users back "
+                f"from {b.fallback}: {ctx.s.routes.message or 'waiting for the routes'}", False)
+    where = "every user is on" if b.state == BreakerState.TRIPPED else "sending every user to"
+    text = f"circuit breaker tripped ({b.reason}): {where} {b.fallback}"
+    spec = _breaker_spec(ctx)
+    manual = spec is not None and spec.reset.mode == BreakerResetMode.MANUAL
+    if manual:
+        text += f"; reset it: {_kubectl(ctx, ANNOTATION_RESET_BREAKER, 'true')}"
+    elif spec is not None:
+        text += f"; resets once the signal passes for {spec.reset.healthy_for}"
+    return ("BreakerTripped", text, manual)
 
 
 def _deferred_note(ctx: _Ctx) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rewind.api import (
+    BreakerState,
+    DrillVerdict,
     Measurement,
     ModelReleaseStatus,
     Phase,
@@ -35,6 +37,11 @@ FINISHED: Mapping[str, str] = {
     TimelineType.ROLLED_BACK.value: "RolledBack",
     TimelineType.FAILED.value: "Failed",
 }
+
+
+#: Timeline entries that end a rollback drill (its result is status.lastDrill).
+DRILL_ENDS = frozenset({TimelineType.DRILL_PASSED.value, TimelineType.DRILL_FAILED.value,
+                        TimelineType.DRILL_CANCELLED.value})
 
 
 def _key(entry: TimelineEntry) -> tuple[object, ...]:
@@ -124,6 +131,64 @@ class OperatorMetrics:
             labels,
             registry=self.registry,
         )
+        self.breaker_trips = Counter(
+            "rewind_breaker_trips_total",
+            "Circuit-breaker trips (users sent to the fallback; never a rollback).",
+            labels,
+            registry=self.registry,
+        )
+        self.breaker_resets = Counter(
+            "rewind_breaker_resets_total",
+            "Circuit-breaker resets, by how (automatic: the signal was healthy for "
+            "healthyFor; manual: rewind.dev/reset-breaker; policy: the breaker was removed).",
+            [*labels, "how"],
+            registry=self.registry,
+        )
+        self.breaker_state = Gauge(
+            "rewind_breaker_state",
+            "1 for the breaker's current state (Closed, Tripping, Tripped, Resetting), 0 for "
+            "the others; Tripped means the fallback was read back in effect.",
+            [*labels, "state"],
+            registry=self.registry,
+        )
+        self.breaker_trip_to_fallback = Histogram(
+            "rewind_breaker_trip_to_fallback_seconds",
+            "From the trip decision to the fallback read back in effect.",
+            labels,
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.drills = Counter(
+            "rewind_drills_total",
+            "Rollback drills that ended, by verdict (Passed, Failed, Cancelled) and failure "
+            "(NoTarget, SnapshotMissing, SnapshotCorrupt, PodsNeverReady, AnalysisFailing).",
+            [*labels, "verdict", "failure"],
+            registry=self.registry,
+        )
+        self.drill_last_success = Gauge(
+            "rewind_drill_last_success_timestamp_seconds",
+            "When the release's last passing rollback drill ended (Unix time; 0: never).",
+            labels,
+            registry=self.registry,
+        )
+        self.drill_last_failed = Gauge(
+            "rewind_drill_last_failed",
+            "1 when the release's last rollback drill failed, else 0.",
+            labels,
+            registry=self.registry,
+        )
+        self.drill_time_to_ready = Gauge(
+            "rewind_drill_time_to_ready_seconds",
+            "Last drill: from its start to the rollback target Available (from its snapshot).",
+            labels,
+            registry=self.registry,
+        )
+        self.drill_time_to_passing = Gauge(
+            "rewind_drill_time_to_passing_analysis_seconds",
+            "Last drill with a mirror: from its start to a passing analysis of the target.",
+            labels,
+            registry=self.registry,
+        )
         self.active = Gauge(
             "rewind_operator_active",
             "1 while this replica runs reconcile loops, 0 while it stands by (Kopf peering).",
@@ -157,8 +222,30 @@ class OperatorMetrics:
         self._child(self.mirror, ids).set(new.mirror_percent)
         for phase in Phase:
             self._child(self.phase, ids, phase=phase.value).set(1 if new.phase == phase else 0)
+        if new.breaker is not None:
+            for state in BreakerState:
+                on = 1 if new.breaker.state == state else 0
+                self._child(self.breaker_state, ids, state=state.value).set(on)
+        self._observe_drills(ids, new)
         trigger: TimelineEntry | None = None
         for entry in new_entries(old, new):
+            if entry.type in DRILL_ENDS and new.last_drill is not None:
+                last = new.last_drill
+                verdict = last.verdict.value if last.verdict is not None else ""
+                self._child(self.drills, ids, verdict=verdict,
+                            failure=last.failure.value).inc()
+            if entry.type == TimelineType.BREAKER_TRIPPED.value:
+                self._child(self.breaker_trips, ids).inc()
+            elif entry.type == TimelineType.BREAKER_RESET.value:
+                how = "manual" if entry.user or "reset by" in entry.message else (
+                    "policy" if "no longer defines" in entry.message else "automatic"
+                )
+                self._child(self.breaker_resets, ids, how=how).inc()
+            elif entry.type == TimelineType.FALLBACK_IN_EFFECT.value and new.breaker is not None:
+                tripped = new.breaker.tripped_at
+                if tripped is not None:
+                    elapsed = (applied_at - tripped).total_seconds()
+                    self._child(self.breaker_trip_to_fallback, ids).observe(max(0.0, elapsed))
             if entry.type in ROLLBACK_TRIGGERS:
                 trigger = entry
             elif entry.type == TimelineType.REVISION_CREATED.value:
@@ -176,6 +263,20 @@ class OperatorMetrics:
                 if decided is not None:
                     elapsed = (applied_at - decided).total_seconds()
                     self._child(self.decision_to_revert, ids).observe(max(0.0, elapsed))
+
+    def _observe_drills(self, ids: Mapping[str, str], new: ModelReleaseStatus) -> None:
+        """Drill gauges from status (so they survive a restart); a release never drilled
+        exports last-success 0, which the chart's RewindNoSuccessfulDrill alert counts."""
+        success = new.last_successful_drill_at
+        self._child(self.drill_last_success, ids).set(success.timestamp() if success else 0)
+        last = new.last_drill
+        failed = last is not None and last.verdict == DrillVerdict.FAILED
+        self._child(self.drill_last_failed, ids).set(1 if failed else 0)
+        if last is not None and last.time_to_ready_seconds is not None:
+            self._child(self.drill_time_to_ready, ids).set(last.time_to_ready_seconds)
+        if last is not None and last.time_to_passing_analysis_seconds is not None:
+            self._child(self.drill_time_to_passing, ids).set(
+                last.time_to_passing_analysis_seconds)
 
     @staticmethod
     def _decided_at(timeline: Sequence[TimelineEntry], reverted: TimelineEntry) -> datetime | None:

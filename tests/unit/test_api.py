@@ -561,13 +561,15 @@ def test_status_free_text_is_bounded() -> None:
         "status.conditions[].message": api.MAX_MESSAGE,
         "status.consumedActions[].value": api.MAX_HUMAN_TEXT,
         "status.consumedActions[].user": api.MAX_HUMAN_TEXT,
+        "status.breaker.reason": api.MAX_MESSAGE,
+        "status.lastDrill.message": api.MAX_MESSAGE,
     }
 
 
 def test_printer_columns() -> None:
     mr = crdgen.modelrelease_crd()["spec"]
     cols = [c["name"] for c in mr["versions"][0]["additionalPrinterColumns"] if "priority" not in c]
-    assert cols == ["Phase", "Strategy", "Stable", "Candidate", "Weight", "Age"]
+    assert cols == ["Phase", "Strategy", "Stable", "Candidate", "Weight", "Breaker", "Age"]
     assert mr["names"]["shortNames"] == ["mr"]
     assert mr["names"]["categories"] == ["rewind"]
     assert mr["versions"][0]["subresources"] == {"status": {}}

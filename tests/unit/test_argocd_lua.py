@@ -20,8 +20,10 @@ import yaml
 
 from rewind.api import (
     ANNOTATION_APPROVE_ROLLBACK,
+    ANNOTATION_DRILL,
     ANNOTATION_PROMOTE,
     ANNOTATION_REJECT_ROLLBACK,
+    ANNOTATION_RESET_BREAKER,
     ANNOTATION_RETRY,
     ANNOTATION_ROLLBACK,
     ModelRelease,
@@ -64,6 +66,8 @@ ANNOTATIONS = {
     "rollback": (ANNOTATION_ROLLBACK, "break glass from Argo CD (at resourceVersion {rv})"),
     "promote": (ANNOTATION_PROMOTE, "true-{rv}"),
     "retry": (ANNOTATION_RETRY, "true-{rv}"),
+    "reset-breaker": (ANNOTATION_RESET_BREAKER, "true-{rv}"),
+    "drill": (ANNOTATION_DRILL, "true-{rv}"),
 }
 
 

@@ -51,11 +51,15 @@ from rewind.engine import (
     RouteProblem,
     ScaleRevision,
     SetRoutes,
+    SnapshotCheck,
     SnapshotRevision,
     analysis_due,
     analysis_metrics,
     analysis_targets,
+    breaker_due,
     decide,
+    drill_analysis_due,
+    drill_snapshot_due,
 )
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -270,6 +274,10 @@ class World:
     follow_route_writes: bool = True
     #: Recorded revisions the handler read (it reads them while the status has no history).
     archive: Archive = field(default_factory=Archive)
+    #: The circuit breaker's signal at a moment (read whenever the breaker is armed).
+    signal: Callable[[datetime], Verdict] = field(default=lambda _now: Verdict.PASS)
+    #: Snapshots whose data no longer verifies (a drill's snapshot check says corrupt).
+    corrupt: set[int] = field(default_factory=set)
 
     # ---- observation ------------------------------------------------------------------
 
@@ -299,7 +307,7 @@ class World:
                     message,
                     RouteState(
                         dict(wanted.weights), wanted.mirror_revision, wanted.mirror_percent,
-                        wanted.header_revision,
+                        wanted.header_revision, wanted.fallback,
                     ),
                 )
             )
@@ -312,11 +320,29 @@ class World:
             mirror_revision=r.mirror_revision,
             mirror_percent=r.mirror_percent,
             header_revision=r.header_revision,
+            fallback=r.fallback,
             problems=tuple(problems),
             source="VS",
         )
 
+    def snapshot_check(self) -> SnapshotCheck | None:
+        target = drill_snapshot_due(self.status)
+        if target is None:
+            return None
+        if target not in self.snapshots:
+            missing = f"ControllerRevision {NAME}-r{target} not found"
+            return SnapshotCheck(target, "missing", missing)
+        if target in self.corrupt:
+            return SnapshotCheck(target, "corrupt", f"snapshot {NAME}-r{target} does not verify")
+        return SnapshotCheck(target)
+
     def round(self) -> list[Measurement] | None:
+        drill = drill_analysis_due(self.status, self.policy, self.now)
+        if drill is not None and self.policy is not None:
+            got = self.verdicts(drill[0], self.now)
+            verdicts = [got] if isinstance(got, Verdict) else list(got)
+            names = [m.name for m in self.policy.analysis.metrics]
+            return [meas(v, metric=names[i % len(names)]) for i, v in enumerate(verdicts)]
         if self.policy is None or not analysis_due(self.status, self.policy, self.now):
             return None
         targets = analysis_targets(self.status)
@@ -346,6 +372,11 @@ class World:
             namespace=NAMESPACE,
             routes=self.observe_routes(),
             archive=self.archive if not self.status.history else Archive(),
+            breaker_reading=(
+                meas(self.signal(self.now), metric="breaker")
+                if breaker_due(self.status, self.policy) else None
+            ),
+            drill_snapshot=self.snapshot_check(),
         )
 
     # ---- one reconcile ------------------------------------------------------------------
@@ -549,6 +580,9 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
     routes = [a for a in d.actions if isinstance(a, SetRoutes)]
     assert len(routes) <= 1, "one router write per decision"
     for r in routes:
+        if r.fallback is not None:  # a tripped breaker: everyone to the fallback
+            assert not r.weights and not r.mirror_percent and r.header_revision is None, r
+            continue
         assert sum(r.weights.values()) == 100, r
         assert all(w > 0 for w in r.weights.values()), r
         assert 0 <= r.mirror_percent <= 100

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from rewind.adapters.base import OwnerRef, RouteObservation, RouteProblem, RouteState
+from rewind.adapters.base import (
+    Fallback,
+    OwnerRef,
+    RouteObservation,
+    RouteProblem,
+    RouteState,
+)
 from rewind.adapters.route_index import VirtualServiceIndex
 from rewind.adapters.router import (
     IstioRouter,
@@ -427,3 +433,56 @@ def test_without_suspects_the_router_reads_nothing_more() -> None:
     router = FakeRouter({}, index)
     observe(router)
     assert sorted(r[0] for r in router.reads) == ["destinationrules", "virtualservices"]
+
+
+# -- the circuit breaker's fallback route ---------------------------------------------------
+
+FALLBACK_SERVICE = Fallback(service="rules.shop.svc.cluster.local", port=8080)
+FALLBACK_DIRECT = Fallback(status=503, body="model unavailable, try later")
+
+
+def fallback_vs(fallback: Fallback, traffic: TrafficSpec | None = None) -> dict[str, Any]:
+    traffic = traffic or TrafficSpec(hosts=["fraud.example.com"], gateways=["shop/gw"])
+    return build_virtual_service("fraud", "shop", OWNER, traffic, {}, fallback=fallback)
+
+
+def test_a_tripped_breaker_routes_everyone_to_the_fallback_service_in_one_route() -> None:
+    traffic = traffic_with(timeout="2s", headerRoutes=[
+        {"name": "beta", "headers": [{"name": "x-beta", "exact": "1"}]}])
+    spec = fallback_vs(FALLBACK_SERVICE, traffic)["spec"]
+    assert spec["hosts"] == ["fraud.example.com", HOST]
+    assert spec["http"] == [{
+        "name": "rewind-breaker",
+        "route": [{"destination": {"host": "rules.shop.svc.cluster.local",
+                                   "port": {"number": 8080}}}],
+        "timeout": "2s",
+    }]
+
+
+def test_a_direct_response_uses_istios_field_names_and_carries_no_route() -> None:
+    [route] = fallback_vs(FALLBACK_DIRECT)["spec"]["http"]
+    assert route == {
+        "name": "rewind-breaker",
+        "directResponse": {"status": 503, "body": {"string": "model unavailable, try later"}},
+    }
+    [bare] = fallback_vs(Fallback(status=503))["spec"]["http"]
+    assert bare["directResponse"] == {"status": 503}
+
+
+@pytest.mark.parametrize("fallback", [FALLBACK_SERVICE, FALLBACK_DIRECT, Fallback(status=429)])
+def test_parse_routes_reads_the_fallback_back(fallback: Fallback) -> None:
+    assert parse_routes(fallback_vs(fallback)) == RouteState({}, None, 0, None, fallback)
+
+
+def test_a_fallback_with_weights_is_refused() -> None:
+    traffic = TrafficSpec(hosts=["fraud.example.com"])
+    with pytest.raises(ValueError, match="fallback"):
+        build_virtual_service("fraud", "shop", OWNER, traffic, {1: 100}, fallback=FALLBACK_DIRECT)
+
+
+def test_a_fallback_route_as_written_has_no_problem() -> None:
+    traffic = TrafficSpec(hosts=["fraud.example.com"], gateways=["shop/gw"])
+    written = fallback_vs(FALLBACK_SERVICE, traffic)
+    written["metadata"]["managedFields"] = [
+        {"manager": "rewind-operator", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]
+    assert route_problems("fraud", "shop", OWNER, traffic, written, None) == []

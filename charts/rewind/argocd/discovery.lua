@@ -84,4 +84,16 @@ if phase == "Failed" or phase == "RolledBack" then
   end
 end
 
+-- A rollback drill: only on a Promoted release with no drill running (never while a rollout
+-- or rollback is in flight).
+if phase == "Promoted" and status.drill == nil then
+  actions["drill"] = {["displayName"] = "Run a rollback drill", ["iconClass"] = "fa fa-fw fa-stethoscope"}
+end
+
+-- The circuit breaker is tripped (users on its fallback): reset it by hand.
+local breaker = status.breaker or {}
+if breaker.state == "Tripping" or breaker.state == "Tripped" then
+  actions["reset-breaker"] = {["displayName"] = "Reset the circuit breaker", ["iconClass"] = "fa fa-fw fa-plug"}
+end
+
 return actions

@@ -18,7 +18,9 @@ OUTPUT = HERE / "argocd-cm.yaml"
 #: Argo CD resource customization key suffix: <group>_<Kind>.
 KEY = "rewind.dev_ModelRelease"
 #: Offered in this order in the Argo CD UI.
-ACTIONS = ("approve-rollback", "reject-rollback", "promote", "retry", "rollback")
+ACTIONS = (
+    "approve-rollback", "reject-rollback", "promote", "retry", "rollback", "reset-breaker", "drill"
+)
 
 HEADER = """\
 # Argo CD customizations for Rewind's ModelRelease: a health check and resource actions.

@@ -136,14 +136,34 @@ class MetricQueryError(AdapterError):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """Where a tripped circuit breaker sends every user instead of the model: a Service
+    (``service``: its in-mesh host, ``port``: 0 for its only port) or a fixed answer from
+    the mesh (``status``, ``body``: Istio's ``directResponse``)."""
+
+    service: str = ""
+    port: int = 0
+    status: int = 0
+    body: str = ""
+
+    def describe(self) -> str:
+        """``Service fallback.shop.svc.cluster.local:8080`` or ``direct response 503``."""
+        if self.service:
+            return f"Service {self.service}" + (f":{self.port}" if self.port else "")
+        return f"direct response {self.status}" + (" with a body" if self.body else "")
+
+
 class RouteState(NamedTuple):
     """What the mesh is told to do now: weights per revision, the mirror and the revision
-    the header routes (A/B) go to, if any."""
+    the header routes (A/B) go to, if any; or, with ``fallback``, no weights: every user
+    goes to the circuit breaker's fallback."""
 
     weights: dict[int, int]
     mirror_revision: int | None
     mirror_percent: int
     header_revision: int | None = None
+    fallback: Fallback | None = None
 
 
 RouteProblemKind = Literal["Refused", "Conflict", "Drift", "NotAccepted"]
@@ -179,6 +199,8 @@ class RouteObservation:
     mirror_revision: int | None = None
     mirror_percent: int = 0
     header_revision: int | None = None
+    #: The circuit breaker's fallback every user is sent to (then ``weights`` is empty).
+    fallback: Fallback | None = None
     problems: tuple[RouteProblem, ...] = ()
     #: What to call the routes in messages, e.g. "VirtualService risk/fraud".
     source: str = ""
@@ -221,10 +243,12 @@ class Router(Protocol):
         mirror_revision: int | None = None,
         mirror_percent: int = 0,
         header_revision: int | None = None,
+        fallback: Fallback | None = None,
     ) -> None:
         """Make the mesh route ``weights`` (summing to 100), the mirror and the header
         routes of ``traffic`` (to ``header_revision``; None: no header routes), in one
-        write of the route object."""
+        write of the route object. With ``fallback`` (a tripped circuit breaker) every
+        user goes there instead: ``weights`` is empty, no mirror, no header routes."""
         ...
 
     async def get_routes(self, release: str, namespace: str) -> RouteState | None:

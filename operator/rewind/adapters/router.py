@@ -24,6 +24,7 @@ from rewind.adapters import _kube
 from rewind.adapters.base import (
     FIELD_MANAGER,
     REVISION_LABEL,
+    Fallback,
     OwnerRef,
     OwnershipConflictError,
     RouteObservation,
@@ -52,6 +53,8 @@ ISTIO_VERSION = "v1"
 ROUTE_NAME = "rewind"
 #: The route of the spec's header routes (A/B), first in the list so it wins.
 HEADER_ROUTE_NAME = "rewind-headers"
+#: The only route while a circuit breaker is tripped: every user to its fallback.
+FALLBACK_ROUTE_NAME = "rewind-breaker"
 MESH_GATEWAY = MESH
 
 _SUBSET = re.compile(r"^r([1-9][0-9]*)$")
@@ -179,14 +182,31 @@ def build_virtual_service(
     mirror_revision: int | None = None,
     mirror_percent: int = 0,
     header_revision: int | None = None,
+    fallback: Fallback | None = None,
 ) -> dict[str, Any]:
     """The VirtualService that splits ``traffic.hosts`` (and in-mesh calls) by ``weights``.
 
     Only revisions with weight > 0 get a route entry. With gateways, ``mesh`` is added so
     in-mesh callers get the same split as external ones. With ``header_revision`` and
     ``traffic.headerRoutes``, a first route sends the matching callers to that revision.
-    Timeout and retries of ``traffic`` apply to both routes.
+    Timeout and retries of ``traffic`` apply to both routes. With ``fallback`` (a tripped
+    circuit breaker; ``weights`` empty) the one route ``rewind-breaker`` sends everyone
+    there (see :func:`fallback_route`).
     """
+    if fallback is not None:
+        if weights or mirror_percent or header_revision is not None:
+            raise ValueError("a fallback route carries no weights, mirror or header routes")
+        hosts, gateways = route_bindings(release_name, namespace, traffic)
+        fallback_spec: dict[str, Any] = {"hosts": hosts}
+        if gateways:
+            fallback_spec["gateways"] = gateways
+        fallback_spec["http"] = [fallback_route(fallback, traffic)]
+        return {
+            "apiVersion": f"{ISTIO_GROUP}/{ISTIO_VERSION}",
+            "kind": "VirtualService",
+            "metadata": _metadata(release_name, namespace, owner_ref),
+            "spec": fallback_spec,
+        }
     checked = validate_weights(weights)
     mirror = _validate_mirror(mirror_revision, mirror_percent)
     hosts, gateways = route_bindings(release_name, namespace, traffic)
@@ -227,6 +247,42 @@ def build_virtual_service(
     }
 
 
+def fallback_route(fallback: Fallback, traffic: TrafficSpec) -> dict[str, Any]:
+    """The HTTPRoute of a tripped breaker: to the fallback Service (with the spec's timeout
+    and retries), or Istio's ``directResponse`` (``status``, ``body.string``), which
+    takes no ``route``, timeout or retries."""
+    if fallback.service:
+        destination: dict[str, Any] = {"host": fallback.service}
+        if fallback.port:
+            destination["port"] = {"number": fallback.port}
+        return {
+            "name": FALLBACK_ROUTE_NAME,
+            "route": [{"destination": destination}],
+            **_route_options(traffic),
+        }
+    direct: dict[str, Any] = {"status": fallback.status}
+    if fallback.body:
+        direct["body"] = {"string": fallback.body}
+    return {"name": FALLBACK_ROUTE_NAME, "directResponse": direct}
+
+
+def parse_fallback(route: Mapping[str, Any]) -> Fallback | None:
+    """The fallback a ``rewind-breaker`` route sends users to (None: not one)."""
+    if route.get("name") != FALLBACK_ROUTE_NAME:
+        return None
+    direct = route.get("directResponse")
+    if isinstance(direct, Mapping):
+        body = direct.get("body") or {}
+        return Fallback(status=int(direct.get("status") or 0),
+                        body=str(body.get("string", "")) if isinstance(body, Mapping) else "")
+    targets = route.get("route") or []
+    if len(targets) != 1:
+        return None
+    destination = targets[0].get("destination") or {}
+    port = (destination.get("port") or {}).get("number") or 0
+    return Fallback(service=str(destination.get("host", "")), port=int(port))
+
+
 def build_destination_rule(
     release_name: str, namespace: str, owner_ref: OwnerRef, revisions: Iterable[int]
 ) -> dict[str, Any]:
@@ -263,6 +319,9 @@ def parse_routes(virtual_service: Mapping[str, Any]) -> RouteState:
     """
     http = virtual_service.get("spec", {}).get("http") or []
     route = next((r for r in http if r.get("name") == ROUTE_NAME), http[-1] if http else {})
+    fallback = parse_fallback(route)
+    if fallback is not None:
+        return RouteState({}, None, 0, None, fallback)
     header_revision: int | None = None
     for candidate in http:
         if candidate.get("name") == HEADER_ROUTE_NAME:
@@ -366,8 +425,10 @@ class IstioRouter:
         mirror_revision: int | None = None,
         mirror_percent: int = 0,
         header_revision: int | None = None,
+        fallback: Fallback | None = None,
     ) -> None:
-        """Route ``weights``, the mirror and the header routes with one VirtualService apply.
+        """Route ``weights``, the mirror and the header routes with one VirtualService apply
+        (with ``fallback``: every user to the circuit breaker's fallback instead).
 
         Make-before-break: the DestinationRule is applied first and keeps the subsets the
         current VirtualService still routes to, so no request hits an unknown subset
@@ -375,7 +436,7 @@ class IstioRouter:
         """
         virtual_service = build_virtual_service(
             release, namespace, owner, traffic, weights, mirror_revision, mirror_percent,
-            header_revision,
+            header_revision, fallback,
         )
         current_vs = await self._get("virtualservices", release, namespace)
         self._check_owner(current_vs, owner)
@@ -490,6 +551,7 @@ class IstioRouter:
             mirror_revision=routes.mirror_revision if routes.mirror_percent else None,
             mirror_percent=routes.mirror_percent if routes.mirror_revision else 0,
             header_revision=routes.header_revision,
+            fallback=routes.fallback,
             problems=tuple(problems),
             source=source,
             untidy=f"DestinationRule subsets {', '.join(unused)} are no longer routed"
@@ -534,7 +596,7 @@ def route_problems(
             release, namespace, owner, traffic, routes.weights,
             routes.mirror_revision if routes.mirror_percent else None,
             routes.mirror_percent if routes.mirror_revision else 0,
-            routes.header_revision,
+            routes.header_revision, routes.fallback,
         )["spec"]
     except ValueError as err:
         expected = None
