@@ -510,7 +510,52 @@ def test_alerts_fire_as_documented(sandbox: Sandbox, kubectl: Kubectl, tmp_path:
                     }]},
                     {"eval_time": "10m", "alertname": "RewindNoActiveReplica", "exp_alerts": []},
                 ],
-            }
+            },
+            {
+                # Rollback drills: eight days of minutes, to reach the 7-day threshold.
+                "interval": "1m",
+                "input_series": [
+                    # Never drilled successfully (0 since the start of time).
+                    {"series": 'rewind_drill_last_success_timestamp_seconds{namespace="fraud",'
+                               'release="fraud-detector"}', "values": "0x12000"},
+                    # Passed a drill at day 5: quiet at day 8.
+                    {"series": 'rewind_drill_last_success_timestamp_seconds{namespace="rec",'
+                               'release="recommender"}', "values": "432000x12000"},
+                    # The last drill failed from minute 2 to minute 4.
+                    {"series": 'rewind_drill_last_failed{namespace="fraud",'
+                               'release="fraud-detector"}', "values": "0 0 1 1 1 0 0 0"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "6d", "alertname": "RewindNoSuccessfulDrill", "exp_alerts": []},
+                    {"eval_time": "8d", "alertname": "RewindNoSuccessfulDrill", "exp_alerts": [{
+                        "exp_labels": {"severity": "warning", "namespace": "fraud",
+                                       "release": "fraud-detector"},
+                        "exp_annotations": {
+                            "summary": "A Rewind rollback path has not been exercised recently",
+                            "description": (
+                                "ModelRelease fraud/fraud-detector has had no successful "
+                                "rollback drill in 7 days: nobody knows whether its rollback "
+                                "works. Run one with `kubectl annotate mr -n fraud "
+                                "fraud-detector rewind.dev/drill=true` or set spec.drill.every "
+                                "in its RolloutPolicy."),
+                        },
+                    }]},
+                    {"eval_time": "1m", "alertname": "RewindLastDrillFailed", "exp_alerts": []},
+                    {"eval_time": "3m", "alertname": "RewindLastDrillFailed", "exp_alerts": [{
+                        "exp_labels": {"severity": "warning", "namespace": "fraud",
+                                       "release": "fraud-detector"},
+                        "exp_annotations": {
+                            "summary": "A Rewind rollback drill failed",
+                            "description": (
+                                "The last rollback drill of ModelRelease fraud/fraud-detector "
+                                "failed: a real rollback would fail the same way. "
+                                "status.lastDrill names what failed (SnapshotMissing, "
+                                "SnapshotCorrupt, PodsNeverReady, AnalysisFailing, NoTarget)."),
+                        },
+                    }]},
+                    {"eval_time": "6m", "alertname": "RewindLastDrillFailed", "exp_alerts": []},
+                ],
+            },
         ],
     }
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests, sort_keys=False))
