@@ -2985,7 +2985,8 @@ def _run_drill(ctx: _Ctx) -> None:
     if d.phase == DrillPhase.WAITING_READY:
         if ctx.available(target):
             d.ready_at = ctx.now
-            if not spec.mirror_percent:
+            metrics = ctx.policy is not None and bool(ctx.policy.analysis.metrics)
+            if not spec.mirror_percent or not metrics:  # nothing to analyse it with
                 _end_drill(ctx, DrillVerdict.PASSED,
                            f"r{target} was {_drill_timings(ctx)} from its snapshot; scaled "
                            "back")
