@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from rewind.api import Measurement, ModelReleaseStatus, Phase, TimelineEntry, TimelineType, Verdict
+from rewind.api import (
+    BreakerState,
+    BreakerStatus,
+    DrillFailure,
+    DrillResult,
+    DrillVerdict,
+    Measurement,
+    ModelReleaseStatus,
+    Phase,
+    TimelineEntry,
+    TimelineType,
+    Verdict,
+)
 from rewind.metrics import OperatorMetrics
 
 T0 = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
@@ -104,3 +116,62 @@ def test_conditions_and_routes_in_effect_are_gauges() -> None:
     assert value(metrics, "rewind_release_condition", type="Degraded") == 1
     metrics.forget("ml", "chatbot")
     assert value(metrics, "rewind_release_condition", type="Ready") is None
+
+
+def test_breaker_trips_resets_state_and_trip_to_fallback() -> None:
+    metrics = OperatorMetrics()
+    tripped = TimelineEntry(at=T0, type=TimelineType.BREAKER_TRIPPED.value, message="tripped")
+    before = status(phase=Phase.PROMOTED)
+    after = ModelReleaseStatus(phase=Phase.PROMOTED, timeline=[tripped], breaker=BreakerStatus(
+        state=BreakerState.TRIPPING, tripped_at=T0, trips=1))
+    metrics.observe("ml", "chatbot", before, after, None, T0)
+    assert value(metrics, "rewind_breaker_trips_total") == 1
+    assert value(metrics, "rewind_breaker_state", state="Tripping") == 1
+    in_effect = TimelineEntry(at=T0, type=TimelineType.FALLBACK_IN_EFFECT.value)
+    later = after.model_copy(update={
+        "timeline": [tripped, in_effect],
+        "breaker": BreakerStatus(state=BreakerState.TRIPPED, tripped_at=T0, trips=1)})
+    metrics.observe("ml", "chatbot", after, later, None, T0 + timedelta(seconds=0.5))
+    assert value(metrics, "rewind_breaker_state", state="Tripped") == 1
+    assert value(metrics, "rewind_breaker_state", state="Tripping") == 0
+    assert value(metrics, "rewind_breaker_trip_to_fallback_seconds_sum") == 0.5
+    reset = TimelineEntry(at=T0, type=TimelineType.BREAKER_RESET.value,
+                          message="circuit breaker reset (reset by alice)", user="alice")
+    done = later.model_copy(update={"timeline": [tripped, in_effect, reset]})
+    metrics.observe("ml", "chatbot", later, done, None, T0)
+    assert value(metrics, "rewind_breaker_resets_total", how="manual") == 1
+    assert value(metrics, "rewind_breaker_trips_total") == 1
+
+
+def test_drill_results_and_gauges_come_from_status() -> None:
+    metrics = OperatorMetrics()
+    never = status(phase=Phase.PROMOTED)
+    metrics.observe("ml", "chatbot", never, never, None, T0)
+    assert value(metrics, "rewind_drill_last_success_timestamp_seconds") == 0
+    assert value(metrics, "rewind_drill_last_failed") == 0
+    failed = ModelReleaseStatus(
+        phase=Phase.PROMOTED,
+        timeline=[TimelineEntry(at=T0, type=TimelineType.DRILL_FAILED.value)],
+        last_drill=DrillResult(started_at=T0, finished_at=T0, target=1,
+                               verdict=DrillVerdict.FAILED,
+                               failure=DrillFailure.SNAPSHOT_MISSING),
+    )
+    metrics.observe("ml", "chatbot", never, failed, None, T0)
+    assert value(metrics, "rewind_drills_total", verdict="Failed",
+                 failure="SnapshotMissing") == 1
+    assert value(metrics, "rewind_drill_last_failed") == 1
+    end = T0 + timedelta(seconds=30)
+    passed = ModelReleaseStatus(
+        phase=Phase.PROMOTED,
+        timeline=[*failed.timeline, TimelineEntry(at=end, type=TimelineType.DRILL_PASSED.value)],
+        last_drill=DrillResult(started_at=T0, finished_at=end, target=1,
+                               verdict=DrillVerdict.PASSED, time_to_ready_seconds=4.5,
+                               time_to_passing_analysis_seconds=9.0),
+        last_successful_drill_at=end,
+    )
+    metrics.observe("ml", "chatbot", failed, passed, None, end)
+    assert value(metrics, "rewind_drills_total", verdict="Passed", failure="") == 1
+    assert value(metrics, "rewind_drill_last_failed") == 0
+    assert value(metrics, "rewind_drill_last_success_timestamp_seconds") == end.timestamp()
+    assert value(metrics, "rewind_drill_time_to_ready_seconds") == 4.5
+    assert value(metrics, "rewind_drill_time_to_passing_analysis_seconds") == 9.0
