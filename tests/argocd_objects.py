@@ -293,7 +293,7 @@ def _cases() -> list[Case]:
     # The issue's input: the operator has not acted on the latest spec yet.
     issue = {"observedGeneration": 2, "phase": "Promoted", "message": "r2 promoted"}
     cases.append(Case("issue-generation-3-observed-2", manifest(issue, generation=3),
-                      "Progressing", frozenset(), says="generation 3 (last acted on 2)",
+                      "Progressing", frozenset({"drill"}), says="generation 3 (last acted on 2)",
                       operator_written=True))
 
     cases.append(Case("no-status", manifest(None), "Progressing", frozenset(),
@@ -326,7 +326,9 @@ def _cases() -> list[Case]:
     first = operator_status("Promoted")
     first["history"] = first["history"][1:]  # only r2: nothing to go back to
     first["stableRevision"] = 2
-    cases.append(Case("Promoted-first-release", manifest(first), "Healthy", frozenset()))
+    # A drill is offered (it reports NoTarget: the rollback button leads nowhere).
+    cases.append(Case("Promoted-first-release", manifest(first), "Healthy",
+                      frozenset({"drill"})))
 
     existing = manifest(operator_status("Paused"), annotations={"team": "risk"})
     cases.append(Case("Paused-with-annotations", existing, "Suspended",
