@@ -146,12 +146,12 @@ __all__ = [
     "append_bounded",
     "clip",
     "format_value",
-    "image_digest",
-    "parse_duration",
-    "query_variables",
     "gateway_error",
     "hosts_match",
+    "image_digest",
     "in_cluster_host",
+    "parse_duration",
+    "query_variables",
     "release_host_errors",
     "render_query",
     "spec_hash",
@@ -1819,6 +1819,14 @@ class RoutesStatus(StatusModel):
     )
     header_revision: int = Field(
         default=0, description="Revision the header routes send their callers to (0 = none)."
+    )
+    primary_revision: int = Field(
+        default=0,
+        description=(
+            "Revision the in-cluster name's Service <release> selects, where callers that "
+            "bypass the routes go (no sidecar, a NodePort, a route of their own): the "
+            "stable revision, moved on promotion and rollback (0 = none)."
+        ),
     )
     wanted: list[RouteWeight] = Field(
         default_factory=list,
