@@ -10,11 +10,13 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from rewind import api, crdgen
 from tests.api_cases import (
     DELETE,
+    EXAMPLES,
     FRAUD_MR,
     INVALID,
     VALID_VARIANTS,
@@ -591,3 +593,33 @@ def test_printer_columns() -> None:
         "Age",
     ]
     assert rp["names"]["shortNames"] == ["rp"]
+
+
+def test_every_gateway_the_examples_name_is_created_by_the_docs_and_the_kind_path() -> None:
+    """Issue 12: the examples referenced a Gateway that nothing created."""
+    gateways = {
+        doc["metadata"]["namespace"] + "/" + doc["metadata"]["name"]: doc
+        for path in sorted((EXAMPLES / "istio").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") == "Gateway"
+    }
+    named = {
+        g
+        for docs in load_examples().values()
+        for doc in docs
+        if doc["kind"] == "ModelRelease"
+        for g in doc["spec"]["traffic"].get("gateways", [])
+    }
+    assert named and named <= set(gateways)
+    for name in named:
+        servers = gateways[name]["spec"]["servers"]
+        hosts = {h for server in servers for h in server["hosts"]}
+        for docs in load_examples().values():
+            for doc in docs:
+                if doc["kind"] == "ModelRelease" and name in doc["spec"]["traffic"].get(
+                    "gateways", []
+                ):
+                    assert set(doc["spec"]["traffic"]["hosts"]) <= hosts
+    root = EXAMPLES.parent
+    assert "examples/istio/public-gateway.yaml" in (root / "hack" / "kind-up.sh").read_text()
+    assert "examples/istio/public-gateway.yaml" in (root / "README.md").read_text()

@@ -205,7 +205,7 @@ class RouteObservation:
     #: What to call the routes in messages, e.g. "VirtualService risk/fraud".
     source: str = ""
     #: Housekeeping the router wants from the next write although the routes are right
-    #: (e.g. DestinationRule subsets kept make-before-break, no longer routed); "" if none.
+    #: (e.g. a DestinationRule left by routes to subsets, kept make-before-break); "" if none.
     untidy: str = ""
 
 
