@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -594,7 +595,7 @@ def primaries(w: World) -> list[int | None]:
 
 @pytest.mark.parametrize("policy", [CANARY, BLUE_GREEN, SHADOW_STOP])
 def test_callers_that_bypass_the_routes_reach_the_stable_until_the_promotion(
-    policy: str,
+    policy: dict[str, Any],
 ) -> None:
     """Every route write names the revision the umbrella Service selects: the stable one
     through the canary steps, the blue-green preview and switch and the shadow, the

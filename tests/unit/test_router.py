@@ -142,7 +142,7 @@ def test_mesh_routing_is_the_specs_choice() -> None:
     """Issue 12: mesh was added whenever gateways were set, so in-mesh callers skipped the
     gateway's authentication and rate limits; now traffic.meshRouting says so."""
     gateway_only = TrafficSpec(hosts=["fraud.example.com"], gateways=["istio-system/public"],
-                               meshRouting=False)
+                               mesh_routing=False)
     spec = build_virtual_service("fraud", "shop", OWNER, gateway_only, {1: 100})["spec"]
     assert spec["gateways"] == ["istio-system/public"]
     assert release_claim("fraud", "shop", gateway_only).gateways == ("istio-system/public",)
