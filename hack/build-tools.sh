@@ -244,6 +244,10 @@ ensure_istioctl() {
   istioctl_ready && return 0
   local logs="$istioctl_dest/logs"
   mkdir -p "$istioctl_bin" "$logs"
+  # One build at a time (it is the longest here): a second caller waits for the first.
+  exec 9>"$istioctl_dest/.lock"
+  flock 9
+  istioctl_ready && return 0
   log "cache: $istioctl_dest (key from hack/istioctl.env)"
   run_step istioctl "istio.io/istio/istioctl/cmd/istioctl@$ISTIO_MODULE_VERSION" build_istioctl
   istioctl_ready || { log "internal error: istioctl built but is missing in $istioctl_bin"; exit 1; }
