@@ -440,7 +440,10 @@ def test_revision_deployment_becomes_available_behind_its_services(
     assert kubectl("get", "service", RELEASE, "-n", namespace, "--ignore-not-found",
                    "-o", "name").stdout == ""
     revision_svc = get_json(kubectl, namespace, "service", f"{RELEASE}-r1")
-    assert revision_svc["spec"]["selector"]["rewind.dev/revision"] == "1"
+    # By release and revision: another release's r1 in the namespace is never behind it (the
+    # DestinationRule subsets Rewind once wrote selected by revision alone).
+    assert revision_svc["spec"]["selector"] == {"rewind.dev/release": RELEASE,
+                                                "rewind.dev/revision": "1"}
     pods = get_json(kubectl, namespace, "pods", "-l", "rewind.dev/revision=1")["items"]
     assert len(pods) == 2
     assert all(p["metadata"]["labels"]["app.kubernetes.io/name"] == RELEASE for p in pods)
