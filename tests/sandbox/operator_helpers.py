@@ -607,8 +607,10 @@ class Recorder:
                     self._ready[kind].set()
                 w = watch.Watch()
                 try:
+                    # Bookmarks keep a quiet kind's version recent (a Service may not change
+                    # for minutes while other namespaces' changes age its version out).
                     for event in w.stream(lister, resource_version=version, timeout_seconds=1,
-                                          allow_watch_bookmarks=False):
+                                          allow_watch_bookmarks=True):
                         obj = event["object"]
                         if not isinstance(obj, dict):
                             obj = api.sanitize_for_serialization(obj)
@@ -616,10 +618,14 @@ class Recorder:
                             version = ""  # 410 Gone: list again
                             break
                         version = obj["metadata"]["resourceVersion"]
-                        if event["type"] != "DELETED":
+                        if event["type"] not in ("DELETED", "BOOKMARK"):
                             self._keep(kind, obj)
                         if self._stop.is_set():
                             break
+                except client.ApiException as err:
+                    if err.status != 410:
+                        raise
+                    version = ""  # the client raises 410 Gone itself: list again
                 finally:
                     w.stop()
         finally:
@@ -637,7 +643,7 @@ class Recorder:
             thread.start()
             self._threads.append(thread)
         for kind in self.kinds:
-            assert self._ready[kind].wait(10), f"watch of {kind} did not start"
+            assert self._ready[kind].wait(30), f"watch of {kind} did not start"
         return self
 
     def __exit__(self, *exc: object) -> None:
