@@ -10,10 +10,17 @@
 # unit tests run. They have their own cache key, from the contents of hack/tools, so changing
 # them never rebuilds Kubernetes, and a new hack/versions.env never rebuilds them.
 #
-#   hack/build-tools.sh                  build what is missing of both; print the sandbox's
+# And istioctl, from the istio.io/istio module at the pseudo-version in hack/istioctl.env, for
+# the tests that run `istioctl validate` and `istioctl analyze` on what Rewind writes. It is the
+# largest build here, so it too has its own cache key (the contents of hack/istioctl.env and
+# ISTIOCTL_RECIPE), in ~/.cache/rewind/istioctl/<hash>/.
+#
+#   hack/build-tools.sh                  build what is missing of all three; print the sandbox's
 #                                        bin directory on stdout (only that line)
 #   hack/build-tools.sh --test-tools     build only the test tools; print their bin directory
 #   hack/build-tools.sh --test-tools-dir print where the test tools are (or would be); build nothing
+#   hack/build-tools.sh --istioctl       build only istioctl; print its bin directory
+#   hack/build-tools.sh --istioctl-dir   print where istioctl is (or would be); build nothing
 #
 # Progress goes to stderr.
 set -euo pipefail
@@ -44,11 +51,21 @@ test_tools_dest="$cache_root/test-tools/$test_tools_key"
 test_tools_bin="$test_tools_dest/bin"
 TEST_TOOLS=(argocd-lua kstatus)
 
+# istioctl: key = hack/istioctl.env and ISTIOCTL_RECIPE (bump it when build_istioctl changes
+# what it produces).
+ISTIOCTL_RECIPE=1
+# shellcheck source=istioctl.env
+source "$here/istioctl.env"
+istioctl_key="$( (cat "$here/istioctl.env"; echo "recipe=$ISTIOCTL_RECIPE") | sha256sum | cut -c1-16)"
+istioctl_dest="$cache_root/istioctl/$istioctl_key"
+istioctl_bin="$istioctl_dest/bin"
+
 mode="${1:-all}"
 case "$mode" in
-  all | --test-tools) ;;
+  all | --test-tools | --istioctl) ;;
   --test-tools-dir) echo "$test_tools_bin"; exit 0 ;;
-  *) log "usage: $0 [--test-tools | --test-tools-dir]"; exit 2 ;;
+  --istioctl-dir) echo "$istioctl_bin"; exit 0 ;;
+  *) log "usage: $0 [--test-tools | --test-tools-dir | --istioctl | --istioctl-dir]"; exit 2 ;;
 esac
 
 command -v go >/dev/null || { log "go is not installed: install Go >= 1.26 (https://go.dev/dl) and re-run"; exit 1; }
@@ -208,13 +225,47 @@ ensure_test_tools() {
   test_tools_ready || { log "internal error: the test tools built but are missing in $test_tools_bin"; exit 1; }
 }
 
+# istioctl, built as Istio builds it (its own go.mod, so exactly the dependencies Istio pins),
+# with the version stamped the way Istio's release build stamps it. Beside the binary: the
+# CRDs of that Istio (crd-all.gen.yaml), which a test compares with the sandbox's.
+istioctl_ready() { [[ -x "$istioctl_bin/istioctl" && -f "$istioctl_dest/istio-crds.yaml" ]]; }
+build_istioctl() {
+  local tmp dir v=istio.io/istio/pkg/version
+  tmp="$(mktemp -d "$istioctl_dest/tmp.XXXXXX")"
+  GOBIN="$tmp" go install -trimpath \
+    -ldflags "-s -w -X $v.buildVersion=$ISTIO_BUILD_VERSION -X $v.buildGitRevision=${ISTIO_MODULE_VERSION##*-} -X $v.buildStatus=Clean -X $v.buildTag=$ISTIO_BUILD_VERSION" \
+    "istio.io/istio/istioctl/cmd/istioctl@$ISTIO_MODULE_VERSION"
+  dir="$(go mod download -json "istio.io/istio@$ISTIO_MODULE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  install -m 0644 "$dir/manifests/charts/base/files/crd-all.gen.yaml" "$istioctl_dest/istio-crds.yaml"
+  mv -f "$tmp/istioctl" "$istioctl_bin/istioctl"
+  rm -rf "$tmp"
+}
+ensure_istioctl() {
+  istioctl_ready && return 0
+  local logs="$istioctl_dest/logs"
+  mkdir -p "$istioctl_bin" "$logs"
+  # One build at a time (it is the longest here): a second caller waits for the first.
+  exec 9>"$istioctl_dest/.lock"
+  flock 9
+  istioctl_ready && return 0
+  log "cache: $istioctl_dest (key from hack/istioctl.env)"
+  run_step istioctl "istio.io/istio/istioctl/cmd/istioctl@$ISTIO_MODULE_VERSION" build_istioctl
+  istioctl_ready || { log "internal error: istioctl built but is missing in $istioctl_bin"; exit 1; }
+}
+
 if [[ $mode == --test-tools ]]; then
   ensure_test_tools
   echo "$test_tools_bin"
   exit 0
 fi
+if [[ $mode == --istioctl ]]; then
+  ensure_istioctl
+  echo "$istioctl_bin"
+  exit 0
+fi
 if ready; then
   ensure_test_tools
+  ensure_istioctl
   echo "$bin"
   exit 0
 fi
@@ -232,4 +283,5 @@ rm -rf "$dest/src" "$dest/.complete"
 ready || { log "internal error: a step finished but an artifact is missing in $dest"; exit 1; }
 log "all binaries ready in $bin"
 ensure_test_tools
+ensure_istioctl
 echo "$bin"

@@ -52,6 +52,7 @@ __all__ = [
     "ANNOTATION_ROLLBACK",
     "API_GROUP",
     "API_VERSION",
+    "DEFAULT_CLUSTER_DOMAIN",
     "DEFAULT_ROLLBACK_WINDOW",
     "DIGEST_PATTERN",
     "DNS_LABEL_PATTERN",
@@ -68,6 +69,7 @@ __all__ = [
     "MAX_RELEASE_NAME",
     "MAX_SHORT_TEXT",
     "MAX_TIMELINE",
+    "MESH_GATEWAY",
     "MODELRELEASE_KIND",
     "MODELRELEASE_PLURAL",
     "ROLLOUTPOLICY_KIND",
@@ -144,9 +146,13 @@ __all__ = [
     "append_bounded",
     "clip",
     "format_value",
+    "gateway_error",
+    "hosts_match",
     "image_digest",
+    "in_cluster_host",
     "parse_duration",
     "query_variables",
+    "release_host_errors",
     "render_query",
     "spec_hash",
     "tag_image_error",
@@ -198,8 +204,19 @@ DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 URI_PATTERN = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]+$"
 NO_SPACE_PATTERN = r"^[^\s]+$"
+#: A VirtualService host as Istio accepts it (``agent.ValidateWildcardDomain``), narrowed:
+#: lowercase, a ``*.`` wildcard only as the whole first label; the label rules (no empty label,
+#: at most 63 characters, the last one not all digits) are CEL rules with their own messages.
 HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
-GATEWAY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+#: A gateway reference: ``<namespace>/<name>``, or ``<name>`` in the release's namespace, each a
+#: DNS label (Istio's ``validateGatewayNames``; dots are refused by a CEL rule with a message).
+GATEWAY_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+#: Istio's name for the sidecars as a gateway (``traffic.meshRouting`` says whether it is used).
+MESH_GATEWAY = "mesh"
+#: Kubernetes' default cluster domain (the operator's ``--cluster-domain``).
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+#: A DNS label, as Istio checks each label of a host (``labels.IsDNS1123Label``).
+DNS_LABEL_MAX = 63
 
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
 _DURATION_FULL = re.compile(DURATION_PATTERN)
@@ -289,6 +306,176 @@ def _cel(
 
 def _validations(*rules: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
+
+
+# --- hosts and gateways, as Istio checks them ------------------------------------------
+# Each rule is written as CEL (admission) and as a Python check (pydantic), with one message.
+
+HOST_EMPTY_LABEL = (
+    "a host has no empty DNS label (a..b): Istio refuses the VirtualService "
+    "(agent.ValidateWildcardDomain)"
+)
+HOST_LONG_LABEL = (
+    f"each DNS label of a host is at most {DNS_LABEL_MAX} characters: Istio refuses a longer "
+    "one (labels.IsDNS1123Label)"
+)
+HOST_NUMERIC_TLD = (
+    "the last label of a host is not all digits: Istio refuses it as a domain (an IP address "
+    "is not a host Rewind routes)"
+)
+HOST_IN_CLUSTER_WILDCARD = (
+    "a wildcard host may not cover in-cluster Service names (<service>.<namespace>.svc."
+    "<cluster domain>): it takes the release's own in-cluster name, which Rewind adds to the "
+    "VirtualService and Istio then refuses as a duplicate host, and the names other "
+    "Services' callers use"
+)
+HOSTS_OVERLAP = (
+    "two hosts overlap (equal, or a wildcard covers the other): Istio refuses a VirtualService "
+    "with duplicate hosts"
+)
+GATEWAY_DOTS = (
+    "a gateway is <namespace>/<name> (or <name> in the release's namespace) with no dots: "
+    "Istio refuses ns/name.with.dots and reads name.namespace as the legacy form "
+    "namespace/name"
+)
+GATEWAY_LONG = (
+    f"a gateway's namespace and name are DNS labels of at most {DNS_LABEL_MAX} characters: "
+    "Istio refuses longer ones"
+)
+GATEWAY_MESH = (
+    "mesh is not a gateway here: traffic.meshRouting says whether in-mesh callers are routed"
+)
+MESH_ROUTING_NEEDS_GATEWAY = (
+    "meshRouting: false routes only callers that come through a gateway: name at least one "
+    "in traffic.gateways"
+)
+
+
+def host_label_error(host: str) -> str | None:
+    """What Istio refuses in one host, label by label (None: nothing)."""
+    labels = host.split(".")
+    if "" in labels:
+        return HOST_EMPTY_LABEL
+    if any(len(label) > DNS_LABEL_MAX for label in labels):
+        return HOST_LONG_LABEL
+    if labels[-1].isdigit():
+        return HOST_NUMERIC_TLD
+    return None
+
+
+def covers_in_cluster_names(host: str, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> bool:
+    """A wildcard host over in-cluster Service names: ``*.svc.<anything>``,
+    ``*.<namespace>.svc.<anything>``, or a suffix of ``svc.<cluster_domain>``."""
+    if not host.startswith("*."):
+        return False
+    rest = host[2:]
+    labels = rest.split(".")
+    return (
+        labels[0] == "svc"
+        or (len(labels) > 1 and labels[1] == "svc")
+        or f".svc.{cluster_domain}".endswith("." + rest)
+    )
+
+
+def hosts_match(a: str, b: str) -> bool:
+    """Istio's ``host.Name.Matches`` on two hosts as written: equal, or a wildcard covers
+    the other (``*.x.com`` covers ``a.x.com`` and ``*.a.x.com``)."""
+    if a.startswith("*") and b.startswith("*"):
+        shorter, longer = sorted((a[1:], b[1:]), key=len)
+        return longer.endswith(shorter)
+    if a.startswith("*"):
+        return b.endswith(a[1:])
+    if b.startswith("*"):
+        return a.endswith(b[1:])
+    return a == b
+
+
+def overlapping_hosts(hosts: Sequence[str]) -> list[tuple[str, str]]:
+    """Pairs of hosts Istio refuses together in one VirtualService (duplicate hosts)."""
+    return [
+        (a, b)
+        for i, a in enumerate(hosts)
+        for b in hosts[i + 1:]
+        if hosts_match(a, b)
+    ]
+
+
+def gateway_error(gateway: str) -> str | None:
+    """What Istio refuses or misreads in one gateway reference (None: nothing)."""
+    if gateway == MESH_GATEWAY:
+        return GATEWAY_MESH
+    if "." in gateway:
+        return GATEWAY_DOTS
+    if any(len(part) > DNS_LABEL_MAX for part in gateway.split("/")):
+        return GATEWAY_LONG
+    return None
+
+
+def in_cluster_host(release: str, namespace: str, cluster_domain: str) -> str:
+    """The in-cluster name Rewind adds to a release's routes: its umbrella Service's FQDN."""
+    return f"{release}.{namespace}.svc.{cluster_domain}"
+
+
+def release_host_errors(
+    release: str, namespace: str, hosts: Sequence[str], cluster_domain: str
+) -> list[str]:
+    """What Istio refuses in a release's hosts beside the in-cluster name Rewind adds, once
+    the namespace and the cluster domain are known (admission knows neither: the operator
+    checks this before it writes routes)."""
+    own = in_cluster_host(release, namespace, cluster_domain)
+    errors = []
+    for host in hosts:
+        if host == release:
+            errors.append(short_host_message(release))
+        elif host != own and hosts_match(host, own):
+            errors.append(
+                f"host {host} covers {own}, the in-cluster name Rewind adds for the release: "
+                "Istio refuses the VirtualService (duplicate hosts); name the hosts users "
+                "call, not a wildcard over the cluster's Services"
+            )
+    return errors
+
+
+def short_host_message(release: str) -> str:
+    return (
+        f"the short host {release} is the release's own in-cluster name "
+        f"({release}.<namespace>.svc.<cluster domain>), which Rewind adds to the routes: "
+        "Istio reports the two as conflicting hosts (analyzer IST0109); remove it, in-mesh "
+        "callers already reach the release by that name"
+    )
+
+
+#: CEL, on the ModelRelease (where metadata.name is known): no short host equal to it.
+SHORT_HOST_RULE = _cel(
+    "!has(self.spec.traffic) || !self.spec.traffic.hosts.exists(h, h == self.metadata.name)",
+    "a short host equal to metadata.name is the release's own in-cluster name "
+    "(<name>.<namespace>.svc.<cluster domain>), which Rewind adds to the routes: Istio "
+    "reports the two as conflicting hosts (analyzer IST0109); remove it, in-mesh callers "
+    "already reach the release by that name",
+    field_path=".spec.traffic.hosts",
+)
+
+
+def _host_rules() -> dict[str, Any]:
+    return _validations(
+        _cel("!self.contains('..')", HOST_EMPTY_LABEL),
+        _cel(f"self.split('.').all(l, l.size() <= {DNS_LABEL_MAX})", HOST_LONG_LABEL),
+        _cel("!self.matches('(^|[.])[0-9]+$')", HOST_NUMERIC_TLD),
+        _cel(
+            "!self.startsWith('*.') || !(self.substring(2).matches('^svc([.]|$)') || "
+            "self.substring(2).matches('^[^.]+[.]svc([.]|$)') || "
+            f"'.svc.{DEFAULT_CLUSTER_DOMAIN}'.endsWith(self.substring(1)))",
+            HOST_IN_CLUSTER_WILDCARD,
+        ),
+    )
+
+
+def _gateway_rules() -> dict[str, Any]:
+    return _validations(
+        _cel(f"self != '{MESH_GATEWAY}'", GATEWAY_MESH),
+        _cel("!self.contains('.')", GATEWAY_DOTS),
+        _cel(f"self.split('/').all(p, p.size() <= {DNS_LABEL_MAX})", GATEWAY_LONG),
+    )
 
 
 def _positive_duration_rule(name: str) -> dict[str, str]:
@@ -874,23 +1061,70 @@ class HeaderRoute(SpecModel):
 class TrafficSpec(SpecModel):
     """How users reach the model: the Istio hosts and gateways the router manages."""
 
-    hosts: list[Annotated[str, StringConstraints(max_length=253, pattern=HOST_PATTERN)]] = Field(
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!has(self.meshRouting) || self.meshRouting || "
+                "(has(self.gateways) && size(self.gateways) > 0)",
+                MESH_ROUTING_NEEDS_GATEWAY,
+                field_path=".meshRouting",
+            )
+        )
+    )
+
+    hosts: list[
+        Annotated[
+            str,
+            StringConstraints(max_length=253, pattern=HOST_PATTERN),
+            Field(json_schema_extra=_host_rules()),
+        ]
+    ] = Field(
         min_length=1,
         max_length=16,
         description=(
             "Hostnames users call, e.g. fraud.example.com (at least one). Used as the "
-            "VirtualService hosts."
+            "VirtualService hosts, beside the in-cluster name <release>.<namespace>.svc."
+            "<cluster domain> that Rewind adds. Istio's rules: DNS labels of at most 63 "
+            "characters, none empty, the last not all digits; a wildcard only as the whole "
+            "first label (*.example.com), never over in-cluster Service names; no two hosts "
+            "overlapping; not the release's own name as a short host."
+        ),
+        json_schema_extra=_validations(
+            _cel(
+                "self.all(a, self.exists_one(b, b == a)) && self.all(a, !a.startsWith('*.') "
+                "|| self.all(b, b == a || !b.endsWith(a.substring(1))))",
+                HOSTS_OVERLAP,
+            )
         ),
     )
-    gateways: list[Annotated[str, StringConstraints(max_length=253, pattern=GATEWAY_PATTERN)]] = (
-        Field(
-            default_factory=list,
-            max_length=16,
-            description=(
-                "Istio gateways as <namespace>/<name>, e.g. istio-system/public. Empty: mesh "
-                "traffic only."
-            ),
-        )
+    gateways: list[
+        Annotated[
+            str,
+            StringConstraints(max_length=127, pattern=GATEWAY_PATTERN),
+            Field(json_schema_extra=_gateway_rules()),
+        ]
+    ] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "Istio Gateways as <namespace>/<name> (or <name> in the release's namespace), "
+            "each a DNS label of at most 63 characters, e.g. istio-system/public. Empty: "
+            "in-mesh callers only (meshRouting must then be true)."
+        ),
+    )
+    mesh_routing: bool = Field(
+        default=True,
+        description=(
+            "Route in-mesh callers too (Istio's mesh gateway): a pod with a sidecar calling "
+            "the hosts or the in-cluster name gets the same weights as callers through the "
+            "gateways, without passing through them, so the gateways' authentication and "
+            "rate limits do not apply to it. false: only callers through the gateways follow "
+            "the weights; in-mesh callers of the in-cluster name reach the stable revision "
+            "(the Service <release>), and of the hosts go out through the gateway. Needs "
+            "gateways when false. Default true (what Rewind always did, so an upgrade "
+            "changes no route); set false when the gateway enforces authentication or rate "
+            "limits."
+        ),
     )
     port: int = Field(
         default=80, ge=1, le=65535, description="Port users call on the hosts. Default 80."
@@ -929,6 +1163,36 @@ class TrafficSpec(SpecModel):
     @classmethod
     def _positive_timeout(cls, v: str | None) -> str | None:
         return _positive_duration(v, "traffic.timeout")
+
+    @field_validator("hosts")
+    @classmethod
+    def _istio_hosts(cls, hosts: list[str]) -> list[str]:
+        for index, host in enumerate(hosts):
+            error = host_label_error(host)
+            if error is None and covers_in_cluster_names(host):
+                error = HOST_IN_CLUSTER_WILDCARD
+            if error is not None:
+                raise ValueError(f"hosts[{index}] {host}: {error}")
+        pairs = overlapping_hosts(hosts)
+        if pairs:
+            a, b = pairs[0]
+            raise ValueError(f"{a} and {b}: {HOSTS_OVERLAP}")
+        return hosts
+
+    @field_validator("gateways")
+    @classmethod
+    def _istio_gateways(cls, gateways: list[str]) -> list[str]:
+        for index, gateway in enumerate(gateways):
+            error = gateway_error(gateway)
+            if error is not None:
+                raise ValueError(f"gateways[{index}] {gateway}: {error}")
+        return gateways
+
+    @model_validator(mode="after")
+    def _mesh_or_gateway(self) -> TrafficSpec:
+        if not self.mesh_routing and not self.gateways:
+            raise ValueError(MESH_ROUTING_NEEDS_GATEWAY)
+        return self
 
     @field_validator("header_routes")
     @classmethod
@@ -1556,6 +1820,14 @@ class RoutesStatus(StatusModel):
     header_revision: int = Field(
         default=0, description="Revision the header routes send their callers to (0 = none)."
     )
+    primary_revision: int = Field(
+        default=0,
+        description=(
+            "Revision the in-cluster name's Service <release> selects, where callers that "
+            "bypass the routes go (no sidecar, a NodePort, a route of their own): the "
+            "stable revision, moved on promotion and rollback (0 = none)."
+        ),
+    )
     wanted: list[RouteWeight] = Field(
         default_factory=list,
         max_length=16,
@@ -1861,6 +2133,13 @@ class ModelRelease(BaseModel):
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: ModelReleaseSpec
     status: ModelReleaseStatus = Field(default_factory=ModelReleaseStatus)
+
+    @model_validator(mode="after")
+    def _no_short_host_of_its_own_name(self) -> ModelRelease:
+        name = self.metadata.name
+        if name and name in self.spec.traffic.hosts:
+            raise ValueError(f"spec.traffic.hosts: {short_host_message(name)}")
+        return self
 
 
 class RolloutPolicy(BaseModel):

@@ -37,7 +37,12 @@ from prometheus_client import start_http_server
 from rewind import API_GROUP, API_VERSION
 from rewind.adapters import _kube
 from rewind.adapters.archive import KubeArchive
-from rewind.adapters.base import MANAGED_BY_LABEL, MANAGED_BY_VALUE, RELEASE_LABEL
+from rewind.adapters.base import (
+    DEFAULT_CLUSTER_DOMAIN,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    RELEASE_LABEL,
+)
 from rewind.adapters.events import EventRecorder
 from rewind.adapters.prometheus import DEFAULT_THREADS, PrometheusProvider
 from rewind.adapters.route_index import VirtualServiceIndex
@@ -126,6 +131,11 @@ class RuntimeConfig:
     identity: str = ""
     #: Watched namespaces; None for all (then the peering object is cluster-wide).
     namespaces: list[str] | None = None
+    #: The cluster's DNS domain (Kubernetes' default cluster.local): in-cluster names end in
+    #: svc.<it>, in the routes Rewind writes and in the conflicts it looks for.
+    cluster_domain: str = field(
+        default_factory=lambda: os.environ.get("REWIND_CLUSTER_DOMAIN", DEFAULT_CLUSTER_DOMAIN)
+    )
 
     def prometheus_provider(self) -> PrometheusProvider:
         """The analysis queries' provider: URL, credentials, timeout and threads."""
@@ -325,15 +335,18 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     operator_metrics = OperatorMetrics()
     memo.api_client = api_client
     # Filled by route_event from the VirtualService watch; read by the router.
-    memo.route_index = VirtualServiceIndex()
+    memo.route_index = VirtualServiceIndex(runtime.cluster_domain)
     memo.controller = ReleaseController(
         api_client,
-        router=IstioRouter(api_client, index=memo.route_index),
+        router=IstioRouter(
+            api_client, index=memo.route_index, cluster_domain=runtime.cluster_domain
+        ),
         workloads=KubeWorkloads(api_client),
         metrics=runtime.prometheus_provider(),
         notifier=EventRecorder(api_client),
         operator_metrics=operator_metrics,
         trust_actor_annotations=runtime.trust_actor_annotations,
+        cluster_domain=runtime.cluster_domain,
     )
     memo.loops = ReleaseLoops(memo.controller, active=runtime.peering_name is None)
     if runtime.peering_name is not None:

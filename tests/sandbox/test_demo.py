@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, Kubectl, Sandbox
+from tests.sandbox.operator_helpers import revision_of
 
 pytestmark = pytest.mark.sandbox
 
@@ -52,7 +53,7 @@ def types(body: dict[str, Any], revision: int) -> list[str]:
 def routes(kubectl: Kubectl, ns: str, name: str) -> tuple[dict[str, int], Any]:
     vs = json.loads(kubectl("get", "virtualservice", name, "-n", ns, "-o", "json").stdout)
     rule = vs["spec"]["http"][0]
-    weights = {r["destination"]["subset"]: r.get("weight", 100) for r in rule["route"]}
+    weights = {f"r{revision_of(r['destination'])}": r.get("weight", 100) for r in rule["route"]}
     return {s: w for s, w in weights.items() if w > 0}, rule.get("mirror")
 
 

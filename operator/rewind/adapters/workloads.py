@@ -1,5 +1,9 @@
 """Revision workloads: one Deployment + Service per revision, and revision snapshots.
 
+The routes send users to each revision's own Service ``<release>-r<N>``; the umbrella
+Service ``<release>`` (the in-cluster name) is built here but written by the router, which
+points it at the revision serving users.
+
 A revision is immutable. Its full ModelReleaseSpec is snapshotted once in an apps/v1
 ControllerRevision ``<release>-r<N>`` (never overwritten), and its Deployment is always
 built from that snapshot, never from the live spec, so rolling back to revision N
@@ -29,6 +33,7 @@ from rewind.adapters.base import (
     MODEL_DIGEST_ANNOTATION,
     MODEL_VERSION_ANNOTATION,
     NAME_LABEL,
+    NO_REVISION,
     RELEASE_LABEL,
     REVISION_LABEL,
     SPEC_HASH_ANNOTATION,
@@ -67,7 +72,7 @@ def _check_revision(revision: int) -> None:
 
 
 def revision_labels(release: str, revision: int) -> dict[str, str]:
-    """Labels of a revision's objects; the DestinationRule subset r<N> selects on them."""
+    """Labels of a revision's objects; its own Service selects its pods by them."""
     return {**release_labels(release), REVISION_LABEL: str(revision)}
 
 
@@ -195,7 +200,7 @@ def _service(
     owner: OwnerRef,
     labels: Mapping[str, str],
     selector: Mapping[str, str],
-    spec: ModelReleaseSpec,
+    port: int,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -207,7 +212,7 @@ def _service(
                 {
                     "name": PORT_NAME,
                     "appProtocol": "http",
-                    "port": spec.traffic.port,
+                    "port": port,
                     # By name: each revision's pods may listen on a different port.
                     "targetPort": PORT_NAME,
                     "protocol": "TCP",
@@ -228,17 +233,41 @@ def build_revision_service(
         owner,
         revision_labels(release, revision),
         {RELEASE_LABEL: release, REVISION_LABEL: str(revision)},
-        spec,
+        spec.traffic.port,
     )
 
 
 def build_umbrella_service(
-    release: str, namespace: str, owner: OwnerRef, spec: ModelReleaseSpec
+    release: str, namespace: str, owner: OwnerRef, port: int, revision: int | None
 ) -> dict[str, Any]:
-    """Service ``<release>`` over every revision; Istio subsets split it by revision label."""
+    """Service ``<release>``, the in-cluster name: it selects the pods of ``revision`` only
+    (None: no pod), so a caller that bypasses the routes (no sidecar, a NodePort, a route of
+    its own to this name) reaches the revision serving users, never a candidate in preview
+    or shadow. The router writes it with the routes (``primary_revision``)."""
+    if revision is not None:
+        _check_revision(revision)
+    value = NO_REVISION if revision is None else str(revision)
     return _service(
-        release, namespace, owner, release_labels(release), {RELEASE_LABEL: release}, spec
+        release,
+        namespace,
+        owner,
+        release_labels(release),
+        {RELEASE_LABEL: release, REVISION_LABEL: value},
+        port,
     )
+
+
+def umbrella_revision(service: Mapping[str, Any], release: str) -> int | None:
+    """The revision an umbrella Service selects; None when it selects none or more than one
+    (a Service written before per-revision routing selected every revision)."""
+    selector = (service.get("spec") or {}).get("selector") or {}
+    if selector.get(RELEASE_LABEL) != release:
+        return None
+    try:
+        revision = int(str(selector.get(REVISION_LABEL, "")))
+    except ValueError:
+        return None
+    return revision if revision > 0 else None
 
 
 def build_snapshot(
@@ -486,14 +515,15 @@ class KubeWorkloads:
     async def ensure_revision(
         self, release: str, namespace: str, owner: OwnerRef, revision: int, replicas: int
     ) -> None:
-        """Create or update revision N's Deployment and Services from its snapshot.
+        """Create or update revision N's Deployment and its own Service from its snapshot
+        (the umbrella Service, the in-cluster name, is the router's: it moves with the
+        routes).
 
         Idempotent (server-side apply of the same object is a no-op) and exact: after a
         scale to zero or a deletion it restores the same image and model digest.
         """
         spec = await self.load_snapshot(release, namespace, revision)
         bodies = [
-            build_umbrella_service(release, namespace, owner, spec),
             build_revision_service(release, namespace, owner, revision, spec),
             build_deployment(release, namespace, owner, revision, spec, replicas),
         ]
