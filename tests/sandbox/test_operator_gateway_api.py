@@ -81,7 +81,7 @@ class FakeGateway:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                listing = self.custom.list_namespaced_custom_object(
+                listing: dict[str, Any] = self.custom.list_namespaced_custom_object(
                     GROUP, VERSION, self.namespace, PLURAL)
                 for route in listing.get("items", []):
                     self._answer(route)
