@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes import client, config
@@ -81,8 +81,8 @@ class FakeGateway:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                listing: dict[str, Any] = self.custom.list_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL)
+                listing = cast(dict[str, Any], self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL))
                 for route in listing.get("items", []):
                     self._answer(route)
             except client.ApiException:
