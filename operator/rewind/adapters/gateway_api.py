@@ -859,8 +859,9 @@ class GatewayAPIRouter:
         what Rewind writes for those same routes, against the InferencePools it needs,
         against its parents' acceptance, and against other HTTPRoutes on its parents."""
         source = f"HTTPRoute {namespace}/{release}"
-        route = await self._route(release, namespace)
-        conflicts = await self._conflicts(release, namespace, traffic)
+        route, conflicts = await asyncio.gather(
+            self._route(release, namespace), self._conflicts(release, namespace, traffic)
+        )
         if route is None:
             return RouteObservation(exists=False, problems=tuple(conflicts), source=source)
         routes = parse_http_route(release, route)
