@@ -384,3 +384,22 @@ def test_an_older_catch_all_route_on_the_same_host_holds_the_rollout(
                  lambda: rw.status(NAME).get("phase") == "Promoting", seconds=3)
     kubectl("delete", "httproute", "legacy", "-n", rw.namespace)
     rw.wait_phase(NAME, "Promoted", stable=1, timeout=30)
+
+
+# -- moving a release from Istio to Gateway API ----------------------------------------------
+
+
+def test_moving_a_release_to_gateway_api_retires_its_virtual_service(
+    rw: Rewind, gateway: FakeGateway
+) -> None:
+    rw.apply(policy_manifest("quick", canary((50, "2s"))))
+    rw.promote_first_revision(NAME, "quick")  # on Istio
+    assert rw.subsets(NAME) == ["r1"]
+    gateway.mode = "accept"
+    rw.set_error_rate(NAME, 2, HEALTHY)
+    rw.apply(gateway_release(NAME, "quick", version=2))  # a new revision, on Gateway API
+    status = rw.wait_phase(NAME, "Promoted", stable=2, timeout=60)
+    assert route_weights(http_route(rw)) == {2: 100}
+    assert status["routes"]["inEffect"]
+    wait_for("the VirtualService and DestinationRule to be deleted",
+             lambda: rw.routes(NAME) is None and rw.subsets(NAME) is None, timeout=20)

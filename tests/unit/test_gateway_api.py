@@ -550,8 +550,9 @@ def test_each_release_goes_to_the_router_its_traffic_names() -> None:
     router = TrafficRouter(client.ApiClient(), istio=istio, gateway_api=gateway)
     retired: list[str] = []
 
-    async def retire(release: str, namespace: str, owner: OwnerRef, keep: str) -> None:
+    async def retire(release: str, namespace: str, owner: OwnerRef, keep: str) -> bool:
         retired.append(keep)
+        return True
 
     router._retire = retire  # type: ignore[method-assign]
     seen = asyncio.run(router.observe_routes("chat", "shop", OWNER, TRAFFIC))

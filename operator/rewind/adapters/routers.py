@@ -70,13 +70,16 @@ class TrafficRouter:
             header_revision,
         )
         key = (namespace, owner.uid)
-        if self._written_with.get(key) != traffic.router:
-            await self._retire(release, namespace, owner, keep=traffic.router)
+        if self._written_with.get(key) != traffic.router and await self._retire(
+            release, namespace, owner, keep=traffic.router
+        ):
             self._written_with[key] = traffic.router
 
-    async def _retire(self, release: str, namespace: str, owner: OwnerRef, keep: str) -> None:
+    async def _retire(self, release: str, namespace: str, owner: OwnerRef, keep: str) -> bool:
         """Delete the release's own route objects of the routers it no longer uses (never
-        someone else's object of the same name)."""
+        someone else's object of the same name); False when one changed meanwhile (looked
+        at again with the next write)."""
+        done = True
         for router, objects in ROUTE_OBJECTS.items():
             if router == keep:
                 continue
@@ -97,9 +100,11 @@ class TrafficRouter:
                         timeout=self._timeout,
                     )
                 except client.ApiException as err:
-                    if err.status not in (404, 409):  # gone, or changed: looked at next time
+                    if err.status == 409:  # changed since it was read: next time
+                        done = False
+                    elif err.status != 404:
                         raise
-                    self._written_with.pop((namespace, owner.uid), None)
+        return done
 
     async def get_routes(self, release: str, namespace: str) -> RouteState | None:
         """What the release's routes say: its HTTPRoute's if it has one, else its
