@@ -58,6 +58,8 @@ __all__ = [
     "DNS_LABEL_PATTERN",
     "DNS_SUBDOMAIN_PATTERN",
     "DURATION_PATTERN",
+    "GATEWAY_HOSTNAME_PATTERN",
+    "GATEWAY_MAX_TIMEOUT",
     "GATEWAY_PATTERN",
     "HOST_PATTERN",
     "IMAGE_DIGEST_SUFFIX_PATTERN",
@@ -94,12 +96,17 @@ __all__ = [
     "DecisionAction",
     "Digest",
     "Duration",
+    "EndpointPickerFailureMode",
+    "EndpointPickerRef",
     "EnvVar",
     "EnvironmentSpec",
     "FirstRelease",
+    "GatewayAPITraffic",
+    "GatewayParentRef",
     "HeaderMatch",
     "HeaderRoute",
     "HistoryEntry",
+    "InferencePoolBackend",
     "Measurement",
     "MetricSpec",
     "ModelFormat",
@@ -1045,6 +1052,16 @@ class HeaderMatch(SpecModel):
 class HeaderRoute(SpecModel):
     """A named group of callers, picked by request headers, sent to the candidate."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "self.headers.all(h, self.headers.filter(g, g.name == h.name).size() == 1)",
+                "header names must be unique within a header route",
+                field_path=".headers",
+            ),
+        )
+    )
+
     name: str = Field(
         min_length=1,
         max_length=63,
@@ -1057,18 +1074,252 @@ class HeaderRoute(SpecModel):
         description="Conditions that must all hold for a request to take this route.",
     )
 
+    @field_validator("headers")
+    @classmethod
+    def _unique_headers(cls, headers: list[HeaderMatch]) -> list[HeaderMatch]:
+        names = [h.name for h in headers]
+        if len(set(names)) != len(names):
+            raise ValueError("header names must be unique within a header route")
+        return headers
 
-class TrafficSpec(SpecModel):
-    """How users reach the model: the Istio hosts and gateways the router manages."""
+
+#: Gateway API's hostname (an HTTPRoute's ``hostnames``): stricter than HOST_PATTERN.
+GATEWAY_HOSTNAME_PATTERN = (
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+#: Gateway API's duration (GEP-2257): at most four parts of at most five digits each.
+GATEWAY_MAX_TIMEOUT = "99999h"
+_GROUP_PATTERN = r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_KIND_PATTERN = r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$"
+_SAME_PARENT = (
+    "a.group == b.group && a.kind == b.kind && a.name == b.name && "
+    "(has(a.__namespace__) ? a.__namespace__ : '') == "
+    "(has(b.__namespace__) ? b.__namespace__ : '')"
+)
+
+
+class GatewayParentRef(SpecModel):
+    """A parent of the HTTPRoute: a Gateway, one of its listeners, or a mesh Service."""
+
+    group: str = Field(
+        default="gateway.networking.k8s.io",
+        max_length=253,
+        pattern=_GROUP_PATTERN,
+        description='API group of the parent. Default gateway.networking.k8s.io; "" for a '
+        "Service.",
+    )
+    kind: str = Field(
+        default="Gateway",
+        max_length=63,
+        pattern=_KIND_PATTERN,
+        description="Kind of the parent. Default Gateway.",
+    )
+    namespace: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Namespace of the parent. Omitted: the ModelRelease's namespace. A "
+        "Gateway in another namespace must allow routes from this one (allowedRoutes).",
+    )
+    name: str = Field(
+        min_length=1, max_length=253, description="Name of the parent, e.g. public."
+    )
+    section_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="A listener of the Gateway by name (or a port name of a Service). "
+        "Omitted: every listener that accepts the route.",
+    )
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Attach only to the listener on this port."
+    )
+
+    def key(self) -> tuple[str, str, str, str]:
+        """Which parent this names (group, kind, namespace or "", name)."""
+        return (self.group, self.kind, self.namespace or "", self.name)
+
+
+class EndpointPickerFailureMode(StrEnum):
+    """What the gateway does when the endpoint picker does not answer."""
+
+    FAIL_OPEN = "FailOpen"
+    FAIL_CLOSE = "FailClose"
+
+
+class EndpointPickerRef(SpecModel):
+    """The endpoint picker (EPP) of each revision's InferencePool."""
 
     model_config = ConfigDict(
         json_schema_extra=_validations(
             _cel(
-                "!has(self.meshRouting) || self.meshRouting || "
+                "self.kind != 'Service' || has(self.port)",
+                "port is required when kind is Service",
+                field_path=".port",
+                reason="FieldValueRequired",
+            ),
+        )
+    )
+
+    group: str = Field(
+        default="", max_length=253, pattern=_GROUP_PATTERN,
+        description='API group of the picker. Default "" (core).',
+    )
+    kind: str = Field(
+        default="Service", max_length=63, pattern=_KIND_PATTERN,
+        description="Kind of the picker. Default Service.",
+    )
+    name: str = Field(
+        min_length=1,
+        max_length=59,
+        pattern=DNS_LABEL_PATTERN,
+        description="Name of the picker, e.g. chat-epp. With perRevision, the picker of "
+        "revision N is <name>-r<N>.",
+    )
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port of the picker's Service, e.g. 9002."
+    )
+    failure_mode: EndpointPickerFailureMode = Field(
+        default=EndpointPickerFailureMode.FAIL_CLOSE,
+        description="FailClose (default): no picker, no request; FailOpen: the gateway "
+        "picks an endpoint itself.",
+    )
+    per_revision: bool = Field(
+        default=False,
+        description="Each revision's pool has its own picker, <name>-r<N> (a picker serves "
+        "one pool). Default false: every pool names the same picker.",
+    )
+
+    @model_validator(mode="after")
+    def _port_for_service(self) -> EndpointPickerRef:
+        if self.kind == "Service" and self.port is None:
+            raise ValueError("port is required when kind is Service")
+        return self
+
+
+class InferencePoolBackend(SpecModel):
+    """Per-revision InferencePools (Gateway API Inference Extension, v1) as backends."""
+
+    endpoint_picker_ref: EndpointPickerRef = Field(
+        description="The endpoint picker each revision's InferencePool names."
+    )
+
+
+class GatewayAPITraffic(SpecModel):
+    """Gateway API routing: an HTTPRoute owned by the release, not a VirtualService."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "self.parentRefs.all(a, self.parentRefs.filter(b, " + _SAME_PARENT
+                + ").size() == 1 || (has(a.sectionName) && self.parentRefs.filter(b, "
+                + _SAME_PARENT + " && has(b.sectionName) && b.sectionName == "
+                "a.sectionName).size() == 1))",
+                "parentRefs naming the same parent more than once need distinct sectionNames",
+                field_path=".parentRefs",
+            ),
+        )
+    )
+
+    parent_refs: list[GatewayParentRef] = Field(
+        min_length=1,
+        max_length=32,
+        description="Gateways (or listeners, or a Service for mesh routing) the HTTPRoute "
+        "attaches to.",
+    )
+    backend_request_timeout: Duration | None = Field(
+        default=None,
+        description="Timeout of each request from the gateway to a revision (HTTPRoute "
+        "timeouts.backendRequest), e.g. 30s; more than 0s, at most traffic.timeout.",
+        json_schema_extra=_validations(
+            _positive_duration_rule("gatewayAPI.backendRequestTimeout"),
+            _cel(
+                "!self.matches('" + DURATION_PATTERN + "') || duration(self) <= duration('"
+                + GATEWAY_MAX_TIMEOUT + "')",
+                f"gatewayAPI.backendRequestTimeout must be at most {GATEWAY_MAX_TIMEOUT}",
+            ),
+        ),
+    )
+    inference_pool: InferencePoolBackend | None = Field(
+        default=None,
+        description="Send traffic to one InferencePool per revision (<release>-r<N>, "
+        "inference.networking.k8s.io/v1) instead of its Service, for LLM serving. "
+        "Omitted: the per-revision Services.",
+    )
+
+    @field_validator("backend_request_timeout")
+    @classmethod
+    def _positive_backend_timeout(cls, v: str | None) -> str | None:
+        _positive_duration(v, "gatewayAPI.backendRequestTimeout")
+        if v is not None and parse_duration(v) > parse_duration(GATEWAY_MAX_TIMEOUT):
+            raise ValueError(f"gatewayAPI.backendRequestTimeout must be at most "
+                             f"{GATEWAY_MAX_TIMEOUT}")
+        return v
+
+    @field_validator("parent_refs")
+    @classmethod
+    def _distinct_parents(cls, refs: list[GatewayParentRef]) -> list[GatewayParentRef]:
+        for ref in refs:
+            same = [r for r in refs if r.key() == ref.key()]
+            if len(same) > 1 and (
+                ref.section_name is None
+                or sum(r.section_name == ref.section_name for r in same) > 1
+            ):
+                raise ValueError(
+                    "parentRefs naming the same parent more than once need distinct "
+                    "sectionNames"
+                )
+        return refs
+
+
+class TrafficSpec(SpecModel):
+    """How users reach the model: the hosts, and the Istio gateways or the Gateway API
+    parents, of the routes the router manages."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!has(self.gatewayAPI) || !has(self.gateways) || size(self.gateways) == 0",
+                "gateways are Istio gateways: with gatewayAPI, name the Gateways in "
+                "gatewayAPI.parentRefs",
+                field_path=".gateways",
+            ),
+            _cel(
+                "!has(self.gatewayAPI) || !has(self.retries)",
+                "retries are not part of Gateway API's standard HTTPRoute (experimental "
+                "channel only): remove traffic.retries with gatewayAPI and set retries on "
+                "the gateway implementation",
+                field_path=".retries",
+            ),
+            _cel(
+                "!has(self.gatewayAPI) || self.hosts.all(h, h.matches(r'"
+                + GATEWAY_HOSTNAME_PATTERN + "'))",
+                "with gatewayAPI, hosts must be Gateway API hostnames: DNS names, with an "
+                "optional leading *.",
+                field_path=".hosts",
+            ),
+            _cel(
+                "!has(self.gatewayAPI) || !has(self.timeout) || !self.timeout.matches('"
+                + DURATION_PATTERN + "') || duration(self.timeout) <= duration('"
+                + GATEWAY_MAX_TIMEOUT + "')",
+                f"with gatewayAPI, timeout must be at most {GATEWAY_MAX_TIMEOUT}",
+                field_path=".timeout",
+            ),
+            _cel(
+                "!has(self.gatewayAPI) || !has(self.gatewayAPI.backendRequestTimeout) || "
+                "!has(self.timeout) || !self.timeout.matches('" + DURATION_PATTERN + "') || "
+                "!self.gatewayAPI.backendRequestTimeout.matches('" + DURATION_PATTERN
+                + "') || duration(self.gatewayAPI.backendRequestTimeout) <= "
+                "duration(self.timeout)",
+                "gatewayAPI.backendRequestTimeout must be at most timeout",
+                field_path=".gatewayAPI.backendRequestTimeout",
+            ),
+            _cel(
+                "!has(self.meshRouting) || self.meshRouting || has(self.gatewayAPI) || "
                 "(has(self.gateways) && size(self.gateways) > 0)",
                 MESH_ROUTING_NEEDS_GATEWAY,
                 field_path=".meshRouting",
-            )
+            ),
         )
     )
 
@@ -1084,7 +1335,8 @@ class TrafficSpec(SpecModel):
         description=(
             "Hostnames users call, e.g. fraud.example.com (at least one). Used as the "
             "VirtualService hosts, beside the in-cluster name <release>.<namespace>.svc."
-            "<cluster domain> that Rewind adds. Istio's rules: DNS labels of at most 63 "
+            "<cluster domain> that Rewind adds (with gatewayAPI: the HTTPRoute's hostnames, "
+            "alone). Istio's rules: DNS labels of at most 63 "
             "characters, none empty, the last not all digits; a wildcard only as the whole "
             "first label (*.example.com), never over in-cluster Service names; no two hosts "
             "overlapping; not the release's own name as a short host."
@@ -1158,6 +1410,15 @@ class TrafficSpec(SpecModel):
             "x-kubernetes-list-map-keys": ["name"],
         },
     )
+    gateway_api: GatewayAPITraffic | None = Field(
+        default=None,
+        alias="gatewayAPI",
+        description=(
+            "Route through Gateway API instead of Istio: an HTTPRoute <release> attached to "
+            "these parents, weighting the per-revision Services (or InferencePools), with "
+            "the RequestMirror filter for a shadow. Omitted: Istio's VirtualService."
+        ),
+    )
 
     @field_validator("timeout")
     @classmethod
@@ -1190,9 +1451,40 @@ class TrafficSpec(SpecModel):
 
     @model_validator(mode="after")
     def _mesh_or_gateway(self) -> TrafficSpec:
-        if not self.mesh_routing and not self.gateways:
+        if not self.mesh_routing and not self.gateways and self.gateway_api is None:
             raise ValueError(MESH_ROUTING_NEEDS_GATEWAY)
         return self
+
+    @model_validator(mode="after")
+    def _gateway_api_rules(self) -> TrafficSpec:
+        if self.gateway_api is None:
+            return self
+        if self.gateways:
+            raise ValueError("gateways are Istio gateways: with gatewayAPI, name the Gateways "
+                             "in gatewayAPI.parentRefs")
+        if self.retries is not None:
+            raise ValueError(
+                "retries are not part of Gateway API's standard HTTPRoute (experimental "
+                "channel only): remove traffic.retries with gatewayAPI and set retries on "
+                "the gateway implementation"
+            )
+        bad = [h for h in self.hosts if not re.match(GATEWAY_HOSTNAME_PATTERN, h)]
+        if bad:
+            raise ValueError(f"with gatewayAPI, hosts must be Gateway API hostnames: DNS "
+                             f"names, with an optional leading *. (not {', '.join(bad)})")
+        limit = parse_duration(GATEWAY_MAX_TIMEOUT)
+        if self.timeout is not None and parse_duration(self.timeout) > limit:
+            raise ValueError(f"with gatewayAPI, timeout must be at most {GATEWAY_MAX_TIMEOUT}")
+        backend = self.gateway_api.backend_request_timeout
+        if (backend is not None and self.timeout is not None
+                and parse_duration(backend) > parse_duration(self.timeout)):
+            raise ValueError("gatewayAPI.backendRequestTimeout must be at most timeout")
+        return self
+
+    @property
+    def router(self) -> str:
+        """Which router routes this traffic: ``gatewayAPI`` or ``istio``."""
+        return "gatewayAPI" if self.gateway_api is not None else "istio"
 
     @field_validator("header_routes")
     @classmethod

@@ -579,7 +579,7 @@ class ReleaseController:
         in_place = (
             seen.exists
             and not seen.untidy
-            and all(p.kind == "Conflict" for p in seen.problems)
+            and all(p.kind == "Conflict" or not p.fixed_by_write for p in seen.problems)
             and dict(seen.weights) == dict(action.weights)
             and (seen.mirror_revision, seen.mirror_percent)
             == (action.mirror_revision, action.mirror_percent)

@@ -44,9 +44,17 @@ from rewind.adapters.base import (
     RELEASE_LABEL,
 )
 from rewind.adapters.events import EventRecorder
+from rewind.adapters.gateway_api import (
+    GATEWAY_GROUP,
+    GATEWAY_VERSION,
+    HTTPROUTES,
+    GatewayAPIRouter,
+)
+from rewind.adapters.httproute_index import HTTPRouteIndex
 from rewind.adapters.prometheus import DEFAULT_THREADS, PrometheusProvider
 from rewind.adapters.route_index import VirtualServiceIndex
 from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION, IstioRouter
+from rewind.adapters.routers import TrafficRouter
 from rewind.adapters.workloads import KubeWorkloads
 from rewind.api import (
     MODELRELEASE_PLURAL,
@@ -336,10 +344,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.api_client = api_client
     # Filled by route_event from the VirtualService watch; read by the router.
     memo.route_index = VirtualServiceIndex(runtime.cluster_domain)
+    # Filled by http_route_event from the HTTPRoute watch; read by the Gateway API router.
+    memo.http_route_index = HTTPRouteIndex()
     memo.controller = ReleaseController(
         api_client,
-        router=IstioRouter(
-            api_client, index=memo.route_index, cluster_domain=runtime.cluster_domain
+        router=TrafficRouter(
+            api_client,
+            istio=IstioRouter(
+                api_client, index=memo.route_index, cluster_domain=runtime.cluster_domain
+            ),
+            gateway_api=GatewayAPIRouter(api_client, index=memo.http_route_index),
         ),
         workloads=KubeWorkloads(api_client),
         metrics=runtime.prometheus_provider(),
@@ -476,6 +490,19 @@ async def route_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     them when it starts, so the index fills itself after a restart. Nothing is written."""
     obj: Mapping[str, Any] = event.get("object") or {}
     index: VirtualServiceIndex = memo.route_index
+    for namespace, release in sorted(index.apply(event.get("type"), obj)):
+        memo.loops.poke(namespace, release)
+
+
+@kopf.on.event(GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES)
+async def http_route_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the HTTPRoute index current (Gateway API route conflicts are looked up in it)
+    and wake the releases a change concerns: those whose hosts another route now takes or
+    no longer takes, and the owner of a Rewind HTTPRoute that was edited by someone else,
+    deleted, or accepted or refused by a gateway (a new ``status.parents``), so a step
+    starts as soon as the gateway accepts its routes. Nothing is written."""
+    obj: Mapping[str, Any] = event.get("object") or {}
+    index: HTTPRouteIndex = memo.http_route_index
     for namespace, release in sorted(index.apply(event.get("type"), obj)):
         memo.loops.poke(namespace, release)
 

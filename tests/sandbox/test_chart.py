@@ -590,6 +590,11 @@ ALLOWED_NAMESPACED = [
     ("list", "virtualservices.networking.istio.io"),  # the route conflict index
     ("watch", "virtualservices.networking.istio.io"),
     ("patch", "destinationrules.networking.istio.io"),
+    ("patch", "httproutes.gateway.networking.k8s.io"),
+    ("list", "httproutes.gateway.networking.k8s.io"),  # the HTTPRoute conflict index
+    ("watch", "httproutes.gateway.networking.k8s.io"),
+    ("delete", "httproutes.gateway.networking.k8s.io"),  # a release that left Gateway API
+    ("patch", "inferencepools.inference.networking.k8s.io"),
     ("patch", "deployments.apps"),
     ("patch", "deployments.apps", "--subresource=scale"),
     ("list", "deployments.apps"),
@@ -617,6 +622,8 @@ DENIED_NAMESPACED = [
     ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("update", "configmaps"),
     ("create", "gateways.networking.istio.io"),
+    ("create", "gateways.gateway.networking.k8s.io"),
+    ("patch", "httproutes.gateway.networking.k8s.io", "--subresource=status"),
 ]
 
 

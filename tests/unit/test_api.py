@@ -57,6 +57,14 @@ CUSTOM_REASONS = {
     "required when onSuccess.action is Canary",
     "required when onSuccess.action is BlueGreen",
     "only allowed when onSuccess.action is Canary",
+    "with gatewayAPI, name the Gateways in gatewayAPI.parentRefs",
+    "retries are not part of Gateway API's standard HTTPRoute",
+    "must be Gateway API hostnames",
+    "timeout must be at most 99999h",
+    "backendRequestTimeout must be at most timeout",
+    "need distinct sectionNames",
+    "port is required when kind is Service",
+    "header names must be unique within a header route",
 }
 
 
@@ -79,6 +87,7 @@ def test_examples_exist() -> None:
         "fraud-detection-canary.yaml",
         "chatbot-bluegreen-approval.yaml",
         "recommender-shadow.yaml",
+        "llm-gateway-api-canary.yaml",
     }
 
 
@@ -88,6 +97,7 @@ def test_examples_exist() -> None:
         ("fraud-detection-canary.yaml", api.StrategyType.CANARY),
         ("chatbot-bluegreen-approval.yaml", api.StrategyType.BLUE_GREEN),
         ("recommender-shadow.yaml", api.StrategyType.SHADOW),
+        ("llm-gateway-api-canary.yaml", api.StrategyType.CANARY),
     ],
 )
 def test_example_parses(file: str, strategy: api.StrategyType) -> None:

@@ -16,13 +16,12 @@ from rewind.adapters.router import (
     _spec_difference,
     build_virtual_service,
     parse_routes,
-    primary_of,
     release_claim,
     route_problems,
     uses_subsets,
     validate_weights,
 )
-from rewind.adapters.workloads import build_umbrella_service, umbrella_revision
+from rewind.adapters.workloads import build_umbrella_service, primary_of, umbrella_revision
 from rewind.api import TrafficSpec
 
 OWNER = OwnerRef(name="fraud", uid="0b7c6a2e-1111-2222-3333-444455556666")

@@ -130,6 +130,16 @@ app.kubernetes.io/part-of: rewind
 - apiGroups: [networking.istio.io]
   resources: [virtualservices, destinationrules]
   verbs: [get, list, watch, create, patch, update, delete]
+# The same on Gateway API (spec.traffic.gatewayAPI): the release's HTTPRoute; list/watch
+# feed the index of HTTPRoutes where precedence conflicts are looked up, and wake a
+# release when a gateway accepts or refuses its route (status is read, never written).
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [get, list, watch, create, patch, update, delete]
+# One InferencePool per revision (spec.traffic.gatewayAPI.inferencePool).
+- apiGroups: [inference.networking.k8s.io]
+  resources: [inferencepools]
+  verbs: [get, create, patch, update, delete]
 # Events about releases (the operator's recorder and Kopf's handler events).
 - apiGroups: [""]
   resources: [events]

@@ -187,6 +187,9 @@ class RouteProblem:
     #: For ``Refused``: the routes whose write was refused (the problem concerns only a
     #: wish for those same routes; a different wish is written and judged afresh).
     wanted: RouteState | None = None
+    #: Whether writing the routes again may resolve it; False for what only someone else
+    #: can change (a gateway that has not accepted the route yet).
+    fixed_by_write: bool = True
 
 
 @dataclass(frozen=True)

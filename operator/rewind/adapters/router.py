@@ -50,7 +50,12 @@ from rewind.adapters.route_index import (
     other_spec_managers,
     overlaps,
 )
-from rewind.adapters.workloads import build_umbrella_service, umbrella_revision
+from rewind.adapters.workloads import (
+    UmbrellaService,
+    primary_of,
+    umbrella_conflict,
+    umbrella_revision,
+)
 from rewind.api import parse_duration
 
 if TYPE_CHECKING:
@@ -191,15 +196,6 @@ def release_claim(
     hosts, gateways = route_bindings(release_name, namespace, traffic, cluster_domain)
     return RouteClaim.wanted(release_name, namespace, hosts, gateways, cluster_domain)
 
-
-def primary_of(weights: Mapping[int, int], primary_revision: int | None) -> int | None:
-    """The revision the umbrella Service selects: ``primary_revision`` when given, else the
-    revision with all the weight, else the lowest-numbered live one (None: no live one)."""
-    if primary_revision is not None:
-        return primary_revision
-    live = sorted(r for r, w in weights.items() if w > 0)
-    full = [r for r in live if weights[r] == 100]
-    return full[0] if full else (live[0] if live else None)
 
 
 def build_virtual_service(
@@ -347,7 +343,9 @@ class IstioRouter:
         cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
     ) -> None:
         self._api = client.CustomObjectsApi(api_client)
-        self._core = client.CoreV1Api(api_client)
+        self._umbrella = UmbrellaService(
+            api_client, field_manager=field_manager, request_timeout=request_timeout
+        )
         self._field_manager = field_manager
         self._timeout = request_timeout
         self.index = index
@@ -362,11 +360,6 @@ class IstioRouter:
             plural,
             name,
             timeout=self._timeout,
-        )
-
-    async def _get_service(self, name: str, namespace: str) -> dict[str, Any] | None:
-        return await _kube.get_or_none(
-            self._core.read_namespaced_service, name, namespace, timeout=self._timeout
         )
 
     @staticmethod
@@ -409,25 +402,6 @@ class IstioRouter:
             timeout=self._timeout,
         )
 
-    async def _apply_service(self, body: dict[str, Any]) -> dict[str, Any]:
-        meta = body["metadata"]
-        try:
-            return await _kube.call(
-                self._core.patch_namespaced_service,
-                meta["name"],
-                meta["namespace"],
-                body,
-                field_manager=self._field_manager,
-                force=True,
-                field_validation="Strict",
-                _content_type=_kube.APPLY_PATCH,
-                timeout=self._timeout,
-            )
-        except client.ApiException as err:
-            if not self._is_refusal(err):
-                raise
-            raise self._refused(body, err) from err
-
     @staticmethod
     def _check_owner(obj: Mapping[str, Any] | None, owner: OwnerRef) -> None:
         if obj is not None and not owner.owns(obj):
@@ -464,18 +438,19 @@ class IstioRouter:
             release, namespace, owner, traffic, weights, mirror_revision, mirror_percent,
             header_revision, self.cluster_domain,
         )
-        primary = primary_of(weights, primary_revision)
-        umbrella = build_umbrella_service(release, namespace, owner, traffic.port, primary)
         current_vs, legacy_rule, current_umbrella = await asyncio.gather(
             self._get("virtualservices", release, namespace),
             self._get("destinationrules", release, namespace),
-            self._get_service(release, namespace),
+            self._umbrella.get(release, namespace),
         )
         self._check_owner(current_vs, owner)
         self._check_owner(current_umbrella, owner)
         stored = await self._apply("virtualservices", virtual_service)
         await self._drop_foreign_fields("virtualservices", virtual_service, stored)
-        await self._apply_service(umbrella)
+        await self._umbrella.point(
+            release, namespace, owner, traffic.port, primary_of(weights, primary_revision),
+            current_umbrella,
+        )
         if legacy_rule is not None and owner.owns(legacy_rule) and not uses_subsets(current_vs):
             await self._delete_legacy_rule(release, namespace)
 
@@ -532,7 +507,7 @@ class IstioRouter:
         no VirtualService."""
         virtual_service, umbrella = await asyncio.gather(
             self._get("virtualservices", release, namespace),
-            self._get_service(release, namespace),
+            self._umbrella.get(release, namespace),
         )
         if virtual_service is None:
             return None
@@ -572,7 +547,7 @@ class IstioRouter:
         and the revision the umbrella Service selects."""
         virtual_service, umbrella, legacy_rule, conflicts = await asyncio.gather(
             self._get("virtualservices", release, namespace),
-            self._get_service(release, namespace),
+            self._umbrella.get(release, namespace),
             self._get("destinationrules", release, namespace),
             self._conflicts(release, namespace, traffic),
         )
@@ -611,20 +586,6 @@ class IstioRouter:
             untidy=untidy,
         )
 
-
-def umbrella_conflict(
-    release: str, namespace: str, owner: OwnerRef, umbrella: Mapping[str, Any] | None
-) -> list[RouteProblem]:
-    """A Service of the release's name that belongs to someone else: Rewind will not move
-    its selector (so it does not report one)."""
-    if umbrella is None or owner.owns(umbrella):
-        return []
-    return [RouteProblem(
-        "Conflict",
-        f"Service {namespace}/{release} exists and is not owned by ModelRelease {owner.name}: "
-        "Rewind will not point the release's in-cluster name at a revision; delete it or "
-        "rename the release",
-    )]
 
 
 def route_problems(

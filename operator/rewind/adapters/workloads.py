@@ -41,6 +41,8 @@ from rewind.adapters.base import (
     OwnerRef,
     OwnershipConflictError,
     RevisionObservation,
+    RouteProblem,
+    RouteRefusedError,
     SnapshotConflictError,
     SnapshotCorruptError,
     SnapshotNotFoundError,
@@ -268,6 +270,97 @@ def umbrella_revision(service: Mapping[str, Any], release: str) -> int | None:
     except ValueError:
         return None
     return revision if revision > 0 else None
+
+
+def primary_of(weights: Mapping[int, int], primary_revision: int | None) -> int | None:
+    """The revision the umbrella Service selects: ``primary_revision`` when given, else the
+    revision with all the weight, else the lowest-numbered live one (None: no live one)."""
+    if primary_revision is not None:
+        return primary_revision
+    live = sorted(r for r, w in weights.items() if w > 0)
+    full = [r for r in live if weights[r] == 100]
+    return full[0] if full else (live[0] if live else None)
+
+
+def umbrella_conflict(
+    release: str, namespace: str, owner: OwnerRef, umbrella: Mapping[str, Any] | None
+) -> list[RouteProblem]:
+    """A Service of the release's name that belongs to someone else: Rewind will not move
+    its selector (so it does not report one)."""
+    if umbrella is None or owner.owns(umbrella):
+        return []
+    return [RouteProblem(
+        "Conflict",
+        f"Service {namespace}/{release} exists and is not owned by ModelRelease {owner.name}: "
+        "Rewind will not point the release's in-cluster name at a revision; delete it or "
+        "rename the release",
+    )]
+
+
+class UmbrellaService:
+    """Reads the umbrella Service ``<release>`` and points it at one revision.
+
+    Whichever router writes a release's routes (Istio or Gateway API) points it with them,
+    and reads it back as ``RouteObservation.primary_revision``: a caller that bypasses the
+    routes reaches the revision serving users whatever routes them."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        *,
+        field_manager: str = FIELD_MANAGER,
+        request_timeout: float = 30.0,
+    ) -> None:
+        self._core = client.CoreV1Api(api_client)
+        self._field_manager = field_manager
+        self._timeout = request_timeout
+
+    async def get(self, release: str, namespace: str) -> dict[str, Any] | None:
+        """The Service ``<release>`` as the API server has it (None: there is none)."""
+        return await _kube.get_or_none(
+            self._core.read_namespaced_service, release, namespace, timeout=self._timeout
+        )
+
+    async def point(
+        self,
+        release: str,
+        namespace: str,
+        owner: OwnerRef,
+        port: int,
+        revision: int | None,
+        current: Mapping[str, Any] | None,
+    ) -> None:
+        """Apply the umbrella Service selecting ``revision`` (None: no pod). ``current`` is
+        the Service as read before the route write.
+
+        Raises OwnershipConflictError when ``current`` is someone else's, and
+        RouteRefusedError when the API server refuses the apply (4xx other than 408/429);
+        other API failures propagate and are retried as any."""
+        if current is not None and not owner.owns(current):
+            raise OwnershipConflictError(
+                f"Service {namespace}/{release} exists and is not owned by ModelRelease "
+                f"{owner.name} (uid {owner.uid}); refusing to overwrite it"
+            )
+        body = build_umbrella_service(release, namespace, owner, port, revision)
+        try:
+            await _kube.call(
+                self._core.patch_namespaced_service,
+                release,
+                namespace,
+                body,
+                field_manager=self._field_manager,
+                force=True,
+                field_validation="Strict",
+                _content_type=_kube.APPLY_PATCH,
+                timeout=self._timeout,
+            )
+        except client.ApiException as err:
+            if err.status is None or not 400 <= err.status < 500 or err.status in (408, 429):
+                raise  # unreachable, overloaded: retried as any API failure
+            raise RouteRefusedError(
+                f"Service {namespace}/{release} was refused by the API server "
+                f"(HTTP {err.status}): {_kube.api_message(err)}"
+            ) from err
 
 
 def build_snapshot(
