@@ -318,6 +318,13 @@ def _validations(*rules: dict[str, str]) -> dict[str, Any]:
 # --- hosts and gateways, as Istio checks them ------------------------------------------
 # Each rule is written as CEL (admission) and as a Python check (pydantic), with one message.
 
+HOST_BAD_LABEL = (
+    "each label of a host is a DNS-1123 label (lowercase letters, digits and '-', starting "
+    "and ending with a letter or digit; a..b-.c is not): Istio refuses the VirtualService "
+    "(agent.ValidateWildcardDomain)"
+)
+#: One DNS-1123 label (Istio's ``labels.IsDNS1123Label``, lowercase as HOST_PATTERN).
+DNS_LABEL_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 HOST_EMPTY_LABEL = (
     "a host has no empty DNS label (a..b): Istio refuses the VirtualService "
     "(agent.ValidateWildcardDomain)"
@@ -365,6 +372,9 @@ def host_label_error(host: str) -> str | None:
         return HOST_EMPTY_LABEL
     if any(len(label) > DNS_LABEL_MAX for label in labels):
         return HOST_LONG_LABEL
+    wildcard = labels[0] == "*"
+    if any(not re.match(DNS_LABEL_RE, label) for label in labels[1 if wildcard else 0:]):
+        return HOST_BAD_LABEL
     if labels[-1].isdigit():
         return HOST_NUMERIC_TLD
     return None
@@ -467,6 +477,11 @@ def _host_rules() -> dict[str, Any]:
     return _validations(
         _cel("!self.contains('..')", HOST_EMPTY_LABEL),
         _cel(f"self.split('.').all(l, l.size() <= {DNS_LABEL_MAX})", HOST_LONG_LABEL),
+        _cel(
+            "self.contains('..') || self.split('.').all(l, l == '*' || l.matches('"
+            + DNS_LABEL_RE + "'))",
+            HOST_BAD_LABEL,
+        ),
         _cel("!self.matches('(^|[.])[0-9]+$')", HOST_NUMERIC_TLD),
         _cel(
             "!self.startsWith('*.') || !(self.substring(2).matches('^svc([.]|$)') || "
