@@ -85,6 +85,11 @@ CHAT_RP = ("chatbot-bluegreen-approval.yaml", "RolloutPolicy")
 REC_RP = ("recommender-shadow.yaml", "RolloutPolicy")
 D64 = "ab" * 32
 TAG_IMAGE = "registry.example.com/fraud-server:2.1.0"
+LLM_MR = ("llm-gpu-grpc.yaml", "ModelRelease")
+LLM_RP = ("llm-gpu-grpc.yaml", "RolloutPolicy")
+TEMPLATE = "spec.serving.template.spec"
+SERVER = f"{TEMPLATE}.containers[0]"
+SIDECAR = {"name": "log-shipper", "image": "registry.example.com/shipper@sha256:" + "d" * 64}
 STEPS = "spec.strategy.canary.steps"
 M0 = "spec.analysis.metrics[0]"
 ON_SUCCESS = "spec.strategy.shadow.onSuccess"
@@ -305,6 +310,132 @@ INVALID: list[Case] = [
         "metadata.name",
         "should match",
         pydantic=False,
+    ),
+    # --- ModelRelease: pod template ---------------------------------------------------------
+    Case(
+        "template-and-workload-ref",
+        LLM_MR,
+        (("spec.serving.workloadRef", {"name": "llama-chat-template"}),),
+        "spec.serving.workloadRef",
+        "not both",
+    ),
+    Case(
+        "template-model-server-image",
+        LLM_MR,
+        ((f"{SERVER}.image", "nvcr.io/nvidia/tritonserver@sha256:" + D64),),
+        f"{TEMPLATE}.containers",
+        "remove image",
+    ),
+    Case(
+        # The first container is the model server when none is named model-server.
+        "template-first-container-is-the-model-server",
+        LLM_MR,
+        ((f"{SERVER}.name", "triton"), (f"{SERVER}.image", "nvcr.io/nvidia/triton@sha256:" + D64)),
+        f"{TEMPLATE}.containers",
+        "remove image",
+    ),
+    Case(
+        "template-sidecar-tag-image",
+        LLM_MR,
+        ((f"{TEMPLATE}.containers", [{"name": "model-server"},
+                                     {"name": "log-shipper", "image": "shipper:1.2"}]),),
+        f"{TEMPLATE}.containers",
+        "pinned by digest",
+    ),
+    Case(
+        "template-init-container-tag-image",
+        LLM_MR,
+        ((f"{TEMPLATE}.initContainers[0].image", "registry.example.com/ml/weights-check:v2"),),
+        f"{TEMPLATE}.initContainers",
+        "pinned by digest",
+    ),
+    Case(
+        "template-serving-port-repeated",
+        LLM_MR,
+        ((f"{SERVER}.ports", [{"name": "grpc", "containerPort": 8001}]),),
+        f"{TEMPLATE}.containers",
+        "remove that port",
+    ),
+    Case(
+        "template-port-named-http",
+        LLM_MR,
+        ((f"{SERVER}.ports", [{"name": "http", "containerPort": 8000}]),),
+        f"{TEMPLATE}.containers",
+        "remove that port",
+    ),
+    Case(
+        "template-sets-model-uri",
+        LLM_MR,
+        ((f"{SERVER}.env", [{"name": "MODEL_URI", "value": "s3://elsewhere"}]),),
+        f"{TEMPLATE}.containers",
+        "set by Rewind",
+    ),
+    Case(
+        "resources-twice",
+        LLM_MR,
+        (("spec.serving.resources", {"limits": {"memory": "4Gi"}}),),
+        "spec.serving.resources",
+        "not both",
+    ),
+    Case(
+        "liveness-twice",
+        FRAUD_MR,
+        (
+            ("spec.serving.template", {"spec": {"containers": [
+                {"name": "model-server", "livenessProbe": {"tcpSocket": {"port": 8080}}}]}}),
+            ("spec.serving.resources", DELETE),
+        ),
+        "spec.serving.livenessPath",
+        "not both",
+    ),
+    Case(
+        "grpc-with-liveness-path",
+        LLM_MR,
+        (("spec.serving.livenessPath", "/healthz"),),
+        "spec.serving.livenessPath",
+        "is an HTTP path",
+    ),
+    Case(
+        "args-twice",
+        LLM_MR,
+        (("spec.code.args", ["--log-verbose=1"]),),
+        f"{TEMPLATE}.containers",
+        "not both",
+    ),
+    Case(
+        "template-without-containers",
+        LLM_MR,
+        ((f"{TEMPLATE}.containers", []),),
+        f"{TEMPLATE}.containers",
+        "should have at least 1 items",
+    ),
+    Case(
+        "template-container-name",
+        LLM_MR,
+        ((f"{TEMPLATE}.initContainers[0].name", "Check_Weights"),),
+        f"{TEMPLATE}.initContainers[0].name",
+        "should match",
+    ),
+    Case(
+        "template-unknown-protocol",
+        LLM_MR,
+        (("spec.serving.protocol", "tcp"),),
+        "spec.serving.protocol",
+        "Unsupported value",
+    ),
+    Case(
+        "workload-ref-bad-name",
+        FRAUD_MR,
+        (("spec.serving.workloadRef", {"name": "Helm Release"}),),
+        "spec.serving.workloadRef.name",
+        "should match",
+    ),
+    Case(
+        "unknown-sidecar-mode",
+        FRAUD_MR,
+        (("spec.traffic.sidecar", "Off"),),
+        "spec.traffic.sidecar",
+        "Unsupported value",
     ),
     # --- RolloutPolicy --------------------------------------------------------------------
     Case(
@@ -624,6 +755,42 @@ VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] =
                                       "retryOn": "connect-failure,503"}),
         ),
     ),
+    (
+        "template-tag-images-with-opt-in",
+        LLM_MR,
+        (
+            (f"{TEMPLATE}.initContainers[0].image", "registry.example.com/ml/weights-check:v2"),
+            ("spec.code.allowTagImage", True),
+        ),
+    ),
+    (
+        # A pinned sidecar first, the model server named: the order does not matter.
+        "template-sidecar-before-the-model-server",
+        LLM_MR,
+        (
+            (f"{TEMPLATE}.containers", [
+                SIDECAR,
+                {"name": "model-server", "args": ["tritonserver"]},
+            ]),
+        ),
+    ),
+    (
+        # Only the model-server container's port is Rewind's: a sidecar may use any.
+        "template-sidecar-uses-any-port",
+        LLM_MR,
+        ((f"{TEMPLATE}.containers", [{"name": "model-server"}, {**SIDECAR, "ports": [
+            {"name": "http", "containerPort": 8001}]}]),),
+    ),
+    (
+        "template-minimal",
+        FRAUD_MR,
+        (("spec.serving.template", {"spec": {"containers": [{"name": "model-server"}]}}),),
+    ),
+    ("workload-ref", FRAUD_MR, (("spec.serving.workloadRef", {"name": "fraud-helm"}),)),
+    ("protocol-grpc", FRAUD_MR, (("spec.serving.protocol", "grpc"),
+                                 ("spec.serving.livenessPath", DELETE))),
+    ("protocol-http2", FRAUD_MR, (("spec.serving.protocol", "http2"),)),
+    ("sidecar-required", FRAUD_MR, (("spec.traffic.sidecar", "Required"),)),
     ("threshold-min-only", FRAUD_RP, ((f"{M0}.thresholds", {"min": 0.9}),)),
     ("threshold-min-equals-max", FRAUD_RP, ((f"{M0}.thresholds", {"min": 1, "max": 1}),)),
     ("single-step-to-100", FRAUD_RP, ((STEPS, [{"weight": 100}]),)),

@@ -46,6 +46,11 @@ CUSTOM_REASONS = {
     "required when onSuccess.action is Canary",
     "required when onSuccess.action is BlueGreen",
     "only allowed when onSuccess.action is Canary",
+    "not both",
+    "remove image",
+    "remove that port",
+    "set by Rewind",
+    "is an HTTP path",
 }
 
 
@@ -68,6 +73,7 @@ def test_examples_exist() -> None:
         "fraud-detection-canary.yaml",
         "chatbot-bluegreen-approval.yaml",
         "recommender-shadow.yaml",
+        "llm-gpu-grpc.yaml",
     }
 
 
@@ -77,6 +83,7 @@ def test_examples_exist() -> None:
         ("fraud-detection-canary.yaml", api.StrategyType.CANARY),
         ("chatbot-bluegreen-approval.yaml", api.StrategyType.BLUE_GREEN),
         ("recommender-shadow.yaml", api.StrategyType.SHADOW),
+        ("llm-gpu-grpc.yaml", api.StrategyType.CANARY),
     ],
 )
 def test_example_parses(file: str, strategy: api.StrategyType) -> None:
