@@ -42,23 +42,21 @@ from rewind.adapters.base import (
     release_labels,
     release_selector,
 )
-from rewind.api import ModelReleaseSpec, spec_hash, workload_name
-
-CONTAINER_NAME = "model-server"
-SNAPSHOTS_PATH = "/apis/apps/v1/namespaces/{namespace}/controllerrevisions"
-PORT_NAME = "http"
-VERSION_LABEL = "app.kubernetes.io/version"
-
-#: Env vars the operator injects; they win over a user env var of the same name because
-#: they describe the snapshot the pod was built from.
-INJECTED_ENV = (
-    "REWIND_RELEASE",
-    "REWIND_REVISION",
-    "MODEL_URI",
-    "MODEL_DIGEST",
-    "MODEL_VERSION",
-    "DATA_VERSION",
+from rewind.api import (
+    MODEL_SERVER_CONTAINER,
+    SERVING_PORT_NAME,
+    ModelReleaseSpec,
+    ServingProtocol,
+    model_server_index,
+    spec_hash,
+    workload_name,
 )
+
+CONTAINER_NAME = MODEL_SERVER_CONTAINER
+SNAPSHOTS_PATH = "/apis/apps/v1/namespaces/{namespace}/controllerrevisions"
+#: The model server's port, by name in the container and as targetPort in the Services.
+PORT_NAME = SERVING_PORT_NAME
+VERSION_LABEL = "app.kubernetes.io/version"
 
 
 def _check_revision(revision: int) -> None:
@@ -130,26 +128,27 @@ def _probe(path: str) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": PORT_NAME}, "periodSeconds": 5}
 
 
-def build_deployment(
-    release: str,
-    namespace: str,
-    owner: OwnerRef,
-    revision: int,
-    spec: ModelReleaseSpec,
-    replicas: int,
-) -> dict[str, Any]:
-    """The revision's Deployment ``<release>-r<N>``, built from its snapshot spec."""
-    _check_revision(revision)
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
-        raise ValueError(f"replicas must be an int >= 0, got {replicas!r}")
-    annotations = revision_annotations(spec, spec_hash(spec))
+def _readiness_probe(spec: ModelReleaseSpec) -> dict[str, Any]:
+    """The model server's default readiness probe, by protocol: an HTTP GET of
+    readinessPath; the gRPC health service (grpc.health.v1) on port; for http2 a TCP
+    connect, since the kubelet's HTTP probes speak HTTP/1.1 only."""
+    serving = spec.serving
+    if serving.protocol == ServingProtocol.GRPC:
+        return {"grpc": {"port": serving.port}, "periodSeconds": 5}
+    if serving.protocol == ServingProtocol.HTTP2:
+        return {"tcpSocket": {"port": PORT_NAME}, "periodSeconds": 5}
+    return _probe(serving.readiness_path)
+
+
+def _model_server(release: str, revision: int, spec: ModelReleaseSpec) -> dict[str, Any]:
+    """The model-server container from the short fields (code and serving)."""
     serving = spec.serving
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.code.image,
         "env": container_env(release, revision, spec),
         "ports": [{"name": PORT_NAME, "containerPort": serving.port, "protocol": "TCP"}],
-        "readinessProbe": _probe(serving.readiness_path),
+        "readinessProbe": _readiness_probe(spec),
     }
     if spec.code.args:
         container["args"] = list(spec.code.args)
@@ -165,6 +164,66 @@ def build_deployment(
         container["resources"] = resources
     if serving.liveness_path:
         container["livenessProbe"] = _probe(serving.liveness_path)
+    return container
+
+
+def build_pod_template(
+    release: str, revision: int, spec: ModelReleaseSpec, annotations: Mapping[str, str]
+) -> dict[str, Any]:
+    """The revision's pod template: the spec's template (if any) with Rewind's part in it.
+
+    Without a template: one container from the short fields. With one: the template as
+    written, whose model-server container (named model-server, else the first) runs
+    code.image on serving.port (port ``http``), with the template's env followed by
+    code.env and the revision's own variables (MODEL_URI, MODEL_DIGEST, ...: they describe
+    the snapshot, so they win); code.args, serving.resources, the readiness probe of
+    serving.protocol and livenessPath fill what its container leaves unset (admission
+    refuses a field set in both places). Rewind's labels and annotations win over the
+    template's (the Deployment selects its pods by them, Istio names them by them)."""
+    short = _model_server(release, revision, spec)
+    labels = pod_labels(release, revision)
+    template = spec.serving.template
+    if template is None:
+        return {
+            "metadata": {"labels": labels, "annotations": dict(annotations)},
+            "spec": {"containers": [short]},
+        }
+    doc = template.model_dump(mode="json", by_alias=True, exclude_none=True)
+    meta = doc.get("metadata") or {}
+    pod: dict[str, Any] = doc["spec"]
+    index = model_server_index(template)
+    written: dict[str, Any] = pod["containers"][index]
+    server = {**written, "name": written["name"], "image": spec.code.image}
+    own = {e["name"] for e in short["env"]}
+    server["env"] = [e for e in written.get("env") or [] if e["name"] not in own]
+    server["env"] += short["env"]
+    server["ports"] = [*short["ports"], *(written.get("ports") or [])]
+    for key in ("args", "resources", "readinessProbe", "livenessProbe"):
+        if key not in written and key in short:
+            server[key] = short[key]
+    pod["containers"][index] = server
+    return {
+        "metadata": {
+            "labels": {**(meta.get("labels") or {}), **labels},
+            "annotations": {**(meta.get("annotations") or {}), **annotations},
+        },
+        "spec": pod,
+    }
+
+
+def build_deployment(
+    release: str,
+    namespace: str,
+    owner: OwnerRef,
+    revision: int,
+    spec: ModelReleaseSpec,
+    replicas: int,
+) -> dict[str, Any]:
+    """The revision's Deployment ``<release>-r<N>``, built from its snapshot spec."""
+    _check_revision(revision)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise ValueError(f"replicas must be an int >= 0, got {replicas!r}")
+    annotations = revision_annotations(spec, spec_hash(spec))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -178,13 +237,7 @@ def build_deployment(
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {RELEASE_LABEL: release, REVISION_LABEL: str(revision)}},
-            "template": {
-                "metadata": {
-                    "labels": pod_labels(release, revision),
-                    "annotations": annotations,
-                },
-                "spec": {"containers": [container]},
-            },
+            "template": build_pod_template(release, revision, spec, annotations),
         },
     }
 
@@ -197,6 +250,9 @@ def _service(
     selector: Mapping[str, str],
     spec: ModelReleaseSpec,
 ) -> dict[str, Any]:
+    # Istio reads the protocol from appProtocol (then from the port name's prefix): grpc
+    # gets gRPC status codes in its telemetry and HTTP/2 to the pods.
+    protocol = spec.serving.protocol.value
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -205,8 +261,8 @@ def _service(
             "selector": dict(selector),
             "ports": [
                 {
-                    "name": PORT_NAME,
-                    "appProtocol": "http",
+                    "name": protocol,
+                    "appProtocol": protocol,
                     "port": spec.traffic.port,
                     # By name: each revision's pods may listen on a different port.
                     "targetPort": PORT_NAME,
@@ -332,6 +388,8 @@ def observe_deployment(deployment: Mapping[str, Any]) -> RevisionObservation | N
     template = spec.get("template", {})
     annotations = (template.get("metadata") or {}).get("annotations") or {}
     containers = (template.get("spec") or {}).get("containers") or [{}]
+    names = [c.get("name") for c in containers]
+    server = containers[names.index(CONTAINER_NAME) if CONTAINER_NAME in names else 0]
     if deadline_exceeded:
         message = str(progressing.get("message", "progress deadline exceeded"))
     else:
@@ -344,7 +402,7 @@ def observe_deployment(deployment: Mapping[str, Any]) -> RevisionObservation | N
         min_available=replicas > 0 and current and available_condition and ready > 0,
         available_replicas=int(status.get("availableReplicas") or 0),
         name=f"{meta.get('namespace', '')}/{meta.get('name', '')}",
-        image=str(containers[0].get("image", "")),
+        image=str(server.get("image", "")),
         model_digest=str(annotations.get(MODEL_DIGEST_ANNOTATION, "")),
         spec_hash=str(annotations.get(SPEC_HASH_ANNOTATION, "")),
         progress_deadline_exceeded=deadline_exceeded,
