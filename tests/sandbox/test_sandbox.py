@@ -113,6 +113,45 @@ def test_deployment_becomes_available_through_kwok(kubectl: Kubectl, namespace: 
     assert all(p["status"]["phase"] == "Running" for p in pods)
 
 
+def test_gpu_pods_land_on_the_tainted_gpu_node_within_its_capacity(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    """The GPU node pool: pods that tolerate its taint and ask for a GPU run there, as many
+    as it has GPUs (4); the next one waits, as on a real pool."""
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "llm", "namespace": namespace},
+        "spec": {
+            "replicas": 5,
+            "selector": {"matchLabels": {"app": "llm"}},
+            "template": {
+                "metadata": {"labels": {"app": "llm"}},
+                "spec": {
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                     "effect": "NoSchedule"}],
+                    "containers": [{"name": "llm", "image": "example.invalid/llm:1",
+                                    "resources": {"limits": {"nvidia.com/gpu": 1}}}],
+                },
+            },
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(deployment))
+
+    def placed() -> tuple[list[str], int] | None:
+        pods = json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
+        running = [p["spec"]["nodeName"] for p in pods if p["status"].get("phase") == "Running"]
+        unschedulable = [
+            p for p in pods
+            if any(c.get("reason") == "Unschedulable"
+                   for c in p["status"].get("conditions") or [])
+        ]
+        return (running, len(unschedulable)) if len(running) == 4 and unschedulable else None
+
+    running, waiting = wait_for("4 GPU pods running and one unschedulable", placed, timeout=60)
+    assert running == ["kwok-gpu-node-0"] * 4 and waiting == 1
+
+
 def test_rbac_forbids_the_developer_what_the_admin_may_do(
     kubectl: Kubectl, namespace: str, sandbox: Sandbox
 ) -> None:

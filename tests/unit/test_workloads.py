@@ -12,7 +12,9 @@ from rewind.adapters.workloads import (
     build_revision_service,
     build_snapshot,
     build_umbrella_service,
+    has_mesh_proxy,
     observe_deployment,
+    proxy_expectation,
     spec_from_snapshot,
 )
 from rewind.api import ModelReleaseSpec, spec_hash
@@ -442,3 +444,61 @@ def test_snapshot_records_the_whole_template() -> None:
     assert restored == spec
     assert build_deployment("fraud", "shop", OWNER, 4, restored, 1) == build_deployment(
         "fraud", "shop", OWNER, 4, spec, 1)
+
+
+# --- Istio's proxy -----------------------------------------------------------------------
+
+
+def pod(annotations: dict[str, str] | None = None, containers: tuple[str, ...] = ("m",),
+        init: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "metadata": {"annotations": annotations or {}},
+        "spec": {"containers": [{"name": n} for n in containers],
+                 "initContainers": [{"name": n} for n in init]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("observed", "meshed"),
+    [
+        (pod(), False),
+        (pod({"sidecar.istio.io/status": '{"containers":["istio-proxy"]}'}), True),
+        (pod(containers=("m", "istio-proxy")), True),
+        (pod(init=("istio-init", "istio-proxy")), True),  # a native sidecar (Istio >= 1.19)
+        (pod({"ambient.istio.io/redirection": "enabled"}), True),
+        (pod({"ambient.istio.io/redirection": "disabled"}), False),
+        (pod({"sidecar.istio.io/inject": "true"}), False),  # asked for, not injected
+    ],
+)
+def test_a_pod_has_istios_proxy_when_injected_or_in_ambient_mode(
+    observed: dict[str, Any], meshed: bool
+) -> None:
+    assert has_mesh_proxy(observed) is meshed
+
+
+@pytest.mark.parametrize(
+    ("mode", "namespace_labels", "pod_labels", "expected"),
+    [
+        ("Auto", {}, {}, ""),  # the sandbox, a cluster without Istio: nothing to check
+        ("Auto", {"istio-injection": "enabled"}, {},
+         "namespace shop is labelled istio-injection=enabled"),
+        ("Auto", {"istio-injection": "disabled", "istio.io/rev": "1-22"}, {}, ""),
+        ("Auto", {"istio.io/rev": "1-22"}, {}, "namespace shop is labelled istio.io/rev=1-22"),
+        ("Auto", {"istio.io/dataplane-mode": "ambient"}, {},
+         "namespace shop is in ambient mode (istio.io/dataplane-mode=ambient)"),
+        ("Auto", {"istio-injection": "enabled"}, {"sidecar.istio.io/inject": "false"}, ""),
+        ("Auto", {}, {"sidecar.istio.io/inject": "true"},
+         "the pod template is labelled sidecar.istio.io/inject=true"),
+        ("Required", {}, {}, "spec.traffic.sidecar is Required"),
+        ("Ignore", {"istio-injection": "enabled"}, {}, ""),
+    ],
+)
+def test_when_istios_proxy_is_expected(
+    mode: str, namespace_labels: dict[str, str], pod_labels: dict[str, str], expected: str
+) -> None:
+    template = {"metadata": {"labels": pod_labels}, "spec": {"containers": [{"name": "m"}]}}
+    spec = make_spec(
+        serving={"template": template} if pod_labels else {},
+        traffic={"hosts": ["fraud.example.com"], "sidecar": mode},
+    )
+    assert proxy_expectation(spec, "shop", namespace_labels) == expected

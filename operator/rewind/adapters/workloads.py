@@ -13,6 +13,8 @@ deleted and applied again restores its last known-good revision from them (see
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,7 @@ from rewind.api import (
     SERVING_PORT_NAME,
     ModelReleaseSpec,
     ServingProtocol,
+    SidecarMode,
     model_server_index,
     spec_hash,
     workload_name,
@@ -57,6 +60,17 @@ SNAPSHOTS_PATH = "/apis/apps/v1/namespaces/{namespace}/controllerrevisions"
 #: The model server's port, by name in the container and as targetPort in the Services.
 PORT_NAME = SERVING_PORT_NAME
 VERSION_LABEL = "app.kubernetes.io/version"
+
+log = logging.getLogger(__name__)
+
+#: Istio's injector marks an injected pod with this annotation; istio-cni marks a pod whose
+#: traffic ambient mode redirects to ztunnel with the other; the proxy container's name.
+ISTIO_SIDECAR_STATUS = "sidecar.istio.io/status"
+ISTIO_AMBIENT_REDIRECTION = "ambient.istio.io/redirection"
+ISTIO_PROXY_CONTAINER = "istio-proxy"
+ISTIO_INJECT_LABEL = "sidecar.istio.io/inject"
+#: How long a namespace's labels are believed (they are read for the sidecar check only).
+NAMESPACE_LABELS_TTL = 30.0
 
 
 def _check_revision(revision: int) -> None:
@@ -425,6 +439,8 @@ class KubeWorkloads:
         self._core = client.CoreV1Api(api_client)
         self._field_manager = field_manager
         self._timeout = request_timeout
+        #: namespace -> (read at, labels; None: not readable)
+        self._namespaces: dict[str, tuple[float, dict[str, str] | None]] = {}
 
     # -- snapshots -------------------------------------------------------------------
 
@@ -588,6 +604,98 @@ class KubeWorkloads:
                     f"cannot scale {namespace}/{name} to {replicas}: it does not exist"
                 ) from exc
 
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """Any Deployment (serving.workloadRef), None when there is none."""
+        return await _kube.get_or_none(
+            self._apps.read_namespaced_deployment, name, namespace, timeout=self._timeout
+        )
+
+    async def dry_run_revision(
+        self, release: str, namespace: str, owner: OwnerRef, revision: int, spec: ModelReleaseSpec
+    ) -> str | None:
+        """Ask the API server whether it would accept revision N's Deployment, without
+        writing it (server-side apply, dryRun=All, strict field validation: a typo in the
+        template is an unknown field), through its admission policies and webhooks too.
+        Returns its refusal, None when it would accept it. Other errors (unreachable,
+        forbidden to the operator) raise: they say nothing about the template."""
+        body = build_deployment(release, namespace, owner, revision, spec, spec.serving.replicas)
+        try:
+            await _kube.call(
+                self._apps.patch_namespaced_deployment,
+                body["metadata"]["name"],
+                namespace,
+                body,
+                field_manager=self._field_manager,
+                force=True,
+                field_validation="Strict",
+                dry_run="All",
+                _content_type=_kube.APPLY_PATCH,
+                timeout=self._timeout,
+            )
+        except client.ApiException as exc:
+            message = _kube.api_message(exc)
+            admission = exc.status == 403 and "admission" in message.lower()
+            # A field the Deployment schema does not have (a typo in the template) fails
+            # server-side apply's typed conversion, before validation, as a 500.
+            untyped = exc.status == 500 and "failed to create typed patch object" in message
+            if exc.status in (400, 422) or admission or untyped:
+                return f"the API server refuses the Deployment of r{revision}: {message}"
+            raise
+        return None
+
+    async def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        """The namespace's labels (Istio's injection and ambient labels), read at most every
+        NAMESPACE_LABELS_TTL seconds; None when the operator may not read namespaces."""
+        now = time.monotonic()
+        cached = self._namespaces.get(namespace)
+        if cached is not None and now - cached[0] < NAMESPACE_LABELS_TTL:
+            return cached[1]
+        labels: dict[str, str] | None
+        try:
+            ns = await _kube.get_or_none(
+                self._core.read_namespace, namespace, timeout=self._timeout
+            )
+            labels = dict(((ns or {}).get("metadata") or {}).get("labels") or {})
+        except client.ApiException as exc:
+            if exc.status != 403:
+                raise
+            if cached is None or cached[1] is not None:
+                log.warning("cannot read namespace %s (%s): the sidecar check only follows "
+                            "spec.traffic.sidecar: Required", namespace, _kube.api_message(exc))
+            labels = None
+        self._namespaces[namespace] = (now, labels)
+        return labels
+
+    async def observe_mesh(
+        self, release: str, namespace: str
+    ) -> dict[int, tuple[int, tuple[str, ...]]]:
+        """Per revision: its running pods, and the names of those without Istio's proxy."""
+        listing = await _kube.call(
+            self._core.list_namespaced_pod,
+            namespace,
+            label_selector=release_selector(release),
+            timeout=self._timeout,
+        )
+        running: dict[int, int] = {}
+        unmeshed: dict[int, list[str]] = {}
+        for pod in listing.get("items") or []:
+            meta = pod.get("metadata") or {}
+            if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != (
+                "Running"
+            ):
+                continue
+            try:
+                revision = int((meta.get("labels") or {}).get(REVISION_LABEL, ""))
+            except ValueError:
+                continue
+            running[revision] = running.get(revision, 0) + 1
+            if not has_mesh_proxy(pod):
+                unmeshed.setdefault(revision, []).append(str(meta.get("name", "")))
+        return {
+            revision: (count, tuple(sorted(unmeshed.get(revision, []))))
+            for revision, count in running.items()
+        }
+
     async def observe_revisions(
         self, release: str, namespace: str
     ) -> dict[int, RevisionObservation]:
@@ -604,6 +712,50 @@ class KubeWorkloads:
             if observation is not None:
                 observed[observation.revision] = observation
         return observed
+
+
+def has_mesh_proxy(pod: Mapping[str, Any]) -> bool:
+    """The pod has Istio's proxy: injected (the injector's status annotation, or an
+    istio-proxy container, also as a native sidecar among the init containers), or its
+    traffic is redirected to ambient mode's ztunnel."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if ISTIO_SIDECAR_STATUS in annotations:
+        return True
+    if annotations.get(ISTIO_AMBIENT_REDIRECTION) == "enabled":
+        return True
+    spec = pod.get("spec") or {}
+    containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+    return any(c.get("name") == ISTIO_PROXY_CONTAINER for c in containers)
+
+
+def proxy_expectation(
+    spec: ModelReleaseSpec, namespace: str, namespace_labels: Mapping[str, str]
+) -> str:
+    """Why each revision's pods should have Istio's proxy ("" when they need not):
+    ``spec.traffic.sidecar`` Required; Auto: the namespace labelled for injection or ambient
+    mode, or the pod template labelled ``sidecar.istio.io/inject: "true"`` (``"false"``
+    opts out); Ignore: never."""
+    mode = spec.traffic.sidecar
+    if mode == SidecarMode.IGNORE:
+        return ""
+    if mode == SidecarMode.REQUIRED:
+        return "spec.traffic.sidecar is Required"
+    template = spec.serving.template
+    pod_labels = (template.metadata.labels or {}) if template and template.metadata else {}
+    inject = pod_labels.get(ISTIO_INJECT_LABEL)
+    if inject == "false":
+        return ""
+    if inject == "true":
+        return f"the pod template is labelled {ISTIO_INJECT_LABEL}=true"
+    if namespace_labels.get("istio-injection") == "enabled":
+        return f"namespace {namespace} is labelled istio-injection=enabled"
+    if namespace_labels.get("istio-injection") != "disabled" and namespace_labels.get(
+        "istio.io/rev"
+    ):
+        return f"namespace {namespace} is labelled istio.io/rev={namespace_labels['istio.io/rev']}"
+    if namespace_labels.get("istio.io/dataplane-mode") == "ambient":
+        return f"namespace {namespace} is in ambient mode (istio.io/dataplane-mode=ambient)"
+    return ""
 
 
 def namespace_name(body: Mapping[str, Any]) -> str:
