@@ -234,9 +234,9 @@ class ReleaseController:
         #: Reconciles in a row that wrote routes, per release (see ROUTE_RECHECK).
         self._route_streak: dict[tuple[str, str], int] = {}
         #: The Deployment each release's serving.workloadRef names (watch events of it wake
-        #: the release), and the (namespace, name, generation) of those found running.
+        #: the release), and the generation of each found running replicas of its own.
         self._workload_refs: dict[tuple[str, str], tuple[str, str]] = {}
-        self._warned_running: set[tuple[str, str, int]] = set()
+        self._warned_running: dict[tuple[str, str], int] = {}
         self.trust_actor_annotations = trust_actor_annotations
         self.router = router
         self.workloads = workloads
@@ -493,9 +493,8 @@ class ReleaseController:
             return spec, str(err)
         replicas = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
         generation = int((deployment.get("metadata") or {}).get("generation") or 0)
-        seen = (namespace, ref.name, generation)
-        if replicas > 0 and seen not in self._warned_running:
-            self._warned_running.add(seen)
+        if replicas > 0 and self._warned_running.get((namespace, ref.name)) != generation:
+            self._warned_running[(namespace, ref.name)] = generation
             await self.notifier.post(
                 owner, namespace, "Warning", "WorkloadRefRunning",
                 f"Deployment {ref.name} (serving.workloadRef) runs {replicas} replica(s) of its "

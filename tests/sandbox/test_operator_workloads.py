@@ -231,6 +231,9 @@ def test_a_helm_deployment_gives_the_template_and_is_never_written(
     kubectl("scale", "deployment/chat-helm", "--replicas=0", "-n", rw.namespace)
     rw.set_error_rate("chat", 2, HEALTHY)
     rw.apply(helm_deployment(0, "def"))  # helm upgrade: the config changed
+    # Seen at once (the Deployment's watch wakes the release), not at the idle resync (60s).
+    rw.wait_status("chat", "r2 created from the new template",
+                   lambda s: any(h["revision"] == 2 for h in s.get("history", [])), timeout=15)
     status = rw.wait_phase("chat", "Promoted", stable=2, timeout=60)
     assert [h["revision"] for h in status["history"]] == [1, 2]
     assert any(e["type"] == "StepStarted" and e["revision"] == 2 for e in timeline(status))
