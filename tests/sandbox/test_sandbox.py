@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,43 +114,55 @@ def test_deployment_becomes_available_through_kwok(kubectl: Kubectl, namespace: 
     assert all(p["status"]["phase"] == "Running" for p in pods)
 
 
-def test_gpu_pods_land_on_the_tainted_gpu_node_within_its_capacity(
+def test_gpu_pods_land_on_the_tainted_gpu_node_and_only_tolerating_ones(
     kubectl: Kubectl, namespace: str
 ) -> None:
-    """The GPU node pool: pods that tolerate its taint and ask for a GPU run there, as many
-    as it has GPUs (4); the next one waits, as on a real pool."""
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "llm", "namespace": namespace},
-        "spec": {
-            "replicas": 5,
-            "selector": {"matchLabels": {"app": "llm"}},
-            "template": {
-                "metadata": {"labels": {"app": "llm"}},
-                "spec": {
-                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
-                                     "effect": "NoSchedule"}],
-                    "containers": [{"name": "llm", "image": "example.invalid/llm:1",
-                                    "resources": {"limits": {"nvidia.com/gpu": 1}}}],
+    """The GPU node pool: a pod that tolerates its taint and asks for a GPU runs there; one
+    that asks for a GPU without the toleration is unschedulable (no other node has GPUs)."""
+
+    def gpu_deployment(name: str, tolerate: bool) -> dict[str, Any]:
+        tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {
+                        "tolerations": tolerations if tolerate else [],
+                        "containers": [{"name": "llm", "image": "example.invalid/llm:1",
+                                        "resources": {"limits": {"nvidia.com/gpu": 1}}}],
+                    },
                 },
             },
-        },
-    }
-    kubectl("apply", "-f", "-", input=json.dumps(deployment))
+        }
 
-    def placed() -> tuple[list[str], int] | None:
-        pods = json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
-        running = [p["spec"]["nodeName"] for p in pods if p["status"].get("phase") == "Running"]
-        unschedulable = [
-            p for p in pods
-            if any(c.get("reason") == "Unschedulable"
-                   for c in p["status"].get("conditions") or [])
-        ]
-        return (running, len(unschedulable)) if len(running) == 4 and unschedulable else None
+    kubectl("apply", "-f", "-", input=json.dumps(gpu_deployment("tolerating", True)))
+    kubectl("apply", "-f", "-", input=json.dumps(gpu_deployment("intolerant", False)))
 
-    running, waiting = wait_for("4 GPU pods running and one unschedulable", placed, timeout=60)
-    assert running == ["kwok-gpu-node-0"] * 4 and waiting == 1
+    def pod_of(app: str) -> dict[str, Any] | None:
+        pods = json.loads(kubectl("get", "pods", "-n", namespace, "-l", f"app={app}", "-o",
+                                  "json").stdout)["items"]
+        return pods[0] if pods else None
+
+    def running() -> dict[str, Any] | None:
+        pod = pod_of("tolerating")
+        return pod if pod and pod["status"].get("phase") == "Running" else None
+
+    def unschedulable() -> str | None:
+        pod = pod_of("intolerant")
+        for c in (pod or {}).get("status", {}).get("conditions") or []:
+            if c.get("reason") == "Unschedulable":
+                return str(c.get("message", ""))
+        return None
+
+    assert wait_for("the GPU pod running", running, timeout=60)["spec"]["nodeName"] == (
+        "kwok-gpu-node-0")
+    message = wait_for("the intolerant GPU pod unschedulable", unschedulable, timeout=60)
+    assert "untolerated taint" in message and "nvidia.com/gpu" in message
 
 
 def test_rbac_forbids_the_developer_what_the_admin_may_do(
