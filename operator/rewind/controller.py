@@ -334,7 +334,9 @@ class ReleaseController:
             rev: o for rev, o in observed.items() if not o.owner_uids or owner.uid in o.owner_uids
         }
         archive = Archive()
-        if not status.history:
+        # Recorded history is adopted against the spec a revision runs: not before the
+        # referenced Deployment gives it (the records wait; the sweep keeps them meanwhile).
+        if not status.history and spec_error is None:
             try:
                 archive = await self._read_archive(namespace, name, owner, annotations)
             except (AdapterError, client.ApiException) as err:
