@@ -244,6 +244,18 @@ def test_a_helm_deployment_gives_the_template_and_is_never_written(
     assert helm["spec"]["replicas"] == 0
     assert "rewind-operator" not in {m["manager"] for m in helm["metadata"]["managedFields"]}
 
+    # Both deleted and applied again, the release first: its history waits for the template
+    # (adopted against the spec a revision runs), then r2 is restored, not released anew.
+    kubectl("delete", "modelrelease/chat", "deployment/chat-helm", "-n", rw.namespace)
+    rw.apply(release)
+    status = rw.wait_status("chat", "Stalled WorkloadRefError again",
+                            lambda s: condition(s, "Stalled").get("reason") == "WorkloadRefError")
+    assert not status.get("history")
+    rw.apply(helm_deployment(0, "def"))
+    status = rw.wait_phase("chat", "Promoted", stable=2, timeout=60)
+    assert [h["revision"] for h in status["history"]] == [1, 2]
+    assert any(e["type"] == "HistoryAdopted" for e in timeline(status))
+
 
 def test_a_template_the_api_server_refuses_fails_its_revision_before_anything_runs(
     rw: Rewind,
