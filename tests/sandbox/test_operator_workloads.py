@@ -2,7 +2,7 @@
 
 The example GPU LLM (examples/llm-gpu-grpc.yaml: tolerations, a node selector, volumes, a
 service account, env from a Secret, gRPC) is released through a canary onto the sandbox's
-GPU node (kwok, tainted nvidia.com/gpu=present:NoSchedule, 4 GPUs) and rolled back to its
+GPU node (kwok, tainted nvidia.com/gpu=present:NoSchedule, 8 GPUs) and rolled back to its
 previous revision, re-created exactly from its snapshot. A Helm-style Deployment gives a
 release its template (serving.workloadRef). A template the API server refuses fails its
 revision. Pods without Istio's proxy where the namespace expects one are reported.
@@ -48,7 +48,7 @@ UNPINNED = [
 
 
 def llm_release(version: int) -> dict[str, Any]:
-    """The example ModelRelease, one replica (the GPU node has 4 GPUs for both revisions and
+    """The example ModelRelease, one replica (the GPU node has 8 GPUs for both revisions and
     a re-created one), a model version per ``version``."""
     doc = example(*LLM_MR)
     doc = mutate(doc, "spec.serving.replicas", 1)
