@@ -63,13 +63,16 @@ from rewind.adapters.base import (
     SnapshotConflictError,
     Workloads,
 )
+from rewind.adapters.workloads import proxy_expectation
 from rewind.api import (
     MODELRELEASE_PLURAL,
     ROLLOUTPOLICY_PLURAL,
     Measurement,
     ModelReleaseSpec,
     ModelReleaseStatus,
+    Outcome,
     RolloutPolicySpec,
+    SidecarMode,
     release_host_errors,
     spec_hash,
     workload_name,
@@ -94,6 +97,7 @@ from rewind.engine import (
     decide,
 )
 from rewind.metrics import OperatorMetrics
+from rewind.podtemplate import WorkloadRefError, resolve_workload_ref
 from rewind.policycache import PolicyCache
 
 log = logging.getLogger(__name__)
@@ -145,7 +149,13 @@ def human_actions(annotations: Mapping[str, str], trust_actor: bool) -> list[Hum
     return out
 
 
-def revision_states(observed: Mapping[int, RevisionObservation]) -> dict[int, RevisionState]:
+def revision_states(
+    observed: Mapping[int, RevisionObservation],
+    mesh: Mapping[int, tuple[int, tuple[str, ...]]] | None = None,
+) -> dict[int, RevisionState]:
+    """What the engine sees of each revision: its Deployment, and (when Istio's proxy is
+    expected) its running pods and those without the proxy."""
+    mesh = mesh or {}
     return {
         rev: RevisionState(
             revision=rev,
@@ -155,9 +165,18 @@ def revision_states(observed: Mapping[int, RevisionObservation]) -> dict[int, Re
             min_available=o.min_available,
             ready_replicas=o.ready_replicas,
             name=o.name,
+            running_pods=mesh.get(rev, (0, ()))[0],
+            unmeshed_pods=mesh.get(rev, (0, ()))[1],
         )
         for rev, o in observed.items()
     }
+
+
+def may_start(status: ModelReleaseStatus, digest: str) -> bool:
+    """A revision of this spec may start now or on a retry: no revision has this spec, or
+    the newest that has it failed. (Then its Deployment is dry-run first.)"""
+    same = [h for h in status.history if h.spec_hash == digest]
+    return not same or max(same, key=lambda h: h.revision).outcome == Outcome.FAILED
 
 
 def with_refusal(
@@ -222,6 +241,10 @@ class ReleaseController:
         self._refused: dict[tuple[str, str], tuple[RouteState, str]] = {}
         #: Reconciles in a row that wrote routes, per release (see ROUTE_RECHECK).
         self._route_streak: dict[tuple[str, str], int] = {}
+        #: The Deployment each release's serving.workloadRef names (watch events of it wake
+        #: the release), and the generation of each found running replicas of its own.
+        self._workload_refs: dict[tuple[str, str], tuple[str, str]] = {}
+        self._warned_running: dict[tuple[str, str], int] = {}
         self.trust_actor_annotations = trust_actor_annotations
         #: RolloutPolicies as last read; ``handlers.policy_event`` invalidates them.
         self.policies = policies if policies is not None else PolicyCache()
@@ -322,18 +345,23 @@ class ReleaseController:
             return ReconcileResult(requeue_after=None, error=message)
 
         annotations: dict[str, str] = dict(meta.get("annotations") or {})
-        (policy, policy_error), observed, routes = await asyncio.gather(
+        (policy, policy_error), observed, routes, (spec, spec_error) = await asyncio.gather(
             self._load_policy(namespace, spec.policy_ref.name),
             self.workloads.observe_revisions(name, namespace),
             self.router.observe_routes(name, namespace, owner, spec.traffic),
+            self._resolve(namespace, name, owner, spec),
         )
+        digest = spec_hash(spec)
+        proxy_expected, mesh = await self._observe_mesh(namespace, name, spec)
         # A Deployment still owned by a deleted object of the same name (the garbage
         # collector has yet to delete it) is not this release's.
         observed = {
             rev: o for rev, o in observed.items() if not o.owner_uids or owner.uid in o.owner_uids
         }
         archive = Archive()
-        if not status.history:
+        # Recorded history is adopted against the spec a revision runs: not before the
+        # referenced Deployment gives it (the records wait; the sweep keeps them meanwhile).
+        if not status.history and spec_error is None:
             try:
                 archive = await self._read_archive(namespace, name, owner, annotations)
             except (AdapterError, client.ApiException) as err:
@@ -342,18 +370,21 @@ class ReleaseController:
                 await self._write_stalled(namespace, name, old_status_doc, meta, message)
                 return ReconcileResult(requeue_after=ERROR_REQUEUE, error=message)
         key = (namespace, name)
+        template_error: str | None = None
+        if spec_error is None and policy is not None and may_start(status, digest):
+            template_error = await self._dry_run(namespace, name, owner, spec, status, archive)
         routes = with_refusal(routes, self._refused.get(key))
         measurements = (
             await self._measure(namespace, name, status, policy, now) if policy else None
         )
         inputs = Inputs(
             spec=spec,
-            spec_hash=spec_hash(spec),
+            spec_hash=digest,
             generation=int(meta.get("generation") or 0),
             policy=policy,
             policy_error=policy_error,
             status=status,
-            revisions=revision_states(observed),
+            revisions=revision_states(observed, mesh),
             measurements=measurements,
             actions=human_actions(annotations, self.trust_actor_annotations),
             now=now,
@@ -361,6 +392,9 @@ class ReleaseController:
             namespace=namespace,
             routes=routes,
             archive=archive,
+            template_error=template_error,
+            spec_error=spec_error,
+            proxy_expected=proxy_expected,
         )
         decision = decide(inputs)
         result = ReconcileResult(requeue_after=decision.requeue_after, decision=decision)
@@ -460,7 +494,96 @@ class ReleaseController:
         self._last_resync[key] = now
         return True
 
+    # -- the pod template and the mesh ---------------------------------------------------
+
+    async def _resolve(
+        self, namespace: str, name: str, owner: OwnerRef, spec: ModelReleaseSpec
+    ) -> tuple[ModelReleaseSpec, str | None]:
+        """The spec a revision runs: with ``serving.workloadRef``, the referenced
+        Deployment's pod template copied in (it is part of the revision: a change to it is
+        a new revision). Returns the spec as written and why, when it cannot be resolved
+        now (the engine then holds the release, Stalled WorkloadRefError)."""
+        ref = spec.serving.workload_ref
+        if ref is None:
+            self._workload_refs.pop((namespace, name), None)
+            return spec, None
+        self._workload_refs[(namespace, name)] = (namespace, ref.name)
+        deployment = await self.workloads.read_deployment(namespace, ref.name)
+        if deployment is None:
+            return spec, (
+                f"Deployment {ref.name} (serving.workloadRef) not found in namespace "
+                f"{namespace}: create it or fix spec.serving.workloadRef.name"
+            )
+        try:
+            resolved = resolve_workload_ref(spec, deployment)
+        except WorkloadRefError as err:
+            return spec, str(err)
+        replicas = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
+        generation = int((deployment.get("metadata") or {}).get("generation") or 0)
+        if replicas > 0 and self._warned_running.get((namespace, ref.name)) != generation:
+            self._warned_running[(namespace, ref.name)] = generation
+            await self.notifier.post(
+                owner, namespace, "Warning", "WorkloadRefRunning",
+                f"Deployment {ref.name} (serving.workloadRef) runs {replicas} replica(s) of its "
+                "own beside the release's revisions, which Rewind does not route to and never "
+                "scales (its owner, Helm or Argo CD, would scale it back): set its replicas to "
+                "0 in its chart",
+            )
+        return resolved, None
+
+    def releases_using(self, namespace: str, deployment: str) -> list[str]:
+        """The releases whose serving.workloadRef names this Deployment."""
+        return sorted(
+            release for (ns, release), ref in self._workload_refs.items()
+            if ref == (namespace, deployment) and ns == namespace
+        )
+
+    async def _dry_run(
+        self,
+        namespace: str,
+        name: str,
+        owner: OwnerRef,
+        spec: ModelReleaseSpec,
+        status: ModelReleaseStatus,
+        archive: Archive,
+    ) -> str | None:
+        """The API server's refusal of the Deployment a new revision of this spec would
+        run (None: accepted, or the dry run could not be made: the rollout then finds out)."""
+        digest = spec_hash(spec)
+        same = [h.revision for h in status.history if h.spec_hash == digest]
+        known = [h.revision for h in status.history] + [e.revision for e in archive.entries]
+        revision = max(same) if same else max(known, default=0) + 1
+        try:
+            return await self.workloads.dry_run_revision(name, namespace, owner, revision, spec)
+        except (AdapterError, client.ApiException) as err:
+            log.warning("%s/%s: could not dry-run r%d's Deployment: %s", namespace, name,
+                        revision, _describe_error(err))
+            return None
+
+    async def _observe_mesh(
+        self, namespace: str, name: str, spec: ModelReleaseSpec
+    ) -> tuple[str, dict[int, tuple[int, tuple[str, ...]]]]:
+        """Why Istio's proxy is expected on the pods ("" if not) and, if it is, each
+        revision's running pods and those without it."""
+        labels: Mapping[str, str] = {}
+        if spec.traffic.sidecar == SidecarMode.AUTO:
+            try:
+                labels = await self.workloads.namespace_labels(namespace) or {}
+            except client.ApiException as err:
+                log.warning("%s/%s: could not read the namespace's labels: %s", namespace,
+                            name, _describe_error(err))
+        expected = proxy_expectation(spec, namespace, labels)
+        if not expected:
+            return "", {}
+        try:
+            return expected, await self.workloads.observe_mesh(name, namespace)
+        except client.ApiException as err:
+            log.warning("%s/%s: could not list the pods to see their Istio proxy: %s",
+                        namespace, name, _describe_error(err))
+            return "", {}
+
     def forget(self, namespace: str, name: str) -> None:
+        self._workload_refs.pop((namespace, name), None)
         self._records.pop((namespace, name), None)
         self._last_resync.pop((namespace, name), None)
         self._refused.pop((namespace, name), None)

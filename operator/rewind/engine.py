@@ -302,6 +302,7 @@ from rewind.engine_plan import (
     build_plan,
     first_release_metrics,
 )
+from rewind.podtemplate import unpinned_references
 
 __all__ = [
     "Action",
@@ -356,6 +357,10 @@ class RevisionState:
     #: Pods ready now; None: not observed (``replicas`` when available, else 0).
     ready_replicas: int | None = None
     name: str = ""  # namespace/name of the Deployment, for messages
+    #: Its running pods and, of those, the ones without Istio's proxy (a sidecar, or ambient
+    #: mode's redirection), observed only while one is expected (``Inputs.proxy_expected``).
+    running_pods: int = 0
+    unmeshed_pods: tuple[str, ...] = ()
 
     @property
     def ready(self) -> int:
@@ -420,6 +425,18 @@ class Inputs:
     routes: RouteObservation = field(default_factory=RouteObservation)
     #: Recorded revisions to adopt when the status has no history (empty: none).
     archive: Archive = field(default_factory=Archive)
+    #: Why the API server refused the Deployment the spec would run (a server-side dry run
+    #: of the new revision's Deployment: a pod template it does not accept, an admission
+    #: policy); None: accepted, or not checked. A revision that starts with it fails.
+    template_error: str | None = None
+    #: Why the spec cannot be turned into a revision now (serving.workloadRef: the
+    #: Deployment is missing or its template unusable); None: it can. Held like an unusable
+    #: policy: nothing new starts, break glass still works, Stalled (WorkloadRefError).
+    spec_error: str | None = None
+    #: Why the pods are expected to have Istio's proxy (spec.traffic.sidecar, the
+    #: namespace's labels), e.g. "namespace shop is labelled istio-injection=enabled"; "":
+    #: not expected, nothing checked.
+    proxy_expected: str = ""
 
 
 # --------------------------------------------------------------------------------------
@@ -671,6 +688,8 @@ class _Ctx:
     s: ModelReleaseStatus
     policy: RolloutPolicySpec | None
     policy_error: str | None
+    #: The Stalled reason of ``policy_error`` (an unusable policy, or spec).
+    error_reason: str = "PolicyError"
     snapshots: list[Action] = field(default_factory=list)
     scale_downs: list[ScaleRevision] = field(default_factory=list)
     annotations: list[RemoveAnnotation] = field(default_factory=list)
@@ -1197,7 +1216,9 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
     s.analysis = AnalysisStatus()
     s.pending_decision = None
     s.restoring = False
-    error = tag_image_error(spec, policy)
+    if fresh or not entry.unpinned:
+        entry.unpinned = unpinned_references(spec)
+    error = tag_image_error(spec, policy) or ctx.inp.template_error
     if error is not None:
         entry.outcome = Outcome.FAILED
         entry.finished_at = ctx.now
@@ -1226,6 +1247,14 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
             f"{entry.data_version or '-'}, spec {ctx.inp.spec_hash}",
             revision=revision,
         )
+        if entry.unpinned:
+            ctx.record(
+                TimelineType.UNPINNED,
+                f"r{revision} reads what its snapshot cannot pin: {', '.join(entry.unpinned)}; "
+                f"a rollback to r{revision} re-creates its pod template exactly, but with "
+                "their contents as they are then",
+                revision=revision,
+            )
     plan = ctx.plan()
     assert plan is not None
     _enter_stage(ctx, plan, 0)
@@ -2725,7 +2754,7 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
 
     stalled: tuple[str, str] | None = None
     if ctx.policy_error:
-        stalled = ("PolicyError", ctx.policy_error)
+        stalled = (ctx.error_reason, ctx.policy_error)
     elif problem is not None and problem.kind in ("Refused", "Conflict"):
         reason = TimelineType.ROUTES_REFUSED if problem.kind == "Refused" else (
             TimelineType.ROUTE_CONFLICT
@@ -2776,12 +2805,22 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
     _set_condition(ctx, ConditionType.PROGRESSING, progressing, phase.value, msg)
 
     prev = _condition(ctx.inp.status, ConditionType.DEGRADED)
+    unmeshed = _unmeshed(ctx)
     if stable_down:
         was_down = prev is not None and prev.reason == TimelineType.STABLE_UNAVAILABLE
         if not was_down:
             ctx.record(TimelineType.STABLE_UNAVAILABLE, stable_down, revision=stable, warning=True)
         _set_condition(ctx, ConditionType.DEGRADED, True, TimelineType.STABLE_UNAVAILABLE.value,
                        stable_down)
+    elif unmeshed is not None:
+        revisions, detail = unmeshed
+        was = prev is not None and prev.reason == TimelineType.SIDECAR_MISSING and (
+            prev.message.split(":", 1)[0] == revisions
+        )
+        if not was:
+            ctx.record(TimelineType.SIDECAR_MISSING, detail, warning=True)
+        _set_condition(ctx, ConditionType.DEGRADED, True, TimelineType.SIDECAR_MISSING.value,
+                       detail)
     elif inconclusive:
         since = ctx.now
         if (
@@ -2832,6 +2871,42 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
     recovered = prev is not None and prev.reason == TimelineType.STABLE_UNAVAILABLE
     if recovered and not stable_down and phase in SETTLED and stable:
         ctx.record("StableAvailable", f"stable r{stable} is available again", revision=stable)
+
+
+def _unmeshed(ctx: _Ctx) -> tuple[str, str] | None:
+    """The revisions that take (or are measured on) traffic whose running pods lack Istio's
+    proxy while one is expected, and the Degraded message (it starts with them, e.g.
+    ``r2, r3: ...``); None when there are none or nothing is expected."""
+    expected = ctx.inp.proxy_expected
+    s = ctx.s
+    if not expected:
+        return None
+    wanted = {s.stable_revision}
+    if s.phase in IN_FLIGHT or s.phase == Phase.ROLLING_BACK:
+        wanted.add(s.candidate_revision)
+    parts: list[str] = []
+    revisions: list[str] = []
+    for revision in sorted(r for r in wanted if r):
+        obs = ctx.observed(revision)
+        if obs is None or not obs.unmeshed_pods:
+            continue
+        pods = list(obs.unmeshed_pods)
+        shown = ", ".join(pods[:3]) + (f" and {len(pods) - 3} more" if len(pods) > 3 else "")
+        revisions.append(f"r{revision}")
+        parts.append(
+            f"{len(pods)} of {max(obs.running_pods, len(pods))} running pods of r{revision} "
+            f"({shown})"
+        )
+    if not parts:
+        return None
+    names = ", ".join(revisions)
+    return names, (
+        f"{names}: {'; '.join(parts)} have no Istio proxy, although {expected}: the mesh "
+        "neither measures them (no istio_requests_total reported by them: analysis queries "
+        "on the destination find no data) nor secures them with mTLS. Fix the injection "
+        "(the namespace's label, the pods' sidecar.istio.io/inject) and delete those pods so "
+        "they are created again with it, or set spec.traffic.sidecar: Ignore"
+    )
 
 
 def _deferred_note(ctx: _Ctx) -> str:
@@ -2900,8 +2975,9 @@ def _copy_status(status: ModelReleaseStatus) -> ModelReleaseStatus:
 
 def decide(inputs: Inputs) -> Decision:
     """Compute the next status and the actions that make the world match it."""
-    policy = inputs.policy if inputs.policy_error is None else None
-    error = inputs.policy_error
+    usable = inputs.policy_error is None and inputs.spec_error is None
+    policy = inputs.policy if usable else None
+    error = inputs.policy_error or inputs.spec_error
     if policy is None and error is None:
         error = f"RolloutPolicy {inputs.spec.policy_ref.name!r} not found"
     ctx = _Ctx(
@@ -2909,6 +2985,9 @@ def decide(inputs: Inputs) -> Decision:
         s=_copy_status(inputs.status),
         policy=policy,
         policy_error=error,
+        error_reason="PolicyError" if inputs.policy_error or not inputs.spec_error else (
+            "WorkloadRefError"
+        ),
         actions=_bounded_actions(inputs.actions),
     )
     for step in _PIPELINE:
@@ -2916,7 +2995,8 @@ def decide(inputs: Inputs) -> Decision:
     s = ctx.s
     s.observed_generation = inputs.generation
     if error is not None and s.phase == Phase.PENDING:
-        s.message = f"waiting for a usable RolloutPolicy: {error}"
+        what = "RolloutPolicy" if ctx.error_reason == "PolicyError" else "pod template"
+        s.message = f"waiting for a usable {what}: {error}"
     if ctx.deferred_spec and s.phase == Phase.ROLLING_BACK:
         s.message += _deferred_note(ctx)
     want = _report_routes(ctx)

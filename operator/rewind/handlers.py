@@ -479,6 +479,17 @@ async def revision_event(
         memo.loops.poke(namespace, release)
 
 
+@kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: kopf.ABSENT})
+async def template_event(
+    name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """A Deployment that is not Rewind's changed: the releases whose serving.workloadRef
+    names it re-decide now (a new pod template is a new revision)."""
+    if namespace:
+        for release in memo.controller.releases_using(namespace, name):
+            memo.loops.poke(namespace, release)
+
+
 @kopf.on.event(ISTIO_GROUP, ISTIO_VERSION, "virtualservices")
 async def route_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Keep the VirtualService index current (route conflicts are looked up in it, never

@@ -607,6 +607,8 @@ ALLOWED_NAMESPACED = [
     ("delete", "controllerrevisions.apps"),  # the retention sweep, forget-history
     ("create", "events"),
     ("create", "events.events.k8s.io"),
+    ("list", "pods"),  # Istio's proxy on a revision's pods (spec.traffic.sidecar)
+    ("get", "deployments.apps"),  # serving.workloadRef
 ]
 #: What it must not be able to do.
 DENIED_NAMESPACED = [
@@ -655,6 +657,7 @@ def test_operator_identity_is_narrow(
     assert can_i(sandbox, config, "watch", "customresourcedefinitions.apiextensions.k8s.io")
     assert not can_i(sandbox, config, "create", "customresourcedefinitions.apiextensions.k8s.io")
     assert not can_i(sandbox, config, "list", "namespaces")  # Kopf skips it cluster-wide
+    assert can_i(sandbox, config, "get", "namespaces")  # Istio's injection labels
     assert not can_i(sandbox, config, "patch", "clusterkopfpeerings.kopf.dev")  # standalone
     assert not can_i(sandbox, config, "impersonate", "users")
     assert not can_i(sandbox, config, "escalate", "clusterroles.rbac.authorization.k8s.io")
@@ -692,6 +695,7 @@ def test_watch_namespaces_confines_the_operator(
         # Kopf's cluster-wide needs when restricted to namespaces.
         assert can_i(sandbox, config, "watch", "customresourcedefinitions.apiextensions.k8s.io")
         assert can_i(sandbox, config, "watch", "namespaces")
+        assert can_i(sandbox, config, "get", "namespaces")  # Istio's injection labels
         assert not can_i(sandbox, config, "delete", "namespaces")
         assert not can_i(sandbox, config, "get", "secrets", "-n", second_namespace)
         assert not can_i(sandbox, config, "list", "secrets", "--all-namespaces")

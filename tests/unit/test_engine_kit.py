@@ -270,10 +270,27 @@ class World:
     follow_route_writes: bool = True
     #: Recorded revisions the handler read (it reads them while the status has no history).
     archive: Archive = field(default_factory=Archive)
+    #: What the handler's dry run of a new revision's Deployment says (None: accepted).
+    template_error: str | None = None
+    #: Why the spec cannot be a revision now (a missing serving.workloadRef Deployment).
+    spec_error: str | None = None
+    #: Why Istio's proxy is expected on the pods ("": not expected, pods not looked at).
+    proxy_expected: str = ""
+    #: Revisions whose running pods lack the proxy: their names (observed only if expected).
+    unmeshed: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     # ---- observation ------------------------------------------------------------------
 
     def observe(self) -> dict[int, RevisionState]:
+        out = self._observe()
+        if self.proxy_expected:
+            for rev, pods in self.unmeshed.items():
+                if rev in out and out[rev].replicas > 0:
+                    out[rev] = replace(out[rev], running_pods=out[rev].replicas,
+                                       unmeshed_pods=pods[: out[rev].replicas])
+        return out
+
+    def _observe(self) -> dict[int, RevisionState]:
         out = {}
         for rev, d in self.deployments.items():
             available = d.replicas > 0 and rev not in self.broken and self.now >= d.ready_at
@@ -347,6 +364,9 @@ class World:
             namespace=NAMESPACE,
             routes=self.observe_routes(),
             archive=self.archive if not self.status.history else Archive(),
+            template_error=self.template_error,
+            spec_error=self.spec_error,
+            proxy_expected=self.proxy_expected,
         )
 
     # ---- one reconcile ------------------------------------------------------------------

@@ -103,13 +103,18 @@ app.kubernetes.io/part-of: rewind
 - apiGroups: [rewind.dev]
   resources: [rolloutpolicies/status]
   verbs: [get, patch, update]
-# One Deployment per revision (server-side apply = patch), scaled through /scale.
+# One Deployment per revision (server-side apply = patch), scaled through /scale; the
+# Deployment a serving.workloadRef names is only read (get, watch), never written.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: [apps]
   resources: [deployments/scale]
   verbs: [patch]
+# A revision's pods, read for Istio's proxy (sidecar or ambient) where one is expected.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 # Per-revision Services, and the umbrella Service (the in-cluster name) the router points
 # at the stable revision (server-side apply = patch).
 - apiGroups: [""]
