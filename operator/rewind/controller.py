@@ -72,8 +72,10 @@ from rewind.api import (
     workload_name,
 )
 from rewind.engine import (
+    ACTOR_SUFFIX,
     ANNOTATION_OF,
     Action,
+    ActorStamp,
     Archive,
     Decision,
     EmitEvent,
@@ -94,8 +96,6 @@ from rewind.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
 
-#: The admission policy in charts/rewind stamps who set an action annotation here.
-ACTOR_SUFFIX = "-by"
 #: Stalled reason of an action that could not be applied (the engine never sets it).
 RECONCILE_ERROR = "ReconcileError"
 #: Back-off after an adapter failure, so a broken object never spins the loop.
@@ -202,6 +202,7 @@ class ReleaseController:
         clock: Callable[[], datetime] = utcnow,
         request_timeout: float = 30.0,
         trust_actor_annotations: bool = False,
+        actor_stamp: ActorStamp = "server",
         archive: KubeArchive | None = None,
     ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
@@ -215,6 +216,7 @@ class ReleaseController:
         #: Reconciles in a row that wrote routes, per release (see ROUTE_RECHECK).
         self._route_streak: dict[tuple[str, str], int] = {}
         self.trust_actor_annotations = trust_actor_annotations
+        self.actor_stamp: ActorStamp = actor_stamp
         self.router = router
         self.workloads = workloads
         self.metrics = metrics
@@ -334,6 +336,7 @@ class ReleaseController:
             now=now,
             name=name,
             namespace=namespace,
+            actor_stamp=self.actor_stamp,
             routes=routes,
             archive=archive,
         )

@@ -39,6 +39,7 @@ from rewind.engine import (
     ANNOTATION_OF,
     Action,
     ActionKind,
+    ActorStamp,
     Archive,
     Decision,
     EmitEvent,
@@ -270,6 +271,8 @@ class World:
     follow_route_writes: bool = True
     #: Recorded revisions the handler read (it reads them while the status has no history).
     archive: Archive = field(default_factory=Archive)
+    #: Who writes rewind.dev/<action>-by (the operator's --actor-stamp).
+    actor_stamp: ActorStamp = "server"
 
     # ---- observation ------------------------------------------------------------------
 
@@ -344,6 +347,7 @@ class World:
             now=self.now,
             name=NAME,
             namespace=NAMESPACE,
+            actor_stamp=self.actor_stamp,
             routes=self.observe_routes(),
             archive=self.archive if not self.status.history else Archive(),
         )
