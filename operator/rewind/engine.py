@@ -953,50 +953,21 @@ def _start_promoting(ctx: _Ctx, plan: Plan) -> None:
         s.message = f"promoting r{s.candidate_revision}: moving 100% of traffic to it"
 
 
-def _promote(ctx: _Ctx) -> None:
+def _become_stable(ctx: _Ctx, rev: int, prev: int, reason: str, replaced: str) -> str:
+    """``rev`` serves 100% (read back) and becomes the stable; ``prev``, the stable it
+    replaces, stops serving and stays warm for the policy's window. Returns the message's
+    tail about it ("; r1 stays warm for 10m" or "")."""
     s = ctx.s
-    cand, prev = s.candidate_revision, s.stable_revision
-    entry = ctx.entry(cand)
+    entry = ctx.entry(rev)
     if entry is not None:
         entry.outcome = Outcome.PROMOTED
-        entry.promoted_at = ctx.now
+        entry.promoted_at = ctx.now  # a restore makes it the most recent promotion
         entry.finished_at = None
-        entry.reason = ""
+        entry.reason = reason
     kept = ""
     old = ctx.entry(prev) if prev else None
     if old is not None:
         old.finished_at = ctx.now  # stopped serving; retired after the keep-warm window
-        replaced = f"replaced by r{cand}"
-        old.reason = replaced if _known_good(old) else f"{old.reason}; {replaced}".lstrip("; ")
-        plan = ctx.plan()
-        if plan is not None:
-            kept = f"; r{prev} stays warm for {_dur(plan.warm_for)}"
-    s.stable_revision = cand
-    s.candidate_revision = 0
-    s.current_step = 0
-    s.step_started_at = None
-    s.pending_decision = None
-    s.phase = Phase.PROMOTED
-    s.message = f"r{cand} promoted: serving 100% of traffic{kept}"
-    ctx.record(TimelineType.PROMOTED, s.message, revision=cand)
-
-
-def _finish_restore(ctx: _Ctx) -> None:
-    """All traffic is read back on the restored revision: it is the stable again."""
-    s = ctx.s
-    rev = s.candidate_revision or s.stable_revision
-    prev = s.stable_revision if s.candidate_revision else 0
-    entry = ctx.entry(rev)
-    if entry is not None:
-        entry.outcome = Outcome.PROMOTED
-        entry.promoted_at = ctx.now  # the most recent promotion now
-        entry.finished_at = None
-        entry.reason = f"restored at {_ts(ctx.now)}: the spec was reverted to it"
-    kept = ""
-    old = ctx.entry(prev) if prev else None
-    if old is not None:
-        old.finished_at = ctx.now
-        replaced = f"replaced by r{rev} (restored)"
         old.reason = replaced if _known_good(old) else f"{old.reason}; {replaced}".lstrip("; ")
         plan = ctx.plan()
         if plan is not None:
@@ -1006,8 +977,28 @@ def _finish_restore(ctx: _Ctx) -> None:
     s.current_step = 0
     s.step_started_at = None
     s.pending_decision = None
-    s.restoring = False
     s.phase = Phase.PROMOTED
+    return kept
+
+
+def _promote(ctx: _Ctx) -> None:
+    s = ctx.s
+    cand, prev = s.candidate_revision, s.stable_revision
+    kept = _become_stable(ctx, cand, prev, "", f"replaced by r{cand}")
+    s.message = f"r{cand} promoted: serving 100% of traffic{kept}"
+    ctx.record(TimelineType.PROMOTED, s.message, revision=cand)
+
+
+def _finish_restore(ctx: _Ctx) -> None:
+    """All traffic is read back on the restored revision: it is the stable again."""
+    s = ctx.s
+    rev = s.candidate_revision or s.stable_revision
+    prev = s.stable_revision if s.candidate_revision else 0
+    kept = _become_stable(
+        ctx, rev, prev, f"restored at {_ts(ctx.now)}: the spec was reverted to it",
+        f"replaced by r{rev} (restored)",
+    )
+    s.restoring = False
     s.message = f"r{rev} restored: serving 100% of traffic (the spec was reverted to it){kept}"
     ctx.record(TimelineType.RESTORED, s.message, revision=rev)
 
