@@ -332,8 +332,11 @@ def test_the_install_notes_name_the_stamp_and_its_commands(
 ) -> None:
     """What `helm install` prints (a client-side dry run; the version tests check the notes
     of real installs with humanActions.stamp auto)."""
-    out = helm(sandbox, "install", "rewind", str(CHART), "--dry-run=client", "--namespace",
-               "rewind-system", "--set", f"humanActions.stamp={stamp}").stdout
+    # A client-side dry run still checks that it could adopt the cluster-wide objects it
+    # finds, and test_human_actions leaves the policies and ClusterRoles in the sandbox:
+    # --take-ownership skips that check (a dry run changes nothing).
+    out = helm(sandbox, "install", "rewind", str(CHART), "--dry-run=client", "--take-ownership",
+               "--namespace", "rewind-system", "--set", f"humanActions.stamp={stamp}").stdout
     notes = out[out.index("NOTES:"):]
     assert f"Approver stamps: {stamp} (humanActions.stamp={stamp})." in notes
     approve = next(line.strip() for line in notes.splitlines()
