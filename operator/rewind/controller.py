@@ -78,8 +78,10 @@ from rewind.api import (
     workload_name,
 )
 from rewind.engine import (
+    ACTOR_SUFFIX,
     ANNOTATION_OF,
     Action,
+    ActorStamp,
     Archive,
     Decision,
     EmitEvent,
@@ -102,8 +104,6 @@ from rewind.policycache import PolicyCache
 
 log = logging.getLogger(__name__)
 
-#: The admission policy in charts/rewind stamps who set an action annotation here.
-ACTOR_SUFFIX = "-by"
 #: Stalled reason of an action that could not be applied (the engine never sets it).
 RECONCILE_ERROR = "ReconcileError"
 #: Back-off after an adapter failure, so a broken object never spins the loop.
@@ -225,6 +225,7 @@ class ReleaseController:
         clock: Callable[[], datetime] = utcnow,
         request_timeout: float = 30.0,
         trust_actor_annotations: bool = False,
+        actor_stamp: ActorStamp = "server",
         archive: KubeArchive | None = None,
         cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
         policies: PolicyCache | None = None,
@@ -246,6 +247,7 @@ class ReleaseController:
         self._workload_refs: dict[tuple[str, str], tuple[str, str]] = {}
         self._warned_running: dict[tuple[str, str], int] = {}
         self.trust_actor_annotations = trust_actor_annotations
+        self.actor_stamp: ActorStamp = actor_stamp
         #: RolloutPolicies as last read; ``handlers.policy_event`` invalidates them.
         self.policies = policies if policies is not None else PolicyCache()
         self.router = router
@@ -390,6 +392,7 @@ class ReleaseController:
             now=now,
             name=name,
             namespace=namespace,
+            actor_stamp=self.actor_stamp,
             routes=routes,
             archive=archive,
             template_error=template_error,

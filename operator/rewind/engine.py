@@ -334,6 +334,11 @@ __all__ = [
 
 ActionKind = Literal["approve-rollback", "reject-rollback", "rollback", "promote", "retry"]
 
+#: Who writes an action annotation's ``<annotation>-by`` stamp (see ``Inputs.actor_stamp``).
+ActorStamp = Literal["server", "client"]
+#: The stamp's key is the action annotation's key plus this.
+ACTOR_SUFFIX = "-by"
+
 ANNOTATION_OF: Mapping[str, str] = {
     "approve-rollback": ANNOTATION_APPROVE_ROLLBACK,
     "reject-rollback": ANNOTATION_REJECT_ROLLBACK,
@@ -421,6 +426,9 @@ class Inputs:
     now: datetime  # tz-aware UTC
     name: str = ""  # metadata.name (for the kubectl commands in messages)
     namespace: str = ""  # metadata.namespace
+    #: Who writes rewind.dev/<action>-by (the chart's humanActions.stamp): "server" (an
+    #: admission policy, or none at all) or "client" (the commands in messages set it).
+    actor_stamp: ActorStamp = "server"
     #: The routes in effect as the router reads them back, and what makes them untrue.
     routes: RouteObservation = field(default_factory=RouteObservation)
     #: Recorded revisions to adopt when the status has no history (empty: none).
@@ -1141,9 +1149,29 @@ def _resume(ctx: _Ctx) -> None:
 
 
 def _kubectl(ctx: _Ctx, annotation: str, value: str) -> str:
-    name = ctx.inp.name or "<name>"
-    ns = ctx.inp.namespace or "<namespace>"
-    return f"kubectl annotate modelrelease/{name} -n {ns} {annotation}={value}"
+    return annotate_command(
+        ctx.inp.name, ctx.inp.namespace, annotation, value, actor_stamp=ctx.inp.actor_stamp
+    )
+
+
+#: The shell expression for the requesting user's name, as the API server sees it
+#: (SelfSubjectReview: kubectl 1.27+, served by every Kubernetes version Rewind supports).
+WHOAMI = "$(kubectl auth whoami -o jsonpath='{.status.userInfo.username}')"
+
+
+def annotate_command(
+    name: str, namespace: str, annotation: str, value: str, *, actor_stamp: ActorStamp = "server"
+) -> str:
+    """The shell command that sets an action annotation, as messages print it. With
+    ``actor_stamp="client"`` (validation-only admission) it sets ``<annotation>-by`` to the
+    caller's own user name too, which admission requires."""
+    command = (
+        f"kubectl annotate modelrelease/{name or '<name>'} -n {namespace or '<namespace>'} "
+        f"{annotation}={value}"
+    )
+    if actor_stamp == "client":
+        command += f' {annotation}{ACTOR_SUFFIX}="{WHOAMI}"'
+    return command
 
 
 def _decide_rollback(ctx: _Ctx, reason: str) -> None:

@@ -63,7 +63,7 @@ from rewind.api import (
     parse_duration,
 )
 from rewind.controller import ERROR_REQUEUE, ReleaseController
-from rewind.engine import ANNOTATION_OF
+from rewind.engine import ANNOTATION_OF, ActorStamp
 from rewind.metrics import OperatorMetrics
 from rewind.peering import PeeringGate, PeeringVerdict
 
@@ -112,6 +112,12 @@ class RuntimeConfig:
     )
     trust_actor_annotations: bool = field(
         default_factory=lambda: os.environ.get("REWIND_TRUST_ACTOR_ANNOTATIONS", "") == "true"
+    )
+    #: Who writes rewind.dev/<action>-by: "client" makes the commands in messages set it.
+    actor_stamp: ActorStamp = field(
+        default_factory=lambda: "client"
+        if os.environ.get("REWIND_ACTOR_STAMP", "") == "client"
+        else "server"
     )
     #: Seconds an analysis query may run when its metric sets no timeout.
     prometheus_timeout: float = field(
@@ -361,6 +367,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         operator_metrics=operator_metrics,
         trust_actor_annotations=runtime.trust_actor_annotations,
         cluster_domain=runtime.cluster_domain,
+        actor_stamp=runtime.actor_stamp,
     )
     memo.loops = ReleaseLoops(memo.controller, active=runtime.peering_name is None)
     if runtime.peering_name is not None:

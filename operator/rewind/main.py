@@ -99,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=os.environ.get("REWIND_TRUST_ACTOR_ANNOTATIONS") == "true",
                         help="record rewind.dev/<action>-by as the approver: only with the "
                         "admission policies of charts/rewind/files/human-actions.yaml installed")
+    parser.add_argument("--actor-stamp", choices=("server", "client"),
+                        default=os.environ.get("REWIND_ACTOR_STAMP", "server"),
+                        help="who writes rewind.dev/<action>-by: server (the chart's "
+                        "MutatingAdmissionPolicy, or no policies) or client (validation-only "
+                        "admission: the kubectl commands in Events and the timeline set it "
+                        "with `kubectl auth whoami`); the chart passes its humanActions.stamp")
     parser.add_argument("--log-format", choices=("plain", "full", "json"), default="full")
     parser.add_argument("--peering", default=None,
                         help="Kopf peering object name for HA; default: standalone")
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     identity = own_identity()
     runtime = RuntimeConfig(metrics_port=args.metrics_port,
                             trust_actor_annotations=args.trust_actor_annotations,
+                            actor_stamp=args.actor_stamp,
                             peering_name=args.peering, peering_priority=args.priority,
                             peering_lifetime=args.peering_lifetime, identity=identity,
                             namespaces=args.namespace or None,

@@ -280,25 +280,97 @@ def test_watch_namespaces_turns_the_cluster_role_into_roles(
     assert cluster_resources == {"customresourcedefinitions", "namespaces"}
 
 
-@sandbox_test
-def test_human_actions_policies_are_installed_unless_disabled(
-    sandbox: Sandbox, kubectl: Kubectl
-) -> None:
-    shipped = [d for d in yaml.safe_load_all((CHART / "files" / "human-actions.yaml").read_text())
-               if d]
-    assert {d["kind"] for d in shipped} >= {"MutatingAdmissionPolicy",
-                                            "ValidatingAdmissionPolicy"}
-    names = {(d["kind"], d["metadata"]["name"]) for d in shipped}
+MAP_V1 = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"
+MAP_V1BETA1 = "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy"
 
-    def rendered(*values: str) -> list[dict[str, Any]]:
-        docs = render_docs(sandbox, kubectl, "rewind-system", set_values=list(values))
-        return [d for d in docs if (d["kind"], d["metadata"]["name"]) in names]
+
+def _shipped(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((CHART / "files" / name).read_text()) if d]
+
+
+@sandbox_test
+@pytest.mark.parametrize(
+    ("api_versions", "set_value", "stamp", "mutating_api"),
+    [
+        # Offline, Helm knows group versions but no kinds: no MutatingAdmissionPolicy.
+        pytest.param((), None, "client", None, id="auto-without-the-api"),
+        pytest.param((MAP_V1,), None, "server", "admissionregistration.k8s.io/v1",
+                     id="auto-with-v1"),
+        pytest.param((MAP_V1BETA1,), None, "server", "admissionregistration.k8s.io/v1beta1",
+                     id="auto-with-v1beta1"),
+        pytest.param((MAP_V1, MAP_V1BETA1), None, "server", "admissionregistration.k8s.io/v1",
+                     id="auto-prefers-v1"),
+        pytest.param((), "server", "server", "admissionregistration.k8s.io/v1",
+                     id="forced-server"),
+        pytest.param((MAP_V1,), "client", "client", None, id="forced-client"),
+    ],
+)
+def test_human_actions_policies_follow_the_cluster_or_the_value(
+    sandbox: Sandbox, kubectl: Kubectl, api_versions: tuple[str, ...], set_value: str | None,
+    stamp: str, mutating_api: str | None,
+) -> None:
+    validating, stamping = _shipped("human-actions.yaml"), _shipped("human-actions-stamp.yaml")
+    assert {d["kind"] for d in validating} >= {"ValidatingAdmissionPolicy", "ClusterRole"}
+    assert {d["kind"] for d in stamping} == {"MutatingAdmissionPolicy",
+                                             "MutatingAdmissionPolicyBinding"}
+    names = {(d["kind"], d["metadata"]["name"]) for d in validating + stamping}
+    values = [f"humanActions.stamp={set_value}"] if set_value else []
+    docs = render_docs(sandbox, kubectl, "rewind-system", set_values=values,
+                       api_versions=api_versions)
+    rendered = [d for d in docs if (d["kind"], d["metadata"]["name"]) in names]
+    expected = validating + [{**d, "apiVersion": mutating_api} for d in stamping
+                             if mutating_api]
 
     def key(doc: dict[str, Any]) -> str:
         return json.dumps(doc, sort_keys=True)
 
-    assert sorted(rendered(), key=key) == sorted(shipped, key=key)  # Helm orders by kind
-    assert rendered("humanActions.enabled=false") == []
+    assert sorted(rendered, key=key) == sorted(expected, key=key)  # Helm orders by kind
+    args = _pod_spec(docs)["containers"][0]["args"]
+    assert {"--trust-actor-annotations", f"--actor-stamp={stamp}"} <= set(args)
+
+
+@sandbox_test
+@pytest.mark.parametrize("stamp", ["server", "client"])
+def test_the_install_notes_name_the_stamp_and_its_commands(
+    sandbox: Sandbox, stamp: str
+) -> None:
+    """What `helm install` prints (a client-side dry run; the version tests check the notes
+    of real installs with humanActions.stamp auto)."""
+    # A client-side dry run still checks that it could adopt the cluster-wide objects it
+    # finds, and test_human_actions leaves the policies and ClusterRoles in the sandbox:
+    # --take-ownership skips that check (a dry run changes nothing).
+    out = helm(sandbox, "install", "rewind", str(CHART), "--dry-run=client", "--take-ownership",
+               "--namespace", "rewind-system", "--set", f"humanActions.stamp={stamp}").stdout
+    notes = out[out.index("NOTES:"):]
+    assert f"Approver stamps: {stamp} (humanActions.stamp={stamp})." in notes
+    approve = next(line.strip() for line in notes.splitlines()
+                   if "rewind.dev/approve-rollback=true" in line)
+    if stamp == "client":
+        assert "ME=\"$(kubectl auth whoami -o jsonpath='{.status.userInfo.username}')\"" in notes
+        assert approve == ('kubectl annotate mr <name> rewind.dev/approve-rollback=true '
+                           'rewind.dev/approve-rollback-by="$ME"')
+    else:
+        assert "whoami" not in notes
+        assert approve.startswith("kubectl annotate mr <name> rewind.dev/approve-rollback=true ")
+        assert "-by" not in approve
+
+
+@sandbox_test
+def test_human_actions_can_be_left_out(sandbox: Sandbox, kubectl: Kubectl) -> None:
+    docs = render_docs(sandbox, kubectl, "rewind-system", set_values=["humanActions.enabled=false"],
+                       api_versions=(MAP_V1,))
+    assert not [d for d in docs if "AdmissionPolicy" in d["kind"]]
+    assert not [d for d in docs if d["metadata"]["name"].startswith("rewind-approver")]
+    args = _pod_spec(docs)["containers"][0]["args"]
+    assert not [a for a in args if a.startswith(("--trust-actor", "--actor-stamp"))]
+
+
+@sandbox_test
+def test_the_chart_refuses_kubernetes_older_than_1_30(sandbox: Sandbox, kubectl: Kubectl) -> None:
+    """ValidatingAdmissionPolicy is GA (admissionregistration.k8s.io/v1) from 1.30."""
+    old = render(sandbox, kubectl, "rewind-system", kube_version="v1.29.15", check=False)
+    assert old.returncode != 0 and "chart requires kubeVersion: >=1.30.0-0" in old.stderr
+    render(sandbox, kubectl, "rewind-system", kube_version="v1.30.0")
 
 
 # --------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from rewind.engine import (
     ANNOTATION_OF,
     Action,
     ActionKind,
+    ActorStamp,
     Archive,
     Decision,
     EmitEvent,
@@ -278,6 +279,8 @@ class World:
     proxy_expected: str = ""
     #: Revisions whose running pods lack the proxy: their names (observed only if expected).
     unmeshed: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: Who writes rewind.dev/<action>-by (the operator's --actor-stamp).
+    actor_stamp: ActorStamp = "server"
 
     # ---- observation ------------------------------------------------------------------
 
@@ -362,6 +365,7 @@ class World:
             now=self.now,
             name=NAME,
             namespace=NAMESPACE,
+            actor_stamp=self.actor_stamp,
             routes=self.observe_routes(),
             archive=self.archive if not self.status.history else Archive(),
             template_error=self.template_error,

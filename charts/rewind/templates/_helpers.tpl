@@ -169,3 +169,29 @@ app.kubernetes.io/part-of: rewind
   resourceNames: [{{ .name | quote }}]
   verbs: [get, patch]
 {{- end }}
+
+{{/* The MutatingAdmissionPolicy API this cluster serves ("" when none): v1 (Kubernetes 1.36),
+     else v1beta1 (1.34-1.35, only where the API server enables it). Helm sees what the
+     cluster serves on install/upgrade; `helm template` sees only its built-in group
+     versions plus --api-versions, so there it is "" unless passed
+     --api-versions admissionregistration.k8s.io/v1/MutatingAdmissionPolicy. */}}
+{{- define "rewind.mutatingAdmissionPolicyAPI" -}}
+{{- if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy" -}}
+admissionregistration.k8s.io/v1
+{{- else if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy" -}}
+admissionregistration.k8s.io/v1beta1
+{{- end -}}
+{{- end }}
+
+{{/* Who writes rewind.dev/<action>-by (humanActions.stamp): "server" (a
+     MutatingAdmissionPolicy, where the cluster has one) or "client" (the approver's kubectl
+     sets it; the ValidatingAdmissionPolicy checks it names the requesting user). */}}
+{{- define "rewind.actorStamp" -}}
+{{- if ne .Values.humanActions.stamp "auto" -}}
+{{ .Values.humanActions.stamp }}
+{{- else if include "rewind.mutatingAdmissionPolicyAPI" . -}}
+server
+{{- else -}}
+client
+{{- end -}}
+{{- end }}
