@@ -245,7 +245,7 @@ class Deliveries:
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(RetryableError),
-                wait=wait_exponential_jitter(initial=self.first_backoff, max=self.max_backoff,
+                wait=wait_exponential_jitter(multiplier=self.first_backoff, max=self.max_backoff,
                                              jitter=self.first_backoff),
                 stop=stop_after_delay(budget),
                 before_sleep=before_sleep,
