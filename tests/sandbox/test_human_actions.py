@@ -8,43 +8,15 @@ approval, the real operator.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Kubectl, MetricsEndpoint, OperatorProcess, Sandbox, wait_for
+from tests.conftest import Kubectl, MetricsEndpoint, OperatorProcess, Sandbox, wait_for
 from tests.sandbox.operator_helpers import METRIC, canary, policy_manifest, release_manifest
 
 # Cluster-wide admission policies change every annotate: nothing else may run meanwhile.
 pytestmark = [pytest.mark.sandbox, pytest.mark.exclusive]
-
-POLICY_FILE = ROOT / "charts" / "rewind" / "files" / "human-actions.yaml"
-
-
-@pytest.fixture(scope="session")
-def human_actions(kubectl: Kubectl, crds_installed: None) -> Iterator[None]:
-    """The admission policies, installed and in force (a new policy takes a moment to be
-    enforced after it is created: probe it with a server-side dry run until it stamps)."""
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(POLICY_FILE))
-    probe = {**_release(1), "metadata": {"name": "admission-probe", "namespace": "default"}}
-    kubectl("apply", "-f", "-", input=json.dumps(probe))
-
-    def enforced() -> bool:
-        out = kubectl("annotate", "-n", "default", "modelrelease/admission-probe",
-                      "rewind.dev/promote=true", "--dry-run=server", "-o", "json").stdout
-        annotations = json.loads(out)["metadata"].get("annotations", {})
-        forged = kubectl("annotate", "-n", "default", "modelrelease/admission-probe",
-                         "rewind.dev/promote-by=someone-else", "--dry-run=server",
-                         check=False)
-        # Both policies must be in force: the stamp (mutating) and the refusal (validating).
-        return annotations.get("rewind.dev/promote-by") == "rewind-admin" and (
-            forged.returncode != 0)
-
-    wait_for("the human-actions admission policies to be enforced", enforced, 60)
-    yield
-    kubectl("delete", "modelrelease/admission-probe", "-n", "default", check=False)
-
 
 def _policy(required: int) -> dict[str, Any]:
     return policy_manifest("two-approvers", canary((50, "1h")), mode="approval",

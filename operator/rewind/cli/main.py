@@ -67,10 +67,12 @@ class Options:
     output: str
     color: bool | None
 
-    def console(self, stderr: bool = False) -> Console:
+    def console(self, stderr: bool = False, soft_wrap: bool = False) -> Console:
+        """``soft_wrap``: lines are not broken by rich (the terminal wraps them), so a
+        command in a message stays one line for copy-paste."""
         return Console(stderr=stderr, no_color=self.color is False or None,
                        force_terminal=True if self.color else None, highlight=False,
-                       soft_wrap=False)
+                       soft_wrap=soft_wrap)
 
     def cluster(self) -> Cluster:
         return Cluster(self.kubeconfig, self.context, self.namespace)
@@ -119,7 +121,7 @@ def _revision(text: str) -> int:
 
 
 def _fail(opts: Options, err: CliError) -> NoReturn:
-    console = opts.console(stderr=True)
+    console = opts.console(stderr=True, soft_wrap=True)
     console.print(Text.assemble(("error: ", "bold red"), str(err)))
     if err.hint:
         console.print(Text(err.hint, style="dim"))
@@ -389,7 +391,7 @@ def _entry_text(e: TimelineEntry) -> Text:
 def _act(verb: str, name: str, reason: str | None, timeout: float, wait: bool,
          force: bool, opts: Options) -> None:
     key, purpose = ACTIONS[verb]
-    console = opts.console()
+    console = opts.console(soft_wrap=True)
     quiet = opts.output == "json"
     result: dict[str, Any] = {"action": verb, "release": name, "annotation": key}
     try:

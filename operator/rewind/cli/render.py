@@ -11,7 +11,11 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from rewind.api import clip
 from rewind.cli.views import duration, short_digest, threshold
+
+#: Characters of a recent timeline entry's message the tree shows (the rest: -o json).
+RECENT_WIDTH = 160
 
 PHASE_STYLE = {
     "Promoted": "bold green",
@@ -82,7 +86,7 @@ def _measurement_line(m: Mapping[str, Any]) -> Text:
     line.append(m["valueText"] or "no data", style="bold")
     line.append(f" ({threshold(m)}) ")
     line.append(m["verdict"], style=VERDICT_STYLE.get(m["verdict"], ""))
-    if m.get("message") and m["verdict"] != "Pass":
+    if m.get("message") and m["verdict"] == "Inconclusive":
         line.append(f"  {m['message']}", style="dim")
     return line
 
@@ -127,7 +131,9 @@ def release_tree(view: Mapping[str, Any]) -> RenderableType:
         line = Text()
         line.append(f"Step {step['index']}/{step['total']}  ", style="bold")
         line.append(step["label"])
-        if not step["inEffect"]:
+        if view["phase"] == "AwaitingApproval":
+            line.append("  held while the decision below is pending", style="yellow")
+        elif not step["inEffect"]:
             line.append("  (its routes are not in effect yet: its clock has not started)",
                         style="yellow")
         elif step["manual"]:
@@ -211,7 +217,7 @@ def release_tree(view: Mapping[str, Any]) -> RenderableType:
         line.append(f"{_clock(e['at'])} ", style="dim")
         line.append(e["type"], style="bold")
         line.append(f" r{e['revision']} ")
-        line.append(e["message"])
+        line.append(clip(e["message"], RECENT_WIDTH))
         if e["user"]:
             line.append(f" (by {e['user']})", style="dim")
         recent.add(line)
@@ -222,8 +228,9 @@ def history_table(name: str, rows: Sequence[Mapping[str, Any]]) -> Table:
     table = Table(title=f"History of {name}", title_justify="left", box=None,
                   header_style="bold", pad_edge=False)
     for column in ("REV", "OUTCOME", "MODEL", "DIGEST", "DATA", "IMAGE", "CREATED (UTC)",
-                   "PROMOTED", "ENDED", "REASON"):
-        table.add_column(column, overflow="fold")
+                   "PROMOTED", "ENDED"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("REASON", overflow="fold", min_width=20)
     for row in rows:
         rev = f"r{row['revision']}" + (f" ({', '.join(row['roles'])})" if row["roles"] else "")
         table.add_row(

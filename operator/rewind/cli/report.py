@@ -56,10 +56,6 @@ def _first(entries: Sequence[TimelineEntry], *types: str) -> TimelineEntry | Non
     return next((e for e in entries if e.type in types), None)
 
 
-def _last(entries: Sequence[TimelineEntry], *types: str) -> TimelineEntry | None:
-    return next((e for e in reversed(entries) if e.type in types), None)
-
-
 def _between(a: TimelineEntry | None, b: TimelineEntry | None) -> float | None:
     if a is None or b is None or a.at is None or b.at is None:
         return None
@@ -77,6 +73,51 @@ def _who(user: str) -> str:
 
 def _time(at: datetime | None) -> str:
     return stamp(at).replace("T", " ").replace("Z", "") if at is not None else ""
+
+
+#: Entries that start an attempt at releasing a revision.
+ATTEMPT_STARTS = frozenset({"RevisionCreated", "Retry", "RolloutRestarted", "RestoreStarted"})
+
+
+def _attempts(timeline: Sequence[TimelineEntry], rev: int) -> list[list[TimelineEntry]]:
+    """The revision's entries split at each (re)start of its rollout."""
+    attempts: list[list[TimelineEntry]] = []
+    for e in timeline:
+        if e.revision != rev:
+            continue
+        if e.type in ATTEMPT_STARTS or not attempts:
+            attempts.append([])
+        attempts[-1].append(e)
+    return attempts
+
+
+def _marks(attempt: Sequence[TimelineEntry]) -> list[tuple[str, TimelineEntry]]:
+    marks = [
+        ("breach seen", _first(attempt, "AnalysisFailed", "CandidateUnavailable")),
+        ("rollback proposed", _first(attempt, "ApprovalRequested")),
+        ("rollback decided", _first(attempt, "RollbackStarted")),
+        ("traffic reverted", _first(attempt, "RolledBack", "Failed")),
+    ]
+    return [(what, e) for what, e in marks if e is not None]
+
+
+def _durations(attempt: Sequence[TimelineEntry]) -> list[tuple[str, float]]:
+    """From one attempt: when the breach was seen, decided, and traffic reverted."""
+    started = attempt[0] if attempt and attempt[0].type in ATTEMPT_STARTS else None
+    breach = _first(attempt, "AnalysisFailed", "CandidateUnavailable")
+    proposed = _first(attempt, "ApprovalRequested")
+    decided = _first(attempt, "RollbackStarted")
+    reverted = _first(attempt, "RolledBack", "Failed")
+    rows = [
+        ("rollout started -> first breach seen", _between(started, breach)),
+        ("first breach seen -> rollback proposed for approval", _between(breach, proposed)),
+        ("proposed -> decided (waiting for people)", _between(proposed, decided)),
+        ("first breach seen -> rollback decided", _between(breach, decided)),
+        ("rollback decided -> traffic reverted (read back from the router)",
+         _between(decided, reverted)),
+        ("first breach seen -> traffic reverted", _between(breach, reverted)),
+    ]
+    return [(what, secs) for what, secs in rows if secs is not None]
 
 
 def report(
@@ -127,35 +168,26 @@ def report(
 
     w("## Durations")
     w("")
-    breach = _first(timeline, "AnalysisFailed", "CandidateUnavailable")
-    proposed = _first(timeline, "ApprovalRequested")
-    decided = _first(timeline, "RollbackStarted")
-    reverted = _first(timeline, "RolledBack", "Failed")
-    created = _first(timeline, "RevisionCreated", "Retry")
-    rows = [
-        ("revision created -> first breach seen", _between(created, breach)),
-        ("first breach seen -> rollback proposed for approval", _between(breach, proposed)),
-        ("proposed -> decided (waiting for people)", _between(proposed, decided)),
-        ("first breach seen -> rollback decided", _between(breach, decided)),
-        ("rollback decided -> traffic reverted (read back from the router)",
-         _between(decided, reverted)),
-        ("first breach seen -> traffic reverted", _between(breach, reverted)),
-    ]
-    known = [(what, secs) for what, secs in rows if secs is not None]
-    if known:
+    attempts = _attempts(timeline, rev)
+    if not any(_durations(a) for a in attempts):
+        w("No breach, decision or revert of this revision is in the timeline.")
+        w("")
+    for number, attempt in enumerate(attempts, 1):
+        rows = _durations(attempt)
+        if not rows:
+            continue
+        if len(attempts) > 1:
+            opened = attempt[0]
+            by = f" by `{opened.user}`" if opened.user else ""
+            w(f"### Attempt {number}: {opened.type}{by} at {_time(opened.at)}")
+            w("")
         w("| interval | duration |")
         w("| --- | --- |")
-        for what, secs in known:
+        for what, secs in rows:
             w(f"| {what} | {duration(secs)} |")
-    else:
-        w("No breach, decision or revert of this revision is in the timeline.")
-    w("")
-    marks = [("breach seen", breach), ("rollback proposed", proposed),
-             ("rollback decided", decided), ("traffic reverted", reverted)]
-    for what, mark in marks:
-        if mark is not None:
+        w("")
+        for what, mark in _marks(attempt):
             w(f"- {what}: {_time(mark.at)}")
-    if any(m is not None for _, m in marks):
         w("")
 
     w("## Decisions and who made them")
