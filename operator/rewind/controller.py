@@ -3,7 +3,8 @@
 The engine decides; this module only does I/O around it, in an order that makes a crash
 at any line harmless:
 
-1. everything is read fresh from the API server (no in-memory state survives a restart);
+1. everything is read fresh from the API server (no in-memory state survives a restart),
+   but the RolloutPolicy, which the policy watch keeps true (:mod:`rewind.policycache`);
 2. the engine's actions are applied before the status that depends on them is written
    (snapshot before the revision is recorded, routes before the weights are reported), and
    every action is idempotent, so a crash before the status write just repeats them;
@@ -94,6 +95,7 @@ from rewind.engine import (
 )
 from rewind.metrics import OperatorMetrics
 from rewind.notifications import ReleaseRef, build_message, outbox, targets_for
+from rewind.policycache import PolicyCache
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +211,7 @@ class ReleaseController:
         deliveries: Deliveries | None = None,
         notify_defaults: Sequence[str] = (),
         argocd_url: str = "",
+        policies: PolicyCache | None = None,
     ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
         self.archive = archive or KubeArchive(api_client, request_timeout=request_timeout)
@@ -221,6 +224,8 @@ class ReleaseController:
         #: Reconciles in a row that wrote routes, per release (see ROUTE_RECHECK).
         self._route_streak: dict[tuple[str, str], int] = {}
         self.trust_actor_annotations = trust_actor_annotations
+        #: RolloutPolicies as last read; ``handlers.policy_event`` invalidates them.
+        self.policies = policies if policies is not None else PolicyCache()
         self.router = router
         self.workloads = workloads
         self.metrics = metrics
@@ -249,16 +254,22 @@ class ReleaseController:
     async def _load_policy(
         self, namespace: str, name: str
     ) -> tuple[RolloutPolicySpec | None, str | None]:
-        body = await self._get(ROLLOUTPOLICY_PLURAL, namespace, name)
-        if body is None:
-            return None, (
-                f"RolloutPolicy {name!r} not found in namespace {namespace!r}: create it or "
-                "fix spec.policyRef.name"
-            )
-        try:
-            return RolloutPolicySpec.model_validate(body.get("spec") or {}), None
-        except ValidationError as err:
-            return None, f"RolloutPolicy {name!r} is invalid: {_first_error(err)}"
+        """The release's policy, from the cache the policy watch keeps true
+        (:mod:`rewind.policycache`), else read and parsed."""
+
+        async def read() -> tuple[tuple[RolloutPolicySpec | None, str | None], bool]:
+            body = await self._get(ROLLOUTPOLICY_PLURAL, namespace, name)
+            if body is None:
+                return (None, (
+                    f"RolloutPolicy {name!r} not found in namespace {namespace!r}: create it "
+                    "or fix spec.policyRef.name"
+                )), False
+            try:
+                return (RolloutPolicySpec.model_validate(body.get("spec") or {}), None), True
+            except ValidationError as err:
+                return (None, f"RolloutPolicy {name!r} is invalid: {_first_error(err)}"), True
+
+        return await self.policies.load(namespace, name, read)
 
     async def _measure(
         self,

@@ -212,6 +212,8 @@ class ReleaseLoops:
         """This replica became the active one: run every release it knows of."""
         self.active = True
         self.controller.operator_metrics.active.set(1)
+        # Policies may have changed while Kopf was paused on this replica.
+        self.controller.policies.clear()
         for (namespace, name), uid in list(self._known.items()):
             self.ensure(namespace, name, uid)
 
@@ -220,6 +222,7 @@ class ReleaseLoops:
         remember the releases for when this replica is active again."""
         self.active = False
         self.controller.operator_metrics.active.set(0)
+        self.controller.policies.clear()
         for namespace, name in list(self._tasks):
             await self.stop(namespace, name)
             # The active replica writes meanwhile: re-apply everything when active again.
@@ -289,14 +292,43 @@ def _api_client(pool_size: int) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+class UnusedDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's diff base, never built: Rewind has no change handlers to read it.
+
+    Kopf builds a diff base for every watch event, a deep copy of the whole object (status
+    and managedFields included), though only change handlers (``on.create``, ``on.update``,
+    ``on.resume``...) use it. Rewind registers event handlers only, and every status write
+    comes back as an event, so that copy was about half of Kopf's CPU per event for nothing.
+    ``tests/unit/test_handlers.py`` fails if a change handler is ever registered.
+    """
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Any = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+
+class _QuietSuccess(logging.Filter):
+    """Drops Kopf's "Handler 'release_event' succeeded." line: logged for every watch event
+    (each status write is one), it said nothing and cost a formatted write each time.
+    Failures are still logged (at ERROR)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO
+                    and str(record.msg).startswith("Handler ")
+                    and str(record.msg).endswith(" succeeded."))
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Kopf's own bookkeeping goes to annotations: the status schema is Rewind's and
     # structural schemas would prune a `status.kopf` anyway.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = UnusedDiffBase(
         prefix=API_GROUP, key="last-handled-configuration"
     )
+    if not logging.getLogger("kopf.objects").isEnabledFor(logging.DEBUG):
+        logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
     # Rewind posts its own Events with reasons people can filter on.
     settings.posting.enabled = False
     # Watches can stall silently behind proxies; re-list regularly.
@@ -478,8 +510,11 @@ async def route_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 async def policy_event(
     event: kopf.RawEvent, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    """A policy changed: its releases re-decide, and `kubectl get rp` shows its strategy."""
+    """A policy changed: its releases re-decide, and `kubectl get rp` shows its strategy.
+
+    The cached copy goes first, so the releases woken here read the policy afresh."""
     assert namespace is not None
+    memo.controller.policies.invalidate(namespace, name)
     memo.loops.poke_namespace(namespace)
     obj: Mapping[str, Any] = event.get("object") or {}
     if event.get("type") == "DELETED" or not obj:

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rewind.sim._http import request
-from rewind.sim.modelserver import ModelServerConfig, RunningModelServer, start_modelserver
-from rewind.sim.trafficgen import (
+from rewind_demo._http import request
+from rewind_demo.modelserver import ModelServerConfig, RunningModelServer, start_modelserver
+from rewind_demo.trafficgen import (
     ISTIO_DURATION_BUCKETS_MS,
     ISTIO_LABELS,
     Backend,

@@ -7,7 +7,6 @@ returns plain JSON dicts, so adapters do not depend on the generated model class
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -29,13 +28,20 @@ def _decode(response: Any) -> dict[str, Any]:
     return decoded
 
 
+def _request(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The request, its body read and decoded: all of it in the worker thread, so the event
+    loop never waits on the socket for a body (a list of Deployments, a full ModelRelease)
+    nor spends its time decoding one."""
+    return _decode(fn(*args, **kwargs))
+
+
 async def call(
     fn: Callable[..., Any], /, *args: Any, timeout: float, **kwargs: Any
 ) -> dict[str, Any]:
     """Run one client method in a thread and return the response body as a dict."""
-    bound = functools.partial(fn, *args, _preload_content=False, _request_timeout=timeout, **kwargs)
-    response = await asyncio.to_thread(bound)
-    return _decode(response)
+    options = {**kwargs, "_preload_content": False, "_request_timeout": timeout}
+    decoded: dict[str, Any] = await asyncio.to_thread(_request, fn, args, options)
+    return decoded
 
 
 async def get_or_none(

@@ -37,7 +37,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from rewind.sim._http import LOOPBACK, BackgroundServer, request, split_loopback_url
+from rewind_demo._http import LOOPBACK, BackgroundServer, request, split_loopback_url
 
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSION = "v1"
@@ -798,9 +798,9 @@ def parse_backend_flag(value: str, *, release: str | None, namespace: str) -> tu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """CLI flags of ``python -m rewind.sim.trafficgen``."""
+    """CLI flags of ``python -m rewind_demo.trafficgen``."""
     p = argparse.ArgumentParser(
-        prog="python -m rewind.sim.trafficgen",
+        prog="python -m rewind_demo.trafficgen",
         description="Stand-in for Istio's data plane: weighted + mirrored traffic to 127.0.0.1.",
     )
     p.add_argument("--namespace", default="default", help="namespace of the VirtualService")
