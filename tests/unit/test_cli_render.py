@@ -245,3 +245,35 @@ def test_bad_arguments_exit_2() -> None:
 def test_durations_read_as_a_human_writes_them() -> None:
     assert [views.duration(s) for s in (0.25, 9.94, 42, 130, 3900, 90000)] == [
         "0.2s", "9.9s", "42s", "2m10s", "1h05m", "1d1h"]
+
+
+class _Settled:
+    """A cluster whose release already settled when the plugin first reads it."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+
+    def release(self, name: str) -> dict[str, Any]:
+        return self.body
+
+
+def test_a_rollback_that_settled_before_the_first_read_is_reported_to_its_end() -> None:
+    body = json.loads(json.dumps(recorded("rolled-back")["release"]))
+    status = ModelReleaseStatus.model_validate(body["status"])
+    second = [c for c in status.consumed_actions if c.key == "rewind.dev/approve-rollback"][1]
+    assert second.at is not None and second.gone_at is not None
+    # The status as it was once the approved rollback settled (before the later retry).
+    body["status"]["timeline"] = [
+        e for e in body["status"]["timeline"]
+        if datetime.fromisoformat(e["at"].replace("Z", "+00:00")) <= second.gone_at]
+    assert body["status"]["timeline"][-1]["type"] == "RolledBack"
+    out = io.StringIO()
+    console = Console(file=out, width=200, no_color=True, highlight=False)
+    result: dict[str, Any] = {}
+    code = cli_main._await_outcome(
+        _Settled(body), "chatbot", second.key, second.value,  # type: ignore[arg-type]
+        second.at - timedelta(seconds=1), 5.0, console, False, result)
+    assert code == 0
+    assert [e["type"] for e in result["entries"]] == ["Approved", "RollbackStarted", "RolledBack"]
+    assert result["phase"] == "RolledBack"
+    assert out.getvalue().count("RolledBack r3") == 1

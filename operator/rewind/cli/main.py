@@ -494,9 +494,9 @@ def _await_outcome(cluster: Cluster, name: str, key: str, value: str, written_at
     if outcome.state != "acted":
         result["phase"] = status.phase.value
         return EXIT_NOT_ACTED
-    while status.phase.value in views.TRANSIENT and time.monotonic() < deadline:
-        time.sleep(0.3)
-        status = views.Release.from_body(cluster.release(name)).status
+    while True:
+        # The status that answered may already hold what followed (a rollback that settled
+        # before this read): print its later entries before deciding whether to wait on.
         for e in status.timeline:
             if e.at is not None and e.at >= (outcome.entries[0].at or e.at) and (
                     e.at, e.type, e.message) not in shown:
@@ -504,6 +504,10 @@ def _await_outcome(cluster: Cluster, name: str, key: str, value: str, written_at
                 result["entries"].append(views._entry(e))
                 if not quiet:
                     console.print(_entry_text(e))
+        if status.phase.value not in views.TRANSIENT or time.monotonic() >= deadline:
+            break
+        time.sleep(0.3)
+        status = views.Release.from_body(cluster.release(name)).status
     result.update(phase=status.phase.value, message=status.message)
     if not quiet:
         console.print(Text.assemble("Now ", render.phase_text(status.phase.value),
