@@ -71,14 +71,17 @@ lint: venv
 	MYPY_CACHE_DIR=$${XDG_CACHE_HOME:-$$HOME/.cache}/rewind/mypy $(VENV)/bin/mypy
 
 # crds/ is generated from operator/rewind/api.py; the chart ships a copy (a test compares).
+# The chart's Argo CD customizations and Grafana dashboard are generated too.
 crds: venv
 	$(PY) -m rewind.crdgen
 	cp crds/*.yaml charts/rewind/crds/
 	$(PY) charts/rewind/argocd/generate.py
+	$(PY) charts/rewind/grafana/generate.py
 
 crds-check: venv
 	$(PY) -m rewind.crdgen --check
 	$(PY) charts/rewind/argocd/generate.py --check
+	$(PY) charts/rewind/grafana/generate.py --check
 
 test-unit: venv test-tools
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)

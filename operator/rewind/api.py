@@ -71,6 +71,8 @@ __all__ = [
     "MAX_HUMAN_TEXT",
     "MAX_MEASUREMENTS",
     "MAX_MESSAGE",
+    "MAX_NOTIFICATIONS",
+    "MAX_NOTIFICATION_TARGETS",
     "MAX_RELEASE_NAME",
     "MAX_SHORT_TEXT",
     "MAX_TIMELINE",
@@ -127,6 +129,9 @@ __all__ = [
     "ModelSpec",
     "NameReference",
     "NoDataPolicy",
+    "NotificationRecord",
+    "NotificationState",
+    "NotificationsSpec",
     "ObjectMeta",
     "Outcome",
     "PassThroughModel",
@@ -217,6 +222,11 @@ MAX_TIMELINE = 50
 MAX_CONSUMED_ACTIONS = 20
 #: At most this many unpinned references are listed per revision (status.history).
 MAX_UNPINNED = 16
+#: The notification outbox (status.notifications): every message still to deliver, and the
+#: newest delivered or given up, are remembered so a restart neither loses nor repeats one.
+MAX_NOTIFICATIONS = 30
+#: Notifier targets one RolloutPolicy may name (spec.notifications.targets).
+MAX_NOTIFICATION_TARGETS = 8
 #: Default of RolloutPolicy spec.rollbackWindow.revisions.
 DEFAULT_ROLLBACK_WINDOW = 3
 
@@ -694,6 +704,14 @@ class DecisionAction(StrEnum):
     """The action a pending decision would take once approved."""
 
     ROLLBACK = "Rollback"
+
+
+class NotificationState(StrEnum):
+    """Where one notification (status.notifications) is."""
+
+    PENDING = "Pending"
+    SENT = "Sent"
+    FAILED = "Failed"
 
 
 class ConditionType(StrEnum):
@@ -2601,6 +2619,30 @@ class RollbackWindowSpec(SpecModel):
     )
 
 
+class NotificationsSpec(SpecModel):
+    """Where the operator sends messages about releases under this policy (approval
+    requested, rolled back, failed, promoted), beside the Kubernetes Events it always posts."""
+
+    targets: list[
+        Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
+    ] = Field(
+        default_factory=list,
+        max_length=MAX_NOTIFICATION_TARGETS,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Names of notifier targets configured in the operator (chart values "
+        "notifications.targets: a generic JSON webhook or a Slack-compatible incoming "
+        "webhook, URL from a Secret). Empty: no messages for these releases. Without "
+        "spec.notifications the operator's default targets are used.",
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _distinct(cls, targets: list[str]) -> list[str]:
+        if len(set(targets)) != len(targets):
+            raise ValueError("notifications.targets must not name a target twice")
+        return targets
+
+
 class RolloutPolicySpec(SpecModel):
     """How ModelReleases that reference this policy are released and rolled back."""
 
@@ -2642,6 +2684,11 @@ class RolloutPolicySpec(SpecModel):
         "duration), analysed with the metrics that do not use {{stable}} (no data holds it, "
         "as anywhere: rewind.dev/promote vouches for it), then waits at a manual gate if the "
         "strategy has one. Promote: all traffic as soon as it is Available.",
+    )
+    notifications: NotificationsSpec | None = Field(
+        default=None,
+        description="Notifier targets for this policy's releases (webhook, Slack). Absent: "
+        "the operator's default targets; targets: [] sends none. Events are always posted.",
     )
 
 
@@ -2896,6 +2943,32 @@ class Condition(StatusModel):
     )
 
 
+class NotificationRecord(StatusModel):
+    """One message to a notifier target, derived from a timeline entry (the outbox)."""
+
+    id: ShortText = Field(
+        default="",
+        description="Stable id of the message (sent as its idempotency key): the same "
+        "message re-sent after a restart carries the same id.",
+    )
+    target: ShortText = Field(default="", description="Notifier target name.")
+    type: ShortText = Field(
+        default="", description="Timeline entry type it reports, e.g. ApprovalRequested."
+    )
+    revision: int = Field(default=0, description="Revision concerned.")
+    at: datetime | None = Field(default=None, description="When the reported entry happened.")
+    message: StatusText = Field(default="", description="The timeline entry's message.")
+    state: NotificationState = Field(
+        default=NotificationState.PENDING,
+        description="Pending (not delivered yet: retried with backoff), Sent, or Failed "
+        "(refused by the receiver, or undeliverable for too long).",
+    )
+    finished_at: datetime | None = Field(
+        default=None, description="When it was delivered or given up."
+    )
+    error: StatusText = Field(default="", description="Why it failed (Failed only).")
+
+
 class ModelReleaseStatus(StatusModel):
     """Observed state of a ModelRelease, written by the operator."""
 
@@ -2968,6 +3041,15 @@ class ModelReleaseStatus(StatusModel):
         "value and author is never acted on twice; the same value coming back later never "
         "acts on the same thing again (a reason never acts twice). The newest "
         f"{MAX_CONSUMED_ACTIONS} are remembered.",
+    )
+    notifications: list[NotificationRecord] = Field(
+        default_factory=list,
+        max_length=MAX_NOTIFICATIONS,
+        description="The notification outbox: a message per notifier target for each "
+        "timeline entry worth one (ApprovalRequested, RolledBack, Failed, Promoted), stored "
+        "with the status that holds the entry and marked Sent once delivered, so a restart "
+        "neither loses nor repeats one. Every Pending message and the newest others are kept "
+        f"(at most {MAX_NOTIFICATIONS}).",
     )
 
 

@@ -63,6 +63,7 @@ from rewind.adapters.base import (
     SnapshotConflictError,
     Workloads,
 )
+from rewind.adapters.webhooks import Deliveries
 from rewind.adapters.workloads import proxy_expectation
 from rewind.api import (
     MODELRELEASE_PLURAL,
@@ -70,6 +71,7 @@ from rewind.api import (
     Measurement,
     ModelReleaseSpec,
     ModelReleaseStatus,
+    NotificationState,
     Outcome,
     RolloutPolicySpec,
     SidecarMode,
@@ -99,6 +101,7 @@ from rewind.engine import (
     decide,
 )
 from rewind.metrics import OperatorMetrics
+from rewind.notifications import ReleaseRef, build_message, outbox, targets_for
 from rewind.podtemplate import WorkloadRefError, resolve_workload_ref
 from rewind.policycache import PolicyCache
 
@@ -228,6 +231,9 @@ class ReleaseController:
         actor_stamp: ActorStamp = "server",
         archive: KubeArchive | None = None,
         cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
+        deliveries: Deliveries | None = None,
+        notify_defaults: Sequence[str] = (),
+        argocd_url: str = "",
         policies: PolicyCache | None = None,
     ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
@@ -254,6 +260,10 @@ class ReleaseController:
         self.workloads = workloads
         self.metrics = metrics
         self.notifier = notifier
+        #: Notifier targets beside Events (webhooks, Slack); None: no outbox at all.
+        self.deliveries = deliveries
+        self.notify_defaults = tuple(notify_defaults)
+        self.argocd_url = argocd_url
         self.operator_metrics = operator_metrics or OperatorMetrics()
         self.clock = clock
         self._timeout = request_timeout
@@ -415,6 +425,20 @@ class ReleaseController:
         # routes, scale-downs), which the engine re-emits from that status until they hold;
         # (4) the history records of that status, on the snapshots; (5) Events, once per
         # decision; (6) annotation removals, last.
+        delivered = (
+            self.deliveries.finished(namespace, name) if self.deliveries is not None else {}
+        )
+        if self.deliveries is not None:
+            # The outbox is stored with the status that holds the entries it reports.
+            records, dropped = outbox(
+                status, decision.status, uid=owner.uid,
+                targets=targets_for(policy, self.notify_defaults), delivered=delivered,
+            )
+            for record in dropped:
+                log.warning("%s/%s: notification %s (%s r%d) to %s dropped undelivered: "
+                            "more than the outbox holds are pending", namespace, name,
+                            record.id, record.type, record.revision, record.target)
+            decision.status.notifications = records
         new_status_doc = status_document(decision.status)
         engine_stalled = _keep_reconcile_error(old_status_doc, new_status_doc)
         stored_meta: Mapping[str, Any] = meta
@@ -431,6 +455,10 @@ class ReleaseController:
                         result.requeue_after = 0.0
                         return result
                     raise
+            if self.deliveries is not None:
+                # Stored: the outcomes are recorded, the Pending records may go out.
+                self.deliveries.acknowledge(namespace, name, set(delivered))
+                self._send_notifications(namespace, name, meta, decision.status, policy)
             force = self._resync_due(namespace, name)
             for action in converging:
                 if isinstance(action, SetRoutes):
@@ -482,6 +510,30 @@ class ReleaseController:
         for removal in removals:
             await self._remove_annotation(namespace, name, removal.key, annotations)
         return result
+
+    def _send_notifications(
+        self,
+        namespace: str,
+        name: str,
+        meta: Mapping[str, Any],
+        status: ModelReleaseStatus,
+        policy: RolloutPolicySpec | None,
+    ) -> None:
+        """Hand every stored Pending record to the deliverer (no-op for those in flight).
+        Only after the status holding them is stored: a message never goes out for an
+        entry a crash could still take back."""
+        assert self.deliveries is not None
+        pending = [r for r in status.notifications if r.state == NotificationState.PENDING]
+        if not pending:
+            return
+        release = ReleaseRef(
+            namespace=namespace, name=name, uid=str(meta.get("uid") or ""),
+            labels=dict(meta.get("labels") or {}),
+            annotations=dict(meta.get("annotations") or {}),
+        )
+        for record in pending:
+            message = build_message(record, release, status, policy, argocd_url=self.argocd_url)
+            self.deliveries.submit(namespace, name, record, message)
 
     def _resync_due(self, namespace: str, name: str) -> bool:
         """Re-apply even what looks in place every RESYNC seconds: a deleted Service or an

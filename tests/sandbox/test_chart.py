@@ -109,6 +109,12 @@ def test_helm_lint_passes(sandbox: Sandbox, values: str) -> None:
          "at '/prometheusRule/awaitingApproval/for'"),
         ("clusterDomain=cluster.local.", "at '/clusterDomain'"),
         ("unknownOption=true", "additional properties 'unknownOption' not allowed"),
+        ("notifications.targets[0].name=pager,notifications.targets[0].type=teams,"
+         "notifications.targets[0].urlSecret.name=s,notifications.targets[0].urlSecret.key=k",
+         "at '/notifications/targets/0/type'"),
+        ("notifications.defaultTargets={pager}",
+         'notifications.defaultTargets names "pager", which is not in notifications.targets'),
+        ("notifications.argocdURL=argocd.example.com", "at '/notifications/argocdURL'"),
     ],
 )
 def test_chart_rejects_bad_values(
@@ -217,6 +223,42 @@ def test_operator_arguments_follow_the_values(sandbox: Sandbox, kubectl: Kubectl
             "--prometheus-timeout=25s", "--analysis-threads=48"} <= set(args)
     assert [d["kind"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")] == [
         "StatefulSet"]
+
+
+@sandbox_test
+def test_notifier_targets_come_from_secrets_and_the_dashboard_from_a_configmap(
+    sandbox: Sandbox, kubectl: Kubectl
+) -> None:
+    default = render_docs(sandbox, kubectl, "rewind-system")
+    container = _pod_spec(default)["containers"][0]
+    assert not any(a.startswith(("--notifier", "--notify", "--argocd")) for a in container["args"])
+    assert not [d for d in default if d["kind"] == "ConfigMap"]
+
+    docs = render_docs(sandbox, kubectl, "rewind-system", values_files=[ALL_ON_VALUES])
+    container = _pod_spec(docs)["containers"][0]
+    args = container["args"]
+    assert [a for a in args if a.startswith(("--notifier", "--notify", "--argocd"))] == [
+        "--notifier=oncall-slack=slack", "--notifier=audit=webhook",
+        "--notify-default=oncall-slack", "--notify-max-backoff=2m", "--notify-give-up=6h",
+        "--argocd-url=https://argocd.example.com"]
+    env = {e["name"]: e.get("valueFrom") for e in container["env"]}
+    assert env["REWIND_NOTIFIER_URL_ONCALL_SLACK"] == {
+        "secretKeyRef": {"name": "rewind-notifiers", "key": "oncall-slack"}}
+    assert env["REWIND_NOTIFIER_URL_AUDIT"] == {
+        "secretKeyRef": {"name": "rewind-notifiers", "key": "audit"}}
+    from rewind.adapters.webhooks import url_env
+    from rewind.main import parse_args
+
+    assert url_env("oncall-slack") in env
+    parsed = parse_args([a.replace("$(POD_INDEX)", "1") for a in args])
+    assert parsed.notifier == ["oncall-slack=slack", "audit=webhook"]
+    assert (parsed.notify_max_backoff, parsed.notify_give_up) == (120.0, 6 * 3600.0)
+
+    [dashboard] = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Rewind"}
+    assert json.loads(dashboard["data"]["rewind.json"]) == json.loads(
+        (CHART / "files" / "grafana-dashboard.json").read_text())
 
 
 @sandbox_test

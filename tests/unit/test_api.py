@@ -615,6 +615,8 @@ def test_status_free_text_is_bounded() -> None:
         "status.conditions[].message": api.MAX_MESSAGE,
         "status.consumedActions[].value": api.MAX_HUMAN_TEXT,
         "status.consumedActions[].user": api.MAX_HUMAN_TEXT,
+        "status.notifications[].type": api.MAX_SHORT_TEXT,
+        "status.notifications[].message": api.MAX_MESSAGE,
     }
 
 
