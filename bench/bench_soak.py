@@ -255,7 +255,11 @@ class Store:
                     return  # a re-list delivers what we have
                 if before is not None and before.status_hash != record.status_hash:
                     self.status_writes += 1
-                    write = "status"
+                    # A transition: the write records a decision (a new timeline entry or
+                    # a consumed annotation), not only an analysis round.
+                    moved = (record.timeline[-1:] != before.timeline[-1:]
+                             or record.consumed > before.consumed)
+                    write = "transition" if moved else "status"
                 self.latest[record.release] = record
                 self.releases.append(record)
                 self.arrived["releases"].append(now)
@@ -351,9 +355,12 @@ class Killer:
             self.armed, self.arm_at = what, at
 
     def on_write(self, what: str) -> None:
-        """From a watch thread: kill now if armed for this kind of write."""
+        """From a watch thread: kill now if armed for this kind of write ("route",
+        "status", or "transition": a status write that records a decision; one armed for
+        "status" takes any status write)."""
         with self.lock:
-            if (self.armed != what or time.monotonic() < self.arm_at or self.operator is None
+            wanted = self.armed == what or (self.armed == "status" and what == "transition")
+            if (not wanted or time.monotonic() < self.arm_at or self.operator is None
                     or self.fired.is_set()):
                 return
             self.operator.proc.kill()
@@ -780,11 +787,11 @@ def run_operator_once(killer: Killer, names: list[str], rng: random.Random,
     """Let the operator run until the kill this round chose; returns how it was killed."""
     roll = rng.random()
     now = time.monotonic()
-    if roll < 0.4:
+    if roll < 0.35:
         how, kill_at = "uniform", now + rng.uniform(0.5, 20.0)
         fallback = kill_at
     else:
-        how = "status" if roll < 0.7 else "route"
+        how = "status" if roll < 0.55 else "transition" if roll < 0.75 else "route"
         arm_at = now + rng.uniform(0.5, 12.0)
         killer.arm(how, arm_at)
         fallback = arm_at + 30.0
@@ -969,7 +976,8 @@ def main() -> int:
     rows: list[tuple[str, str]] = [
         ("seed", str(seed)),
         ("kills (SIGKILL)", f"{len(kills)}: uniform over uptime {by_how['uniform']}, right after "
-         f"a status write {by_how['status write']}, right after a route write "
+         f"a status write {by_how['status write'] + by_how['transition write']} (recording a "
+         f"decision: {by_how['transition write']}), right after a route write "
          f"{by_how['route write']}, timer (the awaited write never came) {by_how['timer']}"),
         ("kills before the first reconcile", str(sum(
             1 for r in restarts[:len(kills)] if r.first_reconcile is None))),
