@@ -509,7 +509,7 @@ class Lane(threading.Thread):
         self.soak.api.patch_namespaced_custom_object(
             "rewind.dev", "v1alpha1", NAMESPACE, "modelreleases", self.release,
             {"spec": model_spec(self.release, policy, seq)},
-            _content_type="application/merge-patch+json")
+            _content_type="application/merge-patch+json", _request_timeout=30)
         v = self.wait(f"a revision for model {version}",
                       lambda v: any(m == version for _, _, m, _ in v.history))
         revision = next(r for r, _, m, _ in v.history if m == version)
@@ -542,7 +542,8 @@ class Lane(threading.Thread):
         self.wait("previous action annotations removed", lambda v: not v.annotations)
         user = user or f"soak-{self.soak.next_seq()}"
         key = f"rewind.dev/{action}"
-        args = ["annotate", "-n", NAMESPACE, f"modelrelease/{self.release}", "--overwrite",
+        args = ["annotate", "--request-timeout=30s", "-n", NAMESPACE,
+                f"modelrelease/{self.release}", "--overwrite",
                 f"{key}={value}", f"{key}-by={user}"]
         with self.soak.lock:
             self.soak.actions.append(SoakAction(self.release, user, key, frozenset(types)))
@@ -909,7 +910,7 @@ def main() -> int:
                 gauges.set(workload(name, 1), HEALTHY)
                 soak.api.create_namespaced_custom_object(
                     "rewind.dev", "v1alpha1", NAMESPACE, "modelreleases",
-                    release_manifest(name, "soak-canary", seq))
+                    release_manifest(name, "soak-canary", seq), _request_timeout=30)
             wait_for("every release's r1 promoted", lambda: all(
                 (v := store.latest.get(n)) is not None and v.phase == "Promoted"
                 and v.stable == 1 for n in names), 180)
