@@ -10,7 +10,8 @@ flows, picked so that every flow runs about as often:
   blue-green-fail   fails in preview (Failed: it never served users) or after the switch
                     (switched back: RolledBack)
   shadow-stop       mirrored traffic, then onSuccess Stop: the candidate is Retired
-  shadow-canary     mirrored traffic, then a canary step: Promoted
+  shadow-canary     mirrored traffic, then a canary step shorter than the analysis
+                    interval (it waits for its first round): Promoted
   approval-approve  a failed analysis waits for two approvers; the soak approves (and now
                     and then approves twice as the same user, which counts once): RolledBack
   approval-reject   a failed analysis waits; the metric recovers and the soak rejects:
@@ -18,7 +19,8 @@ flows, picked so that every flow runs about as often:
   break-glass       `rewind.dev/rollback` while the candidate is in flight: RolledBack, or
                     Failed when it had not served users yet
   break-glass-promoted  `rewind.dev/rollback` on a promoted release: back to the previous
-                    known-good revision (often scaled to zero: re-created), RolledBack
+                    known-good revision, still warm or (half the time) once it was retired:
+                    scaled up again, traffic moves once it is Available; RolledBack
   retry             a failed revision, then its metric recovers and `rewind.dev/retry=true`:
                     Promoted
   manual-gate       a canary's last step waits for `rewind.dev/promote=true`: Promoted
@@ -145,6 +147,7 @@ class Policy:
     final: int
     manual: bool = False
     approvers: int = 0
+    interval: str = "1s"
 
 
 def _steps(*steps: tuple[int, str | None]) -> list[dict[str, Any]]:
@@ -160,9 +163,11 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
                                             "keepOldColour": "3s"}}, 2),
     Policy("soak-shadow", {"shadow": {"mirrorPercent": 50, "duration": "3s",
                                       "onSuccess": {"action": "Stop"}}}, 1),
+    # A step shorter than the analysis interval: it must still wait for its first round.
     Policy("soak-shadow-canary", {"shadow": {
         "mirrorPercent": 100, "duration": "2s",
-        "onSuccess": {"action": "Canary", "canary": {"steps": _steps((50, "2s"))}}}}, 2),
+        "onSuccess": {"action": "Canary", "canary": {"steps": _steps((50, "1s"))}}}}, 2,
+        interval="2s"),
     Policy("soak-approval", {"canary": {"steps": _steps((30, "2s"), (60, "2s"))}}, 2,
            approvers=2),
 )}
@@ -181,7 +186,7 @@ def policy_manifest(p: Policy) -> dict[str, Any]:
         "spec": {
             "strategy": p.strategy,
             "analysis": {
-                "interval": "1s",
+                "interval": p.interval,
                 "failureLimit": 1,
                 "noData": "Inconclusive",
                 "metrics": [{
@@ -664,6 +669,10 @@ class Lane(threading.Thread):
         v = self.latest()
         target = previous_known_good(v)
         assert target is not None and v.phase == "Promoted"
+        if self.soak.rng.random() < 0.5:
+            # Once the target is retired (scaled to zero): it is re-created, and traffic
+            # must wait for it to be Available.
+            v = self.wait(f"r{target} retired", lambda v: v.outcome(target) == "Retired")
         self.annotate("rollback", f"soak: undo r{v.stable}", {"BreakGlassRollback"}, down=0.25)
         self.rolled_back(v.stable, target)
 
@@ -974,6 +983,7 @@ def main() -> int:
     up = [r.metrics_up for r in restarts if r.metrics_up is not None]
     first = [r.first_reconcile for r in restarts if r.first_reconcile is not None]
     every = [r.all_reconciled for r in restarts if r.all_reconciled is not None]
+    early = [r.uptime for r in restarts[:len(kills)] if r.all_reconciled is None]
     rows: list[tuple[str, str]] = [
         ("seed", str(seed)),
         ("kills (SIGKILL)", f"{len(kills)}: uniform over uptime {by_how['uniform']}, right after "
@@ -986,6 +996,8 @@ def main() -> int:
         ("restart to the operator's /metrics up (imports, Kopf start-up)", summary(up)),
         ("restart to first reconcile", summary(first)),
         ("restart to every release reconciled", summary(every)),
+        ("restarts killed before reconciling every release", f"{len(early)}" + (
+            f" (they had run at most {max(early):.1f}s)" if early else "")),
         ("uptime between kills", summary([k.uptime for k in kills])),
         ("releases at once", str(len(names))),
         ("flows completed", f"{sum(soak.completed.values())} of {sum(soak.started.values())} "
