@@ -26,7 +26,8 @@ twice reports a violation once.
     only with the required number of distinct approvers); every entry into RollingBack
     stores exactly one new RollbackStarted, every RollbackStarted a rollback, every
     RolledBack finishes a started one; per attempt of a revision at most one RollbackStarted,
-    RolledBack and Promoted; never two Promoted entries for the same revision in a row.
+    RolledBack, Promoted and ApprovalTimedOut; never two Promoted entries for the same
+    revision in a row.
 """
 
 from __future__ import annotations
@@ -582,8 +583,9 @@ def _check_rollback_writes(release: str, versions: Sequence[ReleaseVersion]) -> 
 
 def _check_attempts(release: str, entries: Sequence[Entry]) -> list[Violation]:
     """Per attempt of a revision (from RevisionCreated or Retry): at most one RollbackStarted,
-    RolledBack, Failed and Promoted; RolledBack only after RollbackStarted; never two
-    Promoted entries in a row for the same revision."""
+    RolledBack, Failed, Promoted and ApprovalTimedOut (the soak's timeouts roll back);
+    RolledBack only after RollbackStarted; never two Promoted entries in a row for the same
+    revision."""
     out: list[Violation] = []
     counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     attempt: dict[int, int] = defaultdict(int)
@@ -594,7 +596,8 @@ def _check_attempts(release: str, entries: Sequence[Entry]) -> list[Violation]:
             counts[n] = defaultdict(int)
             attempt[n] += 1
             continue
-        if entry.type not in ("RollbackStarted", "RolledBack", "Failed", "Promoted"):
+        if entry.type not in ("RollbackStarted", "RolledBack", "Failed", "Promoted",
+                              "ApprovalTimedOut"):
             continue
         counts[n][entry.type] += 1
         key = f"attempt:{release}:{n}:{attempt[n]}:{entry.type}"

@@ -16,6 +16,8 @@ flows, picked so that every flow runs about as often:
                     and then approves twice as the same user, which counts once): RolledBack
   approval-reject   a failed analysis waits; the metric recovers and the soak rejects:
                     Promoted
+  approval-timeout  a failed analysis waits; nobody decides within 4 s: onTimeout
+                    Rollback, RolledBack
   break-glass       `rewind.dev/rollback` while the candidate is in flight: RolledBack, or
                     Failed when it had not served users yet
   break-glass-promoted  `rewind.dev/rollback` on a promoted release: back to the previous
@@ -148,6 +150,7 @@ class Policy:
     manual: bool = False
     approvers: int = 0
     interval: str = "1s"
+    timeout: str = "1h"  # of an approval (then onTimeout: Rollback)
 
 
 def _steps(*steps: tuple[int, str | None]) -> list[dict[str, Any]]:
@@ -170,6 +173,8 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
         interval="2s"),
     Policy("soak-approval", {"canary": {"steps": _steps((30, "2s"), (60, "2s"))}}, 2,
            approvers=2),
+    Policy("soak-approval-timeout", {"canary": {"steps": _steps((30, "2s"), (60, "2s"))}}, 2,
+           approvers=1, timeout="4s"),
 )}
 
 
@@ -177,7 +182,7 @@ def policy_manifest(p: Policy) -> dict[str, Any]:
     rollback: dict[str, Any] = {"mode": "approval" if p.approvers else "automatic",
                                 "scaleDownDelay": "1s"}
     if p.approvers:
-        rollback["approval"] = {"requiredApprovers": p.approvers, "timeout": "1h",
+        rollback["approval"] = {"requiredApprovers": p.approvers, "timeout": p.timeout,
                                 "onTimeout": "Rollback"}
     return {
         "apiVersion": "rewind.dev/v1alpha1",
@@ -638,6 +643,11 @@ class Lane(threading.Thread):
         self.annotate("approve-rollback", "true", {"Approved"}, down=0.5)
         self.rolled_back(n, stable)
 
+    def flow_approval_timeout(self) -> None:
+        stable = self.latest().stable
+        n = self.start_revision("soak-approval-timeout", BROKEN)
+        self.rolled_back(n, stable)
+
     def flow_approval_reject(self) -> None:
         n = self.start_revision("soak-approval", BROKEN)
         for _ in range(3):
@@ -728,8 +738,8 @@ class Lane(threading.Thread):
 
 
 FLOWS = ("canary", "canary-fail", "blue-green", "blue-green-fail", "shadow-stop",
-         "shadow-canary", "approval-approve", "approval-reject", "break-glass",
-         "break-glass-promoted", "retry", "manual-gate")
+         "shadow-canary", "approval-approve", "approval-reject", "approval-timeout",
+         "break-glass", "break-glass-promoted", "retry", "manual-gate")
 
 
 # -- checks -----------------------------------------------------------------------------------
