@@ -33,12 +33,15 @@ sandbox Prometheus every second). Annotations are set with `kubectl annotate` to
 chart's admission policies), so each action has its own user; some are set while the
 operator is down (the restart waits until they are written).
 
-The operator (a real `rewind-operator` process) is killed with SIGKILL at random moments:
-uniformly over its uptime (startup included), right after a status write, or right after a
-route write (a watch sees the write and kills within milliseconds), then restarted after a
-random 0.2-3 s. This goes on until `--kills` kills, and until every flow had at least
-`--min-hits` kills land in it. No new flows start after that; the ones in flight must reach
-their expected end within 240 s, every wait is bounded.
+The operator (a real `rewind-operator` process) is killed with SIGKILL at random moments,
+drawn from when its start-up handler ran (its /metrics answers: Kopf then starts watching
+and reconciling; the seconds of Python imports before it write nothing): uniformly over the
+next 15 s, or right after a status write, a status write that records a decision (a timeline
+entry or a consumed annotation), or a route write (a watch sees the write and kills within
+milliseconds); then it is restarted after a random 0.2-3 s. This goes on until `--kills`
+kills, and until every flow had at least `--min-hits` kills land in it. No new flows start
+after that; the ones in flight must reach their expected end within 240 s. Every wait is
+bounded.
 
 A watch records every stored version of the VirtualServices, DestinationRules, Deployments
 and ModelReleases, and the invariants of `_soak_checks.py` are judged on them continuously
@@ -802,32 +805,47 @@ class Restart:
     uptime: float = 0.0
 
 
+#: The operator's start-up handler must have run (its /metrics answers) within this.
+STARTUP_BOUND = 60.0
+
+
 def run_operator_once(killer: Killer, names: list[str], rng: random.Random,
                       restart: Restart) -> str:
-    """Let the operator run until the kill this round chose; returns how it was killed."""
+    """Let the operator run until the kill this round chose; returns how it was killed.
+
+    The moment is drawn from when the operator's start-up handler has run (its /metrics
+    answers; Kopf then starts its watches and the first reconciles): the seconds of Python
+    imports before it write nothing. Uniformly over the next 15 s; or, armed 0-8 s in, right
+    after the next status write, status write recording a decision, or route write (a
+    "timer" kill 30 s after arming if that write never comes)."""
     roll = rng.random()
-    now = time.monotonic()
-    if roll < 0.35:
-        how, kill_at = "uniform", now + rng.uniform(0.5, 20.0)
-        fallback = kill_at
-    else:
-        how = "status" if roll < 0.55 else "transition" if roll < 0.75 else "route"
-        arm_at = now + rng.uniform(0.5, 12.0)
-        killer.arm(how, arm_at)
-        fallback = arm_at + 30.0
+    how = ("uniform" if roll < 0.35 else "status" if roll < 0.55
+           else "transition" if roll < 0.75 else "route")
+    kill_at: float | None = None
+    fallback = restart.started + STARTUP_BOUND
     seen: set[str] = set()
-    next_poll = now
+    next_poll = 0.0
     while True:
         t = time.monotonic()
         if killer.fired.is_set():
             return killer.fired_by
+        if kill_at is not None and t >= kill_at:
+            return "uniform"
         if t >= fallback:
-            return "uniform" if how == "uniform" else "timer"
+            return "timer" if restart.metrics_up is not None else "start-up timeout"
         if restart.all_reconciled is None and t >= next_poll:
             next_poll = t + 0.1
             text = operator_metrics_text(killer.port, timeout=0.5)
             if text and restart.metrics_up is None:
-                restart.metrics_up = time.monotonic() - restart.started
+                t = time.monotonic()
+                restart.metrics_up = t - restart.started
+                if how == "uniform":
+                    kill_at = t + rng.uniform(0.0, 15.0)
+                    fallback = kill_at + 1.0
+                else:
+                    arm_at = t + rng.uniform(0.0, 8.0)
+                    killer.arm(how, arm_at)
+                    fallback = arm_at + 30.0
             if text:
                 seen.update(RELEASE_RE.findall(text))
                 if seen and restart.first_reconcile is None:
@@ -869,6 +887,9 @@ def kill_loop(args: argparse.Namespace, soak: Soak, killer: Killer, lanes: list[
         if len(kills) % 10 == 0:
             print(f"[soak] {len(kills)} kills, flows completed "
                   f"{sum(soak.completed.values())}", file=sys.stderr, flush=True)
+        if how == "start-up timeout":
+            soak.fail(f"the operator started at kill {len(kills)} did not answer on /metrics "
+                      f"within {STARTUP_BOUND:.0f}s")
         if restart.uptime >= RESUME_BOUND and restart.all_reconciled is None:
             soak.fail(f"the operator started at kill {len(kills)} ran {restart.uptime:.0f}s "
                       "without reconciling every release")
@@ -996,7 +1017,8 @@ def main() -> int:
     early = [r.uptime for r in restarts[:len(kills)] if r.all_reconciled is None]
     rows: list[tuple[str, str]] = [
         ("seed", str(seed)),
-        ("kills (SIGKILL)", f"{len(kills)}: uniform over uptime {by_how['uniform']}, right after "
+        ("kills (SIGKILL)", f"{len(kills)}: uniform over 15 s of uptime {by_how['uniform']}, "
+         "right after "
          f"a status write {by_how['status write'] + by_how['transition write']} (recording a "
          f"decision: {by_how['transition write']}), right after a route write "
          f"{by_how['route write']}, timer (the awaited write never came) {by_how['timer']}"),
