@@ -2,9 +2,10 @@
 # The Rewind operator image. Build from the repository root:
 #   docker build -t rewind-operator:dev .
 # Runtime dependencies come only from operator/requirements.lock (pinned); the operator itself
-# is installed with --no-deps, so the image holds exactly the locked set. The root filesystem
-# can be mounted read-only (the chart does): bytecode is compiled at build time and HOME is
-# /tmp, where the chart mounts an emptyDir.
+# is installed with --no-deps, so the image holds exactly the locked set. Only the `rewind`
+# package is copied: the demo and its stand-ins (demo/, a distribution of their own) are not.
+# The root filesystem can be mounted read-only (the chart does): bytecode is compiled at build
+# time and HOME is /tmp, where the chart mounts an emptyDir.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 

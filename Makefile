@@ -23,10 +23,12 @@ help:
 # the clone, so a fresh clone on a warm machine installs in seconds.
 # Runtime dependencies are held at the versions of operator/requirements.lock (what the image
 # ships), so tests run what users run and pip resolves nothing new between two clean runs.
-$(VENV)/.installed: pyproject.toml operator/requirements.lock
+# The demo and its stand-ins are a second distribution (demo/pyproject.toml, package
+# rewind_demo), installed here and never in the image.
+$(VENV)/.installed: pyproject.toml demo/pyproject.toml operator/requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c operator/requirements.lock -e '.[test]'
+	$(PY) -m pip install -q -c operator/requirements.lock -e '.[test]' -e ./demo
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -58,7 +60,7 @@ sandbox-status:
 
 # mypy's cache lives outside the clone, so a fresh CI clone on a warm machine reuses it.
 lint: venv
-	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff check operator demo tests bench
 	MYPY_CACHE_DIR=$${XDG_CACHE_HOME:-$$HOME/.cache}/rewind/mypy $(VENV)/bin/mypy
 
 # crds/ is generated from operator/rewind/api.py; the chart ships a copy (a test compares).
@@ -82,10 +84,10 @@ test: sandbox-up lint
 # The 3 AM incident: operator, model servers and a stand-in for Istio's data plane, on
 # the sandbox; exits non-zero unless every outcome checks out in the API server.
 demo: sandbox-up
-	$(PY) -m rewind.demo
+	$(PY) -m rewind_demo.demo
 
 demo-down: venv
-	$(PY) -m rewind.demo --down
+	$(PY) -m rewind_demo.demo --down
 
 run: sandbox-up
 	source .sandbox/env && $(VENV)/bin/rewind-operator
@@ -94,4 +96,4 @@ bench: sandbox-up
 	@for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info demo/build demo/*.egg-info

@@ -10,11 +10,13 @@ import contextlib
 import json
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any, cast
 
 from kubernetes import client, config, watch
 
-from rewind.sim import targets
+from rewind_demo import targets
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGEST = "sha256:" + "ab" * 32
@@ -41,21 +43,32 @@ def sandbox_env() -> dict[str, str]:
     return env
 
 
-def kubectl(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    out = subprocess.run([env["KUBECTL"], *args], input=stdin, capture_output=True, text=True,
-                         env={**os.environ, "KUBECONFIG": env["KUBECONFIG"]})
+def kubectl(env: dict[str, str], *args: str, stdin: str | None = None,
+            timeout: float = 300.0) -> str:
+    """Run kubectl; bounded, so a stuck API server ends the benchmark instead of hanging it."""
+    try:
+        out = subprocess.run([env["KUBECTL"], *args], input=stdin, capture_output=True,
+                             text=True, env={**os.environ, "KUBECONFIG": env["KUBECONFIG"]},
+                             timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise TimeoutError(f"kubectl {' '.join(args)} did not return in {timeout:.0f}s") from err
     if out.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr}")
     return out.stdout
 
 
-def fresh_namespace(env: dict[str, str], name: str) -> None:
+def fresh_namespace(env: dict[str, str], name: str, timeout: float = 120.0) -> None:
+    """An empty namespace of that name; one left by an earlier run is deleted first, which
+    takes a while when it held thousands of objects (``timeout``)."""
     kubectl(env, "apply", "--server-side", "-f", str(ROOT / "crds"))
     kubectl(env, "wait", "--for=condition=Established", "crd/modelreleases.rewind.dev")
     existing = subprocess.run([env["KUBECTL"], "get", "ns", name], capture_output=True,
                               env={**os.environ, "KUBECONFIG": env["KUBECONFIG"]})
     if existing.returncode == 0:
-        kubectl(env, "delete", "ns", name, "--wait=true", "--timeout=120s")
+        print(f"deleting namespace {name} left by an earlier run (at most {timeout:.0f}s)",
+              flush=True)
+        kubectl(env, "delete", "ns", name, "--wait=true", f"--timeout={timeout:.0f}s",
+                timeout=timeout + 30)
     kubectl(env, "create", "ns", name)
     wait_for("default ServiceAccount", lambda: subprocess.run(
         [env["KUBECTL"], "get", "sa", "default", "-n", name], capture_output=True,
@@ -69,6 +82,12 @@ def drop_namespace(env: dict[str, str], name: str) -> None:
     kubectl(env, "delete", "ns", name, "--wait=false", "--ignore-not-found")
 
 
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
     """Bounded polling."""
     deadline = time.monotonic() + timeout
@@ -80,13 +99,23 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
     raise TimeoutError(f"{what} not reached in {timeout:.0f}s")
 
 
+def _cpu_of(stat: Path) -> float:
+    """User + system CPU seconds from a /proc stat file (a process or one of its threads)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3, utime 14 and stime 15 (man 5 proc).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Operator:
     """rewind-operator as a process watching one namespace."""
 
     def __init__(self, env: dict[str, str], namespace: str, log_path: Path,
-                 extra: Sequence[str] = ()) -> None:
+                 extra: Sequence[str] = (), *, prometheus_url: str | None = None,
+                 metrics_port: int = 0) -> None:
         args = [str(ROOT / ".venv" / "bin" / "rewind-operator"), "--namespace", namespace,
-                "--metrics-port", "0", "--prometheus-url", env["PROMETHEUS_URL"], *extra]
+                "--metrics-port", str(metrics_port),
+                "--prometheus-url", prometheus_url or env["PROMETHEUS_URL"], *extra]
+        self.metrics_port = metrics_port
         self.log = log_path.open("ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "KUBECONFIG": env["KUBECONFIG"]})
@@ -96,6 +125,32 @@ class Operator:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the operator process (all its threads) has used so far."""
+        return _cpu_of(Path(f"/proc/{self.proc.pid}/stat"))
+
+    def main_thread_cpu_seconds(self) -> float:
+        """CPU of the operator's main thread alone: its event loop (Kopf, the reconciles'
+        Python), which one core bounds; the rest is worker threads (HTTP, JSON)."""
+        return _cpu_of(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat"))
+
+    def metrics(self) -> dict[str, float]:
+        """The operator's /metrics, each family summed over its labels (needs metrics_port)."""
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10
+        ) as answer:
+            text = answer.read().decode()
+        sums: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            family = series.split("{", 1)[0]
+            sums[family] = sums.get(family, 0.0) + float(value)
+            if "{" in series:
+                sums[series] = float(value)
+        return sums
 
     def kill(self) -> None:
         """SIGKILL, as when a node dies."""
@@ -116,10 +171,12 @@ class Operator:
 
 
 class Gauges:
-    """A /metrics endpoint with gauges the benchmark flips, registered with Prometheus."""
+    """A /metrics endpoint with gauges the benchmark flips, registered with Prometheus:
+    ``rewind_bench_error_rate`` and ``rewind_bench_latency_ms``, per workload."""
 
     def __init__(self, env: dict[str, str], name: str) -> None:
         self.values: dict[str, float] = {}
+        self.latency: dict[str, float] = {}
         self.lock = threading.Lock()
         gauges = self
 
@@ -129,11 +186,15 @@ class Gauges:
                     body = "".join(
                         f'rewind_bench_error_rate{{workload="{w}"}} {v}\n'
                         for w, v in gauges.values.items()
-                    ).encode()
+                    ) + "".join(
+                        f'rewind_bench_latency_ms{{workload="{w}"}} {v}\n'
+                        for w, v in gauges.latency.items()
+                    )
+                    payload = body.encode()
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(payload)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -150,13 +211,30 @@ class Gauges:
         with self.lock:
             self.values[workload] = value
 
+    def set_latency(self, workload: str, value: float) -> None:
+        with self.lock:
+            self.latency[workload] = value
+
     def close(self) -> None:
         targets.unregister_target(self.name, directory=self.env["SANDBOX_TARGETS_DIR"])
         self.server.shutdown()
 
 
+ERROR_RATE_METRIC: dict[str, Any] = {
+    "name": "error-rate",
+    "query": 'max(rewind_bench_error_rate{workload="{{candidateWorkload}}"})',
+    "thresholds": {"max": 0.05},
+}
+LATENCY_METRIC: dict[str, Any] = {
+    "name": "p95-latency",
+    "query": 'max(rewind_bench_latency_ms{workload="{{candidateWorkload}}"})',
+    "thresholds": {"max": 300},
+}
+
+
 def policy(name: str, *, interval: str, mode: str, steps: list[dict[str, Any]],
-           failure_limit: int = 1) -> dict[str, Any]:
+           failure_limit: int = 1, metrics: Sequence[dict[str, Any]] = (ERROR_RATE_METRIC,),
+           query_error: str | None = None, progress_deadline: str = "2m") -> dict[str, Any]:
     rollback: dict[str, Any] = {"mode": mode, "scaleDownDelay": "1s"}
     if mode == "approval":
         rollback["approval"] = {"requiredApprovers": 1, "timeout": "1h", "onTimeout": "Rollback"}
@@ -169,15 +247,14 @@ def policy(name: str, *, interval: str, mode: str, steps: list[dict[str, Any]],
             "analysis": {
                 "interval": interval,
                 "failureLimit": failure_limit,
-                "metrics": [{
-                    "name": "error-rate",
-                    "query": 'max(rewind_bench_error_rate{workload="{{candidateWorkload}}"})',
-                    "thresholds": {"max": 0.05},
-                }],
+                "metrics": [dict(m) for m in metrics],
+                **({"queryError": query_error} if query_error else {}),
             },
             "rollback": rollback,
-            "progressDeadline": "2m",
+            "progressDeadline": progress_deadline,
             "keepPreviousWarm": "1h",
+            # The benchmarks measure later releases: the first one serves once Available.
+            "firstRelease": "Promote",
         },
     }
 

@@ -40,7 +40,7 @@ from _harness import (
     wait_for,
 )
 
-from rewind.sim import targets
+from rewind_demo import targets
 
 NAMESPACE = "rewind-bench-revert"
 

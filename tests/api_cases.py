@@ -200,6 +200,27 @@ INVALID: list[Case] = [
         "should match",
     ),
     Case(
+        "route-timeout-zero",
+        FRAUD_MR,
+        (("spec.traffic.timeout", "0s"),),
+        "spec.traffic.timeout",
+        "must be more than 0s",
+    ),
+    Case(
+        "route-per-try-timeout-zero",
+        FRAUD_MR,
+        (("spec.traffic.retries", {"attempts": 2, "perTryTimeout": "0ms"}),),
+        "spec.traffic.retries.perTryTimeout",
+        "must be more than 0s",
+    ),
+    Case(
+        "route-retries-too-many",
+        FRAUD_MR,
+        (("spec.traffic.retries", {"attempts": 11}),),
+        "spec.traffic.retries.attempts",
+        "less than or equal to 10",
+    ),
+    Case(
         "replicas-zero",
         FRAUD_MR,
         (("spec.serving.replicas", 0),),
@@ -545,6 +566,34 @@ INVALID: list[Case] = [
         f"{ON_SUCCESS}.action",
         "Unsupported value",
     ),
+    Case(
+        "rollback-window-negative",
+        FRAUD_RP,
+        (("spec.rollbackWindow.revisions", -1),),
+        "spec.rollbackWindow.revisions",
+        "greater than or equal to 0",
+    ),
+    Case(
+        "rollback-window-beyond-history",
+        FRAUD_RP,
+        (("spec.rollbackWindow.revisions", 21),),
+        "spec.rollbackWindow.revisions",
+        "less than or equal to 20",
+    ),
+    Case(
+        "rollback-window-unknown-field",
+        FRAUD_RP,
+        (("spec.rollbackWindow.days", 3),),
+        "spec.rollbackWindow.days",
+        "unknown field",
+    ),
+    Case(
+        "first-release-unknown",
+        FRAUD_RP,
+        (("spec.firstRelease", "Skip"),),
+        "spec.firstRelease",
+        "Unsupported value",
+    ),
 ]
 
 #: Variants that look unusual but must be accepted.
@@ -564,6 +613,15 @@ VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] =
             ("spec.code.args", DELETE),
             ("spec.code.env", DELETE),
             ("spec.traffic.gateways", DELETE),
+        ),
+    ),
+    (
+        "route-options",
+        FRAUD_MR,
+        (
+            ("spec.traffic.timeout", "1ms"),
+            ("spec.traffic.retries", {"attempts": 0, "perTryTimeout": "1h30m",
+                                      "retryOn": "connect-failure,503"}),
         ),
     ),
     ("threshold-min-only", FRAUD_RP, ((f"{M0}.thresholds", {"min": 0.9}),)),
@@ -594,4 +652,9 @@ VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] =
         ),
     ),
     ("shadow-stop", REC_RP, ((ON_SUCCESS, {"action": "Stop"}),)),
+    ("rollback-window-off", FRAUD_RP, (("spec.rollbackWindow", {"revisions": 0}),)),
+    ("rollback-window-whole-history", FRAUD_RP, (("spec.rollbackWindow", {"revisions": 20}),)),
+    ("rollback-window-default", FRAUD_RP, (("spec.rollbackWindow", {}),)),
+    ("first-release-promote", FRAUD_RP, (("spec.firstRelease", "Promote"),)),
+    ("first-release-gates", CHAT_RP, (("spec.firstRelease", "Gates"),)),
 ]

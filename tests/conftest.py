@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from rewind.sim import targets
+from rewind_demo import targets
 
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX_CLI = ROOT / "hack" / "sandbox"

@@ -52,6 +52,7 @@ __all__ = [
     "ANNOTATION_ROLLBACK",
     "API_GROUP",
     "API_VERSION",
+    "DEFAULT_ROLLBACK_WINDOW",
     "DIGEST_PATTERN",
     "DNS_LABEL_PATTERN",
     "DNS_SUBDOMAIN_PATTERN",
@@ -93,6 +94,7 @@ __all__ = [
     "Duration",
     "EnvVar",
     "EnvironmentSpec",
+    "FirstRelease",
     "HeaderMatch",
     "HeaderRoute",
     "HistoryEntry",
@@ -117,6 +119,7 @@ __all__ = [
     "RetrySpec",
     "RollbackMode",
     "RollbackSpec",
+    "RollbackWindowSpec",
     "RolloutPolicy",
     "RolloutPolicySpec",
     "RolloutPolicyStatus",
@@ -168,7 +171,11 @@ MAX_RELEASE_NAME = 50
 MAX_MEASUREMENTS = 20
 MAX_HISTORY = 20
 MAX_TIMELINE = 50
-MAX_CONSUMED_ACTIONS = 10
+#: The ledger of action annotations: values acted on are remembered (bounded) after their
+#: annotation is gone, so the same value coming back never acts on the same thing again.
+MAX_CONSUMED_ACTIONS = 20
+#: Default of RolloutPolicy spec.rollbackWindow.revisions.
+DEFAULT_ROLLBACK_WINDOW = 3
 
 #: Bounded status strings (maxLength in the schema). Reading clips longer values instead of
 #: failing, and the engine clips what it writes: a status the API server refuses (etcd's
@@ -284,6 +291,20 @@ def _validations(*rules: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
 
 
+def _positive_duration_rule(name: str) -> dict[str, str]:
+    """CEL: a duration field is more than 0s (Istio's schema refuses a 0s route timeout)."""
+    return _cel(
+        "!self.matches('" + DURATION_PATTERN + "') || duration(self) > duration('0s')",
+        f"{name} must be more than 0s",
+    )
+
+
+def _positive_duration(value: str | None, name: str) -> str | None:
+    if value is not None and parse_duration(value) <= 0:
+        raise ValueError(f"{name} must be more than 0s")
+    return value
+
+
 # --------------------------------------------------------------------------------------
 # Reusable field types
 # --------------------------------------------------------------------------------------
@@ -369,6 +390,13 @@ class SignatureType(StrEnum):
     SIGSTORE_BUNDLE = "sigstore-bundle"
     COSIGN = "cosign"
     OTHER = "other"
+
+
+class FirstRelease(StrEnum):
+    """How the first revision of a release (no stable revision yet) is released."""
+
+    GATES = "Gates"
+    PROMOTE = "Promote"
 
 
 class ShadowAction(StrEnum):
@@ -471,6 +499,9 @@ class TimelineType(StrEnum):
     ROLLBACK_STARTED = "RollbackStarted"
     ROLLED_BACK = "RolledBack"
     BREAK_GLASS = "BreakGlassRollback"
+    ROLLBACK_ABANDONED = "RollbackAbandoned"
+    RESTORE_STARTED = "RestoreStarted"
+    RESTORED = "Restored"
     RETRY = "Retry"
     FAILED = "Failed"
     ACTION_IGNORED = "ActionIgnored"
@@ -772,7 +803,10 @@ class RetrySpec(SpecModel):
         ),
     )
     per_try_timeout: Duration | None = Field(
-        default=None, description="Timeout of each attempt, e.g. 30s. Omitted: the route timeout."
+        default=None,
+        description="Timeout of each attempt, e.g. 30s (more than 0s). Omitted: the route "
+        "timeout.",
+        json_schema_extra=_validations(_positive_duration_rule("retries.perTryTimeout")),
     )
     retry_on: str | None = Field(
         default=None,
@@ -780,6 +814,11 @@ class RetrySpec(SpecModel):
         pattern=r"^[a-z0-9-]+(,[a-z0-9-]+)*$",
         description="Envoy retry policies, comma-separated, e.g. connect-failure,reset,503.",
     )
+
+    @field_validator("per_try_timeout")
+    @classmethod
+    def _positive_per_try_timeout(cls, v: str | None) -> str | None:
+        return _positive_duration(v, "retries.perTryTimeout")
 
 
 class HeaderMatch(SpecModel):
@@ -860,8 +899,9 @@ class TrafficSpec(SpecModel):
         default=None,
         description=(
             "Request timeout of the route (Istio http[].timeout), e.g. 120s for a long "
-            "generation. Omitted: the mesh default."
+            "generation; more than 0s. Omitted: the mesh default."
         ),
+        json_schema_extra=_validations(_positive_duration_rule("traffic.timeout")),
     )
     retries: RetrySpec | None = Field(
         default=None,
@@ -884,6 +924,11 @@ class TrafficSpec(SpecModel):
             "x-kubernetes-list-map-keys": ["name"],
         },
     )
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, v: str | None) -> str | None:
+        return _positive_duration(v, "traffic.timeout")
 
     @field_validator("header_routes")
     @classmethod
@@ -1401,6 +1446,24 @@ class RollbackSpec(SpecModel):
         return self
 
 
+class RollbackWindowSpec(SpecModel):
+    """Which known-good revisions a spec reverted to (git revert) restores at once."""
+
+    revisions: int = Field(
+        default=DEFAULT_ROLLBACK_WINDOW,
+        ge=0,
+        le=MAX_HISTORY,
+        description=(
+            "A spec equal to the stable revision's, or to one of the N revisions promoted "
+            "most recently before it that is still known-good (never rolled back since), is "
+            "restored without steps or analysis: its Deployment is scaled up from its "
+            "snapshot, then all traffic moves to it once it is Available; same revision "
+            f"number. 0 turns this off. Default {DEFAULT_ROLLBACK_WINDOW}, at most "
+            f"{MAX_HISTORY}."
+        ),
+    )
+
+
 class RolloutPolicySpec(SpecModel):
     """How ModelReleases that reference this policy are released and rolled back."""
 
@@ -1427,6 +1490,21 @@ class RolloutPolicySpec(SpecModel):
         default=False,
         description="Allow ModelReleases that opt in with code.allowTagImage to use a "
         "tag-only image (not reproducible). Default false.",
+    )
+    rollback_window: RollbackWindowSpec = Field(
+        default_factory=RollbackWindowSpec,
+        description="Reverting the spec to a recently promoted revision restores it at "
+        "once (no steps, no analysis) instead of releasing it as a new revision.",
+    )
+    first_release: FirstRelease = Field(
+        default=FirstRelease.GATES,
+        description="How a release's first revision (no stable revision yet) goes out. "
+        "Gates (default): before it takes any traffic it runs at 0% (reachable only at its "
+        "own Service <release>-r<N>, for smoke tests) for the strategy's first verification "
+        "window (canary: the first step's pause; blue-green: previewDuration; shadow: "
+        "duration), analysed with the metrics that do not use {{stable}} (no data holds it, "
+        "as anywhere: rewind.dev/promote vouches for it), then waits at a manual gate if the "
+        "strategy has one. Promote: all traffic as soon as it is Available.",
     )
 
 
@@ -1617,7 +1695,7 @@ class TimelineEntry(StatusModel):
 
 
 class ConsumedAction(StatusModel):
-    """An action annotation the operator acted on (or ignored) and asked to be removed."""
+    """An action annotation the operator acted on (or ignored), and what it acted on."""
 
     key: ShortText = Field(default="", description="Annotation key, e.g. rewind.dev/promote.")
     value: HumanText = Field(
@@ -1626,6 +1704,24 @@ class ConsumedAction(StatusModel):
     )
     user: HumanText = Field(default="", description="Who set it (empty: unknown).")
     at: datetime | None = Field(default=None, description="When the operator consumed it.")
+    target: ShortText = Field(
+        default="",
+        description="What it acted on (e.g. r2, or the rollback decision of r3 it approved); "
+        "empty when it was ignored. The same value never acts on this again.",
+    )
+    revision: int = Field(
+        default=0, description="The revision being released or serving when it was judged."
+    )
+    keep: bool = Field(
+        default=False,
+        description="Left on the object, not removed: the same value came back after it "
+        "was consumed (a GitOps tool re-applying it), so removing it would only make it "
+        "come back again. It never acts.",
+    )
+    gone_at: datetime | None = Field(
+        default=None,
+        description="When the annotation was seen gone or changed (null: still there).",
+    )
 
 
 class Condition(StatusModel):
@@ -1692,6 +1788,12 @@ class ModelReleaseStatus(StatusModel):
     pending_decision: PendingDecision | None = Field(
         default=None, description="Present while a human must decide."
     )
+    restoring: bool = Field(
+        default=False,
+        description="True while the candidate is a known-good revision being restored "
+        "because the spec was reverted to it (RolloutPolicy rollbackWindow): no steps, no "
+        "analysis; it takes all traffic once Available.",
+    )
     history: list[HistoryEntry] = Field(
         default_factory=list,
         max_length=MAX_HISTORY,
@@ -1708,10 +1810,11 @@ class ModelReleaseStatus(StatusModel):
     consumed_actions: list[ConsumedAction] = Field(
         default_factory=list,
         max_length=MAX_CONSUMED_ACTIONS,
-        description="Action annotations (rewind.dev/promote, ...) the operator has already "
-        "acted on or ignored, kept until it sees them removed: an annotation still present "
-        "with the same value and author (its removal failed or is not seen yet) is never "
-        f"acted on twice, only removed again (at most {MAX_CONSUMED_ACTIONS}).",
+        description="Action annotations (rewind.dev/promote, ...) the operator has acted on "
+        "or ignored, and what each acted on: an annotation still present with the same "
+        "value and author is never acted on twice; the same value coming back later never "
+        "acts on the same thing again (a reason never acts twice). The newest "
+        f"{MAX_CONSUMED_ACTIONS} are remembered.",
     )
 
 

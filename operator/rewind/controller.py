@@ -3,12 +3,20 @@
 The engine decides; this module only does I/O around it, in an order that makes a crash
 at any line harmless:
 
-1. everything is read fresh from the API server (no in-memory state survives a restart);
+1. everything is read fresh from the API server (no in-memory state survives a restart),
+   but the RolloutPolicy, which the policy watch keeps true (:mod:`rewind.policycache`);
 2. the engine's actions are applied before the status that depends on them is written
    (snapshot before the revision is recorded, routes before the weights are reported), and
    every action is idempotent, so a crash before the status write just repeats them;
-3. human annotations are removed only after the status recording their effect is stored,
+3. history records (on the snapshots, :mod:`rewind.adapters.archive`) are written only
+   after the status holding them, so a record never claims more than a status did; a
+   crash in between leaves a record behind, written again by the next reconcile;
+4. human annotations are removed only after the status recording their effect is stored,
    and only if they still hold the value that was acted on.
+
+A status without history is that of a new object: the records of its namespace/name (a
+ModelRelease of that name deleted and applied again) are claimed and handed to the
+engine, which adopts them (``Inputs.archive``).
 """
 
 from __future__ import annotations
@@ -30,6 +38,15 @@ from pydantic import ValidationError
 
 from rewind import API_GROUP, API_VERSION
 from rewind.adapters import _kube
+from rewind.adapters.archive import (
+    FORGET_HISTORY_ANNOTATION,
+    KubeArchive,
+    LegacySnapshotError,
+    archive_entries,
+    describe_source,
+    encode_record,
+    parse_stored,
+)
 from rewind.adapters.base import (
     AdapterError,
     MetricProvider,
@@ -58,6 +75,7 @@ from rewind.api import (
 from rewind.engine import (
     ANNOTATION_OF,
     Action,
+    Archive,
     Decision,
     EmitEvent,
     EnsureRevision,
@@ -69,10 +87,12 @@ from rewind.engine import (
     SetRoutes,
     SnapshotRevision,
     analysis_due,
+    analysis_metrics,
     analysis_targets,
     decide,
 )
 from rewind.metrics import OperatorMetrics
+from rewind.policycache import PolicyCache
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +204,13 @@ class ReleaseController:
         clock: Callable[[], datetime] = utcnow,
         request_timeout: float = 30.0,
         trust_actor_annotations: bool = False,
+        archive: KubeArchive | None = None,
+        policies: PolicyCache | None = None,
     ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
+        self.archive = archive or KubeArchive(api_client, request_timeout=request_timeout)
+        #: Per release: the uid and the records (revision -> record) known to be stored.
+        self._records: dict[tuple[str, str], tuple[str, dict[int, str]]] = {}
         self._apps = client.AppsV1Api(api_client)
         self._last_resync: dict[tuple[str, str], float] = {}
         #: The last refused route write per release: what was asked and the API's answer.
@@ -193,6 +218,8 @@ class ReleaseController:
         #: Reconciles in a row that wrote routes, per release (see ROUTE_RECHECK).
         self._route_streak: dict[tuple[str, str], int] = {}
         self.trust_actor_annotations = trust_actor_annotations
+        #: RolloutPolicies as last read; ``handlers.policy_event`` invalidates them.
+        self.policies = policies if policies is not None else PolicyCache()
         self.router = router
         self.workloads = workloads
         self.metrics = metrics
@@ -217,16 +244,22 @@ class ReleaseController:
     async def _load_policy(
         self, namespace: str, name: str
     ) -> tuple[RolloutPolicySpec | None, str | None]:
-        body = await self._get(ROLLOUTPOLICY_PLURAL, namespace, name)
-        if body is None:
-            return None, (
-                f"RolloutPolicy {name!r} not found in namespace {namespace!r}: create it or "
-                "fix spec.policyRef.name"
-            )
-        try:
-            return RolloutPolicySpec.model_validate(body.get("spec") or {}), None
-        except ValidationError as err:
-            return None, f"RolloutPolicy {name!r} is invalid: {_first_error(err)}"
+        """The release's policy, from the cache the policy watch keeps true
+        (:mod:`rewind.policycache`), else read and parsed."""
+
+        async def read() -> tuple[tuple[RolloutPolicySpec | None, str | None], bool]:
+            body = await self._get(ROLLOUTPOLICY_PLURAL, namespace, name)
+            if body is None:
+                return (None, (
+                    f"RolloutPolicy {name!r} not found in namespace {namespace!r}: create it "
+                    "or fix spec.policyRef.name"
+                )), False
+            try:
+                return (RolloutPolicySpec.model_validate(body.get("spec") or {}), None), True
+            except ValidationError as err:
+                return (None, f"RolloutPolicy {name!r} is invalid: {_first_error(err)}"), True
+
+        return await self.policies.load(namespace, name, read)
 
     async def _measure(
         self,
@@ -248,7 +281,7 @@ class ReleaseController:
         results = await asyncio.gather(
             *(
                 self.metrics.measure(metric, variables, policy.analysis, now, candidate)
-                for metric in policy.analysis.metrics
+                for metric in analysis_metrics(status, policy)
             )
         )
         return list(results)
@@ -274,17 +307,31 @@ class ReleaseController:
             await self._write_stalled(namespace, name, old_status_doc, meta, message)
             return ReconcileResult(requeue_after=None, error=message)
 
+        annotations: dict[str, str] = dict(meta.get("annotations") or {})
         (policy, policy_error), observed, routes = await asyncio.gather(
             self._load_policy(namespace, spec.policy_ref.name),
             self.workloads.observe_revisions(name, namespace),
             self.router.observe_routes(name, namespace, owner, spec.traffic),
         )
+        # A Deployment still owned by a deleted object of the same name (the garbage
+        # collector has yet to delete it) is not this release's.
+        observed = {
+            rev: o for rev, o in observed.items() if not o.owner_uids or owner.uid in o.owner_uids
+        }
+        archive = Archive()
+        if not status.history:
+            try:
+                archive = await self._read_archive(namespace, name, owner, annotations)
+            except (AdapterError, client.ApiException) as err:
+                message = f"could not read the recorded history: {_describe_error(err)}"
+                log.warning("%s/%s: %s", namespace, name, message)
+                await self._write_stalled(namespace, name, old_status_doc, meta, message)
+                return ReconcileResult(requeue_after=ERROR_REQUEUE, error=message)
         key = (namespace, name)
         routes = with_refusal(routes, self._refused.get(key))
         measurements = (
             await self._measure(namespace, name, status, policy, now) if policy else None
         )
-        annotations: dict[str, str] = dict(meta.get("annotations") or {})
         inputs = Inputs(
             spec=spec,
             spec_hash=spec_hash(spec),
@@ -299,6 +346,7 @@ class ReleaseController:
             name=name,
             namespace=namespace,
             routes=routes,
+            archive=archive,
         )
         decision = decide(inputs)
         result = ReconcileResult(requeue_after=decision.requeue_after, decision=decision)
@@ -314,11 +362,13 @@ class ReleaseController:
         # guarded by the object's uid and resourceVersion so a concurrent writer makes it
         # re-decide instead of being overwritten; (3) the level-based actions (workloads,
         # routes, scale-downs), which the engine re-emits from that status until they hold;
-        # (4) Events, once per decision; (5) annotation removals, last.
+        # (4) the history records of that status, on the snapshots; (5) Events, once per
+        # decision; (6) annotation removals, last.
         new_status_doc = status_document(decision.status)
         engine_stalled = _keep_reconcile_error(old_status_doc, new_status_doc)
         stored_meta: Mapping[str, Any] = meta
         action: Action | None = None
+        what = "status"
         try:
             for action in snapshots:
                 await self._apply(action, name, namespace, owner, spec, decision, observed, status)
@@ -340,8 +390,10 @@ class ReleaseController:
                     action, name, namespace, owner, spec, decision, observed, status, force
                 ):
                     result.applied.append(action)
+            action, what = None, "the history records"
+            await self._sync_records(namespace, name, owner, spec, decision.status, force)
         except (AdapterError, client.ApiException) as err:
-            failed = type(action).__name__ if action is not None else "status"
+            failed = type(action).__name__ if action is not None else what
             message = f"could not apply {failed}: {_describe_error(err)}"
             log.warning("%s/%s: %s", namespace, name, message)
             base = new_status_doc if stored_meta is not meta else old_status_doc
@@ -395,9 +447,99 @@ class ReleaseController:
         return True
 
     def forget(self, namespace: str, name: str) -> None:
+        self._records.pop((namespace, name), None)
         self._last_resync.pop((namespace, name), None)
         self._refused.pop((namespace, name), None)
         self._route_streak.pop((namespace, name), None)
+
+    # -- recorded history ---------------------------------------------------------------
+
+    async def _read_archive(
+        self, namespace: str, name: str, owner: OwnerRef, annotations: Mapping[str, str]
+    ) -> Archive:
+        """The recorded revisions of ``namespace/name``, claimed for this object (its uid,
+        no orphan mark) before the engine adopts them, so a retention sweep that listed
+        them earlier cannot delete them any more. With ``rewind.dev/forget-history=true``
+        they are deleted instead. A record that changes meanwhile (a sweep marked it) is
+        read again; one deleted meanwhile is not adopted."""
+        forget = annotations.get(FORGET_HISTORY_ANNOTATION, "").strip().lower() == "true"
+        forgotten = 0
+        for _ in range(3):
+            stored = await self.archive.read(name, namespace)
+            if forget:
+                results = [await self.archive.delete(s) for s in stored]
+                forgotten += sum(results)
+                if all(results):
+                    source = f"{FORGET_HISTORY_ANNOTATION}=true"
+                    return Archive((), source=source, forgotten=forgotten)
+                continue
+            recorded = [s for s in stored if s.entry is not None]
+            stale = [s for s in recorded if s.release_uid != owner.uid or s.orphaned_at]
+            if all([await self.archive.claim(s, owner.uid) for s in stale]):
+                if not recorded:
+                    return Archive()
+                if stale:
+                    log.info("%s/%s: adopting %d recorded revision(s)", namespace, name,
+                             len(recorded))
+                return Archive(
+                    archive_entries(recorded), source=describe_source(name, namespace, stored)
+                )
+        raise AdapterError(
+            f"the recorded revisions of {namespace}/{name} kept changing while being read"
+        )
+
+    async def _sync_records(
+        self,
+        namespace: str,
+        name: str,
+        owner: OwnerRef,
+        spec: ModelReleaseSpec,
+        status: ModelReleaseStatus,
+        force: bool,
+    ) -> None:
+        """Make each revision's record say what the stored status says of it.
+
+        Called after that status was stored, so a record never claims more than a status
+        did. Reads the snapshots only when the history differs from what this process
+        last recorded (or at a resync, or after a restart). A revision without a snapshot
+        (a tag-only image failed before one was saved) gets one when the spec is still
+        that revision's, so its number is never reused; otherwise it stays unrecorded."""
+        key = (namespace, name)
+        wanted = {e.revision: encode_record(e) for e in status.history}
+        cached = self._records.get(key)
+        if not force and cached is not None and cached[0] == owner.uid and all(
+            cached[1].get(rev) == text for rev, text in wanted.items()
+        ):
+            return
+        stored = {s.revision: s for s in await self.archive.read(name, namespace)}
+        now = self.clock()
+        current = spec_hash(spec)
+        done: dict[int, str] = {}
+        for entry in status.history:
+            snapshot = stored.get(entry.revision)
+            if snapshot is not None and snapshot.spec_hash != entry.spec_hash:
+                log.warning("%s/%s: snapshot %s holds spec %s, not r%d's %s: not recorded",
+                            namespace, name, snapshot.name, snapshot.spec_hash,
+                            entry.revision, entry.spec_hash)
+            elif snapshot is not None and snapshot.up_to_date(entry, owner.uid):
+                pass
+            elif snapshot is not None or entry.spec_hash == current:
+                if snapshot is None:
+                    await self.workloads.save_snapshot(name, namespace, owner, entry.revision,
+                                                       spec)
+                try:
+                    await self.archive.record(
+                        namespace, workload_name(name, entry.revision), entry, owner.uid, now,
+                        drop_owners=snapshot is not None and snapshot.owned,
+                    )
+                except LegacySnapshotError as err:
+                    log.warning("%s/%s: r%d not recorded: %s", namespace, name,
+                                entry.revision, err)
+            else:
+                log.warning("%s/%s: r%d has no snapshot to record its history on",
+                            namespace, name, entry.revision)
+            done[entry.revision] = wanted[entry.revision]
+        self._records[key] = (owner.uid, done)
 
     async def _set_routes(
         self,
@@ -410,10 +552,11 @@ class ReleaseController:
         force: bool,
     ) -> bool:
         """Write the routes unless the router already reports exactly them with nothing
-        amiss (``force``: write anyway, the periodic resync); False when no write was
-        needed. A refusal by the API server is remembered for the engine to report (it
-        holds the release until the routes are in effect) instead of failing the
-        reconcile: the rest of the actions still apply."""
+        amiss that a write repairs (``force``: write anyway, the periodic resync); False
+        when no write was needed. A conflict with another VirtualService is not repaired
+        by writing ours again, so it alone causes no write. A refusal by the API server is
+        remembered for the engine to report (it holds the release until the routes are in
+        effect) instead of failing the reconcile: the rest of the actions still apply."""
         key = (namespace, name)
         wanted = RouteState(
             dict(action.weights), action.mirror_revision, action.mirror_percent,
@@ -421,8 +564,8 @@ class ReleaseController:
         )
         in_place = (
             seen.exists
-            and not seen.problems
             and not seen.untidy
+            and all(p.kind == "Conflict" for p in seen.problems)
             and dict(seen.weights) == dict(action.weights)
             and (seen.mirror_revision, seen.mirror_percent)
             == (action.mirror_revision, action.mirror_percent)
@@ -442,10 +585,14 @@ class ReleaseController:
                 action.mirror_percent,
                 action.header_revision,
             )
-        except OwnershipConflictError:
-            # The observation reports it already (a Conflict naming the object's owner).
-            return False
-        except RouteRefusedError as err:
+        except (RouteRefusedError, OwnershipConflictError) as err:
+            if isinstance(err, OwnershipConflictError) and any(
+                p.kind == "Conflict" for p in seen.problems
+            ):
+                # The router already reports the object of Rewind's name that belongs to
+                # someone else (a Conflict): a refusal would only say it twice.
+                self._refused.pop(key, None)
+                return False
             if self._refused.get(key) != (wanted, str(err)):
                 log.warning("%s/%s: route write refused: %s", namespace, name, err)
             self._refused[key] = (wanted, str(err))
@@ -506,7 +653,9 @@ class ReleaseController:
         in between, it leaves a snapshot nothing refers to (its Deployment, if any, carries
         no traffic: a new revision starts at weight 0). When the spec changes before the
         next reconcile, the engine numbers the new spec's revision the same, and the stale
-        snapshot would block the release forever as an immutable-revision conflict.
+        snapshot would block the release forever as an immutable-revision conflict. Such a
+        snapshot has no history record (records follow the status); one with a record is
+        never replaced.
         """
         snapshot = workload_name(name, revision)
         existing = await _kube.get_or_none(
@@ -517,10 +666,18 @@ class ReleaseController:
         )
         if existing is None:
             return
-        if not owner.owns(existing):
+        stored = parse_stored(existing)
+        if stored is None or stored.release != name:
             raise OwnershipConflictError(
-                f"ControllerRevision {snapshot} is not owned by ModelRelease {name} "
-                f"(uid {owner.uid}); refusing to replace it"
+                f"ControllerRevision {snapshot} is not a Rewind snapshot of ModelRelease "
+                f"{name}; refusing to replace it"
+            )
+        if stored.entry is not None:
+            raise SnapshotConflictError(
+                f"r{revision} of {namespace}/{name} is recorded ({stored.entry.outcome.value}, "
+                f"spec {stored.spec_hash}) in ControllerRevision {snapshot}, which this "
+                f"release's status does not hold; a recorded revision never changes. Delete "
+                f"that ControllerRevision to forget it"
             )
         meta = existing["metadata"]
         preconditions = {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"]}

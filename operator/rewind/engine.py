@@ -8,7 +8,7 @@ One explicit state machine
 --------------------------
 ``decide`` runs a fixed pipeline (see ``_PIPELINE``)::
 
-    record analysis -> expire a pending decision -> human actions
+    adopt recorded history -> record analysis -> expire a pending decision -> human actions
         -> spec change + phase machine (to a fixpoint) -> actions left for later judged
         again -> housekeeping -> desired state + conditions -> status clipped to its bounds
 
@@ -21,12 +21,34 @@ emits an Event through ``_Ctx.record``.
 ==================  ======================================  ===============================
 from                on                                      to
 ==================  ======================================  ===============================
-(any) / Pending     spec hash differs from newest history   Progressing (new revision N+1,
-                                                            stage Ready); in-flight candidate
+(no history)        recorded revisions (``Inputs.archive``: Pending, restoring: history
+                    the object was deleted and created      adopted, stable = last
+                    again)                                  known-good, current = the newest
+                                                            record if the spec hashes to it
+Pending/restoring   stable Available, routes read back      the current revision's recorded
+                    (at once when there is no stable)       phase (Promoted / RolledBack /
+                                                            Failed)
+Pending/restoring   the current revision never finished     Progressing (same revision,
+                    its rollout (in flight, Superseded)     from stage 0)
+(any) / Pending     spec hash differs from the current      Progressing (new revision N+1,
+                    revision's                              stage Ready); in-flight candidate
                                                             Superseded; Failed if the image
                                                             is tag-only and not allowed
-Progressing/Ready   candidate Available                     next stage (or Promoted when
-                                                            there is no stable yet)
+(any)               spec hash equals a known-good revision  restore (``status.restoring``,
+                    in the rollbackWindow                   same revision number): the
+                                                            stable in place -> Promoting;
+                                                            another -> Progressing/Ready
+                                                            (scaled up from its snapshot);
+                                                            in-flight candidate Superseded
+Promoting, restore  100% read back on the restored one      Promoted (``Restored``)
+Progressing/Ready,  progressDeadline passed                 Failed (could not be restored);
+ restore                                                    the stable keeps serving
+Progressing/Ready   candidate Available                     next stage (a first release
+                                                            with firstRelease: Promote:
+                                                            Promoting)
+Progressing/        duration elapsed + last analysis Pass,  next stage / Promoting; a
+ FirstPreview       or rewind.dev/promote (a human vouches) failed round at the limit:
+                                                            Failed (never served users)
 Progressing/Ready   progressDeadline passed                 Failed (candidate scaled to 0)
 Progressing/stage   duration elapsed + last analysis Pass   next stage; after the last one:
                                                             Promoted (or Promoted/shadow Stop)
@@ -40,9 +62,20 @@ in flight           rewind.dev/rollback (break glass)       RollingBack (target 
                                                             no stable yet: Failed
 Promoted            rewind.dev/rollback (break glass)       RollingBack (target = previous
                                                             known-good revision)
+RolledBack/Failed   rewind.dev/rollback, the stable not     RollingBack (target = the most
+ on a base that is  known-good (a roll-forward from a       recent known-good revision)
+ not known-good     stalled rollback was rolled back)
 RollingBack         target Available (at once when warm:    RolledBack (or Failed when the
                     same call)                              candidate never had live traffic)
-RollingBack         progressDeadline passed                 (stays) + condition Stalled
+RollingBack         progressDeadline passed                 (stays) + condition Stalled,
+                                                            naming the ways out
+RollingBack,        spec hash differs (a new spec)          Progressing: a new revision
+ stalled                                                    against what serves users now
+                                                            (RollbackAbandoned; the target
+                                                            is retired again)
+RollingBack,        rewind.dev/rollback (break glass)       RollingBack to the known-good
+ stalled                                                    revision promoted before the
+                                                            target (none: a note)
 Failed/RolledBack   rewind.dev/retry=true                   Progressing (same revision)
 Promoted            keepPreviousWarm / keepOldColour over   previous stable Retired (scaled 0)
 RolledBack/Failed   rollback.scaleDownDelay over            failed candidate scaled to 0
@@ -57,26 +90,49 @@ nor is failing a candidate with nothing to go back to (a first release).
 
 Human actions (annotations)
 ---------------------------
-``_ACTIONS`` maps each kind to its handler and its value rule. ``approve-rollback``,
-``promote`` and ``retry`` act only when the value is ``true`` (case-insensitive, stripped);
-``reject-rollback`` and ``rollback`` take a reason (any non-empty text). Another value is
-ignored: an ``ActionIgnored`` note says why and how to do it, and the annotation is removed.
+``_ACTIONS`` maps each kind to its handler, its value rule and what it acts on (its
+target). ``approve-rollback``, ``promote`` and ``retry`` act only when the value is ``true``
+or ``true`` followed by one of ``-_.:`` and anything (``true-2``, ``true-1718000000``: a
+unique value; case-insensitive, stripped); ``reject-rollback`` and ``rollback`` take a reason
+(any non-empty text). Another value is ignored: an ``ActionIgnored`` note says why and how
+to do it, and the annotation is removed.
 
-Each annotation is acted on at most once, even if its removal never happens. The controller
-writes the status, then removes the annotations it was asked to; if the removal is lost
-(crash, API error) the next call sees the same annotation. ``status.consumedActions`` is the
-ledger (key, value, user, at; at most 10): every annotation acted on or deliberately ignored
-gets an entry and a ``RemoveAnnotation``; one still present with the key, value and user of
-an entry is only removed again (no event, no timeline entry); an entry whose annotation is
-gone is dropped (the removal happened), so setting it again later is a new action. While the
-ledger is not empty the decision requeues after ``CONSUMED_RECHECK`` seconds, so the removal
-is seen promptly: the same annotation set again by the same user *before* the operator saw it
-removed is taken for the old one and only removed (a window of seconds: set it once more).
+Each annotation is acted on at most once, even if its removal never happens, and a value
+that acted never acts on the same thing again when it comes back (an action annotation kept
+in Git, put back by Argo CD's self-heal each time the operator removes it).
+``status.consumedActions`` is the ledger (at most ``MAX_CONSUMED_ACTIONS``): every
+annotation acted on or deliberately ignored gets an entry (key, value, user, at, the
+``target`` it acted on, the ``revision`` in play) when first seen.
+
+* The same annotation (key, value, user of an entry not seen gone) is only removed again
+  (no event, no timeline entry): its removal failed, or is not seen yet. While such a
+  removal is pending the decision requeues after ``CONSUMED_RECHECK`` seconds (and the
+  handler wakes the release when it sees the removal), so the removal is seen promptly.
+  One still there ``REMOVAL_PATIENCE`` seconds after it was consumed is left on the object
+  (``keep``): something puts it back at once.
+* An entry whose annotation is gone (or changed) is kept, marked ``goneAt`` (the oldest
+  such are forgotten first; one still on the object never is). The same value set again
+  later is a new annotation, judged against what the value did before
+  (``_returning_blocked``): a **reason never acts twice** (a break glass belongs to the
+  revision it rolled back, a rejection to its decision: a re-applied manifest cannot roll
+  back the next release); ``true`` never acts again on the **target** it acted on (a
+  promote on the gate it passed, a retry on the failure it retried, an approval on its
+  decision by the same approver: the decision's list of approvers counts each user once,
+  so ``-by`` stamps still count distinct users); and a value its author left on the object
+  in this revision never acts again in it. Otherwise it acts: ``approve-rollback=true`` set
+  afresh by a human approves the next decision.
+* A value that comes back and does not act is **left on the object** (``keep``): never
+  removed, never judged again while it stays, with one ``ActionIgnored`` note saying how to
+  act for real (a new value: ``true-<anything>``, or a new reason). Removing it would only
+  make a GitOps tool put it back, forever; left in place, the object matches Git and
+  nothing loops. At most one removal per value and target (plus ``REMOVAL_PATIENCE``'s
+  worth when the removal is never seen) ever happens.
+
 Left on the object, with no entry and no removal, are everything but break glass while the
 policy is unusable, and a promote at a gate whose candidate is not Available; those are
 judged again once the machine settled (``_reconsider_kept``), so deciding again on the
 produced status with the same annotations is a no-op besides ``RemoveAnnotation`` (with the
-annotations gone, only the ledger changes: it empties).
+annotations gone, only the ledger changes: its entries are marked gone).
 
 What humans write is bounded at the engine boundary (``_bounded_actions``): values and users
 are clipped to ``api.MAX_HUMAN_TEXT`` characters (an ellipsis marks the cut), and the status
@@ -92,9 +148,47 @@ Order: snapshots, workloads, routes, scale-downs, annotation removals, events.
 
 Choices worth knowing (documented in the tests too):
 
-* Revision numbers only grow. A spec whose hash equals an *older* revision's hash (the user
-  reverted Git) is still a new revision N+1: history is immutable and ordered.
+* Records outlive the object: a status without history adopts ``Inputs.archive`` (the
+  controller reads it only then), so a ModelRelease deleted and applied again from Git
+  comes back in its recorded phase with its last known-good revision restored, instead of
+  releasing the spec as a first release without analysis. Revision numbers continue from
+  the records. Restoring is not a rollback (no ``RollbackStarted``): the timeline says
+  ``HistoryAdopted``, then ``Restored``.
+* Revision numbers only grow, and a revision is never renumbered. A spec whose hash equals
+  a revision's in the policy's ``rollbackWindow`` (the stable, or one of the
+  ``revisions`` promoted most recently before it, by promotion time) that is still
+  known-good is a **restore** of that revision (the user reverted Git): no new number, no
+  steps, no analysis (it was verified when first promoted). ``RestoreStarted`` names it
+  and why; its Deployment is scaled up from its snapshot (``EnsureRevision``), and stage
+  Ready holds traffic where it is until it is Available (``progressDeadline``, else Failed:
+  "could not be restored", and a retry releases it through the plan); then one route
+  write, phase Promoting, and ``Restored`` once 100% is read back. Its history entry is
+  updated (outcome Promoted, ``promotedAt`` now: the most recent promotion); the replaced
+  stable is kept warm as after a promotion. The stable itself is restored in place (an
+  in-flight candidate is superseded, a RolledBack/Failed release is Promoted again: Git and
+  cluster agree). A revert to the target of a rollback in progress waits for it (the
+  rollback restores it). Anything else, outside the window, or with
+  ``rollbackWindow.revisions: 0``, is a new revision N+1: history stays immutable and
+  ordered.
 * ``status.currentStep`` indexes the engine's plan, whose stage 0 is "wait for Available".
+* A first release (no stable revision) runs the policy's gates unless the policy says
+  ``firstRelease: Promote`` (then: all traffic once Available). It has no stable to share
+  traffic with, to compare with or to mirror from, so its gates run at 0% of user traffic,
+  with no routes to it at all (:mod:`rewind.engine_plan`): a FirstPreview for the
+  strategy's first verification window, reachable only at its own Service
+  ``<release>-r<N>`` (smoke tests), analysed with the metrics that need no ``{{stable}}``
+  (``analysis_metrics``; ``analysis_targets`` gives stable 0), then a FirstGate (manual)
+  if the strategy has a manual gate anywhere; then Promoting. Its analysis is judged like
+  any other: a failed round at the limit fails it (no users ever saw it: Failed, scaled
+  down, nothing to roll back to); Inconclusive holds, since with no smoke tests nothing
+  reaches it and ``noData: Inconclusive`` means "hold, never decide on no data". That is
+  a choice: a first release promoted on no evidence would make the gates decorative. So
+  the hold says how to move on (the stage message and the Degraded condition): send smoke
+  tests to its Service, vouch for it with ``rewind.dev/promote`` (which passes a
+  FirstPreview as it passes a manual gate, recorded with who), or set ``firstRelease:
+  Promote``. Canary weights, the mirror and post-switch/post-promotion watches need a
+  stable and do not apply; a shadow with ``onSuccess: Stop`` still ends Promoted (nothing
+  else would serve). It is never routed before it is Available (Promoting's write waits).
 * Rollback target not warm (Deployment missing, 0 replicas or not Available): phase
   RollingBack, ``EnsureRevision(target)``, traffic stays where it is until it is Available.
   While RollingBack, ``stableRevision`` already names the target and ``candidateRevision``
@@ -107,7 +201,28 @@ Choices worth knowing (documented in the tests too):
   the validation run the spec asked for is complete) while stable keeps serving.
 * Break glass in RolledBack/Failed/RollingBack is a no-op (a note): the last known-good is
   already serving or being restored, and a re-delivered annotation must never roll back
-  twice. In Promoted it undoes the latest promotion.
+  twice. In Promoted it undoes the latest promotion. Two exceptions: a stalled rollback
+  (below), and a release settled on a revision that is not known-good (a roll-forward from
+  a stalled rollback that was itself rolled back), where it goes on to the known-good
+  revision promoted most recently. "Known-good": promoted once and never rolled back
+  since (outcome Promoted or Retired); "most recently" is by promotion time.
+* A rollback that cannot finish (its target is not Available after ``progressDeadline``:
+  a ResourceQuota, a lost node pool) stays RollingBack with Stalled=True and never blocks a
+  roll-forward. Its message and the Stalled condition name the ways out: fix what keeps the
+  target down (the rollback then completes by itself); apply a new spec; or break glass
+  again, which rolls back to the known-good revision promoted before the target instead.
+  A new spec seen while the rollback can still finish waits for it (the message says
+  until when); once the rollback is stalled, the new spec supersedes it at once
+  (``RollbackAbandoned``): the target goes back to Retired (still known-good) and is
+  scaled down, and the new revision is released **against the revision that serves users
+  now**: the one being rolled back away from, when it still answers and the target does
+  not. Traffic stays on it until the new revision is ready; the new revision's analysis
+  compares with it (``{{stable}}``), because it is what users would otherwise keep
+  getting, and a failed analysis returns users to it, never to a target that cannot run.
+  That base keeps its RolledBack outcome: it is never a rollback target, and the timeline
+  says the new revision goes "against r2, which serves users but is not known-good". A
+  metric relative to ``{{stable}}`` is therefore only as strict as that base; the absolute
+  thresholds are what protect users then.
 * Timers (approval expiry) that fell due before this call are applied before the human
   actions seen in this call: an approval seen after ``expiresAt`` is late.
 * Analysis rounds: one call = one round stamped ``now``; a round is Fail if any measurement
@@ -122,13 +237,15 @@ Choices worth knowing (documented in the tests too):
 * ``rewind.dev/promote`` at a manual gate while the candidate is not Available is left on
   the object (not removed) and passes the gate once the candidate is Available again; if
   the same call moves on (a new revision), it is ignored at once.
-* A spec change while RollingBack waits until the rollback completes (same call if it does).
+* A spec change while RollingBack waits until the rollback completes (same call if it does)
+  or stalls (see above).
 * Workload replicas: the revision the spec describes gets ``spec.serving.replicas``; any
   other revision keeps its observed replica count, or the spec's when it is scaled to zero.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -158,6 +275,7 @@ from rewind.api import (
     DecisionAction,
     HistoryEntry,
     Measurement,
+    MetricSpec,
     ModelReleaseSpec,
     ModelReleaseStatus,
     Outcome,
@@ -176,11 +294,19 @@ from rewind.api import (
     parse_duration,
     tag_image_error,
 )
-from rewind.engine_plan import Finish, Plan, Stage, StageKind, build_plan
+from rewind.engine_plan import (
+    Finish,
+    Plan,
+    Stage,
+    StageKind,
+    build_plan,
+    first_release_metrics,
+)
 
 __all__ = [
     "Action",
     "ActionKind",
+    "Archive",
     "Decision",
     "EmitEvent",
     "EnsureRevision",
@@ -194,6 +320,7 @@ __all__ = [
     "SetRoutes",
     "SnapshotRevision",
     "analysis_due",
+    "analysis_metrics",
     "analysis_targets",
     "decide",
     "next_analysis_at",
@@ -262,6 +389,18 @@ class HumanAction:
 
 
 @dataclass(frozen=True)
+class Archive:
+    """The recorded revisions of this namespace/name, read by the controller while the
+    status has no history (the ModelRelease was deleted and created again): snapshots and
+    their history records outlive the object (see ``_adopt_archive``)."""
+
+    entries: tuple[HistoryEntry, ...] = ()  # one per recorded revision, any order
+    source: str = ""  # where they were read, for the timeline
+    #: Records deleted on request (rewind.dev/forget-history) instead of adopted.
+    forgotten: int = 0
+
+
+@dataclass(frozen=True)
 class Inputs:
     """Everything one decision may depend on (the engine reads nothing else)."""
 
@@ -279,6 +418,8 @@ class Inputs:
     namespace: str = ""  # metadata.namespace
     #: The routes in effect as the router reads them back, and what makes them untrue.
     routes: RouteObservation = field(default_factory=RouteObservation)
+    #: Recorded revisions to adopt when the status has no history (empty: none).
+    archive: Archive = field(default_factory=Archive)
 
 
 # --------------------------------------------------------------------------------------
@@ -425,8 +566,11 @@ def _describe_routes(routes: SetRoutes | None) -> str:
 
 
 def plan_for(status: ModelReleaseStatus, policy: RolloutPolicySpec) -> Plan:
-    """The plan ``status.currentStep`` indexes (first release: no stable revision yet)."""
-    return build_plan(policy, first_release=status.stable_revision == 0)
+    """The plan ``status.currentStep`` indexes (first release: no stable revision yet;
+    restore: the spec was reverted to a known-good revision)."""
+    return build_plan(
+        policy, first_release=status.stable_revision == 0, restore=status.restoring
+    )
 
 
 def next_analysis_at(status: ModelReleaseStatus, policy: RolloutPolicySpec) -> datetime | None:
@@ -464,12 +608,19 @@ def analysis_due(
 
 
 def analysis_targets(status: ModelReleaseStatus) -> tuple[int, int] | None:
-    """``(candidate, stable)`` revisions an analysis round measures, or None."""
-    if status.phase not in ROLLING_OUT:
-        return None
-    if not status.candidate_revision or not status.stable_revision:
+    """``(candidate, stable)`` revisions an analysis round measures, or None. A first
+    release has no stable: 0 (only the metrics of :func:`analysis_metrics` run then)."""
+    if status.phase not in ROLLING_OUT or not status.candidate_revision:
         return None
     return status.candidate_revision, status.stable_revision
+
+
+def analysis_metrics(status: ModelReleaseStatus, policy: RolloutPolicySpec) -> list[MetricSpec]:
+    """The metrics an analysis round queries: all of them, or, for a first release (no
+    stable revision), those that do not use ``{{stable}}`` or ``{{stableWorkload}}``."""
+    if not status.stable_revision:
+        return first_release_metrics(policy)
+    return list(policy.analysis.metrics)
 
 
 def _round_verdict(round_: Sequence[Measurement]) -> Verdict | None:
@@ -696,6 +847,8 @@ def _rollout_routes(ctx: _Ctx, plan: Plan) -> SetRoutes | None:
         return want
     seen = {r: w for r, w in ctx.inp.routes.weights.items() if w > 0}
     if set(seen) <= {s.stable_revision, s.candidate_revision} and sum(seen.values()) == 100:
+        if seen.get(s.candidate_revision):  # never mirror to a revision with live weight
+            return replace(want, weights=seen, mirror_revision=None, mirror_percent=0)
         return replace(want, weights=seen)
     return want
 
@@ -711,12 +864,14 @@ def _desired_routes(ctx: _Ctx) -> SetRoutes | None:
         return None if plan is None else _rollout_routes(ctx, plan)
     if s.phase == Phase.PROMOTING:
         plan = ctx.plan()
+        if plan is not None and s.restoring and not cand and stable:
+            return SetRoutes({stable: 100}, None, 0)  # restoring the stable in place
         if plan is None or not cand:
             return None
         if plan.finish == Finish.STOP and stable:
             return SetRoutes({stable: 100}, None, 0)
         return SetRoutes({cand: 100}, None, 0)
-    if s.phase == Phase.ROLLING_BACK:
+    if s.phase in (Phase.ROLLING_BACK, Phase.PENDING):  # Pending: restoring adopted history
         return SetRoutes({stable: 100}, None, 0) if stable and ctx.available(stable) else None
     if s.phase in SETTLED and stable:
         return SetRoutes({stable: 100}, None, 0)
@@ -730,7 +885,8 @@ def _enter_stage(ctx: _Ctx, plan: Plan, index: int) -> None:
     stage = plan.stages[index]
     s.current_step = index
     s.strategy = stage.strategy
-    s.phase = Phase.PAUSED if stage.manual else Phase.PROGRESSING
+    # A manual gate is Paused (waiting for a human) only once its routes are in effect.
+    s.phase = Phase.PROGRESSING
     if stage.kind == StageKind.READY:
         s.step_started_at = ctx.now
         s.message = f"r{s.candidate_revision}: {stage.label}"
@@ -753,11 +909,13 @@ def _stage_started(ctx: _Ctx, plan: Plan, stage: Stage) -> bool:
         return False
     if s.step_started_at is None:
         s.step_started_at = ctx.now
+        routes = _describe_routes(want) if want is not None else "no routes to it"
         ctx.record(
             TimelineType.STEP_STARTED,
-            f"r{s.candidate_revision}: {stage.label} (in effect: {_describe_routes(want)})",
+            f"r{s.candidate_revision}: {stage.label} (in effect: {routes})",
         )
         if stage.manual:
+            s.phase = Phase.PAUSED
             ctx.record(
                 TimelineType.PAUSED,
                 f"r{s.candidate_revision} paused at {stage.label}; to continue run: "
@@ -779,37 +937,62 @@ def _start_promoting(ctx: _Ctx, plan: Plan) -> None:
     s.phase = Phase.PROMOTING
     s.step_started_at = None
     s.pending_decision = None
-    if plan.finish == Finish.STOP:
+    if s.restoring:
+        s.message = f"restoring r{s.candidate_revision}: moving 100% of traffic to it"
+    elif plan.finish == Finish.STOP:
         s.message = f"r{s.candidate_revision}: shadow passed: removing the mirror"
     else:
         s.message = f"promoting r{s.candidate_revision}: moving 100% of traffic to it"
 
 
-def _promote(ctx: _Ctx) -> None:
+def _become_stable(ctx: _Ctx, rev: int, prev: int, reason: str, replaced: str) -> str:
+    """``rev`` serves 100% (read back) and becomes the stable; ``prev``, the stable it
+    replaces, stops serving and stays warm for the policy's window. Returns the message's
+    tail about it ("; r1 stays warm for 10m" or "")."""
     s = ctx.s
-    cand, prev = s.candidate_revision, s.stable_revision
-    entry = ctx.entry(cand)
+    entry = ctx.entry(rev)
     if entry is not None:
         entry.outcome = Outcome.PROMOTED
-        entry.promoted_at = ctx.now
+        entry.promoted_at = ctx.now  # a restore makes it the most recent promotion
         entry.finished_at = None
-        entry.reason = ""
+        entry.reason = reason
     kept = ""
     old = ctx.entry(prev) if prev else None
     if old is not None:
         old.finished_at = ctx.now  # stopped serving; retired after the keep-warm window
-        old.reason = f"replaced by r{cand}"
+        old.reason = replaced if _known_good(old) else f"{old.reason}; {replaced}".lstrip("; ")
         plan = ctx.plan()
         if plan is not None:
             kept = f"; r{prev} stays warm for {_dur(plan.warm_for)}"
-    s.stable_revision = cand
+    s.stable_revision = rev
     s.candidate_revision = 0
     s.current_step = 0
     s.step_started_at = None
     s.pending_decision = None
     s.phase = Phase.PROMOTED
+    return kept
+
+
+def _promote(ctx: _Ctx) -> None:
+    s = ctx.s
+    cand, prev = s.candidate_revision, s.stable_revision
+    kept = _become_stable(ctx, cand, prev, "", f"replaced by r{cand}")
     s.message = f"r{cand} promoted: serving 100% of traffic{kept}"
     ctx.record(TimelineType.PROMOTED, s.message, revision=cand)
+
+
+def _finish_restore(ctx: _Ctx) -> None:
+    """All traffic is read back on the restored revision: it is the stable again."""
+    s = ctx.s
+    rev = s.candidate_revision or s.stable_revision
+    prev = s.stable_revision if s.candidate_revision else 0
+    kept = _become_stable(
+        ctx, rev, prev, f"restored at {_ts(ctx.now)}: the spec was reverted to it",
+        f"replaced by r{rev} (restored)",
+    )
+    s.restoring = False
+    s.message = f"r{rev} restored: serving 100% of traffic (the spec was reverted to it){kept}"
+    ctx.record(TimelineType.RESTORED, s.message, revision=rev)
 
 
 def _shadow_stop(ctx: _Ctx) -> None:
@@ -852,6 +1035,7 @@ def _fail_candidate(ctx: _Ctx, reason: str) -> None:
         entry.reason = reason
     s.pending_decision = None
     s.step_started_at = None
+    s.restoring = False
     s.phase = Phase.FAILED
     s.message = f"r{cand} failed: {reason}"
     ctx.scale_down(cand)
@@ -870,6 +1054,7 @@ def _start_rollback(ctx: _Ctx, target: int, leaving: int, reason: str) -> None:
     seen = ctx.inp.routes
     live = seen.weights.get(leaving, 0) > 0 or seen.header_revision == leaving
     s.pending_decision = None
+    s.restoring = False
     s.stable_revision = target
     s.candidate_revision = leaving
     left = ctx.entry(leaving)
@@ -931,7 +1116,7 @@ def _decide_rollback(ctx: _Ctx, reason: str) -> None:
     assert ctx.policy is not None
     rollback = ctx.policy.rollback
     cand, stable = s.candidate_revision, s.stable_revision
-    if not stable:  # nothing to go back to (cannot happen: first releases are not analysed)
+    if not stable:  # a first release failing its preview: no users, nothing to go back to
         _fail_candidate(ctx, reason)
         return
     if rollback.mode == RollbackMode.AUTOMATIC or rollback.approval is None:
@@ -995,6 +1180,7 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
     s.candidate_revision = revision
     s.analysis = AnalysisStatus()
     s.pending_decision = None
+    s.restoring = False
     error = tag_image_error(spec, policy)
     if error is not None:
         entry.outcome = Outcome.FAILED
@@ -1006,7 +1192,16 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
         ctx.record(TimelineType.FAILED, s.message, revision=revision, warning=True)
         return
     ctx.snapshots.append(SnapshotRevision(revision, ctx.inp.spec_hash))
-    against = f"against stable r{s.stable_revision}" if s.stable_revision else "first release"
+    base = ctx.entry(s.stable_revision) if s.stable_revision else None
+    if not s.stable_revision:
+        against = "first release"
+    elif base is not None and not _known_good(base):
+        against = (
+            f"against r{s.stable_revision}, which serves users but is not known-good "
+            f"({base.outcome.value})"
+        )
+    else:
+        against = f"against stable r{s.stable_revision}"
     if fresh:
         ctx.record(
             TimelineType.REVISION_CREATED,
@@ -1018,6 +1213,162 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
     plan = ctx.plan()
     assert plan is not None
     _enter_stage(ctx, plan, 0)
+
+
+# --------------------------------------------------------------------------------------
+# Pipeline step 0: a release created again adopts its recorded history
+# --------------------------------------------------------------------------------------
+
+#: Why an adopted revision that was in flight when its ModelRelease was deleted ended.
+INTERRUPTED = "its rollout was interrupted: the ModelRelease was deleted while it was in flight"
+
+
+def _last_known_good(entries: Sequence[HistoryEntry]) -> int:
+    """The last known-good revision of adopted entries: the one serving as stable (outcome
+    Promoted, not finished), else the one promoted most recently (0: none)."""
+    serving = [e.revision for e in entries if e.outcome == Outcome.PROMOTED and not e.finished_at]
+    if serving:
+        return max(serving)
+    good = [e for e in entries if _known_good(e)]
+    return max(good, key=_promotion).revision if good else 0
+
+
+def _adopt_archive(ctx: _Ctx) -> None:
+    """A status without history, and recorded revisions of the same namespace/name: the
+    ModelRelease was deleted and created again (a rebuilt cluster, an Argo CD app created
+    again with prune). Adopt the records, so the release neither forgets what failed nor
+    re-numbers revisions:
+
+    * history = the records (outcomes, reasons, digests, times); an entry that was in flight
+      is Superseded (interrupted) unless the spec still describes it, a warm previous stable
+      is Retired (its Deployment went with the deleted object);
+    * stable = the last known-good revision; current = the newest record if its spec hash is
+      the spec's (else the spec becomes revision max+1, against that stable);
+    * phase Pending until the stable, re-created from its snapshot, is Available and the
+      routes to it are read back; then the current revision's recorded phase
+      (``_phase_pending``). An interrupted current revision starts its rollout again.
+    """
+    s, archive = ctx.s, ctx.inp.archive
+    if s.history:
+        return
+    if not archive.entries:
+        if archive.forgotten:
+            ctx.note(
+                "HistoryForgotten",
+                f"forgot {archive.forgotten} recorded revision(s) of this release "
+                f"({archive.source or 'on request'}): it starts afresh",
+            )
+        return
+    by_revision = {e.revision: e for e in archive.entries if e.revision > 0}
+    if not by_revision:
+        return
+    entries = [by_revision[r].model_copy(deep=True) for r in sorted(by_revision)]
+    newest = entries[-1]
+    current = newest.revision if newest.spec_hash == ctx.inp.spec_hash else 0
+    for e in entries:
+        if e.outcome == Outcome.PROGRESSING and e.revision != current:
+            e.outcome = Outcome.SUPERSEDED
+            e.finished_at = e.finished_at or ctx.now
+            e.reason = INTERRUPTED
+        elif e.outcome in (Outcome.ROLLED_BACK, Outcome.FAILED) and e.finished_at is None:
+            e.finished_at = ctx.now
+    stable = _last_known_good(entries)
+    for e in entries:
+        if e.revision == stable:
+            e.outcome, e.finished_at = Outcome.PROMOTED, None
+        elif e.outcome == Outcome.PROMOTED:  # a previous stable kept warm
+            e.outcome = Outcome.RETIRED
+            e.finished_at = e.finished_at or ctx.now
+    s.history = entries
+    s.stable_revision, s.current_revision, s.candidate_revision = stable, current, 0
+    s.phase = Phase.PENDING
+    s.current_step = 0
+    s.step_started_at = ctx.now  # the restore's progress deadline counts from here
+    s.pending_decision = None
+    outcomes = ", ".join(f"r{e.revision} {e.outcome.value}" for e in entries)
+    spec = (
+        f"the spec is r{current} ({newest.outcome.value})"
+        if current
+        else f"the spec is new: it becomes r{newest.revision + 1}"
+    )
+    good = f"last known-good r{stable}" if stable else "no known-good revision"
+    ctx.record(
+        "HistoryAdopted",
+        f"adopted {len(entries)} recorded revision(s) from {archive.source or 'the archive'}: "
+        f"{outcomes}; {good}; {spec}",
+        revision=current or stable,
+    )
+
+
+def _restored_phase(entry: HistoryEntry) -> Phase:
+    """The phase a restored release settles in: its current revision's recorded outcome."""
+    if entry.outcome in (Outcome.PROMOTED, Outcome.RETIRED):
+        return Phase.PROMOTED
+    if entry.outcome == Outcome.ROLLED_BACK:
+        return Phase.ROLLED_BACK
+    return Phase.FAILED
+
+
+def _phase_pending(ctx: _Ctx) -> None:
+    """Pending: nothing released yet (a new spec starts the first revision), or restoring
+    adopted history: the last known-good revision is re-created from its snapshot, gets
+    the routes once it is Available, and the release settles in its recorded phase once
+    they are read back."""
+    s = ctx.s
+    if not s.history:
+        return
+    current = ctx.entry(s.current_revision) if s.current_revision else None
+    if current is None:
+        return  # the spec is not recorded: it starts once the policy is usable
+    if current.outcome in (Outcome.PROGRESSING, Outcome.SUPERSEDED):
+        # In flight when the object was deleted (or recorded as superseded by a revision
+        # whose record was lost): never judged, so it goes through the analysis again.
+        if ctx.policy is None:
+            return
+        against = f" against stable r{s.stable_revision}" if s.stable_revision else ""
+        ctx.record(
+            "RolloutRestarted",
+            f"r{current.revision} had not finished its rollout when the ModelRelease was "
+            f"deleted; it starts again{against}",
+            revision=current.revision,
+        )
+        _start_revision(ctx, current.revision, fresh=False)
+        return
+    target = s.stable_revision
+    if target:
+        want = _desired_routes(ctx)
+        if not ctx.available(target) or not ctx.in_effect(want):
+            why = _not_ready(ctx, target)
+            wait = (
+                f"r{target} {why}; it gets the routes once it is Available"
+                if why
+                else f"r{target} is Available, moving traffic to it: {ctx.routes_why(want)}"
+            )
+            s.message = f"restoring the last known-good r{target} from its snapshot: {wait}"
+            since = s.step_started_at or ctx.now
+            s.step_started_at = since
+            deadline = since + timedelta(seconds=ctx.progress_deadline)
+            if ctx.now >= deadline:
+                ctx.stalled = (
+                    f"restored r{target} is not Available with its routes in effect after "
+                    f"{_dur(ctx.progress_deadline)} (since {_ts(since)}): {wait}"
+                )
+            else:
+                ctx.wake(deadline)
+            return
+    s.phase = _restored_phase(current)
+    s.step_started_at = None
+    serving = f"r{target} serves 100%" if target else "nothing serves users"
+    if s.phase == Phase.PROMOTED and current.revision == target:
+        s.message = f"r{target} promoted: serving 100% of traffic"
+    else:
+        verb = "rolled back" if s.phase == Phase.ROLLED_BACK else current.outcome.value.lower()
+        s.message = f"r{current.revision} {verb}; {serving}: {current.reason or 'recorded'}"
+    ctx.record(
+        "Restored",
+        f"restored from the recorded history: {s.message}",
+        revision=current.revision,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -1168,7 +1519,7 @@ def _no_pending(ctx: _Ctx, what: str, user: str) -> None:
     )
 
 
-def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
+def _act_rollback(ctx: _Ctx, a: HumanAction) -> bool:
     s = ctx.s
     reason = f"break glass by {_who(a.user)}: {a.value.strip()}"
     if s.phase in IN_FLIGHT and s.candidate_revision:
@@ -1177,8 +1528,12 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
             _start_rollback(ctx, s.stable_revision, s.candidate_revision, reason)
         else:
             _fail_candidate(ctx, f"{reason} (first release: no known-good revision to restore)")
-        return
-    if s.phase == Phase.PROMOTED:
+        return True
+    serving = ctx.entry(s.stable_revision) if s.stable_revision else None
+    # Settled on a revision that is not known-good (a roll-forward from a stalled rollback
+    # was itself rolled back to it): break glass goes on to a known-good one.
+    unproven = s.phase in SETTLED and serving is not None and not _known_good(serving)
+    if s.phase == Phase.PROMOTED or unproven:
         target = _previous_known_good(s)
         if target is None:
             ctx.note(
@@ -1186,7 +1541,7 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
                 f"{reason} ignored: no known-good revision before r{s.stable_revision}",
                 user=a.user,
             )
-            return
+            return False
         ctx.record(
             TimelineType.BREAK_GLASS,
             f"{reason} (r{s.stable_revision} -> r{target})",
@@ -1195,34 +1550,72 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> None:
             warning=True,
         )
         _start_rollback(ctx, target, s.stable_revision, reason)
-        return
+        return True
+    if s.phase == Phase.ROLLING_BACK and _rollback_stalled(ctx):
+        older = _older_target(ctx)
+        if older is not None:
+            target, leaving = s.stable_revision, s.candidate_revision
+            _give_up_target(ctx, f"break glass by {_who(a.user)} chose r{older} instead")
+            ctx.record(
+                TimelineType.BREAK_GLASS,
+                f"{reason} (r{leaving} -> r{older}: r{target} could not be restored)",
+                revision=leaving,
+                user=a.user,
+                warning=True,
+            )
+            _start_rollback(ctx, older, leaving, reason)
+            return True
+        ctx.note(
+            TimelineType.ACTION_IGNORED,
+            f"{reason} ignored: no known-good revision older than r{s.stable_revision}; "
+            + _ways_out(ctx),
+            user=a.user,
+        )
+        return False
     state = {
         Phase.ROLLING_BACK: f"already rolling back to r{s.stable_revision}",
         Phase.ROLLED_BACK: f"already rolled back: r{s.stable_revision} is the last known-good",
         Phase.FAILED: f"nothing in flight: r{s.stable_revision} is the last known-good",
     }.get(s.phase, "nothing is released yet")
     ctx.note(TimelineType.ACTION_IGNORED, f"{reason} ignored: {state}", user=a.user)
+    return False
 
 
-def _previous_known_good(s: ModelReleaseStatus) -> int | None:
+def _known_good(e: HistoryEntry) -> bool:
+    """Promoted once and never rolled back (or failed) since."""
+    return e.promoted_at is not None and e.outcome in (Outcome.PROMOTED, Outcome.RETIRED)
+
+
+def _promotion(e: HistoryEntry) -> tuple[datetime, int]:
+    """Order of promotions (a restored revision was promoted again, later)."""
+    assert e.promoted_at is not None
+    return e.promoted_at, e.revision
+
+
+def _previous_known_good(
+    s: ModelReleaseStatus, *, before: HistoryEntry | None = None, skip: int = 0
+) -> int | None:
+    """The known-good revision promoted most recently, the stable (and ``skip``) aside;
+    with ``before``, only one promoted before that entry."""
     good = [
-        e.revision
+        e
         for e in s.history
-        if e.promoted_at is not None
-        and e.outcome in (Outcome.PROMOTED, Outcome.RETIRED)
-        and e.revision != s.stable_revision
+        if _known_good(e) and e.revision not in (s.stable_revision, skip)
     ]
-    return max(good) if good else None
+    if before is not None and before.promoted_at is not None:
+        good = [e for e in good if _promotion(e) < _promotion(before)]
+    return max(good, key=_promotion).revision if good else None
 
 
-def _act_approve(ctx: _Ctx, a: HumanAction) -> None:
+def _act_approve(ctx: _Ctx, a: HumanAction) -> bool:
     s = ctx.s
     pd = s.pending_decision
     if s.phase != Phase.AWAITING_APPROVAL or pd is None:
         _no_pending(ctx, "approval", a.user)
-        return
+        return False
     users = [r.user for r in pd.approvals]
-    if a.user in users:
+    counted = a.user not in users
+    if not counted:
         ctx.note(
             TimelineType.ACTION_IGNORED,
             f"duplicate approval by {_who(a.user)} counts once "
@@ -1246,13 +1639,14 @@ def _act_approve(ctx: _Ctx, a: HumanAction) -> None:
             s.candidate_revision,
             f"rollback approved by {names}: {pd.reason}",
         )
+    return counted
 
 
-def _act_reject(ctx: _Ctx, a: HumanAction) -> None:
+def _act_reject(ctx: _Ctx, a: HumanAction) -> bool:
     s = ctx.s
     if s.phase != Phase.AWAITING_APPROVAL or s.pending_decision is None:
         _no_pending(ctx, "rejection", a.user)
-        return
+        return False
     ctx.record(
         TimelineType.REJECTED,
         f"rollback of r{s.candidate_revision} rejected by {_who(a.user)}: "
@@ -1260,14 +1654,28 @@ def _act_reject(ctx: _Ctx, a: HumanAction) -> None:
         user=a.user,
     )
     _resume(ctx)
+    return True
 
 
-def _act_promote(ctx: _Ctx, a: HumanAction) -> None:
+def _act_promote(ctx: _Ctx, a: HumanAction) -> bool:
     s = ctx.s
     plan = ctx.plan()
     stage = None if plan is None else plan.stage(s.current_step)
     cand = s.candidate_revision
-    if plan is not None and stage is not None and s.phase in ROLLING_OUT and stage.manual:
+    # A manual gate, or a first release's preview: a human may vouch for a revision that
+    # no user traffic can measure yet.
+    gate = stage is not None and (stage.manual or stage.kind == StageKind.FIRST_PREVIEW)
+    if plan is not None and stage is not None and s.phase in ROLLING_OUT and gate:
+        if s.step_started_at is None:
+            # Kept on the object: the gate is not in effect yet (its routes are not read
+            # back), so a human cannot have seen what they pass; it passes once it is.
+            ctx.note(
+                "PromoteWaiting",
+                f"promote by {_who(a.user)} waits: {stage.label} is not in effect yet",
+                user=a.user,
+            )
+            ctx.kept.add(a)
+            return False
         if not ctx.available(cand):
             # Kept on the object: the gate passes once the candidate is Available again.
             ctx.note(
@@ -1276,22 +1684,24 @@ def _act_promote(ctx: _Ctx, a: HumanAction) -> None:
                 user=a.user,
             )
             ctx.kept.add(a)
-            return
+            return False
+        what = "the manual gate" if stage.manual else "the preview (vouching for it)"
         ctx.record(
             TimelineType.PROMOTE_REQUESTED,
-            f"{_who(a.user)} passed the manual gate of r{cand} ({stage.label})",
+            f"{_who(a.user)} passed {what} of r{cand} ({stage.label})",
             user=a.user,
         )
         _advance(ctx, plan)
-        return
+        return True
     if s.phase in ROLLING_OUT and stage is not None:
         why = f"r{cand} is at {stage.label}, which is not a manual gate"
     else:
-        why = f"phase is {s.phase.value}"
+        why = f"phase is {s.phase.value}" + _stalled_hint(ctx)
     ctx.note(TimelineType.ACTION_IGNORED, f"promote by {_who(a.user)} ignored: {why}", user=a.user)
+    return False
 
 
-def _act_retry(ctx: _Ctx, a: HumanAction) -> None:
+def _act_retry(ctx: _Ctx, a: HumanAction) -> bool:
     s = ctx.s
     cur = ctx.entry(s.current_revision)
     if (
@@ -1308,38 +1718,92 @@ def _act_retry(ctx: _Ctx, a: HumanAction) -> None:
             user=a.user,
         )
         _start_revision(ctx, cur.revision, fresh=False)
-        return
+        return True
     why = (
         "the spec changed (it becomes a new revision)"
         if cur is not None and cur.spec_hash != ctx.inp.spec_hash
         else f"phase is {s.phase.value}, only a Failed or RolledBack revision can be retried"
+        + _stalled_hint(ctx)
     )
     ctx.note(TimelineType.ACTION_IGNORED, f"retry by {_who(a.user)} ignored: {why}", user=a.user)
+    return False
+
+
+def _target_rollback(ctx: _Ctx) -> str:
+    s = ctx.s
+    rolling = s.phase in IN_FLIGHT or s.phase == Phase.ROLLING_BACK
+    rev = s.candidate_revision if rolling and s.candidate_revision else s.stable_revision
+    return f"r{rev}" if rev else ""
+
+
+def _target_decision(ctx: _Ctx) -> str:
+    s = ctx.s
+    pd = s.pending_decision
+    if s.phase != Phase.AWAITING_APPROVAL or pd is None:
+        return ""
+    when = _ts(pd.decided_at) if pd.decided_at is not None else "?"
+    return f"the rollback decision on r{s.candidate_revision} of {when}"
+
+
+def _target_gate(ctx: _Ctx) -> str:
+    s = ctx.s
+    stage = ctx.stage()
+    if stage is None or s.phase not in ROLLING_OUT or not s.candidate_revision:
+        return ""
+    since = f" (since {_ts(s.step_started_at)})" if s.step_started_at is not None else ""
+    return f"r{s.candidate_revision} {stage.label}{since}"
+
+
+def _target_attempt(ctx: _Ctx) -> str:
+    s = ctx.s
+    cur = ctx.entry(s.current_revision)
+    if cur is None or cur.outcome not in (Outcome.FAILED, Outcome.ROLLED_BACK):
+        return ""
+    when = _ts(cur.finished_at) if cur.finished_at is not None else "?"
+    return f"r{cur.revision} {cur.outcome.value} at {when}"
 
 
 @dataclass(frozen=True)
 class _ActionRule:
     """How one kind of action annotation is handled."""
 
-    act: Callable[[_Ctx, HumanAction], None]
+    act: Callable[[_Ctx, HumanAction], bool]  # True: it acted (False: ignored, a note)
+    target: Callable[[_Ctx], str]  # what it would act on now ("": nothing)
     noun: str  # how messages name it: "promote by alice ..."
     purpose: str  # what it is for, in the how-to of a refused value
     free_text: bool  # the value is a reason (any non-empty text); else it must be "true"
+    #: The same value by another user is another action (approvals: the decision's list of
+    #: approvers binds them, and counts each approver once).
+    per_user: bool = False
 
 
 _ACTIONS: Mapping[str, _ActionRule] = {
-    "rollback": _ActionRule(_act_rollback, "break glass", "roll back now", free_text=True),
+    "rollback": _ActionRule(
+        _act_rollback, _target_rollback, "break glass", "roll back now", free_text=True
+    ),
     "approve-rollback": _ActionRule(
-        _act_approve, "approval", "approve the pending rollback", free_text=False
+        _act_approve, _target_decision, "approval", "approve the pending rollback",
+        free_text=False, per_user=True,
     ),
     "reject-rollback": _ActionRule(
-        _act_reject, "rejection", "reject the pending rollback", free_text=True
+        _act_reject, _target_decision, "rejection", "reject the pending rollback",
+        free_text=True,
     ),
-    "promote": _ActionRule(_act_promote, "promote", "pass a manual gate", free_text=False),
-    "retry": _ActionRule(_act_retry, "retry", "retry the failed revision", free_text=False),
+    "promote": _ActionRule(
+        _act_promote, _target_gate, "promote", "pass a manual gate", free_text=False
+    ),
+    "retry": _ActionRule(
+        _act_retry, _target_attempt, "retry", "retry the failed revision", free_text=False
+    ),
 }
 # Break glass first: it must win over a promote or a gate seen in the same call.
 _ACTION_ORDER = ("rollback", "approve-rollback", "reject-rollback", "promote", "retry")
+#: ``true``, or ``true`` and a suffix after one of these (``true-2``, ``true:alice``): a
+#: unique value, for acting again where the same value acted before.
+_TRUE = re.compile(r"true(?:[-_.:].+)?", re.IGNORECASE | re.DOTALL)
+#: A consumed annotation still there this long after (its removal keeps failing, or
+#: something keeps putting it back before the removal is seen) is left on the object.
+REMOVAL_PATIENCE = 60.0
 
 
 def _bounded_actions(actions: Sequence[HumanAction]) -> tuple[HumanAction, ...]:
@@ -1356,6 +1820,18 @@ def _mark(a: HumanAction) -> tuple[str, str, str]:
     return ANNOTATION_OF[a.kind], a.value, a.user
 
 
+def _scope(s: ModelReleaseStatus) -> int:
+    """The revision human actions concern now: the one in flight, else the spec's."""
+    return s.candidate_revision or s.current_revision
+
+
+def _fresh_value(ctx: _Ctx, rule: _ActionRule) -> str:
+    """A value never used before, for the how-to of an action that must act again."""
+    if rule.free_text:
+        return "'<a new reason>'"
+    return f"true-{int(ctx.now.timestamp())}"
+
+
 def _value_refused(ctx: _Ctx, a: HumanAction, rule: _ActionRule) -> bool:
     """Ignore (with a note saying how to do it) a value the action does not accept:
     ``rewind.dev/promote=false`` must never promote."""
@@ -1365,7 +1841,7 @@ def _value_refused(ctx: _Ctx, a: HumanAction, rule: _ActionRule) -> bool:
             return False
         why, example = "no reason given", "'<reason>'"
     else:
-        if value.lower() == "true":
+        if _TRUE.fullmatch(value):
             return False
         why, example = f'the value is "{clip(value, 64)}", not "true"', "true"
     ctx.note(
@@ -1377,41 +1853,132 @@ def _value_refused(ctx: _Ctx, a: HumanAction, rule: _ActionRule) -> bool:
     return True
 
 
-def _consume_one(ctx: _Ctx, action: HumanAction) -> bool:
-    """Act on (or ignore) an annotation seen for the first time; False: left on the object
-    for a later call (no usable policy, or a promote waiting for its candidate)."""
+def _left_note(ctx: _Ctx, a: HumanAction, rule: _ActionRule, why: str) -> None:
+    """An annotation left on the object on purpose, and how to act for real."""
+    key = ANNOTATION_OF[a.kind]
+    ctx.note(
+        TimelineType.ACTION_IGNORED,
+        f"{rule.noun} by {_who(a.user)} ignored: {why}. {key}={clip(a.value, 64)!r} is "
+        "left on the object and never acts again (it came back after it was consumed, as "
+        "a GitOps tool re-applying it does; removing it again would only bring it back). "
+        f"To {rule.purpose}, set a new value: "
+        f"kubectl annotate --overwrite modelrelease/{ctx.inp.name or '<name>'} -n "
+        f"{ctx.inp.namespace or '<namespace>'} {key}={_fresh_value(ctx, rule)}",
+        user=a.user,
+    )
+
+
+def _returning_blocked(
+    ctx: _Ctx, a: HumanAction, rule: _ActionRule, returning: Sequence[ConsumedAction]
+) -> str | None:
+    """Why a value that comes back (consumed before, then seen gone) must not act, or None.
+
+    A value its author left on the object earlier in this revision never acts again in it
+    (a GitOps tool's copy, put back after a human overwrote it, cannot pass the next gate);
+    a reason acts once; ``true`` (or a variant) never acts again on what it acted on. An
+    approval is bound by the decision's own list of approvers: the same approver counts
+    once, another one counts."""
+    if not returning:
+        return None
+    scope = _scope(ctx.s)
+    if any(c.keep and c.revision == scope and c.user == a.user for c in returning):
+        return f"the same value by {_who(a.user)} was left on the object during r{scope}"
+    acted = [c for c in returning if c.target]
+    if rule.free_text:
+        if acted:
+            last = acted[-1]
+            at = _ts(last.at) if last.at is not None else "?"
+            return f"the same reason already acted on {last.target} at {at}; a reason acts once"
+        return None
+    target = rule.target(ctx)
+    if not rule.per_user and target and any(c.target == target for c in acted):
+        return f"the same value already acted on {target}"
+    return None
+
+
+def _judge(ctx: _Ctx, action: HumanAction) -> ConsumedAction | None:
+    """Act on (or ignore) an annotation seen for the first time and return its ledger
+    entry; None: left on the object for a later call (no usable policy, or a promote
+    waiting for its candidate)."""
+    s = ctx.s
     rule = _ACTIONS[action.kind]
+    key, value, user = _mark(action)
+    returning = [
+        c for c in s.consumed_actions
+        if c.key == key and c.value == value and c.gone_at is not None
+    ]
+
+    def entry(target: str, *, keep: bool) -> ConsumedAction:
+        return ConsumedAction(
+            key=key, value=value, user=user, at=ctx.now, target=target, revision=_scope(s),
+            keep=keep,
+        )
+
     if _value_refused(ctx, action, rule):
-        return True
+        return entry("", keep=bool(returning))
     if ctx.policy is None and action.kind != "rollback":
-        return False  # acted on once the policy is usable again
-    rule.act(ctx, action)
-    return action not in ctx.kept
+        return None  # acted on once the policy is usable again
+    blocked = _returning_blocked(ctx, action, rule, returning)
+    if blocked is not None:
+        _left_note(ctx, action, rule, blocked)
+        return entry("", keep=True)
+    target = rule.target(ctx)
+    acted = rule.act(ctx, action)
+    if action in ctx.kept:
+        return None
+    if not acted and returning:
+        _left_note(ctx, action, rule, "it did not act (see the note before)")
+    return entry(target if acted else "", keep=bool(returning) and not acted)
 
 
 def _consume_actions(ctx: _Ctx) -> None:
-    """Act on each annotation at most once, whether or not its removal happens.
+    """Act on each annotation at most once, whether or not its removal happens, and never
+    let a value that comes back act on the same thing again.
 
-    ``status.consumedActions`` is the ledger: an annotation still present with the key,
-    value and user of an entry was consumed already (its removal failed, or is not seen
-    yet): it is only removed again, with no event and no timeline entry. An entry whose
-    annotation is gone is dropped (the removal happened), so the same annotation set again
-    later is a new action.
+    ``status.consumedActions`` is the ledger. An annotation still present with the key,
+    value and user of an entry whose annotation was never seen gone is the same annotation
+    (its removal failed, or is not seen yet): it is only removed again, with no event and
+    no timeline entry. An entry whose annotation is seen gone is kept (``goneAt``), bounded:
+    the same value set again later is a new action, judged by ``_returning_blocked``. A
+    value that comes back and does not act is left on the object (``keep``): a GitOps tool
+    that keeps it in Git then has nothing to restore, so nothing loops.
     """
     s = ctx.s
     ctx.kept.clear()
     present = {_mark(a) for a in ctx.actions}
-    s.consumed_actions = [c for c in s.consumed_actions if (c.key, c.value, c.user) in present]
-    done = {(c.key, c.value, c.user) for c in s.consumed_actions}
+    for c in s.consumed_actions:
+        if c.gone_at is None and (c.key, c.value, c.user) not in present:
+            c.gone_at = ctx.now
+            if c.keep:
+                c.revision = _scope(s)  # left on the object through this revision
+    live = {(c.key, c.value, c.user): c for c in s.consumed_actions if c.gone_at is None}
     for action in ctx.actions:
         mark = _mark(action)
-        if mark not in done:
-            if not _consume_one(ctx, action):
+        entry = live.get(mark)
+        if entry is None:
+            entry = _judge(ctx, action)
+            if entry is None:
                 continue
-            key, value, user = mark
-            s.consumed_actions.append(ConsumedAction(key=key, value=value, user=user, at=ctx.now))
-            done.add(mark)
-        ctx.remove(action)
+            s.consumed_actions.append(entry)
+            live[mark] = entry
+        elif not entry.keep and entry.at is not None and (
+            ctx.now > entry.at + timedelta(seconds=REMOVAL_PATIENCE)
+        ):
+            entry.keep = True
+            ctx.note(
+                TimelineType.ACTION_IGNORED,
+                f"{mark[0]}={clip(mark[1], 64)!r} is still there {_dur(REMOVAL_PATIENCE)} "
+                "after it was consumed (its removal keeps failing, or something puts it "
+                "back at once): it is left on the object and never acts again",
+                user=mark[2],
+            )
+        if not entry.keep:
+            ctx.remove(action)
+
+
+def _removals_pending(s: ModelReleaseStatus) -> bool:
+    """A consumed annotation whose removal is not seen yet."""
+    return any(c.gone_at is None and not c.keep for c in s.consumed_actions)
 
 
 # --------------------------------------------------------------------------------------
@@ -1424,25 +1991,110 @@ def _check_spec(ctx: _Ctx) -> None:
     if ctx.policy is None:
         return
     newest = max(s.history, key=lambda e: e.revision) if s.history else None
-    if newest is not None and newest.spec_hash == ctx.inp.spec_hash:
+    described = ctx.entry(s.current_revision) or newest
+    if described is not None and described.spec_hash == ctx.inp.spec_hash:
         return
+    restore = _restorable(ctx)
     if s.phase == Phase.ROLLING_BACK:
-        ctx.deferred_spec = True  # noted in the message once the machine has run
-        return
+        if restore is not None and restore.revision == s.stable_revision:
+            ctx.deferred_spec = True  # the rollback restores it; then it is the spec's
+            return
+        if not _rollback_stalled(ctx):
+            ctx.deferred_spec = True  # noted in the message once the machine has run
+            return
+        # A rollback that cannot finish never blocks a roll-forward: the new spec is
+        # released against what serves users now.
+        _abandon_rollback(ctx, "the spec changed")
     new = 1 + max(
         [s.current_revision, s.candidate_revision, s.stable_revision]
         + [e.revision for e in s.history]
     )
     cand = s.candidate_revision
     if s.phase in IN_FLIGHT and cand and cand != s.stable_revision:
+        then = f"r{restore.revision} is restored" if restore is not None else f"r{new}"
         old = ctx.entry(cand)
-        if old is not None:
+        if old is not None and s.restoring:
+            old.outcome = Outcome.RETIRED  # still known-good: only its restore stopped
+            old.finished_at = ctx.now
+            old.reason = f"restore superseded: the spec changed again ({then})"
+        elif old is not None:
             old.outcome = Outcome.SUPERSEDED
             old.finished_at = ctx.now
-            old.reason = f"superseded by r{new} (the spec changed mid-rollout)"
+            old.reason = f"superseded by {then} (the spec changed mid-rollout)"
         ctx.scale_down(cand)
-        ctx.record("Superseded", f"r{cand} superseded by r{new}: the spec changed", revision=cand)
+        ctx.record("Superseded", f"r{cand} superseded by {then}: the spec changed",
+                   revision=cand)
+    if restore is not None:
+        _start_restore(ctx, restore)
+        return
     _start_revision(ctx, new, fresh=True)
+
+
+def _rollback_window(ctx: _Ctx) -> list[HistoryEntry]:
+    """The stable revision, then the ``rollbackWindow.revisions`` revisions promoted most
+    recently before it (empty: the window is off)."""
+    s, policy = ctx.s, ctx.policy
+    size = policy.rollback_window.revisions if policy is not None else 0
+    if size <= 0:
+        return []
+    promoted = sorted(
+        (e for e in s.history if e.promoted_at is not None), key=_promotion, reverse=True
+    )
+    stable = [e for e in promoted if e.revision == s.stable_revision]
+    return stable + [e for e in promoted if e.revision != s.stable_revision][:size]
+
+
+def _restorable(ctx: _Ctx) -> HistoryEntry | None:
+    """The known-good revision in the rollback window whose spec the current spec is."""
+    for e in _rollback_window(ctx):
+        if e.spec_hash == ctx.inp.spec_hash and _known_good(e):
+            return e
+    return None
+
+
+def _start_restore(ctx: _Ctx, entry: HistoryEntry) -> None:
+    """The spec was reverted to a known-good revision: bring it back without steps or
+    analysis (same revision number). A warm (or the stable) revision takes all traffic at
+    once; a cold one is scaled up from its snapshot first (stage Ready)."""
+    s, policy = ctx.s, ctx.policy
+    assert policy is not None
+    rev = entry.revision
+    assert entry.promoted_at is not None
+    s.current_revision = rev
+    s.analysis = AnalysisStatus()
+    s.pending_decision = None
+    s.restoring = True
+    window = policy.rollback_window.revisions
+    why = (
+        f"the spec equals r{rev}'s (spec {entry.spec_hash}, promoted "
+        f"{_ts(entry.promoted_at)}, within rollbackWindow.revisions {window}): no steps, "
+        "no analysis"
+    )
+    if rev == s.stable_revision:
+        # It serves already: only whatever else has traffic goes (Promoting until the
+        # router reports all traffic on it).
+        s.candidate_revision = 0
+        s.current_step = 0
+        s.step_started_at = None
+        s.phase = Phase.PROMOTING
+        s.message = f"restoring r{rev}: moving 100% of traffic to it"
+        ctx.record(TimelineType.RESTORE_STARTED, f"restoring r{rev}: {why}", revision=rev)
+        return
+    entry.outcome = Outcome.PROGRESSING
+    entry.finished_at = None
+    entry.reason = f"being restored: {why}"
+    s.candidate_revision = rev
+    wait = _not_ready(ctx, rev)
+    ctx.record(
+        TimelineType.RESTORE_STARTED,
+        f"restoring r{rev} (replacing r{s.stable_revision}): {why}"
+        + (f"; r{rev} {wait}: traffic moves once it is Available" if wait else ""),
+        revision=rev,
+    )
+    plan = ctx.plan()
+    assert plan is not None
+    _enter_stage(ctx, plan, 0)
+    s.message = f"restoring r{rev}: waiting for it to become Available"
 
 
 # --------------------------------------------------------------------------------------
@@ -1451,7 +2103,7 @@ def _check_spec(ctx: _Ctx) -> None:
 
 
 def _phase_idle(ctx: _Ctx) -> None:
-    """Pending / Promoted / RolledBack / Failed: only humans or a new spec move these."""
+    """Promoted / RolledBack / Failed: only humans or a new spec move these."""
 
 
 def _phase_rollout(ctx: _Ctx) -> None:
@@ -1519,7 +2171,15 @@ def _phase_promoting(ctx: _Ctx) -> None:
         _decide_rollback(ctx, reason)
         return
     if ctx.in_effect(want):
-        _FINISH[plan.finish](ctx)
+        if s.restoring:
+            _finish_restore(ctx)
+        else:
+            _FINISH[plan.finish](ctx)
+        return
+    if s.restoring:
+        s.message = f"restoring r{cand or s.stable_revision}: waiting for 100% to take " + (
+            f"effect: {ctx.routes_why(want)}"
+        )
         return
     head = (
         f"r{cand}: shadow passed: removing the mirror"
@@ -1565,16 +2225,112 @@ def _phase_rolling_back(ctx: _Ctx) -> None:
     )
     deadline = since + timedelta(seconds=ctx.progress_deadline)
     if ctx.now >= deadline:
+        obs = ctx.observed(target)
+        detail = obs.describe() if obs is not None else f"r{target} has no Deployment"
         ctx.stalled = (
             f"rollback target r{target} is not Available after {_dur(ctx.progress_deadline)} "
-            f"(since {_ts(since)}): check its pods"
+            f"(since {_ts(since)}): {detail}; traffic stays on r{leaving}. {_ways_out(ctx)}"
         )
+        s.message += f". Stalled: {_ways_out(ctx)}"
     else:
         ctx.wake(deadline)
 
 
+def _stalled_hint(ctx: _Ctx) -> str:
+    """The ways out of a stalled rollback, for an action that cannot end it."""
+    return f". {_ways_out(ctx)}" if _rollback_stalled(ctx) else ""
+
+
+def _rollback_stalled(ctx: _Ctx) -> bool:
+    """RollingBack, and its target is still not Available after the progress deadline."""
+    s = ctx.s
+    if s.phase != Phase.ROLLING_BACK or ctx.available(s.stable_revision):
+        return False
+    since = s.step_started_at
+    return since is not None and ctx.now >= since + timedelta(seconds=ctx.progress_deadline)
+
+
+def _older_target(ctx: _Ctx) -> int | None:
+    """A known-good revision promoted before the stalled rollback's target."""
+    s = ctx.s
+    return _previous_known_good(
+        s, before=ctx.entry(s.stable_revision), skip=s.candidate_revision
+    )
+
+
+def _serving_base(ctx: _Ctx) -> int:
+    """What a roll-forward from a stalled rollback is released against: the revision being
+    left when it still answers users and the target cannot, else the target."""
+    s = ctx.s
+    target, leaving = s.stable_revision, s.candidate_revision
+    seen = ctx.inp.routes
+    live = seen.weights.get(leaving, 0) > 0 or seen.header_revision == leaving
+    obs = ctx.observed(target)
+    target_serves = obs is not None and obs.serving
+    return leaving if leaving and live and not target_serves else target
+
+
+def _ways_out(ctx: _Ctx) -> str:
+    """What ends a rollback whose target cannot become Available, in words."""
+    s = ctx.s
+    target = s.stable_revision
+    ways = [
+        f"fix what keeps r{target} from becoming Available (quota, nodes, image: see the "
+        "events of its pods and ReplicaSet) and the rollback completes by itself",
+        f"apply a new spec: it supersedes this rollback and is released against "
+        f"r{_serving_base(ctx)}, which serves users now",
+    ]
+    older = _older_target(ctx)
+    if older is not None:
+        ways.append(
+            f"break glass again with a new reason to roll back to r{older} instead: "
+            f"{_kubectl(ctx, ANNOTATION_ROLLBACK, chr(39) + '<new reason>' + chr(39))}"
+        )
+    return "Ways out: " + "; or ".join(ways)
+
+
+def _give_up_target(ctx: _Ctx, why: str) -> None:
+    """The rollback target never became Available: it goes back to being retired (still
+    known-good) and is scaled down."""
+    s = ctx.s
+    target = s.stable_revision
+    entry = ctx.entry(target)
+    if entry is not None and entry.outcome == Outcome.PROMOTED:
+        entry.outcome = Outcome.RETIRED
+        entry.finished_at = ctx.now
+        entry.reason = (
+            f"could not be restored: not Available within progressDeadline "
+            f"{_dur(ctx.progress_deadline)}; {why}"
+        )
+
+
+def _abandon_rollback(ctx: _Ctx, why: str) -> None:
+    """Leave a stalled rollback for a roll-forward: what serves now becomes the base."""
+    s = ctx.s
+    target, leaving = s.stable_revision, s.candidate_revision
+    base = _serving_base(ctx)
+    if base != target:
+        _give_up_target(ctx, f"rollback abandoned: {why}")
+    else:
+        left = ctx.entry(leaving)
+        if left is not None and left.finished_at is None:
+            left.finished_at = ctx.now
+    ctx.record(
+        TimelineType.ROLLBACK_ABANDONED,
+        f"rollback from r{leaving} to r{target} abandoned: r{target} is not Available after "
+        f"{_dur(ctx.progress_deadline)}; {why}; r{base} keeps serving until the new "
+        "revision is ready",
+        revision=leaving,
+        warning=True,
+    )
+    s.stable_revision = base
+    s.candidate_revision = 0
+    s.step_started_at = None
+    s.pending_decision = None
+
+
 _PHASES: Mapping[Phase, Callable[[_Ctx], None]] = {
-    Phase.PENDING: _phase_idle,
+    Phase.PENDING: _phase_pending,
     Phase.PROGRESSING: _phase_rollout,
     Phase.PAUSED: _phase_rollout,
     Phase.AWAITING_APPROVAL: _phase_awaiting,
@@ -1595,14 +2351,15 @@ def _stage_ready(ctx: _Ctx, plan: Plan, stage: Stage) -> None:
     started = s.step_started_at or ctx.now
     deadline = started + timedelta(seconds=ctx.progress_deadline)
     if ctx.now >= deadline:
-        _fail_candidate(
-            ctx,
+        late = (
             f"not Available within progressDeadline {_dur(ctx.progress_deadline)} "
-            f"(started {_ts(started)})",
+            f"(started {_ts(started)})"
         )
+        _fail_candidate(ctx, f"could not be restored: {late}" if s.restoring else late)
         return
     ctx.wake(deadline)
-    s.message = f"r{cand}: waiting to become Available (deadline {_ts(deadline)})"
+    head = f"restoring r{cand}" if s.restoring else f"r{cand}"
+    s.message = f"{head}: waiting to become Available (deadline {_ts(deadline)})"
 
 
 def _stage_gate(ctx: _Ctx, plan: Plan, stage: Stage) -> None:
@@ -1633,12 +2390,25 @@ def _stage_gate(ctx: _Ctx, plan: Plan, stage: Stage) -> None:
             waits.append("waiting for a passing analysis (the last one failed)")
         elif verdict == Verdict.INCONCLUSIVE:
             waits.append("analysis inconclusive: holding")
+            if stage.kind == StageKind.FIRST_PREVIEW:
+                waits.append(_first_release_hint(ctx))
     if not ctx.available(cand):
         waits.append(f"r{cand} is not Available")
     if waits:
         s.message = f"r{cand}: {stage.label}; " + "; ".join(waits)
         return
     _advance(ctx, plan)
+
+
+def _first_release_hint(ctx: _Ctx) -> str:
+    """What moves a first release on whose preview analysis has nothing to measure."""
+    s = ctx.s
+    service = f"{ctx.inp.name or '<release>'}-r{s.candidate_revision}"
+    return (
+        f"no user traffic reaches a first release at 0%: send smoke tests to Service "
+        f"{service}, or vouch for it: {_kubectl(ctx, ANNOTATION_PROMOTE, 'true')} (or set "
+        "the policy's firstRelease: Promote)"
+    )
 
 
 _STAGES: Mapping[StageKind, Callable[[_Ctx, Plan, Stage], None]] = {
@@ -1649,6 +2419,8 @@ _STAGES: Mapping[StageKind, Callable[[_Ctx, Plan, Stage], None]] = {
     StageKind.POST_SWITCH: _stage_gate,
     StageKind.POST_PROMOTION: _stage_gate,
     StageKind.SHADOW: _stage_gate,
+    StageKind.FIRST_PREVIEW: _stage_gate,
+    StageKind.FIRST_GATE: _stage_gate,
 }
 
 
@@ -1733,6 +2505,7 @@ def _reconsider_kept(ctx: _Ctx) -> None:
 
 
 _PIPELINE: tuple[Callable[[_Ctx], None], ...] = (
+    _adopt_archive,
     _record_analysis,
     _expire_decision,
     _consume_actions,
@@ -1776,12 +2549,15 @@ def _desired_state(ctx: _Ctx) -> list[Action]:
 def _safe_to_write(ctx: _Ctx, want: SetRoutes) -> bool:
     """Users are never moved onto a revision that is not Available: a write that adds
     live weight (or the header routes' callers) to one waits until it is (the step then
-    holds, not in effect). The stable revision is exempt: it is where traffic goes back to
-    whatever happens."""
+    holds, not in effect). The stable revision is exempt while the routes read back give
+    it live weight: it is where traffic goes back to whatever happens. A stable with no
+    live weight at all (a release created again from its records: its route objects went
+    with the deleted one) gets users only once it is Available, like any revision."""
     seen = ctx.inp.routes
     stable = ctx.s.stable_revision
     for rev, weight in want.weights.items():
-        if rev != stable and weight > seen.weights.get(rev, 0) and not ctx.available(rev):
+        exempt = rev == stable and seen.weights.get(rev, 0) > 0
+        if not exempt and weight > seen.weights.get(rev, 0) and not ctx.available(rev):
             return False
     header = want.header_revision
     return not (
@@ -1996,6 +2772,9 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
             f"analysis inconclusive since {_ts(since)} ({s.analysis.inconclusive} inconclusive "
             f"measurements; last: {last}): no traffic increase, no step advancement, no rollback"
         )
+        stage = ctx.stage()
+        if stage is not None and stage.kind == StageKind.FIRST_PREVIEW:
+            detail += "; " + _first_release_hint(ctx)
         if overloaded:
             detail += (
                 "; the operator is overloaded, not the model: raise --analysis-threads, "
@@ -2026,10 +2805,33 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
         ctx.record("StableAvailable", f"stable r{stable} is available again", revision=stable)
 
 
+def _deferred_note(ctx: _Ctx) -> str:
+    """Why the new spec waits while rolling back, and until when."""
+    s = ctx.s
+    restore = _restorable(ctx)
+    if restore is not None and restore.revision == s.stable_revision:
+        return (
+            f"; the spec is r{restore.revision}'s again: once this rollback is done, r"
+            f"{restore.revision} is what the spec describes"
+        )
+    note = "; the spec changed: its new revision starts once the rollback is done"
+    since = s.step_started_at
+    if since is not None and not ctx.available(s.stable_revision):
+        deadline = since + timedelta(seconds=ctx.progress_deadline)
+        note += (
+            f" (or at {_ts(deadline)} against r{_serving_base(ctx)} if r{s.stable_revision} "
+            "is not Available by then)"
+        )
+    return note
+
+
 def _trim(s: ModelReleaseStatus) -> None:
     s.analysis.measurements = s.analysis.measurements[-MAX_MEASUREMENTS:]
     s.timeline = s.timeline[-MAX_TIMELINE:]
-    s.consumed_actions = s.consumed_actions[-MAX_CONSUMED_ACTIONS:]
+    while len(s.consumed_actions) > MAX_CONSUMED_ACTIONS:
+        # Forget the oldest value seen gone first: one still on the object must be known.
+        gone = next((i for i, c in enumerate(s.consumed_actions) if c.gone_at is not None), 0)
+        del s.consumed_actions[gone]
     if s.pending_decision is not None:
         s.pending_decision.evidence = s.pending_decision.evidence[-MAX_MEASUREMENTS:]
         s.pending_decision.approvals = s.pending_decision.approvals[-10:]
@@ -2087,17 +2889,22 @@ def decide(inputs: Inputs) -> Decision:
     if error is not None and s.phase == Phase.PENDING:
         s.message = f"waiting for a usable RolloutPolicy: {error}"
     if ctx.deferred_spec and s.phase == Phase.ROLLING_BACK:
-        s.message += "; the spec changed: its new revision starts once the rollback is done"
+        s.message += _deferred_note(ctx)
     want = _report_routes(ctx)
     _conditions(ctx, want)
     _trim(s)
     ctx.s = s = _copy_status(s)
-    if s.consumed_actions:  # see the removal soon, so the ledger entry is dropped soon
+    if _removals_pending(s):  # see the removal soon, so a re-added value is told apart
         ctx.wake(inputs.now + timedelta(seconds=CONSUMED_RECHECK))
+    desired = _desired_state(ctx)
+    # What the desired state keeps up (the stable, the candidate in flight, a revision the
+    # routes still send users to, e.g. a first release stopped after its routes were
+    # written) is never scaled down in the same decision: it is what serves.
+    kept_up = {a.revision for a in desired if isinstance(a, EnsureRevision)}
     actions: list[Action] = [
         *ctx.snapshots,
-        *_desired_state(ctx),
-        *ctx.scale_downs,
+        *desired,
+        *(a for a in ctx.scale_downs if a.revision not in kept_up),
         *ctx.annotations,
         *ctx.events,
     ]

@@ -23,27 +23,56 @@ becomes stable at 100 %) or ``Stop`` (shadow ``onSuccess: Stop``: a validation r
 candidate is retired without ever serving users). The engine first asks for the final
 routes (phase Promoting) and finishes once the router reports them in effect.
 
-A first release (no stable revision yet) has the plan ``(Ready,)`` + Promote: there is
-nothing to compare against and nobody to protect, so it is promoted once Available.
+A first release (no stable revision yet) has no stable revision to share traffic with or to
+compare against, so its plan is different; it always finishes with Promote (even a shadow
+``onSuccess: Stop``: nothing else would serve). With the policy's ``firstRelease: Promote``
+it is ``(Ready,)``: all traffic once Available. With ``firstRelease: Gates`` (the default):
+
+========  ============  ================================================================
+index     kind          meaning
+========  ============  ================================================================
+0         Ready         wait until it is Available (progressDeadline)
+1         FirstPreview  0 % of user traffic (no routes at all): reachable only at its own
+                        Service ``<release>-r<N>``, for smoke tests; holds the strategy's
+                        first verification window (canary: the first step's pause, or one
+                        interval; blue-green: previewDuration; shadow: duration), analysed
+                        with the metrics that need no ``{{stable}}``. Left out when that
+                        window is 0 and no metric applies
+2         FirstGate     a manual gate at 0 %, when the strategy has one anywhere (canary
+                        ``pause.manual``, blue-green ``autoSwitch: false``)
+========  ============  ================================================================
+
+Canary weights, the shadow mirror and the post-switch/post-promotion watches need a stable
+revision, so a first release has none of them: after its gates it takes all traffic.
+
+A restore (the spec was reverted to a known-good revision within the policy's
+``rollbackWindow``, ``status.restoring``) has the plan ``(Ready,)`` + Promote too: the
+revision was verified when it was first promoted, so it takes all traffic once Available.
 
 Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from rewind.api import (
     BlueGreenStrategy,
     CanaryStrategy,
+    FirstRelease,
+    MetricSpec,
     RolloutPolicySpec,
     ShadowAction,
     StrategyType,
     parse_duration,
+    template_variables,
 )
 
-__all__ = ["Finish", "Plan", "Stage", "StageKind", "build_plan"]
+__all__ = ["Finish", "Plan", "Stage", "StageKind", "build_plan", "first_release_metrics"]
+
+#: Template variables that name the stable revision: a first release has none.
+STABLE_VARIABLES = frozenset({"stable", "stableWorkload"})
 
 
 class StageKind(StrEnum):
@@ -56,6 +85,8 @@ class StageKind(StrEnum):
     POST_SWITCH = "PostSwitch"
     POST_PROMOTION = "PostPromotion"
     SHADOW = "Shadow"
+    FIRST_PREVIEW = "FirstPreview"
+    FIRST_GATE = "FirstGate"
 
 
 class Finish(StrEnum):
@@ -181,7 +212,97 @@ def _blue_green(bg: BlueGreenStrategy, analysed: bool) -> list[Stage]:
     return stages
 
 
-def build_plan(policy: RolloutPolicySpec, *, first_release: bool) -> Plan:
+def _warm_for(policy: RolloutPolicySpec) -> float:
+    """How long a replaced stable stays up: keepOldColour for blue-green, else
+    keepPreviousWarm."""
+    strategy = policy.strategy
+    bg = strategy.blue_green
+    if bg is None and strategy.shadow is not None:
+        then = strategy.shadow.on_success
+        bg = then.blue_green if then.action == ShadowAction.BLUE_GREEN else None
+    return parse_duration(bg.keep_old_colour if bg is not None else policy.keep_previous_warm)
+
+
+def first_release_metrics(policy: RolloutPolicySpec) -> list[MetricSpec]:
+    """The metrics a first release is analysed with: those that do not use ``{{stable}}``
+    or ``{{stableWorkload}}`` (there is no stable revision to compare with)."""
+    return [
+        m for m in policy.analysis.metrics
+        if not STABLE_VARIABLES & set(template_variables(m.query))
+    ]
+
+
+def _first_release_gates(policy: RolloutPolicySpec) -> tuple[float, bool]:
+    """The strategy's first verification window (seconds) and whether it has a manual gate:
+    canary: its first step's pause (one analysis interval without one; none before a manual
+    first step); blue-green: previewDuration; shadow: duration. A manual gate: any canary
+    step with ``pause.manual``, or blue-green ``autoSwitch: false`` (also after a shadow)."""
+    strategy = policy.strategy
+    interval = parse_duration(policy.analysis.interval)
+
+    def canary(c: CanaryStrategy) -> tuple[float, bool]:
+        manual = any(step.pause is not None and step.pause.manual for step in c.steps)
+        first = c.steps[0].pause
+        if first is None:
+            return interval, manual
+        if first.duration is not None:
+            return parse_duration(first.duration), manual
+        return 0.0, manual
+
+    if strategy.canary is not None:
+        return canary(strategy.canary)
+    if strategy.blue_green is not None:
+        bg = strategy.blue_green
+        return parse_duration(bg.preview_duration), not bg.auto_switch
+    assert strategy.shadow is not None
+    shadow = strategy.shadow
+    then = shadow.on_success
+    manual = False
+    if then.action == ShadowAction.CANARY and then.canary is not None:
+        manual = canary(then.canary)[1]
+    elif then.action == ShadowAction.BLUE_GREEN and then.blue_green is not None:
+        manual = not then.blue_green.auto_switch
+    return parse_duration(shadow.duration), manual
+
+
+def _first_release(policy: RolloutPolicySpec, ready: Stage) -> list[Stage]:
+    """``firstRelease: Gates``: before it takes any traffic, the first revision runs at 0%
+    (reachable at its own Service for smoke tests) for the strategy's first verification
+    window, analysed with the metrics that need no stable, then waits at a manual gate if
+    the strategy has one."""
+    duration, manual = _first_release_gates(policy)
+    analysed = bool(first_release_metrics(policy))
+    stages = [ready]
+    if duration > 0 or analysed:
+        stages.append(
+            Stage(
+                kind=StageKind.FIRST_PREVIEW,
+                strategy=ready.strategy,
+                weight=0,
+                mirror=0,
+                duration=duration,
+                manual=False,
+                analysed=analysed,
+                label="first release preview at 0% (no users yet)",
+            )
+        )
+    if manual:
+        stages.append(
+            Stage(
+                kind=StageKind.FIRST_GATE,
+                strategy=ready.strategy,
+                weight=0,
+                mirror=0,
+                duration=0.0,
+                manual=True,
+                analysed=False,
+                label="first release waiting for the manual gate before it takes traffic",
+            )
+        )
+    return stages
+
+
+def build_plan(policy: RolloutPolicySpec, *, first_release: bool, restore: bool = False) -> Plan:
     """Flatten the policy's strategy into stages (see the module docstring)."""
     strategy = policy.strategy
     analysed = bool(policy.analysis.metrics)
@@ -197,8 +318,13 @@ def build_plan(policy: RolloutPolicySpec, *, first_release: bool) -> Plan:
         label="waiting for the candidate to become Available",
     )
     warm_for = parse_duration(policy.keep_previous_warm)
+    if restore:
+        restoring = replace(ready, label="restoring: waiting for it to become Available")
+        return Plan(stages=(restoring,), finish=Finish.PROMOTE, warm_for=_warm_for(policy))
     if first_release:
-        return Plan(stages=(ready,), finish=Finish.PROMOTE, warm_for=warm_for)
+        gated = policy.first_release == FirstRelease.GATES
+        first = _first_release(policy, ready) if gated else [ready]
+        return Plan(stages=tuple(first), finish=Finish.PROMOTE, warm_for=warm_for)
 
     stages: list[Stage] = [ready]
     finish = Finish.PROMOTE

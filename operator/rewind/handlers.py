@@ -9,7 +9,9 @@ RolloutPolicy changing. One loop per release serialises every write to it; a pok
 
 The loops are plain tasks started from the watch, not Kopf daemons: Kopf puts a finalizer
 on every object with a daemon, so a ModelRelease (and its namespace) could not be deleted
-while the operator is down. Owned objects are garbage-collected through ownerReferences.
+while the operator is down. Owned objects are garbage-collected through ownerReferences;
+revision snapshots and their history records are not owned: they outlive the object, and a
+sweep deletes them after the retention (``sweep_records``).
 
 Nothing lives only in memory: the loop re-reads the release on every pass, so the operator
 can be killed at any line and resumes from what the API server holds.
@@ -25,6 +27,7 @@ import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -33,10 +36,12 @@ from prometheus_client import start_http_server
 
 from rewind import API_GROUP, API_VERSION
 from rewind.adapters import _kube
+from rewind.adapters.archive import KubeArchive
 from rewind.adapters.base import MANAGED_BY_LABEL, MANAGED_BY_VALUE, RELEASE_LABEL
 from rewind.adapters.events import EventRecorder
 from rewind.adapters.prometheus import DEFAULT_THREADS, PrometheusProvider
-from rewind.adapters.router import IstioRouter
+from rewind.adapters.route_index import VirtualServiceIndex
+from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION, IstioRouter
 from rewind.adapters.workloads import KubeWorkloads
 from rewind.api import (
     MODELRELEASE_PLURAL,
@@ -53,6 +58,13 @@ log = logging.getLogger(__name__)
 
 #: A release with nothing scheduled is still re-read this often (drift repair).
 IDLE_RESYNC = 60.0
+#: Revision records outlive their ModelRelease this long by default (30 days).
+DEFAULT_HISTORY_RETENTION = "720h"
+
+
+def sweep_interval(retention: float) -> float:
+    """How often the retention sweep runs: a tenth of the retention, 1 s to 10 min."""
+    return min(600.0, max(1.0, retention / 10))
 
 
 @dataclass
@@ -98,6 +110,13 @@ class RuntimeConfig:
                                                    str(DEFAULT_THREADS)))
     )
     worker_threads: int = 32
+    #: Seconds revision records of a deleted ModelRelease (and records a live release no
+    #: longer refers to) are kept before the sweep deletes them.
+    history_retention: float = field(
+        default_factory=lambda: parse_duration(
+            os.environ.get("REWIND_HISTORY_RETENTION", DEFAULT_HISTORY_RETENTION)
+        )
+    )
     #: Kopf peering (HA): the peering object's name, None when standalone.
     peering_name: str | None = None
     peering_priority: int = 0
@@ -175,6 +194,8 @@ class ReleaseLoops:
         """This replica became the active one: run every release it knows of."""
         self.active = True
         self.controller.operator_metrics.active.set(1)
+        # Policies may have changed while Kopf was paused on this replica.
+        self.controller.policies.clear()
         for (namespace, name), uid in list(self._known.items()):
             self.ensure(namespace, name, uid)
 
@@ -183,6 +204,7 @@ class ReleaseLoops:
         remember the releases for when this replica is active again."""
         self.active = False
         self.controller.operator_metrics.active.set(0)
+        self.controller.policies.clear()
         for namespace, name in list(self._tasks):
             await self.stop(namespace, name)
             # The active replica writes meanwhile: re-apply everything when active again.
@@ -249,14 +271,43 @@ def _api_client(pool_size: int) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+class UnusedDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's diff base, never built: Rewind has no change handlers to read it.
+
+    Kopf builds a diff base for every watch event, a deep copy of the whole object (status
+    and managedFields included), though only change handlers (``on.create``, ``on.update``,
+    ``on.resume``...) use it. Rewind registers event handlers only, and every status write
+    comes back as an event, so that copy was about half of Kopf's CPU per event for nothing.
+    ``tests/unit/test_handlers.py`` fails if a change handler is ever registered.
+    """
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Any = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+
+class _QuietSuccess(logging.Filter):
+    """Drops Kopf's "Handler 'release_event' succeeded." line: logged for every watch event
+    (each status write is one), it said nothing and cost a formatted write each time.
+    Failures are still logged (at ERROR)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO
+                    and str(record.msg).startswith("Handler ")
+                    and str(record.msg).endswith(" succeeded."))
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Kopf's own bookkeeping goes to annotations: the status schema is Rewind's and
     # structural schemas would prune a `status.kopf` anyway.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = UnusedDiffBase(
         prefix=API_GROUP, key="last-handled-configuration"
     )
+    if not logging.getLogger("kopf.objects").isEnabledFor(logging.DEBUG):
+        logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
     # Rewind posts its own Events with reasons people can filter on.
     settings.posting.enabled = False
     # Watches can stall silently behind proxies; re-list regularly.
@@ -273,9 +324,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     api_client = _api_client(runtime.worker_threads)
     operator_metrics = OperatorMetrics()
     memo.api_client = api_client
+    # Filled by route_event from the VirtualService watch; read by the router.
+    memo.route_index = VirtualServiceIndex()
     memo.controller = ReleaseController(
         api_client,
-        router=IstioRouter(api_client),
+        router=IstioRouter(api_client, index=memo.route_index),
         workloads=KubeWorkloads(api_client),
         metrics=runtime.prometheus_provider(),
         notifier=EventRecorder(api_client),
@@ -300,24 +353,65 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         memo.peering_task = asyncio.create_task(gate.run(), name="rewind:peering")
         log.info("peering %s as %r, priority %d: standing by until active",
                  runtime.peering_name, runtime.identity, runtime.peering_priority)
+    memo.sweep_task = asyncio.create_task(
+        sweep_records(memo.controller.archive, memo.loops, runtime.namespaces,
+                      runtime.history_retention),
+        name="rewind:history-retention",
+    )
     if runtime.metrics_port:
         start_http_server(runtime.metrics_port, registry=operator_metrics.registry)
         log.info("operator metrics on :%d/metrics", runtime.metrics_port)
     log.info("analysis queries go to %s (timeout %gs unless a metric sets one, %d threads)",
              runtime.prometheus_url, runtime.prometheus_timeout, runtime.analysis_threads)
+    log.info("revision records of deleted releases are kept %gs", runtime.history_retention)
+
+
+async def sweep_records(
+    archive: KubeArchive,
+    loops: ReleaseLoops,
+    namespaces: list[str] | None,
+    retention: float,
+) -> None:
+    """The one rule that deletes revision records (docs/design.md): on the active replica
+    only, every ``sweep_interval``, mark the snapshots of releases that no longer exist
+    and delete those past the retention. Never raises: a failed sweep is tried again."""
+    while True:
+        if loops.active:
+            try:
+                for step in await archive.sweep(namespaces, retention, datetime.now(UTC)):
+                    verb = "deleted" if step.kind == "delete" else "marked orphaned"
+                    log.info("ControllerRevision %s/%s %s: %s", step.stored.namespace,
+                             step.stored.name, verb, step.why)
+            except Exception:  # the API may be away; the next sweep tries again
+                log.exception("history retention sweep failed; trying again")
+        await asyncio.sleep(sweep_interval(retention))
 
 
 def _has_action(annotations: Mapping[str, str]) -> bool:
     return any(key in annotations for key in ANNOTATION_OF.values())
 
 
+def _removal_done(obj: Mapping[str, Any]) -> bool:
+    """An annotation the operator removes (status.consumedActions, not seen gone yet) is
+    gone: look at once, so the engine sees it gone before a GitOps tool can put it back
+    (which then counts as the same value coming back, not as a removal that failed)."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    ledger = (obj.get("status") or {}).get("consumedActions") or []
+    return any(
+        isinstance(c, Mapping) and not c.get("goneAt") and not c.get("keep")
+        and c.get("key") not in annotations
+        for c in ledger
+    )
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    peering_task: asyncio.Task[None] | None = memo.get("peering_task")
-    if peering_task is not None:
-        peering_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await peering_task
+    for name in ("peering_task", "sweep_task"):
+        task: asyncio.Task[None] | None = memo.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     loops: ReleaseLoops | None = memo.get("loops")
     if loops is not None:
         await loops.stop_all()
@@ -328,8 +422,9 @@ async def release_event(
     event: kopf.RawEvent, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
     """Start the release's loop on first sight (also after a restart: the watch lists every
-    object), stop it on deletion, wake it for a spec change or a human action; our own
-    status writes change neither generation nor action annotations, so they wake nothing."""
+    object), stop it on deletion, wake it for a spec change, a human action or the removal
+    of one it consumed; our own status writes change neither generation nor action
+    annotations, so they wake nothing."""
     assert namespace is not None
     loops: ReleaseLoops = memo.loops
     obj: Mapping[str, Any] = event.get("object") or {}
@@ -343,7 +438,7 @@ async def release_event(
     )
     if loops.ensure(namespace, name, uid):
         return
-    if generation_changed or _has_action(meta.get("annotations") or {}):
+    if generation_changed or _has_action(meta.get("annotations") or {}) or _removal_done(obj):
         loops.poke(namespace, name)
 
 
@@ -357,12 +452,30 @@ async def revision_event(
         memo.loops.poke(namespace, release)
 
 
+@kopf.on.event(ISTIO_GROUP, ISTIO_VERSION, "virtualservices")
+async def route_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the VirtualService index current (route conflicts are looked up in it, never
+    listed per reconcile) and wake the releases a change concerns: those whose hosts
+    another VirtualService now claims or no longer claims, and the owner of a Rewind
+    VirtualService edited by someone else or deleted, so drift is restored at once.
+
+    The watch covers the namespaces the operator watches (all, by default); Kopf lists
+    them when it starts, so the index fills itself after a restart. Nothing is written."""
+    obj: Mapping[str, Any] = event.get("object") or {}
+    index: VirtualServiceIndex = memo.route_index
+    for namespace, release in sorted(index.apply(event.get("type"), obj)):
+        memo.loops.poke(namespace, release)
+
+
 @kopf.on.event(API_GROUP, API_VERSION, ROLLOUTPOLICY_PLURAL)
 async def policy_event(
     event: kopf.RawEvent, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    """A policy changed: its releases re-decide, and `kubectl get rp` shows its strategy."""
+    """A policy changed: its releases re-decide, and `kubectl get rp` shows its strategy.
+
+    The cached copy goes first, so the releases woken here read the policy afresh."""
     assert namespace is not None
+    memo.controller.policies.invalidate(namespace, name)
     memo.loops.poke_namespace(namespace)
     obj: Mapping[str, Any] = event.get("object") or {}
     if event.get("type") == "DELETED" or not obj:

@@ -17,7 +17,7 @@ import kopf
 import rewind.handlers  # noqa: F401 - registers the handlers with Kopf
 from rewind.adapters.prometheus import DEFAULT_THREADS
 from rewind.api import parse_duration
-from rewind.handlers import RuntimeConfig
+from rewind.handlers import DEFAULT_HISTORY_RETENTION, RuntimeConfig
 
 
 def _timeout(text: str) -> float:
@@ -64,6 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="analysis queries in flight at once. A query that finds no free "
                         "thread within its timeout is Inconclusive (overloaded), never a "
                         f"failure (env REWIND_ANALYSIS_THREADS, default {DEFAULT_THREADS})")
+    parser.add_argument("--history-retention", type=_timeout, metavar="DURATION",
+                        default=os.environ.get("REWIND_HISTORY_RETENTION",
+                                               DEFAULT_HISTORY_RETENTION),
+                        help="how long the revision records (snapshots and history) of a "
+                        "deleted ModelRelease are kept: one applied again within it adopts "
+                        "them; also how long records a live release no longer refers to "
+                        "are kept (env REWIND_HISTORY_RETENTION, default "
+                        f"{DEFAULT_HISTORY_RETENTION})")
     parser.add_argument("--metrics-port", type=int,
                         default=int(os.environ.get("REWIND_METRICS_PORT", "9090")),
                         help="port of the operator's own /metrics (0 = off)")
@@ -117,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                             peering_lifetime=args.peering_lifetime, identity=identity,
                             namespaces=args.namespace or None,
                             prometheus_timeout=args.prometheus_timeout,
-                            analysis_threads=args.analysis_threads)
+                            analysis_threads=args.analysis_threads,
+                            history_retention=args.history_retention)
     if args.prometheus_url:
         runtime.prometheus_url = args.prometheus_url
     kopf.run(

@@ -115,8 +115,12 @@ def policy_manifest(
     progress_deadline: str = "60s",
     query_error: str = "Inconclusive",
     required_approvers: int = 1,
+    first_release: str | None = "Promote",
+    rollback_window: int | None = None,
 ) -> dict[str, Any]:
-    """A RolloutPolicy with short durations, analysing the test's error-rate gauge."""
+    """A RolloutPolicy with short durations, analysing the test's error-rate gauge. The
+    first revision is promoted once Available (most tests are about what comes after it);
+    ``first_release=None`` leaves the API's default (Gates)."""
     rollback: dict[str, Any] = {"mode": mode, "scaleDownDelay": scale_down_delay}
     if mode == "approval":
         rollback["approval"] = {
@@ -124,11 +128,17 @@ def policy_manifest(
             "timeout": approval_timeout,
             "onTimeout": "Rollback",
         }
+    extra: dict[str, Any] = {}
+    if first_release is not None:
+        extra["firstRelease"] = first_release
+    if rollback_window is not None:
+        extra["rollbackWindow"] = {"revisions": rollback_window}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "RolloutPolicy",
         "metadata": {"name": name},
         "spec": {
+            **extra,
             "strategy": dict(strategy or canary((20, "2s"), (50, "2s"))),
             "analysis": {
                 "interval": interval,
@@ -188,10 +198,13 @@ def _revision(destination: Mapping[str, Any]) -> int:
 
 
 def parse_virtual_service(vs: Mapping[str, Any]) -> Routes:
-    """Independent of the operator's own parser: read http[0] as Istio would."""
+    """Independent of the operator's own parser: read the catch-all route (the last one,
+    without a match) as Istio would. Routes before it must match something (the header
+    routes of A/B testing); they take only the requests they match."""
     http = vs["spec"]["http"]
-    assert len(http) == 1, http
-    route = http[0]
+    assert http and "match" not in http[-1], http
+    assert all(r.get("match") for r in http[:-1]), http
+    route = http[-1]
     weights: dict[int, int] = {}
     for entry in route.get("route") or []:
         weight = int(entry.get("weight", 100 if len(route["route"]) == 1 else 0))

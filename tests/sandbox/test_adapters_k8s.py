@@ -9,22 +9,31 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import pytest
 from kubernetes import client, watch
 
+from rewind.adapters import _kube
+from rewind.adapters.archive import KubeArchive, LegacySnapshotError
 from rewind.adapters.base import (
     OwnerRef,
     OwnershipConflictError,
+    RouteRefusedError,
     RouteState,
     SnapshotConflictError,
     SnapshotNotFoundError,
 )
 from rewind.adapters.events import EventRecorder
-from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION, IstioRouter
-from rewind.adapters.workloads import KubeWorkloads
-from rewind.api import ModelReleaseSpec, TrafficSpec, spec_hash
+from rewind.adapters.router import (
+    ISTIO_GROUP,
+    ISTIO_VERSION,
+    IstioRouter,
+    build_virtual_service,
+)
+from rewind.adapters.workloads import KubeWorkloads, build_snapshot
+from rewind.api import HistoryEntry, ModelReleaseSpec, Outcome, TrafficSpec, spec_hash
 from tests.conftest import Kubectl, wait_for
 
 pytestmark = pytest.mark.sandbox
@@ -169,6 +178,92 @@ def test_router_refuses_to_take_over_a_virtual_service_it_does_not_own(
     assert vs["spec"]["http"][0]["route"][0]["destination"] == {"host": "x"}
 
 
+HEADER_ROUTES = [
+    {"name": "beta", "headers": [{"name": "x-group", "exact": "beta"},
+                                 {"name": "x-tier", "prefix": "gold"}]},
+    {"name": "staff", "headers": [{"name": "x-user", "regex": "^[a-z]+@example\\.com$"}]},
+]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"timeout": "120s"},
+        {"timeout": "1500ms"},
+        {"timeout": "1ms"},
+        {"timeout": "1000h"},
+        {"retries": {"attempts": 0}},
+        {"retries": {"attempts": 3, "perTryTimeout": "2s",
+                     "retryOn": "connect-failure,refused-stream,503"}},
+        {"headerRoutes": HEADER_ROUTES},
+        {"timeout": "1m30s", "retries": {"attempts": 1, "perTryTimeout": "45s"},
+         "headerRoutes": HEADER_ROUTES},
+    ],
+    ids=["timeout", "timeout-ms", "timeout-1ms", "timeout-1000h", "retries-off",
+         "retries-full", "header-routes", "everything"],
+)
+def test_every_route_option_is_accepted_by_istios_schema_as_written(
+    router: IstioRouter, owner: OwnerRef, namespace: str, kubectl: Kubectl, istio_crds: None,
+    options: dict[str, Any],
+) -> None:
+    """Istio's own CRD (with its CEL rules on durations) validates what Rewind writes, with
+    field validation Strict: each option is stored exactly as rendered and read back as
+    Rewind's own, with nothing amiss."""
+    traffic = TrafficSpec.model_validate({**TRAFFIC.model_dump(by_alias=True), **options})
+    header = 2 if "headerRoutes" in options else None
+    run(router.set_routes(RELEASE, namespace, owner, traffic, {1: 80, 2: 20},
+                          header_revision=header))
+    stored = get_json(kubectl, namespace, "virtualservice", RELEASE)
+    expected = build_virtual_service(RELEASE, namespace, owner, traffic, {1: 80, 2: 20},
+                                     header_revision=header)
+    assert stored["spec"] == expected["spec"]
+    seen = run(router.observe_routes(RELEASE, namespace, owner, traffic))
+    assert seen.problems == () and seen.weights == {1: 80, 2: 20}
+    assert seen.header_revision == header
+
+
+def test_istio_refuses_a_zero_timeout_which_is_why_rewinds_api_does(
+    router: IstioRouter, owner: OwnerRef, namespace: str, istio_crds: None
+) -> None:
+    body = build_virtual_service(RELEASE, namespace, owner, TRAFFIC, {1: 100})
+    body["spec"]["http"][0]["timeout"] = "0s"
+    with pytest.raises(RouteRefusedError, match="must be a valid duration greater than 1ms"):
+        run(router._apply("virtualservices", body))
+    with pytest.raises(ValueError, match="must be more than 0s"):
+        TrafficSpec(hosts=["fraud.example.com"], timeout="0s")
+
+
+def test_a_hand_edit_is_drift_and_the_next_write_undoes_all_of_it(
+    router: IstioRouter, owner: OwnerRef, namespace: str, kubectl: Kubectl, istio_crds: None
+) -> None:
+    """kubectl patch adds route options and an exportTo: the router names the editor and
+    every field; one write restores the VirtualService exactly (the exportTo too, which an
+    apply alone leaves to its owner), and Rewind is its only manager again."""
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100}))
+    patch = [
+        {"op": "add", "path": "/spec/http/0/timeout", "value": "120s"},
+        {"op": "add", "path": "/spec/http/0/retries", "value": {"attempts": 0}},
+        {"op": "add", "path": "/spec/exportTo", "value": ["."]},
+    ]
+    kubectl("patch", "virtualservice", RELEASE, "-n", namespace, "--type=json",
+            "-p", json.dumps(patch))
+    [problem] = run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC)).problems
+    assert problem.kind == "Drift"
+    assert f"VirtualService {namespace}/{RELEASE} was edited outside Rewind by kubectl-patch" in (
+        problem.message
+    )
+    for change in ('spec.exportTo added: ["."]', 'spec.http[0].retries added: {"attempts":0}',
+                   'spec.http[0].timeout added: "120s"'):
+        assert change in problem.message
+
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100}))
+    vs = get_json(kubectl, namespace, "virtualservice", RELEASE, "--show-managed-fields")
+    assert vs["spec"] == build_virtual_service(RELEASE, namespace, owner, TRAFFIC,
+                                               {1: 100})["spec"]
+    assert {m["manager"] for m in vs["metadata"]["managedFields"]} == {"rewind-operator"}
+    assert run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC)).problems == ()
+
+
 # -- workloads ---------------------------------------------------------------------------
 
 
@@ -214,8 +309,46 @@ def test_snapshot_save_is_idempotent_and_refuses_a_different_spec(
     stored = get_json(kubectl, namespace, "controllerrevision", f"{RELEASE}-r1")
     assert stored["revision"] == 1
     assert stored["metadata"]["annotations"]["rewind.dev/spec-hash"] == digest
+    assert stored["metadata"]["annotations"]["rewind.dev/release-uid"] == owner.uid
     assert stored["metadata"]["labels"]["rewind.dev/release"] == RELEASE
-    assert stored["metadata"]["ownerReferences"][0]["uid"] == owner.uid
+    assert "ownerReferences" not in stored["metadata"]  # outlives the release
+
+
+def test_a_snapshot_takes_its_history_record_again_and_again(
+    workloads: KubeWorkloads, api_client: client.ApiClient, owner: OwnerRef, namespace: str,
+) -> None:
+    """The record is patched into the metadata of a ControllerRevision whose data never
+    changes. The API server refuses any patch of one whose data it would re-serialize to
+    other bytes (`data: field is immutable`): snapshots are saved in canonical bytes, also
+    when the spec holds characters JSON encoders escape differently (<, >, &, non-ASCII)."""
+    spec = make_spec().model_copy(deep=True)
+    spec.code.env[0].value = "<tag> & caf\u00e9 \u2028"
+    spec.model.artifact_uri = "s3://models/fraud/2.1.0/model.onnx?x=1&y=<2>"
+    run(workloads.save_snapshot(RELEASE, namespace, owner, 1, spec))
+    archive = KubeArchive(api_client)
+    now = datetime.now(UTC)
+    for outcome, promoted in ((Outcome.PROGRESSING, None), (Outcome.PROMOTED, now),
+                              (Outcome.RETIRED, now)):
+        entry = HistoryEntry(revision=1, spec_hash=spec_hash(spec), outcome=outcome,
+                             promoted_at=promoted, reason="replaced by r2 & <r3>")
+        assert run(archive.record(namespace, f"{RELEASE}-r1", entry, owner.uid, now))
+        [stored] = run(archive.read(RELEASE, namespace))
+        assert stored.entry == entry and stored.up_to_date(entry, owner.uid)
+    assert run(workloads.load_snapshot(RELEASE, namespace, 1)) == spec  # data unchanged
+
+
+def test_a_snapshot_saved_with_blanks_refuses_a_record_as_legacy(
+    api_client: client.ApiClient, owner: OwnerRef, namespace: str,
+) -> None:
+    """What an operator before history records saved (the client's JSON, with blanks):
+    the API server refuses to change its metadata, and the archive says why."""
+    body = build_snapshot(RELEASE, namespace, owner, 1, make_spec())
+    apps = client.AppsV1Api(api_client)
+    run(_kube.call(apps.create_namespaced_controller_revision, namespace, body, timeout=30))
+    entry = HistoryEntry(revision=1, spec_hash=spec_hash(make_spec()), outcome=Outcome.PROMOTED)
+    with pytest.raises(LegacySnapshotError, match="saved by an operator without history"):
+        run(KubeArchive(api_client).record(namespace, f"{RELEASE}-r1", entry, owner.uid,
+                                           datetime.now(UTC)))
 
 
 def test_revision_deployment_becomes_available_behind_its_services(
@@ -288,7 +421,7 @@ def test_deleting_the_owner_garbage_collects_everything(
     run(workloads.ensure_revision(RELEASE, namespace, owner, 1, 1))
     run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100}))
     kubectl("delete", "configmap", RELEASE, "-n", namespace)
-    kinds = "deployment,service,controllerrevision,virtualservice,destinationrule"
+    kinds = "deployment,service,virtualservice,destinationrule"
     wait_for(
         "the garbage collector to delete the release's objects",
         lambda: (
@@ -296,6 +429,9 @@ def test_deleting_the_owner_garbage_collects_everything(
         ),
         timeout=60,
     )
+    # The snapshot is not owned: it outlives the release (with its history record).
+    left = get_json(kubectl, namespace, "controllerrevisions", "-l", "rewind.dev/release=fraud")
+    assert [i["metadata"]["name"] for i in left["items"]] == [f"{RELEASE}-r1"]
 
 
 # -- events ------------------------------------------------------------------------------

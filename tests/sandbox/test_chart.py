@@ -101,6 +101,7 @@ def test_helm_lint_passes(sandbox: Sandbox, values: str) -> None:
         ("prometheus.url=prometheus:9090", "at '/prometheus/url'"),
         ("prometheus.timeout=10", "at '/prometheus/timeout'"),
         ("analysis.threads=0", "at '/analysis/threads'"),
+        ("history.retention=30d", "at '/history/retention'"),
         ("image.digest=sha256:abc", "at '/image/digest'"),
         ("watchNamespaces={Bad_Namespace}", "at '/watchNamespaces/0'"),
         ("replicas=2", "replicas > 1 needs peering.enabled=true"),
@@ -226,6 +227,7 @@ def test_operator_arguments_follow_the_values(sandbox: Sandbox, kubectl: Kubectl
                      id="namespaces"),
         pytest.param(["peering.enabled=true", "replicas=2"], id="peering"),
         pytest.param(["prometheus.timeout=1m30s", "analysis.threads=64"], id="analysis"),
+        pytest.param(["history.retention=48h"], id="history"),
     ],
 )
 def test_rewind_operator_accepts_the_arguments(
@@ -244,6 +246,8 @@ def test_rewind_operator_accepts_the_arguments(
     tuned = "analysis.threads=64" in values
     assert (parsed.prometheus_timeout, parsed.analysis_threads) == (
         (90.0, 64) if tuned else (10.0, 16))
+    assert parsed.history_retention == (
+        48 * 3600.0 if "history.retention=48h" in values else 30 * 24 * 3600.0)
 
 
 @sandbox_test
@@ -579,6 +583,8 @@ ALLOWED_NAMESPACED = [
     ("patch", "rolloutpolicies.rewind.dev", "--subresource=status"),
     ("create", "virtualservices.networking.istio.io"),
     ("patch", "virtualservices.networking.istio.io"),
+    ("list", "virtualservices.networking.istio.io"),  # the route conflict index
+    ("watch", "virtualservices.networking.istio.io"),
     ("patch", "destinationrules.networking.istio.io"),
     ("patch", "deployments.apps"),
     ("patch", "deployments.apps", "--subresource=scale"),
@@ -587,6 +593,9 @@ ALLOWED_NAMESPACED = [
     ("get", "services"),
     ("create", "controllerrevisions.apps"),
     ("get", "controllerrevisions.apps"),
+    ("list", "controllerrevisions.apps"),
+    ("patch", "controllerrevisions.apps"),  # history records on the snapshots
+    ("delete", "controllerrevisions.apps"),  # the retention sweep, forget-history
     ("create", "events"),
     ("create", "events.events.k8s.io"),
 ]
@@ -664,6 +673,9 @@ def test_watch_namespaces_confines_the_operator(
             assert can_i(sandbox, config, *check, "-n", second_namespace), check
             assert not can_i(sandbox, config, *check, "-n", "rewind-demo"), check
         assert not can_i(sandbox, config, "list", "modelreleases.rewind.dev", "--all-namespaces")
+        # Route conflicts are looked for in the watched namespaces only (docs: the limit).
+        assert not can_i(sandbox, config, "watch", "virtualservices.networking.istio.io",
+                         "--all-namespaces")
         assert not can_i(sandbox, config, "patch", "modelreleases.rewind.dev",
                          "--subresource=status", "--all-namespaces")
         # Kopf's cluster-wide needs when restricted to namespaces.

@@ -88,6 +88,15 @@ def test_operator_as_the_chart_service_account_promotes_and_rolls_back(
                          "involvedObject.name=scorer", "-o", "json").stdout
         reasons = {e["reason"] for e in json.loads(events)["items"]}
         assert "RolledBack" in reasons
+
+        # The history records are patched onto the snapshots (patch on controllerrevisions).
+        def recorded() -> str | None:
+            cr = json.loads(kubectl("get", "controllerrevision/scorer-r3", "-n", ns, "-o",
+                                    "json").stdout)
+            record = (cr["metadata"].get("annotations") or {}).get("rewind.dev/record")
+            return json.loads(record)["outcome"] if record else None
+
+        wait_for("r3's record to say RolledBack", lambda: recorded() == "RolledBack", 10)
         forbidden = [line for line in operator.logs().splitlines() if "forbidden" in line.lower()]
         assert not forbidden, forbidden[:5]
     except BaseException:

@@ -29,7 +29,7 @@ APPROVE = "kubectl annotate modelrelease/chatbot -n {ns} rewind.dev/approve-roll
 def run_demo(sandbox: Sandbox, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **sandbox.env, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "rewind.demo", *args],
+        [sys.executable, "-m", "rewind_demo.demo", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )
 

@@ -147,15 +147,24 @@ def test_two_distinct_approvers_are_needed(
     wait_for("the first approval recorded", lambda: [
         a["user"] for a in _get(kubectl, namespace)["status"]["pendingDecision"]["approvals"]
     ] == ["rewind-admin"], 30)
-    # The same person approving again does not count twice.
+    # The same person approving again does not count twice. The same value came back after
+    # its removal, so it is left on the object (a GitOps tool would put it back forever).
+    wait_for("the first approval's removal seen", lambda: all(
+        c.get("goneAt") for c in _get(kubectl, namespace)["status"].get("consumedActions", [])
+    ), 30)
     approve(dev=False)
-    wait_for("the repeated annotation consumed", lambda: "rewind.dev/approve-rollback" not in
-             _get(kubectl, namespace)["metadata"].get("annotations", {}), 30)
-    status = _get(kubectl, namespace)["status"]
+    wait_for("the repeated approval noted", lambda: any(
+        "duplicate approval by rewind-admin counts once" in e["message"]
+        for e in _get(kubectl, namespace)["status"]["timeline"]), 30)
+    release = _get(kubectl, namespace)
+    status = release["status"]
     assert status["phase"] == "AwaitingApproval"
     assert len(status["pendingDecision"]["approvals"]) == 1
+    assert release["metadata"]["annotations"]["rewind.dev/approve-rollback"] == "true"
 
-    approve(dev=True)
+    # The second approver sets a new value over it (plain "true" would change nothing).
+    kubectl("annotate", "-n", namespace, "modelrelease/chatbot", "--overwrite",
+            "rewind.dev/approve-rollback=true-2", dev=True)
     wait_for("the rollback", lambda: _get(kubectl, namespace)["status"]["phase"] == "RolledBack",
              30)
     status = _get(kubectl, namespace)["status"]

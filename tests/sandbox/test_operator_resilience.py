@@ -225,12 +225,13 @@ def test_a_release_is_deleted_even_while_the_operator_is_down(rw: Rewind) -> Non
     rw.kubectl("delete", "modelrelease", NAME, "-n", rw.namespace, "--timeout=20s")
     wait_for(
         "owned objects garbage-collected",
-        lambda: rw.replicas(NAME, 1) is None
-        and rw.routes(NAME) is None
-        and rw.kubectl("get", "controllerrevision", f"{NAME}-r1", "-n", rw.namespace,
-                       check=False).returncode != 0,
+        lambda: rw.replicas(NAME, 1) is None and rw.routes(NAME) is None,
         timeout=30,
     )
+    # The snapshot is not owned: it keeps r1's record for a release applied again.
+    snapshot = rw.get("controllerrevision", f"{NAME}-r1")
+    assert json.loads(snapshot["metadata"]["annotations"]["rewind.dev/record"])[
+        "outcome"] == "Promoted"
 
 
 def test_owned_objects_deleted_by_hand_are_recreated(rw: Rewind) -> None:

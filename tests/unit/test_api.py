@@ -530,8 +530,10 @@ def test_status_schema_declares_every_status_field() -> None:
     assert measurement["items"]["properties"]["min"]["nullable"] is True
     ledger = status["properties"]["consumedActions"]
     assert ledger["maxItems"] == api.MAX_CONSUMED_ACTIONS and ledger["description"]
-    assert sorted(ledger["items"]["properties"]) == ["at", "key", "user", "value"]
+    assert sorted(ledger["items"]["properties"]) == [
+        "at", "goneAt", "keep", "key", "revision", "target", "user", "value"]
     assert ledger["items"]["properties"]["value"]["maxLength"] == api.MAX_HUMAN_TEXT
+    assert ledger["items"]["properties"]["target"]["maxLength"] == api.MAX_SHORT_TEXT
 
 
 def test_status_free_text_is_bounded() -> None:

@@ -45,6 +45,7 @@ from tests.unit.test_engine_kit import (
     BLUE_GREEN_MANUAL,
     CANARY_MANUAL,
     FAIL,
+    INCONCLUSIVE,
     NAME,
     NAMESPACE,
     World,
@@ -54,14 +55,20 @@ from tests.unit.test_engine_kit import (
     promoted_world,
 )
 
-#: action -> (annotation it sets, value)
+#: action -> (annotation it sets, its value on an object at resourceVersion {rv}): unique to
+#: the object's version, since the operator never acts twice on a value that acted.
 ANNOTATIONS = {
-    "approve-rollback": (ANNOTATION_APPROVE_ROLLBACK, "true"),
-    "reject-rollback": (ANNOTATION_REJECT_ROLLBACK, "rejected in Argo CD"),
-    "rollback": (ANNOTATION_ROLLBACK, "break glass from Argo CD"),
-    "promote": (ANNOTATION_PROMOTE, "true"),
-    "retry": (ANNOTATION_RETRY, "true"),
+    "approve-rollback": (ANNOTATION_APPROVE_ROLLBACK, "true-{rv}"),
+    "reject-rollback": (ANNOTATION_REJECT_ROLLBACK,
+                        "rejected in Argo CD (at resourceVersion {rv})"),
+    "rollback": (ANNOTATION_ROLLBACK, "break glass from Argo CD (at resourceVersion {rv})"),
+    "promote": (ANNOTATION_PROMOTE, "true-{rv}"),
+    "retry": (ANNOTATION_RETRY, "true-{rv}"),
 }
+
+
+def action_value(name: str, obj: dict[str, Any]) -> str:
+    return ANNOTATIONS[name][1].format(rv=obj["metadata"].get("resourceVersion", "unknown"))
 
 
 def lua_file(name: str) -> str:
@@ -139,7 +146,7 @@ def test_action_sets_its_annotation_and_nothing_else(case: Case, name: str, runs
     assert "error" not in result, result["error"]
     [impacted] = result["impacted"]
     assert impacted["operation"] == "patch"
-    key, value = ANNOTATIONS[name]
+    key, value = ANNOTATIONS[name][0], action_value(name, case.obj)
     before = case.obj["metadata"].get("annotations", {})
     assert impacted["resource"]["metadata"]["annotations"] == {**before, key: value}
     # What Argo CD sends to the API server: a merge patch of the live and returned objects.
@@ -262,7 +269,7 @@ def engine_acts_on(w: World, kind: ActionKind) -> bool:
     """
     trial = copy.deepcopy(w)
     assert not any(e.user == "argocd" for e in trial.status.timeline)
-    decision = trial.act(kind, value=ANNOTATIONS[kind][1], user="argocd")
+    decision = trial.act(kind, value=ANNOTATIONS[kind][1].format(rv=4711), user="argocd")
     entries = [e.type for e in decision.status.timeline if e.user == "argocd"]
     ignored = any(
         isinstance(a, EmitEvent) and a.reason == "ActionIgnored" for a in decision.actions
@@ -279,6 +286,23 @@ def _pending() -> World:
 def _first_release_in_progress() -> World:
     w = World(make_policy(), ready_after=30)
     w.step()
+    return w
+
+
+def _first_release_preview() -> World:
+    """A first release at 0% under firstRelease: Gates; nothing to measure: it holds."""
+    w = World(make_policy(first_release=None))
+    w.verdicts = lambda _rev, _now: INCONCLUSIVE
+    w.step()
+    w.run(120)
+    assert w.status.current_step == 1
+    return w
+
+
+def _first_release_gate() -> World:
+    w = World(make_policy(CANARY_MANUAL, first_release=None))
+    w.step()
+    w.run_until(lambda x: x.status.phase == Phase.PAUSED)
     return w
 
 
@@ -312,6 +336,40 @@ def _rolling_back() -> World:
     w.run(120)  # r1 is scaled to zero: a rollback to it has to wait for it
     w.act("rollback", value="drift", user="oncall")
     assert w.status.phase == Phase.ROLLING_BACK
+    return w
+
+
+def _rollback_stalled(releases: int) -> Callable[[], World]:
+    """Rolling back to a retired revision that never becomes Available (a quota)."""
+
+    def build() -> World:
+        w = promoted_world(make_policy(keep_previous_warm="1m", progress_deadline="2m"),
+                           releases=releases)
+        w.run(120)
+        w.broken.update(range(1, releases))
+        w.act("rollback", value="bad answers", user="oncall")
+        w.run(130)
+        assert w.condition("Stalled")[1] == "RollbackStalled"
+        return w
+
+    return build
+
+
+def _rolled_back_onto_unproven() -> World:
+    """A roll-forward from a stalled rollback, itself rolled back to the revision it left."""
+    w = _rollback_stalled(2)()
+    w.verdicts = lambda _rev, _now: FAIL
+    w.release(make_spec("3.0.0"))
+    w.settle()
+    return w
+
+
+def _restoring() -> World:
+    """The spec was reverted to r1 (retired): it is scaled up from its snapshot."""
+    w = promoted_world(make_policy(keep_previous_warm="1m"), releases=2, ready_after=30)
+    w.run(120)
+    w.release(make_spec("1.0.0"))
+    assert w.status.restoring
     return w
 
 
@@ -391,6 +449,10 @@ STATES: dict[str, tuple[Callable[[], World], Phase, str, set[str]]] = {
     "pending-without-policy": (_pending, Phase.PENDING, "Degraded", set()),
     "first-release-in-progress": (_first_release_in_progress, Phase.PROGRESSING, "Progressing",
                                   {"rollback"}),
+    "first-release-preview": (_first_release_preview, Phase.PROGRESSING, "Progressing",
+                              {"promote", "rollback"}),
+    "first-release-gate": (_first_release_gate, Phase.PAUSED, "Suspended",
+                           {"promote", "rollback"}),
     "canary-in-progress": (_canary_in_progress, Phase.PROGRESSING, "Progressing", {"rollback"}),
     "canary-manual-gate": (_paused(CANARY_MANUAL), Phase.PAUSED, "Suspended",
                            {"promote", "rollback"}),
@@ -402,6 +464,12 @@ STATES: dict[str, tuple[Callable[[], World], Phase, str, set[str]]] = {
     "promoted-with-previous": (lambda: promoted_world(releases=2), Phase.PROMOTED, "Healthy",
                                {"rollback"}),
     "rolling-back": (_rolling_back, Phase.ROLLING_BACK, "Progressing", set()),
+    "rollback-stalled": (_rollback_stalled(2), Phase.ROLLING_BACK, "Degraded", set()),
+    "rollback-stalled-older-known-good": (_rollback_stalled(3), Phase.ROLLING_BACK,
+                                          "Degraded", {"rollback"}),
+    "restoring": (_restoring, Phase.PROGRESSING, "Progressing", {"rollback"}),
+    "rolled-back-onto-unproven": (_rolled_back_onto_unproven, Phase.ROLLED_BACK, "Degraded",
+                                  {"retry", "rollback"}),
     "promoting": (_promoting, Phase.PROMOTING, "Progressing", {"rollback"}),
     "canary-routes-refused": (_routes_refused, Phase.PROGRESSING, "Degraded", {"rollback"}),
     "canary-routes-pending": (_routes_pending, Phase.PROGRESSING, "Progressing", {"rollback"}),
@@ -469,6 +537,19 @@ def test_engine_states_agree_with_kstatus_through_the_shared_helper(engine: Engi
 # --------------------------------------------------------------------------------------
 # The argocd-cm snippet embeds exactly the .lua files
 # --------------------------------------------------------------------------------------
+
+
+def test_an_argocd_action_taken_again_later_acts_again() -> None:
+    """Its value names the object's version: a second break glass from Argo CD, for another
+    incident, is not the same value coming back."""
+    w = promoted_world(releases=3)
+    w.act("rollback", value=ANNOTATIONS["rollback"][1].format(rv=4711), user="argocd")
+    assert w.status.stable_revision == 2
+    w.release(make_spec("4.0.0"))
+    w.settle()
+    w.act("rollback", value=ANNOTATIONS["rollback"][1].format(rv=5210), user="argocd")
+    assert w.status.phase == Phase.ROLLED_BACK and w.status.stable_revision == 2
+    assert w.status.timeline[-1].type == "RolledBack"
 
 
 def test_argocd_cm_snippet_embeds_the_lua_files() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rewind.demo import progress_line
+from rewind_demo.demo import progress_line
 
 
 def test_an_infinite_measurement_is_shown_as_inf_not_no_data() -> None:

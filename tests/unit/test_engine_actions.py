@@ -116,9 +116,10 @@ def test_one_promote_passes_one_manual_gate_even_when_its_removal_is_lost() -> N
     w.lose_removals = False
     w.step(10)  # removed at last
     assert "rewind.dev/promote" not in w.annotations
-    w.step(1)  # the operator sees it gone: the ledger forgets it
-    assert w.status.consumed_actions == []
-    w.act("promote", user="alice")  # a new promote passes the second gate
+    w.step(1)  # the operator sees it gone: the ledger remembers what it acted on
+    [entry] = w.status.consumed_actions
+    assert entry.gone_at == w.now and entry.target.startswith("r2 canary step 1/3 at 10%")
+    w.act("promote", user="alice")  # the same value again passes another gate
     w.settle()
     assert w.phase() == Phase.PROMOTED and w.status.stable_revision == 2
 
@@ -130,7 +131,8 @@ def test_consuming_an_annotation_asks_for_a_prompt_look_to_see_it_removed() -> N
     d = w.step()
     assert d.status.consumed_actions and d.requeue_after == CONSUMED_RECHECK
     d = w.step(CONSUMED_RECHECK)
-    assert d.status.consumed_actions == [] and d.requeue_after != CONSUMED_RECHECK
+    [entry] = d.status.consumed_actions  # remembered, seen gone
+    assert entry.gone_at == w.now and d.requeue_after != CONSUMED_RECHECK
     assert actions_of(d, RemoveAnnotation) == []
     # Nothing about the annotation; only the next step, now read back in effect.
     assert [e.reason for e in actions_of(d, EmitEvent)] == ["StepStarted", "Paused"]
@@ -144,7 +146,8 @@ def test_a_changed_value_is_a_new_action_even_before_the_old_one_is_seen_removed
     w.annotate("promote", value="TRUE", user="alice")  # overwritten: a new annotation
     w.step(10)
     assert w.status.current_step == 3
-    assert [(c.value, c.user) for c in w.status.consumed_actions] == [("TRUE", "alice")]
+    ledger = [(c.value, c.user, c.gone_at is None) for c in w.status.consumed_actions]
+    assert ledger == [("true", "alice", False), ("TRUE", "alice", True)]
 
 
 def test_another_user_setting_the_same_value_is_a_new_action() -> None:
@@ -227,7 +230,8 @@ def test_a_promote_left_for_later_is_ignored_at_once_when_the_spec_change_moves_
 
 def test_the_ledger_is_bounded() -> None:
     w = awaiting(required=3)
-    acts = [HumanAction("approve-rollback", "true", f"user-{i:02}") for i in range(15)]
+    many = MAX_CONSUMED_ACTIONS + 5
+    acts = [HumanAction("approve-rollback", "true", f"user-{i:02}") for i in range(many)]
     d = decide(w.inputs(actions=acts))
     assert d.status.phase == Phase.ROLLING_BACK  # RolledBack once its routes are read back
     assert len(d.status.consumed_actions) == MAX_CONSUMED_ACTIONS

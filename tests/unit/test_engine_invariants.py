@@ -67,6 +67,8 @@ def random_policy(rng: random.Random) -> Any:
         consecutive_failure_limit=rng.choice([0, 0, 2]),
         approval=approval,
         scale_down_delay=rng.choice(["0s", "30s"]),
+        rollback_window=rng.choice([None, 0, 1]),
+        first_release=rng.choice([None, "Promote"]),
         progress_deadline=rng.choice(["1m", "3m"]),
         keep_previous_warm=rng.choice(["0s", "2m"]),
     )
@@ -85,8 +87,11 @@ def random_walk(seed: int, steps: int = 160) -> World:
     for _ in range(steps):
         roll = rng.random()
         if roll < 0.05:
-            version += 1
-            w.spec = make_spec(f"{version}.0.0")
+            if version > 1 and rng.random() < 0.3:  # git revert: maybe a restore
+                w.spec = make_spec(f"{rng.randrange(1, version)}.0.0")
+            else:
+                version += 1
+                w.spec = make_spec(f"{version}.0.0")
             w.generation += 1
         elif roll < 0.15:
             w.annotate(rng.choice(KINDS), value=rng.choice(VALUES), user=rng.choice(USERS))

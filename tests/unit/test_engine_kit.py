@@ -39,6 +39,7 @@ from rewind.engine import (
     ANNOTATION_OF,
     Action,
     ActionKind,
+    Archive,
     Decision,
     EmitEvent,
     EnsureRevision,
@@ -52,6 +53,7 @@ from rewind.engine import (
     SetRoutes,
     SnapshotRevision,
     analysis_due,
+    analysis_metrics,
     analysis_targets,
     decide,
 )
@@ -168,15 +170,27 @@ def make_policy(
     progress_deadline: str = "5m",
     keep_previous_warm: str = "10m",
     allow_tag_images: bool = False,
+    rollback_window: int | None = None,
+    first_release: str | None = "Promote",
 ) -> RolloutPolicySpec:
+    """A valid RolloutPolicySpec; None leaves a field to the API's default. The first
+    release is promoted once Available unless asked (``first_release=None``: the API's
+    default, Gates): most tests are about the releases after it, and start from a promoted
+    one; tests/unit/test_engine_first_release.py tests the first release's gates."""
     rollback: dict[str, Any] = {
         "mode": "automatic" if approval is None else "approval",
         "scaleDownDelay": scale_down_delay,
     }
     if approval is not None:
         rollback["approval"] = dict(approval)
+    extra: dict[str, Any] = {}
+    if rollback_window is not None:
+        extra["rollbackWindow"] = {"revisions": rollback_window}
+    if first_release is not None:
+        extra["firstRelease"] = first_release
     return RolloutPolicySpec.model_validate(
         {
+            **extra,
             "strategy": dict(strategy or CANARY),
             "analysis": {
                 "interval": interval,
@@ -254,6 +268,8 @@ class World:
     route_problems: tuple[RouteProblem, ...] = ()  # conflicts, drift... the router reports
     #: Reconcile again at once after a route write, as the handler does (ROUTE_RECHECK).
     follow_route_writes: bool = True
+    #: Recorded revisions the handler read (it reads them while the status has no history).
+    archive: Archive = field(default_factory=Archive)
 
     # ---- observation ------------------------------------------------------------------
 
@@ -307,7 +323,7 @@ class World:
         assert targets is not None, "analysis due but no targets"
         got = self.verdicts(targets[0], self.now)
         verdicts = [got] if isinstance(got, Verdict) else list(got)
-        names = [m.name for m in self.policy.analysis.metrics]
+        names = [m.name for m in analysis_metrics(self.status, self.policy)]
         return [meas(v, metric=names[i % len(names)]) for i, v in enumerate(verdicts)]
 
     def inputs(
@@ -329,6 +345,7 @@ class World:
             name=NAME,
             namespace=NAMESPACE,
             routes=self.observe_routes(),
+            archive=self.archive if not self.status.history else Archive(),
         )
 
     # ---- one reconcile ------------------------------------------------------------------
@@ -373,7 +390,7 @@ class World:
         """A human sets an annotation, then one reconcile. The operator looks again soon
         after consuming an annotation (``requeue_after``); that reconcile, which sees the
         removal and drops the ledger entry, comes before this human acts."""
-        if self.status.consumed_actions:
+        if any(c.gone_at is None and not c.keep for c in self.status.consumed_actions):
             self.step()
         self.annotate(kind, value, user)
         return self.step(advance)
@@ -577,8 +594,9 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
     ]
     ranks = [order.index(type(a)) for a in d.actions]
     assert ranks == sorted(ranks), [type(a).__name__ for a in d.actions]
-    # A revision is snapshotted before the status first records it as started.
-    before = {e.revision for e in inp.status.history}
+    # A revision is snapshotted before the status first records it as started (adopted
+    # records were snapshotted by the object that recorded them).
+    before = {e.revision for e in inp.status.history} | {e.revision for e in inp.archive.entries}
     for e in s.history:
         if e.revision not in before and e.outcome.value != "Failed":
             assert SnapshotRevision(e.revision, inp.spec_hash) in d.actions
@@ -592,21 +610,27 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
     # Every consumed annotation is removed at most once.
     removals = [a.key for a in d.actions if isinstance(a, RemoveAnnotation)]
     assert len(removals) == len(set(removals))
-    # The ledger names exactly the annotations consumed (acted on or ignored, now or in an
-    # earlier call): they, and only they, are removed; the others stay for a later call.
-    ledger = {(c.key, c.value, c.user) for c in s.consumed_actions}
+    # The ledger's entries not seen gone name exactly the annotations consumed (acted on or
+    # ignored, now or in an earlier call): they are removed, but for those left on the
+    # object on purpose (keep: a value that came back); the others stay for a later call.
+    ledger = {(c.key, c.value, c.user) for c in s.consumed_actions if c.gone_at is None}
     present = {
         (ANNOTATION_OF[a.kind], clip(a.value, MAX_HUMAN_TEXT), clip(a.user, MAX_HUMAN_TEXT))
         for a in inp.actions
     }
     assert len(s.consumed_actions) <= MAX_CONSUMED_ACTIONS
-    assert ledger <= present, "an entry whose annotation is gone is dropped"
-    assert set(removals) == {key for key, _, _ in ledger}
+    assert ledger <= present, "an entry whose annotation is gone is marked gone"
+    removed = {c.key for c in s.consumed_actions if c.gone_at is None and not c.keep}
+    assert set(removals) == removed
     # Every way into RollingBack (or straight through it) appends exactly one RollbackStarted.
     started = [e for e in new_timeline(inp.status, s) if e.type == "RollbackStarted"]
     was, now = inp.status.phase, s.phase
+    # Restoring adopted history (Pending -> the recorded RolledBack) is not a rollback.
+    restored = any(e.type == "Restored" for e in new_timeline(inp.status, s))
     began = (now == Phase.ROLLING_BACK and was != Phase.ROLLING_BACK) or (
-        now == Phase.ROLLED_BACK and was not in (Phase.ROLLING_BACK, Phase.ROLLED_BACK)
+        now == Phase.ROLLED_BACK
+        and was not in (Phase.ROLLING_BACK, Phase.ROLLED_BACK)
+        and not restored
     )
     assert len(started) == (1 if began else len(started)) and len(started) <= 1, started
     if any(e.type == "RolledBack" for e in new_timeline(inp.status, s)):
@@ -630,9 +654,16 @@ def check_idempotent(inp: Inputs, d: Decision) -> None:
         assert isinstance(a, (*SAFE_TO_REPEAT, RemoveAnnotation)), f"repeat produced {a}"
     assert actions_of(again, RemoveAnnotation) == actions_of(d, RemoveAnnotation)
     assert actions_of(again, SetRoutes) == routes
-    # The annotations removed: only the ledger forgets them.
+    # The annotations removed: only the ledger changes, marking them gone (a value left on
+    # the object stays pinned to the revision in play).
     gone = decide(replace(inp, status=d.status, actions=()))
-    forgot = d.status.model_copy(update={"consumed_actions": []})
+    scope = d.status.candidate_revision or d.status.current_revision
+    seen_gone = [
+        c.model_copy(update={"gone_at": inp.now, **({"revision": scope} if c.keep else {})})
+        if c.gone_at is None else c
+        for c in d.status.consumed_actions
+    ]
+    forgot = d.status.model_copy(update={"consumed_actions": seen_gone})
     assert gone.status == forgot, _diff(forgot, gone.status)
     for a in gone.actions:
         assert isinstance(a, SAFE_TO_REPEAT), f"repeat produced {a}"

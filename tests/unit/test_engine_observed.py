@@ -289,6 +289,23 @@ def test_a_conflicting_route_holds_the_release_and_names_it() -> None:
     assert w.phase() == Phase.PROMOTED
 
 
+def test_a_conflict_seen_before_any_route_is_needed_is_reported_once() -> None:
+    """A first release waiting to become Available needs no routes yet; a conflict seen
+    then is still reported (Stalled, one Event), not once per reconcile."""
+    w = World(make_policy(), ready_after=20)
+    w.route_problems = (RouteProblem("Conflict", "VirtualService team-b/legacy also routes"),)
+    w.run(15, dt=1)
+    assert condition(w, "Stalled")[:2] == ("True", "RouteConflict")
+    assert [e.reason for e in w.events].count("RouteConflict") == 1
+    assert [e.type for e in w.status.timeline].count("RouteConflict") == 1
+    w.run(15, dt=1)  # Available now: promoting waits for the conflict to go
+    assert w.phase() == Phase.PROMOTING
+    assert [e.reason for e in w.events].count("RouteConflict") == 1
+    w.route_problems = ()
+    w.run(2, dt=1)
+    assert w.phase() == Phase.PROMOTED and ready(w)
+
+
 def test_routes_that_never_take_effect_stall_after_the_progress_deadline() -> None:
     w = promoted_world(make_policy(progress_deadline="1m"))
     w.route_problems = (RouteProblem("NotAccepted", "gateway has not accepted the route"),)
@@ -364,3 +381,29 @@ def test_an_overloaded_operator_holds_and_says_so_never_rolls_back() -> None:
     assert "--analysis-threads" in degraded[2] and "not the model" in degraded[2]
     w.step(10)  # a passing round: the condition clears
     assert condition(w, "Degraded")[0] == "False"
+
+
+def test_a_first_release_stopped_while_its_routes_point_at_it_stays_up() -> None:
+    """Found by the fuzz: break glass on a first release whose 100% was written but not
+    in effect (a conflicting route) asked to scale it down and keep it up at once. It is
+    all that serves, so it stays up; the release is Failed."""
+    w = World(make_policy())
+    w.route_problems = (RouteProblem("Conflict", "VirtualService other/x claims the host"),)
+    w.step()
+    w.step(1)
+    assert w.phase() == Phase.PROMOTING and w.weights() == {1: 100}
+    w.act("rollback", value="true")
+    assert w.phase() == Phase.FAILED and w.replicas(1) == 2
+
+
+def test_a_policy_edited_to_a_shadow_mid_switch_never_mirrors_to_the_live_revision() -> None:
+    """Found by the fuzz: a blue-green at post-switch (r2 at 100%) whose policy becomes a
+    shadow holds the split in effect, and must not also mirror to r2."""
+    from tests.unit.test_engine_kit import BLUE_GREEN, SHADOW_STOP
+
+    w = promoted_world(make_policy(BLUE_GREEN))
+    w.release(make_spec("2.0.0"))
+    w.run_until(lambda x: x.weights() == {2: 100})
+    w.policy = make_policy(SHADOW_STOP)
+    w.step(1)  # World.step checks: no mirror to a revision with live weight
+    assert w.weights() == {2: 100} and w.mirror() == (None, 0)

@@ -396,8 +396,10 @@ def test_spec_change_while_promoted_starts_a_new_revision() -> None:
     assert d.status.candidate_revision == 3 and d.status.stable_revision == 2
 
 
-def test_reverting_the_spec_to_an_old_one_is_still_a_new_revision_number() -> None:
-    w = promoted_world(releases=2)
+def test_with_the_rollback_window_off_a_reverted_spec_is_a_new_revision_number() -> None:
+    """rollbackWindow.revisions 0: a revert is released like any new spec (issue 11 item 5:
+    the restore of a known-good revision is tests/unit/test_engine_restore.py)."""
+    w = promoted_world(make_policy(rollback_window=0), releases=2)
     old_hash = w.status.history[0].spec_hash
     d = w.release(make_spec("1.0.0"))  # git revert
     assert d.status.candidate_revision == 3

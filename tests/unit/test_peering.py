@@ -16,6 +16,7 @@ from rewind.handlers import ReleaseLoops
 from rewind.main import main
 from rewind.metrics import OperatorMetrics
 from rewind.peering import SELF_MARGIN, PeeringGate, PeeringVerdict, peering_verdict
+from rewind.policycache import PolicyCache
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 WHERE = "clusterkopfpeering/rewind"
@@ -99,6 +100,7 @@ class FakeController:
     """Counts reconciles; every reconcile asks to run again soon."""
 
     operator_metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    policies: PolicyCache = field(default_factory=PolicyCache)
     reconciles: list[tuple[str, str]] = field(default_factory=list)
     forgotten: list[tuple[str, str]] = field(default_factory=list)
     gone: set[str] = field(default_factory=set)

@@ -231,6 +231,37 @@ async def test_server_errors_mean_no_working_prometheus(prom: FakePrometheus, st
 
 
 @sync
+async def test_the_proxy_environment_is_honoured(prom: FakePrometheus,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment is read once per query thread, not per query, with the same result:
+    HTTP_PROXY carries the query, NO_PROXY bypasses it."""
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", prom.url)  # the fake answers as a proxy would
+    prom.replies["up"] = Reply(body=vector("1"))
+    unresolvable = "http://prometheus.invalid:9090"
+    assert await PrometheusProvider(unresolvable).query("up", timeout=5) == 1.0
+    assert prom.seen[-1]["path"] == "/api/v1/query"
+    monkeypatch.setenv("NO_PROXY", "prometheus.invalid")
+    with pytest.raises(MetricQueryError) as caught:
+        await PrometheusProvider(unresolvable).query("up", timeout=5)
+    assert caught.value.kind == "unreachable"
+
+
+def test_the_ca_bundle_environment_and_disable_ssl_are_honoured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    assert PrometheusProvider("https://prom.example:9090")._session().verify == str(bundle)
+    assert PrometheusProvider("https://prom.example:9090",
+                              disable_ssl=True)._session().verify is False
+    session = PrometheusProvider("https://prom.example:9090")._session()
+    assert session.trust_env is False  # read once here, not again per query
+
+
+@sync
 async def test_closed_port_is_unreachable_with_a_readable_reason() -> None:
     url = closed_port_url()
     with pytest.raises(MetricQueryError) as caught:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 from typing import Any
 
 import pytest
+from kubernetes import client
 
-from rewind.adapters.base import OwnerRef, RouteState
+from rewind.adapters.base import OwnerRef, RouteObservation, RouteProblem, RouteState
+from rewind.adapters.route_index import VirtualServiceIndex
 from rewind.adapters.router import (
+    IstioRouter,
+    _spec_difference,
     build_destination_rule,
     build_virtual_service,
     parse_routes,
+    release_claim,
+    route_problems,
     validate_weights,
 )
 from rewind.api import TrafficSpec
@@ -184,3 +192,238 @@ def test_parse_routes_follows_istio_defaults_for_hand_edited_objects() -> None:
 
 def test_parse_routes_of_an_empty_object_is_empty() -> None:
     assert parse_routes({}) == RouteState({}, None, 0, None)
+
+
+# -- route options, header routes ---------------------------------------------------------
+
+
+def traffic_with(**extra: Any) -> TrafficSpec:
+    return TrafficSpec.model_validate({"hosts": ["fraud.example.com"], **extra})
+
+
+@pytest.mark.parametrize(
+    ("duration", "istio"),
+    [("120s", "120s"), ("1m30s", "90s"), ("1500ms", "1.5s"), ("1ms", "0.001s"),
+     ("1000h", "3600000s"), ("2h", "7200s"), ("10ms", "0.01s")],
+)
+def test_durations_are_written_as_istio_reads_them_never_with_an_exponent(
+    duration: str, istio: str
+) -> None:
+    route = build_virtual_service(
+        "fraud", "shop", OWNER, traffic_with(timeout=duration), {1: 100}
+    )["spec"]["http"][0]
+    assert route["timeout"] == istio
+
+
+def test_timeout_and_retries_go_on_every_route_and_header_routes_come_first() -> None:
+    traffic = traffic_with(
+        timeout="120s",
+        retries={"attempts": 0},
+        headerRoutes=[{"name": "beta", "headers": [
+            {"name": "x-group", "exact": "beta"}, {"name": "x-tier", "prefix": "gold"}]},
+            {"name": "staff", "headers": [{"name": "x-user", "regex": ".*@example.com"}]}],
+    )
+    http = build_virtual_service("fraud", "shop", OWNER, traffic, {1: 80, 2: 20},
+                                 header_revision=2)["spec"]["http"]
+    assert [r["name"] for r in http] == ["rewind-headers", "rewind"]
+    assert http[0]["match"] == [
+        {"name": "beta", "headers": {"x-group": {"exact": "beta"}, "x-tier": {"prefix": "gold"}}},
+        {"name": "staff", "headers": {"x-user": {"regex": ".*@example.com"}}},
+    ]
+    assert http[0]["route"] == [{"destination": {"host": HOST, "subset": "r2"}}]
+    for route in http:
+        assert (route["timeout"], route["retries"]) == ("120s", {"attempts": 0})
+    assert parse_routes({"spec": {"http": http}}).header_revision == 2
+    without = build_virtual_service("fraud", "shop", OWNER, traffic, {1: 100})["spec"]["http"]
+    assert [r["name"] for r in without] == ["rewind"]  # no candidate: no header route
+
+
+def test_retries_carry_per_try_timeout_and_retry_on_when_given() -> None:
+    traffic = traffic_with(retries={"attempts": 3, "perTryTimeout": "2s",
+                                    "retryOn": "connect-failure,503"})
+    route = build_virtual_service("fraud", "shop", OWNER, traffic, {1: 100})["spec"]["http"][0]
+    assert route["retries"] == {"attempts": 3, "perTryTimeout": "2s",
+                                "retryOn": "connect-failure,503"}
+    assert "timeout" not in route
+
+
+def test_the_release_claims_its_hosts_and_gateways_resolved_plus_mesh() -> None:
+    claim = release_claim("fraud", "shop", TrafficSpec(hosts=["fraud.example.com"],
+                                                       gateways=["public"]))
+    assert claim.hosts == ("fraud.example.com", HOST)
+    assert claim.gateways == ("mesh", "shop/public")
+    assert release_claim("fraud", "shop", TrafficSpec(hosts=["fraud"])).gateways == ("mesh",)
+
+
+# -- what the router reads back: route_problems -------------------------------------------
+
+
+def managed(obj: dict[str, Any], *managers: str) -> dict[str, Any]:
+    """``obj`` with managedFields: Rewind's apply plus an update of spec by each manager."""
+    out = copy.deepcopy(obj)
+    out["metadata"]["managedFields"] = [
+        {"manager": "rewind-operator", "operation": "Apply", "fieldsV1": {"f:spec": {}}},
+        *({"manager": m, "operation": "Update", "fieldsV1": {"f:spec": {"f:http": {}}}}
+          for m in managers),
+    ]
+    return out
+
+
+TRAFFIC = TrafficSpec(hosts=["fraud.example.com"], gateways=["istio-system/public"])
+
+
+def written(weights: dict[int, int], traffic: TrafficSpec = TRAFFIC) -> dict[str, Any]:
+    return managed(build_virtual_service("fraud", "shop", OWNER, traffic, weights))
+
+
+def problems(virtual_service: dict[str, Any], traffic: TrafficSpec = TRAFFIC,
+             rule: dict[str, Any] | None = None) -> list[RouteProblem]:
+    dr = rule if rule is not None else build_destination_rule("fraud", "shop", OWNER, [1, 2])
+    return route_problems("fraud", "shop", OWNER, traffic, virtual_service, dr)
+
+
+def test_routes_as_rewind_wrote_them_have_no_problem() -> None:
+    assert problems(written({1: 90, 2: 10})) == []
+
+
+def test_options_added_by_hand_are_drift_naming_who_and_every_field() -> None:
+    edited = written({1: 100})
+    edited["spec"]["http"][0]["timeout"] = "120s"
+    edited["spec"]["http"][0]["retries"] = {"attempts": 0}
+    [problem] = problems(managed(edited, "kubectl-patch"))
+    assert problem.kind == "Drift"
+    assert problem.message == (
+        "VirtualService shop/fraud was edited outside Rewind by kubectl-patch "
+        '(spec.http[0].retries added: {"attempts":0}; spec.http[0].timeout added: "120s"); '
+        "Rewind restores it: put route options in spec.traffic (timeout, retries, "
+        "headerRoutes)"
+    )
+
+
+def test_a_difference_nobody_else_wrote_is_routes_for_an_earlier_spec() -> None:
+    old = written({1: 100}, TrafficSpec(hosts=["fraud.example.com"],
+                                        gateways=["istio-system/public"], timeout="60s"))
+    [problem] = problems(old)
+    assert problem.kind == "NotAccepted"
+    assert "written for an earlier spec.traffic" in problem.message
+    assert 'spec.http[0].timeout removed (Rewind writes "60s")' not in problem.message
+    assert 'spec.http[0].timeout added: "60s"' in problem.message
+
+
+def test_a_top_level_field_added_by_hand_is_drift_too() -> None:
+    edited = written({1: 100})
+    edited["spec"]["exportTo"] = ["."]
+    [problem] = problems(managed(edited, "kubectl-edit"))
+    assert problem.kind == "Drift" and 'spec.exportTo added: ["."]' in problem.message
+
+
+def test_a_subset_missing_from_the_destination_rule_is_drift() -> None:
+    rule = build_destination_rule("fraud", "shop", OWNER, [1])
+    [problem] = problems(written({1: 50, 2: 50}), rule=rule)
+    assert problem.kind == "Drift" and "has no subset for r2" in problem.message
+
+
+def test_objects_of_rewinds_name_owned_by_someone_else_are_a_conflict() -> None:
+    foreign = written({1: 100})
+    foreign["metadata"]["ownerReferences"] = []
+    found = problems(foreign)
+    assert [p.kind for p in found] == ["Conflict"]
+    assert "VirtualService shop/fraud exists and is not owned" in found[0].message
+
+
+def test_spec_difference_names_every_change_with_its_value() -> None:
+    want = {"hosts": ["a"], "http": [{"name": "rewind", "route": [1], "timeout": "5s"}]}
+    got = {"hosts": ["a", "b"], "exportTo": ["."],
+           "http": [{"name": "rewind", "route": [1], "retries": {"attempts": 0}}]}
+    assert _spec_difference(want, got) == (
+        'spec.exportTo added: ["."]; spec.hosts is ["a","b"] (Rewind writes ["a"]); '
+        'spec.http[0].retries added: {"attempts":0}; '
+        'spec.http[0].timeout removed (Rewind writes "5s")'
+    )
+    assert _spec_difference(want, want) == ""
+
+
+def test_spec_difference_counts_what_it_does_not_name_and_clips_long_values() -> None:
+    want: dict[str, Any] = {"http": [{}]}
+    got: dict[str, Any] = {"http": [{f"k{i}": "v" * 200 for i in range(9)}]}
+    text = _spec_difference(want, got)
+    assert text.count("added") == 6 and text.endswith("; 3 more")
+    assert max(len(part) for part in text.split("; ")) < 130
+    extra = {"http": [{"name": "mine"}, {"name": "rewind"}]}
+    assert _spec_difference({"http": [{"name": "rewind"}]}, extra) == (
+        "spec.http has 2 routes (mine, rewind), Rewind writes 1"
+    )
+
+
+# -- conflicts read back through the index -------------------------------------------------
+
+
+def foreign_vs(hosts: list[str], version: str = "1") -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "catch-all", "namespace": "team-b", "resourceVersion": version},
+        "spec": {"hosts": hosts, "gateways": ["istio-system/public"],
+                 "http": [{"route": [{"destination": {"host": "legacy"}}]}]},
+    }
+
+
+class FakeRouter(IstioRouter):
+    """The router with its reads answered from a dict (no API server)."""
+
+    def __init__(self, objects: dict[tuple[str, str, str], dict[str, Any]],
+                 index: VirtualServiceIndex) -> None:
+        super().__init__(client.ApiClient(), index=index)
+        self.objects = objects
+        self.reads: list[tuple[str, str, str]] = []
+
+    async def _get(self, plural: str, name: str, namespace: str) -> dict[str, Any] | None:
+        self.reads.append((plural, namespace, name))
+        return copy.deepcopy(self.objects.get((plural, namespace, name)))
+
+
+def observe(router: IstioRouter) -> RouteObservation:
+    return asyncio.run(router.observe_routes("fraud", "shop", OWNER, TRAFFIC))
+
+
+def test_a_conflicting_virtual_service_is_read_back_before_it_is_reported() -> None:
+    index = VirtualServiceIndex()
+    index.apply("ADDED", foreign_vs(["fraud.example.com"]))
+    objects = {
+        ("virtualservices", "shop", "fraud"): written({1: 100}),
+        ("destinationrules", "shop", "fraud"): build_destination_rule("fraud", "shop", OWNER, [1]),
+        ("virtualservices", "team-b", "catch-all"): foreign_vs(["fraud.example.com"]),
+    }
+    router = FakeRouter(objects, index)
+    seen = observe(router)
+    assert [p.kind for p in seen.problems] == ["Conflict"]
+    assert seen.problems[0].message.startswith(
+        "VirtualService team-b/catch-all (fraud.example.com on gateway istio-system/public) "
+        "also routes this release's hosts"
+    )
+    # Changed meanwhile (the watch has not said so yet): judged on what it is now.
+    objects[("virtualservices", "team-b", "catch-all")] = foreign_vs(["other.example.com"], "2")
+    assert observe(router).problems == ()
+    # Gone, and the watch missed it: no conflict, and the index forgets it.
+    del objects[("virtualservices", "team-b", "catch-all")]
+    assert observe(router).problems == ()
+    assert index.get("team-b", "catch-all") is None
+
+
+def test_a_conflict_is_reported_before_rewinds_virtual_service_exists() -> None:
+    index = VirtualServiceIndex()
+    index.apply("ADDED", foreign_vs(["*.example.com"]))
+    router = FakeRouter({("virtualservices", "team-b", "catch-all"):
+                         foreign_vs(["*.example.com"])}, index)
+    seen = observe(router)
+    assert not seen.exists and [p.kind for p in seen.problems] == ["Conflict"]
+    assert "fraud.example.com (as *.example.com) on gateway istio-system/public" in (
+        seen.problems[0].message
+    )
+
+
+def test_without_suspects_the_router_reads_nothing_more() -> None:
+    index = VirtualServiceIndex()
+    index.apply("ADDED", foreign_vs(["unrelated.example.org"]))
+    router = FakeRouter({}, index)
+    observe(router)
+    assert sorted(r[0] for r in router.reads) == ["destinationrules", "virtualservices"]

@@ -120,3 +120,45 @@ def test_the_operator_gives_its_provider_the_flags(no_env: pytest.MonkeyPatch) -
     provider = memo["config"].prometheus_provider()
     assert (provider.url, provider.default_timeout, provider.max_concurrent) == (
         "http://thanos:9090", 25.0, 48)
+
+
+# -- revision records: retention -------------------------------------------------------
+
+
+def test_history_retention_defaults_to_30_days_then_flag_then_env(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("REWIND_HISTORY_RETENTION", raising=False)
+    assert parse_args([]).history_retention == 30 * 24 * 3600.0
+    assert RuntimeConfig().history_retention == 30 * 24 * 3600.0
+    assert parse_args(["--history-retention", "90m"]).history_retention == 5400.0
+    monkeypatch.setenv("REWIND_HISTORY_RETENTION", "48h")
+    assert parse_args([]).history_retention == 48 * 3600.0
+    assert RuntimeConfig().history_retention == 48 * 3600.0  # `kopf run` reads the env
+
+
+@pytest.mark.parametrize(("value", "why"), [("0s", "must be more than 0s"),
+                                            ("30d", "invalid duration")])
+def test_a_bad_history_retention_is_refused_with_the_reason(
+    capsys: pytest.CaptureFixture[str], value: str, why: str
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--history-retention", value])
+    err = capsys.readouterr().err
+    assert "--history-retention" in err and why in err
+
+
+def test_the_operator_gets_the_history_retention(no_env: pytest.MonkeyPatch) -> None:
+    started: dict[str, Any] = {}
+    no_env.setattr(kopf, "configure", lambda **_: None)
+    no_env.setattr(kopf, "run", lambda **kwargs: started.update(kwargs))
+    assert main(["--history-retention", "2h"]) == 0
+    assert started["memo"]["config"].history_retention == 7200.0
+
+
+def test_the_sweep_runs_a_tenth_of_the_retention_between_1s_and_10min() -> None:
+    from rewind.handlers import sweep_interval
+
+    assert sweep_interval(3.0) == 1.0
+    assert sweep_interval(300.0) == 30.0
+    assert sweep_interval(30 * 24 * 3600.0) == 600.0

@@ -9,8 +9,8 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rewind.sim._http import request
-from rewind.sim.modelserver import (
+from rewind_demo._http import request
+from rewind_demo.modelserver import (
     SCORE_BUCKETS,
     ModelServerConfig,
     ModelSim,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from rewind.sim._http import request
-from rewind.sim.modelserver import ModelServerConfig, ModelServerProcess, spawn_modelserver
-from rewind.sim.runner import (
+from rewind_demo._http import request
+from rewind_demo.modelserver import ModelServerConfig, ModelServerProcess, spawn_modelserver
+from rewind_demo.runner import (
     RevisionRunner,
     RevisionSpec,
     backends_document,
@@ -22,7 +22,7 @@ from rewind.sim.runner import (
     plan,
     sim_env,
 )
-from rewind.sim.trafficgen import backends_file_source
+from rewind_demo.trafficgen import backends_file_source
 
 NS = "rewind-demo"
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from rewind.sim._http import BackgroundServer
-from rewind.sim.targets import (
+from rewind_demo._http import BackgroundServer
+from rewind_demo.targets import (
     TARGETS_DIR_ENV,
     list_targets,
     query,

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rewind.sim._http import request
-from rewind.sim.modelserver import ModelServerConfig, RunningModelServer, start_modelserver
-from rewind.sim.trafficgen import (
+from rewind_demo._http import request
+from rewind_demo.modelserver import ModelServerConfig, RunningModelServer, start_modelserver
+from rewind_demo.trafficgen import (
     ISTIO_DURATION_BUCKETS_MS,
     ISTIO_LABELS,
     Backend,
@@ -101,6 +101,20 @@ def test_parse_virtual_service_istio_defaults() -> None:
     assert parse_virtual_service({"spec": {"hosts": [HOST]}}) == RouteTable()
     with pytest.raises(ValueError):
         parse_virtual_service(vs({"r1": 100}, mirror="r2", pct=150))
+
+
+def test_header_routes_before_the_weights_take_none_of_the_generated_requests() -> None:
+    """Rewind's A/B route matches callers by header; the generator sends no such header."""
+    table = vs({"r1": 80, "r2": 20})
+    header_route = {"name": "rewind-headers",
+                    "match": [{"name": "beta", "headers": {"x-group": {"exact": "beta"}}}],
+                    "route": [{"destination": {"host": "fraud", "subset": "r2"}}]}
+    table["spec"]["http"].insert(0, header_route)
+    parsed = parse_virtual_service(table, HOST)
+    assert [(r.destination.subset, r.weight) for r in parsed.routes] == [("r1", 80), ("r2", 20)]
+    only_matches = vs({"r1": 100})
+    only_matches["spec"]["http"] = [header_route]
+    assert parse_virtual_service(only_matches) == RouteTable()  # Istio: no route, a 404
 
 
 @pytest.mark.parametrize(

@@ -151,10 +151,22 @@ def test_umbrella_service_selects_every_revision_of_the_release() -> None:
 
 def test_snapshot_round_trips_and_is_hash_checked() -> None:
     snap = build_snapshot("fraud", "shop", OWNER, 3, SPEC)
-    owned_and_named(snap, "fraud-r3")
+    meta = snap["metadata"]
+    assert (meta["name"], meta["namespace"]) == ("fraud-r3", "shop")
+    # Not owned: deleting the release must not garbage-collect its snapshots (records).
+    assert "ownerReferences" not in meta
+    assert meta["labels"] == {
+        "app.kubernetes.io/managed-by": "rewind",
+        "rewind.dev/release": "fraud",
+        "rewind.dev/revision": "3",
+    }
     assert snap["apiVersion"] == "apps/v1" and snap["kind"] == "ControllerRevision"
     assert snap["revision"] == 3
-    assert snap["metadata"]["annotations"] == {"rewind.dev/spec-hash": spec_hash(SPEC)}
+    # Saved without a record: that follows once a status holds the revision.
+    assert meta["annotations"] == {
+        "rewind.dev/spec-hash": spec_hash(SPEC),
+        "rewind.dev/release-uid": OWNER.uid,
+    }
     assert snap["data"]["model"]["artifactURI"] == SPEC.model.artifact_uri  # camelCase JSON
     assert spec_from_snapshot(snap) == SPEC
 

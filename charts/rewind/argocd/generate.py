@@ -43,6 +43,11 @@ HEADER = """\
 # annotations and finalizer, and remove the rewind.dev/ action annotations they acted on:
 # fields that are not in Git, which Argo CD's diff leaves alone.
 #
+# Values: each action sets a value unique to the object's resourceVersion (true-<rv>, or a
+# reason naming it): the operator never acts twice on a value that already acted, so pressing
+# the same action again later is a new action. Keep rewind.dev/ action annotations out of
+# Git: one that Argo CD's self-heal puts back is never acted on again, and is left in place.
+#
 # Identity: Argo CD sets the annotation as its own ServiceAccount (argocd-server). With the
 # chart's humanActions policies that ServiceAccount needs the action verbs (bind the
 # rewind-oncall or rewind-approver ClusterRole to it), and every approval made through Argo CD

@@ -114,11 +114,16 @@ app.kubernetes.io/part-of: rewind
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, update, delete]
-# Immutable revision snapshots: created once, read on rollback, pruned with the history.
+# Revision snapshots and their history records (no ownerReference: they outlive a
+# deleted release): the spec is created once and never changes; the record in the
+# metadata is patched as the outcome changes; deleted only by the retention sweep, by
+# rewind.dev/forget-history, or to replace a snapshot a crash left unrecorded.
 - apiGroups: [apps]
   resources: [controllerrevisions]
-  verbs: [get, list, watch, create, delete]
-# The release's traffic split (server-side apply = patch).
+  verbs: [get, list, watch, create, patch, delete]
+# The release's traffic split (server-side apply = patch). list/watch also feed the
+# operator's index of every VirtualService it can see, where route conflicts (another
+# VirtualService on a release's host and gateway) are looked up; get reads one back.
 - apiGroups: [networking.istio.io]
   resources: [virtualservices, destinationrules]
   verbs: [get, list, watch, create, patch, update, delete]

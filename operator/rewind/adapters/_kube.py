@@ -7,7 +7,6 @@ returns plain JSON dicts, so adapters do not depend on the generated model class
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -29,13 +28,20 @@ def _decode(response: Any) -> dict[str, Any]:
     return decoded
 
 
+def _request(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The request, its body read and decoded: all of it in the worker thread, so the event
+    loop never waits on the socket for a body (a list of Deployments, a full ModelRelease)
+    nor spends its time decoding one."""
+    return _decode(fn(*args, **kwargs))
+
+
 async def call(
     fn: Callable[..., Any], /, *args: Any, timeout: float, **kwargs: Any
 ) -> dict[str, Any]:
     """Run one client method in a thread and return the response body as a dict."""
-    bound = functools.partial(fn, *args, _preload_content=False, _request_timeout=timeout, **kwargs)
-    response = await asyncio.to_thread(bound)
-    return _decode(response)
+    options = {**kwargs, "_preload_content": False, "_request_timeout": timeout}
+    decoded: dict[str, Any] = await asyncio.to_thread(_request, fn, args, options)
+    return decoded
 
 
 async def get_or_none(
@@ -48,6 +54,51 @@ async def get_or_none(
         if exc.status == 404:
             return None
         raise
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON the API server stores byte for byte and re-serializes to the same bytes: keys
+    sorted, no blanks, ASCII only, and ``<``, ``>``, ``&`` escaped as Go escapes them.
+
+    A ControllerRevision's ``data`` is kept as the raw bytes the client sent, and any
+    later patch of the object (even of its labels alone) re-serializes it that way and
+    compares: different bytes are refused as ``data: field is immutable``."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _create_exact(
+    api_client: Any, resource_path: str, namespace: str, text: str, field_manager: str,
+    timeout: float,
+) -> dict[str, Any]:
+    # Sent as YAML (JSON is YAML): the client sends a str body of that type as it is,
+    # where it would serialize a JSON body itself, with blanks.
+    method, url, headers, body, post = api_client.param_serialize(
+        method="POST",
+        resource_path=resource_path,
+        path_params={"namespace": namespace},
+        query_params=[("fieldManager", field_manager)],
+        header_params={"Accept": "application/json", "Content-Type": "application/yaml"},
+        body=text,
+        auth_settings=["BearerToken"],
+    )
+    response = api_client.call_api(method, url, headers, body, post, _request_timeout=timeout)
+    response.read()
+    if not 200 <= int(response.status) <= 299:
+        raise ApiException(http_resp=response)
+    return _decode(response)
+
+
+async def create_exact(
+    api_client: Any, resource_path: str, namespace: str, obj: Any, *, field_manager: str,
+    timeout: float,
+) -> dict[str, Any]:
+    """Create ``obj`` from its :func:`canonical_json` bytes (``resource_path`` with a
+    ``{namespace}`` placeholder), in a thread like :func:`call`."""
+    text = canonical_json(obj)
+    return await asyncio.to_thread(
+        _create_exact, api_client, resource_path, namespace, text, field_manager, timeout
+    )
 
 
 def status_of(exc: BaseException) -> int | None:

@@ -204,6 +204,8 @@ class RevisionObservation:
     spec_hash: str = ""
     progress_deadline_exceeded: bool = False
     message: str = ""
+    #: uids of its ownerReferences (a ModelRelease's; another uid: a deleted object's).
+    owner_uids: tuple[str, ...] = ()
 
 
 class Router(Protocol):

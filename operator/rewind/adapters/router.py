@@ -13,6 +13,7 @@ the VirtualService's route ``rewind`` weights those subsets.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,14 @@ from rewind.adapters.base import (
     service_host,
     subset_name,
 )
+from rewind.adapters.route_index import (
+    MESH,
+    RouteClaim,
+    VirtualServiceIndex,
+    conflict_message,
+    other_spec_managers,
+    overlaps,
+)
 from rewind.api import parse_duration
 
 if TYPE_CHECKING:
@@ -43,7 +52,7 @@ ISTIO_VERSION = "v1"
 ROUTE_NAME = "rewind"
 #: The route of the spec's header routes (A/B), first in the list so it wins.
 HEADER_ROUTE_NAME = "rewind-headers"
-MESH_GATEWAY = "mesh"
+MESH_GATEWAY = MESH
 
 _SUBSET = re.compile(r"^r([1-9][0-9]*)$")
 
@@ -103,8 +112,11 @@ def _destination(release_name: str, namespace: str, revision: int) -> dict[str, 
 
 
 def _istio_duration(duration: str) -> str:
-    """Istio reads durations as protobuf JSON (seconds with an ``s``): ``1m30s`` -> ``90s``."""
-    return f"{parse_duration(duration):g}s"
+    """Istio reads durations as protobuf JSON (seconds with an ``s``): ``1m30s`` -> ``90s``,
+    ``1500ms`` -> ``1.5s``, ``1000h`` -> ``3600000s`` (never an exponent)."""
+    millis = round(parse_duration(duration) * 1000)
+    seconds, rest = divmod(millis, 1000)
+    return f"{seconds}s" if not rest else f"{seconds}.{rest:03d}".rstrip("0") + "s"
 
 
 def _route_options(traffic: TrafficSpec) -> dict[str, Any]:
@@ -139,6 +151,25 @@ def _header_matches(traffic: TrafficSpec) -> list[dict[str, Any]]:
     return matches
 
 
+def route_bindings(
+    release_name: str, namespace: str, traffic: TrafficSpec
+) -> tuple[list[str], list[str]]:
+    """The VirtualService's ``hosts`` (the spec's plus the umbrella Service's in-mesh name)
+    and ``gateways`` (the spec's plus ``mesh``, so in-mesh callers get the same split; none
+    when the spec names none, which Istio reads as ``mesh`` alone)."""
+    hosts = list(dict.fromkeys([*traffic.hosts, service_host(release_name, namespace)]))
+    gateways = list(traffic.gateways or [])
+    if gateways:
+        gateways = list(dict.fromkeys([*gateways, MESH_GATEWAY]))
+    return hosts, gateways
+
+
+def release_claim(release_name: str, namespace: str, traffic: TrafficSpec) -> RouteClaim:
+    """The hosts and gateways the release's VirtualService routes, resolved as Istio does."""
+    hosts, gateways = route_bindings(release_name, namespace, traffic)
+    return RouteClaim.wanted(release_name, namespace, hosts, gateways)
+
+
 def build_virtual_service(
     release_name: str,
     namespace: str,
@@ -158,8 +189,7 @@ def build_virtual_service(
     """
     checked = validate_weights(weights)
     mirror = _validate_mirror(mirror_revision, mirror_percent)
-    umbrella = service_host(release_name, namespace)
-    hosts = list(dict.fromkeys([*traffic.hosts, umbrella]))
+    hosts, gateways = route_bindings(release_name, namespace, traffic)
     options = _route_options(traffic)
     route: dict[str, Any] = {
         "name": ROUTE_NAME,
@@ -174,9 +204,8 @@ def build_virtual_service(
         route["mirror"] = _destination(release_name, namespace, mirror)
         route["mirrorPercentage"] = {"value": float(mirror_percent)}
     spec: dict[str, Any] = {"hosts": hosts}
-    gateways = list(traffic.gateways or [])
     if gateways:
-        spec["gateways"] = list(dict.fromkeys([*gateways, MESH_GATEWAY]))
+        spec["gateways"] = gateways
     http: list[dict[str, Any]] = []
     if header_revision is not None and traffic.header_routes:
         http.append(
@@ -259,7 +288,10 @@ def parse_routes(virtual_service: Mapping[str, Any]) -> RouteState:
 
 
 class IstioRouter:
-    """Writes and reads the release's VirtualService and DestinationRule."""
+    """Writes and reads the release's VirtualService and DestinationRule.
+
+    With an ``index`` (fed by a watch of VirtualServices), :meth:`observe_routes` also
+    reports the other VirtualServices that route the release's hosts on its gateways."""
 
     def __init__(
         self,
@@ -267,10 +299,12 @@ class IstioRouter:
         *,
         field_manager: str = FIELD_MANAGER,
         request_timeout: float = 30.0,
+        index: VirtualServiceIndex | None = None,
     ) -> None:
         self._api = client.CustomObjectsApi(api_client)
         self._field_manager = field_manager
         self._timeout = request_timeout
+        self.index = index
 
     async def _get(self, plural: str, name: str, namespace: str) -> dict[str, Any] | None:
         return await _kube.get_or_none(
@@ -359,12 +393,69 @@ class IstioRouter:
                     revisions.add(extra)
         rule = build_destination_rule(release, namespace, owner, revisions)
         await self._apply("destinationrules", rule)
-        await self._apply("virtualservices", virtual_service)
+        stored = await self._apply("virtualservices", virtual_service)
+        await self._drop_foreign_fields("virtualservices", virtual_service, stored)
+
+    async def _drop_foreign_fields(
+        self, plural: str, body: Mapping[str, Any], stored: Mapping[str, Any]
+    ) -> None:
+        """Remove top-level spec fields Rewind does not write (say ``exportTo`` or ``tcp``
+        added by hand): an apply only replaces the fields it sets (``http``, ``hosts`` and
+        ``gateways`` are atomic lists, so an edit inside them is already undone), and an
+        edit outside Rewind is restored, not kept."""
+        extra = sorted(set(stored.get("spec") or {}) - set(body["spec"]))
+        if not extra:
+            return
+        meta = body["metadata"]
+        try:
+            await _kube.call(
+                self._api.patch_namespaced_custom_object,
+                ISTIO_GROUP,
+                ISTIO_VERSION,
+                meta["namespace"],
+                plural,
+                meta["name"],
+                {"spec": dict.fromkeys(extra)},
+                field_manager=self._field_manager,
+                _content_type=_kube.MERGE_PATCH,
+                timeout=self._timeout,
+            )
+        except client.ApiException as err:
+            if err.status is None or not 400 <= err.status < 500 or err.status in (408, 429):
+                raise
+            raise RouteRefusedError(
+                f"{body['kind']} {meta['namespace']}/{meta['name']}: removing "
+                f"{', '.join('spec.' + k for k in extra)} was refused by the API server "
+                f"(HTTP {err.status}): {_kube.api_message(err)}"
+            ) from err
 
     async def get_routes(self, release: str, namespace: str) -> RouteState | None:
         """What the VirtualService says now; None when there is none."""
         virtual_service = await self._get("virtualservices", release, namespace)
         return None if virtual_service is None else parse_routes(virtual_service)
+
+    async def _conflicts(
+        self, release: str, namespace: str, traffic: TrafficSpec
+    ) -> list[RouteProblem]:
+        """Other VirtualServices routing the release's hosts on its gateways: found in the
+        index, then read back, because the watch may lag or have missed a deletion (a
+        VirtualService the API server no longer has is dropped from the index)."""
+        if self.index is None:
+            return []
+        mine = release_claim(release, namespace, traffic)
+        suspects = self.index.candidates(mine)
+        if not suspects:
+            return []
+        current = await asyncio.gather(
+            *(self._get("virtualservices", s.name, s.namespace) for s in suspects)
+        )
+        found = []
+        for suspect, obj in zip(suspects, current, strict=True):
+            if obj is None:
+                self.index.discard(suspect.namespace, suspect.name, suspect.version)
+                continue
+            found += overlaps(mine, RouteClaim.of(obj))
+        return [RouteProblem("Conflict", conflict_message(found))] if found else []
 
     async def observe_routes(
         self, release: str, namespace: str, owner: OwnerRef, traffic: TrafficSpec
@@ -373,13 +464,14 @@ class IstioRouter:
         against the DestinationRule (every routed subset must exist) and against what
         Rewind would write for those same routes (anything else is an edit outside Rewind,
         or routes written for an older spec.traffic)."""
-        virtual_service, rule = await asyncio.gather(
+        virtual_service, rule, conflicts = await asyncio.gather(
             self._get("virtualservices", release, namespace),
             self._get("destinationrules", release, namespace),
+            self._conflicts(release, namespace, traffic),
         )
         source = f"VirtualService {namespace}/{release}"
         if virtual_service is None:
-            return RouteObservation(exists=False, source=source)
+            return RouteObservation(exists=False, problems=tuple(conflicts), source=source)
         routes = parse_routes(virtual_service)
         problems = route_problems(release, namespace, owner, traffic, virtual_service, rule)
         routed = {r for r, w in routes.weights.items() if w > 0}
@@ -391,6 +483,7 @@ class IstioRouter:
         subsets = {str(s.get("name")) for s in ((rule or {}).get("spec") or {}).get("subsets")
                    or []}
         unused = sorted(subsets - {subset_name(r) for r in routed})
+        problems += conflicts
         return RouteObservation(
             exists=True,
             weights={r: w for r, w in routes.weights.items() if w > 0},
@@ -402,17 +495,6 @@ class IstioRouter:
             untidy=f"DestinationRule subsets {', '.join(unused)} are no longer routed"
             if unused else "",
         )
-
-
-def _other_managers(obj: Mapping[str, Any]) -> list[str]:
-    """Field managers other than Rewind's that own something under ``spec``."""
-    names: list[str] = []
-    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
-        manager = str(entry.get("manager") or "")
-        fields = entry.get("fieldsV1") or {}
-        if manager and manager != FIELD_MANAGER and "f:spec" in fields:
-            names.append(manager)
-    return sorted(set(names))
 
 
 def route_problems(
@@ -460,7 +542,7 @@ def route_problems(
     else:
         detail = _spec_difference(expected, virtual_service.get("spec") or {})
     if expected is None or detail:
-        others = _other_managers(virtual_service)
+        others = other_spec_managers(virtual_service)
         if others or expected is None:
             by = f" by {', '.join(others)}" if others else ""
             problems.append(RouteProblem(
@@ -478,22 +560,50 @@ def route_problems(
     return problems
 
 
+#: Differences named in a drift message; more are counted.
+MAX_DIFFERENCES = 6
+#: Characters of a value shown in a drift message.
+MAX_SHOWN = 80
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "\u2026"
+
+
+def _change(path: str, want: Mapping[str, Any], got: Mapping[str, Any], key: str) -> str:
+    if key not in want:
+        return f"{path} added: {_show(got[key])}"
+    if key not in got:
+        return f"{path} removed (Rewind writes {_show(want[key])})"
+    return f"{path} is {_show(got[key])} (Rewind writes {_show(want[key])})"
+
+
 def _spec_difference(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> str:
-    """The first top-level spec field (or http route field) that differs, in words."""
+    """Every spec field (top level, or in an http route) that differs from what Rewind
+    writes, with the value found: empty when there is none. At most MAX_DIFFERENCES are
+    named; the rest are counted."""
+    changes: list[str] = []
     for key in sorted(set(expected) | set(actual)):
-        if key == "http":
-            continue
-        if expected.get(key) != actual.get(key):
-            return f"spec.{key} differs"
+        if key != "http" and expected.get(key) != actual.get(key):
+            changes.append(_change(f"spec.{key}", expected, actual, key))
     want, got = list(expected.get("http") or []), list(actual.get("http") or [])
     if len(want) != len(got):
-        return f"spec.http has {len(got)} routes, Rewind writes {len(want)}"
-    for index, (a, b) in enumerate(zip(want, got, strict=True)):
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                change = "added" if key not in a else "removed" if key not in b else "changed"
-                return f"spec.http[{index}].{key} {change}"
-    return ""
+        names = [str(r.get("name", "?")) if isinstance(r, Mapping) else "?" for r in got]
+        changes.append(
+            f"spec.http has {len(got)} routes ({', '.join(names)}), Rewind writes {len(want)}"
+        )
+    else:
+        for index, (a, b) in enumerate(zip(want, got, strict=True)):
+            if not isinstance(b, Mapping):
+                changes.append(f"spec.http[{index}] is {_show(b)}")
+                continue
+            for key in sorted(set(a) | set(b)):
+                if a.get(key) != b.get(key):
+                    changes.append(_change(f"spec.http[{index}].{key}", a, b, key))
+    if len(changes) > MAX_DIFFERENCES:
+        changes[MAX_DIFFERENCES:] = [f"{len(changes) - MAX_DIFFERENCES} more"]
+    return "; ".join(changes)
 
 if TYPE_CHECKING:
     from rewind.adapters.base import Router

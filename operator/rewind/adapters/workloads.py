@@ -3,8 +3,11 @@
 A revision is immutable. Its full ModelReleaseSpec is snapshotted once in an apps/v1
 ControllerRevision ``<release>-r<N>`` (never overwritten), and its Deployment is always
 built from that snapshot, never from the live spec, so rolling back to revision N
-re-creates exactly the image, model digest and data version N ran with. Everything is
-owned by the ModelRelease, so deleting it garbage-collects the lot.
+re-creates exactly the image, model digest and data version N ran with. Deployments and
+Services are owned by the ModelRelease, so deleting it garbage-collects them; snapshots
+are not: they keep the revision's history record and outlive the object, so a release
+deleted and applied again restores its last known-good revision from them (see
+:mod:`rewind.adapters.archive`).
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from typing import TYPE_CHECKING, Any
 from kubernetes import client
 
 from rewind.adapters import _kube
+from rewind.adapters.archive import RELEASE_UID_ANNOTATION
 from rewind.adapters.base import (
     DATA_VERSION_ANNOTATION,
     FIELD_MANAGER,
     IMAGE_ANNOTATION,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
     MODEL_DIGEST_ANNOTATION,
     MODEL_VERSION_ANNOTATION,
     NAME_LABEL,
@@ -39,6 +45,7 @@ from rewind.adapters.base import (
 from rewind.api import ModelReleaseSpec, spec_hash, workload_name
 
 CONTAINER_NAME = "model-server"
+SNAPSHOTS_PATH = "/apis/apps/v1/namespaces/{namespace}/controllerrevisions"
 PORT_NAME = "http"
 VERSION_LABEL = "app.kubernetes.io/version"
 
@@ -87,16 +94,18 @@ def revision_annotations(spec: ModelReleaseSpec, digest_of_spec: str) -> dict[st
 def _metadata(
     name: str,
     namespace: str,
-    owner: OwnerRef,
+    owner: OwnerRef | None,
     labels: Mapping[str, str],
     annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """Object metadata; ``owner`` None: no ownerReference (outlives the release)."""
     meta: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
         "labels": dict(labels),
-        "ownerReferences": [owner.to_k8s()],
     }
+    if owner is not None:
+        meta["ownerReferences"] = [owner.to_k8s()]
     if annotations:
         meta["annotations"] = dict(annotations)
     return meta
@@ -235,7 +244,10 @@ def build_umbrella_service(
 def build_snapshot(
     release: str, namespace: str, owner: OwnerRef, revision: int, spec: ModelReleaseSpec
 ) -> dict[str, Any]:
-    """The ControllerRevision that stores revision N's full spec and its hash."""
+    """The ControllerRevision that stores revision N's full spec and its hash. It has no
+    ownerReference (deleting the release must not collect it); the uid of the release
+    that saved it is an annotation. Its history record is added once the status records
+    the revision (:mod:`rewind.adapters.archive`)."""
     _check_revision(revision)
     return {
         "apiVersion": "apps/v1",
@@ -243,9 +255,9 @@ def build_snapshot(
         "metadata": _metadata(
             workload_name(release, revision),
             namespace,
-            owner,
+            None,
             revision_labels(release, revision),
-            {SPEC_HASH_ANNOTATION: spec_hash(spec)},
+            {SPEC_HASH_ANNOTATION: spec_hash(spec), RELEASE_UID_ANNOTATION: owner.uid},
         ),
         "data": spec.model_dump(mode="json", by_alias=True),
         "revision": revision,
@@ -270,6 +282,13 @@ def spec_from_snapshot(snapshot: Mapping[str, Any]) -> ModelReleaseSpec:
             f"snapshot {name} hashes to {actual} but was saved as {recorded}"
         )
     return spec
+
+
+def is_snapshot_of(obj: Mapping[str, Any], release: str) -> bool:
+    """A ControllerRevision Rewind saved for ``release`` (by its labels: snapshots carry no
+    ownerReference, and belong to the namespace/name, whichever object saved them)."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE and labels.get(RELEASE_LABEL) == release
 
 
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
@@ -330,6 +349,7 @@ def observe_deployment(deployment: Mapping[str, Any]) -> RevisionObservation | N
         spec_hash=str(annotations.get(SPEC_HASH_ANNOTATION, "")),
         progress_deadline_exceeded=deadline_exceeded,
         message=message,
+        owner_uids=tuple(str(ref.get("uid", "")) for ref in meta.get("ownerReferences") or []),
     )
 
 
@@ -361,8 +381,12 @@ class KubeWorkloads:
         body = build_snapshot(release, namespace, owner, revision, spec)
         digest: str = body["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
         try:
-            await _kube.call(
-                self._apps.create_namespaced_controller_revision,
+            # Canonical bytes: its history record is patched into its metadata later, and
+            # the API server refuses any patch of a ControllerRevision whose data it would
+            # re-serialize differently.
+            await _kube.create_exact(
+                self._apps.api_client,
+                SNAPSHOTS_PATH,
                 namespace,
                 body,
                 field_manager=self._field_manager,
@@ -379,10 +403,11 @@ class KubeWorkloads:
                 f"revision {revision} of {namespace}/{release} is recorded with spec hash "
                 f"{recorded}, not {digest}; revisions are immutable"
             )
-        if not owner.owns(existing):
+        if not is_snapshot_of(existing, release):
             raise OwnershipConflictError(
-                f"ControllerRevision {workload_name(release, revision)} is not owned by "
-                f"ModelRelease {release} (uid {owner.uid})"
+                f"ControllerRevision {workload_name(release, revision)} is not a Rewind "
+                f"snapshot of ModelRelease {release} (labels {MANAGED_BY_LABEL}="
+                f"{MANAGED_BY_VALUE}, {RELEASE_LABEL}={release})"
             )
         return digest
 
@@ -442,9 +467,20 @@ class KubeWorkloads:
         existing = await asyncio.gather(*(read(body) for body in bodies))
         for body, current in zip(bodies, existing, strict=True):
             if current is not None and not owner.owns(current):
+                refs = current.get("metadata", {}).get("ownerReferences") or []
+                previous = any(
+                    ref.get("kind") == owner.kind and ref.get("name") == owner.name
+                    for ref in refs
+                )
+                why = (
+                    "it belongs to a deleted ModelRelease of the same name, which the "
+                    "garbage collector deletes shortly"
+                    if previous
+                    else "refusing to overwrite it"
+                )
                 raise OwnershipConflictError(
                     f"{body['kind']} {namespace_name(body)} exists and is not owned by "
-                    f"ModelRelease {owner.name} (uid {owner.uid}); refusing to overwrite it"
+                    f"ModelRelease {owner.name} (uid {owner.uid}); {why}"
                 )
 
     async def ensure_revision(

@@ -1,8 +1,11 @@
 -- Argo CD action "reject-rollback": reject the pending rollback: the rollout resumes.
 -- Sets the rewind.dev/reject-rollback annotation; the operator acts on it, records who did it in
--- status.timeline and an Event, and removes the annotation.
+-- status.timeline and an Event, and removes the annotation. The value is unique to the
+-- object's current version (true-<resourceVersion>, or a reason naming it): the operator
+-- never acts twice on a value that already acted, so a fixed value could not act again.
 if obj.metadata.annotations == nil then
   obj.metadata.annotations = {}
 end
-obj.metadata.annotations["rewind.dev/reject-rollback"] = "rejected in Argo CD"
+local version = obj.metadata.resourceVersion or "unknown"
+obj.metadata.annotations["rewind.dev/reject-rollback"] = "rejected in Argo CD (at resourceVersion " .. version .. ")"
 return obj

@@ -8,7 +8,7 @@ histogram) have something real to measure.
 
 Run it as::
 
-    python -m rewind.sim.modelserver --port 0 --revision fraud-r3 --error-rate 0.02
+    python -m rewind_demo.modelserver --port 0 --revision fraud-r3 --error-rate 0.02
 
 The first line on stdout is JSON: ``{"event": "listening", "port": 40123, ...}``.
 """
@@ -35,7 +35,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from rewind.sim._http import LOOPBACK, BackgroundServer
+from rewind_demo._http import LOOPBACK, BackgroundServer
 
 #: Fixed buckets of the score histogram, so PSI between revisions can be computed from
 #: ``increase(model_prediction_score_bucket[...])`` with identical bucket edges.
@@ -430,8 +430,8 @@ def spawn_modelserver(
     startup_timeout: float = 15.0,
     stderr: int | None = None,
 ) -> ModelServerProcess:
-    """Start ``python -m rewind.sim.modelserver`` for config and wait for its listening line."""
-    cmd = [sys.executable, "-m", "rewind.sim.modelserver", "--port", str(port)]
+    """Start ``python -m rewind_demo.modelserver`` for config and wait for its listening line."""
+    cmd = [sys.executable, "-m", "rewind_demo.modelserver", "--port", str(port)]
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
@@ -453,7 +453,7 @@ def spawn_modelserver(
 def build_parser() -> argparse.ArgumentParser:
     """CLI flags; each defaults to its SIM_* env var, then to the config default."""
     p = argparse.ArgumentParser(
-        prog="python -m rewind.sim.modelserver",
+        prog="python -m rewind_demo.modelserver",
         description="Simulated model server for one revision (127.0.0.1 only).",
     )
     p.add_argument(

@@ -3,10 +3,10 @@
 What runs (all on 127.0.0.1, all stopped when the demo ends, also on Ctrl-C or an error):
 
 * the operator (``python -m rewind.main --namespace rewind-demo``), as a child process;
-* the revision runner (:mod:`rewind.sim.runner`): kwok pods run no containers, so one local
+* the revision runner (:mod:`rewind_demo.runner`): kwok pods run no containers, so one local
   model-server process per live revision Deployment, configured from the revision's
   ``SIM_*`` env (``spec.code.env``), scraped by the sandbox Prometheus;
-* one traffic generator per release (:mod:`rewind.sim.trafficgen`): it stands in for
+* one traffic generator per release (:mod:`rewind_demo.trafficgen`): it stands in for
   Istio's data plane **in the demo only**, routing a steady request stream by the weights and
   mirror of the live VirtualService and exporting ``istio_requests_total`` and
   ``istio_request_duration_milliseconds_bucket``, so the policies below are the PromQL a
@@ -27,7 +27,7 @@ The story (``--quick`` plays only the rollback and the approval):
 
 Every outcome is then checked against the API server; the exit code is 0 only if the story
 played as expected. Objects are left in the namespace for ``kubectl get mr -n rewind-demo``;
-``python -m rewind.demo --down`` (``make demo-down``) removes them and any leftover process.
+``python -m rewind_demo.demo --down`` (``make demo-down``) removes them and any leftover process.
 """
 
 from __future__ import annotations
@@ -65,10 +65,10 @@ from rewind.api import (
     ModelReleaseSpec,
     RolloutPolicySpec,
 )
-from rewind.sim import targets
-from rewind.sim.modelserver import SCORE_BUCKETS
-from rewind.sim.runner import RevisionRunner, kube_deployment_lister
-from rewind.sim.trafficgen import TrafficGenerator, backends_file_source, kube_route_source
+from rewind_demo import targets
+from rewind_demo.modelserver import SCORE_BUCKETS
+from rewind_demo.runner import RevisionRunner, kube_deployment_lister
+from rewind_demo.trafficgen import TrafficGenerator, backends_file_source, kube_route_source
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_NAMESPACE = "rewind-demo"
@@ -259,6 +259,8 @@ def _policy(model: Model) -> RolloutPolicySpec:
                 },
                 "rollback": {"mode": "automatic", "scaleDownDelay": "10s"},
                 "progressDeadline": "2m",
+                # The story starts with v1 serving: it takes traffic once Available.
+                "firstRelease": "Promote",
                 "keepPreviousWarm": "20s",
             }
         )
@@ -287,6 +289,8 @@ def _policy(model: Model) -> RolloutPolicySpec:
                     "scaleDownDelay": "10s",
                 },
                 "progressDeadline": "2m",
+                # The story starts with v1 serving: it takes traffic once Available.
+                "firstRelease": "Promote",
                 "keepPreviousWarm": "1m",
             }
         )
@@ -314,6 +318,7 @@ def _policy(model: Model) -> RolloutPolicySpec:
             "rollback": {"mode": "automatic", "scaleDownDelay": "10s"},
             "progressDeadline": "2m",
             "keepPreviousWarm": "1m",
+            "firstRelease": "Promote",
         }
     )
 
@@ -919,13 +924,13 @@ class Demo:
                 recorded: dict[str, int] = json.loads(pidfile.read_text())
                 demo_pid = int(recorded.get("demo", 0))
                 if demo_pid and demo_pid != os.getpid() and _alive(demo_pid) \
-                        and "rewind.demo" in _proc_cmdline(demo_pid):
+                        and "rewind_demo.demo" in _proc_cmdline(demo_pid):
                     if not including_demo:
                         raise SetupError(
                             f"another demo (pid {demo_pid}) is running in namespace {self.ns}; "
                             "stop it (Ctrl-C) or run `make demo-down`"
                         )
-                    if terminate_pid(demo_pid, "rewind.demo", timeout=30.0):
+                    if terminate_pid(demo_pid, "rewind_demo.demo", timeout=30.0):
                         stopped.append(f"demo pid {demo_pid}")
                 op = int(recorded.get("operator", 0))
                 if op and terminate_pid(op, "rewind.main"):
@@ -934,7 +939,7 @@ class Demo:
         if runner_pids.exists():
             with contextlib.suppress(ValueError, OSError):
                 for workload, pid in json.loads(runner_pids.read_text()).items():
-                    if terminate_pid(int(pid), "rewind.sim.modelserver"):
+                    if terminate_pid(int(pid), "rewind_demo.modelserver"):
                         stopped.append(f"model server {workload} pid {pid}")
             runner_pids.unlink(missing_ok=True)
         return stopped
@@ -952,7 +957,7 @@ class Demo:
               f"({'quick' if self.o.quick else 'full'} story)")
         c.say(f"  sandbox: {self.env['KUBECONFIG']}, Prometheus {self.prometheus}")
         c.say("  The RolloutPolicies and ModelReleases are built in code with the API models "
-              "(python -m rewind.demo --print-manifests shows them);")
+              "(python -m rewind_demo.demo --print-manifests shows them);")
         c.say("  the same kinds of objects as YAML for a real cluster: examples/"
               "fraud-detection-canary.yaml, examples/chatbot-bluegreen-approval.yaml, "
               "examples/recommender-shadow.yaml")
@@ -1461,7 +1466,7 @@ def down(env: Mapping[str, str], namespace: str, console: Console) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m rewind.demo",
+        prog="python -m rewind_demo.demo",
         description="The 3 AM incident on the local sandbox: canary, automatic rollback, "
         "approval, shadow. Exit 0 when the story played as expected.",
     )

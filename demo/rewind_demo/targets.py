@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rewind.sim._http import LOOPBACK
+from rewind_demo._http import LOOPBACK
 
 TARGETS_DIR_ENV = "SANDBOX_TARGETS_DIR"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")

@@ -3,7 +3,7 @@
 kwok marks a revision's pods Ready but runs no container, so nothing would answer requests.
 The runner watches (polls) the Deployments the operator manages in one namespace and keeps,
 for every revision Deployment with ``replicas > 0``, exactly one
-``python -m rewind.sim.modelserver`` process configured from that Deployment's container env
+``python -m rewind_demo.modelserver`` process configured from that Deployment's container env
 (the ``SIM_*`` variables come from the ModelRelease's ``spec.code.env``, which the operator
 copies into the Deployment). Each process is registered as a Prometheus scrape target
 (file_sd) and listed in a per-release *backends file* ``{subset r<N>: {url, workload, ...}}``
@@ -15,7 +15,7 @@ is bounded (poll interval, per-call timeouts, a deadline).
 
 Run it on its own as::
 
-    python -m rewind.sim.runner --namespace rewind-demo --backends-dir /tmp/backends
+    python -m rewind_demo.runner --namespace rewind-demo --backends-dir /tmp/backends
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from rewind.sim import targets
-from rewind.sim.modelserver import (
+from rewind_demo import targets
+from rewind_demo.modelserver import (
     ENV_VARS,
     ModelServerConfig,
     ModelServerProcess,
@@ -482,7 +482,7 @@ class RevisionRunner:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m rewind.sim.runner",
+        prog="python -m rewind_demo.runner",
         description="One local model-server process per live revision Deployment (kwok bridge).",
     )
     p.add_argument("--namespace", required=True, help="namespace whose Deployments to follow")

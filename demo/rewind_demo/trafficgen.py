@@ -37,7 +37,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from rewind.sim._http import LOOPBACK, BackgroundServer, request, split_loopback_url
+from rewind_demo._http import LOOPBACK, BackgroundServer, request, split_loopback_url
 
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSION = "v1"
@@ -164,7 +164,9 @@ def _percent(obj: Any, default: float) -> float:
 
 
 def parse_virtual_service(vs: VirtualService, host: str | None = None) -> RouteTable:
-    """Extract weights and mirrors from ``spec.http[0]`` of a VirtualService dict.
+    """Extract weights and mirrors from the first route of a VirtualService dict that has
+    no ``match``: the generated requests carry no header a match could select (Rewind's
+    header routes, for A/B testing, come first), so in Istio that route answers them.
 
     Follows Istio's defaults: a single route without weight gets 100, a ``mirror`` without
     ``mirrorPercentage`` mirrors 100%. The newer ``mirrors[]`` list is honoured too.
@@ -175,7 +177,9 @@ def parse_virtual_service(vs: VirtualService, host: str | None = None) -> RouteT
     http = spec.get("http") or []
     if not http:
         return RouteTable()
-    rule = http[0]
+    rule = next((r for r in http if not r.get("match")), None)
+    if rule is None:
+        return RouteTable()
     raw_routes = rule.get("route") or []
     routes: list[WeightedRoute] = []
     for raw in raw_routes:
@@ -794,9 +798,9 @@ def parse_backend_flag(value: str, *, release: str | None, namespace: str) -> tu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """CLI flags of ``python -m rewind.sim.trafficgen``."""
+    """CLI flags of ``python -m rewind_demo.trafficgen``."""
     p = argparse.ArgumentParser(
-        prog="python -m rewind.sim.trafficgen",
+        prog="python -m rewind_demo.trafficgen",
         description="Stand-in for Istio's data plane: weighted + mirrored traffic to 127.0.0.1.",
     )
     p.add_argument("--namespace", default="default", help="namespace of the VirtualService")
