@@ -83,6 +83,7 @@ def drop_namespace(env: dict[str, str], name: str) -> None:
 
 
 def free_port() -> int:
+    """A TCP port nobody listens on now (for an operator's /metrics)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -373,15 +374,6 @@ def summary(values: list[float]) -> str:
         return "no samples"
     return (f"n={len(values)} min={min(values):.3f}s median={statistics.median(values):.3f}s "
             f"p99={percentile(values, 99):.3f}s max={max(values):.3f}s")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (for an operator's /metrics)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def operator_metrics_text(port: int, timeout: float = 2.0) -> str | None:

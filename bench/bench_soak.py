@@ -118,7 +118,7 @@ from _soak_checks import (
     rule_version,
 )
 
-from rewind.sim import targets
+from rewind_demo import targets
 
 NAMESPACE = "rewind-bench-soak"
 HEALTHY, BROKEN = 0.0, 0.5
