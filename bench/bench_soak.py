@@ -904,7 +904,8 @@ def summary(values: list[float]) -> str:
     if not values:
         return "no samples"
     return (f"n={len(values)} median {statistics.median(values):.2f}s, "
-            f"p90 {percentile(values, 90):.2f}s, max {max(values):.2f}s")
+            f"p90 {percentile(values, 90):.2f}s, p99 {percentile(values, 99):.2f}s, "
+            f"max {max(values):.2f}s")
 
 
 def main() -> int:
