@@ -252,6 +252,9 @@ class ReleaseController:
         #: the release), and the generation of each found running replicas of its own.
         self._workload_refs: dict[tuple[str, str], tuple[str, str]] = {}
         self._warned_running: dict[tuple[str, str], int] = {}
+        #: Per release and annotation key: the value and ``-by`` removed, and when this
+        #: process first sent that removal and got an answer (``Inputs.removals_sent``).
+        self._removals_sent: dict[tuple[str, str], dict[str, tuple[str, str, datetime]]] = {}
         self.trust_actor_annotations = trust_actor_annotations
         self.actor_stamp: ActorStamp = actor_stamp
         #: RolloutPolicies as last read; ``handlers.policy_event`` invalidates them.
@@ -408,6 +411,7 @@ class ReleaseController:
             template_error=template_error,
             spec_error=spec_error,
             proxy_expected=proxy_expected,
+            removals_sent=self._sent_removals(key, annotations),
         )
         decision = decide(inputs)
         result = ReconcileResult(requeue_after=decision.requeue_after, decision=decision)
@@ -637,8 +641,25 @@ class ReleaseController:
                         namespace, name, _describe_error(err))
             return "", {}
 
+    def _sent_removals(
+        self, key: tuple[str, str], annotations: Mapping[str, str]
+    ) -> dict[str, datetime]:
+        """When this process first sent the removal of each action annotation still on the
+        object with the same value and ``-by``; a value seen gone (or changed) is forgotten,
+        so one set again later starts afresh."""
+        sent = self._removals_sent.get(key)
+        if not sent:
+            return {}
+        for annotation, (value, user, _) in list(sent.items()):
+            if (annotations.get(annotation), annotations.get(annotation + ACTOR_SUFFIX, "")) != (
+                value, user
+            ):
+                del sent[annotation]
+        return {annotation: at for annotation, (_, _, at) in sent.items()}
+
     def forget(self, namespace: str, name: str) -> None:
         self._workload_refs.pop((namespace, name), None)
+        self._removals_sent.pop((namespace, name), None)
         self._records.pop((namespace, name), None)
         self._last_resync.pop((namespace, name), None)
         self._refused.pop((namespace, name), None)
@@ -989,8 +1010,22 @@ class ReleaseController:
                 timeout=self._timeout,
             )
         except client.ApiException as err:
+            self._sent_removal(namespace, name, key, seen)  # answered, with an error
             if err.status not in (404, 409, 422):  # gone, or changed meanwhile: keep it
                 raise
+        else:
+            self._sent_removal(namespace, name, key, seen)
+
+    def _sent_removal(
+        self, namespace: str, name: str, key: str, seen: Mapping[str, str]
+    ) -> None:
+        """Remember the first answered removal of this value: the engine's patience with an
+        annotation that stays counts from it (a removal decided and never sent, because the
+        operator died first, proves nothing)."""
+        sent = self._removals_sent.setdefault((namespace, name), {})
+        value, user = seen[key], seen.get(key + ACTOR_SUFFIX, "")
+        if sent.get(key, ("", "", None))[:2] != (value, user):
+            sent[key] = (value, user, self.clock())
 
 
 def _keep_reconcile_error(old: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:

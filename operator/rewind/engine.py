@@ -108,8 +108,11 @@ annotation acted on or deliberately ignored gets an entry (key, value, user, at,
   (no event, no timeline entry): its removal failed, or is not seen yet. While such a
   removal is pending the decision requeues after ``CONSUMED_RECHECK`` seconds (and the
   handler wakes the release when it sees the removal), so the removal is seen promptly.
-  One still there ``REMOVAL_PATIENCE`` seconds after it was consumed is left on the object
-  (``keep``): something puts it back at once.
+  One still there ``REMOVAL_PATIENCE`` seconds after this operator process first sent its
+  removal (``Inputs.removals_sent``: a removal it sent and got an answer to, not one it only
+  decided) is left on the object (``keep``): something puts it back at once. An operator
+  that was down (killed after storing the decision, before removing the annotation) does
+  not count the time it was down: it removes the annotation when it is back.
 * An entry whose annotation is gone (or changed) is kept, marked ``goneAt`` (the oldest
   such are forgotten first; one still on the object never is). The same value set again
   later is a new annotation, judged against what the value did before
@@ -445,6 +448,11 @@ class Inputs:
     #: namespace's labels), e.g. "namespace shop is labelled istio-injection=enabled"; "":
     #: not expected, nothing checked.
     proxy_expected: str = ""
+    #: Per action annotation key: when this operator process first sent the removal of the
+    #: value (and ``-by`` user) on the object now, and got an answer (success or error).
+    #: Kept in memory only, and forgotten once that value is gone: an operator that died
+    #: before removing an annotation it consumed starts with nothing here.
+    removals_sent: Mapping[str, datetime] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------
@@ -1874,8 +1882,10 @@ _ACTION_ORDER = ("rollback", "approve-rollback", "reject-rollback", "promote", "
 #: ``true``, or ``true`` and a suffix after one of these (``true-2``, ``true:alice``): a
 #: unique value, for acting again where the same value acted before.
 _TRUE = re.compile(r"true(?:[-_.:].+)?", re.IGNORECASE | re.DOTALL)
-#: A consumed annotation still there this long after (its removal keeps failing, or
-#: something keeps putting it back before the removal is seen) is left on the object.
+#: A consumed annotation still there this long after its removal was first sent (its
+#: removal keeps failing, or something keeps putting it back before the removal is seen) is
+#: left on the object. Counted from the removal sent, not from the consumption: the time an
+#: operator was down between the two proves nothing about the annotation.
 REMOVAL_PATIENCE = 60.0
 
 
@@ -2034,9 +2044,7 @@ def _consume_actions(ctx: _Ctx) -> None:
                 continue
             s.consumed_actions.append(entry)
             live[mark] = entry
-        elif not entry.keep and entry.at is not None and (
-            ctx.now > entry.at + timedelta(seconds=REMOVAL_PATIENCE)
-        ):
+        elif not entry.keep and _removal_given_up(ctx, entry, mark[0]):
             entry.keep = True
             ctx.note(
                 TimelineType.ACTION_IGNORED,
@@ -2047,6 +2055,15 @@ def _consume_actions(ctx: _Ctx) -> None:
             )
         if not entry.keep:
             ctx.remove(action)
+
+
+def _removal_given_up(ctx: _Ctx, entry: ConsumedAction, key: str) -> bool:
+    """The annotation of ``entry`` is still there ``REMOVAL_PATIENCE`` after this operator
+    first sent its removal (and after its consumption)."""
+    sent = ctx.inp.removals_sent.get(key)
+    if sent is None or entry.at is None:
+        return False
+    return ctx.now > max(sent, entry.at) + timedelta(seconds=REMOVAL_PATIENCE)
 
 
 def _removals_pending(s: ModelReleaseStatus) -> bool:
