@@ -83,8 +83,15 @@ FRAUD_MR = ("fraud-detection-canary.yaml", "ModelRelease")
 FRAUD_RP = ("fraud-detection-canary.yaml", "RolloutPolicy")
 CHAT_RP = ("chatbot-bluegreen-approval.yaml", "RolloutPolicy")
 REC_RP = ("recommender-shadow.yaml", "RolloutPolicy")
+GW_MR = ("llm-gateway-api-canary.yaml", "ModelRelease")
+GW = "spec.traffic.gatewayAPI"
 D64 = "ab" * 32
 TAG_IMAGE = "registry.example.com/fraud-server:2.1.0"
+LLM_MR = ("llm-gpu-grpc.yaml", "ModelRelease")
+LLM_RP = ("llm-gpu-grpc.yaml", "RolloutPolicy")
+TEMPLATE = "spec.serving.template.spec"
+SERVER = f"{TEMPLATE}.containers[0]"
+SIDECAR = {"name": "log-shipper", "image": "registry.example.com/shipper@sha256:" + "d" * 64}
 STEPS = "spec.strategy.canary.steps"
 M0 = "spec.analysis.metrics[0]"
 ON_SUCCESS = "spec.strategy.shadow.onSuccess"
@@ -199,6 +206,121 @@ INVALID: list[Case] = [
         "spec.traffic.gateways[0]",
         "should match",
     ),
+    # Hosts and gateways Istio refuses or misreads (issue 12): each was accepted at admission
+    # and failed the release at its first route write (tests/sandbox/test_istioctl.py shows
+    # istioctl refusing what Rewind wrote from each).
+    Case(
+        "host-label-over-63",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["x" * 64 + ".example.com"]),),
+        "spec.traffic.hosts[0]",
+        "at most 63 characters",
+    ),
+    Case(
+        "host-empty-label",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud..example.com"]),),
+        "spec.traffic.hosts[0]",
+        "no empty DNS label",
+    ),
+    Case(
+        "host-label-ending-in-a-dash",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud-.example.com"]),),
+        "spec.traffic.hosts[0]",
+        "DNS-1123 label",
+    ),
+    Case(
+        "host-wildcard-not-first",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud.*.example.com"]),),
+        "spec.traffic.hosts[0]",
+        "should match",
+    ),
+    Case(
+        "host-numeric-last-label",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud.example.123"]),),
+        "spec.traffic.hosts[0]",
+        "not all digits",
+    ),
+    Case(
+        "host-wildcard-over-services",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["*.svc.cluster.local"]),),
+        "spec.traffic.hosts[0]",
+        "may not cover in-cluster Service names",
+    ),
+    Case(
+        "host-wildcard-over-namespace",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud.example.com", "*.risk.svc.cluster.local"]),),
+        "spec.traffic.hosts[1]",
+        "may not cover in-cluster Service names",
+    ),
+    Case(
+        "host-wildcard-over-cluster-domain",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["*.cluster.local"]),),
+        "spec.traffic.hosts[0]",
+        "may not cover in-cluster Service names",
+    ),
+    Case(
+        "hosts-wildcard-overlap",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["*.example.com", "fraud.example.com"]),),
+        "spec.traffic.hosts",
+        "two hosts overlap",
+    ),
+    Case(
+        "hosts-duplicate",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud.example.com", "fraud.example.com"]),),
+        "spec.traffic.hosts",
+        "two hosts overlap",
+    ),
+    Case(
+        "short-host-is-release-name",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud.example.com", "fraud-detector"]),),
+        "spec.traffic.hosts",
+        "IST0109",
+    ),
+    Case(
+        "gateway-name-with-dots",
+        FRAUD_MR,
+        (("spec.traffic.gateways", ["istio-system/public.gateway"]),),
+        "spec.traffic.gateways[0]",
+        "with no dots",
+    ),
+    Case(
+        "gateway-legacy-name-dot-namespace",
+        FRAUD_MR,
+        (("spec.traffic.gateways", ["public.istio-system"]),),
+        "spec.traffic.gateways[0]",
+        "with no dots",
+    ),
+    Case(
+        "gateway-name-over-63",
+        FRAUD_MR,
+        (("spec.traffic.gateways", ["istio-system/" + "g" * 64]),),
+        "spec.traffic.gateways[0]",
+        "at most 63 characters",
+    ),
+    Case(
+        "gateway-mesh",
+        FRAUD_MR,
+        (("spec.traffic.gateways", ["istio-system/public", "mesh"]),),
+        "spec.traffic.gateways[1]",
+        "traffic.meshRouting",
+    ),
+    Case(
+        "mesh-routing-off-without-gateway",
+        FRAUD_MR,
+        (("spec.traffic.gateways", DELETE), ("spec.traffic.meshRouting", False)),
+        "spec.traffic.meshRouting",
+        "name at least one",
+    ),
     Case(
         "route-timeout-zero",
         FRAUD_MR,
@@ -305,6 +427,132 @@ INVALID: list[Case] = [
         "metadata.name",
         "should match",
         pydantic=False,
+    ),
+    # --- ModelRelease: pod template ---------------------------------------------------------
+    Case(
+        "template-and-workload-ref",
+        LLM_MR,
+        (("spec.serving.workloadRef", {"name": "llama-chat-template"}),),
+        "spec.serving.workloadRef",
+        "not both",
+    ),
+    Case(
+        "template-model-server-image",
+        LLM_MR,
+        ((f"{SERVER}.image", "nvcr.io/nvidia/tritonserver@sha256:" + D64),),
+        f"{TEMPLATE}.containers",
+        "remove image",
+    ),
+    Case(
+        # The first container is the model server when none is named model-server.
+        "template-first-container-is-the-model-server",
+        LLM_MR,
+        ((f"{SERVER}.name", "triton"), (f"{SERVER}.image", "nvcr.io/nvidia/triton@sha256:" + D64)),
+        f"{TEMPLATE}.containers",
+        "remove image",
+    ),
+    Case(
+        "template-sidecar-tag-image",
+        LLM_MR,
+        ((f"{TEMPLATE}.containers", [{"name": "model-server"},
+                                     {"name": "log-shipper", "image": "shipper:1.2"}]),),
+        f"{TEMPLATE}.containers",
+        "pinned by digest",
+    ),
+    Case(
+        "template-init-container-tag-image",
+        LLM_MR,
+        ((f"{TEMPLATE}.initContainers[0].image", "registry.example.com/ml/weights-check:v2"),),
+        f"{TEMPLATE}.initContainers",
+        "pinned by digest",
+    ),
+    Case(
+        "template-serving-port-repeated",
+        LLM_MR,
+        ((f"{SERVER}.ports", [{"name": "grpc", "containerPort": 8001}]),),
+        f"{TEMPLATE}.containers",
+        "remove that port",
+    ),
+    Case(
+        "template-port-named-http",
+        LLM_MR,
+        ((f"{SERVER}.ports", [{"name": "http", "containerPort": 8000}]),),
+        f"{TEMPLATE}.containers",
+        "remove that port",
+    ),
+    Case(
+        "template-sets-model-uri",
+        LLM_MR,
+        ((f"{SERVER}.env", [{"name": "MODEL_URI", "value": "s3://elsewhere"}]),),
+        f"{TEMPLATE}.containers",
+        "set by Rewind",
+    ),
+    Case(
+        "resources-twice",
+        LLM_MR,
+        (("spec.serving.resources", {"limits": {"memory": "4Gi"}}),),
+        "spec.serving.resources",
+        "not both",
+    ),
+    Case(
+        "liveness-twice",
+        FRAUD_MR,
+        (
+            ("spec.serving.template", {"spec": {"containers": [
+                {"name": "model-server", "livenessProbe": {"tcpSocket": {"port": 8080}}}]}}),
+            ("spec.serving.resources", DELETE),
+        ),
+        "spec.serving.livenessPath",
+        "not both",
+    ),
+    Case(
+        "grpc-with-liveness-path",
+        LLM_MR,
+        (("spec.serving.livenessPath", "/healthz"),),
+        "spec.serving.livenessPath",
+        "is an HTTP path",
+    ),
+    Case(
+        "args-twice",
+        LLM_MR,
+        (("spec.code.args", ["--log-verbose=1"]),),
+        f"{TEMPLATE}.containers",
+        "not both",
+    ),
+    Case(
+        "template-without-containers",
+        LLM_MR,
+        ((f"{TEMPLATE}.containers", []),),
+        f"{TEMPLATE}.containers",
+        "should have at least 1 items",
+    ),
+    Case(
+        "template-container-name",
+        LLM_MR,
+        ((f"{TEMPLATE}.initContainers[0].name", "Check_Weights"),),
+        f"{TEMPLATE}.initContainers[0].name",
+        "should match",
+    ),
+    Case(
+        "template-unknown-protocol",
+        LLM_MR,
+        (("spec.serving.protocol", "tcp"),),
+        "spec.serving.protocol",
+        "Unsupported value",
+    ),
+    Case(
+        "workload-ref-bad-name",
+        FRAUD_MR,
+        (("spec.serving.workloadRef", {"name": "Helm Release"}),),
+        "spec.serving.workloadRef.name",
+        "should match",
+    ),
+    Case(
+        "unknown-sidecar-mode",
+        FRAUD_MR,
+        (("spec.traffic.sidecar", "Off"),),
+        "spec.traffic.sidecar",
+        "Unsupported value",
     ),
     # --- RolloutPolicy --------------------------------------------------------------------
     Case(
@@ -594,6 +842,108 @@ INVALID: list[Case] = [
         "spec.firstRelease",
         "Unsupported value",
     ),
+    # --- Gateway API routing ---------------------------------------------------------------
+    Case(
+        "gateway-api-with-istio-gateways",
+        GW_MR,
+        (("spec.traffic.gateways", ["istio-system/public"]),),
+        "spec.traffic.gateways",
+        "with gatewayAPI, name the Gateways in gatewayAPI.parentRefs",
+    ),
+    Case(
+        "gateway-api-with-retries",
+        GW_MR,
+        (("spec.traffic.retries", {"attempts": 0}),),
+        "spec.traffic.retries",
+        "retries are not part of Gateway API's standard HTTPRoute",
+    ),
+    Case(
+        "gateway-api-hostname-not-dns",
+        GW_MR,
+        (("spec.traffic.hosts", ["summarize-.example.com"]),),
+        "spec.traffic.hosts[0]",
+        "DNS-1123 label",
+    ),
+    Case(
+        "gateway-api-timeout-too-long",
+        GW_MR,
+        (("spec.traffic.timeout", "100000h"),),
+        "spec.traffic.timeout",
+        "timeout must be at most 99999h",
+    ),
+    Case(
+        "gateway-api-backend-timeout-over-timeout",
+        GW_MR,
+        ((f"{GW}.backendRequestTimeout", "301s"),),
+        f"{GW}.backendRequestTimeout",
+        "backendRequestTimeout must be at most timeout",
+    ),
+    Case(
+        "gateway-api-backend-timeout-zero",
+        GW_MR,
+        ((f"{GW}.backendRequestTimeout", "0s"),),
+        f"{GW}.backendRequestTimeout",
+        "must be more than 0s",
+    ),
+    Case(
+        "gateway-api-no-parents",
+        GW_MR,
+        ((f"{GW}.parentRefs", []),),
+        f"{GW}.parentRefs",
+        "should have at least 1 items",
+    ),
+    Case(
+        "gateway-api-parent-without-name",
+        GW_MR,
+        ((f"{GW}.parentRefs", [{"namespace": "infra"}]),),
+        f"{GW}.parentRefs[0].name",
+        "Required value",
+    ),
+    Case(
+        "gateway-api-same-parent-twice",
+        GW_MR,
+        ((f"{GW}.parentRefs", [{"name": "public", "namespace": "infra"},
+                               {"name": "public", "namespace": "infra", "sectionName": "h"}]),),
+        f"{GW}.parentRefs",
+        "need distinct sectionNames",
+    ),
+    Case(
+        "gateway-api-same-listener-twice",
+        GW_MR,
+        ((f"{GW}.parentRefs", [{"name": "public", "sectionName": "https"},
+                               {"name": "public", "sectionName": "https"}]),),
+        f"{GW}.parentRefs",
+        "need distinct sectionNames",
+    ),
+    Case(
+        "gateway-api-bad-parent-kind",
+        GW_MR,
+        ((f"{GW}.parentRefs[0].kind", "Gate way"),),
+        f"{GW}.parentRefs[0].kind",
+        "should match",
+    ),
+    Case(
+        "gateway-api-endpoint-picker-without-port",
+        GW_MR,
+        ((f"{GW}.inferencePool.endpointPickerRef.port", DELETE),),
+        f"{GW}.inferencePool.endpointPickerRef.port",
+        "port is required when kind is Service",
+    ),
+    Case(
+        "gateway-api-endpoint-picker-failure-mode",
+        GW_MR,
+        ((f"{GW}.inferencePool.endpointPickerRef.failureMode", "Retry"),),
+        f"{GW}.inferencePool.endpointPickerRef.failureMode",
+        "Unsupported value",
+    ),
+    Case(
+        "header-route-same-header-twice",
+        FRAUD_MR,
+        (("spec.traffic.headerRoutes", [{"name": "beta", "headers": [
+            {"name": "x-group", "exact": "beta"}, {"name": "x-group", "prefix": "b"}]}]),),
+        "spec.traffic.headerRoutes[0].headers",
+        "header names must be unique within a header route",
+    ),
 ]
 
 #: Variants that look unusual but must be accepted.
@@ -624,6 +974,56 @@ VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] =
                                       "retryOn": "connect-failure,503"}),
         ),
     ),
+    ("wildcard-host", FRAUD_MR, (("spec.traffic.hosts", ["*.fraud.example.com"]),)),
+    (
+        "disjoint-wildcards",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["*.a.example.com", "*.b.example.com", "example.com"]),),
+    ),
+    ("short-host-of-another-name", FRAUD_MR, (("spec.traffic.hosts", ["fraud"]),)),
+    ("gateway-in-own-namespace", FRAUD_MR, (("spec.traffic.gateways", ["public"]),)),
+    (
+        "gateway-names-of-63",
+        FRAUD_MR,
+        (("spec.traffic.gateways", ["n" * 63 + "/" + "g" * 63]),),
+    ),
+    ("gateway-only-routing", FRAUD_MR, (("spec.traffic.meshRouting", False),)),
+    (
+        "template-tag-images-with-opt-in",
+        LLM_MR,
+        (
+            (f"{TEMPLATE}.initContainers[0].image", "registry.example.com/ml/weights-check:v2"),
+            ("spec.code.allowTagImage", True),
+        ),
+    ),
+    (
+        # A pinned sidecar first, the model server named: the order does not matter.
+        "template-sidecar-before-the-model-server",
+        LLM_MR,
+        (
+            (f"{TEMPLATE}.containers", [
+                SIDECAR,
+                {"name": "model-server", "args": ["tritonserver"]},
+            ]),
+        ),
+    ),
+    (
+        # Only the model-server container's port is Rewind's: a sidecar may use any.
+        "template-sidecar-uses-any-port",
+        LLM_MR,
+        ((f"{TEMPLATE}.containers", [{"name": "model-server"}, {**SIDECAR, "ports": [
+            {"name": "http", "containerPort": 8001}]}]),),
+    ),
+    (
+        "template-minimal",
+        FRAUD_MR,
+        (("spec.serving.template", {"spec": {"containers": [{"name": "model-server"}]}}),),
+    ),
+    ("workload-ref", FRAUD_MR, (("spec.serving.workloadRef", {"name": "fraud-helm"}),)),
+    ("protocol-grpc", FRAUD_MR, (("spec.serving.protocol", "grpc"),
+                                 ("spec.serving.livenessPath", DELETE))),
+    ("protocol-http2", FRAUD_MR, (("spec.serving.protocol", "http2"),)),
+    ("sidecar-required", FRAUD_MR, (("spec.traffic.sidecar", "Required"),)),
     ("threshold-min-only", FRAUD_RP, ((f"{M0}.thresholds", {"min": 0.9}),)),
     ("threshold-min-equals-max", FRAUD_RP, ((f"{M0}.thresholds", {"min": 1, "max": 1}),)),
     ("single-step-to-100", FRAUD_RP, ((STEPS, [{"weight": 100}]),)),
@@ -657,4 +1057,39 @@ VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] =
     ("rollback-window-default", FRAUD_RP, (("spec.rollbackWindow", {}),)),
     ("first-release-promote", FRAUD_RP, (("spec.firstRelease", "Promote"),)),
     ("first-release-gates", CHAT_RP, (("spec.firstRelease", "Gates"),)),
+    (
+        "gateway-api-services-minimal",
+        GW_MR,
+        (
+            (f"{GW}", {"parentRefs": [{"name": "public"}]}),
+            ("spec.traffic.timeout", DELETE),
+            ("spec.traffic.headerRoutes", DELETE),
+        ),
+    ),
+    (
+        "gateway-api-mesh-service-parent-and-listeners",
+        GW_MR,
+        ((f"{GW}.parentRefs", [{"group": "", "kind": "Service", "name": "summarizer"},
+                               {"name": "public", "namespace": "infra", "sectionName": "http"},
+                               {"name": "public", "namespace": "infra", "sectionName": "https"},
+                               {"name": "public", "sectionName": "https"}]),),
+    ),
+    (
+        "gateway-api-backend-timeout-without-timeout",
+        GW_MR,
+        (("spec.traffic.timeout", DELETE), (f"{GW}.backendRequestTimeout", "99999h")),
+    ),
+    (
+        "gateway-api-wildcard-host-and-prefix-header",
+        GW_MR,
+        (("spec.traffic.hosts", ["*.example.com"]),
+         ("spec.traffic.headerRoutes", [{"name": "beta", "headers": [
+             {"name": "x-group", "prefix": "beta"}, {"name": "x-user", "regex": "a.*"}]}])),
+    ),
+    (
+        "gateway-api-endpoint-picker-not-a-service",
+        GW_MR,
+        ((f"{GW}.inferencePool.endpointPickerRef",
+          {"group": "example.com", "kind": "Picker", "name": "p", "failureMode": "FailOpen"}),),
+    ),
 ]

@@ -28,7 +28,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -54,26 +56,36 @@ __all__ = [
     "ANNOTATION_ROLLBACK",
     "API_GROUP",
     "API_VERSION",
+    "DEFAULT_CLUSTER_DOMAIN",
     "DEFAULT_ROLLBACK_WINDOW",
     "DIGEST_PATTERN",
     "DNS_LABEL_PATTERN",
     "DNS_SUBDOMAIN_PATTERN",
     "DURATION_PATTERN",
+    "GATEWAY_HOSTNAME_PATTERN",
+    "GATEWAY_MAX_TIMEOUT",
     "GATEWAY_PATTERN",
     "HOST_PATTERN",
     "IMAGE_DIGEST_SUFFIX_PATTERN",
+    "INJECTED_ENV",
     "MAX_CONSUMED_ACTIONS",
     "MAX_HISTORY",
     "MAX_HUMAN_TEXT",
     "MAX_MEASUREMENTS",
     "MAX_MESSAGE",
+    "MAX_NOTIFICATIONS",
+    "MAX_NOTIFICATION_TARGETS",
     "MAX_RELEASE_NAME",
     "MAX_SHORT_TEXT",
     "MAX_TIMELINE",
+    "MAX_UNPINNED",
+    "MESH_GATEWAY",
     "MODELRELEASE_KIND",
     "MODELRELEASE_PLURAL",
+    "MODEL_SERVER_CONTAINER",
     "ROLLOUTPOLICY_KIND",
     "ROLLOUTPOLICY_PLURAL",
+    "SERVING_PORT_NAME",
     "TEMPLATE_QUERY_PATTERN",
     "TEMPLATE_VARIABLES",
     "URI_PATTERN",
@@ -96,6 +108,8 @@ __all__ = [
     "ConditionStatus",
     "ConditionType",
     "ConsumedAction",
+    "Container",
+    "ContainerPort",
     "DataSpec",
     "DecisionAction",
     "Digest",
@@ -107,13 +121,21 @@ __all__ = [
     "DrillStatus",
     "DrillVerdict",
     "Duration",
+    "EndpointPickerFailureMode",
+    "EndpointPickerRef",
+    "EnvFromSource",
     "EnvVar",
+    "EnvVarSource",
     "EnvironmentSpec",
     "FallbackServiceSpec",
     "FirstRelease",
+    "GatewayAPITraffic",
+    "GatewayParentRef",
     "HeaderMatch",
     "HeaderRoute",
     "HistoryEntry",
+    "InferencePoolBackend",
+    "KeySelector",
     "Measurement",
     "MetricSpec",
     "ModelFormat",
@@ -121,13 +143,23 @@ __all__ = [
     "ModelReleaseSpec",
     "ModelReleaseStatus",
     "ModelSpec",
+    "NameReference",
     "NoDataPolicy",
+    "NotificationRecord",
+    "NotificationState",
+    "NotificationsSpec",
     "ObjectMeta",
     "Outcome",
+    "PassThroughModel",
     "PauseSpec",
     "PendingDecision",
+    "PersistentVolumeClaimSource",
     "Phase",
+    "PodSpec",
+    "PodTemplate",
+    "PodTemplateMetadata",
     "PolicyRef",
+    "ProjectedVolumeSource",
     "Quantity",
     "QueryErrorKind",
     "QueryErrorPolicy",
@@ -141,30 +173,44 @@ __all__ = [
     "RolloutPolicyStatus",
     "RouteWeight",
     "RoutesStatus",
+    "SecretVolumeSource",
+    "ServiceAccountTokenProjection",
+    "ServingProtocol",
     "ServingSpec",
     "ShadowAction",
     "ShadowOnSuccess",
     "ShadowStrategy",
+    "SidecarMode",
     "SignatureRef",
     "SignatureType",
     "SpecModel",
     "StatusModel",
     "StrategySpec",
     "StrategyType",
+    "TemplateEnvVar",
     "Thresholds",
     "TimelineEntry",
     "TimelineType",
     "TrafficSpec",
     "Verdict",
+    "Volume",
+    "VolumeProjection",
     "Weights",
+    "WorkloadRef",
     "append_bounded",
     "clip",
     "format_value",
+    "gateway_error",
+    "hosts_match",
     "image_digest",
+    "in_cluster_host",
+    "model_server_index",
     "parse_duration",
     "query_variables",
+    "release_host_errors",
     "render_query",
     "spec_hash",
+    "spec_images",
     "tag_image_error",
     "template_variables",
     "validate_template",
@@ -190,6 +236,13 @@ MAX_TIMELINE = 50
 #: The ledger of action annotations: values acted on are remembered (bounded) after their
 #: annotation is gone, so the same value coming back never acts on the same thing again.
 MAX_CONSUMED_ACTIONS = 20
+#: At most this many unpinned references are listed per revision (status.history).
+MAX_UNPINNED = 16
+#: The notification outbox (status.notifications): every message still to deliver, and the
+#: newest delivered or given up, are remembered so a restart neither loses nor repeats one.
+MAX_NOTIFICATIONS = 30
+#: Notifier targets one RolloutPolicy may name (spec.notifications.targets).
+MAX_NOTIFICATION_TARGETS = 8
 #: Default of RolloutPolicy spec.rollbackWindow.revisions.
 DEFAULT_ROLLBACK_WINDOW = 3
 
@@ -216,8 +269,19 @@ DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 URI_PATTERN = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]+$"
 NO_SPACE_PATTERN = r"^[^\s]+$"
+#: A VirtualService host as Istio accepts it (``agent.ValidateWildcardDomain``), narrowed:
+#: lowercase, a ``*.`` wildcard only as the whole first label; the label rules (no empty label,
+#: at most 63 characters, the last one not all digits) are CEL rules with their own messages.
 HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
-GATEWAY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+#: A gateway reference: ``<namespace>/<name>``, or ``<name>`` in the release's namespace, each a
+#: DNS label (Istio's ``validateGatewayNames``; dots are refused by a CEL rule with a message).
+GATEWAY_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+#: Istio's name for the sidecars as a gateway (``traffic.meshRouting`` says whether it is used).
+MESH_GATEWAY = "mesh"
+#: Kubernetes' default cluster domain (the operator's ``--cluster-domain``).
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+#: A DNS label, as Istio checks each label of a host (``labels.IsDNS1123Label``).
+DNS_LABEL_MAX = 63
 
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
 _DURATION_FULL = re.compile(DURATION_PATTERN)
@@ -307,6 +371,191 @@ def _cel(
 
 def _validations(*rules: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
+
+
+# --- hosts and gateways, as Istio checks them ------------------------------------------
+# Each rule is written as CEL (admission) and as a Python check (pydantic), with one message.
+
+HOST_BAD_LABEL = (
+    "each label of a host is a DNS-1123 label (lowercase letters, digits and '-', starting "
+    "and ending with a letter or digit; a..b-.c is not): Istio refuses the VirtualService "
+    "(agent.ValidateWildcardDomain)"
+)
+#: One DNS-1123 label (Istio's ``labels.IsDNS1123Label``, lowercase as HOST_PATTERN).
+DNS_LABEL_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+HOST_EMPTY_LABEL = (
+    "a host has no empty DNS label (a..b): Istio refuses the VirtualService "
+    "(agent.ValidateWildcardDomain)"
+)
+HOST_LONG_LABEL = (
+    f"each DNS label of a host is at most {DNS_LABEL_MAX} characters: Istio refuses a longer "
+    "one (labels.IsDNS1123Label)"
+)
+HOST_NUMERIC_TLD = (
+    "the last label of a host is not all digits: Istio refuses it as a domain (an IP address "
+    "is not a host Rewind routes)"
+)
+HOST_IN_CLUSTER_WILDCARD = (
+    "a wildcard host may not cover in-cluster Service names (<service>.<namespace>.svc."
+    "<cluster domain>): it takes the release's own in-cluster name, which Rewind adds to the "
+    "VirtualService and Istio then refuses as a duplicate host, and the names other "
+    "Services' callers use"
+)
+HOSTS_OVERLAP = (
+    "two hosts overlap (equal, or a wildcard covers the other): Istio refuses a VirtualService "
+    "with duplicate hosts"
+)
+GATEWAY_DOTS = (
+    "a gateway is <namespace>/<name> (or <name> in the release's namespace) with no dots: "
+    "Istio refuses ns/name.with.dots and reads name.namespace as the legacy form "
+    "namespace/name"
+)
+GATEWAY_LONG = (
+    f"a gateway's namespace and name are DNS labels of at most {DNS_LABEL_MAX} characters: "
+    "Istio refuses longer ones"
+)
+GATEWAY_MESH = (
+    "mesh is not a gateway here: traffic.meshRouting says whether in-mesh callers are routed"
+)
+MESH_ROUTING_NEEDS_GATEWAY = (
+    "meshRouting: false routes only callers that come through a gateway: name at least one "
+    "in traffic.gateways"
+)
+
+
+def host_label_error(host: str) -> str | None:
+    """What Istio refuses in one host, label by label (None: nothing)."""
+    labels = host.split(".")
+    if "" in labels:
+        return HOST_EMPTY_LABEL
+    if any(len(label) > DNS_LABEL_MAX for label in labels):
+        return HOST_LONG_LABEL
+    wildcard = labels[0] == "*"
+    if any(not re.match(DNS_LABEL_RE, label) for label in labels[1 if wildcard else 0:]):
+        return HOST_BAD_LABEL
+    if labels[-1].isdigit():
+        return HOST_NUMERIC_TLD
+    return None
+
+
+def covers_in_cluster_names(host: str, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> bool:
+    """A wildcard host over in-cluster Service names: ``*.svc.<anything>``,
+    ``*.<namespace>.svc.<anything>``, or a suffix of ``svc.<cluster_domain>``."""
+    if not host.startswith("*."):
+        return False
+    rest = host[2:]
+    labels = rest.split(".")
+    return (
+        labels[0] == "svc"
+        or (len(labels) > 1 and labels[1] == "svc")
+        or f".svc.{cluster_domain}".endswith("." + rest)
+    )
+
+
+def hosts_match(a: str, b: str) -> bool:
+    """Istio's ``host.Name.Matches`` on two hosts as written: equal, or a wildcard covers
+    the other (``*.x.com`` covers ``a.x.com`` and ``*.a.x.com``)."""
+    if a.startswith("*") and b.startswith("*"):
+        shorter, longer = sorted((a[1:], b[1:]), key=len)
+        return longer.endswith(shorter)
+    if a.startswith("*"):
+        return b.endswith(a[1:])
+    if b.startswith("*"):
+        return a.endswith(b[1:])
+    return a == b
+
+
+def overlapping_hosts(hosts: Sequence[str]) -> list[tuple[str, str]]:
+    """Pairs of hosts Istio refuses together in one VirtualService (duplicate hosts)."""
+    return [
+        (a, b)
+        for i, a in enumerate(hosts)
+        for b in hosts[i + 1:]
+        if hosts_match(a, b)
+    ]
+
+
+def gateway_error(gateway: str) -> str | None:
+    """What Istio refuses or misreads in one gateway reference (None: nothing)."""
+    if gateway == MESH_GATEWAY:
+        return GATEWAY_MESH
+    if "." in gateway:
+        return GATEWAY_DOTS
+    if any(len(part) > DNS_LABEL_MAX for part in gateway.split("/")):
+        return GATEWAY_LONG
+    return None
+
+
+def in_cluster_host(release: str, namespace: str, cluster_domain: str) -> str:
+    """The in-cluster name Rewind adds to a release's routes: its umbrella Service's FQDN."""
+    return f"{release}.{namespace}.svc.{cluster_domain}"
+
+
+def release_host_errors(
+    release: str, namespace: str, hosts: Sequence[str], cluster_domain: str
+) -> list[str]:
+    """What Istio refuses in a release's hosts beside the in-cluster name Rewind adds, once
+    the namespace and the cluster domain are known (admission knows neither: the operator
+    checks this before it writes routes)."""
+    own = in_cluster_host(release, namespace, cluster_domain)
+    errors = []
+    for host in hosts:
+        if host == release:
+            errors.append(short_host_message(release))
+        elif host != own and hosts_match(host, own):
+            errors.append(
+                f"host {host} covers {own}, the in-cluster name Rewind adds for the release: "
+                "Istio refuses the VirtualService (duplicate hosts); name the hosts users "
+                "call, not a wildcard over the cluster's Services"
+            )
+    return errors
+
+
+def short_host_message(release: str) -> str:
+    return (
+        f"the short host {release} is the release's own in-cluster name "
+        f"({release}.<namespace>.svc.<cluster domain>), which Rewind adds to the routes: "
+        "Istio reports the two as conflicting hosts (analyzer IST0109); remove it, in-mesh "
+        "callers already reach the release by that name"
+    )
+
+
+#: CEL, on the ModelRelease (where metadata.name is known): no short host equal to it.
+SHORT_HOST_RULE = _cel(
+    "!has(self.spec.traffic) || !self.spec.traffic.hosts.exists(h, h == self.metadata.name)",
+    "a short host equal to metadata.name is the release's own in-cluster name "
+    "(<name>.<namespace>.svc.<cluster domain>), which Rewind adds to the routes: Istio "
+    "reports the two as conflicting hosts (analyzer IST0109); remove it, in-mesh callers "
+    "already reach the release by that name",
+    field_path=".spec.traffic.hosts",
+)
+
+
+def _host_rules() -> dict[str, Any]:
+    return _validations(
+        _cel("!self.contains('..')", HOST_EMPTY_LABEL),
+        _cel(f"self.split('.').all(l, l.size() <= {DNS_LABEL_MAX})", HOST_LONG_LABEL),
+        _cel(
+            "self.contains('..') || self.split('.').all(l, l == '*' || l.matches('"
+            + DNS_LABEL_RE + "'))",
+            HOST_BAD_LABEL,
+        ),
+        _cel("!self.matches('(^|[.])[0-9]+$')", HOST_NUMERIC_TLD),
+        _cel(
+            "!self.startsWith('*.') || !(self.substring(2).matches('^svc([.]|$)') || "
+            "self.substring(2).matches('^[^.]+[.]svc([.]|$)') || "
+            f"'.svc.{DEFAULT_CLUSTER_DOMAIN}'.endsWith(self.substring(1)))",
+            HOST_IN_CLUSTER_WILDCARD,
+        ),
+    )
+
+
+def _gateway_rules() -> dict[str, Any]:
+    return _validations(
+        _cel(f"self != '{MESH_GATEWAY}'", GATEWAY_MESH),
+        _cel("!self.contains('.')", GATEWAY_DOTS),
+        _cel(f"self.split('/').all(p, p.size() <= {DNS_LABEL_MAX})", GATEWAY_LONG),
+    )
 
 
 def _positive_duration_rule(name: str) -> dict[str, str]:
@@ -523,6 +772,14 @@ class DecisionAction(StrEnum):
     ROLLBACK = "Rollback"
 
 
+class NotificationState(StrEnum):
+    """Where one notification (status.notifications) is."""
+
+    PENDING = "Pending"
+    SENT = "Sent"
+    FAILED = "Failed"
+
+
 class ConditionType(StrEnum):
     """kstatus-compatible condition types the operator maintains."""
 
@@ -580,10 +837,13 @@ class TimelineType(StrEnum):
     FALLBACK_IN_EFFECT = "FallbackInEffect"
     BREAKER_RESET = "BreakerReset"
     BREAKER_CLOSED = "BreakerClosed"
+    BREAKER_UNSUPPORTED = "BreakerUnsupported"
     DRILL_STARTED = "DrillStarted"
     DRILL_PASSED = "DrillPassed"
     DRILL_FAILED = "DrillFailed"
     DRILL_CANCELLED = "DrillCancelled"
+    UNPINNED = "Unpinned"
+    SIDECAR_MISSING = "SidecarMissing"
 
 
 # --------------------------------------------------------------------------------------
@@ -758,7 +1018,9 @@ class CodeSpec(SpecModel):
     env: list[EnvVar] = Field(
         default_factory=list,
         max_length=64,
-        description="Literal environment variables (name/value only, no valueFrom).",
+        description="Literal environment variables of the model-server container (name/value "
+        "only; a value from a Secret or ConfigMap goes in serving.template, where the "
+        "revision's history names it as unpinned).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 
@@ -838,31 +1100,483 @@ class ResourceRequirements(SpecModel):
     )
 
 
+# --------------------------------------------------------------------------------------
+# The pod template (serving.template): Kubernetes' PodTemplateSpec, partly declared
+# --------------------------------------------------------------------------------------
+
+#: The container of a template that runs the model: the one named so, else the first.
+MODEL_SERVER_CONTAINER = "model-server"
+#: Env vars Rewind sets on the model-server container from spec.model and spec.data: they
+#: describe the snapshot the pod was built from, so neither code.env nor a template sets them.
+INJECTED_ENV = (
+    "REWIND_RELEASE",
+    "REWIND_REVISION",
+    "MODEL_URI",
+    "MODEL_DIGEST",
+    "MODEL_VERSION",
+    "DATA_VERSION",
+)
+#: The name of the model server's port (serving.port) in the container and the Services.
+SERVING_PORT_NAME = "http"
+
+_OPEN: dict[str, JsonValue] = {"x-kubernetes-preserve-unknown-fields": True}
+
+
+class PassThroughModel(BaseModel):
+    """Part of a Kubernetes object that Rewind passes on as written.
+
+    Only the fields Rewind relies on are declared (and validated, by the CRD schema at
+    admission and by these models); every other field is kept as the user wrote it
+    (``x-kubernetes-preserve-unknown-fields``) and validated by the API server itself when
+    the operator creates the revision's Deployment (a server-side dry run first).
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="allow",
+        protected_namespaces=(),
+        json_schema_extra=_OPEN,
+    )
+
+
+#: A free-form object kept as written (a probe, a securityContext, resources...).
+Opaque = Annotated[dict[str, Any], Field(json_schema_extra=_OPEN)]
+_K8S_NAME = Annotated[str, StringConstraints(min_length=1, max_length=253)]
+
+
+class KeySelector(PassThroughModel):
+    """A key of a Secret or ConfigMap (env valueFrom)."""
+
+    name: str | None = Field(
+        default=None, max_length=253, description="Name of the Secret or ConfigMap."
+    )
+
+
+class EnvVarSource(PassThroughModel):
+    """Where an env var's value comes from (Kubernetes EnvVarSource)."""
+
+    secret_key_ref: KeySelector | None = Field(
+        default=None,
+        description="A key of a Secret. Its content is not pinned by the revision snapshot: "
+        "the revision's history names it as unpinned.",
+    )
+    config_map_key_ref: KeySelector | None = Field(
+        default=None,
+        description="A key of a ConfigMap. Its content is not pinned by the revision snapshot: "
+        "the revision's history names it as unpinned.",
+    )
+
+
+class TemplateEnvVar(PassThroughModel):
+    """An environment variable of a template container (Kubernetes EnvVar)."""
+
+    name: str = Field(min_length=1, max_length=256, description="Variable name.")
+    value: str | None = Field(default=None, max_length=32768, description="Literal value.")
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Read the value from a Secret, ConfigMap or the pod's fields."
+    )
+
+
+class NameReference(PassThroughModel):
+    """A Secret or ConfigMap by name (envFrom)."""
+
+    name: str | None = Field(
+        default=None, max_length=253, description="Name of the Secret or ConfigMap."
+    )
+
+
+class EnvFromSource(PassThroughModel):
+    """Every key of a Secret or ConfigMap as env vars (Kubernetes EnvFromSource)."""
+
+    secret_ref: NameReference | None = Field(
+        default=None, description="A Secret (unpinned: its content can change)."
+    )
+    config_map_ref: NameReference | None = Field(
+        default=None, description="A ConfigMap (unpinned: its content can change)."
+    )
+
+
+class ContainerPort(PassThroughModel):
+    """A port a template container listens on (Kubernetes ContainerPort)."""
+
+    name: str | None = Field(default=None, max_length=15, description="Port name.")
+    container_port: int = Field(ge=1, le=65535, description="Port number.")
+
+
+class Container(PassThroughModel):
+    """A container of the template (Kubernetes Container). The model-server container (named
+    model-server, else the first) gets code.image, serving.port as its port named http, the
+    env that describes the revision (MODEL_URI, MODEL_DIGEST...) and, unless the template
+    sets them, code.args, serving.resources and the probes."""
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN, description="Container name."
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=NO_SPACE_PATTERN,
+        description="Image pinned by digest (<repo>@sha256:<64 hex>). Omitted on the "
+        "model-server container: its image is code.image.",
+    )
+    args: list[Annotated[str, StringConstraints(max_length=4096)]] | None = Field(
+        default=None, max_length=128, description="Arguments (or code.args, not both)."
+    )
+    ports: list[ContainerPort] | None = Field(
+        default=None,
+        max_length=32,
+        description="Ports. On the model-server container, serving.port (named http) is "
+        "added by Rewind: list only other ports (e.g. metrics).",
+    )
+    env: list[TemplateEnvVar] | None = Field(
+        default=None,
+        max_length=256,
+        description="Environment, valueFrom allowed (a Secret or ConfigMap key is named as "
+        "unpinned in the revision's history). code.env and the revision's own variables "
+        "(MODEL_URI, MODEL_DIGEST, ...) are added to the model-server container's.",
+    )
+    env_from: list[EnvFromSource] | None = Field(
+        default=None,
+        max_length=32,
+        description="Secrets and ConfigMaps as env vars (named as unpinned).",
+    )
+    resources: Opaque | None = Field(
+        default=None,
+        description="Resources (or serving.resources for the model-server container, not both).",
+    )
+    readiness_probe: Opaque | None = Field(
+        default=None,
+        description="Readiness probe; on the model-server container it replaces the one "
+        "Rewind derives from serving.protocol and serving.readinessPath.",
+    )
+    liveness_probe: Opaque | None = Field(
+        default=None,
+        description="Liveness probe (or serving.livenessPath for the model-server container, "
+        "not both).",
+    )
+
+
+class SecretVolumeSource(PassThroughModel):
+    """A Secret as a volume."""
+
+    secret_name: str | None = Field(default=None, max_length=253, description="The Secret.")
+
+
+class PersistentVolumeClaimSource(PassThroughModel):
+    """A PersistentVolumeClaim as a volume."""
+
+    claim_name: str | None = Field(default=None, max_length=253, description="The claim.")
+
+
+class ServiceAccountTokenProjection(PassThroughModel):
+    """A projected service account token (short-lived, issued at run time)."""
+
+    audience: str | None = Field(default=None, max_length=253, description="Token audience.")
+
+
+class VolumeProjection(PassThroughModel):
+    """One source of a projected volume."""
+
+    secret: NameReference | None = Field(default=None, description="A Secret.")
+    config_map: NameReference | None = Field(default=None, description="A ConfigMap.")
+    service_account_token: ServiceAccountTokenProjection | None = Field(
+        default=None, description="The pod's service account token."
+    )
+
+
+class ProjectedVolumeSource(PassThroughModel):
+    """Several sources in one volume."""
+
+    sources: list[VolumeProjection] | None = Field(
+        default=None, max_length=32, description="The projected sources."
+    )
+
+
+class Volume(PassThroughModel):
+    """A volume of the template (Kubernetes Volume). What a volume reads from a Secret,
+    ConfigMap, claim, service account token or the node is not pinned by the snapshot: the
+    revision's history names it as unpinned."""
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN, description="Volume name."
+    )
+    secret: SecretVolumeSource | None = Field(default=None, description="A Secret.")
+    config_map: NameReference | None = Field(default=None, description="A ConfigMap.")
+    persistent_volume_claim: PersistentVolumeClaimSource | None = Field(
+        default=None, description="A PersistentVolumeClaim (e.g. model weights)."
+    )
+    projected: ProjectedVolumeSource | None = Field(
+        default=None, description="Secrets, ConfigMaps and tokens in one volume."
+    )
+
+
+class PodSpec(PassThroughModel):
+    """The pod of each revision (Kubernetes PodSpec): tolerations, nodeSelector, affinity,
+    topologySpreadConstraints, securityContext, imagePullSecrets, priorityClassName and the
+    rest are passed on as written."""
+
+    containers: list[Container] = Field(
+        min_length=1, max_length=16, description="Containers; one is the model server."
+    )
+    init_containers: list[Container] | None = Field(
+        default=None,
+        max_length=16,
+        description="Init containers (also native sidecars), images pinned by digest.",
+    )
+    volumes: list[Volume] | None = Field(default=None, max_length=64, description="Volumes.")
+    service_account_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="The pods' service account (e.g. one allowed to read the model bucket). "
+        "What it may do is not pinned by the snapshot: the history names it as unpinned.",
+    )
+
+
+class PodTemplateMetadata(PassThroughModel):
+    """Labels and annotations of the pods; Rewind's own labels and annotations win."""
+
+    labels: dict[str, Annotated[str, StringConstraints(max_length=63)]] | None = Field(
+        default=None, max_length=64, description="Pod labels."
+    )
+    annotations: dict[str, Annotated[str, StringConstraints(max_length=65536)]] | None = Field(
+        default=None, max_length=64, description="Pod annotations."
+    )
+
+
+class PodTemplate(PassThroughModel):
+    """A Kubernetes PodTemplateSpec for each revision's pods."""
+
+    metadata: PodTemplateMetadata | None = Field(
+        default=None, description="Pod labels and annotations."
+    )
+    spec: PodSpec = Field(description="The pod spec (containers, volumes, scheduling...).")
+
+    def model_server(self) -> Container:
+        """The container that runs the model: named model-server, else the first."""
+        return self.spec.containers[model_server_index(self)]
+
+
+def model_server_index(template: PodTemplate) -> int:
+    """Index of the model-server container: the one named model-server, else the first."""
+    names = [c.name for c in template.spec.containers]
+    return names.index(MODEL_SERVER_CONTAINER) if MODEL_SERVER_CONTAINER in names else 0
+
+
+class WorkloadRef(SpecModel):
+    """An existing Deployment whose pod template each revision copies (a Helm chart's)."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Name of the Deployment, in the ModelRelease's namespace. Its pod template "
+        "is read at every reconcile and is part of the revision: a change to it (a helm "
+        "upgrade) is a new revision, released by the policy. Rewind never writes it: set its "
+        "replicas to 0 in its chart.",
+    )
+
+
+class ServingProtocol(StrEnum):
+    """What the model server speaks on serving.port."""
+
+    HTTP = "http"
+    HTTP2 = "http2"
+    GRPC = "grpc"
+
+
+def _model_server_cel(template: str) -> str:
+    """CEL: ``c`` is the model-server container of ``template`` (named so, else the first)."""
+    containers = f"{template}.spec.containers"
+    return (
+        f"(c.name == '{MODEL_SERVER_CONTAINER}' || (!{containers}.exists(x, x.name == "
+        f"'{MODEL_SERVER_CONTAINER}') && c.name == {containers}[0].name))"
+    )
+
+
+def _each_model_server(template: str, check: str) -> str:
+    """CEL: ``check`` (about ``c``) holds for the model-server container, when a template
+    with containers is set."""
+    return (
+        f"!has({template}) || !has({template}.spec) || !has({template}.spec.containers) || "
+        f"size({template}.spec.containers) == 0 || {template}.spec.containers.all(c, "
+        f"!{_model_server_cel(template)} || ({check}))"
+    )
+
+
+_MS = (
+    "the model-server container (the one named model-server, else the first) of "
+    "serving.template"
+)
+_TEMPLATE_MESSAGES = {
+    "both": "set serving.template or serving.workloadRef, not both",
+    "image": f"the model server's image is code.image: remove image from {_MS}",
+    "port": "serving.port is the model server's port (named http): remove that port from "
+    f"the ports of {_MS} (other ports, e.g. metrics, are fine)",
+    "env": "MODEL_URI, MODEL_DIGEST, MODEL_VERSION, DATA_VERSION, REWIND_RELEASE and "
+    "REWIND_REVISION are set by Rewind from spec.model and spec.data: remove them from the "
+    f"env of {_MS}",
+    "resources": "set the model server's resources in serving.resources or as the resources "
+    f"of {_MS}, not both",
+    "liveness": f"set serving.livenessPath or the livenessProbe of {_MS}, not both",
+    "grpc-liveness": "serving.livenessPath is an HTTP path: with protocol grpc, give "
+    f"{_MS} a livenessProbe instead (e.g. grpc: {{port: 9000}})",
+    "args": f"set the model server's args in code.args or as the args of {_MS}, not both",
+    "pinned": "must be pinned by digest (<repo>@sha256:<64 hex>) like code.image; set "
+    "code.allowTagImage: true (and allowTagImages: true in the RolloutPolicy) to accept a tag",
+}
+
+
 class ServingSpec(SpecModel):
-    """How each revision is run: one Deployment and Service per revision."""
+    """How each revision is run: one Deployment and Service per revision. Small models need
+    only the short fields (replicas, port, resources, probes); a model that needs more (a GPU
+    node pool, volumes, a service account, Secrets) gives a full pod template, inline or as
+    an existing Deployment's, and the short fields fill what the template leaves to them."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!has(self.template) || !has(self.workloadRef)",
+                _TEMPLATE_MESSAGES["both"],
+                field_path=".workloadRef",
+                reason="FieldValueForbidden",
+            ),
+            _cel(
+                _each_model_server("self.template", "!has(c.image)"),
+                _TEMPLATE_MESSAGES["image"],
+                field_path=".template.spec.containers",
+                reason="FieldValueForbidden",
+            ),
+            _cel(
+                _each_model_server(
+                    "self.template",
+                    "!has(c.ports) || c.ports.all(p, (!has(p.name) || p.name != "
+                    f"'{SERVING_PORT_NAME}') && (!has(self.port) || p.containerPort != self.port))",
+                ),
+                _TEMPLATE_MESSAGES["port"],
+                field_path=".template.spec.containers",
+                reason="FieldValueForbidden",
+            ),
+            _cel(
+                _each_model_server(
+                    "self.template",
+                    "!has(c.env) || !c.env.exists(e, e.name in "
+                    + json.dumps(list(INJECTED_ENV)).replace('"', "'")
+                    + ")",
+                ),
+                _TEMPLATE_MESSAGES["env"],
+                field_path=".template.spec.containers",
+                reason="FieldValueForbidden",
+            ),
+            _cel(
+                "!has(self.resources) || ((!has(self.resources.requests) || "
+                "size(self.resources.requests) == 0) && (!has(self.resources.limits) || "
+                "size(self.resources.limits) == 0)) || ("
+                + _each_model_server("self.template", "!has(c.resources)")
+                + ")",
+                _TEMPLATE_MESSAGES["resources"],
+                field_path=".resources",
+                reason="FieldValueForbidden",
+            ),
+            _cel(
+                "!has(self.livenessPath) || ("
+                + _each_model_server("self.template", "!has(c.livenessProbe)")
+                + ")",
+                _TEMPLATE_MESSAGES["liveness"],
+                field_path=".livenessPath",
+                reason="FieldValueForbidden",
+            ),
+            _cel(
+                "!has(self.livenessPath) || !has(self.protocol) || self.protocol != 'grpc'",
+                _TEMPLATE_MESSAGES["grpc-liveness"],
+                field_path=".livenessPath",
+                reason="FieldValueForbidden",
+            ),
+        )
+    )
 
     replicas: int = Field(
         default=1, ge=1, le=100, description="Pods per revision (1..100). Default 1."
     )
     port: int = Field(
-        default=8080, ge=1, le=65535, description="Container port the model server listens on."
+        default=8080,
+        ge=1,
+        le=65535,
+        description="Container port the model server listens on (named http in the "
+        "model-server container and the Services, whatever the protocol). Default 8080.",
+    )
+    protocol: ServingProtocol = Field(
+        default=ServingProtocol.HTTP,
+        description="What the model server speaks on port: http (default), http2 or grpc "
+        "(Triton, TF Serving, KServe v2). Sets the Services' appProtocol (how Istio routes and "
+        "measures it: a grpc port gets gRPC status codes and HTTP/2 end to end) and the "
+        "default readiness probe: http: HTTP GET readinessPath; grpc: the gRPC health "
+        "service (grpc.health.v1) on port; http2: a TCP connect (the kubelet's HTTP probes "
+        "speak HTTP/1.1). A readinessProbe in the template replaces it.",
     )
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements,
-        description="Container resources, same shape as a Pod's resources.",
+        description="The model-server container's resources, same shape as a Pod's "
+        "(or in the template, not both).",
     )
     readiness_path: str = Field(
         default="/healthz",
         max_length=256,
         pattern=r"^/[^\s]*$",
-        description="HTTP GET path on port used as the readiness probe. Default /healthz.",
+        description="HTTP GET path on port used as the readiness probe (protocol http; "
+        "unused when the template's model-server container has a readinessProbe). Default "
+        "/healthz.",
     )
     liveness_path: str | None = Field(
         default=None,
         max_length=256,
         pattern=r"^/[^\s]*$",
-        description="HTTP GET path used as the liveness probe. Omit for no liveness probe.",
+        description="HTTP GET path used as the liveness probe. Omit for no liveness probe "
+        "(or set one in the template, not both).",
     )
+    template: PodTemplate | None = Field(
+        default=None,
+        description="A full pod template (Kubernetes PodTemplateSpec: containers, init "
+        "containers, volumes, nodeSelector, tolerations, affinity, topologySpreadConstraints, "
+        "serviceAccountName, securityContext, imagePullSecrets, priorityClassName, env from "
+        "Secrets and ConfigMaps...). The model-server container is the one named "
+        "model-server, else the first: it runs code.image (leave its image out) on port, "
+        "with the revision's env. Every image is pinned by digest. The snapshot of each "
+        "revision records the whole template; what it cannot pin (the contents of Secrets, "
+        "ConfigMaps, claims, the service account) is listed in status.history[].unpinned. "
+        "Fields Rewind does not read are checked by the API server: the operator dry-runs "
+        "the Deployment before a revision starts, and a refused one fails the revision.",
+    )
+    workload_ref: WorkloadRef | None = Field(
+        default=None,
+        description="Copy the pod template of an existing Deployment (e.g. one a Helm chart "
+        "renders) instead of writing it here; the same rules apply, and what the "
+        "ModelRelease sets (code.image, code.args, serving.port, resources, probes) wins "
+        "over the Deployment's. Each revision snapshots the template it copied.",
+    )
+
+    @model_validator(mode="after")
+    def _template_rules(self) -> ServingSpec:
+        if self.template is not None and self.workload_ref is not None:
+            raise ValueError(_TEMPLATE_MESSAGES["both"])
+        if self.liveness_path is not None and self.protocol == ServingProtocol.GRPC:
+            raise ValueError(_TEMPLATE_MESSAGES["grpc-liveness"])
+        if self.template is None:
+            return self
+        server = self.template.model_server()
+        if server.image is not None:
+            raise ValueError(_TEMPLATE_MESSAGES["image"])
+        for port in server.ports or []:
+            if port.name == SERVING_PORT_NAME or port.container_port == self.port:
+                raise ValueError(_TEMPLATE_MESSAGES["port"])
+        if any(e.name in INJECTED_ENV for e in server.env or []):
+            raise ValueError(_TEMPLATE_MESSAGES["env"])
+        if (self.resources.requests or self.resources.limits) and server.resources is not None:
+            raise ValueError(_TEMPLATE_MESSAGES["resources"])
+        if self.liveness_path is not None and server.liveness_probe is not None:
+            raise ValueError(_TEMPLATE_MESSAGES["liveness"])
+        return self
 
 
 class RetrySpec(SpecModel):
@@ -932,6 +1646,16 @@ class HeaderMatch(SpecModel):
 class HeaderRoute(SpecModel):
     """A named group of callers, picked by request headers, sent to the candidate."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "self.headers.all(h, self.headers.filter(g, g.name == h.name).size() == 1)",
+                "header names must be unique within a header route",
+                field_path=".headers",
+            ),
+        )
+    )
+
     name: str = Field(
         min_length=1,
         max_length=63,
@@ -944,27 +1668,317 @@ class HeaderRoute(SpecModel):
         description="Conditions that must all hold for a request to take this route.",
     )
 
+    @field_validator("headers")
+    @classmethod
+    def _unique_headers(cls, headers: list[HeaderMatch]) -> list[HeaderMatch]:
+        names = [h.name for h in headers]
+        if len(set(names)) != len(names):
+            raise ValueError("header names must be unique within a header route")
+        return headers
+
+
+#: Gateway API's hostname (an HTTPRoute's ``hostnames``): stricter than HOST_PATTERN.
+GATEWAY_HOSTNAME_PATTERN = (
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+#: Gateway API's duration (GEP-2257): at most four parts of at most five digits each.
+GATEWAY_MAX_TIMEOUT = "99999h"
+_GROUP_PATTERN = r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_KIND_PATTERN = r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$"
+_SAME_PARENT = (
+    "a.group == b.group && a.kind == b.kind && a.name == b.name && "
+    "(has(a.__namespace__) ? a.__namespace__ : '') == "
+    "(has(b.__namespace__) ? b.__namespace__ : '')"
+)
+
+
+class GatewayParentRef(SpecModel):
+    """A parent of the HTTPRoute: a Gateway, one of its listeners, or a mesh Service."""
+
+    group: str = Field(
+        default="gateway.networking.k8s.io",
+        max_length=253,
+        pattern=_GROUP_PATTERN,
+        description='API group of the parent. Default gateway.networking.k8s.io; "" for a '
+        "Service.",
+    )
+    kind: str = Field(
+        default="Gateway",
+        max_length=63,
+        pattern=_KIND_PATTERN,
+        description="Kind of the parent. Default Gateway.",
+    )
+    namespace: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Namespace of the parent. Omitted: the ModelRelease's namespace. A "
+        "Gateway in another namespace must allow routes from this one (allowedRoutes).",
+    )
+    name: str = Field(
+        min_length=1, max_length=253, description="Name of the parent, e.g. public."
+    )
+    section_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="A listener of the Gateway by name (or a port name of a Service). "
+        "Omitted: every listener that accepts the route.",
+    )
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Attach only to the listener on this port."
+    )
+
+    def key(self) -> tuple[str, str, str, str]:
+        """Which parent this names (group, kind, namespace or "", name)."""
+        return (self.group, self.kind, self.namespace or "", self.name)
+
+
+class EndpointPickerFailureMode(StrEnum):
+    """What the gateway does when the endpoint picker does not answer."""
+
+    FAIL_OPEN = "FailOpen"
+    FAIL_CLOSE = "FailClose"
+
+
+class EndpointPickerRef(SpecModel):
+    """The endpoint picker (EPP) of each revision's InferencePool."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "self.kind != 'Service' || has(self.port)",
+                "port is required when kind is Service",
+                field_path=".port",
+                reason="FieldValueRequired",
+            ),
+        )
+    )
+
+    group: str = Field(
+        default="", max_length=253, pattern=_GROUP_PATTERN,
+        description='API group of the picker. Default "" (core).',
+    )
+    kind: str = Field(
+        default="Service", max_length=63, pattern=_KIND_PATTERN,
+        description="Kind of the picker. Default Service.",
+    )
+    name: str = Field(
+        min_length=1,
+        max_length=59,
+        pattern=DNS_LABEL_PATTERN,
+        description="Name of the picker, e.g. chat-epp. With perRevision, the picker of "
+        "revision N is <name>-r<N>.",
+    )
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port of the picker's Service, e.g. 9002."
+    )
+    failure_mode: EndpointPickerFailureMode = Field(
+        default=EndpointPickerFailureMode.FAIL_CLOSE,
+        description="FailClose (default): no picker, no request; FailOpen: the gateway "
+        "picks an endpoint itself.",
+    )
+    per_revision: bool = Field(
+        default=False,
+        description="Each revision's pool has its own picker, <name>-r<N> (a picker serves "
+        "one pool). Default false: every pool names the same picker.",
+    )
+
+    @model_validator(mode="after")
+    def _port_for_service(self) -> EndpointPickerRef:
+        if self.kind == "Service" and self.port is None:
+            raise ValueError("port is required when kind is Service")
+        return self
+
+
+class InferencePoolBackend(SpecModel):
+    """Per-revision InferencePools (Gateway API Inference Extension, v1) as backends."""
+
+    endpoint_picker_ref: EndpointPickerRef = Field(
+        description="The endpoint picker each revision's InferencePool names."
+    )
+
+
+class GatewayAPITraffic(SpecModel):
+    """Gateway API routing: an HTTPRoute owned by the release, not a VirtualService."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "self.parentRefs.all(a, self.parentRefs.filter(b, " + _SAME_PARENT
+                + ").size() == 1 || (has(a.sectionName) && self.parentRefs.filter(b, "
+                + _SAME_PARENT + " && has(b.sectionName) && b.sectionName == "
+                "a.sectionName).size() == 1))",
+                "parentRefs naming the same parent more than once need distinct sectionNames",
+                field_path=".parentRefs",
+            ),
+        )
+    )
+
+    parent_refs: list[GatewayParentRef] = Field(
+        min_length=1,
+        max_length=32,
+        description="Gateways (or listeners, or a Service for mesh routing) the HTTPRoute "
+        "attaches to.",
+    )
+    backend_request_timeout: Duration | None = Field(
+        default=None,
+        description="Timeout of each request from the gateway to a revision (HTTPRoute "
+        "timeouts.backendRequest), e.g. 30s; more than 0s, at most traffic.timeout.",
+        json_schema_extra=_validations(
+            _positive_duration_rule("gatewayAPI.backendRequestTimeout"),
+            _cel(
+                "!self.matches('" + DURATION_PATTERN + "') || duration(self) <= duration('"
+                + GATEWAY_MAX_TIMEOUT + "')",
+                f"gatewayAPI.backendRequestTimeout must be at most {GATEWAY_MAX_TIMEOUT}",
+            ),
+        ),
+    )
+    inference_pool: InferencePoolBackend | None = Field(
+        default=None,
+        description="Send traffic to one InferencePool per revision (<release>-r<N>, "
+        "inference.networking.k8s.io/v1) instead of its Service, for LLM serving. "
+        "Omitted: the per-revision Services.",
+    )
+
+    @field_validator("backend_request_timeout")
+    @classmethod
+    def _positive_backend_timeout(cls, v: str | None) -> str | None:
+        _positive_duration(v, "gatewayAPI.backendRequestTimeout")
+        if v is not None and parse_duration(v) > parse_duration(GATEWAY_MAX_TIMEOUT):
+            raise ValueError(f"gatewayAPI.backendRequestTimeout must be at most "
+                             f"{GATEWAY_MAX_TIMEOUT}")
+        return v
+
+    @field_validator("parent_refs")
+    @classmethod
+    def _distinct_parents(cls, refs: list[GatewayParentRef]) -> list[GatewayParentRef]:
+        for ref in refs:
+            same = [r for r in refs if r.key() == ref.key()]
+            if len(same) > 1 and (
+                ref.section_name is None
+                or sum(r.section_name == ref.section_name for r in same) > 1
+            ):
+                raise ValueError(
+                    "parentRefs naming the same parent more than once need distinct "
+                    "sectionNames"
+                )
+        return refs
+
+
+class SidecarMode(StrEnum):
+    """Whether a revision's pods must have Istio's proxy (spec.traffic.sidecar)."""
+
+    AUTO = "Auto"
+    REQUIRED = "Required"
+    IGNORE = "Ignore"
+
 
 class TrafficSpec(SpecModel):
-    """How users reach the model: the Istio hosts and gateways the router manages."""
+    """How users reach the model: the hosts, and the Istio gateways or the Gateway API
+    parents, of the routes the router manages."""
 
-    hosts: list[Annotated[str, StringConstraints(max_length=253, pattern=HOST_PATTERN)]] = Field(
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!has(self.gatewayAPI) || !has(self.gateways) || size(self.gateways) == 0",
+                "gateways are Istio gateways: with gatewayAPI, name the Gateways in "
+                "gatewayAPI.parentRefs",
+                field_path=".gateways",
+            ),
+            _cel(
+                "!has(self.gatewayAPI) || !has(self.retries)",
+                "retries are not part of Gateway API's standard HTTPRoute (experimental "
+                "channel only): remove traffic.retries with gatewayAPI and set retries on "
+                "the gateway implementation",
+                field_path=".retries",
+            ),
+            _cel(
+                "!has(self.gatewayAPI) || self.hosts.all(h, h.matches(r'"
+                + GATEWAY_HOSTNAME_PATTERN + "'))",
+                "with gatewayAPI, hosts must be Gateway API hostnames: DNS names, with an "
+                "optional leading *.",
+                field_path=".hosts",
+            ),
+            _cel(
+                "!has(self.gatewayAPI) || !has(self.timeout) || !self.timeout.matches('"
+                + DURATION_PATTERN + "') || duration(self.timeout) <= duration('"
+                + GATEWAY_MAX_TIMEOUT + "')",
+                f"with gatewayAPI, timeout must be at most {GATEWAY_MAX_TIMEOUT}",
+                field_path=".timeout",
+            ),
+            _cel(
+                "!has(self.gatewayAPI) || !has(self.gatewayAPI.backendRequestTimeout) || "
+                "!has(self.timeout) || !self.timeout.matches('" + DURATION_PATTERN + "') || "
+                "!self.gatewayAPI.backendRequestTimeout.matches('" + DURATION_PATTERN
+                + "') || duration(self.gatewayAPI.backendRequestTimeout) <= "
+                "duration(self.timeout)",
+                "gatewayAPI.backendRequestTimeout must be at most timeout",
+                field_path=".gatewayAPI.backendRequestTimeout",
+            ),
+            _cel(
+                "!has(self.meshRouting) || self.meshRouting || has(self.gatewayAPI) || "
+                "(has(self.gateways) && size(self.gateways) > 0)",
+                MESH_ROUTING_NEEDS_GATEWAY,
+                field_path=".meshRouting",
+            ),
+        )
+    )
+
+    hosts: list[
+        Annotated[
+            str,
+            StringConstraints(max_length=253, pattern=HOST_PATTERN),
+            Field(json_schema_extra=_host_rules()),
+        ]
+    ] = Field(
         min_length=1,
         max_length=16,
         description=(
             "Hostnames users call, e.g. fraud.example.com (at least one). Used as the "
-            "VirtualService hosts."
+            "VirtualService hosts, beside the in-cluster name <release>.<namespace>.svc."
+            "<cluster domain> that Rewind adds (with gatewayAPI: the HTTPRoute's hostnames, "
+            "alone). Istio's rules: DNS labels of at most 63 "
+            "characters, none empty, the last not all digits; a wildcard only as the whole "
+            "first label (*.example.com), never over in-cluster Service names; no two hosts "
+            "overlapping; not the release's own name as a short host."
+        ),
+        json_schema_extra=_validations(
+            _cel(
+                "self.all(a, self.exists_one(b, b == a)) && self.all(a, !a.startsWith('*.') "
+                "|| self.all(b, b == a || !b.endsWith(a.substring(1))))",
+                HOSTS_OVERLAP,
+            )
         ),
     )
-    gateways: list[Annotated[str, StringConstraints(max_length=253, pattern=GATEWAY_PATTERN)]] = (
-        Field(
-            default_factory=list,
-            max_length=16,
-            description=(
-                "Istio gateways as <namespace>/<name>, e.g. istio-system/public. Empty: mesh "
-                "traffic only."
-            ),
-        )
+    gateways: list[
+        Annotated[
+            str,
+            StringConstraints(max_length=127, pattern=GATEWAY_PATTERN),
+            Field(json_schema_extra=_gateway_rules()),
+        ]
+    ] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "Istio Gateways as <namespace>/<name> (or <name> in the release's namespace), "
+            "each a DNS label of at most 63 characters, e.g. istio-system/public. Empty: "
+            "in-mesh callers only (meshRouting must then be true)."
+        ),
+    )
+    mesh_routing: bool = Field(
+        default=True,
+        description=(
+            "Route in-mesh callers too (Istio's mesh gateway): a pod with a sidecar calling "
+            "the hosts or the in-cluster name gets the same weights as callers through the "
+            "gateways, without passing through them, so the gateways' authentication and "
+            "rate limits do not apply to it. false: only callers through the gateways follow "
+            "the weights; in-mesh callers of the in-cluster name reach the stable revision "
+            "(the Service <release>), and of the hosts go out through the gateway. Needs "
+            "gateways when false. Default true (what Rewind always did, so an upgrade "
+            "changes no route); set false when the gateway enforces authentication or rate "
+            "limits."
+        ),
     )
     port: int = Field(
         default=80, ge=1, le=65535, description="Port users call on the hosts. Default 80."
@@ -998,11 +2012,96 @@ class TrafficSpec(SpecModel):
             "x-kubernetes-list-map-keys": ["name"],
         },
     )
+    gateway_api: GatewayAPITraffic | None = Field(
+        default=None,
+        alias="gatewayAPI",
+        description=(
+            "Route through Gateway API instead of Istio: an HTTPRoute <release> attached to "
+            "these parents, weighting the per-revision Services (or InferencePools), with "
+            "the RequestMirror filter for a shadow. Omitted: Istio's VirtualService."
+        ),
+    )
+
+    sidecar: SidecarMode = Field(
+        default=SidecarMode.AUTO,
+        description=(
+            "Whether each revision's pods must have Istio's proxy (a sidecar, or ambient "
+            "mode's redirection), without which the mesh cannot measure them (no "
+            "istio_requests_total from the destination) nor enforce mTLS. A running pod "
+            "without it, where one is expected, makes the release Degraded (reason "
+            "SidecarMissing) with a Warning Event. Auto (default): expected when the "
+            "namespace is labelled for injection (istio-injection=enabled, istio.io/rev) or "
+            "ambient mode (istio.io/dataplane-mode=ambient), or the pods are labelled "
+            "sidecar.istio.io/inject=true. Required: always expected (a mesh whose injection "
+            "the labels do not show). Ignore: never checked."
+        ),
+    )
 
     @field_validator("timeout")
     @classmethod
     def _positive_timeout(cls, v: str | None) -> str | None:
         return _positive_duration(v, "traffic.timeout")
+
+    @field_validator("hosts")
+    @classmethod
+    def _istio_hosts(cls, hosts: list[str]) -> list[str]:
+        for index, host in enumerate(hosts):
+            error = host_label_error(host)
+            if error is None and covers_in_cluster_names(host):
+                error = HOST_IN_CLUSTER_WILDCARD
+            if error is not None:
+                raise ValueError(f"hosts[{index}] {host}: {error}")
+        pairs = overlapping_hosts(hosts)
+        if pairs:
+            a, b = pairs[0]
+            raise ValueError(f"{a} and {b}: {HOSTS_OVERLAP}")
+        return hosts
+
+    @field_validator("gateways")
+    @classmethod
+    def _istio_gateways(cls, gateways: list[str]) -> list[str]:
+        for index, gateway in enumerate(gateways):
+            error = gateway_error(gateway)
+            if error is not None:
+                raise ValueError(f"gateways[{index}] {gateway}: {error}")
+        return gateways
+
+    @model_validator(mode="after")
+    def _mesh_or_gateway(self) -> TrafficSpec:
+        if not self.mesh_routing and not self.gateways and self.gateway_api is None:
+            raise ValueError(MESH_ROUTING_NEEDS_GATEWAY)
+        return self
+
+    @model_validator(mode="after")
+    def _gateway_api_rules(self) -> TrafficSpec:
+        if self.gateway_api is None:
+            return self
+        if self.gateways:
+            raise ValueError("gateways are Istio gateways: with gatewayAPI, name the Gateways "
+                             "in gatewayAPI.parentRefs")
+        if self.retries is not None:
+            raise ValueError(
+                "retries are not part of Gateway API's standard HTTPRoute (experimental "
+                "channel only): remove traffic.retries with gatewayAPI and set retries on "
+                "the gateway implementation"
+            )
+        bad = [h for h in self.hosts if not re.match(GATEWAY_HOSTNAME_PATTERN, h)]
+        if bad:
+            raise ValueError(f"with gatewayAPI, hosts must be Gateway API hostnames: DNS "
+                             f"names, with an optional leading *. (not {', '.join(bad)})")
+        limit = parse_duration(GATEWAY_MAX_TIMEOUT)
+        if self.timeout is not None and parse_duration(self.timeout) > limit:
+            raise ValueError(f"with gatewayAPI, timeout must be at most {GATEWAY_MAX_TIMEOUT}")
+        backend = self.gateway_api.backend_request_timeout
+        if (backend is not None and self.timeout is not None
+                and parse_duration(backend) > parse_duration(self.timeout)):
+            raise ValueError("gatewayAPI.backendRequestTimeout must be at most timeout")
+        return self
+
+    @property
+    def router(self) -> str:
+        """Which router routes this traffic: ``gatewayAPI`` or ``istio``."""
+        return "gatewayAPI" if self.gateway_api is not None else "istio"
 
     @field_validator("header_routes")
     @classmethod
@@ -1014,8 +2113,39 @@ class TrafficSpec(SpecModel):
         return routes
 
 
+def _template_images_rule(containers: str) -> dict[str, str]:
+    """CEL on the spec: every image of the template's ``containers`` list is pinned by
+    digest, unless code.allowTagImage opts in (the policy's half is the operator's)."""
+    list_path = f"self.serving.template.spec.{containers}"
+    return _cel(
+        "!has(self.serving) || !has(self.serving.template) || !has(self.serving.template.spec)"
+        f" || !has({list_path}) || (has(self.code.allowTagImage) && self.code.allowTagImage)"
+        f" || {list_path}.all(c, !has(c.image) || c.image.matches('"
+        + IMAGE_DIGEST_SUFFIX_PATTERN
+        + "'))",
+        f"every image in serving.template.spec.{containers} {_TEMPLATE_MESSAGES['pinned']}",
+        field_path=f".serving.template.spec.{containers}",
+        reason="FieldValueInvalid",
+    )
+
+
 class ModelReleaseSpec(SpecModel):
     """Desired state: which model, code and data to serve, released by which policy."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _template_images_rule("containers"),
+            _template_images_rule("initContainers"),
+            _cel(
+                "!has(self.code.args) || size(self.code.args) == 0 || !has(self.serving) || ("
+                + _each_model_server("self.serving.template", "!has(c.args)")
+                + ")",
+                _TEMPLATE_MESSAGES["args"],
+                field_path=".serving.template.spec.containers",
+                reason="FieldValueForbidden",
+            ),
+        )
+    )
 
     policy_ref: PolicyRef = Field(
         description="The RolloutPolicy (same namespace) that governs how changes are released."
@@ -1030,11 +2160,37 @@ class ModelReleaseSpec(SpecModel):
     )
     serving: ServingSpec = Field(
         default_factory=ServingSpec,
-        description="Replicas, port, resources and probes of each revision's Deployment.",
+        description="Replicas, port, protocol, resources and probes of each revision's "
+        "Deployment, and its pod template (inline, or an existing Deployment's).",
     )
     traffic: TrafficSpec = Field(
         description="Hosts, gateways and port through which users reach the model."
     )
+
+    @field_validator("serving")
+    @classmethod
+    def _template_rules(cls, serving: ServingSpec, info: ValidationInfo) -> ServingSpec:
+        """The rules between code and serving.template (code is validated before serving)."""
+        template = serving.template
+        code = info.data.get("code")
+        if template is None or not isinstance(code, CodeSpec):
+            return serving
+        if code.args and template.model_server().args is not None:
+            raise ValueError(_TEMPLATE_MESSAGES["args"])
+        if not code.allow_tag_image:
+            for field, containers in (
+                ("containers", template.spec.containers),
+                ("initContainers", template.spec.init_containers or []),
+            ):
+                tagged = [
+                    c.image for c in containers if c.image is not None and not image_digest(c.image)
+                ]
+                if tagged:
+                    raise ValueError(
+                        f"every image in serving.template.spec.{field} "
+                        f"{_TEMPLATE_MESSAGES['pinned']} (not pinned: {', '.join(tagged)})"
+                    )
+        return serving
 
 
 # --------------------------------------------------------------------------------------
@@ -1702,6 +2858,30 @@ class DrillSpec(SpecModel):
         return _positive_duration(v, "drill.every")
 
 
+class NotificationsSpec(SpecModel):
+    """Where the operator sends messages about releases under this policy (approval
+    requested, rolled back, failed, promoted), beside the Kubernetes Events it always posts."""
+
+    targets: list[
+        Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
+    ] = Field(
+        default_factory=list,
+        max_length=MAX_NOTIFICATION_TARGETS,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Names of notifier targets configured in the operator (chart values "
+        "notifications.targets: a generic JSON webhook or a Slack-compatible incoming "
+        "webhook, URL from a Secret). Empty: no messages for these releases. Without "
+        "spec.notifications the operator's default targets are used.",
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _distinct(cls, targets: list[str]) -> list[str]:
+        if len(set(targets)) != len(targets):
+            raise ValueError("notifications.targets must not name a target twice")
+        return targets
+
+
 class RolloutPolicySpec(SpecModel):
     """How ModelReleases that reference this policy are released and rolled back."""
 
@@ -1756,6 +2936,11 @@ class RolloutPolicySpec(SpecModel):
         "response). Works in every phase, including Promoted; a trip is one route write, "
         "never a rollback.",
     )
+    notifications: NotificationsSpec | None = Field(
+        default=None,
+        description="Notifier targets for this policy's releases (webhook, Slack). Absent: "
+        "the operator's default targets; targets: [] sends none. Events are always posted.",
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -1805,6 +2990,14 @@ class RoutesStatus(StatusModel):
     )
     header_revision: int = Field(
         default=0, description="Revision the header routes send their callers to (0 = none)."
+    )
+    primary_revision: int = Field(
+        default=0,
+        description=(
+            "Revision the in-cluster name's Service <release> selects, where callers that "
+            "bypass the routes go (no sidecar, a NodePort, a route of their own): the "
+            "stable revision, moved on promotion and rollback (0 = none)."
+        ),
     )
     fallback: StatusText = Field(
         default="",
@@ -1933,6 +3126,14 @@ class HistoryEntry(StatusModel):
     promoted_at: datetime | None = Field(default=None, description="When it became stable.")
     finished_at: datetime | None = Field(default=None, description="When it stopped serving.")
     reason: StatusText = Field(default="", description="Why it ended this way.")
+    unpinned: list[HumanText] = Field(
+        default_factory=list,
+        max_length=MAX_UNPINNED,
+        description="What the revision's snapshot cannot pin: the Secrets, ConfigMaps, "
+        "claims and service account its pod template reads at run time (e.g. Secret "
+        "hf-token, ConfigMap vllm-config). A rollback re-creates the template exactly but "
+        "uses their contents as they are then. Empty: everything it runs is pinned.",
+    )
 
 
 class TimelineEntry(StatusModel):
@@ -2057,6 +3258,32 @@ class DrillResult(StatusModel):
     message: StatusText = Field(default="", description="What happened, in words.")
 
 
+class NotificationRecord(StatusModel):
+    """One message to a notifier target, derived from a timeline entry (the outbox)."""
+
+    id: ShortText = Field(
+        default="",
+        description="Stable id of the message (sent as its idempotency key): the same "
+        "message re-sent after a restart carries the same id.",
+    )
+    target: ShortText = Field(default="", description="Notifier target name.")
+    type: ShortText = Field(
+        default="", description="Timeline entry type it reports, e.g. ApprovalRequested."
+    )
+    revision: int = Field(default=0, description="Revision concerned.")
+    at: datetime | None = Field(default=None, description="When the reported entry happened.")
+    message: StatusText = Field(default="", description="The timeline entry's message.")
+    state: NotificationState = Field(
+        default=NotificationState.PENDING,
+        description="Pending (not delivered yet: retried with backoff), Sent, or Failed "
+        "(refused by the receiver, or undeliverable for too long).",
+    )
+    finished_at: datetime | None = Field(
+        default=None, description="When it was delivered or given up."
+    )
+    error: StatusText = Field(default="", description="Why it failed (Failed only).")
+
+
 class ModelReleaseStatus(StatusModel):
     """Observed state of a ModelRelease, written by the operator."""
 
@@ -2143,6 +3370,15 @@ class ModelReleaseStatus(StatusModel):
         "acts on the same thing again (a reason never acts twice). The newest "
         f"{MAX_CONSUMED_ACTIONS} are remembered.",
     )
+    notifications: list[NotificationRecord] = Field(
+        default_factory=list,
+        max_length=MAX_NOTIFICATIONS,
+        description="The notification outbox: a message per notifier target for each "
+        "timeline entry worth one (ApprovalRequested, RolledBack, Failed, Promoted), stored "
+        "with the status that holds the entry and marked Sent once delivered, so a restart "
+        "neither loses nor repeats one. Every Pending message and the newest others are kept "
+        f"(at most {MAX_NOTIFICATIONS}).",
+    )
 
 
 class RolloutPolicyStatus(StatusModel):
@@ -2189,6 +3425,13 @@ class ModelRelease(BaseModel):
     spec: ModelReleaseSpec
     status: ModelReleaseStatus = Field(default_factory=ModelReleaseStatus)
 
+    @model_validator(mode="after")
+    def _no_short_host_of_its_own_name(self) -> ModelRelease:
+        name = self.metadata.name
+        if name and name in self.spec.traffic.hosts:
+            raise ValueError(f"spec.traffic.hosts: {short_host_message(name)}")
+        return self
+
 
 class RolloutPolicy(BaseModel):
     """A RolloutPolicy says how ModelReleases that reference it are released (strategy),
@@ -2224,19 +3467,45 @@ def spec_hash(spec: BaseModel | Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def spec_images(release: ModelReleaseSpec) -> list[tuple[str, str]]:
+    """Every image a revision runs, with where it is set: code.image, then the template's
+    containers and init containers (the model-server container runs code.image)."""
+    out = [("code.image", release.code.image)]
+    template = release.serving.template
+    if template is not None:
+        server = model_server_index(template)
+        for field, containers in (
+            ("containers", template.spec.containers),
+            ("initContainers", template.spec.init_containers or []),
+        ):
+            for i, c in enumerate(containers):
+                if c.image is not None and not (field == "containers" and i == server):
+                    out.append((f"serving.template.spec.{field}[{c.name}].image", c.image))
+    return out
+
+
 def tag_image_error(release: ModelReleaseSpec, policy: RolloutPolicySpec) -> str | None:
-    """Runtime half of the pinned-image rule (CEL cannot see the policy).
+    """Runtime half of the pinned-image rule (CEL cannot see the policy), over every image
+    the revision runs (code.image and the pod template's, init containers too).
 
     Returns a message when the release uses a tag-only image that the policy does not
-    allow, None when the image is acceptable.
+    allow, None when every image is acceptable.
     """
-    if image_digest(release.code.image) is not None:
+    tagged = [(where, image) for where, image in spec_images(release) if not image_digest(image)]
+    if not tagged:
         return None
+    where, image = tagged[0]
     if not release.code.allow_tag_image:
-        return "code.image must be pinned by digest (<repo>@sha256:<64 hex>)"
+        if where == "code.image":
+            return "code.image must be pinned by digest (<repo>@sha256:<64 hex>)"
+        return (
+            f"{where} {image!r} must be pinned by digest (<repo>@sha256:<64 hex>); set "
+            "code.allowTagImage: true (and allowTagImages: true in the RolloutPolicy) to "
+            "accept a tag"
+        )
     if not policy.allow_tag_images:
         return (
-            f"code.image {release.code.image!r} is not pinned by digest and the RolloutPolicy "
+            f"{where} {image!r} is not pinned by digest and the RolloutPolicy "
             f"{release.policy_ref.name!r} does not set allowTagImages: true"
         )
     return None

@@ -108,8 +108,11 @@ annotation acted on or deliberately ignored gets an entry (key, value, user, at,
   (no event, no timeline entry): its removal failed, or is not seen yet. While such a
   removal is pending the decision requeues after ``CONSUMED_RECHECK`` seconds (and the
   handler wakes the release when it sees the removal), so the removal is seen promptly.
-  One still there ``REMOVAL_PATIENCE`` seconds after it was consumed is left on the object
-  (``keep``): something puts it back at once.
+  One still there ``REMOVAL_PATIENCE`` seconds after this operator process first sent its
+  removal (``Inputs.removals_sent``: a removal it sent and got an answer to, not one it only
+  decided) is left on the object (``keep``): something puts it back at once. An operator
+  that was down (killed after storing the decision, before removing the annotation) does
+  not count the time it was down: it removes the annotation when it is back.
 * An entry whose annotation is gone (or changed) is kept, marked ``goneAt`` (the oldest
   such are forgotten first; one still on the object never is). The same value set again
   later is a new annotation, judged against what the value did before
@@ -253,7 +256,12 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from rewind.adapters.base import Fallback, RouteObservation, RouteProblem
+from rewind.adapters.base import (
+    DEFAULT_CLUSTER_DOMAIN,
+    Fallback,
+    RouteObservation,
+    RouteProblem,
+)
 from rewind.api import (
     ANNOTATION_APPROVE_ROLLBACK,
     ANNOTATION_DRILL,
@@ -314,6 +322,7 @@ from rewind.engine_plan import (
     build_plan,
     first_release_metrics,
 )
+from rewind.podtemplate import unpinned_references
 
 __all__ = [
     "Action",
@@ -336,6 +345,7 @@ __all__ = [
     "analysis_metrics",
     "analysis_targets",
     "breaker_due",
+    "breaker_unsupported",
     "breaker_variables_targets",
     "decide",
     "drill_analysis_due",
@@ -353,6 +363,11 @@ ActionKind = Literal[
     "approve-rollback", "reject-rollback", "rollback", "promote", "retry", "reset-breaker",
     "drill",
 ]
+
+#: Who writes an action annotation's ``<annotation>-by`` stamp (see ``Inputs.actor_stamp``).
+ActorStamp = Literal["server", "client"]
+#: The stamp's key is the action annotation's key plus this.
+ACTOR_SUFFIX = "-by"
 
 ANNOTATION_OF: Mapping[str, str] = {
     "approve-rollback": ANNOTATION_APPROVE_ROLLBACK,
@@ -379,6 +394,10 @@ class RevisionState:
     #: Pods ready now; None: not observed (``replicas`` when available, else 0).
     ready_replicas: int | None = None
     name: str = ""  # namespace/name of the Deployment, for messages
+    #: Its running pods and, of those, the ones without Istio's proxy (a sidecar, or ambient
+    #: mode's redirection), observed only while one is expected (``Inputs.proxy_expected``).
+    running_pods: int = 0
+    unmeshed_pods: tuple[str, ...] = ()
 
     @property
     def ready(self) -> int:
@@ -449,6 +468,9 @@ class Inputs:
     now: datetime  # tz-aware UTC
     name: str = ""  # metadata.name (for the kubectl commands in messages)
     namespace: str = ""  # metadata.namespace
+    #: Who writes rewind.dev/<action>-by (the chart's humanActions.stamp): "server" (an
+    #: admission policy, or none at all) or "client" (the commands in messages set it).
+    actor_stamp: ActorStamp = "server"
     #: The routes in effect as the router reads them back, and what makes them untrue.
     routes: RouteObservation = field(default_factory=RouteObservation)
     #: Recorded revisions to adopt when the status has no history (empty: none).
@@ -459,6 +481,26 @@ class Inputs:
     #: The controller's check of the snapshot of a drill's target (``drill_snapshot_due``);
     #: None: not checked in this call.
     drill_snapshot: SnapshotCheck | None = None
+    #: Why the API server refused the Deployment the spec would run (a server-side dry run
+    #: of the new revision's Deployment: a pod template it does not accept, an admission
+    #: policy); None: accepted, or not checked. A revision that starts with it fails.
+    template_error: str | None = None
+    #: Why the spec cannot be turned into a revision now (serving.workloadRef: the
+    #: Deployment is missing or its template unusable); None: it can. Held like an unusable
+    #: policy: nothing new starts, break glass still works, Stalled (WorkloadRefError).
+    spec_error: str | None = None
+    #: Why the pods are expected to have Istio's proxy (spec.traffic.sidecar, the
+    #: namespace's labels), e.g. "namespace shop is labelled istio-injection=enabled"; "":
+    #: not expected, nothing checked.
+    proxy_expected: str = ""
+    #: Per action annotation key: when this operator process first sent the removal of the
+    #: value (and ``-by`` user) on the object now, and got an answer (success or error).
+    #: Kept in memory only, and forgotten once that value is gone: an operator that died
+    #: before removing an annotation it consumed starts with nothing here.
+    removals_sent: Mapping[str, datetime] = field(default_factory=dict)
+    #: The cluster's DNS domain (``--cluster-domain``): a fallback Service's in-mesh host
+    #: ends in ``svc.<cluster_domain>``.
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
 
 
 # --------------------------------------------------------------------------------------
@@ -493,16 +535,28 @@ class ScaleRevision:
 
 @dataclass(frozen=True)
 class SetRoutes:
-    """One router write: live weights per revision (sum 100), an optional mirror, and the
-    revision the spec's header routes send their callers to (None: no header routes)."""
+    """One router write: live weights per revision (sum 100), an optional mirror, the
+    revision the spec's header routes send their callers to (None: no header routes), and
+    the revision the in-cluster name's Service selects, for callers that bypass the routes
+    (``primary_revision``; None: the revision with all the weight)."""
 
     weights: Mapping[int, int]
     mirror_revision: int | None
     mirror_percent: int
     header_revision: int | None = None
-    #: A tripped circuit breaker: every user to this fallback (``weights`` empty, no
-    #: mirror, no header routes).
+    #: The revision the umbrella Service ``<release>`` (the in-cluster name) selects; None:
+    #: the revision with all the weight, if one has it.
+    primary_revision: int | None = None
+    #: A tripped circuit breaker: every user of the routes to this fallback (``weights``
+    #: empty, no mirror, no header routes); the umbrella Service still selects
+    #: ``primary_revision`` (a fallback changes no revision).
     fallback: Fallback | None = None
+
+    def __post_init__(self) -> None:
+        if self.primary_revision is None:
+            full = [r for r, w in self.weights.items() if w == 100]
+            if full:
+                object.__setattr__(self, "primary_revision", full[0])
 
 
 @dataclass(frozen=True)
@@ -593,6 +647,7 @@ def _same(problem: RouteProblem, want: SetRoutes | None) -> bool:
         and wished.mirror_percent == want.mirror_percent
         and wished.header_revision == want.header_revision
         and wished.fallback == want.fallback
+        and wished.primary_revision == want.primary_revision
     )
 
 
@@ -601,12 +656,21 @@ def _describe_routes(routes: SetRoutes | None) -> str:
     if routes is None:
         return "nothing"
     if routes.fallback is not None:
-        return f"everyone to the breaker's fallback ({routes.fallback.describe()})"
+        primary = f"r{routes.primary_revision}" if routes.primary_revision else "no revision"
+        return (f"everyone to the breaker's fallback ({routes.fallback.describe()}), "
+                f"in-cluster name to {primary}")
     parts = [f"r{r} {w}%" for r, w in sorted(routes.weights.items()) if w > 0]
     if routes.mirror_percent and routes.mirror_revision:
         parts.append(f"mirror {routes.mirror_percent}% to r{routes.mirror_revision}")
     if routes.header_revision:
         parts.append(f"header routes to r{routes.header_revision}")
+    live = [r for r, w in routes.weights.items() if w > 0]
+    if routes.primary_revision is None and live:
+        parts.append("in-cluster name to no revision")
+    elif routes.primary_revision is not None and dict(routes.weights) != {
+        routes.primary_revision: 100
+    }:
+        parts.append(f"in-cluster name to r{routes.primary_revision}")
     return ", ".join(parts) or "nothing"
 
 
@@ -699,6 +763,8 @@ class _Ctx:
     s: ModelReleaseStatus
     policy: RolloutPolicySpec | None
     policy_error: str | None
+    #: The Stalled reason of ``policy_error`` (an unusable policy, or spec).
+    error_reason: str = "PolicyError"
     snapshots: list[Action] = field(default_factory=list)
     scale_downs: list[ScaleRevision] = field(default_factory=list)
     annotations: list[RemoveAnnotation] = field(default_factory=list)
@@ -775,6 +841,7 @@ class _Ctx:
             and mirror == (want.mirror_revision, want.mirror_percent)
             and obs.header_revision == want.header_revision
             and obs.fallback == want.fallback
+            and obs.primary_revision == want.primary_revision
         )
 
     def in_effect(self, want: SetRoutes | None) -> bool:
@@ -790,12 +857,7 @@ class _Ctx:
         source = obs.source or "the router"
         if not obs.exists:
             return f"{source} does not exist yet (want {_describe_routes(want)})"
-        seen = _describe_routes(
-            SetRoutes(
-                dict(obs.weights), obs.mirror_revision, obs.mirror_percent, obs.header_revision,
-                obs.fallback,
-            )
-        )
+        seen = _describe_routes(_seen_routes(obs))
         return f"{source} routes {seen}, want {_describe_routes(want)}"
 
     def entry(self, revision: int) -> HistoryEntry | None:
@@ -880,7 +942,9 @@ def _stage_routes(ctx: _Ctx, stage: Stage) -> SetRoutes | None:
     weights = {r: w for r, w in ((stable, 100 - stage.weight), (cand, stage.weight)) if w > 0}
     header = cand if ctx.inp.spec.traffic.header_routes and stage.kind in _HEADER_ROUTED else None
     mirror = cand if stage.mirror else None
-    return SetRoutes(weights, mirror, stage.mirror, header)
+    # Callers that bypass the routes stay on the stable revision until the promotion, even
+    # when a step or a blue-green switch gives the candidate all the routed traffic.
+    return SetRoutes(weights, mirror, stage.mirror, header, stable)
 
 
 def _rollout_routes(ctx: _Ctx, plan: Plan) -> SetRoutes | None:
@@ -1163,9 +1227,29 @@ def _resume(ctx: _Ctx) -> None:
 
 
 def _kubectl(ctx: _Ctx, annotation: str, value: str) -> str:
-    name = ctx.inp.name or "<name>"
-    ns = ctx.inp.namespace or "<namespace>"
-    return f"kubectl annotate modelrelease/{name} -n {ns} {annotation}={value}"
+    return annotate_command(
+        ctx.inp.name, ctx.inp.namespace, annotation, value, actor_stamp=ctx.inp.actor_stamp
+    )
+
+
+#: The shell expression for the requesting user's name, as the API server sees it
+#: (SelfSubjectReview: kubectl 1.27+, served by every Kubernetes version Rewind supports).
+WHOAMI = "$(kubectl auth whoami -o jsonpath='{.status.userInfo.username}')"
+
+
+def annotate_command(
+    name: str, namespace: str, annotation: str, value: str, *, actor_stamp: ActorStamp = "server"
+) -> str:
+    """The shell command that sets an action annotation, as messages print it. With
+    ``actor_stamp="client"`` (validation-only admission) it sets ``<annotation>-by`` to the
+    caller's own user name too, which admission requires."""
+    command = (
+        f"kubectl annotate modelrelease/{name or '<name>'} -n {namespace or '<namespace>'} "
+        f"{annotation}={value}"
+    )
+    if actor_stamp == "client":
+        command += f' {annotation}{ACTOR_SUFFIX}="{WHOAMI}"'
+    return command
 
 
 def _decide_rollback(ctx: _Ctx, reason: str) -> None:
@@ -1238,7 +1322,9 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
     s.analysis = AnalysisStatus()
     s.pending_decision = None
     s.restoring = False
-    error = tag_image_error(spec, policy)
+    if fresh or not entry.unpinned:
+        entry.unpinned = unpinned_references(spec)
+    error = tag_image_error(spec, policy) or ctx.inp.template_error
     if error is not None:
         entry.outcome = Outcome.FAILED
         entry.finished_at = ctx.now
@@ -1267,6 +1353,14 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
             f"{entry.data_version or '-'}, spec {ctx.inp.spec_hash}",
             revision=revision,
         )
+        if entry.unpinned:
+            ctx.record(
+                TimelineType.UNPINNED,
+                f"r{revision} reads what its snapshot cannot pin: {', '.join(entry.unpinned)}; "
+                f"a rollback to r{revision} re-creates its pod template exactly, but with "
+                "their contents as they are then",
+                revision=revision,
+            )
     plan = ctx.plan()
     assert plan is not None
     _enter_stage(ctx, plan, 0)
@@ -1869,8 +1963,10 @@ _ACTION_ORDER = (
 #: ``true``, or ``true`` and a suffix after one of these (``true-2``, ``true:alice``): a
 #: unique value, for acting again where the same value acted before.
 _TRUE = re.compile(r"true(?:[-_.:].+)?", re.IGNORECASE | re.DOTALL)
-#: A consumed annotation still there this long after (its removal keeps failing, or
-#: something keeps putting it back before the removal is seen) is left on the object.
+#: A consumed annotation still there this long after its removal was first sent (its
+#: removal keeps failing, or something keeps putting it back before the removal is seen) is
+#: left on the object. Counted from the removal sent, not from the consumption: the time an
+#: operator was down between the two proves nothing about the annotation.
 REMOVAL_PATIENCE = 60.0
 
 
@@ -2029,9 +2125,7 @@ def _consume_actions(ctx: _Ctx) -> None:
                 continue
             s.consumed_actions.append(entry)
             live[mark] = entry
-        elif not entry.keep and entry.at is not None and (
-            ctx.now > entry.at + timedelta(seconds=REMOVAL_PATIENCE)
-        ):
+        elif not entry.keep and _removal_given_up(ctx, entry, mark[0]):
             entry.keep = True
             ctx.note(
                 TimelineType.ACTION_IGNORED,
@@ -2042,6 +2136,15 @@ def _consume_actions(ctx: _Ctx) -> None:
             )
         if not entry.keep:
             ctx.remove(action)
+
+
+def _removal_given_up(ctx: _Ctx, entry: ConsumedAction, key: str) -> bool:
+    """The annotation of ``entry`` is still there ``REMOVAL_PATIENCE`` after this operator
+    first sent its removal (and after its consumption)."""
+    sent = ctx.inp.removals_sent.get(key)
+    if sent is None or entry.at is None:
+        return False
+    return ctx.now > max(sent, entry.at) + timedelta(seconds=REMOVAL_PATIENCE)
 
 
 def _removals_pending(s: ModelReleaseStatus) -> bool:
@@ -2602,27 +2705,62 @@ def breaker_variables_targets(status: ModelReleaseStatus) -> tuple[int, int]:
     return cand or stable, stable
 
 
-def breaker_due(status: ModelReleaseStatus, policy: RolloutPolicySpec | None) -> bool:
-    """Whether the controller should read the breaker's signal before :func:`decide`."""
+def breaker_due(
+    status: ModelReleaseStatus,
+    policy: RolloutPolicySpec | None,
+    release: ModelReleaseSpec | None = None,
+) -> bool:
+    """Whether the controller should read the breaker's signal before :func:`decide`
+    (never for a ``release`` whose router cannot carry it: see :func:`breaker_unsupported`)."""
+    if release is not None and breaker_unsupported(release, policy):
+        return False
     return policy is not None and policy.breaker is not None and bool(status.stable_revision)
 
 
-def fallback_of(spec: BreakerSpec, namespace: str) -> Fallback:
+def breaker_unsupported(release: ModelReleaseSpec, policy: RolloutPolicySpec | None) -> str:
+    """Why the policy's circuit breaker cannot protect this release ("" when it can, or
+    there is none). Gateway API routes (``spec.traffic.gatewayAPI``) get no fallback: Rewind
+    writes the breaker's fallback into Istio routes only (Gateway API has no standard direct
+    response). A RolloutPolicy serves many releases, so admission of either object cannot
+    see the pair: the engine refuses it here, before a reading is taken or a route written."""
+    if policy is None or policy.breaker is None or release.traffic.router == "istio":
+        return ""
+    return (
+        "the RolloutPolicy's circuit breaker (spec.breaker) is not armed for this release: "
+        "its routes are Gateway API's (spec.traffic.gatewayAPI), and Rewind writes a "
+        "breaker's fallback into Istio routes only (Gateway API has no standard direct "
+        "response); route it with Istio (remove spec.traffic.gatewayAPI) or use a policy "
+        "without spec.breaker"
+    )
+
+
+def fallback_of(
+    spec: BreakerSpec, namespace: str, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+) -> Fallback:
     """The router's view of the policy's fallback (a Service in the release's namespace)."""
     fb = spec.fallback
     if fb.service is not None:
-        return Fallback(service=f"{fb.service.name}.{namespace}.svc.cluster.local",
+        return Fallback(service=f"{fb.service.name}.{namespace}.svc.{cluster_domain}",
                         port=fb.service.port or 0)
     assert fb.direct_response is not None  # the model validates exactly one
     return Fallback(status=fb.direct_response.status, body=fb.direct_response.body)
 
 
 def _breaker_spec(ctx: _Ctx) -> BreakerSpec | None:
-    return ctx.policy.breaker if ctx.policy is not None else None
+    """The policy's breaker, if it can protect this release (see breaker_unsupported)."""
+    if ctx.policy is None or breaker_unsupported(ctx.inp.spec, ctx.policy):
+        return None
+    return ctx.policy.breaker
 
 
 def _fallback_routes(ctx: _Ctx, spec: BreakerSpec) -> SetRoutes:
-    return SetRoutes({}, None, 0, None, fallback_of(spec, ctx.inp.namespace))
+    """Every user to the fallback; the in-cluster name stays on the revision it serves
+    without the breaker (the stable: a fallback changes no revision)."""
+    model = _desired_routes(ctx)
+    # No routes needed now (a cold rollback target): the in-cluster name holds where it is.
+    primary = model.primary_revision if model is not None else ctx.inp.routes.primary_revision
+    return SetRoutes({}, None, 0, None, primary or ctx.s.stable_revision or None,
+                     fallback_of(spec, ctx.inp.namespace, ctx.inp.cluster_domain))
 
 
 def _routes_wanted(ctx: _Ctx) -> SetRoutes | None:
@@ -2719,7 +2857,7 @@ def _run_breaker(ctx: _Ctx) -> None:
         return
     if b is None:
         b = s.breaker = BreakerStatus(since=ctx.now)
-    b.fallback = fallback_of(spec, ctx.inp.namespace).describe()
+    b.fallback = fallback_of(spec, ctx.inp.namespace, ctx.inp.cluster_domain).describe()
     if not s.stable_revision:
         return  # nothing serves users yet: not armed
     reading = ctx.inp.breaker_reading
@@ -3163,6 +3301,17 @@ def _route_weights(weights: Mapping[int, int]) -> list[RouteWeight]:
     return [RouteWeight(revision=r, weight=w) for r, w in sorted(weights.items()) if w > 0]
 
 
+def _seen_routes(obs: RouteObservation) -> SetRoutes:
+    """The routes the router reports, as a write that would produce them."""
+    seen = SetRoutes(
+        dict(obs.weights), obs.mirror_revision, obs.mirror_percent, obs.header_revision,
+        obs.primary_revision, obs.fallback,
+    )
+    # As reported, even None (the umbrella Service selects no revision): not derived.
+    object.__setattr__(seen, "primary_revision", obs.primary_revision)
+    return seen
+
+
 def _report_routes(ctx: _Ctx) -> SetRoutes | None:
     """Report the routes in effect (never the ones asked for) and whether they are the
     ones the final state needs; record a route problem, or an edit outside Rewind of
@@ -3177,20 +3326,23 @@ def _report_routes(ctx: _Ctx) -> SetRoutes | None:
     mirror = (obs.mirror_revision or 0, obs.mirror_percent) if obs.mirror_percent else (0, 0)
     header = obs.header_revision or 0
     fallback = obs.fallback.describe() if obs.fallback is not None else ""
+    primary = obs.primary_revision or 0
     # Why the routes are not in effect; with nothing wanted yet, a problem the router sees
     # all the same (kept so that its Event is not repeated).
     message = ctx.routes_why(want) if not in_effect else (problem.message if problem else "")
     source = obs.source or "the routes"
     before = (stored.weights, (stored.mirror_revision, stored.mirror_percent),
-              stored.header_revision, stored.fallback)
-    if stored.in_effect and (seen, mirror, header, fallback) != before and problem is None:
+              stored.header_revision, stored.primary_revision, stored.fallback)
+    if stored.in_effect and (seen, mirror, header, primary, fallback) != before and (
+        problem is None
+    ):
         old = _describe_routes(SetRoutes({w.revision: w.weight for w in stored.weights},
                                          stored.mirror_revision or None,
-                                         stored.mirror_percent, stored.header_revision or None))
+                                         stored.mirror_percent, stored.header_revision or None,
+                                         stored.primary_revision or None))
         if stored.fallback:
             old = f"everyone to the breaker's fallback ({stored.fallback})"
-        new = _describe_routes(SetRoutes(dict(obs.weights), mirror[0] or None, mirror[1],
-                                         header or None, obs.fallback))
+        new = _describe_routes(_seen_routes(obs))
         ctx.record(
             TimelineType.ROUTE_DRIFT,
             f"{source} was changed outside Rewind: it routes {new} instead of {old}; "
@@ -3209,6 +3361,7 @@ def _report_routes(ctx: _Ctx) -> SetRoutes | None:
     r.weights = seen
     r.mirror_revision, r.mirror_percent = mirror
     r.header_revision = header
+    r.primary_revision = primary
     r.fallback = fallback
     r.wanted = wanted
     r.message = message
@@ -3258,7 +3411,7 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
     breaker = _breaker_condition(ctx)
     stalled: tuple[str, str] | None = None
     if ctx.policy_error:
-        stalled = ("PolicyError", ctx.policy_error)
+        stalled = (ctx.error_reason, ctx.policy_error)
     elif problem is not None and problem.kind in ("Refused", "Conflict"):
         reason = TimelineType.ROUTES_REFUSED if problem.kind == "Refused" else (
             TimelineType.ROUTE_CONFLICT
@@ -3315,6 +3468,7 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
     _set_condition(ctx, ConditionType.PROGRESSING, progressing, phase.value, msg)
 
     prev = _condition(ctx.inp.status, ConditionType.DEGRADED)
+    unmeshed = _unmeshed(ctx)
     if stable_down:
         was_down = prev is not None and prev.reason == TimelineType.STABLE_UNAVAILABLE
         if not was_down:
@@ -3323,6 +3477,20 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
                        stable_down)
     elif breaker is not None:
         _set_condition(ctx, ConditionType.DEGRADED, True, breaker[0], breaker[1])
+    elif unarmed := breaker_unsupported(ctx.inp.spec, ctx.policy):
+        if prev is None or prev.reason != TimelineType.BREAKER_UNSUPPORTED:
+            ctx.record(TimelineType.BREAKER_UNSUPPORTED, unarmed, warning=True)
+        _set_condition(ctx, ConditionType.DEGRADED, True,
+                       TimelineType.BREAKER_UNSUPPORTED.value, unarmed)
+    elif unmeshed is not None:
+        revisions, detail = unmeshed
+        was = prev is not None and prev.reason == TimelineType.SIDECAR_MISSING and (
+            prev.message.split(":", 1)[0] == revisions
+        )
+        if not was:
+            ctx.record(TimelineType.SIDECAR_MISSING, detail, warning=True)
+        _set_condition(ctx, ConditionType.DEGRADED, True, TimelineType.SIDECAR_MISSING.value,
+                       detail)
     elif inconclusive:
         since = ctx.now
         if (
@@ -3394,6 +3562,42 @@ def _breaker_condition(ctx: _Ctx) -> tuple[str, str, bool] | None:
     return ("BreakerTripped", text, manual)
 
 
+def _unmeshed(ctx: _Ctx) -> tuple[str, str] | None:
+    """The revisions that take (or are measured on) traffic whose running pods lack Istio's
+    proxy while one is expected, and the Degraded message (it starts with them, e.g.
+    ``r2, r3: ...``); None when there are none or nothing is expected."""
+    expected = ctx.inp.proxy_expected
+    s = ctx.s
+    if not expected:
+        return None
+    wanted = {s.stable_revision}
+    if s.phase in IN_FLIGHT or s.phase == Phase.ROLLING_BACK:
+        wanted.add(s.candidate_revision)
+    parts: list[str] = []
+    revisions: list[str] = []
+    for revision in sorted(r for r in wanted if r):
+        obs = ctx.observed(revision)
+        if obs is None or not obs.unmeshed_pods:
+            continue
+        pods = list(obs.unmeshed_pods)
+        shown = ", ".join(pods[:3]) + (f" and {len(pods) - 3} more" if len(pods) > 3 else "")
+        revisions.append(f"r{revision}")
+        parts.append(
+            f"{len(pods)} of {max(obs.running_pods, len(pods))} running pods of r{revision} "
+            f"({shown})"
+        )
+    if not parts:
+        return None
+    names = ", ".join(revisions)
+    return names, (
+        f"{names}: {'; '.join(parts)} have no Istio proxy, although {expected}: the mesh "
+        "neither measures them (no istio_requests_total reported by them: analysis queries "
+        "on the destination find no data) nor secures them with mTLS. Fix the injection "
+        "(the namespace's label, the pods' sidecar.istio.io/inject) and delete those pods so "
+        "they are created again with it, or set spec.traffic.sidecar: Ignore"
+    )
+
+
 def _deferred_note(ctx: _Ctx) -> str:
     """Why the new spec waits while rolling back, and until when."""
     s = ctx.s
@@ -3460,8 +3664,9 @@ def _copy_status(status: ModelReleaseStatus) -> ModelReleaseStatus:
 
 def decide(inputs: Inputs) -> Decision:
     """Compute the next status and the actions that make the world match it."""
-    policy = inputs.policy if inputs.policy_error is None else None
-    error = inputs.policy_error
+    usable = inputs.policy_error is None and inputs.spec_error is None
+    policy = inputs.policy if usable else None
+    error = inputs.policy_error or inputs.spec_error
     if policy is None and error is None:
         error = f"RolloutPolicy {inputs.spec.policy_ref.name!r} not found"
     ctx = _Ctx(
@@ -3469,6 +3674,9 @@ def decide(inputs: Inputs) -> Decision:
         s=_copy_status(inputs.status),
         policy=policy,
         policy_error=error,
+        error_reason="PolicyError" if inputs.policy_error or not inputs.spec_error else (
+            "WorkloadRefError"
+        ),
         actions=_bounded_actions(inputs.actions),
     )
     for step in _PIPELINE:
@@ -3476,7 +3684,8 @@ def decide(inputs: Inputs) -> Decision:
     s = ctx.s
     s.observed_generation = inputs.generation
     if error is not None and s.phase == Phase.PENDING:
-        s.message = f"waiting for a usable RolloutPolicy: {error}"
+        what = "RolloutPolicy" if ctx.error_reason == "PolicyError" else "pod template"
+        s.message = f"waiting for a usable {what}: {error}"
     if ctx.deferred_spec and s.phase == Phase.ROLLING_BACK:
         s.message += _deferred_note(ctx)
     want = _report_routes(ctx)

@@ -24,7 +24,7 @@ import base64
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,11 +37,25 @@ from prometheus_client import start_http_server
 from rewind import API_GROUP, API_VERSION
 from rewind.adapters import _kube
 from rewind.adapters.archive import KubeArchive
-from rewind.adapters.base import MANAGED_BY_LABEL, MANAGED_BY_VALUE, RELEASE_LABEL
+from rewind.adapters.base import (
+    DEFAULT_CLUSTER_DOMAIN,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    RELEASE_LABEL,
+)
 from rewind.adapters.events import EventRecorder
+from rewind.adapters.gateway_api import (
+    GATEWAY_GROUP,
+    GATEWAY_VERSION,
+    HTTPROUTES,
+    GatewayAPIRouter,
+)
+from rewind.adapters.httproute_index import HTTPRouteIndex
 from rewind.adapters.prometheus import DEFAULT_THREADS, PrometheusProvider
 from rewind.adapters.route_index import VirtualServiceIndex
 from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION, IstioRouter
+from rewind.adapters.routers import TrafficRouter
+from rewind.adapters.webhooks import Deliveries, Target
 from rewind.adapters.workloads import KubeWorkloads
 from rewind.api import (
     MODELRELEASE_PLURAL,
@@ -50,7 +64,7 @@ from rewind.api import (
     parse_duration,
 )
 from rewind.controller import ERROR_REQUEUE, ReleaseController
-from rewind.engine import ANNOTATION_OF
+from rewind.engine import ANNOTATION_OF, ActorStamp
 from rewind.metrics import OperatorMetrics
 from rewind.peering import PeeringGate, PeeringVerdict
 
@@ -100,6 +114,12 @@ class RuntimeConfig:
     trust_actor_annotations: bool = field(
         default_factory=lambda: os.environ.get("REWIND_TRUST_ACTOR_ANNOTATIONS", "") == "true"
     )
+    #: Who writes rewind.dev/<action>-by: "client" makes the commands in messages set it.
+    actor_stamp: ActorStamp = field(
+        default_factory=lambda: "client"
+        if os.environ.get("REWIND_ACTOR_STAMP", "") == "client"
+        else "server"
+    )
     #: Seconds an analysis query may run when its metric sets no timeout.
     prometheus_timeout: float = field(
         default_factory=lambda: parse_duration(os.environ.get("PROMETHEUS_TIMEOUT", "10s"))
@@ -126,6 +146,28 @@ class RuntimeConfig:
     identity: str = ""
     #: Watched namespaces; None for all (then the peering object is cluster-wide).
     namespaces: list[str] | None = None
+    #: The cluster's DNS domain (Kubernetes' default cluster.local): in-cluster names end in
+    #: svc.<it>, in the routes Rewind writes and in the conflicts it looks for.
+    cluster_domain: str = field(
+        default_factory=lambda: os.environ.get("REWIND_CLUSTER_DOMAIN", DEFAULT_CLUSTER_DOMAIN)
+    )
+    #: Notifier targets beside Events (``--notifier NAME=KIND``), by name.
+    notifier_targets: dict[str, Target] = field(default_factory=dict)
+    #: Targets of releases whose RolloutPolicy names none (``--notify-default``).
+    notify_defaults: list[str] = field(default_factory=list)
+    #: Argo CD's URL, for a link to the release's Application in messages ("": none).
+    argocd_url: str = field(default_factory=lambda: os.environ.get("REWIND_ARGOCD_URL", ""))
+    #: Longest pause between two delivery attempts, and when to give up on a message.
+    notify_max_backoff: float = 300.0
+    notify_give_up: float = 86400.0
+
+    def deliveries(self, on_done: Callable[[str, str], None],
+                   on_result: Callable[[str, str, str, str], None]) -> Deliveries:
+        """The background deliverer of the notification outbox."""
+        return Deliveries(self.notifier_targets, max_backoff=self.notify_max_backoff,
+                          first_backoff=min(1.0, self.notify_max_backoff),
+                          give_up_after=self.notify_give_up, on_done=on_done,
+                          on_result=on_result)
 
     def prometheus_provider(self) -> PrometheusProvider:
         """The analysis queries' provider: URL, credentials, timeout and threads."""
@@ -226,6 +268,9 @@ class ReleaseLoops:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.controller.deliveries is not None:
+            # Undelivered messages stay Pending in the status for whoever runs it next.
+            await self.controller.deliveries.cancel(namespace, name)
         self.controller.operator_metrics.forget(namespace, name)
 
     async def stop_all(self) -> None:
@@ -325,15 +370,36 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     operator_metrics = OperatorMetrics()
     memo.api_client = api_client
     # Filled by route_event from the VirtualService watch; read by the router.
-    memo.route_index = VirtualServiceIndex()
+    memo.route_index = VirtualServiceIndex(runtime.cluster_domain)
+    # Filled by http_route_event from the HTTPRoute watch; read by the Gateway API router.
+    memo.http_route_index = HTTPRouteIndex()
+
+    def delivered(namespace: str, name: str) -> None:
+        # A delivery ended: store its outcome now (the loop writes the status).
+        loops: ReleaseLoops | None = memo.get("loops")
+        if loops is not None:
+            loops.poke(namespace, name)
+
+    deliveries = runtime.deliveries(delivered, operator_metrics.notification_result)
     memo.controller = ReleaseController(
         api_client,
-        router=IstioRouter(api_client, index=memo.route_index),
+        router=TrafficRouter(
+            api_client,
+            istio=IstioRouter(
+                api_client, index=memo.route_index, cluster_domain=runtime.cluster_domain
+            ),
+            gateway_api=GatewayAPIRouter(api_client, index=memo.http_route_index),
+        ),
         workloads=KubeWorkloads(api_client),
         metrics=runtime.prometheus_provider(),
         notifier=EventRecorder(api_client),
         operator_metrics=operator_metrics,
         trust_actor_annotations=runtime.trust_actor_annotations,
+        cluster_domain=runtime.cluster_domain,
+        actor_stamp=runtime.actor_stamp,
+        deliveries=deliveries,
+        notify_defaults=runtime.notify_defaults,
+        argocd_url=runtime.argocd_url,
     )
     memo.loops = ReleaseLoops(memo.controller, active=runtime.peering_name is None)
     if runtime.peering_name is not None:
@@ -364,6 +430,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     log.info("analysis queries go to %s (timeout %gs unless a metric sets one, %d threads)",
              runtime.prometheus_url, runtime.prometheus_timeout, runtime.analysis_threads)
     log.info("revision records of deleted releases are kept %gs", runtime.history_retention)
+    if runtime.notifier_targets:
+        log.info("notifier targets: %s (default: %s)%s",
+                 ", ".join(f"{t.name} ({t.kind})" for t in runtime.notifier_targets.values()),
+                 ", ".join(runtime.notify_defaults) or "none",
+                 f"; Argo CD links to {runtime.argocd_url}" if runtime.argocd_url else "")
 
 
 async def sweep_records(
@@ -415,6 +486,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     loops: ReleaseLoops | None = memo.get("loops")
     if loops is not None:
         await loops.stop_all()
+        if loops.controller.deliveries is not None:
+            await loops.controller.deliveries.close()
 
 
 @kopf.on.event(API_GROUP, API_VERSION, MODELRELEASE_PLURAL)
@@ -452,6 +525,17 @@ async def revision_event(
         memo.loops.poke(namespace, release)
 
 
+@kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: kopf.ABSENT})
+async def template_event(
+    name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """A Deployment that is not Rewind's changed: the releases whose serving.workloadRef
+    names it re-decide now (a new pod template is a new revision)."""
+    if namespace:
+        for release in memo.controller.releases_using(namespace, name):
+            memo.loops.poke(namespace, release)
+
+
 @kopf.on.event(ISTIO_GROUP, ISTIO_VERSION, "virtualservices")
 async def route_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Keep the VirtualService index current (route conflicts are looked up in it, never
@@ -463,6 +547,19 @@ async def route_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     them when it starts, so the index fills itself after a restart. Nothing is written."""
     obj: Mapping[str, Any] = event.get("object") or {}
     index: VirtualServiceIndex = memo.route_index
+    for namespace, release in sorted(index.apply(event.get("type"), obj)):
+        memo.loops.poke(namespace, release)
+
+
+@kopf.on.event(GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES)
+async def http_route_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the HTTPRoute index current (Gateway API route conflicts are looked up in it)
+    and wake the releases a change concerns: those whose hosts another route now takes or
+    no longer takes, and the owner of a Rewind HTTPRoute that was edited by someone else,
+    deleted, or accepted or refused by a gateway (a new ``status.parents``), so a step
+    starts as soon as the gateway accepts its routes. Nothing is written."""
+    obj: Mapping[str, Any] = event.get("object") or {}
+    index: HTTPRouteIndex = memo.http_route_index
     for namespace, release in sorted(index.apply(event.get("type"), obj)):
         memo.loops.poke(namespace, release)
 

@@ -98,19 +98,91 @@ def test_routes_are_accepted_by_istios_schema_and_read_back(
 ) -> None:
     assert run(router.get_routes(RELEASE, namespace)) is None
     run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 90, 2: 10}))
-    assert run(router.get_routes(RELEASE, namespace)) == RouteState({1: 90, 2: 10}, None, 0)
+    assert run(router.get_routes(RELEASE, namespace)) == RouteState({1: 90, 2: 10}, None, 0,
+                                                                    None, 1)
 
     run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100, 2: 0}, 2, 50))
-    assert run(router.get_routes(RELEASE, namespace)) == RouteState({1: 100}, 2, 50)
+    assert run(router.get_routes(RELEASE, namespace)) == RouteState({1: 100}, 2, 50, None, 1)
 
     vs = get_json(kubectl, namespace, "virtualservice", RELEASE, "--show-managed-fields")
     assert vs["metadata"]["ownerReferences"][0]["uid"] == owner.uid
     assert vs["spec"]["gateways"] == ["istio-system/public", "mesh"]
     assert vs["spec"]["http"][0]["mirrorPercentage"] == {"value": 50}
+    assert vs["spec"]["http"][0]["mirror"] == {
+        "host": f"{RELEASE}-r2.{namespace}.svc.cluster.local"}
     managers = {m["manager"] for m in vs["metadata"]["managedFields"]}
     assert managers == {"rewind-operator"}
-    dr = get_json(kubectl, namespace, "destinationrule", RELEASE)
-    assert [s["name"] for s in dr["spec"]["subsets"]] == ["r1", "r2"]
+    umbrella = get_json(kubectl, namespace, "service", RELEASE)
+    assert umbrella["spec"]["selector"] == {"rewind.dev/release": RELEASE,
+                                            "rewind.dev/revision": "1"}
+    assert kubectl("get", "destinationrules", "-n", namespace, "-o", "name").stdout == ""
+
+
+def test_the_umbrella_service_follows_the_primary_revision_and_is_read_back(
+    router: IstioRouter, owner: OwnerRef, namespace: str, kubectl: Kubectl, istio_crds: None
+) -> None:
+    """A canary at 90/10 keeps the in-cluster name on r1; the promotion moves it to r2 in
+    the same call as the weights; someone else's edit of its selector is seen."""
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 10, 2: 90},
+                          primary_revision=1))
+    seen = run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC))
+    assert (dict(seen.weights), seen.primary_revision, seen.problems) == ({1: 10, 2: 90}, 1, ())
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {2: 100}, primary_revision=2))
+    assert run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC)).primary_revision == 2
+    kubectl("patch", "service", RELEASE, "-n", namespace, "--type=merge",
+            "-p", json.dumps({"spec": {"selector": {"rewind.dev/revision": None}}}))
+    assert run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC)).primary_revision is None
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {2: 100}, primary_revision=2))
+    assert run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC)).primary_revision == 2
+
+
+def test_routes_to_subsets_are_rewritten_then_their_destination_rule_deleted(
+    router: IstioRouter, owner: OwnerRef, namespace: str, kubectl: Kubectl, istio_crds: None
+) -> None:
+    """An existing release upgraded in place: Rewind wrote subsets of the umbrella Service
+    and a DestinationRule. The first write switches the VirtualService to each revision's
+    Service while the DestinationRule stays (a proxy still on the old routes finds its
+    subsets); the next write, once the new routes are read back, deletes it."""
+    host = f"{RELEASE}.{namespace}.svc.cluster.local"
+    meta = {"namespace": namespace, "ownerReferences": [owner.to_k8s()],
+            "labels": {"app.kubernetes.io/managed-by": "rewind", "rewind.dev/release": RELEASE}}
+    legacy_vs = {
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": RELEASE, **meta},
+        "spec": {"hosts": ["fraud.example.com", host], "gateways": ["istio-system/public", "mesh"],
+                 "http": [{"name": "rewind", "route": [
+                     {"destination": {"host": host, "subset": "r1"}, "weight": 80},
+                     {"destination": {"host": host, "subset": "r2"}, "weight": 20}]}]},
+    }
+    legacy_rule = {
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": RELEASE, **meta},
+        "spec": {"host": host, "subsets": [
+            {"name": "r1", "labels": {"rewind.dev/revision": "1"}},
+            {"name": "r2", "labels": {"rewind.dev/revision": "2"}}]},
+    }
+    for obj in (legacy_vs, legacy_rule):
+        kubectl("apply", "--server-side", "--field-manager=rewind-operator", "-f", "-",
+                input=json.dumps(obj))
+    seen = run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC))
+    assert dict(seen.weights) == {1: 80, 2: 20}
+    assert [p.kind for p in seen.problems] == ["NotAccepted"]
+    assert "routes to DestinationRule subsets" in seen.problems[0].message
+
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 80, 2: 20}))
+    vs = get_json(kubectl, namespace, "virtualservice", RELEASE)
+    assert [d["destination"] for d in vs["spec"]["http"][0]["route"]] == [
+        {"host": f"{RELEASE}-r1.{namespace}.svc.cluster.local"},
+        {"host": f"{RELEASE}-r2.{namespace}.svc.cluster.local"},
+    ]
+    get_json(kubectl, namespace, "destinationrule", RELEASE)  # still there: make before break
+    seen = run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC))
+    assert (dict(seen.weights), seen.problems) == ({1: 80, 2: 20}, ())
+    assert "DestinationRule" in seen.untidy
+
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 80, 2: 20}))
+    assert kubectl("get", "destinationrules", "-n", namespace, "-o", "name").stdout == ""
+    assert run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC)).untidy == ""
 
 
 def test_switching_weights_is_one_write_and_repeating_it_none(
@@ -121,8 +193,6 @@ def test_switching_weights_is_one_write_and_repeating_it_none(
     istio_crds: None,
 ) -> None:
     run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100}))
-    # r2's subset first, so the switch itself only touches the VirtualService.
-    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100, 2: 0}))
     api = client.CustomObjectsApi(api_client)
 
     def version() -> str:
@@ -366,10 +436,14 @@ def test_revision_deployment_becomes_available_behind_its_services(
         IMAGE,
         DIGEST_A,
     )
-    umbrella = get_json(kubectl, namespace, "service", RELEASE)
-    assert umbrella["spec"]["selector"] == {"rewind.dev/release": RELEASE}
+    # The umbrella Service (the in-cluster name) is the router's: it moves with the routes.
+    assert kubectl("get", "service", RELEASE, "-n", namespace, "--ignore-not-found",
+                   "-o", "name").stdout == ""
     revision_svc = get_json(kubectl, namespace, "service", f"{RELEASE}-r1")
-    assert revision_svc["spec"]["selector"]["rewind.dev/revision"] == "1"
+    # By release and revision: another release's r1 in the namespace is never behind it (the
+    # DestinationRule subsets Rewind once wrote selected by revision alone).
+    assert revision_svc["spec"]["selector"] == {"rewind.dev/release": RELEASE,
+                                                "rewind.dev/revision": "1"}
     pods = get_json(kubectl, namespace, "pods", "-l", "rewind.dev/revision=1")["items"]
     assert len(pods) == 2
     assert all(p["metadata"]["labels"]["app.kubernetes.io/name"] == RELEASE for p in pods)
@@ -432,6 +506,113 @@ def test_deleting_the_owner_garbage_collects_everything(
     # The snapshot is not owned: it outlives the release (with its history record).
     left = get_json(kubectl, namespace, "controllerrevisions", "-l", "rewind.dev/release=fraud")
     assert [i["metadata"]["name"] for i in left["items"]] == [f"{RELEASE}-r1"]
+
+
+# -- pod templates -----------------------------------------------------------------------
+
+SIDECAR_IMAGE = "registry.example.com/shipper@sha256:" + "d" * 64
+
+
+def template_spec(**template_spec: Any) -> ModelReleaseSpec:
+    """The release on the GPU node: a toleration, a node selector, a volume, env from a
+    Secret, a pinned sidecar, gRPC."""
+    doc = make_spec(replicas=1).model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["serving"] = {
+        "replicas": 1, "port": 9000, "protocol": "grpc",
+        "template": {"spec": {
+            "nodeSelector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                             "effect": "NoSchedule"}],
+            "containers": [
+                {"name": "model-server",
+                 "ports": [{"name": "metrics", "containerPort": 9100}],
+                 "env": [{"name": "HF_TOKEN",
+                          "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "t"}}}],
+                 "resources": {"limits": {"nvidia.com/gpu": 1}},
+                 "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]},
+                {"name": "log-shipper", "image": SIDECAR_IMAGE},
+            ],
+            "volumes": [{"name": "cache", "emptyDir": {}}],
+            **template_spec,
+        }},
+    }
+    return ModelReleaseSpec.model_validate(doc)
+
+
+def test_a_template_revision_runs_on_the_gpu_node_as_written(
+    workloads: KubeWorkloads, owner: OwnerRef, namespace: str, kubectl: Kubectl
+) -> None:
+    """Server-side apply takes the template whole (ports without a protocol, quantities as
+    numbers), applying it again changes nothing, and kwok runs it on the GPU node."""
+    spec = template_spec()
+    assert run(workloads.dry_run_revision(RELEASE, namespace, owner, 1, spec)) is None
+    run(workloads.save_snapshot(RELEASE, namespace, owner, 1, spec))
+    run(workloads.ensure_revision(RELEASE, namespace, owner, 1, 1))
+    generation = get_json(kubectl, namespace, "deployment", f"{RELEASE}-r1")["metadata"][
+        "generation"]
+    run(workloads.ensure_revision(RELEASE, namespace, owner, 1, 1))  # no change, no rollout
+    wait_available(workloads, namespace, 1)
+    dep = get_json(kubectl, namespace, "deployment", f"{RELEASE}-r1")
+    assert dep["metadata"]["generation"] == generation
+    (pod,) = get_json(kubectl, namespace, "pods", "-l", "rewind.dev/revision=1")["items"]
+    assert pod["spec"]["nodeName"] == "kwok-gpu-node-0"
+    server, shipper = pod["spec"]["containers"]
+    assert (server["name"], server["image"]) == ("model-server", IMAGE)
+    assert server["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert server["readinessProbe"]["grpc"]["port"] == 9000
+    assert server["volumeMounts"][0] == {"name": "cache", "mountPath": "/cache"}
+    assert shipper["image"] == SIDECAR_IMAGE
+    svc = get_json(kubectl, namespace, "service", f"{RELEASE}-r1")
+    assert svc["spec"]["ports"][0]["appProtocol"] == "grpc"
+    assert run(workloads.observe_revisions(RELEASE, namespace))[1].image == IMAGE
+
+
+@pytest.mark.parametrize(
+    ("template", "refusal"),
+    [
+        # A typo in a field Rewind does not declare: strict field validation names it.
+        ({"tolerationz": []}, ".spec.template.spec.tolerationz: field not declared in schema"),
+        # A mount of a volume the pod does not have.
+        ({"volumes": []}, "volumeMounts[0].name: Not found"),
+    ],
+    ids=["unknown-field", "missing-volume"],
+)
+def test_the_dry_run_returns_what_the_api_server_refuses(
+    workloads: KubeWorkloads, owner: OwnerRef, namespace: str, kubectl: Kubectl,
+    template: dict[str, Any], refusal: str,
+) -> None:
+    message = run(workloads.dry_run_revision(RELEASE, namespace, owner, 3, template_spec(
+        **template)))
+    assert message is not None and message.startswith(
+        "the API server refuses the Deployment of r3: ")
+    assert refusal in message
+    # Nothing was written.
+    assert kubectl("get", "deployment", f"{RELEASE}-r3", "-n", namespace,
+                   check=False).returncode != 0
+
+
+def test_pods_without_istios_proxy_are_named(
+    workloads: KubeWorkloads, owner: OwnerRef, namespace: str, kubectl: Kubectl
+) -> None:
+    """kwok's pods are never injected: r1's pods lack the proxy; r2's template carries an
+    istio-proxy container (as injection would add), so its pods have it."""
+    run(workloads.save_snapshot(RELEASE, namespace, owner, 1, make_spec(replicas=2)))
+    proxied = template_spec(containers=[
+        {"name": "model-server"},
+        {"name": "istio-proxy", "image": SIDECAR_IMAGE},
+    ], volumes=None)
+    run(workloads.save_snapshot(RELEASE, namespace, owner, 2, proxied))
+    for revision in (1, 2):
+        run(workloads.ensure_revision(RELEASE, namespace, owner, revision, 2 if revision == 1
+                                      else 1))
+        wait_available(workloads, namespace, revision)
+    mesh = run(workloads.observe_mesh(RELEASE, namespace))
+    pods = sorted(p["metadata"]["name"] for p in get_json(
+        kubectl, namespace, "pods", "-l", "rewind.dev/revision=1")["items"])
+    assert mesh == {1: (2, tuple(pods)), 2: (1, ())}
+    kubectl("label", "namespace", namespace, "istio-injection=enabled")
+    labels = run(KubeWorkloads(workloads._apps.api_client).namespace_labels(namespace))
+    assert labels is not None and labels["istio-injection"] == "enabled"
 
 
 # -- events ------------------------------------------------------------------------------

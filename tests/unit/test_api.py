@@ -10,13 +10,17 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from rewind import api, crdgen
 from tests.api_cases import (
     DELETE,
+    EXAMPLES,
     FRAUD_MR,
     INVALID,
+    LLM_MR,
+    LLM_RP,
     VALID_VARIANTS,
     Case,
     example,
@@ -32,6 +36,15 @@ KINDS: dict[str, type[BaseModel]] = {
 # Reasons that come from our own rules (CEL in the CRD, validators in the models), so both
 # layers must say the same thing. The others are the API server's generic wording.
 CUSTOM_REASONS = {
+    "at most 63 characters",
+    "no empty DNS label",
+    "not all digits",
+    "may not cover in-cluster Service names",
+    "two hosts overlap",
+    "IST0109",
+    "with no dots",
+    "traffic.meshRouting",
+    "name at least one",
     "pinned by digest",
     "exactly one of",
     "strictly increasing",
@@ -46,6 +59,19 @@ CUSTOM_REASONS = {
     "required when onSuccess.action is Canary",
     "required when onSuccess.action is BlueGreen",
     "only allowed when onSuccess.action is Canary",
+    "with gatewayAPI, name the Gateways in gatewayAPI.parentRefs",
+    "retries are not part of Gateway API's standard HTTPRoute",
+    "must be Gateway API hostnames",
+    "timeout must be at most 99999h",
+    "backendRequestTimeout must be at most timeout",
+    "need distinct sectionNames",
+    "port is required when kind is Service",
+    "header names must be unique within a header route",
+    "not both",
+    "remove image",
+    "remove that port",
+    "set by Rewind",
+    "is an HTTP path",
 }
 
 
@@ -68,6 +94,8 @@ def test_examples_exist() -> None:
         "fraud-detection-canary.yaml",
         "chatbot-bluegreen-approval.yaml",
         "recommender-shadow.yaml",
+        "llm-gateway-api-canary.yaml",
+        "llm-gpu-grpc.yaml",
     }
 
 
@@ -77,6 +105,8 @@ def test_examples_exist() -> None:
         ("fraud-detection-canary.yaml", api.StrategyType.CANARY),
         ("chatbot-bluegreen-approval.yaml", api.StrategyType.BLUE_GREEN),
         ("recommender-shadow.yaml", api.StrategyType.SHADOW),
+        ("llm-gateway-api-canary.yaml", api.StrategyType.CANARY),
+        ("llm-gpu-grpc.yaml", api.StrategyType.CANARY),
     ],
 )
 def test_example_parses(file: str, strategy: api.StrategyType) -> None:
@@ -138,7 +168,11 @@ def test_snake_case_construction() -> None:
 def test_invalid_rejected_by_models(case: Case) -> None:
     with pytest.raises(ValidationError) as info:
         parse(case.manifest())
-    locations = [_loc(e["loc"]) for e in info.value.errors()]
+    # A rule on the whole object (it needs metadata.name) names its field in the message.
+    locations = [
+        _loc(e["loc"]) or e["msg"].removeprefix("Value error, ").split(":", 1)[0]
+        for e in info.value.errors()
+    ]
     assert any(
         case.path == loc or case.path.startswith(loc + ".") or case.path.startswith(loc + "[")
         for loc in locations
@@ -258,6 +292,26 @@ def test_tag_image_needs_both_opt_ins() -> None:
     assert "allowTagImages" in error
     allowing = policy.model_copy(update={"allow_tag_images": True})
     assert api.tag_image_error(release, allowing) is None
+
+
+def test_tag_images_in_the_template_need_both_opt_ins_too() -> None:
+    doc = mutate(example(*LLM_MR), "spec.serving.template.spec.initContainers[0].image",
+                 "registry.example.com/ml/weights-check:v2")
+    with pytest.raises(ValidationError, match="initContainers must be pinned by digest"):
+        api.ModelRelease.model_validate(doc)
+    release = api.ModelRelease.model_validate(mutate(doc, "spec.code.allowTagImage", True)).spec
+    policy = api.RolloutPolicy.model_validate(example(*LLM_RP)).spec
+    error = api.tag_image_error(release, policy)
+    assert error == (
+        "serving.template.spec.initContainers[check-weights].image "
+        "'registry.example.com/ml/weights-check:v2' is not pinned by digest and the "
+        "RolloutPolicy 'llm-canary' does not set allowTagImages: true"
+    )
+    allowing = policy.model_copy(update={"allow_tag_images": True})
+    assert api.tag_image_error(release, allowing) is None
+    # The model-server container runs code.image: its own (absent) image is never checked.
+    assert [where for where, _ in api.spec_images(release)] == [
+        "code.image", "serving.template.spec.initContainers[check-weights].image"]
 
 
 def test_image_digest() -> None:
@@ -563,6 +617,8 @@ def test_status_free_text_is_bounded() -> None:
         "status.consumedActions[].user": api.MAX_HUMAN_TEXT,
         "status.breaker.reason": api.MAX_MESSAGE,
         "status.lastDrill.message": api.MAX_MESSAGE,
+        "status.notifications[].type": api.MAX_SHORT_TEXT,
+        "status.notifications[].message": api.MAX_MESSAGE,
     }
 
 
@@ -580,3 +636,33 @@ def test_printer_columns() -> None:
         "Age",
     ]
     assert rp["names"]["shortNames"] == ["rp"]
+
+
+def test_every_gateway_the_examples_name_is_created_by_the_docs_and_the_kind_path() -> None:
+    """Issue 12: the examples referenced a Gateway that nothing created."""
+    gateways = {
+        doc["metadata"]["namespace"] + "/" + doc["metadata"]["name"]: doc
+        for path in sorted((EXAMPLES / "istio").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") == "Gateway"
+    }
+    named = {
+        g
+        for docs in load_examples().values()
+        for doc in docs
+        if doc["kind"] == "ModelRelease"
+        for g in doc["spec"]["traffic"].get("gateways", [])
+    }
+    assert named and named <= set(gateways)
+    for name in named:
+        servers = gateways[name]["spec"]["servers"]
+        hosts = {h for server in servers for h in server["hosts"]}
+        for docs in load_examples().values():
+            for doc in docs:
+                if doc["kind"] == "ModelRelease" and name in doc["spec"]["traffic"].get(
+                    "gateways", []
+                ):
+                    assert set(doc["spec"]["traffic"]["hosts"]) <= hosts
+    root = EXAMPLES.parent
+    assert "examples/istio/public-gateway.yaml" in (root / "hack" / "kind-up.sh").read_text()
+    assert "examples/istio/public-gateway.yaml" in (root / "README.md").read_text()

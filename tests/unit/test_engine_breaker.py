@@ -4,6 +4,8 @@ rollback, never a revision change."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +31,8 @@ from tests.unit.test_engine_kit import (
 )
 
 FALLBACK_SVC = Fallback(service=f"rules.{NAMESPACE}.svc.cluster.local", port=8080)
-TO_FALLBACK = SetRoutes({}, None, 0, None, FALLBACK_SVC)
+#: Every user to the fallback; the in-cluster name stays on the stable, r1.
+TO_FALLBACK = SetRoutes({}, None, 0, None, 1, FALLBACK_SVC)
 
 
 def with_breaker(
@@ -174,7 +177,7 @@ def test_direct_response_fallback() -> None:
     w, signal = breaker_world(policy)
     signal.verdict = FAIL
     d = w.step(2)
-    assert routes_of(d) == [SetRoutes({}, None, 0, None, Fallback(status=503, body="busy"))]
+    assert routes_of(d) == [SetRoutes({}, None, 0, None, 1, Fallback(status=503, body="busy"))]
     assert state(w) == BreakerState.TRIPPED
     assert "direct response 503" in w.status.routes.fallback
 
@@ -292,9 +295,11 @@ def test_breaker_trips_while_rolling_back_to_a_cold_target() -> None:
     assert w.status.phase == Phase.ROLLING_BACK
     signal.verdict = FAIL
     w.step(2)
-    assert state(w) == BreakerState.TRIPPED and w.routes == TO_FALLBACK
+    # The in-cluster name holds on r2 while r1 is cold (as the rollback would, unbroken).
+    assert state(w) == BreakerState.TRIPPED and w.routes == dataclasses.replace(TO_FALLBACK, primary_revision=2)
     w.run(60, dt=5)  # r1 is Available now, but users stay on the fallback
     assert w.status.phase == Phase.ROLLING_BACK and w.routes == TO_FALLBACK
+    assert w.status.routes.primary_revision == 1  # the rollback's stable, as without it
     signal.verdict = PASS
     w.run_until(lambda x: x.status.phase == Phase.ROLLED_BACK, dt=5)
     assert state(w) == BreakerState.CLOSED and w.weights() == {1: 100}

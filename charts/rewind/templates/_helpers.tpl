@@ -103,14 +103,20 @@ app.kubernetes.io/part-of: rewind
 - apiGroups: [rewind.dev]
   resources: [rolloutpolicies/status]
   verbs: [get, patch, update]
-# One Deployment per revision (server-side apply = patch), scaled through /scale.
+# One Deployment per revision (server-side apply = patch), scaled through /scale; the
+# Deployment a serving.workloadRef names is only read (get, watch), never written.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: [apps]
   resources: [deployments/scale]
   verbs: [patch]
-# Umbrella and per-revision Services (server-side apply = patch).
+# A revision's pods, read for Istio's proxy (sidecar or ambient) where one is expected.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+# Per-revision Services, and the umbrella Service (the in-cluster name) the router points
+# at the stable revision (server-side apply = patch).
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, update, delete]
@@ -124,9 +130,21 @@ app.kubernetes.io/part-of: rewind
 # The release's traffic split (server-side apply = patch). list/watch also feed the
 # operator's index of every VirtualService it can see, where route conflicts (another
 # VirtualService on a release's host and gateway) are looked up; get reads one back.
+# DestinationRules: read and deleted only when left by routes written before per-revision
+# Services (the routes need none now).
 - apiGroups: [networking.istio.io]
   resources: [virtualservices, destinationrules]
   verbs: [get, list, watch, create, patch, update, delete]
+# The same on Gateway API (spec.traffic.gatewayAPI): the release's HTTPRoute; list/watch
+# feed the index of HTTPRoutes where precedence conflicts are looked up, and wake a
+# release when a gateway accepts or refuses its route (status is read, never written).
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [get, list, watch, create, patch, update, delete]
+# One InferencePool per revision (spec.traffic.gatewayAPI.inferencePool).
+- apiGroups: [inference.networking.k8s.io]
+  resources: [inferencepools]
+  verbs: [get, create, patch, update, delete]
 # Events about releases (the operator's recorder and Kopf's handler events).
 - apiGroups: [""]
   resources: [events]
@@ -150,4 +168,30 @@ app.kubernetes.io/part-of: rewind
   resources: [{{ .resource }}]
   resourceNames: [{{ .name | quote }}]
   verbs: [get, patch]
+{{- end }}
+
+{{/* The MutatingAdmissionPolicy API this cluster serves ("" when none): v1 (Kubernetes 1.36),
+     else v1beta1 (1.34-1.35, only where the API server enables it). Helm sees what the
+     cluster serves on install/upgrade; `helm template` sees only its built-in group
+     versions plus --api-versions, so there it is "" unless passed
+     --api-versions admissionregistration.k8s.io/v1/MutatingAdmissionPolicy. */}}
+{{- define "rewind.mutatingAdmissionPolicyAPI" -}}
+{{- if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy" -}}
+admissionregistration.k8s.io/v1
+{{- else if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy" -}}
+admissionregistration.k8s.io/v1beta1
+{{- end -}}
+{{- end }}
+
+{{/* Who writes rewind.dev/<action>-by (humanActions.stamp): "server" (a
+     MutatingAdmissionPolicy, where the cluster has one) or "client" (the approver's kubectl
+     sets it; the ValidatingAdmissionPolicy checks it names the requesting user). */}}
+{{- define "rewind.actorStamp" -}}
+{{- if ne .Values.humanActions.stamp "auto" -}}
+{{ .Values.humanActions.stamp }}
+{{- else if include "rewind.mutatingAdmissionPolicyAPI" . -}}
+server
+{{- else -}}
+client
+{{- end -}}
 {{- end }}

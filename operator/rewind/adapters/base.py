@@ -34,14 +34,31 @@ IMAGE_ANNOTATION = f"{API_GROUP}/image"
 SPEC_HASH_ANNOTATION = f"{API_GROUP}/spec-hash"
 
 
+#: Kubernetes' default cluster domain; the operator's ``--cluster-domain`` changes it.
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+#: The umbrella Service's selector value while no revision is promoted: it selects no pod.
+NO_REVISION = "none"
+
+
 def subset_name(revision: int) -> str:
-    """Name of a revision's DestinationRule subset: ``r<N>``."""
+    """Name a revision goes by in routes and messages: ``r<N>`` (the DestinationRule subset
+    of routes written before per-revision hosts)."""
     return f"r{revision}"
 
 
-def service_host(release: str, namespace: str) -> str:
-    """In-mesh FQDN of the umbrella Service ``<release>`` that every revision sits behind."""
-    return f"{release}.{namespace}.svc.cluster.local"
+def service_host(
+    release: str, namespace: str, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+) -> str:
+    """In-mesh FQDN of the umbrella Service ``<release>``: the in-cluster name callers use.
+    It selects the pods of one revision only, the one serving users (see the router)."""
+    return f"{release}.{namespace}.svc.{cluster_domain}"
+
+
+def revision_host(
+    release: str, namespace: str, revision: int, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+) -> str:
+    """In-mesh FQDN of revision N's own Service ``<release>-r<N>``: where routes send users."""
+    return f"{release}-r{revision}.{namespace}.svc.{cluster_domain}"
 
 
 def release_labels(release: str) -> dict[str, str]:
@@ -163,6 +180,9 @@ class RouteState(NamedTuple):
     mirror_revision: int | None
     mirror_percent: int
     header_revision: int | None = None
+    #: The revision the in-cluster name's Service ``<release>`` selects: where callers that
+    #: bypass the routes go (None: no revision, it selects no pod).
+    primary_revision: int | None = None
     fallback: Fallback | None = None
 
 
@@ -187,6 +207,9 @@ class RouteProblem:
     #: For ``Refused``: the routes whose write was refused (the problem concerns only a
     #: wish for those same routes; a different wish is written and judged afresh).
     wanted: RouteState | None = None
+    #: Whether writing the routes again may resolve it; False for what only someone else
+    #: can change (a gateway that has not accepted the route yet).
+    fixed_by_write: bool = True
 
 
 @dataclass(frozen=True)
@@ -199,13 +222,15 @@ class RouteObservation:
     mirror_revision: int | None = None
     mirror_percent: int = 0
     header_revision: int | None = None
+    #: The revision the umbrella Service ``<release>`` selects (None: none, or no Service).
+    primary_revision: int | None = None
     #: The circuit breaker's fallback every user is sent to (then ``weights`` is empty).
     fallback: Fallback | None = None
     problems: tuple[RouteProblem, ...] = ()
     #: What to call the routes in messages, e.g. "VirtualService risk/fraud".
     source: str = ""
     #: Housekeeping the router wants from the next write although the routes are right
-    #: (e.g. DestinationRule subsets kept make-before-break, no longer routed); "" if none.
+    #: (e.g. a DestinationRule left by routes to subsets, kept make-before-break); "" if none.
     untidy: str = ""
 
 
@@ -243,12 +268,21 @@ class Router(Protocol):
         mirror_revision: int | None = None,
         mirror_percent: int = 0,
         header_revision: int | None = None,
+        primary_revision: int | None = None,
         fallback: Fallback | None = None,
     ) -> None:
         """Make the mesh route ``weights`` (summing to 100), the mirror and the header
         routes of ``traffic`` (to ``header_revision``; None: no header routes), in one
-        write of the route object. With ``fallback`` (a tripped circuit breaker) every
-        user goes there instead: ``weights`` is empty, no mirror, no header routes."""
+        write of the route object, to each revision's own Service ``<release>-r<N>``; and
+        point the umbrella Service ``<release>`` (the in-cluster name, which callers that
+        bypass the routes reach directly) at ``primary_revision`` only (None: the revision
+        with all the weight, if one has it, else the lowest-numbered live one).
+
+        With ``fallback`` (a tripped circuit breaker) every user of the routes goes there
+        instead: ``weights`` is empty, no mirror, no header routes; the umbrella Service
+        still selects ``primary_revision`` (the stable: a fallback changes no revision), which
+        the caller must then pass. Raises RouteRefusedError where the router cannot express the
+        fallback."""
         ...
 
     async def get_routes(self, release: str, namespace: str) -> RouteState | None:
@@ -311,6 +345,26 @@ class Workloads(Protocol):
         self, release: str, namespace: str
     ) -> dict[int, RevisionObservation]:
         """Every revision Deployment of the release, by revision number."""
+        ...
+
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Deployment by name (serving.workloadRef's), None when there is none."""
+        ...
+
+    async def dry_run_revision(
+        self, release: str, namespace: str, owner: OwnerRef, revision: int, spec: ModelReleaseSpec
+    ) -> str | None:
+        """The API server's refusal of the revision's Deployment (a dry run), or None."""
+        ...
+
+    async def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        """The namespace's labels; None when they cannot be read."""
+        ...
+
+    async def observe_mesh(
+        self, release: str, namespace: str
+    ) -> dict[int, tuple[int, tuple[str, ...]]]:
+        """Per revision: running pods, and the names of those without Istio's proxy."""
         ...
 
 
