@@ -5,14 +5,20 @@ rollback, never a revision change."""
 from __future__ import annotations
 
 import dataclasses
-
 from datetime import datetime
 from typing import Any
 
 import pytest
 
 from rewind.adapters.base import Fallback
-from rewind.api import BreakerState, Phase, RolloutPolicySpec, Verdict
+from rewind.api import (
+    BreakerState,
+    ModelReleaseSpec,
+    Phase,
+    RolloutPolicySpec,
+    TrafficSpec,
+    Verdict,
+)
 from rewind.engine import SetRoutes
 from tests.unit.test_engine_kit import (
     CANARY,
@@ -296,7 +302,8 @@ def test_breaker_trips_while_rolling_back_to_a_cold_target() -> None:
     signal.verdict = FAIL
     w.step(2)
     # The in-cluster name holds on r2 while r1 is cold (as the rollback would, unbroken).
-    assert state(w) == BreakerState.TRIPPED and w.routes == dataclasses.replace(TO_FALLBACK, primary_revision=2)
+    assert state(w) == BreakerState.TRIPPED
+    assert w.routes == dataclasses.replace(TO_FALLBACK, primary_revision=2)
     w.run(60, dt=5)  # r1 is Available now, but users stay on the fallback
     assert w.status.phase == Phase.ROLLING_BACK and w.routes == TO_FALLBACK
     assert w.status.routes.primary_revision == 1  # the rollback's stable, as without it
@@ -351,3 +358,48 @@ def test_trip_timeline_reads_as_a_story() -> None:
     assert [e.type for e in added] == ["BreakerTripped", "FallbackInEffect"]
     assert "not a rollback" in added[0].message
     assert added[0].at == added[1].at  # the handler looked again at once
+
+
+# --------------------------------------------------------------------------------------
+# Gateway API releases: the breaker is refused before any reading or route write
+# --------------------------------------------------------------------------------------
+
+
+def gateway_api_spec(version: str = "1.0.0") -> ModelReleaseSpec:
+    return make_spec(version).model_copy(update={"traffic": TrafficSpec.model_validate({
+        "hosts": ["fraud.example.com"],
+        "gatewayAPI": {"parentRefs": [{"name": "public", "namespace": "infra"}]},
+    })})
+
+
+def test_a_gateway_api_release_never_arms_the_breaker_and_says_why() -> None:
+    readings: list[datetime] = []
+
+    def signal(now: datetime) -> Verdict:
+        readings.append(now)
+        return FAIL
+
+    w = World(with_breaker(), spec=gateway_api_spec(), signal=signal)
+    w.step()
+    w.settle()
+    assert w.status.phase == Phase.PROMOTED
+    w.run(60, dt=2)
+    assert readings == []  # no reading taken, so nothing can trip
+    assert w.status.breaker is None and w.weights() == {1: 100}
+    assert w.routes is not None and w.routes.fallback is None
+    status, reason, message = w.condition("Degraded")
+    assert (status, reason) == ("True", "BreakerUnsupported")
+    assert "spec.traffic.gatewayAPI" in message and "Istio" in message
+    assert w.timeline_types().count("BreakerUnsupported") == 1  # one Event, not one a call
+    assert w.condition("Ready")[0] == "True"  # it serves users: only unprotected
+
+
+def test_a_release_moving_to_istio_arms_the_breaker() -> None:
+    w = World(with_breaker(), spec=gateway_api_spec())
+    w.step()
+    w.settle()
+    assert w.condition("Degraded")[1] == "BreakerUnsupported"
+    w.release(make_spec("2.0.0"))
+    w.settle()
+    assert w.status.phase == Phase.PROMOTED and w.status.breaker is not None
+    assert w.condition("Degraded")[0] == "False"

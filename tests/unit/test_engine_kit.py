@@ -403,7 +403,7 @@ class World:
             archive=self.archive if not self.status.history else Archive(),
             breaker_reading=(
                 meas(self.signal(self.now), metric="breaker")
-                if breaker_due(self.status, self.policy) else None
+                if breaker_due(self.status, self.policy, self.spec) else None
             ),
             drill_snapshot=self.snapshot_check(),
             template_error=self.template_error,

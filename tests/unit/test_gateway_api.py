@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from rewind.adapters.base import OwnerRef, RouteObservation, RouteProblem, RouteState
+from rewind.adapters.base import (
+    Fallback,
+    OwnerRef,
+    RouteObservation,
+    RouteProblem,
+    RouteRefusedError,
+    RouteState,
+)
 from rewind.adapters.gateway_api import (
     GatewayAPIRouter,
     build_http_route,
@@ -596,3 +603,35 @@ def test_each_release_goes_to_the_router_its_traffic_names() -> None:
     # The other router's objects are looked for once per change of router.
     assert retired == ["gatewayAPI", "istio"]
     assert asyncio.run(router.get_routes("chat", "shop")) == RouteState({1: 100}, None, 0)
+
+
+# --- the circuit breaker's fallback ------------------------------------------------------
+
+
+def test_a_fallback_is_refused_before_anything_is_written() -> None:
+    """The engine never arms a breaker on a Gateway API release; should a fallback reach
+    this router all the same, it is refused, naming the fix, and nothing is applied."""
+    router = FakeGatewayRouter({("httproutes", "shop", "chat"): route({1: 100})},
+                               {1: (80, 8000)})
+    with pytest.raises(RouteRefusedError, match=r"spec\.traffic\.gatewayAPI.*spec\.breaker"):
+        asyncio.run(router.set_routes("chat", "shop", OWNER, TRAFFIC, {}, primary_revision=1,
+                                      fallback=Fallback(status=503)))
+    assert router.applied == []
+
+
+def test_the_traffic_router_hands_primary_and_fallback_to_the_router_it_picks() -> None:
+    class Capture(Recorder):
+        async def set_routes(self, *args: Any, **kwargs: Any) -> None:
+            self.calls.append(repr((args[-2:], kwargs)))
+
+    istio, gateway = Capture("istio"), Capture("gatewayAPI")
+    router = TrafficRouter(client.ApiClient(), istio=istio, gateway_api=gateway)
+
+    async def retire(release: str, namespace: str, owner: OwnerRef, keep: str) -> bool:
+        return True
+
+    router._retire = retire  # type: ignore[method-assign]
+    fallback = Fallback(service="rules.shop.svc.cluster.local", port=8080)
+    asyncio.run(router.set_routes("chat", "shop", OWNER, TrafficSpec(hosts=["chat.example.com"]),
+                                  {}, None, 0, None, primary_revision=1, fallback=fallback))
+    assert istio.calls == [repr(((1, fallback), {}))] and gateway.calls == []

@@ -32,6 +32,7 @@ from rewind.adapters.workloads import (
     build_umbrella_service,
     primary_of,
     umbrella_revision,
+    umbrella_target,
 )
 from rewind.api import TrafficSpec
 
@@ -598,3 +599,41 @@ def test_a_fallback_route_as_written_has_no_problem() -> None:
     written["metadata"]["managedFields"] = [
         {"manager": "rewind-operator", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]
     assert route_problems("fraud", "shop", OWNER, traffic, written) == []
+
+
+def test_a_tripped_virtual_service_reads_back_with_the_umbrella_on_the_stable() -> None:
+    """Per-revision routing: the fallback route names no revision, yet the observation
+    still says which revision the in-cluster name selects (the stable, unchanged)."""
+    tripped = managed(build_virtual_service("fraud", "shop", OWNER, TRAFFIC, {},
+                                            fallback=FALLBACK_SERVICE))
+    objects = {
+        ("virtualservices", "shop", "fraud"): tripped,
+        ("services", "shop", "fraud"): build_umbrella_service("fraud", "shop", OWNER, 80, 1),
+    }
+    seen = observe(FakeRouter(objects, VirtualServiceIndex()))
+    assert (dict(seen.weights), seen.fallback, seen.primary_revision, seen.problems) == (
+        {}, FALLBACK_SERVICE, 1, ())
+
+
+@pytest.mark.parametrize(
+    ("weights", "given", "fallback", "current", "target"),
+    [({}, None, True, 1, 1),        # a trip with no primary given: stays where it is
+     ({}, 2, True, 1, 2),           # given: as any write
+     ({}, None, True, None, None),  # no umbrella yet: none to keep
+     ({1: 100}, None, False, 2, 1)],  # no fallback: primary_of
+)
+def test_a_fallback_write_leaves_the_umbrella_where_it_is(
+    weights: dict[int, int], given: int | None, fallback: bool, current: int | None,
+    target: int | None,
+) -> None:
+    umbrella = (None if current is None
+                else build_umbrella_service("fraud", "shop", OWNER, 80, current))
+    assert umbrella_target("fraud", weights, given, fallback, umbrella) == target
+
+
+def test_the_fallback_host_takes_the_cluster_domain() -> None:
+    fallback = Fallback(service="rules.shop.svc.corp.internal", port=8080)
+    vs = build_virtual_service("fraud", "shop", OWNER, TRAFFIC, {}, cluster_domain="corp.internal",
+                               fallback=fallback)
+    assert "fraud.shop.svc.corp.internal" in vs["spec"]["hosts"]
+    assert parse_routes(vs, "fraud").fallback == fallback
