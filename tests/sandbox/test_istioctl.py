@@ -29,8 +29,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from rewind.adapters.base import OwnerRef
-from rewind.adapters.router import IstioRouter, build_virtual_service
+from rewind.adapters.base import Fallback, OwnerRef, RouteState
+from rewind.adapters.router import IstioRouter, build_virtual_service, parse_routes
 from rewind.adapters.workloads import KubeWorkloads
 from rewind.api import ModelReleaseSpec, TrafficSpec
 from tests.conftest import ROOT, Kubectl, Sandbox, wait_for
@@ -199,6 +199,57 @@ def test_what_rewind_writes_passes_istioctl_validate_and_analyze(
     assert checked.returncode == 0, checked.stderr
     assert "has warnings" not in checked.stdout + checked.stderr
 
+    messages = analyze(istioctl, sandbox, namespace)
+    assert severe(messages) == [], json.dumps(messages, indent=1)
+
+
+# -- a tripped circuit breaker (issue 14) ---------------------------------------------------
+
+FALLBACKS = [
+    ("service", {"service": "rules", "port": 8080}),
+    ("direct-response", {"status": 503, "body": "fraud scoring is paused, try again soon"}),
+    ("direct-response-no-body", {"status": 429}),
+]
+
+
+@pytest.mark.parametrize("fallback_doc", [f[1] for f in FALLBACKS], ids=[f[0] for f in FALLBACKS])
+def test_a_tripped_virtual_service_passes_istioctl_and_reads_back_as_the_fallback(
+    istioctl: Path, sandbox: Sandbox, kubectl: Kubectl, api_client: client.ApiClient,
+    namespace: str, owner: OwnerRef, tmp_path: Path, istio_crds: None,
+    fallback_doc: dict[str, Any],
+) -> None:
+    """The breaker's one route write (everyone to a Service, or Istio's directResponse) on a
+    release routed per revision: istioctl validate and analyze accept it, the router reads
+    it back as that fallback, and the in-cluster name still selects the stable."""
+    traffic = TrafficSpec.model_validate({**TRAFFIC, "hosts": [host_of(namespace)]})
+    workloads, router = KubeWorkloads(api_client), IstioRouter(api_client)
+    install_gateway(kubectl, namespace)
+    fallback = Fallback(**fallback_doc)
+    if fallback.service:
+        kubectl("create", "service", "clusterip", fallback.service, "--tcp=8080:8080",
+                "-n", namespace)
+        fallback = Fallback(service=f"{fallback.service}.{namespace}.svc.cluster.local",
+                            port=fallback.port)
+    for revision in (1, 2):
+        run(workloads.save_snapshot(RELEASE, namespace, owner, revision, make_spec(traffic)))
+        run(workloads.ensure_revision(RELEASE, namespace, owner, revision, 1))
+    run(router.set_routes(RELEASE, namespace, owner, traffic, {1: 90, 2: 10}, primary_revision=1))
+    run(router.set_routes(RELEASE, namespace, owner, traffic, {}, primary_revision=None,
+                          fallback=fallback))
+
+    stored = json.loads(kubectl("get", "virtualservice", RELEASE, "-n", namespace,
+                                "-o", "json").stdout)
+    assert [r["name"] for r in stored["spec"]["http"]] == ["rewind-breaker"]
+    assert parse_routes(stored, RELEASE) == RouteState({}, None, 0, None, fallback=fallback)
+    seen = run(router.observe_routes(RELEASE, namespace, owner, traffic))
+    assert (dict(seen.weights), seen.fallback, seen.primary_revision, seen.problems) == (
+        {}, fallback, 1, ())  # no primary given: the umbrella stays on the stable
+
+    written = json.loads(kubectl("get", "virtualservice,service", "-n", namespace,
+                                 "-l", "rewind.dev/release=fraud", "-o", "json").stdout)["items"]
+    checked = validate(istioctl, sandbox, tmp_path, *written)
+    assert checked.returncode == 0, checked.stderr
+    assert "has warnings" not in checked.stdout + checked.stderr
     messages = analyze(istioctl, sandbox, namespace)
     assert severe(messages) == [], json.dumps(messages, indent=1)
 

@@ -100,8 +100,12 @@ def test_trip_sends_users_to_the_fallback_and_resets_by_itself(rw: Rewind) -> No
     # Observed: the status says users are on the fallback only once it read them back.
     assert tripped["routes"]["fallback"].startswith("Service rules.")
     assert tripped["routes"]["inEffect"] is True
-    # Not a rollback; revisions unchanged.
+    # Not a rollback; revisions unchanged: the in-cluster name (umbrella Service) still
+    # selects the stable, as read back.
     assert tripped["phase"] == "Promoted" and tripped["stableRevision"] == 1
+    assert tripped["routes"]["primaryRevision"] == 1
+    umbrella = rw.get("service", "fraud")
+    assert umbrella["spec"]["selector"]["rewind.dev/revision"] == "1"
     assert not timeline(tripped, "RollbackStarted")
     assert [e["type"] for e in timeline(tripped) if e["type"].startswith(("Breaker", "Fallback"))
             ] == ["BreakerTripped", "FallbackInEffect"]
@@ -169,7 +173,9 @@ def test_breaker_during_a_canary_holds_the_rollout_then_it_continues(rw: Rewind)
     def held() -> bool:
         s = rw.status("fraud")
         return (s["phase"] in ("Progressing", "Paused") and s["candidateRevision"] == 2
-                and s["stableRevision"] == 1 and on_fallback(rw, "fraud") is not None)
+                and s["stableRevision"] == 1 and on_fallback(rw, "fraud") is not None
+                # The in-cluster name stays on the stable, never the candidate.
+                and rw.get("service", "fraud")["spec"]["selector"]["rewind.dev/revision"] == "1")
 
     assert_holds("the canary holds on the fallback beyond its 3s pause", held, seconds=6)
     status = rw.status("fraud")

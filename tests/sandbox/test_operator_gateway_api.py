@@ -410,3 +410,33 @@ def test_moving_a_release_to_gateway_api_retires_its_virtual_service(
     assert route_weights(http_route(rw)) == {2: 100}
     assert status["routes"]["inEffect"]
     wait_for("the VirtualService to be deleted", lambda: rw.routes(NAME) is None, timeout=20)
+
+
+# -- the circuit breaker (issue 14) is Istio's only ------------------------------------------
+
+
+def test_a_breaker_on_a_gateway_api_release_is_not_armed_and_says_why(
+    rw: Rewind, gateway: FakeGateway
+) -> None:
+    """A RolloutPolicy serves many releases, so admission cannot see that this one is routed
+    by Gateway API: the operator refuses the breaker before any reading or route write,
+    and says so (Degraded BreakerUnsupported, an Event); the release serves users as ever."""
+    policy = policy_manifest("guarded")
+    policy["spec"]["breaker"] = {
+        # Breaching from the first reading, were one taken: 1 > 0.05.
+        "query": "vector(1)", "thresholds": {"max": 0.05}, "interval": "1s",
+        "fallback": {"directResponse": {"status": 503}},
+    }
+    rw.apply(policy)
+    promote_first(rw, gateway, "guarded")
+    status = rw.wait_status(NAME, "Degraded BreakerUnsupported", lambda s: condition(
+        s, "Degraded").get("reason") == "BreakerUnsupported", timeout=20)
+    message = condition(status, "Degraded")["message"]
+    assert "spec.traffic.gatewayAPI" in message and "spec.breaker" in message
+    rw.event(NAME, type="Warning", reason="BreakerUnsupported", contains="not armed")
+    assert_holds("no trip, the route on the model", lambda: (
+        not rw.status(NAME).get("breaker")
+        and route_weights(http_route(rw)) == {1: 100}
+        and [r["name"] for r in (http_route(rw) or {})["spec"]["rules"]] == ["rewind"]
+    ), seconds=4)
+    assert rw.status(NAME)["phase"] == "Promoted" and ready(rw.status(NAME))
