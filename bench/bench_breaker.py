@@ -49,7 +49,7 @@ NAMESPACE = "rewind-bench-breaker"
 NAME = "guarded"
 SIGNAL = f"signal-{NAME}"
 
-#: What one VirtualService version says: "fallback", or the weights per subset.
+#: What one VirtualService version says: "fallback", or the weights per revision (``r<N>``).
 Seen = str | dict[str, int]
 
 
@@ -58,8 +58,18 @@ def routing(vs: dict[str, Any]) -> Seen:
     if len(http) == 1 and http[0].get("name") == "rewind-breaker":
         return "fallback"
     route = next((r for r in http if r.get("name") == "rewind"), http[-1] if http else {})
-    return {str(r["destination"].get("subset", r["destination"].get("host"))):
-            int(r.get("weight", 100)) for r in route.get("route") or []}
+    return {_revision_key(r["destination"]): int(r.get("weight", 100))
+            for r in route.get("route") or []}
+
+
+def _revision_key(destination: dict[str, Any]) -> str:
+    """``r<N>``: the revision's own Service ``<release>-r<N>`` (per-revision routing), or a
+    subset ``r<N>`` of routes written before it; anything else by its host."""
+    if destination.get("subset"):
+        return str(destination["subset"])
+    host = str(destination.get("host", ""))
+    prefix, sep, number = host.split(".", 1)[0].rpartition("-r")
+    return f"r{number}" if sep and prefix == NAME and number.isdigit() else host
 
 
 @contextlib.contextmanager
