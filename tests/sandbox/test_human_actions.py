@@ -186,6 +186,33 @@ def test_only_users_granted_the_verb_may_approve(
     assert glass.returncode != 0 and "may not rollback" in glass.stderr
 
 
+@pytest.mark.parametrize("verb", ["reset-breaker", "drill"])
+def test_resetting_a_breaker_and_drilling_are_on_calls_verbs(
+    kubectl: Kubectl, namespace: str, human_actions: str, sandbox: Sandbox, verb: str
+) -> None:
+    """Issue 14's actions are RBAC verbs like the others: an approver may not reset a
+    tripped breaker or start a drill, the on-call role may, and the stamp names who."""
+    user = sandbox.env["SANDBOX_DEV_USER"]
+    _apply(kubectl, namespace, _policy(1))
+    _apply(kubectl, namespace, _release(1))
+    _bind(kubectl, namespace, "rewind-approver", user)
+    wait_for("the approver role to take effect", lambda: kubectl(
+        "auth", "can-i", "approve-rollback", "modelreleases.rewind.dev", "-n", namespace,
+        dev=True, check=False).stdout.strip() == "yes")
+    denied = _act(kubectl, namespace, human_actions, f"rewind.dev/{verb}", "true", user=user,
+                  dev=True, check=False)
+    assert denied.returncode != 0
+    assert f"user {user} may not {verb} on modelrelease/chatbot" in denied.stderr
+
+    _bind(kubectl, namespace, "rewind-oncall", user)
+    wait_for("the on-call role to take effect", lambda: kubectl(
+        "auth", "can-i", verb, "modelreleases.rewind.dev", "-n", namespace,
+        dev=True, check=False).stdout.strip() == "yes")
+    _act(kubectl, namespace, human_actions, f"rewind.dev/{verb}", "true", user=user, dev=True)
+    annotations = _get(kubectl, namespace)["metadata"]["annotations"]
+    assert annotations[f"rewind.dev/{verb}-by"] == user
+
+
 def test_nobody_puts_their_name_on_an_action_someone_else_set(
     kubectl: Kubectl, namespace: str, human_actions: str, sandbox: Sandbox
 ) -> None:
