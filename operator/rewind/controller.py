@@ -62,6 +62,7 @@ from rewind.adapters.base import (
     SnapshotConflictError,
     Workloads,
 )
+from rewind.adapters.quarantine import QuarantineCache, QuarantineReadError
 from rewind.api import (
     MODELRELEASE_PLURAL,
     ROLLOUTPOLICY_PLURAL,
@@ -81,6 +82,7 @@ from rewind.engine import (
     EnsureRevision,
     HumanAction,
     Inputs,
+    QuarantineRule,
     RemoveAnnotation,
     RevisionState,
     ScaleRevision,
@@ -206,6 +208,7 @@ class ReleaseController:
         trust_actor_annotations: bool = False,
         archive: KubeArchive | None = None,
         policies: PolicyCache | None = None,
+        quarantines: QuarantineCache | None = None,
     ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
         self.archive = archive or KubeArchive(api_client, request_timeout=request_timeout)
@@ -220,6 +223,10 @@ class ReleaseController:
         self.trust_actor_annotations = trust_actor_annotations
         #: RolloutPolicies as last read; ``handlers.policy_event`` invalidates them.
         self.policies = policies if policies is not None else PolicyCache()
+        #: Quarantine entries per namespace; ``handlers.quarantine_event`` invalidates them.
+        self.quarantines = quarantines or QuarantineCache(
+            api_client, request_timeout=request_timeout
+        )
         self.router = router
         self.workloads = workloads
         self.metrics = metrics
@@ -308,11 +315,19 @@ class ReleaseController:
             return ReconcileResult(requeue_after=None, error=message)
 
         annotations: dict[str, str] = dict(meta.get("annotations") or {})
-        (policy, policy_error), observed, routes = await asyncio.gather(
-            self._load_policy(namespace, spec.policy_ref.name),
-            self.workloads.observe_revisions(name, namespace),
-            self.router.observe_routes(name, namespace, owner, spec.traffic),
-        )
+        try:
+            (policy, policy_error), observed, routes, quarantine = await asyncio.gather(
+                self._load_policy(namespace, spec.policy_ref.name),
+                self.workloads.observe_revisions(name, namespace),
+                self.router.observe_routes(name, namespace, owner, spec.traffic),
+                self.quarantines.entries(namespace),
+            )
+        except QuarantineReadError as err:
+            # Deciding as if nothing were quarantined would lift every mark: hold instead.
+            message = str(err)
+            log.warning("%s/%s: %s", namespace, name, message)
+            await self._write_stalled(namespace, name, old_status_doc, meta, message)
+            return ReconcileResult(requeue_after=ERROR_REQUEUE, error=message)
         # A Deployment still owned by a deleted object of the same name (the garbage
         # collector has yet to delete it) is not this release's.
         observed = {
@@ -347,6 +362,7 @@ class ReleaseController:
             namespace=namespace,
             routes=routes,
             archive=archive,
+            quarantine=tuple(QuarantineRule(ref, entry) for ref, entry in quarantine),
         )
         decision = decide(inputs)
         result = ReconcileResult(requeue_after=decision.requeue_after, decision=decision)

@@ -45,6 +45,7 @@ from rewind.engine import (
     EnsureRevision,
     HumanAction,
     Inputs,
+    QuarantineRule,
     RemoveAnnotation,
     RevisionState,
     RouteObservation,
@@ -270,6 +271,8 @@ class World:
     follow_route_writes: bool = True
     #: Recorded revisions the handler read (it reads them while the status has no history).
     archive: Archive = field(default_factory=Archive)
+    #: The Quarantine entries of the namespace, as the handler read them.
+    quarantine: tuple[QuarantineRule, ...] = ()
 
     # ---- observation ------------------------------------------------------------------
 
@@ -346,6 +349,7 @@ class World:
             namespace=NAMESPACE,
             routes=self.observe_routes(),
             archive=self.archive if not self.status.history else Archive(),
+            quarantine=self.quarantine,
         )
 
     # ---- one reconcile ------------------------------------------------------------------
