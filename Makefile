@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo          run the 3 AM incident on the local sandbox"
 	@echo "make test          lint + unit tests + tests against the real sandbox"
-	@echo "make sandbox-up    start (or reuse) the local control plane, Prometheus, Istio CRDs"
+	@echo "make sandbox-up    start (or reuse) the local control plane, Prometheus, Istio and Gateway API CRDs"
 	@echo "make sandbox-down  stop it and delete its state"
 	@echo "make run           run the operator against the sandbox"
 	@echo "make crds          regenerate crds/ from the pydantic models"

@@ -1,7 +1,8 @@
 """How fast does traffic go back to stable? Two measurements, printed as a table.
 
-approval-to-revert: from `kubectl annotate ... rewind.dev/approve-rollback=true` returning to
-the VirtualService holding 100% on stable (as seen by a watch). Target p99 <= 1 s; Flagger
+approval-to-revert: from sending the approval (the merge patch `kubectl annotate ...
+rewind.dev/approve-rollback=true` sends) to the VirtualService holding 100% on stable (as
+seen by a watch). Target p99 <= 1 s; Flagger
 polls its rollback gate once per analysis interval (60 s by default).
 
 breach-to-revert: from the breaching value being visible in Prometheus to the same
@@ -29,7 +30,6 @@ from _harness import (
     custom_api,
     drop_namespace,
     fresh_namespace,
-    kubectl,
     policy,
     release,
     sandbox_env,
@@ -86,9 +86,14 @@ def approval_trials(env: dict[str, str], gauges: Gauges, trials: int) -> list[fl
         wait_for(f"r{revision} awaiting approval",
                  lambda: phase_is(api, name, "AwaitingApproval"), 120)
         with vs_watch(NAMESPACE, name) as wait_weights:
-            kubectl(env, "annotate", "-n", NAMESPACE, f"modelrelease/{name}",
-                    "rewind.dev/approve-rollback=true")
+            # The same merge patch `kubectl annotate` sends, timed from the moment it is
+            # sent (timing from a kubectl process's exit would start after the watch may
+            # already have seen the revert, and count its start-up instead).
             annotated = time.monotonic()
+            api.patch_namespaced_custom_object(
+                "rewind.dev", "v1alpha1", NAMESPACE, "modelreleases", name,
+                {"metadata": {"annotations": {"rewind.dev/approve-rollback": "true"}}},
+            )
             reverted = wait_weights(on_stable(1), 30)
         if reverted is None:
             print(f"trial {trial}: traffic did not revert within 30 s", file=sys.stderr)

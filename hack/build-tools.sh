@@ -10,10 +10,23 @@
 # unit tests run. They have their own cache key, from the contents of hack/tools, so changing
 # them never rebuilds Kubernetes, and a new hack/versions.env never rebuilds them.
 #
-#   hack/build-tools.sh                  build what is missing of both; print the sandbox's
+# And istioctl, from the istio.io/istio module at the pseudo-version in hack/istioctl.env, for
+# the tests that run `istioctl validate` and `istioctl analyze` on what Rewind writes. It is the
+# largest build here, so it too has its own cache key (the contents of hack/istioctl.env and
+# ISTIOCTL_RECIPE), in ~/.cache/rewind/istioctl/<hash>/.
+#
+#   hack/build-tools.sh                  build what is missing of all three; print the sandbox's
 #                                        bin directory on stdout (only that line)
 #   hack/build-tools.sh --test-tools     build only the test tools; print their bin directory
 #   hack/build-tools.sh --test-tools-dir print where the test tools are (or would be); build nothing
+#   hack/build-tools.sh --istioctl       build only istioctl; print its bin directory
+#   hack/build-tools.sh --istioctl-dir   print where istioctl is (or would be); build nothing
+#   hack/build-tools.sh --crds           take the Gateway API and InferencePool CRDs from their
+#                                        Go modules (hack/crd-versions.env); print their directory
+#   hack/build-tools.sh --crds-dir       print where those CRDs are (or would be); fetch nothing
+#
+# The CRDs of hack/crd-versions.env have their own cache key too (that file and CRDS_RECIPE),
+# in ~/.cache/rewind/crds/<hash>/, so pinning a new Gateway API never rebuilds Kubernetes.
 #
 # Progress goes to stderr.
 set -euo pipefail
@@ -44,11 +57,29 @@ test_tools_dest="$cache_root/test-tools/$test_tools_key"
 test_tools_bin="$test_tools_dest/bin"
 TEST_TOOLS=(argocd-lua kstatus)
 
+# istioctl: key = hack/istioctl.env and ISTIOCTL_RECIPE (bump it when build_istioctl changes
+# what it produces).
+ISTIOCTL_RECIPE=1
+# shellcheck source=istioctl.env
+source "$here/istioctl.env"
+istioctl_key="$( (cat "$here/istioctl.env"; echo "recipe=$ISTIOCTL_RECIPE") | sha256sum | cut -c1-16)"
+istioctl_dest="$cache_root/istioctl/$istioctl_key"
+istioctl_bin="$istioctl_dest/bin"
+
+# The Gateway API (standard channel) and InferencePool (v1) CRDs: key = crd-versions.env
+# and CRDS_RECIPE. Bump CRDS_RECIPE when a change to build_crds changes what it produces.
+CRDS_RECIPE=1
+crds_key="$( (cat "$here/crd-versions.env"; echo "recipe=$CRDS_RECIPE") | sha256sum | cut -c1-16)"
+crds_dest="$cache_root/crds/$crds_key"
+CRD_FILES=(gateway-api-crds.yaml inference-pool-crds.yaml)
+
 mode="${1:-all}"
 case "$mode" in
-  all | --test-tools) ;;
+  all | --test-tools | --istioctl | --crds) ;;
   --test-tools-dir) echo "$test_tools_bin"; exit 0 ;;
-  *) log "usage: $0 [--test-tools | --test-tools-dir]"; exit 2 ;;
+  --istioctl-dir) echo "$istioctl_bin"; exit 0 ;;
+  --crds-dir) echo "$crds_dest"; exit 0 ;;
+  *) log "usage: $0 [--test-tools | --test-tools-dir | --istioctl | --istioctl-dir | --crds | --crds-dir]"; exit 2 ;;
 esac
 
 command -v go >/dev/null || { log "go is not installed: install Go >= 1.26 (https://go.dev/dl) and re-run"; exit 1; }
@@ -176,6 +207,37 @@ build_istio_crds() {
   mv -f "$dest/istio-crds.yaml.tmp" "$dest/istio-crds.yaml"
 }
 
+# The module's own list of standard-channel CRDs (config/crd/kustomization.yaml), in its
+# order, and the v1 InferencePool CRD alone; each file moved into place only when whole.
+build_crds() {
+  # shellcheck source=crd-versions.env
+  source "$here/crd-versions.env"
+  local gw gie f
+  gw="$(go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  gie="$(go mod download -json "sigs.k8s.io/gateway-api-inference-extension@$INFERENCE_EXTENSION_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  for f in $(awk '/^resources:/{r=1;next} r&&/^ *- /{print $2} r&&!/^ *- /{r=0}' "$gw/config/crd/kustomization.yaml"); do
+    case "$f" in standard/*) echo "---"; cat "$gw/config/crd/$f" ;; esac
+  done >"$crds_dest/gateway-api-crds.yaml.tmp"
+  grep -q 'name: httproutes.gateway.networking.k8s.io' "$crds_dest/gateway-api-crds.yaml.tmp"
+  install -m 0644 "$gie/config/crd/bases/inference.networking.k8s.io_inferencepools.yaml" \
+    "$crds_dest/inference-pool-crds.yaml.tmp"
+  for f in "${CRD_FILES[@]}"; do mv -f "$crds_dest/$f.tmp" "$crds_dest/$f"; done
+}
+
+crds_ready() {
+  local f
+  for f in "${CRD_FILES[@]}"; do [[ -f "$crds_dest/$f" ]] || return 1; done
+}
+
+ensure_crds() {
+  crds_ready && return 0
+  local logs="$crds_dest/logs"  # run_step's log directory, for this step only
+  mkdir -p "$logs"
+  log "cache: $crds_dest (key from hack/crd-versions.env)"
+  run_step crds "sigs.k8s.io/gateway-api, sigs.k8s.io/gateway-api-inference-extension" build_crds
+  crds_ready || { log "internal error: the CRDs were taken but are missing in $crds_dest"; exit 1; }
+}
+
 # Every artifact is moved into place only when whole, so "exists" means "built": each step
 # below is skipped when its artifact is there, and a pinned-version change picks a new $dest.
 ready() {
@@ -208,13 +270,53 @@ ensure_test_tools() {
   test_tools_ready || { log "internal error: the test tools built but are missing in $test_tools_bin"; exit 1; }
 }
 
+# istioctl, built as Istio builds it (its own go.mod, so exactly the dependencies Istio pins),
+# with the version stamped the way Istio's release build stamps it. Beside the binary: the
+# CRDs of that Istio (crd-all.gen.yaml), which a test compares with the sandbox's.
+istioctl_ready() { [[ -x "$istioctl_bin/istioctl" && -f "$istioctl_dest/istio-crds.yaml" ]]; }
+build_istioctl() {
+  local tmp dir v=istio.io/istio/pkg/version
+  tmp="$(mktemp -d "$istioctl_dest/tmp.XXXXXX")"
+  GOBIN="$tmp" go install -trimpath \
+    -ldflags "-s -w -X $v.buildVersion=$ISTIO_BUILD_VERSION -X $v.buildGitRevision=${ISTIO_MODULE_VERSION##*-} -X $v.buildStatus=Clean -X $v.buildTag=$ISTIO_BUILD_VERSION" \
+    "istio.io/istio/istioctl/cmd/istioctl@$ISTIO_MODULE_VERSION"
+  dir="$(go mod download -json "istio.io/istio@$ISTIO_MODULE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  install -m 0644 "$dir/manifests/charts/base/files/crd-all.gen.yaml" "$istioctl_dest/istio-crds.yaml"
+  mv -f "$tmp/istioctl" "$istioctl_bin/istioctl"
+  rm -rf "$tmp"
+}
+ensure_istioctl() {
+  istioctl_ready && return 0
+  local logs="$istioctl_dest/logs"
+  mkdir -p "$istioctl_bin" "$logs"
+  # One build at a time (it is the longest here): a second caller waits for the first.
+  exec 9>"$istioctl_dest/.lock"
+  flock 9
+  istioctl_ready && return 0
+  log "cache: $istioctl_dest (key from hack/istioctl.env)"
+  run_step istioctl "istio.io/istio/istioctl/cmd/istioctl@$ISTIO_MODULE_VERSION" build_istioctl
+  istioctl_ready || { log "internal error: istioctl built but is missing in $istioctl_bin"; exit 1; }
+}
+
 if [[ $mode == --test-tools ]]; then
   ensure_test_tools
   echo "$test_tools_bin"
   exit 0
 fi
+if [[ $mode == --istioctl ]]; then
+  ensure_istioctl
+  echo "$istioctl_bin"
+  exit 0
+fi
+if [[ $mode == --crds ]]; then
+  ensure_crds
+  echo "$crds_dest"
+  exit 0
+fi
 if ready; then
   ensure_test_tools
+  ensure_istioctl
+  ensure_crds
   echo "$bin"
   exit 0
 fi
@@ -232,4 +334,6 @@ rm -rf "$dest/src" "$dest/.complete"
 ready || { log "internal error: a step finished but an artifact is missing in $dest"; exit 1; }
 log "all binaries ready in $bin"
 ensure_test_tools
+ensure_istioctl
+ensure_crds
 echo "$bin"

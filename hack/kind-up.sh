@@ -7,6 +7,8 @@
 # tested path is the chart itself (tests/sandbox/test_chart.py).
 #
 # Needs: docker, kind, kubectl, helm (v3). Safe to re-run (everything is create-or-upgrade).
+# Istio: base, istiod and an ingress gateway with the Gateway the examples name
+# (examples/istio/public-gateway.yaml).
 #   hack/kind-up.sh            # cluster "rewind"
 #   CLUSTER=dev hack/kind-up.sh
 #   kind delete cluster --name rewind   # tear down
@@ -37,6 +39,10 @@ helm upgrade --install istio-base istio/base --version "$ISTIO_VERSION" \
   -n istio-system --create-namespace --wait
 helm upgrade --install istiod istio/istiod --version "$ISTIO_VERSION" \
   -n istio-system --wait
+# The ingress gateway and the Gateway the examples route through (istio-system/public).
+helm upgrade --install istio-ingressgateway istio/gateway --version "$ISTIO_VERSION" \
+  -n istio-system --wait
+kubectl apply -f examples/istio/public-gateway.yaml
 
 say "kube-prometheus-stack (Prometheus picks up every ServiceMonitor/PodMonitor/PrometheusRule)"
 helm repo add prometheus-community https://prometheus-community.github.io/helm-charts \

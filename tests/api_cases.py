@@ -83,6 +83,8 @@ FRAUD_MR = ("fraud-detection-canary.yaml", "ModelRelease")
 FRAUD_RP = ("fraud-detection-canary.yaml", "RolloutPolicy")
 CHAT_RP = ("chatbot-bluegreen-approval.yaml", "RolloutPolicy")
 REC_RP = ("recommender-shadow.yaml", "RolloutPolicy")
+LLM_MR = ("llm-gateway-api-canary.yaml", "ModelRelease")
+GW = "spec.traffic.gatewayAPI"
 D64 = "ab" * 32
 TAG_IMAGE = "registry.example.com/fraud-server:2.1.0"
 STEPS = "spec.strategy.canary.steps"
@@ -198,6 +200,114 @@ INVALID: list[Case] = [
         (("spec.traffic.gateways", ["istio system/public"]),),
         "spec.traffic.gateways[0]",
         "should match",
+    ),
+    # Hosts and gateways Istio refuses or misreads (issue 12): each was accepted at admission
+    # and failed the release at its first route write (tests/sandbox/test_istioctl.py shows
+    # istioctl refusing what Rewind wrote from each).
+    Case(
+        "host-label-over-63",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["x" * 64 + ".example.com"]),),
+        "spec.traffic.hosts[0]",
+        "at most 63 characters",
+    ),
+    Case(
+        "host-empty-label",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud..example.com"]),),
+        "spec.traffic.hosts[0]",
+        "no empty DNS label",
+    ),
+    Case(
+        "host-wildcard-not-first",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud.*.example.com"]),),
+        "spec.traffic.hosts[0]",
+        "should match",
+    ),
+    Case(
+        "host-numeric-last-label",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud.example.123"]),),
+        "spec.traffic.hosts[0]",
+        "not all digits",
+    ),
+    Case(
+        "host-wildcard-over-services",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["*.svc.cluster.local"]),),
+        "spec.traffic.hosts[0]",
+        "may not cover in-cluster Service names",
+    ),
+    Case(
+        "host-wildcard-over-namespace",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud.example.com", "*.risk.svc.cluster.local"]),),
+        "spec.traffic.hosts[1]",
+        "may not cover in-cluster Service names",
+    ),
+    Case(
+        "host-wildcard-over-cluster-domain",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["*.cluster.local"]),),
+        "spec.traffic.hosts[0]",
+        "may not cover in-cluster Service names",
+    ),
+    Case(
+        "hosts-wildcard-overlap",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["*.example.com", "fraud.example.com"]),),
+        "spec.traffic.hosts",
+        "two hosts overlap",
+    ),
+    Case(
+        "hosts-duplicate",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud.example.com", "fraud.example.com"]),),
+        "spec.traffic.hosts",
+        "two hosts overlap",
+    ),
+    Case(
+        "short-host-is-release-name",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud.example.com", "fraud-detector"]),),
+        "spec.traffic.hosts",
+        "IST0109",
+    ),
+    Case(
+        "gateway-name-with-dots",
+        FRAUD_MR,
+        (("spec.traffic.gateways", ["istio-system/public.gateway"]),),
+        "spec.traffic.gateways[0]",
+        "with no dots",
+    ),
+    Case(
+        "gateway-legacy-name-dot-namespace",
+        FRAUD_MR,
+        (("spec.traffic.gateways", ["public.istio-system"]),),
+        "spec.traffic.gateways[0]",
+        "with no dots",
+    ),
+    Case(
+        "gateway-name-over-63",
+        FRAUD_MR,
+        (("spec.traffic.gateways", ["istio-system/" + "g" * 64]),),
+        "spec.traffic.gateways[0]",
+        "at most 63 characters",
+    ),
+    Case(
+        "gateway-mesh",
+        FRAUD_MR,
+        (("spec.traffic.gateways", ["istio-system/public", "mesh"]),),
+        "spec.traffic.gateways[1]",
+        "traffic.meshRouting",
+    ),
+    Case(
+        "mesh-routing-off-without-gateway",
+        FRAUD_MR,
+        (("spec.traffic.gateways", DELETE), ("spec.traffic.meshRouting", False)),
+        "spec.traffic.meshRouting",
+        "name at least one",
     ),
     Case(
         "route-timeout-zero",
@@ -594,6 +704,108 @@ INVALID: list[Case] = [
         "spec.firstRelease",
         "Unsupported value",
     ),
+    # --- Gateway API routing ---------------------------------------------------------------
+    Case(
+        "gateway-api-with-istio-gateways",
+        LLM_MR,
+        (("spec.traffic.gateways", ["istio-system/public"]),),
+        "spec.traffic.gateways",
+        "with gatewayAPI, name the Gateways in gatewayAPI.parentRefs",
+    ),
+    Case(
+        "gateway-api-with-retries",
+        LLM_MR,
+        (("spec.traffic.retries", {"attempts": 0}),),
+        "spec.traffic.retries",
+        "retries are not part of Gateway API's standard HTTPRoute",
+    ),
+    Case(
+        "gateway-api-hostname-not-dns",
+        LLM_MR,
+        (("spec.traffic.hosts", ["summarize..example.com"]),),
+        "spec.traffic.hosts",
+        "must be Gateway API hostnames",
+    ),
+    Case(
+        "gateway-api-timeout-too-long",
+        LLM_MR,
+        (("spec.traffic.timeout", "100000h"),),
+        "spec.traffic.timeout",
+        "timeout must be at most 99999h",
+    ),
+    Case(
+        "gateway-api-backend-timeout-over-timeout",
+        LLM_MR,
+        ((f"{GW}.backendRequestTimeout", "301s"),),
+        f"{GW}.backendRequestTimeout",
+        "backendRequestTimeout must be at most timeout",
+    ),
+    Case(
+        "gateway-api-backend-timeout-zero",
+        LLM_MR,
+        ((f"{GW}.backendRequestTimeout", "0s"),),
+        f"{GW}.backendRequestTimeout",
+        "must be more than 0s",
+    ),
+    Case(
+        "gateway-api-no-parents",
+        LLM_MR,
+        ((f"{GW}.parentRefs", []),),
+        f"{GW}.parentRefs",
+        "should have at least 1 items",
+    ),
+    Case(
+        "gateway-api-parent-without-name",
+        LLM_MR,
+        ((f"{GW}.parentRefs", [{"namespace": "infra"}]),),
+        f"{GW}.parentRefs[0].name",
+        "Required value",
+    ),
+    Case(
+        "gateway-api-same-parent-twice",
+        LLM_MR,
+        ((f"{GW}.parentRefs", [{"name": "public", "namespace": "infra"},
+                               {"name": "public", "namespace": "infra", "sectionName": "h"}]),),
+        f"{GW}.parentRefs",
+        "need distinct sectionNames",
+    ),
+    Case(
+        "gateway-api-same-listener-twice",
+        LLM_MR,
+        ((f"{GW}.parentRefs", [{"name": "public", "sectionName": "https"},
+                               {"name": "public", "sectionName": "https"}]),),
+        f"{GW}.parentRefs",
+        "need distinct sectionNames",
+    ),
+    Case(
+        "gateway-api-bad-parent-kind",
+        LLM_MR,
+        ((f"{GW}.parentRefs[0].kind", "Gate way"),),
+        f"{GW}.parentRefs[0].kind",
+        "should match",
+    ),
+    Case(
+        "gateway-api-endpoint-picker-without-port",
+        LLM_MR,
+        ((f"{GW}.inferencePool.endpointPickerRef.port", DELETE),),
+        f"{GW}.inferencePool.endpointPickerRef.port",
+        "port is required when kind is Service",
+    ),
+    Case(
+        "gateway-api-endpoint-picker-failure-mode",
+        LLM_MR,
+        ((f"{GW}.inferencePool.endpointPickerRef.failureMode", "Retry"),),
+        f"{GW}.inferencePool.endpointPickerRef.failureMode",
+        "Unsupported value",
+    ),
+    Case(
+        "header-route-same-header-twice",
+        FRAUD_MR,
+        (("spec.traffic.headerRoutes", [{"name": "beta", "headers": [
+            {"name": "x-group", "exact": "beta"}, {"name": "x-group", "prefix": "b"}]}]),),
+        "spec.traffic.headerRoutes[0].headers",
+        "header names must be unique within a header route",
+    ),
 ]
 
 #: Variants that look unusual but must be accepted.
@@ -624,6 +836,20 @@ VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] =
                                       "retryOn": "connect-failure,503"}),
         ),
     ),
+    ("wildcard-host", FRAUD_MR, (("spec.traffic.hosts", ["*.fraud.example.com"]),)),
+    (
+        "disjoint-wildcards",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["*.a.example.com", "*.b.example.com", "example.com"]),),
+    ),
+    ("short-host-of-another-name", FRAUD_MR, (("spec.traffic.hosts", ["fraud"]),)),
+    ("gateway-in-own-namespace", FRAUD_MR, (("spec.traffic.gateways", ["public"]),)),
+    (
+        "gateway-names-of-63",
+        FRAUD_MR,
+        (("spec.traffic.gateways", ["n" * 63 + "/" + "g" * 63]),),
+    ),
+    ("gateway-only-routing", FRAUD_MR, (("spec.traffic.meshRouting", False),)),
     ("threshold-min-only", FRAUD_RP, ((f"{M0}.thresholds", {"min": 0.9}),)),
     ("threshold-min-equals-max", FRAUD_RP, ((f"{M0}.thresholds", {"min": 1, "max": 1}),)),
     ("single-step-to-100", FRAUD_RP, ((STEPS, [{"weight": 100}]),)),
@@ -657,4 +883,44 @@ VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] =
     ("rollback-window-default", FRAUD_RP, (("spec.rollbackWindow", {}),)),
     ("first-release-promote", FRAUD_RP, (("spec.firstRelease", "Promote"),)),
     ("first-release-gates", CHAT_RP, (("spec.firstRelease", "Gates"),)),
+    (
+        "gateway-api-services-minimal",
+        LLM_MR,
+        (
+            (f"{GW}", {"parentRefs": [{"name": "public"}]}),
+            ("spec.traffic.timeout", DELETE),
+            ("spec.traffic.headerRoutes", DELETE),
+        ),
+    ),
+    (
+        "gateway-api-mesh-service-parent-and-listeners",
+        LLM_MR,
+        ((f"{GW}.parentRefs", [{"group": "", "kind": "Service", "name": "summarizer"},
+                               {"name": "public", "namespace": "infra", "sectionName": "http"},
+                               {"name": "public", "namespace": "infra", "sectionName": "https"},
+                               {"name": "public", "sectionName": "https"}]),),
+    ),
+    (
+        "gateway-api-backend-timeout-without-timeout",
+        LLM_MR,
+        (("spec.traffic.timeout", DELETE), (f"{GW}.backendRequestTimeout", "99999h")),
+    ),
+    (
+        "gateway-api-wildcard-host-and-prefix-header",
+        LLM_MR,
+        (("spec.traffic.hosts", ["*.example.com"]),
+         ("spec.traffic.headerRoutes", [{"name": "beta", "headers": [
+             {"name": "x-group", "prefix": "beta"}, {"name": "x-user", "regex": "a.*"}]}])),
+    ),
+    (
+        "gateway-api-endpoint-picker-not-a-service",
+        LLM_MR,
+        ((f"{GW}.inferencePool.endpointPickerRef",
+          {"group": "example.com", "kind": "Picker", "name": "p", "failureMode": "FailOpen"}),),
+    ),
+    (
+        "istio-host-that-gateway-api-refuses",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud..example.com"]),),
+    ),
 ]

@@ -10,7 +10,9 @@ What runs (all on 127.0.0.1, all stopped when the demo ends, also on Ctrl-C or a
   Istio's data plane **in the demo only**, routing a steady request stream by the weights and
   mirror of the live VirtualService and exporting ``istio_requests_total`` and
   ``istio_request_duration_milliseconds_bucket``, so the policies below are the PromQL a
-  user runs on a real mesh.
+  user runs on a real mesh. The recommender runs on Gateway API instead: its routes are an
+  HTTPRoute (the shadow is its ``RequestMirror`` filter), which its generator follows and,
+  standing in for the gateway too, accepts in ``status.parents``;
 
 The story (``--quick`` plays only the rollback and the approval):
 
@@ -22,8 +24,8 @@ The story (``--quick`` plays only the rollback and the approval):
 4. chatbot v2 goes out under an approval policy; its score distribution drifts (a PSI
    computed in PromQL against the stable revision); Rewind waits for a human; the demo runs
    the ``kubectl annotate ... rewind.dev/approve-rollback=true`` it printed; rollback;
-5. recommender v2 is shadowed (100% mirrored, never answers users), compared with stable
-   and rejected.
+5. recommender v2 is shadowed on Gateway API (an HTTPRoute mirroring 100%, never answers
+   users), compared with stable and rejected.
 
 Every outcome is then checked against the API server; the exit code is 0 only if the story
 played as expected. Objects are left in the namespace for ``kubectl get mr -n rewind-demo``;
@@ -56,6 +58,12 @@ from typing import Any, TextIO
 from prometheus_client.utils import floatToGoString
 
 from rewind import API_GROUP, API_VERSION
+from rewind.adapters.gateway_api import (
+    GATEWAY_GROUP,
+    GATEWAY_VERSION,
+    HTTPROUTES,
+    parse_http_route,
+)
 from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION, parse_routes
 from rewind.api import (
     MODELRELEASE_KIND,
@@ -76,6 +84,10 @@ FIELD_MANAGER = "rewind-demo"
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=rewind"
 #: Labels on the demo's own objects, so a re-run can find and delete them.
 DEMO_LABEL = "rewind.dev/demo"
+#: The Gateway the Gateway API act's HTTPRoute attaches to (no Gateway object is needed:
+#: the traffic generator stands in for it, and accepts the route).
+DEMO_GATEWAY = "demo-gateway"
+ROUTE_API = (GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES)
 API_TIMEOUT = 10.0
 EXIT_OK, EXIT_STORY, EXIT_SETUP, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -226,6 +238,12 @@ class Model:
     format: str
     rate: float  # requests per second its traffic generator sends
     versions: Mapping[str, Version]
+    #: Routed on Gateway API (an HTTPRoute on DEMO_GATEWAY) instead of Istio.
+    gateway_api: bool = False
+
+    @property
+    def route_kind(self) -> str:
+        return "HTTPRoute" if self.gateway_api else "VirtualService"
 
 
 def _policy(model: Model) -> RolloutPolicySpec:
@@ -343,7 +361,9 @@ def _release(model: Model, version: Version) -> ModelReleaseSpec:
             "data": {"datasetRef": model.dataset, "version": version.data_version},
             "environment": {"runtime": "python3.11", "accelerator": "none"},
             "serving": {"replicas": 1, "port": 8080},
-            "traffic": {"hosts": [model.host]},
+            "traffic": {"hosts": [model.host], **(
+                {"gatewayAPI": {"parentRefs": [{"name": DEMO_GATEWAY}]}}
+                if model.gateway_api else {})},
         }
     )
 
@@ -404,6 +424,7 @@ RECOMMENDER = Model(
     dataset="s3://datasets/recsys/interactions",
     format="pytorch",
     rate=10.0,
+    gateway_api=True,
     versions={
         "v1": Version("v1", "2024.11.1", _sim(0, 30, 10, 0.5, 0.15, 31), "fs-2024-11-01",
                       "v1 of the recommender: healthy, ~30 ms"),
@@ -412,6 +433,10 @@ RECOMMENDER = Model(
     },
 )
 MODELS: tuple[Model, ...] = (FRAUD, CHATBOT, RECOMMENDER)
+
+
+def _model(release: str) -> Model:
+    return next(m for m in MODELS if m.release == release)
 
 
 def policy_body(model: Model, namespace: str) -> dict[str, Any]:
@@ -555,10 +580,15 @@ class Kube:
             raise
         return obj
 
-    def get_virtual_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def get_virtual_service(
+        self, namespace: str, name: str, kind: str = "VirtualService"
+    ) -> dict[str, Any] | None:
+        """The release's VirtualService, or with ``kind="HTTPRoute"`` its HTTPRoute."""
+        group, version, plural = ((ISTIO_GROUP, ISTIO_VERSION, "virtualservices")
+                                  if kind == "VirtualService" else ROUTE_API)
         try:
             obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                ISTIO_GROUP, ISTIO_VERSION, namespace, "virtualservices", name,
+                group, version, namespace, plural, name,
                 _request_timeout=API_TIMEOUT,
             )
         except self._client.ApiException as exc:
@@ -587,9 +617,11 @@ class Kube:
             items = fn(namespace, label_selector=MANAGED_SELECTOR,
                        _request_timeout=API_TIMEOUT).items
             left += [f"{kind}/{i.metadata.name}" for i in items]
-        for plural in ("virtualservices", "destinationrules"):
+        for group, version, plural in ((ISTIO_GROUP, ISTIO_VERSION, "virtualservices"),
+                                       (ISTIO_GROUP, ISTIO_VERSION, "destinationrules"),
+                                       ROUTE_API):
             listing = self.custom.list_namespaced_custom_object(
-                ISTIO_GROUP, ISTIO_VERSION, namespace, plural,
+                group, version, namespace, plural,
                 label_selector=MANAGED_SELECTOR, _request_timeout=API_TIMEOUT,
             )
             left += [f"{plural[:-1]}/{i['metadata']['name']}" for i in listing.get("items") or []]
@@ -616,10 +648,12 @@ class Kube:
         ):
             with contextlib.suppress(self._client.ApiException):
                 fn(ns, **sel)
-        for plural in ("virtualservices", "destinationrules"):
+        for group, version, plural in ((ISTIO_GROUP, ISTIO_VERSION, "virtualservices"),
+                                       (ISTIO_GROUP, ISTIO_VERSION, "destinationrules"),
+                                       ROUTE_API):
             with contextlib.suppress(self._client.ApiException):
                 self.custom.delete_collection_namespaced_custom_object(
-                    ISTIO_GROUP, ISTIO_VERSION, ns, plural, **sel
+                    group, version, ns, plural, **sel
                 )
         started = time.monotonic()
         deadline = started + timeout
@@ -986,7 +1020,8 @@ class Demo:
               f"(log: {self.state / 'operator.log'}); revision runner and "
               f"{len(self.traffic)} traffic generators up")
         c.say("  Istio's data plane is replaced, in this demo only, by a local traffic "
-              "generator that follows each release's VirtualService.")
+              "generator that follows each release's VirtualService (the recommender's "
+              "HTTPRoute: it runs on Gateway API, and the generator accepts it as its gateway).")
 
     def _models(self) -> list[Model]:
         return [FRAUD, CHATBOT] if self.o.quick else list(MODELS)
@@ -1032,7 +1067,7 @@ class Demo:
         assert self.runner is not None
         api = client.CustomObjectsApi(self.k.api_client)
         gen = TrafficGenerator(
-            kube_route_source(self.ns, name=model.release, api=api),
+            kube_route_source(self.ns, name=model.release, api=api, kind=model.route_kind),
             backends_file_source(self.runner.backends_file(model.release), self.ns),
             rate=model.rate,
             seed=len(model.release),
@@ -1305,8 +1340,8 @@ class Demo:
     def act_shadow(self) -> None:
         c = self.c
         c.say("")
-        self._act("recommender v2 is shadowed: 100% of requests are mirrored to it, "
-              "users only ever get v1's answers.")
+        self._act("recommender v2 is shadowed on Gateway API: its HTTPRoute mirrors 100% of "
+              "requests to it (RequestMirror), users only ever get v1's answers.")
         c.say(f"  {RECOMMENDER.versions['v2'].note}")
         rev = self._apply_version(RECOMMENDER, "v2")
         self.revs.recommender_bad = rev
@@ -1339,10 +1374,11 @@ class Demo:
     # -- the outcome, from the API server ---------------------------------------------------
 
     def _routes(self, name: str) -> tuple[dict[int, int], int | None, int]:
-        vs = self.k.get_virtual_service(self.ns, name)
+        kind = _model(name).route_kind
+        vs = self.k.get_virtual_service(self.ns, name, kind)
         if vs is None:
             return {}, None, 0
-        routes = parse_routes(vs)
+        routes = parse_routes(vs) if kind == "VirtualService" else parse_http_route(name, vs)
         return (
             {r: w for r, w in routes.weights.items() if w > 0},
             routes.mirror_revision,
@@ -1367,7 +1403,7 @@ class Demo:
                 got = history_outcome(body, rev)
                 check(f"{name}: r{rev} outcome {outcome}", got == outcome, str(got))
             routes = self._routes(name)
-            check(f"{name}: VirtualService sends 100% to r{stable}, no mirror",
+            check(f"{name}: {_model(name).route_kind} sends 100% to r{stable}, no mirror",
                   routes == ({stable: 100}, None, 0), str(routes))
             return body
 

@@ -1,4 +1,5 @@
-"""A stand-in for Istio's data plane: routes a request stream by the live VirtualService.
+"""A stand-in for Istio's data plane: routes a request stream by the live VirtualService
+(or the live HTTPRoute, standing in for a Gateway API gateway).
 
 The sandbox has the Istio CRDs but no Envoy, so nothing would honour the weights and mirror
 the operator writes. This generator reads the VirtualService (every ~1 s), sends requests to
@@ -9,6 +10,12 @@ mirrored ones included, as Istio's standard metrics (``istio_requests_total``,
 ``reporter="source"`` for every request (the caller's sidecar, which also sees connection
 failures and timeouts), ``reporter="destination"`` for those the model server answered (its
 own sidecar).
+
+On Gateway API the same generator follows the release's HTTPRoute instead: the weights of
+the catch-all rule's ``backendRefs`` and its ``RequestMirror`` filter (``percent`` or
+``fraction``). It then also plays the gateway controller the sandbox lacks: it accepts each
+generation of the route it follows (``status.parents``, ``Accepted`` and ``ResolvedRefs``,
+controller ``rewind.dev/demo-trafficgen``), as a gateway that routes it would.
 
 The VirtualService reader and the subset -> backend mapping are plain callables/mappings, so
 unit tests feed dicts and the demo plugs in the Kubernetes client.
@@ -41,6 +48,10 @@ from rewind_demo._http import LOOPBACK, BackgroundServer, request, split_loopbac
 
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSION = "v1"
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+GATEWAY_VERSION = "v1"
+#: The controllerName this stand-in writes in the status of HTTPRoutes it routes.
+GATEWAY_CONTROLLER = "rewind.dev/demo-trafficgen"
 REVISION_LABEL = "rewind.dev/revision"
 
 #: Envoy's default histogram buckets, which Istio uses for request duration (milliseconds).
@@ -206,6 +217,108 @@ def parse_virtual_service(vs: VirtualService, host: str | None = None) -> RouteT
     return RouteTable(tuple(routes), tuple(mirrors))
 
 
+def _backend_destination(ref: Mapping[str, Any]) -> Destination:
+    """A Gateway API backendRef as a destination: the Service (or pool) name as the host,
+    ``r<N>`` as the subset when it is a revision's (``<release>-r<N>``)."""
+    name = ref.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"backendRef without name: {ref!r}")
+    n = revision_number(name) if re.search(r"-r\d+$", name) else None
+    port = ref.get("port")
+    return Destination(name, f"r{n}" if n is not None else None, int(port) if port else None)
+
+
+def _is_catch_all(match: Any) -> bool:
+    if not isinstance(match, Mapping):
+        return False
+    path = match.get("path") or {}
+    return (path.get("type", "PathPrefix") == "PathPrefix" and path.get("value", "/") == "/"
+            and not match.get("headers") and not match.get("queryParams")
+            and not match.get("method"))
+
+
+def parse_http_route(route: Mapping[str, Any], host: str | None = None) -> RouteTable:
+    """Extract weights and mirrors from the HTTPRoute rule that answers the generated
+    requests (no header: the first rule with a catch-all match, or with none).
+
+    Follows Gateway API's defaults: a backendRef without weight gets 1 (weights are
+    proportional), a ``RequestMirror`` without ``percent`` or ``fraction`` mirrors 100%.
+    """
+    spec = route.get("spec") or {}
+    names = spec.get("hostnames") or []
+    if host is not None and names and host not in names:
+        raise ValueError(f"HTTPRoute does not serve host {host!r}")
+    rule = next(
+        (r for r in spec.get("rules") or [] if isinstance(r, Mapping)
+         and (not r.get("matches") or any(_is_catch_all(m) for m in r["matches"]))),
+        None,
+    )
+    if rule is None:
+        return RouteTable()
+    routes: list[WeightedRoute] = []
+    for ref in rule.get("backendRefs") or []:
+        weight = int(ref.get("weight", 1))
+        if weight < 0:
+            raise ValueError(f"negative backendRef weight: {ref!r}")
+        routes.append(WeightedRoute(_backend_destination(ref), weight))
+    mirrors: list[MirrorPolicy] = []
+    for f in rule.get("filters") or []:
+        if f.get("type") != "RequestMirror":
+            continue
+        mirror = f.get("requestMirror") or {}
+        if "percent" in mirror:
+            percent = float(mirror["percent"])
+        elif "fraction" in mirror:
+            fraction = mirror["fraction"] or {}
+            percent = 100.0 * int(fraction.get("numerator", 0)) / (
+                int(fraction.get("denominator", 100)) or 100)
+        else:
+            percent = 100.0
+        mirrors.append(MirrorPolicy(_backend_destination(mirror.get("backendRef") or {}),
+                                    _percent(percent, 100.0)))
+    return RouteTable(tuple(routes), tuple(mirrors))
+
+
+def parse_routes(obj: Mapping[str, Any], host: str | None = None) -> RouteTable:
+    """A VirtualService or an HTTPRoute, by its kind."""
+    if obj.get("kind") == "HTTPRoute":
+        return parse_http_route(obj, host)
+    return parse_virtual_service(obj, host)
+
+
+def accept_http_route(api: Any, route: Mapping[str, Any],
+                      controller: str = GATEWAY_CONTROLLER) -> bool:
+    """Write ``status.parents`` as a gateway controller that routes ``route`` would:
+    ``Accepted`` and ``ResolvedRefs`` true for its current generation, for each parentRef.
+    Returns False when the status already says so (nothing written)."""
+    meta = route.get("metadata") or {}
+    generation = int(meta.get("generation") or 0)
+    refs = (route.get("spec") or {}).get("parentRefs") or []
+    current = [p for p in (route.get("status") or {}).get("parents") or []
+               if p.get("controllerName") == controller]
+    if len(current) == len(refs) and all(
+        c.get("observedGeneration") == generation and c.get("status") == "True"
+        for p in current for c in p.get("conditions") or []
+    ):
+        return False
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    conditions = [
+        {"type": kind, "status": "True", "reason": kind, "observedGeneration": generation,
+         "lastTransitionTime": now,
+         "message": "routed by the demo's traffic generator (a stand-in for a gateway)"}
+        for kind in ("Accepted", "ResolvedRefs")
+    ]
+    others = [p for p in (route.get("status") or {}).get("parents") or []
+              if p.get("controllerName") != controller]
+    parents = others + [{"parentRef": ref, "controllerName": controller,
+                         "conditions": conditions} for ref in refs]
+    api.patch_namespaced_custom_object_status(
+        GATEWAY_GROUP, GATEWAY_VERSION, meta.get("namespace"), "httproutes", meta.get("name"),
+        {"status": {"parents": parents}},
+    )
+    return True
+
+
 @dataclass(frozen=True)
 class Backend:
     """A model-server address and the Istio destination labels of the revision behind it."""
@@ -310,13 +423,23 @@ def kube_route_source(
     name: str | None = None,
     api: Any = None,
     request_timeout: float = 5.0,
+    kind: str = "VirtualService",
+    accept: bool = True,
 ) -> RouteSource:
-    """A route source reading the live VirtualService through CustomObjectsApi.
+    """A route source reading the live VirtualService (or, with ``kind="HTTPRoute"``, the
+    live HTTPRoute) through CustomObjectsApi.
 
-    By ``name``, or else the first VirtualService (by name) whose ``spec.hosts`` has ``host``.
-    ``api`` defaults to ``kubernetes.client.CustomObjectsApi()`` (config must be loaded);
-    pass a fake with the same two methods in tests. A missing object yields None.
+    By ``name``, or else the first object (by name) whose ``spec.hosts`` (``hostnames``)
+    has ``host``. ``api`` defaults to ``kubernetes.client.CustomObjectsApi()`` (config must
+    be loaded); pass a fake with the same methods in tests. A missing object yields None.
+    An HTTPRoute read is accepted in its status (see :func:`accept_http_route`) unless
+    ``accept`` is False.
     """
+    if kind not in ("VirtualService", "HTTPRoute"):
+        raise ValueError(f"kind must be VirtualService or HTTPRoute, got {kind!r}")
+    group, version, plural, hosts_key = (
+        (ISTIO_GROUP, ISTIO_VERSION, "virtualservices", "hosts") if kind == "VirtualService"
+        else (GATEWAY_GROUP, GATEWAY_VERSION, "httproutes", "hostnames"))
     if (host is None) == (name is None):
         raise ValueError("give exactly one of host or name")
     if api is None:
@@ -324,14 +447,20 @@ def kube_route_source(
 
         api = client.CustomObjectsApi()
 
+    def found(obj: Mapping[str, Any]) -> VirtualService:
+        out = {"kind": kind, **dict(obj)}
+        if kind == "HTTPRoute" and accept:
+            accept_http_route(api, out)
+        return out
+
     def read() -> VirtualService | None:
         if name is not None:
             try:
                 obj = api.get_namespaced_custom_object(
-                    ISTIO_GROUP,
-                    ISTIO_VERSION,
+                    group,
+                    version,
                     namespace,
-                    "virtualservices",
+                    plural,
                     name,
                     _request_timeout=request_timeout,
                 )
@@ -339,18 +468,18 @@ def kube_route_source(
                 if getattr(exc, "status", None) == 404:
                     return None
                 raise
-            return dict(obj)
+            return found(obj)
         listing = api.list_namespaced_custom_object(
-            ISTIO_GROUP,
-            ISTIO_VERSION,
+            group,
+            version,
             namespace,
-            "virtualservices",
+            plural,
             _request_timeout=request_timeout,
         )
         items = sorted(listing.get("items") or [], key=lambda o: o["metadata"]["name"])
         for item in items:
-            if host in ((item.get("spec") or {}).get("hosts") or []):
-                return dict(item)
+            if host in ((item.get("spec") or {}).get(hosts_key) or []):
+                return found(item)
         return None
 
     return read
@@ -568,7 +697,7 @@ class TrafficGenerator:
         """Re-read the VirtualService and backends; on error keep the last good ones."""
         try:
             vs = self._routes()
-            self.table = RouteTable() if vs is None else parse_virtual_service(vs, self.host)
+            self.table = RouteTable() if vs is None else parse_routes(vs, self.host)
             self.current_backends = dict(self._backends())
         except Exception as exc:
             self.stats.bump("refresh_errors")
@@ -581,8 +710,16 @@ class TrafficGenerator:
         return self.table.choose(self._rng)
 
     def resolve(self, dest: Destination) -> Backend | None:
-        """Backend for a destination: by subset, or by host when the route has no subset."""
-        return self.current_backends.get(dest.subset or dest.host)
+        """Backend for a destination: by subset, or by host when the route has no subset;
+        a revision's own Service (``<release>-r<N>[.<ns>.svc...]``, where Rewind routes)
+        is the backend of subset ``r<N>``."""
+        found = self.current_backends.get(dest.subset or dest.host)
+        if found is None and dest.subset is None:
+            name = dest.host.split(".", 1)[0]
+            revision = revision_number(name) if "-r" in name else None
+            if revision is not None:
+                found = self.current_backends.get(f"r{revision}")
+        return found
 
     # -- sending --------------------------------------------------------------------------
 
@@ -807,6 +944,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--host", help="read the VirtualService serving this host (Kubernetes)")
     src.add_argument("--virtual-service", help="read this VirtualService by name (Kubernetes)")
+    src.add_argument("--http-route", help="read this HTTPRoute by name (Kubernetes), and "
+                     "accept it in its status as a gateway would")
     src.add_argument("--vs-file", help="read the VirtualService from this JSON file instead")
     p.add_argument(
         "--backend",
@@ -871,7 +1010,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         routes = file_route_source(args.vs_file)
     else:
         _load_kube_config()
-        routes = kube_route_source(args.namespace, host=args.host, name=args.virtual_service)
+        if args.http_route:
+            routes = kube_route_source(args.namespace, name=args.http_route, kind="HTTPRoute")
+        else:
+            routes = kube_route_source(args.namespace, host=args.host,
+                                       name=args.virtual_service)
     gen = TrafficGenerator(
         routes,
         _merged_backends(static, file_sources),

@@ -52,11 +52,14 @@ __all__ = [
     "ANNOTATION_ROLLBACK",
     "API_GROUP",
     "API_VERSION",
+    "DEFAULT_CLUSTER_DOMAIN",
     "DEFAULT_ROLLBACK_WINDOW",
     "DIGEST_PATTERN",
     "DNS_LABEL_PATTERN",
     "DNS_SUBDOMAIN_PATTERN",
     "DURATION_PATTERN",
+    "GATEWAY_HOSTNAME_PATTERN",
+    "GATEWAY_MAX_TIMEOUT",
     "GATEWAY_PATTERN",
     "HOST_PATTERN",
     "IMAGE_DIGEST_SUFFIX_PATTERN",
@@ -68,6 +71,7 @@ __all__ = [
     "MAX_RELEASE_NAME",
     "MAX_SHORT_TEXT",
     "MAX_TIMELINE",
+    "MESH_GATEWAY",
     "MODELRELEASE_KIND",
     "MODELRELEASE_PLURAL",
     "ROLLOUTPOLICY_KIND",
@@ -92,12 +96,17 @@ __all__ = [
     "DecisionAction",
     "Digest",
     "Duration",
+    "EndpointPickerFailureMode",
+    "EndpointPickerRef",
     "EnvVar",
     "EnvironmentSpec",
     "FirstRelease",
+    "GatewayAPITraffic",
+    "GatewayParentRef",
     "HeaderMatch",
     "HeaderRoute",
     "HistoryEntry",
+    "InferencePoolBackend",
     "Measurement",
     "MetricSpec",
     "ModelFormat",
@@ -149,9 +158,13 @@ __all__ = [
     "append_bounded",
     "clip",
     "format_value",
+    "gateway_error",
+    "hosts_match",
     "image_digest",
+    "in_cluster_host",
     "parse_duration",
     "query_variables",
+    "release_host_errors",
     "render_query",
     "spec_hash",
     "tag_image_error",
@@ -207,8 +220,19 @@ DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 URI_PATTERN = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]+$"
 NO_SPACE_PATTERN = r"^[^\s]+$"
+#: A VirtualService host as Istio accepts it (``agent.ValidateWildcardDomain``), narrowed:
+#: lowercase, a ``*.`` wildcard only as the whole first label; the label rules (no empty label,
+#: at most 63 characters, the last one not all digits) are CEL rules with their own messages.
 HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
-GATEWAY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+#: A gateway reference: ``<namespace>/<name>``, or ``<name>`` in the release's namespace, each a
+#: DNS label (Istio's ``validateGatewayNames``; dots are refused by a CEL rule with a message).
+GATEWAY_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+#: Istio's name for the sidecars as a gateway (``traffic.meshRouting`` says whether it is used).
+MESH_GATEWAY = "mesh"
+#: Kubernetes' default cluster domain (the operator's ``--cluster-domain``).
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+#: A DNS label, as Istio checks each label of a host (``labels.IsDNS1123Label``).
+DNS_LABEL_MAX = 63
 
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
 _DURATION_FULL = re.compile(DURATION_PATTERN)
@@ -298,6 +322,176 @@ def _cel(
 
 def _validations(*rules: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
+
+
+# --- hosts and gateways, as Istio checks them ------------------------------------------
+# Each rule is written as CEL (admission) and as a Python check (pydantic), with one message.
+
+HOST_EMPTY_LABEL = (
+    "a host has no empty DNS label (a..b): Istio refuses the VirtualService "
+    "(agent.ValidateWildcardDomain)"
+)
+HOST_LONG_LABEL = (
+    f"each DNS label of a host is at most {DNS_LABEL_MAX} characters: Istio refuses a longer "
+    "one (labels.IsDNS1123Label)"
+)
+HOST_NUMERIC_TLD = (
+    "the last label of a host is not all digits: Istio refuses it as a domain (an IP address "
+    "is not a host Rewind routes)"
+)
+HOST_IN_CLUSTER_WILDCARD = (
+    "a wildcard host may not cover in-cluster Service names (<service>.<namespace>.svc."
+    "<cluster domain>): it takes the release's own in-cluster name, which Rewind adds to the "
+    "VirtualService and Istio then refuses as a duplicate host, and the names other "
+    "Services' callers use"
+)
+HOSTS_OVERLAP = (
+    "two hosts overlap (equal, or a wildcard covers the other): Istio refuses a VirtualService "
+    "with duplicate hosts"
+)
+GATEWAY_DOTS = (
+    "a gateway is <namespace>/<name> (or <name> in the release's namespace) with no dots: "
+    "Istio refuses ns/name.with.dots and reads name.namespace as the legacy form "
+    "namespace/name"
+)
+GATEWAY_LONG = (
+    f"a gateway's namespace and name are DNS labels of at most {DNS_LABEL_MAX} characters: "
+    "Istio refuses longer ones"
+)
+GATEWAY_MESH = (
+    "mesh is not a gateway here: traffic.meshRouting says whether in-mesh callers are routed"
+)
+MESH_ROUTING_NEEDS_GATEWAY = (
+    "meshRouting: false routes only callers that come through a gateway: name at least one "
+    "in traffic.gateways"
+)
+
+
+def host_label_error(host: str) -> str | None:
+    """What Istio refuses in one host, label by label (None: nothing)."""
+    labels = host.split(".")
+    if "" in labels:
+        return HOST_EMPTY_LABEL
+    if any(len(label) > DNS_LABEL_MAX for label in labels):
+        return HOST_LONG_LABEL
+    if labels[-1].isdigit():
+        return HOST_NUMERIC_TLD
+    return None
+
+
+def covers_in_cluster_names(host: str, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> bool:
+    """A wildcard host over in-cluster Service names: ``*.svc.<anything>``,
+    ``*.<namespace>.svc.<anything>``, or a suffix of ``svc.<cluster_domain>``."""
+    if not host.startswith("*."):
+        return False
+    rest = host[2:]
+    labels = rest.split(".")
+    return (
+        labels[0] == "svc"
+        or (len(labels) > 1 and labels[1] == "svc")
+        or f".svc.{cluster_domain}".endswith("." + rest)
+    )
+
+
+def hosts_match(a: str, b: str) -> bool:
+    """Istio's ``host.Name.Matches`` on two hosts as written: equal, or a wildcard covers
+    the other (``*.x.com`` covers ``a.x.com`` and ``*.a.x.com``)."""
+    if a.startswith("*") and b.startswith("*"):
+        shorter, longer = sorted((a[1:], b[1:]), key=len)
+        return longer.endswith(shorter)
+    if a.startswith("*"):
+        return b.endswith(a[1:])
+    if b.startswith("*"):
+        return a.endswith(b[1:])
+    return a == b
+
+
+def overlapping_hosts(hosts: Sequence[str]) -> list[tuple[str, str]]:
+    """Pairs of hosts Istio refuses together in one VirtualService (duplicate hosts)."""
+    return [
+        (a, b)
+        for i, a in enumerate(hosts)
+        for b in hosts[i + 1:]
+        if hosts_match(a, b)
+    ]
+
+
+def gateway_error(gateway: str) -> str | None:
+    """What Istio refuses or misreads in one gateway reference (None: nothing)."""
+    if gateway == MESH_GATEWAY:
+        return GATEWAY_MESH
+    if "." in gateway:
+        return GATEWAY_DOTS
+    if any(len(part) > DNS_LABEL_MAX for part in gateway.split("/")):
+        return GATEWAY_LONG
+    return None
+
+
+def in_cluster_host(release: str, namespace: str, cluster_domain: str) -> str:
+    """The in-cluster name Rewind adds to a release's routes: its umbrella Service's FQDN."""
+    return f"{release}.{namespace}.svc.{cluster_domain}"
+
+
+def release_host_errors(
+    release: str, namespace: str, hosts: Sequence[str], cluster_domain: str
+) -> list[str]:
+    """What Istio refuses in a release's hosts beside the in-cluster name Rewind adds, once
+    the namespace and the cluster domain are known (admission knows neither: the operator
+    checks this before it writes routes)."""
+    own = in_cluster_host(release, namespace, cluster_domain)
+    errors = []
+    for host in hosts:
+        if host == release:
+            errors.append(short_host_message(release))
+        elif host != own and hosts_match(host, own):
+            errors.append(
+                f"host {host} covers {own}, the in-cluster name Rewind adds for the release: "
+                "Istio refuses the VirtualService (duplicate hosts); name the hosts users "
+                "call, not a wildcard over the cluster's Services"
+            )
+    return errors
+
+
+def short_host_message(release: str) -> str:
+    return (
+        f"the short host {release} is the release's own in-cluster name "
+        f"({release}.<namespace>.svc.<cluster domain>), which Rewind adds to the routes: "
+        "Istio reports the two as conflicting hosts (analyzer IST0109); remove it, in-mesh "
+        "callers already reach the release by that name"
+    )
+
+
+#: CEL, on the ModelRelease (where metadata.name is known): no short host equal to it.
+SHORT_HOST_RULE = _cel(
+    "!has(self.spec.traffic) || !self.spec.traffic.hosts.exists(h, h == self.metadata.name)",
+    "a short host equal to metadata.name is the release's own in-cluster name "
+    "(<name>.<namespace>.svc.<cluster domain>), which Rewind adds to the routes: Istio "
+    "reports the two as conflicting hosts (analyzer IST0109); remove it, in-mesh callers "
+    "already reach the release by that name",
+    field_path=".spec.traffic.hosts",
+)
+
+
+def _host_rules() -> dict[str, Any]:
+    return _validations(
+        _cel("!self.contains('..')", HOST_EMPTY_LABEL),
+        _cel(f"self.split('.').all(l, l.size() <= {DNS_LABEL_MAX})", HOST_LONG_LABEL),
+        _cel("!self.matches('(^|[.])[0-9]+$')", HOST_NUMERIC_TLD),
+        _cel(
+            "!self.startsWith('*.') || !(self.substring(2).matches('^svc([.]|$)') || "
+            "self.substring(2).matches('^[^.]+[.]svc([.]|$)') || "
+            f"'.svc.{DEFAULT_CLUSTER_DOMAIN}'.endsWith(self.substring(1)))",
+            HOST_IN_CLUSTER_WILDCARD,
+        ),
+    )
+
+
+def _gateway_rules() -> dict[str, Any]:
+    return _validations(
+        _cel(f"self != '{MESH_GATEWAY}'", GATEWAY_MESH),
+        _cel("!self.contains('.')", GATEWAY_DOTS),
+        _cel(f"self.split('/').all(p, p.size() <= {DNS_LABEL_MAX})", GATEWAY_LONG),
+    )
 
 
 def _positive_duration_rule(name: str) -> dict[str, str]:
@@ -881,6 +1075,16 @@ class HeaderMatch(SpecModel):
 class HeaderRoute(SpecModel):
     """A named group of callers, picked by request headers, sent to the candidate."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "self.headers.all(h, self.headers.filter(g, g.name == h.name).size() == 1)",
+                "header names must be unique within a header route",
+                field_path=".headers",
+            ),
+        )
+    )
+
     name: str = Field(
         min_length=1,
         max_length=63,
@@ -893,27 +1097,309 @@ class HeaderRoute(SpecModel):
         description="Conditions that must all hold for a request to take this route.",
     )
 
+    @field_validator("headers")
+    @classmethod
+    def _unique_headers(cls, headers: list[HeaderMatch]) -> list[HeaderMatch]:
+        names = [h.name for h in headers]
+        if len(set(names)) != len(names):
+            raise ValueError("header names must be unique within a header route")
+        return headers
+
+
+#: Gateway API's hostname (an HTTPRoute's ``hostnames``): stricter than HOST_PATTERN.
+GATEWAY_HOSTNAME_PATTERN = (
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+#: Gateway API's duration (GEP-2257): at most four parts of at most five digits each.
+GATEWAY_MAX_TIMEOUT = "99999h"
+_GROUP_PATTERN = r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_KIND_PATTERN = r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$"
+_SAME_PARENT = (
+    "a.group == b.group && a.kind == b.kind && a.name == b.name && "
+    "(has(a.__namespace__) ? a.__namespace__ : '') == "
+    "(has(b.__namespace__) ? b.__namespace__ : '')"
+)
+
+
+class GatewayParentRef(SpecModel):
+    """A parent of the HTTPRoute: a Gateway, one of its listeners, or a mesh Service."""
+
+    group: str = Field(
+        default="gateway.networking.k8s.io",
+        max_length=253,
+        pattern=_GROUP_PATTERN,
+        description='API group of the parent. Default gateway.networking.k8s.io; "" for a '
+        "Service.",
+    )
+    kind: str = Field(
+        default="Gateway",
+        max_length=63,
+        pattern=_KIND_PATTERN,
+        description="Kind of the parent. Default Gateway.",
+    )
+    namespace: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Namespace of the parent. Omitted: the ModelRelease's namespace. A "
+        "Gateway in another namespace must allow routes from this one (allowedRoutes).",
+    )
+    name: str = Field(
+        min_length=1, max_length=253, description="Name of the parent, e.g. public."
+    )
+    section_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="A listener of the Gateway by name (or a port name of a Service). "
+        "Omitted: every listener that accepts the route.",
+    )
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Attach only to the listener on this port."
+    )
+
+    def key(self) -> tuple[str, str, str, str]:
+        """Which parent this names (group, kind, namespace or "", name)."""
+        return (self.group, self.kind, self.namespace or "", self.name)
+
+
+class EndpointPickerFailureMode(StrEnum):
+    """What the gateway does when the endpoint picker does not answer."""
+
+    FAIL_OPEN = "FailOpen"
+    FAIL_CLOSE = "FailClose"
+
+
+class EndpointPickerRef(SpecModel):
+    """The endpoint picker (EPP) of each revision's InferencePool."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "self.kind != 'Service' || has(self.port)",
+                "port is required when kind is Service",
+                field_path=".port",
+                reason="FieldValueRequired",
+            ),
+        )
+    )
+
+    group: str = Field(
+        default="", max_length=253, pattern=_GROUP_PATTERN,
+        description='API group of the picker. Default "" (core).',
+    )
+    kind: str = Field(
+        default="Service", max_length=63, pattern=_KIND_PATTERN,
+        description="Kind of the picker. Default Service.",
+    )
+    name: str = Field(
+        min_length=1,
+        max_length=59,
+        pattern=DNS_LABEL_PATTERN,
+        description="Name of the picker, e.g. chat-epp. With perRevision, the picker of "
+        "revision N is <name>-r<N>.",
+    )
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port of the picker's Service, e.g. 9002."
+    )
+    failure_mode: EndpointPickerFailureMode = Field(
+        default=EndpointPickerFailureMode.FAIL_CLOSE,
+        description="FailClose (default): no picker, no request; FailOpen: the gateway "
+        "picks an endpoint itself.",
+    )
+    per_revision: bool = Field(
+        default=False,
+        description="Each revision's pool has its own picker, <name>-r<N> (a picker serves "
+        "one pool). Default false: every pool names the same picker.",
+    )
+
+    @model_validator(mode="after")
+    def _port_for_service(self) -> EndpointPickerRef:
+        if self.kind == "Service" and self.port is None:
+            raise ValueError("port is required when kind is Service")
+        return self
+
+
+class InferencePoolBackend(SpecModel):
+    """Per-revision InferencePools (Gateway API Inference Extension, v1) as backends."""
+
+    endpoint_picker_ref: EndpointPickerRef = Field(
+        description="The endpoint picker each revision's InferencePool names."
+    )
+
+
+class GatewayAPITraffic(SpecModel):
+    """Gateway API routing: an HTTPRoute owned by the release, not a VirtualService."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "self.parentRefs.all(a, self.parentRefs.filter(b, " + _SAME_PARENT
+                + ").size() == 1 || (has(a.sectionName) && self.parentRefs.filter(b, "
+                + _SAME_PARENT + " && has(b.sectionName) && b.sectionName == "
+                "a.sectionName).size() == 1))",
+                "parentRefs naming the same parent more than once need distinct sectionNames",
+                field_path=".parentRefs",
+            ),
+        )
+    )
+
+    parent_refs: list[GatewayParentRef] = Field(
+        min_length=1,
+        max_length=32,
+        description="Gateways (or listeners, or a Service for mesh routing) the HTTPRoute "
+        "attaches to.",
+    )
+    backend_request_timeout: Duration | None = Field(
+        default=None,
+        description="Timeout of each request from the gateway to a revision (HTTPRoute "
+        "timeouts.backendRequest), e.g. 30s; more than 0s, at most traffic.timeout.",
+        json_schema_extra=_validations(
+            _positive_duration_rule("gatewayAPI.backendRequestTimeout"),
+            _cel(
+                "!self.matches('" + DURATION_PATTERN + "') || duration(self) <= duration('"
+                + GATEWAY_MAX_TIMEOUT + "')",
+                f"gatewayAPI.backendRequestTimeout must be at most {GATEWAY_MAX_TIMEOUT}",
+            ),
+        ),
+    )
+    inference_pool: InferencePoolBackend | None = Field(
+        default=None,
+        description="Send traffic to one InferencePool per revision (<release>-r<N>, "
+        "inference.networking.k8s.io/v1) instead of its Service, for LLM serving. "
+        "Omitted: the per-revision Services.",
+    )
+
+    @field_validator("backend_request_timeout")
+    @classmethod
+    def _positive_backend_timeout(cls, v: str | None) -> str | None:
+        _positive_duration(v, "gatewayAPI.backendRequestTimeout")
+        if v is not None and parse_duration(v) > parse_duration(GATEWAY_MAX_TIMEOUT):
+            raise ValueError(f"gatewayAPI.backendRequestTimeout must be at most "
+                             f"{GATEWAY_MAX_TIMEOUT}")
+        return v
+
+    @field_validator("parent_refs")
+    @classmethod
+    def _distinct_parents(cls, refs: list[GatewayParentRef]) -> list[GatewayParentRef]:
+        for ref in refs:
+            same = [r for r in refs if r.key() == ref.key()]
+            if len(same) > 1 and (
+                ref.section_name is None
+                or sum(r.section_name == ref.section_name for r in same) > 1
+            ):
+                raise ValueError(
+                    "parentRefs naming the same parent more than once need distinct "
+                    "sectionNames"
+                )
+        return refs
+
 
 class TrafficSpec(SpecModel):
-    """How users reach the model: the Istio hosts and gateways the router manages."""
+    """How users reach the model: the hosts, and the Istio gateways or the Gateway API
+    parents, of the routes the router manages."""
 
-    hosts: list[Annotated[str, StringConstraints(max_length=253, pattern=HOST_PATTERN)]] = Field(
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!has(self.gatewayAPI) || !has(self.gateways) || size(self.gateways) == 0",
+                "gateways are Istio gateways: with gatewayAPI, name the Gateways in "
+                "gatewayAPI.parentRefs",
+                field_path=".gateways",
+            ),
+            _cel(
+                "!has(self.gatewayAPI) || !has(self.retries)",
+                "retries are not part of Gateway API's standard HTTPRoute (experimental "
+                "channel only): remove traffic.retries with gatewayAPI and set retries on "
+                "the gateway implementation",
+                field_path=".retries",
+            ),
+            _cel(
+                "!has(self.gatewayAPI) || self.hosts.all(h, h.matches(r'"
+                + GATEWAY_HOSTNAME_PATTERN + "'))",
+                "with gatewayAPI, hosts must be Gateway API hostnames: DNS names, with an "
+                "optional leading *.",
+                field_path=".hosts",
+            ),
+            _cel(
+                "!has(self.gatewayAPI) || !has(self.timeout) || !self.timeout.matches('"
+                + DURATION_PATTERN + "') || duration(self.timeout) <= duration('"
+                + GATEWAY_MAX_TIMEOUT + "')",
+                f"with gatewayAPI, timeout must be at most {GATEWAY_MAX_TIMEOUT}",
+                field_path=".timeout",
+            ),
+            _cel(
+                "!has(self.gatewayAPI) || !has(self.gatewayAPI.backendRequestTimeout) || "
+                "!has(self.timeout) || !self.timeout.matches('" + DURATION_PATTERN + "') || "
+                "!self.gatewayAPI.backendRequestTimeout.matches('" + DURATION_PATTERN
+                + "') || duration(self.gatewayAPI.backendRequestTimeout) <= "
+                "duration(self.timeout)",
+                "gatewayAPI.backendRequestTimeout must be at most timeout",
+                field_path=".gatewayAPI.backendRequestTimeout",
+            ),
+            _cel(
+                "!has(self.meshRouting) || self.meshRouting || has(self.gatewayAPI) || "
+                "(has(self.gateways) && size(self.gateways) > 0)",
+                MESH_ROUTING_NEEDS_GATEWAY,
+                field_path=".meshRouting",
+            ),
+        )
+    )
+
+    hosts: list[
+        Annotated[
+            str,
+            StringConstraints(max_length=253, pattern=HOST_PATTERN),
+            Field(json_schema_extra=_host_rules()),
+        ]
+    ] = Field(
         min_length=1,
         max_length=16,
         description=(
             "Hostnames users call, e.g. fraud.example.com (at least one). Used as the "
-            "VirtualService hosts."
+            "VirtualService hosts, beside the in-cluster name <release>.<namespace>.svc."
+            "<cluster domain> that Rewind adds (with gatewayAPI: the HTTPRoute's hostnames, "
+            "alone). Istio's rules: DNS labels of at most 63 "
+            "characters, none empty, the last not all digits; a wildcard only as the whole "
+            "first label (*.example.com), never over in-cluster Service names; no two hosts "
+            "overlapping; not the release's own name as a short host."
+        ),
+        json_schema_extra=_validations(
+            _cel(
+                "self.all(a, self.exists_one(b, b == a)) && self.all(a, !a.startsWith('*.') "
+                "|| self.all(b, b == a || !b.endsWith(a.substring(1))))",
+                HOSTS_OVERLAP,
+            )
         ),
     )
-    gateways: list[Annotated[str, StringConstraints(max_length=253, pattern=GATEWAY_PATTERN)]] = (
-        Field(
-            default_factory=list,
-            max_length=16,
-            description=(
-                "Istio gateways as <namespace>/<name>, e.g. istio-system/public. Empty: mesh "
-                "traffic only."
-            ),
-        )
+    gateways: list[
+        Annotated[
+            str,
+            StringConstraints(max_length=127, pattern=GATEWAY_PATTERN),
+            Field(json_schema_extra=_gateway_rules()),
+        ]
+    ] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "Istio Gateways as <namespace>/<name> (or <name> in the release's namespace), "
+            "each a DNS label of at most 63 characters, e.g. istio-system/public. Empty: "
+            "in-mesh callers only (meshRouting must then be true)."
+        ),
+    )
+    mesh_routing: bool = Field(
+        default=True,
+        description=(
+            "Route in-mesh callers too (Istio's mesh gateway): a pod with a sidecar calling "
+            "the hosts or the in-cluster name gets the same weights as callers through the "
+            "gateways, without passing through them, so the gateways' authentication and "
+            "rate limits do not apply to it. false: only callers through the gateways follow "
+            "the weights; in-mesh callers of the in-cluster name reach the stable revision "
+            "(the Service <release>), and of the hosts go out through the gateway. Needs "
+            "gateways when false. Default true (what Rewind always did, so an upgrade "
+            "changes no route); set false when the gateway enforces authentication or rate "
+            "limits."
+        ),
     )
     port: int = Field(
         default=80, ge=1, le=65535, description="Port users call on the hosts. Default 80."
@@ -947,11 +1433,81 @@ class TrafficSpec(SpecModel):
             "x-kubernetes-list-map-keys": ["name"],
         },
     )
+    gateway_api: GatewayAPITraffic | None = Field(
+        default=None,
+        alias="gatewayAPI",
+        description=(
+            "Route through Gateway API instead of Istio: an HTTPRoute <release> attached to "
+            "these parents, weighting the per-revision Services (or InferencePools), with "
+            "the RequestMirror filter for a shadow. Omitted: Istio's VirtualService."
+        ),
+    )
 
     @field_validator("timeout")
     @classmethod
     def _positive_timeout(cls, v: str | None) -> str | None:
         return _positive_duration(v, "traffic.timeout")
+
+    @field_validator("hosts")
+    @classmethod
+    def _istio_hosts(cls, hosts: list[str]) -> list[str]:
+        for index, host in enumerate(hosts):
+            error = host_label_error(host)
+            if error is None and covers_in_cluster_names(host):
+                error = HOST_IN_CLUSTER_WILDCARD
+            if error is not None:
+                raise ValueError(f"hosts[{index}] {host}: {error}")
+        pairs = overlapping_hosts(hosts)
+        if pairs:
+            a, b = pairs[0]
+            raise ValueError(f"{a} and {b}: {HOSTS_OVERLAP}")
+        return hosts
+
+    @field_validator("gateways")
+    @classmethod
+    def _istio_gateways(cls, gateways: list[str]) -> list[str]:
+        for index, gateway in enumerate(gateways):
+            error = gateway_error(gateway)
+            if error is not None:
+                raise ValueError(f"gateways[{index}] {gateway}: {error}")
+        return gateways
+
+    @model_validator(mode="after")
+    def _mesh_or_gateway(self) -> TrafficSpec:
+        if not self.mesh_routing and not self.gateways and self.gateway_api is None:
+            raise ValueError(MESH_ROUTING_NEEDS_GATEWAY)
+        return self
+
+    @model_validator(mode="after")
+    def _gateway_api_rules(self) -> TrafficSpec:
+        if self.gateway_api is None:
+            return self
+        if self.gateways:
+            raise ValueError("gateways are Istio gateways: with gatewayAPI, name the Gateways "
+                             "in gatewayAPI.parentRefs")
+        if self.retries is not None:
+            raise ValueError(
+                "retries are not part of Gateway API's standard HTTPRoute (experimental "
+                "channel only): remove traffic.retries with gatewayAPI and set retries on "
+                "the gateway implementation"
+            )
+        bad = [h for h in self.hosts if not re.match(GATEWAY_HOSTNAME_PATTERN, h)]
+        if bad:
+            raise ValueError(f"with gatewayAPI, hosts must be Gateway API hostnames: DNS "
+                             f"names, with an optional leading *. (not {', '.join(bad)})")
+        limit = parse_duration(GATEWAY_MAX_TIMEOUT)
+        if self.timeout is not None and parse_duration(self.timeout) > limit:
+            raise ValueError(f"with gatewayAPI, timeout must be at most {GATEWAY_MAX_TIMEOUT}")
+        backend = self.gateway_api.backend_request_timeout
+        if (backend is not None and self.timeout is not None
+                and parse_duration(backend) > parse_duration(self.timeout)):
+            raise ValueError("gatewayAPI.backendRequestTimeout must be at most timeout")
+        return self
+
+    @property
+    def router(self) -> str:
+        """Which router routes this traffic: ``gatewayAPI`` or ``istio``."""
+        return "gatewayAPI" if self.gateway_api is not None else "istio"
 
     @field_validator("header_routes")
     @classmethod
@@ -1579,6 +2135,14 @@ class RoutesStatus(StatusModel):
     header_revision: int = Field(
         default=0, description="Revision the header routes send their callers to (0 = none)."
     )
+    primary_revision: int = Field(
+        default=0,
+        description=(
+            "Revision the in-cluster name's Service <release> selects, where callers that "
+            "bypass the routes go (no sidecar, a NodePort, a route of their own): the "
+            "stable revision, moved on promotion and rollback (0 = none)."
+        ),
+    )
     wanted: list[RouteWeight] = Field(
         default_factory=list,
         max_length=16,
@@ -2060,6 +2624,13 @@ class ModelRelease(BaseModel):
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: ModelReleaseSpec
     status: ModelReleaseStatus = Field(default_factory=ModelReleaseStatus)
+
+    @model_validator(mode="after")
+    def _no_short_host_of_its_own_name(self) -> ModelRelease:
+        name = self.metadata.name
+        if name and name in self.spec.traffic.hosts:
+            raise ValueError(f"spec.traffic.hosts: {short_host_message(name)}")
+        return self
 
 
 class RolloutPolicy(BaseModel):

@@ -48,6 +48,7 @@ from rewind.adapters.archive import (
     parse_stored,
 )
 from rewind.adapters.base import (
+    DEFAULT_CLUSTER_DOMAIN,
     AdapterError,
     MetricProvider,
     Notifier,
@@ -70,6 +71,7 @@ from rewind.api import (
     ModelReleaseSpec,
     ModelReleaseStatus,
     RolloutPolicySpec,
+    release_host_errors,
     spec_hash,
     workload_name,
 )
@@ -207,10 +209,13 @@ class ReleaseController:
         request_timeout: float = 30.0,
         trust_actor_annotations: bool = False,
         archive: KubeArchive | None = None,
+        cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
         policies: PolicyCache | None = None,
         quarantines: QuarantineCache | None = None,
     ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
+        #: The cluster's DNS domain: the in-cluster name Rewind routes ends in svc.<it>.
+        self.cluster_domain = cluster_domain
         self.archive = archive or KubeArchive(api_client, request_timeout=request_timeout)
         #: Per release: the uid and the records (revision -> record) known to be stored.
         self._records: dict[tuple[str, str], tuple[str, dict[int, str]]] = {}
@@ -311,6 +316,15 @@ class ReleaseController:
         except ValidationError as err:
             # The CRD schema should have refused this; say so instead of crash-looping.
             message = f"spec or status does not match the API: {_first_error(err)}"
+            await self._write_stalled(namespace, name, old_status_doc, meta, message)
+            return ReconcileResult(requeue_after=None, error=message)
+        host_errors = release_host_errors(
+            name, namespace, spec.traffic.hosts, self.cluster_domain
+        )
+        if host_errors:
+            # Istio would refuse the routes: hold everything as it is (the routes written
+            # for the previous spec keep serving) until the spec is fixed.
+            message = f"spec.traffic.hosts: {'; '.join(host_errors)}"
             await self._write_stalled(namespace, name, old_status_doc, meta, message)
             return ReconcileResult(requeue_after=None, error=message)
 
@@ -576,16 +590,17 @@ class ReleaseController:
         key = (namespace, name)
         wanted = RouteState(
             dict(action.weights), action.mirror_revision, action.mirror_percent,
-            action.header_revision,
+            action.header_revision, action.primary_revision,
         )
         in_place = (
             seen.exists
             and not seen.untidy
-            and all(p.kind == "Conflict" for p in seen.problems)
+            and all(p.kind == "Conflict" or not p.fixed_by_write for p in seen.problems)
             and dict(seen.weights) == dict(action.weights)
             and (seen.mirror_revision, seen.mirror_percent)
             == (action.mirror_revision, action.mirror_percent)
             and seen.header_revision == action.header_revision
+            and seen.primary_revision == action.primary_revision
         )
         if in_place and not force:
             self._refused.pop(key, None)
@@ -600,6 +615,7 @@ class ReleaseController:
                 action.mirror_revision,
                 action.mirror_percent,
                 action.header_revision,
+                action.primary_revision,
             )
         except (RouteRefusedError, OwnershipConflictError) as err:
             if isinstance(err, OwnershipConflictError) and any(

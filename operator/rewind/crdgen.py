@@ -310,7 +310,11 @@ def modelrelease_crd() -> dict[str, Any]:
         },
     }
     schema = _root_schema(
-        api.ModelRelease, api.ModelReleaseSpec, api.ModelReleaseStatus, [name_rule], metadata
+        api.ModelRelease,
+        api.ModelReleaseSpec,
+        api.ModelReleaseStatus,
+        [name_rule, api.SHORT_HOST_RULE],
+        metadata,
     )
     return _crd(
         kind=api.MODELRELEASE_KIND,

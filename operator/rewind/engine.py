@@ -468,13 +468,22 @@ class ScaleRevision:
 
 @dataclass(frozen=True)
 class SetRoutes:
-    """One router write: live weights per revision (sum 100), an optional mirror, and the
-    revision the spec's header routes send their callers to (None: no header routes)."""
+    """One router write: live weights per revision (sum 100), an optional mirror, the
+    revision the spec's header routes send their callers to (None: no header routes), and
+    the revision the in-cluster name's Service selects, for callers that bypass the routes
+    (``primary_revision``; None: the revision with all the weight)."""
 
     weights: Mapping[int, int]
     mirror_revision: int | None
     mirror_percent: int
     header_revision: int | None = None
+    primary_revision: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.primary_revision is None:
+            full = [r for r, w in self.weights.items() if w == 100]
+            if full:
+                object.__setattr__(self, "primary_revision", full[0])
 
 
 @dataclass(frozen=True)
@@ -564,6 +573,7 @@ def _same(problem: RouteProblem, want: SetRoutes | None) -> bool:
         and (wished.mirror_revision if wished.mirror_percent else None) == want.mirror_revision
         and wished.mirror_percent == want.mirror_percent
         and wished.header_revision == want.header_revision
+        and wished.primary_revision == want.primary_revision
     )
 
 
@@ -576,6 +586,13 @@ def _describe_routes(routes: SetRoutes | None) -> str:
         parts.append(f"mirror {routes.mirror_percent}% to r{routes.mirror_revision}")
     if routes.header_revision:
         parts.append(f"header routes to r{routes.header_revision}")
+    live = [r for r, w in routes.weights.items() if w > 0]
+    if routes.primary_revision is None and live:
+        parts.append("in-cluster name to no revision")
+    elif routes.primary_revision is not None and dict(routes.weights) != {
+        routes.primary_revision: 100
+    }:
+        parts.append(f"in-cluster name to r{routes.primary_revision}")
     return ", ".join(parts) or "nothing"
 
 
@@ -746,6 +763,7 @@ class _Ctx:
             seen == dict(want.weights)
             and mirror == (want.mirror_revision, want.mirror_percent)
             and obs.header_revision == want.header_revision
+            and obs.primary_revision == want.primary_revision
         )
 
     def in_effect(self, want: SetRoutes | None) -> bool:
@@ -761,11 +779,7 @@ class _Ctx:
         source = obs.source or "the router"
         if not obs.exists:
             return f"{source} does not exist yet (want {_describe_routes(want)})"
-        seen = _describe_routes(
-            SetRoutes(
-                dict(obs.weights), obs.mirror_revision, obs.mirror_percent, obs.header_revision
-            )
-        )
+        seen = _describe_routes(_seen_routes(obs))
         return f"{source} routes {seen}, want {_describe_routes(want)}"
 
     def entry(self, revision: int) -> HistoryEntry | None:
@@ -850,7 +864,9 @@ def _stage_routes(ctx: _Ctx, stage: Stage) -> SetRoutes | None:
     weights = {r: w for r, w in ((stable, 100 - stage.weight), (cand, stage.weight)) if w > 0}
     header = cand if ctx.inp.spec.traffic.header_routes and stage.kind in _HEADER_ROUTED else None
     mirror = cand if stage.mirror else None
-    return SetRoutes(weights, mirror, stage.mirror, header)
+    # Callers that bypass the routes stay on the stable revision until the promotion, even
+    # when a step or a blue-green switch gives the candidate all the routed traffic.
+    return SetRoutes(weights, mirror, stage.mirror, header, stable)
 
 
 def _rollout_routes(ctx: _Ctx, plan: Plan) -> SetRoutes | None:
@@ -2992,6 +3008,17 @@ def _route_weights(weights: Mapping[int, int]) -> list[RouteWeight]:
     return [RouteWeight(revision=r, weight=w) for r, w in sorted(weights.items()) if w > 0]
 
 
+def _seen_routes(obs: RouteObservation) -> SetRoutes:
+    """The routes the router reports, as a write that would produce them."""
+    seen = SetRoutes(
+        dict(obs.weights), obs.mirror_revision, obs.mirror_percent, obs.header_revision,
+        obs.primary_revision,
+    )
+    # As reported, even None (the umbrella Service selects no revision): not derived.
+    object.__setattr__(seen, "primary_revision", obs.primary_revision)
+    return seen
+
+
 def _report_routes(ctx: _Ctx) -> SetRoutes | None:
     """Report the routes in effect (never the ones asked for) and whether they are the
     ones the final state needs; record a route problem, or an edit outside Rewind of
@@ -3005,18 +3032,19 @@ def _report_routes(ctx: _Ctx) -> SetRoutes | None:
     seen = _route_weights(obs.weights)
     mirror = (obs.mirror_revision or 0, obs.mirror_percent) if obs.mirror_percent else (0, 0)
     header = obs.header_revision or 0
+    primary = obs.primary_revision or 0
     # Why the routes are not in effect; with nothing wanted yet, a problem the router sees
     # all the same (kept so that its Event is not repeated).
     message = ctx.routes_why(want) if not in_effect else (problem.message if problem else "")
     source = obs.source or "the routes"
     before = (stored.weights, (stored.mirror_revision, stored.mirror_percent),
-              stored.header_revision)
-    if stored.in_effect and (seen, mirror, header) != before and problem is None:
+              stored.header_revision, stored.primary_revision)
+    if stored.in_effect and (seen, mirror, header, primary) != before and problem is None:
         old = _describe_routes(SetRoutes({w.revision: w.weight for w in stored.weights},
                                          stored.mirror_revision or None,
-                                         stored.mirror_percent, stored.header_revision or None))
-        new = _describe_routes(SetRoutes(dict(obs.weights), mirror[0] or None, mirror[1],
-                                         header or None))
+                                         stored.mirror_percent, stored.header_revision or None,
+                                         stored.primary_revision or None))
+        new = _describe_routes(_seen_routes(obs))
         ctx.record(
             TimelineType.ROUTE_DRIFT,
             f"{source} was changed outside Rewind: it routes {new} instead of {old}; "
@@ -3035,6 +3063,7 @@ def _report_routes(ctx: _Ctx) -> SetRoutes | None:
     r.weights = seen
     r.mirror_revision, r.mirror_percent = mirror
     r.header_revision = header
+    r.primary_revision = primary
     r.wanted = wanted
     r.message = message
     stable, cand = s.stable_revision, s.candidate_revision

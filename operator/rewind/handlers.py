@@ -37,11 +37,24 @@ from prometheus_client import start_http_server
 from rewind import API_GROUP, API_VERSION
 from rewind.adapters import _kube
 from rewind.adapters.archive import KubeArchive
-from rewind.adapters.base import MANAGED_BY_LABEL, MANAGED_BY_VALUE, RELEASE_LABEL
+from rewind.adapters.base import (
+    DEFAULT_CLUSTER_DOMAIN,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    RELEASE_LABEL,
+)
 from rewind.adapters.events import EventRecorder
+from rewind.adapters.gateway_api import (
+    GATEWAY_GROUP,
+    GATEWAY_VERSION,
+    HTTPROUTES,
+    GatewayAPIRouter,
+)
+from rewind.adapters.httproute_index import HTTPRouteIndex
 from rewind.adapters.prometheus import DEFAULT_THREADS, PrometheusProvider
 from rewind.adapters.route_index import VirtualServiceIndex
 from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION, IstioRouter
+from rewind.adapters.routers import TrafficRouter
 from rewind.adapters.workloads import KubeWorkloads
 from rewind.api import (
     MODELRELEASE_PLURAL,
@@ -127,6 +140,11 @@ class RuntimeConfig:
     identity: str = ""
     #: Watched namespaces; None for all (then the peering object is cluster-wide).
     namespaces: list[str] | None = None
+    #: The cluster's DNS domain (Kubernetes' default cluster.local): in-cluster names end in
+    #: svc.<it>, in the routes Rewind writes and in the conflicts it looks for.
+    cluster_domain: str = field(
+        default_factory=lambda: os.environ.get("REWIND_CLUSTER_DOMAIN", DEFAULT_CLUSTER_DOMAIN)
+    )
 
     def prometheus_provider(self) -> PrometheusProvider:
         """The analysis queries' provider: URL, credentials, timeout and threads."""
@@ -328,15 +346,24 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     operator_metrics = OperatorMetrics()
     memo.api_client = api_client
     # Filled by route_event from the VirtualService watch; read by the router.
-    memo.route_index = VirtualServiceIndex()
+    memo.route_index = VirtualServiceIndex(runtime.cluster_domain)
+    # Filled by http_route_event from the HTTPRoute watch; read by the Gateway API router.
+    memo.http_route_index = HTTPRouteIndex()
     memo.controller = ReleaseController(
         api_client,
-        router=IstioRouter(api_client, index=memo.route_index),
+        router=TrafficRouter(
+            api_client,
+            istio=IstioRouter(
+                api_client, index=memo.route_index, cluster_domain=runtime.cluster_domain
+            ),
+            gateway_api=GatewayAPIRouter(api_client, index=memo.http_route_index),
+        ),
         workloads=KubeWorkloads(api_client),
         metrics=runtime.prometheus_provider(),
         notifier=EventRecorder(api_client),
         operator_metrics=operator_metrics,
         trust_actor_annotations=runtime.trust_actor_annotations,
+        cluster_domain=runtime.cluster_domain,
     )
     memo.loops = ReleaseLoops(memo.controller, active=runtime.peering_name is None)
     if runtime.peering_name is not None:
@@ -480,6 +507,19 @@ async def quarantine_event(
     assert namespace is not None
     memo.controller.quarantines.invalidate(namespace)
     memo.loops.poke_namespace(namespace)
+
+
+@kopf.on.event(GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES)
+async def http_route_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the HTTPRoute index current (Gateway API route conflicts are looked up in it)
+    and wake the releases a change concerns: those whose hosts another route now takes or
+    no longer takes, and the owner of a Rewind HTTPRoute that was edited by someone else,
+    deleted, or accepted or refused by a gateway (a new ``status.parents``), so a step
+    starts as soon as the gateway accepts its routes. Nothing is written."""
+    obj: Mapping[str, Any] = event.get("object") or {}
+    index: HTTPRouteIndex = memo.http_route_index
+    for namespace, release in sorted(index.apply(event.get("type"), obj)):
+        memo.loops.poke(namespace, release)
 
 
 @kopf.on.event(API_GROUP, API_VERSION, ROLLOUTPOLICY_PLURAL)

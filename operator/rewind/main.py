@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import socket
 import sys
 
@@ -16,7 +17,7 @@ import kopf
 
 import rewind.handlers  # noqa: F401 - registers the handlers with Kopf
 from rewind.adapters.prometheus import DEFAULT_THREADS
-from rewind.api import parse_duration
+from rewind.api import DEFAULT_CLUSTER_DOMAIN, parse_duration
 from rewind.handlers import DEFAULT_HISTORY_RETENTION, RuntimeConfig
 
 
@@ -40,6 +41,17 @@ def _threads(text: str) -> int:
     if not 1 <= count <= 1024:
         raise argparse.ArgumentTypeError(f"{count} is not between 1 and 1024")
     return count
+
+
+_DOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
+
+
+def _domain(text: str) -> str:
+    """A DNS domain such as cluster.local (lowercase labels, no trailing dot), for argparse."""
+    domain = text.strip().lower().rstrip(".")
+    if not _DOMAIN.match(domain) or len(domain) > 200:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a DNS domain such as cluster.local")
+    return domain
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,6 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "them; also how long records a live release no longer refers to "
                         "are kept (env REWIND_HISTORY_RETENTION, default "
                         f"{DEFAULT_HISTORY_RETENTION})")
+    parser.add_argument("--cluster-domain", type=_domain, metavar="DOMAIN",
+                        default=os.environ.get("REWIND_CLUSTER_DOMAIN", DEFAULT_CLUSTER_DOMAIN),
+                        help="the cluster's DNS domain: Rewind routes the in-cluster name "
+                        "<release>.<namespace>.svc.<DOMAIN> and sends traffic to "
+                        "<release>-r<N>.<namespace>.svc.<DOMAIN> (env REWIND_CLUSTER_DOMAIN, "
+                        f"default {DEFAULT_CLUSTER_DOMAIN})")
     parser.add_argument("--metrics-port", type=int,
                         default=int(os.environ.get("REWIND_METRICS_PORT", "9090")),
                         help="port of the operator's own /metrics (0 = off)")
@@ -126,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                             namespaces=args.namespace or None,
                             prometheus_timeout=args.prometheus_timeout,
                             analysis_threads=args.analysis_threads,
-                            history_retention=args.history_retention)
+                            history_retention=args.history_retention,
+                            cluster_domain=args.cluster_domain)
     if args.prometheus_url:
         runtime.prometheus_url = args.prometheus_url
     kopf.run(

@@ -15,6 +15,7 @@ the shared Prometheus.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -191,10 +192,18 @@ class Routes:
     mirror_percent: float = 0.0
 
 
-def _revision(destination: Mapping[str, Any]) -> int:
-    subset = str(destination.get("subset", ""))
-    assert subset.startswith("r"), f"unexpected subset {subset!r}"
-    return int(subset[1:])
+#: A revision's own Service, where Rewind routes: ``<release>-r<N>.<namespace>.svc.<domain>``.
+_REVISION_HOST = re.compile(r"^[a-z0-9-]+-r([0-9]+)\.[a-z0-9-]+\.svc\.cluster\.local$")
+
+
+def revision_of(destination: Mapping[str, Any]) -> int:
+    """The revision a route destination reaches: its host is the revision's own Service
+    (never a subset of the umbrella Service, which selects the stable revision only)."""
+    assert "subset" not in destination, f"a route to a subset: {destination!r}"
+    found = _REVISION_HOST.match(str(destination.get("host", "")))
+    assert found, f"not a revision's Service: {destination!r}"
+    return int(found.group(1))
+
 
 
 def parse_virtual_service(vs: Mapping[str, Any]) -> Routes:
@@ -209,11 +218,11 @@ def parse_virtual_service(vs: Mapping[str, Any]) -> Routes:
     for entry in route.get("route") or []:
         weight = int(entry.get("weight", 100 if len(route["route"]) == 1 else 0))
         if weight > 0:
-            weights[_revision(entry["destination"])] = weight
+            weights[revision_of(entry["destination"])] = weight
     mirror = route.get("mirror")
     if mirror:
         percent = float((route.get("mirrorPercentage") or {}).get("value", 100.0))
-        return Routes(weights, _revision(mirror), percent)
+        return Routes(weights, revision_of(mirror), percent)
     return Routes(weights)
 
 
@@ -285,14 +294,41 @@ class Rewind:
             return None
         return parse_virtual_service(json.loads(result.stdout))
 
-    def subsets(self, name: str) -> list[str] | None:
-        """The DestinationRule's subset names (None: no DestinationRule)."""
+    def in_cluster_revision(self, name: str) -> int | None:
+        """The revision the umbrella Service ``<name>`` (the in-cluster name, where callers
+        that bypass the routes go) selects; None: no such Service, or it selects none."""
         result = self.kubectl(
-            "get", "destinationrule", name, "-n", self.namespace, "-o", "json", check=False
+            "get", "service", name, "-n", self.namespace, "-o", "json", check=False
         )
         if result.returncode != 0:
             return None
-        return [s["name"] for s in json.loads(result.stdout)["spec"]["subsets"]]
+        selector = json.loads(result.stdout)["spec"].get("selector") or {}
+        assert selector.get("rewind.dev/release") == name, selector
+        value = selector.get("rewind.dev/revision", "")
+        return int(value) if value.isdigit() else None
+
+    def behind(self, name: str, service: str | None = None) -> set[int]:
+        """The revisions of release ``name``'s pods that the EndpointSlices of ``service``
+        list (default: the umbrella Service ``<name>``, what a caller that bypasses the
+        routes reaches), read from the pods' own labels."""
+        slices = json.loads(self.kubectl(
+            "get", "endpointslices", "-n", self.namespace, "-o", "json",
+            "-l", f"kubernetes.io/service-name={service or name}",
+        ).stdout)["items"]
+        pods = {
+            e["targetRef"]["name"]
+            for s in slices for e in s.get("endpoints") or [] if e.get("targetRef")
+        }
+        listed = self.get("pods", "-l", f"rewind.dev/release={name}")["items"]
+        return {
+            int(p["metadata"]["labels"]["rewind.dev/revision"])
+            for p in listed if p["metadata"]["name"] in pods
+        }
+
+    def destination_rules(self) -> list[str]:
+        """Names of the DestinationRules in the namespace (Rewind writes none)."""
+        out = self.kubectl("get", "destinationrules", "-n", self.namespace, "-o", "name")
+        return out.stdout.split()
 
     def replicas(self, release: str, revision: int) -> int | None:
         """spec.replicas of the revision's Deployment (None: no Deployment)."""
@@ -533,7 +569,7 @@ class Recorder:
 
     sandbox: Sandbox
     namespace: str
-    kinds: Sequence[str] = ("virtualservices", "deployments", "modelreleases")
+    kinds: Sequence[str] = ("virtualservices", "deployments", "modelreleases", "services")
     seen: list[Seen] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -544,6 +580,9 @@ class Recorder:
         if kind == "deployments":
             apps = client.AppsV1Api(api)
             return lambda **kw: apps.list_namespaced_deployment(self.namespace, **kw)
+        if kind == "services":
+            core = client.CoreV1Api(api)
+            return lambda **kw: core.list_namespaced_service(self.namespace, **kw)
         custom = client.CustomObjectsApi(api)
         group, version = (
             ("networking.istio.io", "v1") if kind == "virtualservices" else (GROUP, VERSION)
@@ -568,8 +607,10 @@ class Recorder:
                     self._ready[kind].set()
                 w = watch.Watch()
                 try:
+                    # Bookmarks keep a quiet kind's version recent (a Service may not change
+                    # for minutes while other namespaces' changes age its version out).
                     for event in w.stream(lister, resource_version=version, timeout_seconds=1,
-                                          allow_watch_bookmarks=False):
+                                          allow_watch_bookmarks=True):
                         obj = event["object"]
                         if not isinstance(obj, dict):
                             obj = api.sanitize_for_serialization(obj)
@@ -577,10 +618,14 @@ class Recorder:
                             version = ""  # 410 Gone: list again
                             break
                         version = obj["metadata"]["resourceVersion"]
-                        if event["type"] != "DELETED":
+                        if event["type"] not in ("DELETED", "BOOKMARK"):
                             self._keep(kind, obj)
                         if self._stop.is_set():
                             break
+                except client.ApiException as err:
+                    if err.status != 410:
+                        raise
+                    version = ""  # the client raises 410 Gone itself: list again
                 finally:
                     w.stop()
         finally:
@@ -598,7 +643,7 @@ class Recorder:
             thread.start()
             self._threads.append(thread)
         for kind in self.kinds:
-            assert self._ready[kind].wait(10), f"watch of {kind} did not start"
+            assert self._ready[kind].wait(30), f"watch of {kind} did not start"
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -610,6 +655,18 @@ class Recorder:
         with self._lock:
             found = {s.rv: s for s in self.seen if s.kind == kind and s.name == name}
         return [found[rv] for rv in sorted(found)]
+
+    def in_cluster_revisions(self, name: str) -> list[int | None]:
+        """Each revision the umbrella Service ``<name>`` selected, in order, repeats
+        collapsed (None: a selector naming no single revision, e.g. every revision's pods)."""
+        seen: list[int | None] = []
+        for version in self.versions("services", name):
+            selector = version.obj["spec"].get("selector") or {}
+            value = str(selector.get("rewind.dev/revision", ""))
+            revision = int(value) if value.isdigit() else None
+            if not seen or seen[-1] != revision:
+                seen.append(revision)
+        return seen
 
     def routes(self, name: str) -> list[tuple[int, Routes]]:
         """Every distinct routing the VirtualService had, in order, with the write's rv."""

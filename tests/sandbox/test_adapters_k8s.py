@@ -98,19 +98,91 @@ def test_routes_are_accepted_by_istios_schema_and_read_back(
 ) -> None:
     assert run(router.get_routes(RELEASE, namespace)) is None
     run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 90, 2: 10}))
-    assert run(router.get_routes(RELEASE, namespace)) == RouteState({1: 90, 2: 10}, None, 0)
+    assert run(router.get_routes(RELEASE, namespace)) == RouteState({1: 90, 2: 10}, None, 0,
+                                                                    None, 1)
 
     run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100, 2: 0}, 2, 50))
-    assert run(router.get_routes(RELEASE, namespace)) == RouteState({1: 100}, 2, 50)
+    assert run(router.get_routes(RELEASE, namespace)) == RouteState({1: 100}, 2, 50, None, 1)
 
     vs = get_json(kubectl, namespace, "virtualservice", RELEASE, "--show-managed-fields")
     assert vs["metadata"]["ownerReferences"][0]["uid"] == owner.uid
     assert vs["spec"]["gateways"] == ["istio-system/public", "mesh"]
     assert vs["spec"]["http"][0]["mirrorPercentage"] == {"value": 50}
+    assert vs["spec"]["http"][0]["mirror"] == {
+        "host": f"{RELEASE}-r2.{namespace}.svc.cluster.local"}
     managers = {m["manager"] for m in vs["metadata"]["managedFields"]}
     assert managers == {"rewind-operator"}
-    dr = get_json(kubectl, namespace, "destinationrule", RELEASE)
-    assert [s["name"] for s in dr["spec"]["subsets"]] == ["r1", "r2"]
+    umbrella = get_json(kubectl, namespace, "service", RELEASE)
+    assert umbrella["spec"]["selector"] == {"rewind.dev/release": RELEASE,
+                                            "rewind.dev/revision": "1"}
+    assert kubectl("get", "destinationrules", "-n", namespace, "-o", "name").stdout == ""
+
+
+def test_the_umbrella_service_follows_the_primary_revision_and_is_read_back(
+    router: IstioRouter, owner: OwnerRef, namespace: str, kubectl: Kubectl, istio_crds: None
+) -> None:
+    """A canary at 90/10 keeps the in-cluster name on r1; the promotion moves it to r2 in
+    the same call as the weights; someone else's edit of its selector is seen."""
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 10, 2: 90},
+                          primary_revision=1))
+    seen = run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC))
+    assert (dict(seen.weights), seen.primary_revision, seen.problems) == ({1: 10, 2: 90}, 1, ())
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {2: 100}, primary_revision=2))
+    assert run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC)).primary_revision == 2
+    kubectl("patch", "service", RELEASE, "-n", namespace, "--type=merge",
+            "-p", json.dumps({"spec": {"selector": {"rewind.dev/revision": None}}}))
+    assert run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC)).primary_revision is None
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {2: 100}, primary_revision=2))
+    assert run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC)).primary_revision == 2
+
+
+def test_routes_to_subsets_are_rewritten_then_their_destination_rule_deleted(
+    router: IstioRouter, owner: OwnerRef, namespace: str, kubectl: Kubectl, istio_crds: None
+) -> None:
+    """An existing release upgraded in place: Rewind wrote subsets of the umbrella Service
+    and a DestinationRule. The first write switches the VirtualService to each revision's
+    Service while the DestinationRule stays (a proxy still on the old routes finds its
+    subsets); the next write, once the new routes are read back, deletes it."""
+    host = f"{RELEASE}.{namespace}.svc.cluster.local"
+    meta = {"namespace": namespace, "ownerReferences": [owner.to_k8s()],
+            "labels": {"app.kubernetes.io/managed-by": "rewind", "rewind.dev/release": RELEASE}}
+    legacy_vs = {
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": RELEASE, **meta},
+        "spec": {"hosts": ["fraud.example.com", host], "gateways": ["istio-system/public", "mesh"],
+                 "http": [{"name": "rewind", "route": [
+                     {"destination": {"host": host, "subset": "r1"}, "weight": 80},
+                     {"destination": {"host": host, "subset": "r2"}, "weight": 20}]}]},
+    }
+    legacy_rule = {
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": RELEASE, **meta},
+        "spec": {"host": host, "subsets": [
+            {"name": "r1", "labels": {"rewind.dev/revision": "1"}},
+            {"name": "r2", "labels": {"rewind.dev/revision": "2"}}]},
+    }
+    for obj in (legacy_vs, legacy_rule):
+        kubectl("apply", "--server-side", "--field-manager=rewind-operator", "-f", "-",
+                input=json.dumps(obj))
+    seen = run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC))
+    assert dict(seen.weights) == {1: 80, 2: 20}
+    assert [p.kind for p in seen.problems] == ["NotAccepted"]
+    assert "routes to DestinationRule subsets" in seen.problems[0].message
+
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 80, 2: 20}))
+    vs = get_json(kubectl, namespace, "virtualservice", RELEASE)
+    assert [d["destination"] for d in vs["spec"]["http"][0]["route"]] == [
+        {"host": f"{RELEASE}-r1.{namespace}.svc.cluster.local"},
+        {"host": f"{RELEASE}-r2.{namespace}.svc.cluster.local"},
+    ]
+    get_json(kubectl, namespace, "destinationrule", RELEASE)  # still there: make before break
+    seen = run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC))
+    assert (dict(seen.weights), seen.problems) == ({1: 80, 2: 20}, ())
+    assert "DestinationRule" in seen.untidy
+
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 80, 2: 20}))
+    assert kubectl("get", "destinationrules", "-n", namespace, "-o", "name").stdout == ""
+    assert run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC)).untidy == ""
 
 
 def test_switching_weights_is_one_write_and_repeating_it_none(
@@ -121,8 +193,6 @@ def test_switching_weights_is_one_write_and_repeating_it_none(
     istio_crds: None,
 ) -> None:
     run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100}))
-    # r2's subset first, so the switch itself only touches the VirtualService.
-    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 100, 2: 0}))
     api = client.CustomObjectsApi(api_client)
 
     def version() -> str:
@@ -366,10 +436,14 @@ def test_revision_deployment_becomes_available_behind_its_services(
         IMAGE,
         DIGEST_A,
     )
-    umbrella = get_json(kubectl, namespace, "service", RELEASE)
-    assert umbrella["spec"]["selector"] == {"rewind.dev/release": RELEASE}
+    # The umbrella Service (the in-cluster name) is the router's: it moves with the routes.
+    assert kubectl("get", "service", RELEASE, "-n", namespace, "--ignore-not-found",
+                   "-o", "name").stdout == ""
     revision_svc = get_json(kubectl, namespace, "service", f"{RELEASE}-r1")
-    assert revision_svc["spec"]["selector"]["rewind.dev/revision"] == "1"
+    # By release and revision: another release's r1 in the namespace is never behind it (the
+    # DestinationRule subsets Rewind once wrote selected by revision alone).
+    assert revision_svc["spec"]["selector"] == {"rewind.dev/release": RELEASE,
+                                                "rewind.dev/revision": "1"}
     pods = get_json(kubectl, namespace, "pods", "-l", "rewind.dev/revision=1")["items"]
     assert len(pods) == 2
     assert all(p["metadata"]["labels"]["app.kubernetes.io/name"] == RELEASE for p in pods)

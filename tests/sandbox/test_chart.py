@@ -107,6 +107,7 @@ def test_helm_lint_passes(sandbox: Sandbox, values: str) -> None:
         ("replicas=2", "replicas > 1 needs peering.enabled=true"),
         ("prometheusRule.awaitingApproval.for=five-minutes",
          "at '/prometheusRule/awaitingApproval/for'"),
+        ("clusterDomain=cluster.local.", "at '/clusterDomain'"),
         ("unknownOption=true", "additional properties 'unknownOption' not allowed"),
     ],
 )
@@ -228,6 +229,7 @@ def test_operator_arguments_follow_the_values(sandbox: Sandbox, kubectl: Kubectl
         pytest.param(["peering.enabled=true", "replicas=2"], id="peering"),
         pytest.param(["prometheus.timeout=1m30s", "analysis.threads=64"], id="analysis"),
         pytest.param(["history.retention=48h"], id="history"),
+        pytest.param(["clusterDomain=corp.internal"], id="cluster-domain"),
     ],
 )
 def test_rewind_operator_accepts_the_arguments(
@@ -248,6 +250,8 @@ def test_rewind_operator_accepts_the_arguments(
         (90.0, 64) if tuned else (10.0, 16))
     assert parsed.history_retention == (
         48 * 3600.0 if "history.retention=48h" in values else 30 * 24 * 3600.0)
+    assert parsed.cluster_domain == (
+        "corp.internal" if "clusterDomain=corp.internal" in values else "cluster.local")
 
 
 @sandbox_test
@@ -606,6 +610,11 @@ ALLOWED_NAMESPACED = [
     ("list", "virtualservices.networking.istio.io"),  # the route conflict index
     ("watch", "virtualservices.networking.istio.io"),
     ("patch", "destinationrules.networking.istio.io"),
+    ("patch", "httproutes.gateway.networking.k8s.io"),
+    ("list", "httproutes.gateway.networking.k8s.io"),  # the HTTPRoute conflict index
+    ("watch", "httproutes.gateway.networking.k8s.io"),
+    ("delete", "httproutes.gateway.networking.k8s.io"),  # a release that left Gateway API
+    ("patch", "inferencepools.inference.networking.k8s.io"),
     ("patch", "deployments.apps"),
     ("patch", "deployments.apps", "--subresource=scale"),
     ("list", "deployments.apps"),
@@ -633,6 +642,8 @@ DENIED_NAMESPACED = [
     ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("update", "configmaps"),
     ("create", "gateways.networking.istio.io"),
+    ("create", "gateways.gateway.networking.k8s.io"),
+    ("patch", "httproutes.gateway.networking.k8s.io", "--subresource=status"),
 ]
 
 

@@ -19,7 +19,13 @@ from tests.conftest import (
     wait_for,
 )
 from tests.sandbox.chart_helpers import ChartRelease, rewind_chart_fixture  # noqa: F401
-from tests.sandbox.operator_helpers import METRIC, canary, policy_manifest, release_manifest
+from tests.sandbox.operator_helpers import (
+    METRIC,
+    canary,
+    policy_manifest,
+    release_manifest,
+    revision_of,
+)
 
 # The operator watches every namespace: nothing else may run meanwhile.
 pytestmark = [pytest.mark.sandbox, pytest.mark.exclusive]
@@ -59,7 +65,7 @@ def test_operator_as_the_chart_service_account_promotes_and_rolls_back(
 
     def routes() -> list[tuple[str, int]]:
         vs = json.loads(kubectl("get", "virtualservice/scorer", "-n", ns, "-o", "json").stdout)
-        return [(r["destination"]["subset"], r.get("weight", 100))
+        return [(f"r{revision_of(r['destination'])}", r.get("weight", 100))
                 for r in vs["spec"]["http"][0]["route"]]
 
     # The chart's default: all namespaces, standalone, with the chart's identity only.

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, Kubectl, Sandbox
+from tests.sandbox.operator_helpers import revision_of
 
 pytestmark = pytest.mark.sandbox
 
@@ -52,8 +53,25 @@ def types(body: dict[str, Any], revision: int) -> list[str]:
 def routes(kubectl: Kubectl, ns: str, name: str) -> tuple[dict[str, int], Any]:
     vs = json.loads(kubectl("get", "virtualservice", name, "-n", ns, "-o", "json").stdout)
     rule = vs["spec"]["http"][0]
-    weights = {r["destination"]["subset"]: r.get("weight", 100) for r in rule["route"]}
+    weights = {f"r{revision_of(r['destination'])}": r.get("weight", 100) for r in rule["route"]}
     return {s: w for s, w in weights.items() if w > 0}, rule.get("mirror")
+
+
+def http_routes(kubectl: Kubectl, ns: str, name: str) -> tuple[dict[str, int], Any]:
+    """The same from the HTTPRoute of a release on Gateway API (revision Services
+    ``<name>-r<N>`` as ``r<N>``), and whether every parent accepted its generation."""
+    route = json.loads(kubectl("get", "httproute", name, "-n", ns, "-o", "json").stdout)
+    rule = route["spec"]["rules"][-1]
+    weights = {b["name"].removeprefix(f"{name}-"): b.get("weight", 1)
+               for b in rule["backendRefs"]}
+    mirror = [f for f in rule.get("filters") or [] if f["type"] == "RequestMirror"]
+    generation = route["metadata"]["generation"]
+    accepted = all(
+        c["status"] == "True" and c["observedGeneration"] == generation
+        for p in route["status"]["parents"] for c in p["conditions"]
+    )
+    assert accepted, route["status"]
+    return {s: w for s, w in weights.items() if w > 0}, mirror or None
 
 
 def demo_processes(ns: str) -> list[str]:
@@ -112,12 +130,13 @@ def test_demo_plays_the_story_and_can_run_again(
     assert "rewind.dev/approve-rollback" not in chatbot["metadata"].get("annotations", {})
     assert routes(kubectl, ns, "chatbot") == ({"r1": 100}, None)
 
-    # The shadow never served users and was rejected.
+    # The shadow, on Gateway API, never served users and was rejected.
     recommender = release(kubectl, ns, "recommender")
     assert recommender["status"]["phase"] == "Failed"
     assert recommender["status"]["stableRevision"] == 1
     assert outcomes(recommender)[2] == "Failed"
-    assert routes(kubectl, ns, "recommender") == ({"r1": 100}, None)
+    assert http_routes(kubectl, ns, "recommender") == ({"r1": 100}, None)
+    assert "HTTPRoute sends 100% to r1" in full.stdout
     assert "never answered a user" in full.stdout
 
     # Nothing outlives the demo: operator gone, every model server stopped.

@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, Kubectl, MetricsEndpoint, OperatorProcess, Sandbox, wait_for
-from tests.sandbox.operator_helpers import METRIC, canary, policy_manifest, release_manifest
+from tests.sandbox.operator_helpers import (
+    METRIC,
+    canary,
+    policy_manifest,
+    release_manifest,
+    revision_of,
+)
 
 # Cluster-wide admission policies change every annotate: nothing else may run meanwhile.
 pytestmark = [pytest.mark.sandbox, pytest.mark.exclusive]
@@ -174,7 +180,7 @@ def test_two_distinct_approvers_are_needed(
     vs = json.loads(kubectl("get", "virtualservice/chatbot", "-n", namespace, "-o",
                             "json").stdout)
     routes = vs["spec"]["http"][0]["route"]
-    assert [(r["destination"]["subset"], r.get("weight", 100)) for r in routes] == [("r1", 100)]
+    assert [(revision_of(r["destination"]), r.get("weight", 100)) for r in routes] == [(1, 100)]
 
 
 def test_the_stamp_of_a_pending_action_cannot_be_removed(

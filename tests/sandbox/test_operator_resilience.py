@@ -235,13 +235,13 @@ def test_a_release_is_deleted_even_while_the_operator_is_down(rw: Rewind) -> Non
 
 
 def test_owned_objects_deleted_by_hand_are_recreated(rw: Rewind) -> None:
-    """Drift: someone deletes the serving Deployment and the DestinationRule (the
-    VirtualService then routes to a subset that does not exist: every request fails). The
-    Deployment comes back from its snapshot, the rule with the subsets the routes use."""
+    """Drift: someone deletes the serving Deployment and the Services (the routes then name
+    a Service that does not exist: every request fails). The Deployment comes back from its
+    snapshot, the revision's Service with it, and the in-cluster name on the stable."""
     rw.apply(policy_manifest(POLICY, canary((50, "2s"))))
     rw.promote_first_revision(NAME, POLICY)
     before = rw.get("deployment", f"{NAME}-r1")
-    rw.kubectl("delete", "destinationrule", NAME, "-n", rw.namespace)
+    rw.kubectl("delete", "service", NAME, f"{NAME}-r1", "-n", rw.namespace)
     rw.kubectl("delete", "deployment", f"{NAME}-r1", "-n", rw.namespace)
 
     # The Deployment's DELETED event wakes the release: no waiting for the idle resync.
@@ -257,7 +257,11 @@ def test_owned_objects_deleted_by_hand_are_recreated(rw: Rewind) -> None:
     assert after["spec"]["template"] == before["spec"]["template"]
     assert after["spec"]["replicas"] == 1
     rw.wait_routes(NAME, {1: 100}, timeout=20)
-    wait_for("DestinationRule re-created", lambda: rw.subsets(NAME) == ["r1"], timeout=20)
+    wait_for("r1's Service re-created", lambda: rw.kubectl(
+        "get", "service", f"{NAME}-r1", "-n", rw.namespace, check=False).returncode == 0,
+        timeout=20)
+    wait_for("the in-cluster name back on r1", lambda: rw.in_cluster_revision(NAME) == 1,
+             timeout=20)
     assert rw.status(NAME)["phase"] == "Promoted"
 
 

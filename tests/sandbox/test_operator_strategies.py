@@ -45,6 +45,11 @@ def test_blue_green_previews_at_zero_switches_at_once_and_switches_back(rw: Rewi
         routes = rw.routes(NAME)
         assert routes is not None and routes.weights == {1: 100}
         rw.wait_replicas(NAME, 2, 1)
+        # The preview answers only through its own Service: a caller that bypasses the
+        # routes (no sidecar, a NodePort) reaches the in-cluster name, still r1 alone.
+        wait_for("r2's pod behind its own Service",
+                 lambda: rw.behind(NAME, f"{NAME}-r2") == {2}, timeout=30)
+        assert rw.behind(NAME) == {1}
 
         # Switch: all traffic at once, old colour kept warm.
         rw.wait_routes(NAME, {2: 100}, timeout=30)
@@ -59,6 +64,8 @@ def test_blue_green_previews_at_zero_switches_at_once_and_switches_back(rw: Rewi
         rw.wait_routes(NAME, {1: 100})
 
     assert [r.weights for _, r in rec.routes(NAME)] == [{1: 100}, {2: 100}, {1: 100}]
+    # The in-cluster name never left r1: r2 was never promoted.
+    assert rec.in_cluster_revisions(NAME) == [1]
     # The old colour never went down, so switching back did not wait for it: one route
     # write, and RolledBack is stored only once that write is read back.
     assert rec.phases(NAME)[-2:] == ["RollingBack", "RolledBack"], rec.phases(NAME)
@@ -120,7 +127,10 @@ def test_shadow_mirrors_without_live_weight_and_a_failing_shadow_is_rejected(
     assert outcomes(status) == {1: "Promoted", 2: "Retired", 3: "Failed"}
     assert "error-rate 0.5 > max 0.05" in history(status, 3)["reason"]
     assert status["mirrorPercent"] == 0
-    wait_for("DestinationRule pruned to r1", lambda: rw.subsets(NAME) == ["r1"], timeout=20)
+    # The shadows got copies only: the in-cluster name, which callers that bypass the
+    # routes reach, never selected them.
+    assert rec.in_cluster_revisions(NAME) == [1]
+    assert rw.destination_rules() == []
     assert status["weights"] == {"stable": 100, "candidate": 0}
     assert timeline(status, "Failed")
     rw.event(NAME, type="Warning", reason="Failed", contains="r3 stopped before serving users")

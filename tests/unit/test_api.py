@@ -10,11 +10,13 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from rewind import api, crdgen
 from tests.api_cases import (
     DELETE,
+    EXAMPLES,
     FRAUD_MR,
     INVALID,
     VALID_VARIANTS,
@@ -32,6 +34,15 @@ KINDS: dict[str, type[BaseModel]] = {
 # Reasons that come from our own rules (CEL in the CRD, validators in the models), so both
 # layers must say the same thing. The others are the API server's generic wording.
 CUSTOM_REASONS = {
+    "at most 63 characters",
+    "no empty DNS label",
+    "not all digits",
+    "may not cover in-cluster Service names",
+    "two hosts overlap",
+    "IST0109",
+    "with no dots",
+    "traffic.meshRouting",
+    "name at least one",
     "pinned by digest",
     "exactly one of",
     "strictly increasing",
@@ -46,6 +57,14 @@ CUSTOM_REASONS = {
     "required when onSuccess.action is Canary",
     "required when onSuccess.action is BlueGreen",
     "only allowed when onSuccess.action is Canary",
+    "with gatewayAPI, name the Gateways in gatewayAPI.parentRefs",
+    "retries are not part of Gateway API's standard HTTPRoute",
+    "must be Gateway API hostnames",
+    "timeout must be at most 99999h",
+    "backendRequestTimeout must be at most timeout",
+    "need distinct sectionNames",
+    "port is required when kind is Service",
+    "header names must be unique within a header route",
 }
 
 
@@ -68,6 +87,7 @@ def test_examples_exist() -> None:
         "fraud-detection-canary.yaml",
         "chatbot-bluegreen-approval.yaml",
         "recommender-shadow.yaml",
+        "llm-gateway-api-canary.yaml",
     }
 
 
@@ -77,6 +97,7 @@ def test_examples_exist() -> None:
         ("fraud-detection-canary.yaml", api.StrategyType.CANARY),
         ("chatbot-bluegreen-approval.yaml", api.StrategyType.BLUE_GREEN),
         ("recommender-shadow.yaml", api.StrategyType.SHADOW),
+        ("llm-gateway-api-canary.yaml", api.StrategyType.CANARY),
     ],
 )
 def test_example_parses(file: str, strategy: api.StrategyType) -> None:
@@ -138,7 +159,11 @@ def test_snake_case_construction() -> None:
 def test_invalid_rejected_by_models(case: Case) -> None:
     with pytest.raises(ValidationError) as info:
         parse(case.manifest())
-    locations = [_loc(e["loc"]) for e in info.value.errors()]
+    # A rule on the whole object (it needs metadata.name) names its field in the message.
+    locations = [
+        _loc(e["loc"]) or e["msg"].removeprefix("Value error, ").split(":", 1)[0]
+        for e in info.value.errors()
+    ]
     assert any(
         case.path == loc or case.path.startswith(loc + ".") or case.path.startswith(loc + "[")
         for loc in locations
@@ -581,3 +606,33 @@ def test_printer_columns() -> None:
         "Age",
     ]
     assert rp["names"]["shortNames"] == ["rp"]
+
+
+def test_every_gateway_the_examples_name_is_created_by_the_docs_and_the_kind_path() -> None:
+    """Issue 12: the examples referenced a Gateway that nothing created."""
+    gateways = {
+        doc["metadata"]["namespace"] + "/" + doc["metadata"]["name"]: doc
+        for path in sorted((EXAMPLES / "istio").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") == "Gateway"
+    }
+    named = {
+        g
+        for docs in load_examples().values()
+        for doc in docs
+        if doc["kind"] == "ModelRelease"
+        for g in doc["spec"]["traffic"].get("gateways", [])
+    }
+    assert named and named <= set(gateways)
+    for name in named:
+        servers = gateways[name]["spec"]["servers"]
+        hosts = {h for server in servers for h in server["hosts"]}
+        for docs in load_examples().values():
+            for doc in docs:
+                if doc["kind"] == "ModelRelease" and name in doc["spec"]["traffic"].get(
+                    "gateways", []
+                ):
+                    assert set(doc["spec"]["traffic"]["hosts"]) <= hosts
+    root = EXAMPLES.parent
+    assert "examples/istio/public-gateway.yaml" in (root / "hack" / "kind-up.sh").read_text()
+    assert "examples/istio/public-gateway.yaml" in (root / "README.md").read_text()

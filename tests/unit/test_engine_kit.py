@@ -302,7 +302,7 @@ class World:
                     message,
                     RouteState(
                         dict(wanted.weights), wanted.mirror_revision, wanted.mirror_percent,
-                        wanted.header_revision,
+                        wanted.header_revision, wanted.primary_revision,
                     ),
                 )
             )
@@ -315,6 +315,7 @@ class World:
             mirror_revision=r.mirror_revision,
             mirror_percent=r.mirror_percent,
             header_revision=r.header_revision,
+            primary_revision=r.primary_revision,
             problems=tuple(problems),
             source="VS",
         )

@@ -251,11 +251,13 @@ def test_in_approval_mode_the_watch_asks_before_switching_back() -> None:
 def test_weights_edited_by_hand_are_reported_and_restored() -> None:
     w = promoted_world(releases=2)
     w.follow_route_writes = False
-    w.routes = SetRoutes({1: 50, 2: 50}, None, 0)  # kubectl edit virtualservice
+    # kubectl edit virtualservice: the umbrella Service, untouched, still selects r2.
+    w.routes = SetRoutes({1: 50, 2: 50}, None, 0, None, 2)
     w.step(5)
     assert not ready(w) and condition(w, "Reconciling")[:2] == ("True", "RoutesNotInEffect")
     drift = [e for e in w.status.timeline if e.type == "RouteDrift"]
-    assert len(drift) == 1 and "r1 50%, r2 50% instead of r2 100%" in drift[0].message
+    assert len(drift) == 1, drift
+    assert "r1 50%, r2 50%, in-cluster name to r2 instead of r2 100%" in drift[0].message
     assert w.weights() == {2: 100}  # the write restored it
     w.step(1)
     assert ready(w) and [e.type for e in w.status.timeline].count("RouteDrift") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -581,3 +582,58 @@ def test_promote_while_the_candidate_is_unavailable_waits_on_the_object() -> Non
     d = w.step(10)
     assert RemoveAnnotation("rewind.dev/promote") in d.actions
     assert w.phase() == Phase.PROMOTED and w.weights() == {2: 100}
+
+
+# --------------------------------------------------------------------------------------
+# The in-cluster name (umbrella Service) stays on the stable revision (issue 12)
+# --------------------------------------------------------------------------------------
+
+
+def primaries(w: World) -> list[int | None]:
+    return [r.primary_revision for d in w.decisions for r in actions_of(d, SetRoutes)]
+
+
+@pytest.mark.parametrize("policy", [CANARY, BLUE_GREEN, SHADOW_STOP])
+def test_callers_that_bypass_the_routes_reach_the_stable_until_the_promotion(
+    policy: dict[str, Any],
+) -> None:
+    """Every route write names the revision the umbrella Service selects: the stable one
+    through the canary steps, the blue-green preview and switch and the shadow, the
+    candidate only from the promotion on (Promoted only once that is read back)."""
+    w = promoted_world(make_policy(policy))
+    first = len(w.decisions)
+    w.release(make_spec("2.0.0"))
+    w.run_until(lambda x: x.status.phase == Phase.PROMOTED)
+    writes = [r for d in w.decisions[first:] for r in actions_of(d, SetRoutes)]
+    promoted_from = next(
+        (i for i, r in enumerate(writes) if r.primary_revision == 2), len(writes)
+    )
+    assert all(r.primary_revision == 1 for r in writes[:promoted_from])
+    assert all(r.primary_revision == 2 for r in writes[promoted_from:])
+    final = 1 if policy == SHADOW_STOP else 2
+    assert w.routes is not None and w.routes.primary_revision == final
+    assert w.status.routes.primary_revision == final and w.status.routes.in_effect
+
+
+def test_a_promotion_waits_until_the_umbrella_service_is_read_back_on_the_candidate() -> None:
+    w = promoted_world(make_policy(BLUE_GREEN))
+    w.follow_route_writes = False
+    w.release(make_spec("2.0.0"))
+    w.run_until(lambda x: x.status.phase == Phase.PROMOTING)
+    # The router reports the VirtualService at 100% on r2 but the umbrella still on r1.
+    w.routes = SetRoutes({2: 100}, None, 0, None, 1)
+    d = w.step(0)
+    assert w.phase() == Phase.PROMOTING
+    assert [r.primary_revision for r in actions_of(d, SetRoutes)] == [2]
+    assert "in-cluster name to r1" in w.status.routes.message
+
+
+def test_a_rollback_moves_the_umbrella_service_back_with_the_weights() -> None:
+    w = promoted_world(make_policy(BLUE_GREEN))
+    w.release(make_spec("2.0.0"))
+    w.run_until(lambda x: x.weights() == {2: 100})
+    assert w.routes is not None and w.routes.primary_revision == 1  # switched, not promoted
+    w.verdicts = lambda _r, _n: FAIL
+    w.run_until(lambda x: x.status.phase != Phase.PROGRESSING)
+    assert w.phase() == Phase.ROLLED_BACK
+    assert w.routes is not None and w.routes.primary_revision == 1

@@ -14,17 +14,23 @@ from rewind.adapters.route_index import VirtualServiceIndex
 from rewind.adapters.router import (
     IstioRouter,
     _spec_difference,
-    build_destination_rule,
     build_virtual_service,
     parse_routes,
     release_claim,
     route_problems,
+    uses_subsets,
     validate_weights,
 )
+from rewind.adapters.workloads import build_umbrella_service, primary_of, umbrella_revision
 from rewind.api import TrafficSpec
 
 OWNER = OwnerRef(name="fraud", uid="0b7c6a2e-1111-2222-3333-444455556666")
 HOST = "fraud.shop.svc.cluster.local"
+
+
+def rev(n: int, domain: str = "cluster.local") -> str:
+    """The host of revision n's own Service."""
+    return f"fraud-r{n}.shop.svc.{domain}"
 
 
 def vs(
@@ -39,19 +45,40 @@ def vs(
     )
 
 
-def test_canary_split_routes_each_revision_to_its_subset_of_the_umbrella_service() -> None:
+def test_canary_split_routes_each_revision_to_its_own_service() -> None:
+    """Issue 12: the routes name each revision's own Service (which selects its release and
+    revision), never a subset of the umbrella Service: no DestinationRule subset selects by
+    revision label alone (Istio's check for subsets without pods matched other releases'
+    pods), and the umbrella can select the stable revision only."""
     route = vs({2: 90, 3: 10})["spec"]["http"][0]
     assert route["name"] == "rewind"
     assert route["route"] == [
-        {"destination": {"host": HOST, "subset": "r2"}, "weight": 90},
-        {"destination": {"host": HOST, "subset": "r3"}, "weight": 10},
+        {"destination": {"host": rev(2)}, "weight": 90},
+        {"destination": {"host": rev(3)}, "weight": 10},
     ]
     assert "mirror" not in route and "mirrorPercentage" not in route
+    assert not uses_subsets(vs({2: 90, 3: 10}))
 
 
 def test_zero_weight_revisions_get_no_route_entry() -> None:
     route = vs({2: 0, 3: 100})["spec"]["http"][0]
-    assert route["route"] == [{"destination": {"host": HOST, "subset": "r3"}, "weight": 100}]
+    assert route["route"] == [{"destination": {"host": rev(3)}, "weight": 100}]
+
+
+def test_another_cluster_domain_is_used_for_every_in_cluster_name() -> None:
+    """Issue 12: svc.cluster.local was hard-coded; a cluster with another domain got hosts
+    that match nothing."""
+    traffic = TrafficSpec(hosts=["fraud.example.com"])
+    spec = build_virtual_service(
+        "fraud", "shop", OWNER, traffic, {1: 90, 2: 10}, 2, 10, cluster_domain="corp.internal"
+    )["spec"]
+    assert spec["hosts"] == ["fraud.example.com", "fraud.shop.svc.corp.internal"]
+    route = spec["http"][0]
+    assert [d["destination"]["host"] for d in route["route"]] == [
+        rev(1, "corp.internal"), rev(2, "corp.internal")]
+    assert route["mirror"] == {"host": rev(2, "corp.internal")}
+    claim = release_claim("fraud", "shop", TrafficSpec(hosts=["fraud"]), "corp.internal")
+    assert claim.hosts == ("fraud.shop.svc.corp.internal",)
 
 
 @pytest.mark.parametrize(
@@ -81,7 +108,7 @@ def test_validate_weights_returns_a_plain_copy() -> None:
 
 def test_mirror_copies_a_percentage_to_the_candidate_subset() -> None:
     route = vs({2: 100}, mirror_revision=3, mirror_percent=25)["spec"]["http"][0]
-    assert route["mirror"] == {"host": HOST, "subset": "r3"}
+    assert route["mirror"] == {"host": rev(3)}
     assert route["mirrorPercentage"] == {"value": 25.0}
 
 
@@ -110,21 +137,32 @@ def test_gateways_get_mesh_added_so_in_mesh_callers_see_the_same_split() -> None
     assert spec["gateways"] == ["istio-system/public", "mesh"]
 
 
-def test_mesh_is_not_duplicated_and_hosts_are_not_duplicated() -> None:
-    traffic = TrafficSpec(hosts=[HOST, "fraud.example.com"], gateways=["mesh", "gw"])
+def test_mesh_routing_is_the_specs_choice() -> None:
+    """Issue 12: mesh was added whenever gateways were set, so in-mesh callers skipped the
+    gateway's authentication and rate limits; now traffic.meshRouting says so."""
+    gateway_only = TrafficSpec(hosts=["fraud.example.com"], gateways=["istio-system/public"],
+                               mesh_routing=False)
+    spec = build_virtual_service("fraud", "shop", OWNER, gateway_only, {1: 100})["spec"]
+    assert spec["gateways"] == ["istio-system/public"]
+    assert release_claim("fraud", "shop", gateway_only).gateways == ("istio-system/public",)
+    assert TrafficSpec(hosts=["a.example.com"]).mesh_routing  # the default: as before
+
+
+def test_hosts_are_not_duplicated() -> None:
+    traffic = TrafficSpec(hosts=[HOST, "fraud.example.com"], gateways=["gw"])
     spec = build_virtual_service("fraud", "shop", OWNER, traffic, {1: 100})["spec"]
     assert spec["hosts"] == [HOST, "fraud.example.com"]
-    assert spec["gateways"] == ["mesh", "gw"]
+    assert spec["gateways"] == ["gw", "mesh"]
 
 
-@pytest.mark.parametrize("kind", ["VirtualService", "DestinationRule"])
+@pytest.mark.parametrize("kind", ["VirtualService", "Service"])
 def test_both_objects_are_named_labelled_and_owned_by_the_release(kind: str) -> None:
     obj = (
         vs({1: 100})
         if kind == "VirtualService"
-        else build_destination_rule("fraud", "shop", OWNER, [1])
+        else build_umbrella_service("fraud", "shop", OWNER, 80, 1)
     )
-    assert obj["apiVersion"] == "networking.istio.io/v1"
+    assert obj["apiVersion"] == ("networking.istio.io/v1" if kind == "VirtualService" else "v1")
     assert obj["kind"] == kind
     meta = obj["metadata"]
     assert (meta["name"], meta["namespace"]) == ("fraud", "shop")
@@ -144,20 +182,33 @@ def test_both_objects_are_named_labelled_and_owned_by_the_release(kind: str) -> 
     ]
 
 
-def test_destination_rule_has_one_subset_per_revision_selected_by_label() -> None:
-    rule = build_destination_rule("fraud", "shop", OWNER, [3, 1, 3])
-    assert rule["spec"] == {
-        "host": HOST,
-        "subsets": [
-            {"name": "r1", "labels": {"rewind.dev/revision": "1"}},
-            {"name": "r3", "labels": {"rewind.dev/revision": "3"}},
-        ],
-    }
+def test_the_umbrella_service_selects_the_primary_revision_only() -> None:
+    """Issue 12: callers that bypass the VirtualService (their own route to the in-cluster
+    name, no sidecar, a NodePort) hit the umbrella Service, which selected every revision's
+    pods: a shadow or preview candidate answered users, a 10 % canary with equal replicas
+    got half of that traffic. It now selects one revision, or none."""
+    service = build_umbrella_service("fraud", "shop", OWNER, 80, 2)
+    assert service["spec"]["selector"] == {"rewind.dev/release": "fraud",
+                                           "rewind.dev/revision": "2"}
+    assert service["spec"]["ports"][0]["port"] == 80
+    assert umbrella_revision(service, "fraud") == 2
+    nobody = build_umbrella_service("fraud", "shop", OWNER, 80, None)
+    assert nobody["spec"]["selector"]["rewind.dev/revision"] == "none"
+    assert umbrella_revision(nobody, "fraud") is None
+    legacy = {"spec": {"selector": {"rewind.dev/release": "fraud"}}}
+    assert umbrella_revision(legacy, "fraud") is None
+    assert umbrella_revision(service, "other") is None
 
 
-def test_destination_rule_rejects_non_revisions() -> None:
-    with pytest.raises(ValueError, match="positive"):
-        build_destination_rule("fraud", "shop", OWNER, [0])
+@pytest.mark.parametrize(
+    ("weights", "given", "primary"),
+    [({1: 100}, None, 1), ({1: 90, 2: 10}, None, 1), ({1: 90, 2: 10}, 2, 2), ({3: 100}, 1, 1),
+     ({}, None, None)],
+)
+def test_primary_is_the_given_revision_else_the_one_with_all_the_weight(
+    weights: dict[int, int], given: int | None, primary: int | None
+) -> None:
+    assert primary_of(weights, given) == primary
 
 
 @pytest.mark.parametrize(
@@ -179,15 +230,34 @@ def test_parse_routes_follows_istio_defaults_for_hand_edited_objects() -> None:
                 {"name": "other", "route": [{"destination": {"host": "x"}}]},
                 {
                     "name": "rewind",
-                    "route": [{"destination": {"host": HOST, "subset": "r4"}}],
-                    "mirror": {"host": HOST, "subset": "r5"},
+                    "route": [{"destination": {"host": "fraud-r4"}}],
+                    "mirror": {"host": rev(5)},
                 },
             ]
         }
     }
-    state = parse_routes(hand_edited)
+    state = parse_routes(hand_edited, "fraud")
     assert state.weights == {4: 100}
     assert (state.mirror_revision, state.mirror_percent) == (5, 100)
+
+
+def test_parse_routes_reads_routes_to_subsets_written_before_per_revision_services() -> None:
+    legacy = {"spec": {"http": [{
+        "name": "rewind",
+        "route": [{"destination": {"host": HOST, "subset": "r1"}, "weight": 80},
+                  {"destination": {"host": HOST, "subset": "r2"}, "weight": 20}],
+        "mirror": {"host": HOST, "subset": "r3"}, "mirrorPercentage": {"value": 5.0},
+    }]}}
+    assert parse_routes(legacy, "fraud") == RouteState({1: 80, 2: 20}, 3, 5, None)
+    assert uses_subsets(legacy)
+
+
+def test_parse_routes_ignores_other_releases_and_non_revision_hosts() -> None:
+    other = {"spec": {"http": [{"name": "rewind", "route": [
+        {"destination": {"host": "chat-r1.shop.svc.cluster.local"}, "weight": 50},
+        {"destination": {"host": "fraud-r01"}, "weight": 25},
+        {"destination": {"host": rev(2)}, "weight": 25}]}]}}
+    assert parse_routes(other, "fraud").weights == {2: 25}
 
 
 def test_parse_routes_of_an_empty_object_is_empty() -> None:
@@ -230,7 +300,7 @@ def test_timeout_and_retries_go_on_every_route_and_header_routes_come_first() ->
         {"name": "beta", "headers": {"x-group": {"exact": "beta"}, "x-tier": {"prefix": "gold"}}},
         {"name": "staff", "headers": {"x-user": {"regex": ".*@example.com"}}},
     ]
-    assert http[0]["route"] == [{"destination": {"host": HOST, "subset": "r2"}}]
+    assert http[0]["route"] == [{"destination": {"host": rev(2)}}]
     for route in http:
         assert (route["timeout"], route["retries"]) == ("120s", {"attempts": 0})
     assert parse_routes({"spec": {"http": http}}).header_revision == 2
@@ -276,10 +346,9 @@ def written(weights: dict[int, int], traffic: TrafficSpec = TRAFFIC) -> dict[str
     return managed(build_virtual_service("fraud", "shop", OWNER, traffic, weights))
 
 
-def problems(virtual_service: dict[str, Any], traffic: TrafficSpec = TRAFFIC,
-             rule: dict[str, Any] | None = None) -> list[RouteProblem]:
-    dr = rule if rule is not None else build_destination_rule("fraud", "shop", OWNER, [1, 2])
-    return route_problems("fraud", "shop", OWNER, traffic, virtual_service, dr)
+def problems(virtual_service: dict[str, Any], traffic: TrafficSpec = TRAFFIC
+             ) -> list[RouteProblem]:
+    return route_problems("fraud", "shop", OWNER, traffic, virtual_service)
 
 
 def test_routes_as_rewind_wrote_them_have_no_problem() -> None:
@@ -317,10 +386,12 @@ def test_a_top_level_field_added_by_hand_is_drift_too() -> None:
     assert problem.kind == "Drift" and 'spec.exportTo added: ["."]' in problem.message
 
 
-def test_a_subset_missing_from_the_destination_rule_is_drift() -> None:
-    rule = build_destination_rule("fraud", "shop", OWNER, [1])
-    [problem] = problems(written({1: 50, 2: 50}), rule=rule)
-    assert problem.kind == "Drift" and "has no subset for r2" in problem.message
+def test_routes_to_subsets_rewind_wrote_before_are_rewritten_not_drift() -> None:
+    legacy = written({1: 100})
+    legacy["spec"]["http"][0]["route"] = [{"destination": {"host": HOST, "subset": "r1"}}]
+    [problem] = problems(legacy)
+    assert problem.kind == "NotAccepted"
+    assert "routes to DestinationRule subsets" in problem.message
 
 
 def test_objects_of_rewinds_name_owned_by_someone_else_are_a_conflict() -> None:
@@ -380,6 +451,9 @@ class FakeRouter(IstioRouter):
         self.reads.append((plural, namespace, name))
         return copy.deepcopy(self.objects.get((plural, namespace, name)))
 
+    async def _get_service(self, name: str, namespace: str) -> dict[str, Any] | None:
+        return await self._get("services", name, namespace)
+
 
 def observe(router: IstioRouter) -> RouteObservation:
     return asyncio.run(router.observe_routes("fraud", "shop", OWNER, TRAFFIC))
@@ -390,7 +464,7 @@ def test_a_conflicting_virtual_service_is_read_back_before_it_is_reported() -> N
     index.apply("ADDED", foreign_vs(["fraud.example.com"]))
     objects = {
         ("virtualservices", "shop", "fraud"): written({1: 100}),
-        ("destinationrules", "shop", "fraud"): build_destination_rule("fraud", "shop", OWNER, [1]),
+        ("services", "shop", "fraud"): build_umbrella_service("fraud", "shop", OWNER, 80, 1),
         ("virtualservices", "team-b", "catch-all"): foreign_vs(["fraud.example.com"]),
     }
     router = FakeRouter(objects, index)
@@ -426,4 +500,28 @@ def test_without_suspects_the_router_reads_nothing_more() -> None:
     index.apply("ADDED", foreign_vs(["unrelated.example.org"]))
     router = FakeRouter({}, index)
     observe(router)
-    assert sorted(r[0] for r in router.reads) == ["destinationrules", "virtualservices"]
+    assert sorted(r[0] for r in router.reads) == [
+        "destinationrules", "services", "virtualservices"]
+
+
+def test_observe_reports_the_umbrella_revision_and_a_leftover_destination_rule() -> None:
+    legacy_rule = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                   "metadata": {"name": "fraud", "namespace": "shop",
+                                "ownerReferences": [OWNER.to_k8s()]}}
+    objects = {
+        ("virtualservices", "shop", "fraud"): written({1: 90, 2: 10}),
+        ("services", "shop", "fraud"): build_umbrella_service("fraud", "shop", OWNER, 80, 1),
+        ("destinationrules", "shop", "fraud"): legacy_rule,
+    }
+    router = FakeRouter(objects, VirtualServiceIndex())
+    seen = observe(router)
+    assert (dict(seen.weights), seen.primary_revision, seen.problems) == ({1: 90, 2: 10}, 1, ())
+    assert "DestinationRule shop/fraud is left" in seen.untidy
+    del objects[("destinationrules", "shop", "fraud")]
+    foreign = build_umbrella_service("fraud", "shop", OWNER, 80, 1)
+    foreign["metadata"]["ownerReferences"] = []
+    objects[("services", "shop", "fraud")] = foreign
+    seen = observe(router)
+    assert seen.untidy == "" and seen.primary_revision is None
+    assert [p.kind for p in seen.problems] == ["Conflict"]
+    assert "Service shop/fraud exists and is not owned" in seen.problems[0].message

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rewind_demo._http import request
 from rewind_demo.modelserver import ModelServerConfig, RunningModelServer, start_modelserver
 from rewind_demo.trafficgen import (
+    GATEWAY_CONTROLLER,
     ISTIO_DURATION_BUCKETS_MS,
     ISTIO_LABELS,
     Backend,
@@ -27,6 +28,7 @@ from rewind_demo.trafficgen import (
     kube_backends_source,
     kube_route_source,
     parse_backend_flag,
+    parse_routes,
     parse_virtual_service,
     static_route_source,
 )
@@ -406,3 +408,88 @@ def test_kube_backends_source_reads_destination_rule() -> None:
     urls["fraud-r2"] = "http://127.0.0.1:1002"  # a new revision's server came up
     assert set(source()) == {"r1", "r2"}
     assert kube_backends_source(NS, release="fraud", urls=urls, name="other", api=api)() == {}
+
+
+# -- Gateway API: the same generator following an HTTPRoute --------------------------------
+
+
+def http_route(weights: dict[int, int], mirror: int | None = None, pct: int = 0,
+               header: int | None = None) -> dict[str, Any]:
+    """An HTTPRoute as the operator's Gateway API router writes it."""
+    from rewind.adapters.base import OwnerRef
+    from rewind.adapters.gateway_api import build_http_route
+    from rewind.api import TrafficSpec
+
+    traffic = TrafficSpec.model_validate({
+        "hosts": [HOST], "gatewayAPI": {"parentRefs": [{"name": "public"}]},
+        "headerRoutes": [{"name": "beta", "headers": [{"name": "x-group", "exact": "beta"}]}],
+    })
+    body = build_http_route("fraud", NS, OwnerRef("fraud", "uid-1"), traffic, weights,
+                            mirror, pct, header)
+    body["metadata"]["generation"] = 3
+    return body
+
+
+def test_parse_http_route_weights_mirror_and_the_header_rule_taking_nothing() -> None:
+    table = parse_routes(http_route({1: 80, 2: 20}, mirror=2, pct=25, header=2), HOST)
+    assert [(r.destination.subset, r.weight) for r in table.routes] == [("r1", 80), ("r2", 20)]
+    assert table.routes[0].destination == Destination("fraud-r1", "r1", 80)
+    assert [(m.destination.subset, m.percent) for m in table.mirrors] == [("r2", 25.0)]
+    with pytest.raises(ValueError, match="does not serve host"):
+        parse_routes(http_route({1: 100}), "other.example.com")
+
+
+def test_parse_http_route_follows_gateway_api_defaults() -> None:
+    route = {"kind": "HTTPRoute", "spec": {"rules": [{"backendRefs": [
+        {"name": "fraud-r1", "port": 80}, {"name": "fraud-r2", "port": 80}],
+        "filters": [{"type": "RequestMirror", "requestMirror": {
+            "backendRef": {"name": "fraud-r2", "port": 80},
+            "fraction": {"numerator": 1, "denominator": 8}}}]}]}}
+    table = parse_routes(route)
+    assert [r.weight for r in table.routes] == [1, 1]  # proportional, default 1
+    assert table.mirrors[0].percent == 12.5
+    rng = random.Random(7)
+    picks = [table.choose(rng).primary for _ in range(2000)]
+    share = sum(1 for p in picks if p is not None and p.subset == "r2") / len(picks)
+    assert 0.45 < share < 0.55
+
+
+class FakeGatewayObjects(FakeCustomObjects):
+    """Plus the status patch a gateway controller makes."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        super().__init__(items)
+        self.patches: list[tuple[Any, ...]] = []
+
+    def patch_namespaced_custom_object_status(self, *args: Any) -> None:
+        self.patches.append(args)
+        for item in self.items:
+            if item["metadata"]["name"] == args[4]:
+                item["status"] = args[5]["status"]
+
+
+def test_following_an_http_route_accepts_each_generation_as_a_gateway_would() -> None:
+    route = http_route({1: 100})
+    api = FakeGatewayObjects([route])
+    source = kube_route_source(NS, name="fraud", api=api, kind="HTTPRoute")
+    got = source()
+    assert got is not None and got["kind"] == "HTTPRoute"
+    assert api.calls[0][:4] == ("gateway.networking.k8s.io", "v1", NS, "httproutes")
+    [patch] = api.patches
+    parents = patch[5]["status"]["parents"]
+    assert [p["parentRef"]["name"] for p in parents] == ["public"]
+    assert parents[0]["controllerName"] == GATEWAY_CONTROLLER
+    assert {(c["type"], c["status"], c["observedGeneration"])
+            for c in parents[0]["conditions"]} == {("Accepted", "True", 3),
+                                                   ("ResolvedRefs", "True", 3)}
+    # The operator's router reads that as accepted.
+    from rewind.adapters.gateway_api import acceptance_problems
+
+    assert acceptance_problems(route) == []
+    source()
+    assert len(api.patches) == 1  # the same generation is not accepted twice
+    route["metadata"]["generation"] = 4
+    source()
+    assert len(api.patches) == 2
+    assert kube_route_source(NS, name="fraud", api=FakeGatewayObjects([http_route({1: 100})]),
+                             kind="HTTPRoute", accept=False)() is not None

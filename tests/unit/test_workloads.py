@@ -142,10 +142,10 @@ def test_revision_service_selects_one_revision_by_named_port() -> None:
     ]
 
 
-def test_umbrella_service_selects_every_revision_of_the_release() -> None:
-    svc = build_umbrella_service("fraud", "shop", OWNER, SPEC)
+def test_umbrella_service_selects_one_revision_of_the_release() -> None:
+    svc = build_umbrella_service("fraud", "shop", OWNER, SPEC.traffic.port, 2)
     owned_and_named(svc, "fraud")
-    assert svc["spec"]["selector"] == {"rewind.dev/release": "fraud"}
+    assert svc["spec"]["selector"] == {"rewind.dev/release": "fraud", "rewind.dev/revision": "2"}
     assert "rewind.dev/revision" not in svc["metadata"]["labels"]
 
 

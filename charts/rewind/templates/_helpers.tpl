@@ -114,7 +114,8 @@ app.kubernetes.io/part-of: rewind
 - apiGroups: [apps]
   resources: [deployments/scale]
   verbs: [patch]
-# Umbrella and per-revision Services (server-side apply = patch).
+# Per-revision Services, and the umbrella Service (the in-cluster name) the router points
+# at the stable revision (server-side apply = patch).
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, update, delete]
@@ -128,9 +129,21 @@ app.kubernetes.io/part-of: rewind
 # The release's traffic split (server-side apply = patch). list/watch also feed the
 # operator's index of every VirtualService it can see, where route conflicts (another
 # VirtualService on a release's host and gateway) are looked up; get reads one back.
+# DestinationRules: read and deleted only when left by routes written before per-revision
+# Services (the routes need none now).
 - apiGroups: [networking.istio.io]
   resources: [virtualservices, destinationrules]
   verbs: [get, list, watch, create, patch, update, delete]
+# The same on Gateway API (spec.traffic.gatewayAPI): the release's HTTPRoute; list/watch
+# feed the index of HTTPRoutes where precedence conflicts are looked up, and wake a
+# release when a gateway accepts or refuses its route (status is read, never written).
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [get, list, watch, create, patch, update, delete]
+# One InferencePool per revision (spec.traffic.gatewayAPI.inferencePool).
+- apiGroups: [inference.networking.k8s.io]
+  resources: [inferencepools]
+  verbs: [get, create, patch, update, delete]
 # Events about releases (the operator's recorder and Kopf's handler events).
 - apiGroups: [""]
   resources: [events]

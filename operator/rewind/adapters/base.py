@@ -34,14 +34,31 @@ IMAGE_ANNOTATION = f"{API_GROUP}/image"
 SPEC_HASH_ANNOTATION = f"{API_GROUP}/spec-hash"
 
 
+#: Kubernetes' default cluster domain; the operator's ``--cluster-domain`` changes it.
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+#: The umbrella Service's selector value while no revision is promoted: it selects no pod.
+NO_REVISION = "none"
+
+
 def subset_name(revision: int) -> str:
-    """Name of a revision's DestinationRule subset: ``r<N>``."""
+    """Name a revision goes by in routes and messages: ``r<N>`` (the DestinationRule subset
+    of routes written before per-revision hosts)."""
     return f"r{revision}"
 
 
-def service_host(release: str, namespace: str) -> str:
-    """In-mesh FQDN of the umbrella Service ``<release>`` that every revision sits behind."""
-    return f"{release}.{namespace}.svc.cluster.local"
+def service_host(
+    release: str, namespace: str, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+) -> str:
+    """In-mesh FQDN of the umbrella Service ``<release>``: the in-cluster name callers use.
+    It selects the pods of one revision only, the one serving users (see the router)."""
+    return f"{release}.{namespace}.svc.{cluster_domain}"
+
+
+def revision_host(
+    release: str, namespace: str, revision: int, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+) -> str:
+    """In-mesh FQDN of revision N's own Service ``<release>-r<N>``: where routes send users."""
+    return f"{release}-r{revision}.{namespace}.svc.{cluster_domain}"
 
 
 def release_labels(release: str) -> dict[str, str]:
@@ -144,6 +161,9 @@ class RouteState(NamedTuple):
     mirror_revision: int | None
     mirror_percent: int
     header_revision: int | None = None
+    #: The revision the in-cluster name's Service ``<release>`` selects: where callers that
+    #: bypass the routes go (None: no revision, it selects no pod).
+    primary_revision: int | None = None
 
 
 RouteProblemKind = Literal["Refused", "Conflict", "Drift", "NotAccepted"]
@@ -167,6 +187,9 @@ class RouteProblem:
     #: For ``Refused``: the routes whose write was refused (the problem concerns only a
     #: wish for those same routes; a different wish is written and judged afresh).
     wanted: RouteState | None = None
+    #: Whether writing the routes again may resolve it; False for what only someone else
+    #: can change (a gateway that has not accepted the route yet).
+    fixed_by_write: bool = True
 
 
 @dataclass(frozen=True)
@@ -179,11 +202,13 @@ class RouteObservation:
     mirror_revision: int | None = None
     mirror_percent: int = 0
     header_revision: int | None = None
+    #: The revision the umbrella Service ``<release>`` selects (None: none, or no Service).
+    primary_revision: int | None = None
     problems: tuple[RouteProblem, ...] = ()
     #: What to call the routes in messages, e.g. "VirtualService risk/fraud".
     source: str = ""
     #: Housekeeping the router wants from the next write although the routes are right
-    #: (e.g. DestinationRule subsets kept make-before-break, no longer routed); "" if none.
+    #: (e.g. a DestinationRule left by routes to subsets, kept make-before-break); "" if none.
     untidy: str = ""
 
 
@@ -221,10 +246,14 @@ class Router(Protocol):
         mirror_revision: int | None = None,
         mirror_percent: int = 0,
         header_revision: int | None = None,
+        primary_revision: int | None = None,
     ) -> None:
         """Make the mesh route ``weights`` (summing to 100), the mirror and the header
         routes of ``traffic`` (to ``header_revision``; None: no header routes), in one
-        write of the route object."""
+        write of the route object, to each revision's own Service ``<release>-r<N>``; and
+        point the umbrella Service ``<release>`` (the in-cluster name, which callers that
+        bypass the routes reach directly) at ``primary_revision`` only (None: the revision
+        with all the weight, if one has it, else the lowest-numbered live one)."""
         ...
 
     async def get_routes(self, release: str, namespace: str) -> RouteState | None:

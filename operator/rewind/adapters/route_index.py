@@ -11,7 +11,7 @@ dictionary lookups, instead of listing VirtualServices.
 What counts as a conflict (Istio's rules, as istiod applies them):
 
 * **Hosts** are resolved in the namespace of the VirtualService that names them: a name
-  without a dot (``fraud``) is ``fraud.<namespace>.svc.cluster.local``; anything with a dot,
+  without a dot (``fraud``) is ``fraud.<namespace>.svc.<cluster domain>``; anything with a dot,
   ``*`` and IP addresses are taken as written. Two hosts overlap when they are equal or a
   wildcard covers the other (Istio's ``host.Name.Matches``): ``*.example.com`` overlaps
   ``fraud.example.com`` and ``*.fraud.example.com``, not ``example.com``; ``*`` overlaps
@@ -44,21 +44,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from rewind import API_GROUP
-from rewind.adapters.base import FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, RELEASE_LABEL
+from rewind.adapters.base import (
+    DEFAULT_CLUSTER_DOMAIN,
+    FIELD_MANAGER,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    RELEASE_LABEL,
+)
 
 MESH = "mesh"
-#: Kubernetes' cluster domain, as in ``service_host``: short names resolve under it.
-CLUSTER_DOMAIN = "cluster.local"
+#: Kubernetes' default cluster domain, as in ``service_host``: short names resolve under the
+#: cluster's domain (the operator's ``--cluster-domain``).
+CLUSTER_DOMAIN = DEFAULT_CLUSTER_DOMAIN
 
 Key = tuple[str, str]  # (namespace, name)
 
 
-def resolve_host(host: str, namespace: str) -> str:
+def resolve_host(host: str, namespace: str, cluster_domain: str = CLUSTER_DOMAIN) -> str:
     """A VirtualService host as istiod reads it (``ResolveShortnameToFQDN``)."""
     name = host.strip().lower()
     if name == "*" or "." in name or _is_ip(name):
         return name
-    return f"{name}.{namespace}.svc.{CLUSTER_DOMAIN}"
+    return f"{name}.{namespace}.svc.{cluster_domain}"
 
 
 def _is_ip(text: str) -> bool:
@@ -167,7 +174,7 @@ class RouteClaim:
         return f"{self.namespace}/{self.name}"
 
     @classmethod
-    def of(cls, obj: Mapping[str, Any]) -> RouteClaim:
+    def of(cls, obj: Mapping[str, Any], cluster_domain: str = CLUSTER_DOMAIN) -> RouteClaim:
         """The claim of a VirtualService as the API server returns it."""
         meta = obj.get("metadata") or {}
         spec = obj.get("spec") or {}
@@ -176,7 +183,9 @@ class RouteClaim:
         return cls(
             namespace=namespace,
             name=name,
-            hosts=tuple(sorted({resolve_host(h, namespace) for h in _strings(spec.get("hosts"))})),
+            hosts=tuple(sorted(
+                {resolve_host(h, namespace, cluster_domain) for h in _strings(spec.get("hosts"))}
+            )),
             gateways=tuple(sorted(
                 {resolve_gateway(g, namespace) for g in _strings(spec.get("gateways"))} or {MESH}
             )),
@@ -188,13 +197,18 @@ class RouteClaim:
 
     @classmethod
     def wanted(
-        cls, release: str, namespace: str, hosts: Iterable[str], gateways: Iterable[str]
+        cls,
+        release: str,
+        namespace: str,
+        hosts: Iterable[str],
+        gateways: Iterable[str],
+        cluster_domain: str = CLUSTER_DOMAIN,
     ) -> RouteClaim:
         """What a release's own VirtualService claims (it is exported everywhere)."""
         return cls(
             namespace=namespace,
             name=release,
-            hosts=tuple(sorted({resolve_host(h, namespace) for h in hosts})),
+            hosts=tuple(sorted({resolve_host(h, namespace, cluster_domain) for h in hosts})),
             gateways=tuple(sorted({resolve_gateway(g, namespace) for g in gateways} or {MESH})),
             release=release,
         )
@@ -247,7 +261,8 @@ class VirtualServiceIndex:
     VirtualServices. Not thread-safe: it lives on the operator's event loop.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cluster_domain: str = CLUSTER_DOMAIN) -> None:
+        self.cluster_domain = cluster_domain
         self._claims: dict[Key, RouteClaim] = {}
         self._exact: defaultdict[str, set[Key]] = defaultdict(set)
         #: ``*.d`` by d ("" for ``*``).
@@ -302,7 +317,7 @@ class VirtualServiceIndex:
         if not all(key):
             return set()
         before = self._remove(key)
-        after = None if event_type == "DELETED" else RouteClaim.of(obj)
+        after = None if event_type == "DELETED" else RouteClaim.of(obj, self.cluster_domain)
         if after is not None:
             self._add(after)
         touched: set[Key] = set()

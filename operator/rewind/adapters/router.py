@@ -1,13 +1,21 @@
-"""Istio router: one VirtualService + one DestinationRule per ModelRelease.
+"""Istio router: one VirtualService per ModelRelease, routing to per-revision Services.
 
-The release owns both objects (ownerReferences), like Flagger, so nothing else has to be
+The release owns its routes (ownerReferences), like Flagger, so nothing else has to be
 told to ignore them, and weights plus mirror change in a single server-side apply of the
 VirtualService (Argo Rollouts' whole-object updates fight GitOps tools; an apply with our
 own field manager only claims the fields we set).
 
-Topology: one umbrella Service ``<release>`` selects every revision's pods; the
-DestinationRule splits it into subsets ``r<N>`` by the ``rewind.dev/revision`` label;
-the VirtualService's route ``rewind`` weights those subsets.
+Topology: each revision N has its own Service ``<release>-r<N>`` selecting its pods only
+(workloads adapter); the VirtualService ``<release>`` (hosts: the spec's plus the in-cluster
+name ``<release>.<ns>.svc.<cluster domain>``) weights those Services' hosts. The umbrella
+Service ``<release>``, the in-cluster name, selects the pods of one revision only, the one
+serving users (``primary_revision``): a caller that bypasses the VirtualService (its own
+route to the in-cluster name, no sidecar, a NodePort) reaches that revision, never a candidate
+in preview or shadow, and never a share of a canary set by replica counts. So the only path
+to a candidate is the VirtualService Rewind writes. No DestinationRule is needed: routes
+written before this (subsets ``r<N>`` of the umbrella host) are read back, rewritten, and
+their DestinationRule deleted at the next write once the new routes are read back
+(make-before-break: every revision's Service exists before it is routed to).
 """
 
 from __future__ import annotations
@@ -15,15 +23,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from kubernetes import client
 
 from rewind.adapters import _kube
 from rewind.adapters.base import (
+    DEFAULT_CLUSTER_DOMAIN,
     FIELD_MANAGER,
-    REVISION_LABEL,
     OwnerRef,
     OwnershipConflictError,
     RouteObservation,
@@ -31,8 +39,8 @@ from rewind.adapters.base import (
     RouteRefusedError,
     RouteState,
     release_labels,
+    revision_host,
     service_host,
-    subset_name,
 )
 from rewind.adapters.route_index import (
     MESH,
@@ -41,6 +49,12 @@ from rewind.adapters.route_index import (
     conflict_message,
     other_spec_managers,
     overlaps,
+)
+from rewind.adapters.workloads import (
+    UmbrellaService,
+    primary_of,
+    umbrella_conflict,
+    umbrella_revision,
 )
 from rewind.api import parse_duration
 
@@ -106,9 +120,11 @@ def _metadata(release_name: str, namespace: str, owner_ref: OwnerRef) -> dict[st
     }
 
 
-def _destination(release_name: str, namespace: str, revision: int) -> dict[str, Any]:
-    # No port: the umbrella Service has exactly one, so the route never disagrees with it.
-    return {"host": service_host(release_name, namespace), "subset": subset_name(revision)}
+def _destination(
+    release_name: str, namespace: str, revision: int, cluster_domain: str
+) -> dict[str, Any]:
+    # No port: the revision's Service has exactly one, so the route never disagrees with it.
+    return {"host": revision_host(release_name, namespace, revision, cluster_domain)}
 
 
 def _istio_duration(duration: str) -> str:
@@ -152,22 +168,34 @@ def _header_matches(traffic: TrafficSpec) -> list[dict[str, Any]]:
 
 
 def route_bindings(
-    release_name: str, namespace: str, traffic: TrafficSpec
+    release_name: str,
+    namespace: str,
+    traffic: TrafficSpec,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
 ) -> tuple[list[str], list[str]]:
     """The VirtualService's ``hosts`` (the spec's plus the umbrella Service's in-mesh name)
-    and ``gateways`` (the spec's plus ``mesh``, so in-mesh callers get the same split; none
-    when the spec names none, which Istio reads as ``mesh`` alone)."""
-    hosts = list(dict.fromkeys([*traffic.hosts, service_host(release_name, namespace)]))
+    and ``gateways``: the spec's, plus ``mesh`` when ``traffic.meshRouting`` (in-mesh callers
+    get the same split, without passing through the gateways); none when the spec names no
+    gateway, which Istio reads as ``mesh`` alone."""
+    hosts = list(
+        dict.fromkeys([*traffic.hosts, service_host(release_name, namespace, cluster_domain)])
+    )
     gateways = list(traffic.gateways or [])
-    if gateways:
+    if gateways and traffic.mesh_routing:
         gateways = list(dict.fromkeys([*gateways, MESH_GATEWAY]))
     return hosts, gateways
 
 
-def release_claim(release_name: str, namespace: str, traffic: TrafficSpec) -> RouteClaim:
+def release_claim(
+    release_name: str,
+    namespace: str,
+    traffic: TrafficSpec,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
+) -> RouteClaim:
     """The hosts and gateways the release's VirtualService routes, resolved as Istio does."""
-    hosts, gateways = route_bindings(release_name, namespace, traffic)
-    return RouteClaim.wanted(release_name, namespace, hosts, gateways)
+    hosts, gateways = route_bindings(release_name, namespace, traffic, cluster_domain)
+    return RouteClaim.wanted(release_name, namespace, hosts, gateways, cluster_domain)
+
 
 
 def build_virtual_service(
@@ -179,29 +207,36 @@ def build_virtual_service(
     mirror_revision: int | None = None,
     mirror_percent: int = 0,
     header_revision: int | None = None,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
 ) -> dict[str, Any]:
-    """The VirtualService that splits ``traffic.hosts`` (and in-mesh calls) by ``weights``.
+    """The VirtualService that splits ``traffic.hosts`` (and in-mesh calls) by ``weights``,
+    sending each share to the revision's own Service.
 
-    Only revisions with weight > 0 get a route entry. With gateways, ``mesh`` is added so
-    in-mesh callers get the same split as external ones. With ``header_revision`` and
-    ``traffic.headerRoutes``, a first route sends the matching callers to that revision.
-    Timeout and retries of ``traffic`` apply to both routes.
+    Only revisions with weight > 0 get a route entry. With gateways and
+    ``traffic.meshRouting``, ``mesh`` is added so in-mesh callers get the same split as
+    external ones. With ``header_revision`` and ``traffic.headerRoutes``, a first route
+    sends the matching callers to that revision. Timeout and retries of ``traffic`` apply
+    to both routes.
     """
     checked = validate_weights(weights)
     mirror = _validate_mirror(mirror_revision, mirror_percent)
-    hosts, gateways = route_bindings(release_name, namespace, traffic)
+    hosts, gateways = route_bindings(release_name, namespace, traffic, cluster_domain)
     options = _route_options(traffic)
+
+    def to(revision: int) -> dict[str, Any]:
+        return _destination(release_name, namespace, revision, cluster_domain)
+
     route: dict[str, Any] = {
         "name": ROUTE_NAME,
         "route": [
-            {"destination": _destination(release_name, namespace, revision), "weight": weight}
+            {"destination": to(revision), "weight": weight}
             for revision, weight in sorted(checked.items())
             if weight > 0
         ],
         **options,
     }
     if mirror is not None:
-        route["mirror"] = _destination(release_name, namespace, mirror)
+        route["mirror"] = to(mirror)
         route["mirrorPercentage"] = {"value": float(mirror_percent)}
     spec: dict[str, Any] = {"hosts": hosts}
     if gateways:
@@ -212,8 +247,7 @@ def build_virtual_service(
             {
                 "name": HEADER_ROUTE_NAME,
                 "match": _header_matches(traffic),
-                "route": [{"destination": _destination(release_name, namespace,
-                                                       header_revision)}],
+                "route": [{"destination": to(header_revision)}],
                 **options,
             }
         )
@@ -227,39 +261,29 @@ def build_virtual_service(
     }
 
 
-def build_destination_rule(
-    release_name: str, namespace: str, owner_ref: OwnerRef, revisions: Iterable[int]
-) -> dict[str, Any]:
-    """The DestinationRule with one subset ``r<N>`` per revision, picked by pod label."""
-    unique = sorted(set(revisions))
-    for revision in unique:
-        if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
-            raise ValueError(f"revision must be a positive int, got {revision!r}")
-    return {
-        "apiVersion": f"{ISTIO_GROUP}/{ISTIO_VERSION}",
-        "kind": "DestinationRule",
-        "metadata": _metadata(release_name, namespace, owner_ref),
-        "spec": {
-            "host": service_host(release_name, namespace),
-            "subsets": [
-                {"name": subset_name(revision), "labels": {REVISION_LABEL: str(revision)}}
-                for revision in unique
-            ],
-        },
-    }
-
-
-def _revision_of(destination: Mapping[str, Any]) -> int | None:
+def _revision_of(destination: Mapping[str, Any], release: str | None) -> int | None:
+    """The revision a destination sends to: the host of its own Service ``<release>-r<N>``
+    (short or fully qualified), or a subset ``r<N>`` of routes written before per-revision
+    Services (``release`` None: any ``<name>-r<N>``)."""
     match = _SUBSET.match(str(destination.get("subset", "")))
-    return int(match.group(1)) if match else None
+    if match:
+        return int(match.group(1))
+    if destination.get("subset"):
+        return None
+    name = str(destination.get("host", "")).split(".", 1)[0]
+    prefix, sep, number = name.rpartition("-r")
+    if not sep or (release is not None and prefix != release):
+        return None
+    return int(number) if number.isdigit() and not number.startswith("0") else None
 
 
-def parse_routes(virtual_service: Mapping[str, Any]) -> RouteState:
+def parse_routes(virtual_service: Mapping[str, Any], release: str | None = None) -> RouteState:
     """Read weights and mirror back from a VirtualService written by this module.
 
-    Destinations that are not ``r<N>`` subsets are ignored; a lone destination without a
-    weight gets 100 and a mirror without a percentage 100, as Istio does. The header route
-    (A/B) names the revision its callers go to.
+    Destinations that are not revisions of ``release`` are ignored; a lone destination
+    without a weight gets 100 and a mirror without a percentage 100, as Istio does. The
+    header route (A/B) names the revision its callers go to. Routes written before
+    per-revision Services (subsets ``r<N>``) are read too.
     """
     http = virtual_service.get("spec", {}).get("http") or []
     route = next((r for r in http if r.get("name") == ROUTE_NAME), http[-1] if http else {})
@@ -268,11 +292,11 @@ def parse_routes(virtual_service: Mapping[str, Any]) -> RouteState:
         if candidate.get("name") == HEADER_ROUTE_NAME:
             targets = candidate.get("route") or []
             if len(targets) == 1:
-                header_revision = _revision_of(targets[0].get("destination") or {})
+                header_revision = _revision_of(targets[0].get("destination") or {}, release)
     entries = route.get("route") or []
     weights: dict[int, int] = {}
     for entry in entries:
-        revision = _revision_of(entry.get("destination") or {})
+        revision = _revision_of(entry.get("destination") or {}, release)
         if revision is None:
             continue
         default = 100 if len(entries) == 1 else 0
@@ -280,18 +304,34 @@ def parse_routes(virtual_service: Mapping[str, Any]) -> RouteState:
     mirror_revision: int | None = None
     mirror_percent = 0
     if route.get("mirror"):
-        mirror_revision = _revision_of(route["mirror"])
+        mirror_revision = _revision_of(route["mirror"], release)
         if mirror_revision is not None:
             percentage = (route.get("mirrorPercentage") or {}).get("value", 100.0)
             mirror_percent = round(float(percentage))
     return RouteState(weights, mirror_revision, mirror_percent, header_revision)
 
 
+def uses_subsets(virtual_service: Mapping[str, Any] | None) -> bool:
+    """Whether a VirtualService still routes to DestinationRule subsets (written before
+    per-revision Services)."""
+    if virtual_service is None:
+        return False
+    for route in (virtual_service.get("spec") or {}).get("http") or []:
+        for entry in route.get("route") or []:
+            if (entry.get("destination") or {}).get("subset"):
+                return True
+        if (route.get("mirror") or {}).get("subset"):
+            return True
+    return False
+
+
 class IstioRouter:
-    """Writes and reads the release's VirtualService and DestinationRule.
+    """Writes and reads the release's VirtualService and its umbrella Service.
 
     With an ``index`` (fed by a watch of VirtualServices), :meth:`observe_routes` also
-    reports the other VirtualServices that route the release's hosts on its gateways."""
+    reports the other VirtualServices that route the release's hosts on its gateways.
+    ``cluster_domain`` is the cluster's DNS domain (``--cluster-domain``): the in-cluster
+    names Rewind routes and routes to end in ``svc.<cluster_domain>``."""
 
     def __init__(
         self,
@@ -300,11 +340,16 @@ class IstioRouter:
         field_manager: str = FIELD_MANAGER,
         request_timeout: float = 30.0,
         index: VirtualServiceIndex | None = None,
+        cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
     ) -> None:
         self._api = client.CustomObjectsApi(api_client)
+        self._umbrella = UmbrellaService(
+            api_client, field_manager=field_manager, request_timeout=request_timeout
+        )
         self._field_manager = field_manager
         self._timeout = request_timeout
         self.index = index
+        self.cluster_domain = cluster_domain
 
     async def _get(self, plural: str, name: str, namespace: str) -> dict[str, Any] | None:
         return await _kube.get_or_none(
@@ -317,17 +362,28 @@ class IstioRouter:
             timeout=self._timeout,
         )
 
-    async def _apply(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _refused(body: Mapping[str, Any], err: client.ApiException) -> RouteRefusedError:
         meta = body["metadata"]
+        return RouteRefusedError(
+            f"{body['kind']} {meta['namespace']}/{meta['name']} was refused by the API "
+            f"server (HTTP {err.status}): {_kube.api_message(err)}"
+        )
+
+    @staticmethod
+    def _is_refusal(err: client.ApiException) -> bool:
+        # Unreachable, overloaded: retried as any API failure; else the API server refused.
+        return err.status is not None and 400 <= err.status < 500 and err.status not in (
+            408, 429
+        )
+
+    async def _apply(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             return await self._apply_raw(plural, body)
         except client.ApiException as err:
-            if err.status is None or not 400 <= err.status < 500 or err.status in (408, 429):
-                raise  # unreachable, overloaded: retried as any API failure
-            raise RouteRefusedError(
-                f"{body['kind']} {meta['namespace']}/{meta['name']} was refused by the API "
-                f"server (HTTP {err.status}): {_kube.api_message(err)}"
-            ) from err
+            if not self._is_refusal(err):
+                raise
+            raise self._refused(body, err) from err
 
     async def _apply_raw(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
@@ -366,35 +422,52 @@ class IstioRouter:
         mirror_revision: int | None = None,
         mirror_percent: int = 0,
         header_revision: int | None = None,
+        primary_revision: int | None = None,
     ) -> None:
-        """Route ``weights``, the mirror and the header routes with one VirtualService apply.
+        """Route ``weights``, the mirror and the header routes with one VirtualService
+        apply, then point the umbrella Service at ``primary_revision`` (see
+        :func:`primary_of`).
 
-        Make-before-break: the DestinationRule is applied first and keeps the subsets the
-        current VirtualService still routes to, so no request hits an unknown subset
-        (a 503) while Envoy catches up; subsets no longer used go at the next call.
+        Make-before-break: the routes name each revision's own Service, which exists before
+        the revision is routed to. A DestinationRule left by routes written before
+        per-revision Services is deleted only by a later write, once the VirtualService
+        read before it routes to no subset (the release is reconciled again at once after a
+        write: observe_routes reports the leftover as untidy).
         """
         virtual_service = build_virtual_service(
             release, namespace, owner, traffic, weights, mirror_revision, mirror_percent,
-            header_revision,
+            header_revision, self.cluster_domain,
         )
-        current_vs = await self._get("virtualservices", release, namespace)
+        current_vs, legacy_rule, current_umbrella = await asyncio.gather(
+            self._get("virtualservices", release, namespace),
+            self._get("destinationrules", release, namespace),
+            self._umbrella.get(release, namespace),
+        )
         self._check_owner(current_vs, owner)
-        self._check_owner(await self._get("destinationrules", release, namespace), owner)
-        revisions = set(weights)
-        if mirror_percent > 0 and mirror_revision is not None:
-            revisions.add(mirror_revision)
-        if header_revision is not None:
-            revisions.add(header_revision)
-        if current_vs is not None:
-            current = parse_routes(current_vs)
-            revisions.update(r for r, w in current.weights.items() if w > 0)
-            for extra in (current.mirror_revision, current.header_revision):
-                if extra is not None:
-                    revisions.add(extra)
-        rule = build_destination_rule(release, namespace, owner, revisions)
-        await self._apply("destinationrules", rule)
+        self._check_owner(current_umbrella, owner)
         stored = await self._apply("virtualservices", virtual_service)
         await self._drop_foreign_fields("virtualservices", virtual_service, stored)
+        await self._umbrella.point(
+            release, namespace, owner, traffic.port, primary_of(weights, primary_revision),
+            current_umbrella,
+        )
+        if legacy_rule is not None and owner.owns(legacy_rule) and not uses_subsets(current_vs):
+            await self._delete_legacy_rule(release, namespace)
+
+    async def _delete_legacy_rule(self, release: str, namespace: str) -> None:
+        try:
+            await _kube.call(
+                self._api.delete_namespaced_custom_object,
+                ISTIO_GROUP,
+                ISTIO_VERSION,
+                namespace,
+                "destinationrules",
+                release,
+                timeout=self._timeout,
+            )
+        except client.ApiException as err:
+            if err.status != 404:
+                raise
 
     async def _drop_foreign_fields(
         self, plural: str, body: Mapping[str, Any], stored: Mapping[str, Any]
@@ -421,7 +494,7 @@ class IstioRouter:
                 timeout=self._timeout,
             )
         except client.ApiException as err:
-            if err.status is None or not 400 <= err.status < 500 or err.status in (408, 429):
+            if not self._is_refusal(err):
                 raise
             raise RouteRefusedError(
                 f"{body['kind']} {meta['namespace']}/{meta['name']}: removing "
@@ -430,9 +503,17 @@ class IstioRouter:
             ) from err
 
     async def get_routes(self, release: str, namespace: str) -> RouteState | None:
-        """What the VirtualService says now; None when there is none."""
-        virtual_service = await self._get("virtualservices", release, namespace)
-        return None if virtual_service is None else parse_routes(virtual_service)
+        """What the VirtualService (and the umbrella Service) say now; None when there is
+        no VirtualService."""
+        virtual_service, umbrella = await asyncio.gather(
+            self._get("virtualservices", release, namespace),
+            self._umbrella.get(release, namespace),
+        )
+        if virtual_service is None:
+            return None
+        routes = parse_routes(virtual_service, release)
+        primary = None if umbrella is None else umbrella_revision(umbrella, release)
+        return routes._replace(primary_revision=primary)
 
     async def _conflicts(
         self, release: str, namespace: str, traffic: TrafficSpec
@@ -442,7 +523,7 @@ class IstioRouter:
         VirtualService the API server no longer has is dropped from the index)."""
         if self.index is None:
             return []
-        mine = release_claim(release, namespace, traffic)
+        mine = release_claim(release, namespace, traffic, self.cluster_domain)
         suspects = self.index.candidates(mine)
         if not suspects:
             return []
@@ -454,47 +535,57 @@ class IstioRouter:
             if obj is None:
                 self.index.discard(suspect.namespace, suspect.name, suspect.version)
                 continue
-            found += overlaps(mine, RouteClaim.of(obj))
+            found += overlaps(mine, RouteClaim.of(obj, self.cluster_domain))
         return [RouteProblem("Conflict", conflict_message(found))] if found else []
 
     async def observe_routes(
         self, release: str, namespace: str, owner: OwnerRef, traffic: TrafficSpec
     ) -> RouteObservation:
         """The routes in effect: the VirtualService as the API server has it, checked
-        against the DestinationRule (every routed subset must exist) and against what
-        Rewind would write for those same routes (anything else is an edit outside Rewind,
-        or routes written for an older spec.traffic)."""
-        virtual_service, rule, conflicts = await asyncio.gather(
+        against what Rewind would write for those same routes (anything else is an edit
+        outside Rewind, or routes written for an older spec.traffic or by an older Rewind),
+        and the revision the umbrella Service selects."""
+        virtual_service, umbrella, legacy_rule, conflicts = await asyncio.gather(
             self._get("virtualservices", release, namespace),
+            self._umbrella.get(release, namespace),
             self._get("destinationrules", release, namespace),
             self._conflicts(release, namespace, traffic),
         )
         source = f"VirtualService {namespace}/{release}"
-        if virtual_service is None:
-            return RouteObservation(exists=False, problems=tuple(conflicts), source=source)
-        routes = parse_routes(virtual_service)
-        problems = route_problems(release, namespace, owner, traffic, virtual_service, rule)
-        routed = {r for r, w in routes.weights.items() if w > 0}
-        routed.update(
-            r for r in (routes.mirror_revision if routes.mirror_percent else None,
-                        routes.header_revision)
-            if r is not None
+        umbrella_problems = umbrella_conflict(release, namespace, owner, umbrella)
+        primary = (
+            umbrella_revision(umbrella, release)
+            if umbrella is not None and not umbrella_problems
+            else None
         )
-        subsets = {str(s.get("name")) for s in ((rule or {}).get("spec") or {}).get("subsets")
-                   or []}
-        unused = sorted(subsets - {subset_name(r) for r in routed})
-        problems += conflicts
+        if virtual_service is None:
+            return RouteObservation(
+                exists=False, primary_revision=primary,
+                problems=(*umbrella_problems, *conflicts), source=source,
+            )
+        routes = parse_routes(virtual_service, release)
+        problems = route_problems(
+            release, namespace, owner, traffic, virtual_service, self.cluster_domain
+        )
+        problems += umbrella_problems + conflicts
+        untidy = ""
+        if legacy_rule is not None and owner.owns(legacy_rule):
+            untidy = (
+                f"DestinationRule {namespace}/{release} is left from routes to subsets; "
+                "the routes now name each revision's Service"
+            )
         return RouteObservation(
             exists=True,
             weights={r: w for r, w in routes.weights.items() if w > 0},
             mirror_revision=routes.mirror_revision if routes.mirror_percent else None,
             mirror_percent=routes.mirror_percent if routes.mirror_revision else 0,
             header_revision=routes.header_revision,
+            primary_revision=primary,
             problems=tuple(problems),
             source=source,
-            untidy=f"DestinationRule subsets {', '.join(unused)} are no longer routed"
-            if unused else "",
+            untidy=untidy,
         )
+
 
 
 def route_problems(
@@ -503,38 +594,24 @@ def route_problems(
     owner: OwnerRef,
     traffic: TrafficSpec,
     virtual_service: Mapping[str, Any],
-    rule: Mapping[str, Any] | None,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
 ) -> list[RouteProblem]:
     """What makes a read-back VirtualService untrue (see :class:`RouteProblem`)."""
     name = f"{namespace}/{release}"
+    if not owner.owns(virtual_service):
+        return [RouteProblem(
+            "Conflict",
+            f"VirtualService {name} exists and is not owned by ModelRelease {owner.name}: "
+            "Rewind will not overwrite it; delete it or rename the release",
+        )]
     problems: list[RouteProblem] = []
-    for obj, kind in ((virtual_service, "VirtualService"), (rule, "DestinationRule")):
-        if obj is not None and not owner.owns(obj):
-            problems.append(RouteProblem(
-                "Conflict",
-                f"{kind} {name} exists and is not owned by ModelRelease {owner.name}: Rewind "
-                "will not overwrite it; delete it or rename the release",
-            ))
-    if problems:
-        return problems
-    routes = parse_routes(virtual_service)
-    routed = {r for r, w in routes.weights.items() if w > 0}
-    routed.update(r for r in (routes.mirror_revision, routes.header_revision) if r is not None)
-    subsets = {str(s.get("name")) for s in ((rule or {}).get("spec") or {}).get("subsets") or []}
-    missing = sorted(r for r in routed if subset_name(r) not in subsets)
-    if missing:
-        problems.append(RouteProblem(
-            "Drift",
-            f"DestinationRule {name} has no subset for "
-            + ", ".join(f"r{r}" for r in missing)
-            + " that VirtualService routes to: those requests fail; restoring it",
-        ))
+    routes = parse_routes(virtual_service, release)
     try:
         expected = build_virtual_service(
             release, namespace, owner, traffic, routes.weights,
             routes.mirror_revision if routes.mirror_percent else None,
             routes.mirror_percent if routes.mirror_revision else 0,
-            routes.header_revision,
+            routes.header_revision, cluster_domain,
         )["spec"]
     except ValueError as err:
         expected = None
@@ -550,6 +627,13 @@ def route_problems(
                 f"VirtualService {name} was edited outside Rewind{by} ({detail}); Rewind "
                 "restores it: put route options in spec.traffic (timeout, retries, "
                 "headerRoutes)",
+            ))
+        elif uses_subsets(virtual_service):
+            problems.append(RouteProblem(
+                "NotAccepted",
+                f"VirtualService {name} routes to DestinationRule subsets, as Rewind wrote "
+                "routes before per-revision Services; rewriting it to each revision's "
+                "Service",
             ))
         else:
             problems.append(RouteProblem(

@@ -1,5 +1,9 @@
 """Revision workloads: one Deployment + Service per revision, and revision snapshots.
 
+The routes send users to each revision's own Service ``<release>-r<N>``; the umbrella
+Service ``<release>`` (the in-cluster name) is built here but written by the router, which
+points it at the revision serving users.
+
 A revision is immutable. Its full ModelReleaseSpec is snapshotted once in an apps/v1
 ControllerRevision ``<release>-r<N>`` (never overwritten), and its Deployment is always
 built from that snapshot, never from the live spec, so rolling back to revision N
@@ -29,6 +33,7 @@ from rewind.adapters.base import (
     MODEL_DIGEST_ANNOTATION,
     MODEL_VERSION_ANNOTATION,
     NAME_LABEL,
+    NO_REVISION,
     RELEASE_LABEL,
     REVISION_LABEL,
     SPEC_HASH_ANNOTATION,
@@ -36,6 +41,8 @@ from rewind.adapters.base import (
     OwnerRef,
     OwnershipConflictError,
     RevisionObservation,
+    RouteProblem,
+    RouteRefusedError,
     SnapshotConflictError,
     SnapshotCorruptError,
     SnapshotNotFoundError,
@@ -67,7 +74,7 @@ def _check_revision(revision: int) -> None:
 
 
 def revision_labels(release: str, revision: int) -> dict[str, str]:
-    """Labels of a revision's objects; the DestinationRule subset r<N> selects on them."""
+    """Labels of a revision's objects; its own Service selects its pods by them."""
     return {**release_labels(release), REVISION_LABEL: str(revision)}
 
 
@@ -195,7 +202,7 @@ def _service(
     owner: OwnerRef,
     labels: Mapping[str, str],
     selector: Mapping[str, str],
-    spec: ModelReleaseSpec,
+    port: int,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -207,7 +214,7 @@ def _service(
                 {
                     "name": PORT_NAME,
                     "appProtocol": "http",
-                    "port": spec.traffic.port,
+                    "port": port,
                     # By name: each revision's pods may listen on a different port.
                     "targetPort": PORT_NAME,
                     "protocol": "TCP",
@@ -228,17 +235,132 @@ def build_revision_service(
         owner,
         revision_labels(release, revision),
         {RELEASE_LABEL: release, REVISION_LABEL: str(revision)},
-        spec,
+        spec.traffic.port,
     )
 
 
 def build_umbrella_service(
-    release: str, namespace: str, owner: OwnerRef, spec: ModelReleaseSpec
+    release: str, namespace: str, owner: OwnerRef, port: int, revision: int | None
 ) -> dict[str, Any]:
-    """Service ``<release>`` over every revision; Istio subsets split it by revision label."""
+    """Service ``<release>``, the in-cluster name: it selects the pods of ``revision`` only
+    (None: no pod), so a caller that bypasses the routes (no sidecar, a NodePort, a route of
+    its own to this name) reaches the revision serving users, never a candidate in preview
+    or shadow. The router writes it with the routes (``primary_revision``)."""
+    if revision is not None:
+        _check_revision(revision)
+    value = NO_REVISION if revision is None else str(revision)
     return _service(
-        release, namespace, owner, release_labels(release), {RELEASE_LABEL: release}, spec
+        release,
+        namespace,
+        owner,
+        release_labels(release),
+        {RELEASE_LABEL: release, REVISION_LABEL: value},
+        port,
     )
+
+
+def umbrella_revision(service: Mapping[str, Any], release: str) -> int | None:
+    """The revision an umbrella Service selects; None when it selects none or more than one
+    (a Service written before per-revision routing selected every revision)."""
+    selector = (service.get("spec") or {}).get("selector") or {}
+    if selector.get(RELEASE_LABEL) != release:
+        return None
+    try:
+        revision = int(str(selector.get(REVISION_LABEL, "")))
+    except ValueError:
+        return None
+    return revision if revision > 0 else None
+
+
+def primary_of(weights: Mapping[int, int], primary_revision: int | None) -> int | None:
+    """The revision the umbrella Service selects: ``primary_revision`` when given, else the
+    revision with all the weight, else the lowest-numbered live one (None: no live one)."""
+    if primary_revision is not None:
+        return primary_revision
+    live = sorted(r for r, w in weights.items() if w > 0)
+    full = [r for r in live if weights[r] == 100]
+    return full[0] if full else (live[0] if live else None)
+
+
+def umbrella_conflict(
+    release: str, namespace: str, owner: OwnerRef, umbrella: Mapping[str, Any] | None
+) -> list[RouteProblem]:
+    """A Service of the release's name that belongs to someone else: Rewind will not move
+    its selector (so it does not report one)."""
+    if umbrella is None or owner.owns(umbrella):
+        return []
+    return [RouteProblem(
+        "Conflict",
+        f"Service {namespace}/{release} exists and is not owned by ModelRelease {owner.name}: "
+        "Rewind will not point the release's in-cluster name at a revision; delete it or "
+        "rename the release",
+    )]
+
+
+class UmbrellaService:
+    """Reads the umbrella Service ``<release>`` and points it at one revision.
+
+    Whichever router writes a release's routes (Istio or Gateway API) points it with them,
+    and reads it back as ``RouteObservation.primary_revision``: a caller that bypasses the
+    routes reaches the revision serving users whatever routes them."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        *,
+        field_manager: str = FIELD_MANAGER,
+        request_timeout: float = 30.0,
+    ) -> None:
+        self._core = client.CoreV1Api(api_client)
+        self._field_manager = field_manager
+        self._timeout = request_timeout
+
+    async def get(self, release: str, namespace: str) -> dict[str, Any] | None:
+        """The Service ``<release>`` as the API server has it (None: there is none)."""
+        return await _kube.get_or_none(
+            self._core.read_namespaced_service, release, namespace, timeout=self._timeout
+        )
+
+    async def point(
+        self,
+        release: str,
+        namespace: str,
+        owner: OwnerRef,
+        port: int,
+        revision: int | None,
+        current: Mapping[str, Any] | None,
+    ) -> None:
+        """Apply the umbrella Service selecting ``revision`` (None: no pod). ``current`` is
+        the Service as read before the route write.
+
+        Raises OwnershipConflictError when ``current`` is someone else's, and
+        RouteRefusedError when the API server refuses the apply (4xx other than 408/429);
+        other API failures propagate and are retried as any."""
+        if current is not None and not owner.owns(current):
+            raise OwnershipConflictError(
+                f"Service {namespace}/{release} exists and is not owned by ModelRelease "
+                f"{owner.name} (uid {owner.uid}); refusing to overwrite it"
+            )
+        body = build_umbrella_service(release, namespace, owner, port, revision)
+        try:
+            await _kube.call(
+                self._core.patch_namespaced_service,
+                release,
+                namespace,
+                body,
+                field_manager=self._field_manager,
+                force=True,
+                field_validation="Strict",
+                _content_type=_kube.APPLY_PATCH,
+                timeout=self._timeout,
+            )
+        except client.ApiException as err:
+            if err.status is None or not 400 <= err.status < 500 or err.status in (408, 429):
+                raise  # unreachable, overloaded: retried as any API failure
+            raise RouteRefusedError(
+                f"Service {namespace}/{release} was refused by the API server "
+                f"(HTTP {err.status}): {_kube.api_message(err)}"
+            ) from err
 
 
 def build_snapshot(
@@ -486,14 +608,15 @@ class KubeWorkloads:
     async def ensure_revision(
         self, release: str, namespace: str, owner: OwnerRef, revision: int, replicas: int
     ) -> None:
-        """Create or update revision N's Deployment and Services from its snapshot.
+        """Create or update revision N's Deployment and its own Service from its snapshot
+        (the umbrella Service, the in-cluster name, is the router's: it moves with the
+        routes).
 
         Idempotent (server-side apply of the same object is a no-op) and exact: after a
         scale to zero or a deletion it restores the same image and model digest.
         """
         spec = await self.load_snapshot(release, namespace, revision)
         bodies = [
-            build_umbrella_service(release, namespace, owner, spec),
             build_revision_service(release, namespace, owner, revision, spec),
             build_deployment(release, namespace, owner, revision, spec, replicas),
         ]
