@@ -9,8 +9,10 @@ from typing import Any
 
 import kopf
 import pytest
+from kubernetes import client
 
 from rewind import handlers
+from rewind.adapters.quarantine import QuarantineCache
 from rewind.api import RolloutPolicySpec
 from rewind.handlers import ReleaseLoops, UnusedDiffBase, _QuietSuccess
 from rewind.metrics import OperatorMetrics
@@ -180,6 +182,9 @@ def test_a_failed_read_is_the_callers_error_and_is_not_kept() -> None:
 @dataclass
 class FakeController:
     policies: PolicyCache = field(default_factory=lambda: PolicyCache(clock=Clock()))
+    quarantines: QuarantineCache = field(
+        default_factory=lambda: QuarantineCache(client.ApiClient(), clock=Clock())
+    )
     operator_metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
 
     def forget(self, namespace: str, name: str) -> None:
@@ -237,7 +242,8 @@ def test_no_change_handler_is_registered_so_the_diff_base_is_never_needed() -> N
     assert list(registry._changing.get_all_handlers()) == []
     assert list(registry._spawning.get_all_handlers()) == []  # daemons and timers diff too
     assert {h.id for h in registry._watching.get_all_handlers()} == {
-        "release_event", "revision_event", "policy_event", "route_event", "http_route_event"}
+        "release_event", "revision_event", "policy_event", "route_event", "http_route_event",
+        "quarantine_event"}
     storage = UnusedDiffBase(prefix="rewind.dev", key="last-handled-configuration")
     body = kopf.Body({"metadata": {"name": "x"}, "spec": {"a": 1}, "status": {"b": 2}})
     assert storage.build(body=body) == {}
