@@ -24,21 +24,28 @@ The digest of an artifact (``rewind-manifest-v1``)
 
 Stores: ``file://`` URIs and plain local paths (tests, volumes), ``https://`` and ``http://``
 (one file; a directory only through its published ``SHA256SUMS``), and ``s3://bucket/key``
-(boto3; endpoint and credentials from :class:`S3Settings`).
+(GetObject / ListObjectsV2 signed with AWS Signature V4; endpoint, region and credentials
+from :class:`S3Settings`; no credentials: anonymous requests).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import io
 import os
+import re
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Protocol
 from urllib.parse import unquote, urlparse
+from xml.etree import ElementTree
 
 #: The file a release may publish at the top of a directory artifact: its manifest.
 MANIFEST_NAME = "SHA256SUMS"
@@ -62,8 +69,9 @@ class Verdict:
 
 @dataclass(frozen=True)
 class S3Settings:
-    """How to reach an S3-compatible store (credentials come from a Secret the policy
-    names; None: boto3's own chain, e.g. workload identity)."""
+    """How to reach an S3 store (AWS when ``endpoint_url`` is None: virtual-hosted
+    addressing; an S3-compatible server otherwise: path-style). No credentials: anonymous
+    requests (workload identity is not supported yet)."""
 
     endpoint_url: str | None = None
     region: str | None = None
@@ -159,49 +167,103 @@ class _HttpStore:
             yield rel, functools.partial(self._open, self.uri + rel)
 
 
-class _S3Store:
-    def __init__(self, uri: str, settings: S3Settings, timeout: float) -> None:
-        import boto3  # optional: only releases stored in S3 need it
-        from botocore.config import Config
+def _quote(text: str, safe: str) -> str:
+    return urllib.parse.quote(text, safe=safe)
 
+
+class _S3Store:
+    """GetObject and ListObjectsV2 over plain HTTP(S), signed with AWS Signature V4.
+
+    Not boto3: botocore requires python-dateutil < 3 and the operator's lock holds 4.0, so
+    the two cannot be installed together. Two read-only calls need no SDK."""
+
+    def __init__(self, uri: str, settings: S3Settings, timeout: float) -> None:
         parsed = urlparse(uri)
         self.uri, self.bucket, self.key = uri, parsed.netloc, parsed.path.lstrip("/")
-        self.client: Any = boto3.client(
-            "s3",
-            endpoint_url=settings.endpoint_url,
-            region_name=settings.region or "us-east-1",
-            aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=settings.secret_access_key,
-            config=Config(connect_timeout=timeout, read_timeout=timeout,
-                          retries={"max_attempts": 2}, s3={"addressing_style": "path"}),
+        self.settings, self.timeout = settings, timeout
+        self.region = settings.region or "us-east-1"
+        if settings.endpoint_url:  # an S3-compatible server: path-style addressing
+            base = settings.endpoint_url.rstrip("/")
+            self._base, self._prefix = base, f"/{_quote(self.bucket, '')}"
+        else:
+            self._base = f"https://{self.bucket}.s3.{self.region}.amazonaws.com"
+            self._prefix = ""
+
+    def _request(self, key: str, query: dict[str, str]) -> IO[bytes]:
+        path = self._prefix + "/" + _quote(key, "/-_.~")
+        canonical_query = "&".join(
+            f"{_quote(k, '-_.~')}={_quote(v, '-_.~')}" for k, v in sorted(query.items())
         )
-
-    def _body(self, key: str) -> IO[bytes]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
+        url = self._base + path + (f"?{canonical_query}" if canonical_query else "")
+        headers: dict[str, str] = {}
+        access, secret = self.settings.access_key_id, self.settings.secret_access_key
+        if access and secret:
+            headers = self._signed(path, canonical_query, access, secret)
+        request = urllib.request.Request(url, headers=headers, method="GET")
         try:
-            body: IO[bytes] = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-        except (BotoCoreError, ClientError) as err:
+            response: IO[bytes] = urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError as err:
+            detail = err.read(2048).decode(errors="replace")
+            code = re.search(r"<Code>([^<]+)</Code>", detail)
+            raise ArtifactError(
+                f"s3://{self.bucket}/{key}: HTTP {err.code}"
+                + (f" {code.group(1)}" if code else "")
+            ) from err
+        except OSError as err:
             raise ArtifactError(f"s3://{self.bucket}/{key}: {err}") from err
-        return body
+        return response
+
+    def _signed(self, path: str, query: str, access: str, secret: str) -> dict[str, str]:
+        now = datetime.now(UTC)
+        stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        host = urlparse(self._base).netloc
+        payload = hashlib.sha256(b"").hexdigest()
+        headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": stamp}
+        names = ";".join(sorted(headers))
+        canonical = "\n".join([
+            "GET", path, query,
+            "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)), names, payload,
+        ])
+        scope = f"{day}/{self.region}/s3/aws4_request"
+        to_sign = "\n".join([
+            "AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()
+        ])
+        key = ("AWS4" + secret).encode()
+        for part in (day, self.region, "s3", "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        return {
+            "x-amz-content-sha256": payload,
+            "x-amz-date": stamp,
+            "Authorization": f"AWS4-HMAC-SHA256 Credential={access}/{scope}, "
+            f"SignedHeaders={names}, Signature={signature}",
+        }
 
     def single(self) -> Callable[[], IO[bytes]] | None:
-        return None if self.key.endswith("/") or not self.key else (lambda: self._body(self.key))
+        if self.key.endswith("/") or not self.key:
+            return None
+        return functools.partial(self._request, self.key, {})
 
     def files(self) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         prefix = self.key if self.key.endswith("/") or not self.key else self.key + "/"
-        try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=prefix
-            )
-            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
-        except (BotoCoreError, ClientError) as err:
-            raise ArtifactError(f"s3://{self.bucket}/{prefix}: {err}") from err
+        keys: list[str] = []
+        token = ""
+        while True:
+            query = {"list-type": "2", "prefix": prefix}
+            if token:
+                query["continuation-token"] = token
+            with self._request("", query) as f:
+                root = ElementTree.fromstring(f.read())
+            ns = {"s3": root.tag.split("}")[0].strip("{")} if root.tag.startswith("{") else {}
+            find = "s3:" if ns else ""
+            keys += [k.text or "" for k in root.iterfind(f"{find}Contents/{find}Key", ns)]
+            more = root.findtext(f"{find}IsTruncated", "false", ns) == "true"
+            token = root.findtext(f"{find}NextContinuationToken", "", ns) or ""
+            if not more or not token:
+                break
         for key in keys:
             if not key.endswith("/"):  # "directory" markers are not files
-                yield key[len(prefix):], functools.partial(self._body, key)
+                yield key[len(prefix):], functools.partial(self._request, key, {})
 
 
 # -- the verifier -------------------------------------------------------------------------
