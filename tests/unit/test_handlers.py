@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 
 from rewind import handlers
-from rewind.adapters.quarantine import QuarantineCache
+from rewind.adapters.quarantine import QuarantineCache, _Cached
 from rewind.api import RolloutPolicySpec
 from rewind.handlers import ReleaseLoops, UnusedDiffBase, _QuietSuccess
 from rewind.metrics import OperatorMetrics
@@ -214,6 +214,29 @@ def test_the_policy_watch_drops_the_cached_policy_before_it_wakes_the_releases()
         assert woken == [("ns", 1)]
         assert weight(await controller.policies.load("ns", "p", reads)) == 40
         assert reads.count == 2
+
+    asyncio.run(scenario())
+
+
+def test_the_quarantine_watch_drops_the_namespaces_entries_before_it_wakes_the_releases() -> (
+    None
+):
+    async def scenario() -> None:
+        controller = FakeController()
+        loops = ReleaseLoops(controller, active=False)  # type: ignore[arg-type]
+        cache = controller.quarantines
+        cache._cached["ns"] = _Cached(at=0.0, entries=())  # listed before the change
+        woken: list[tuple[str, bool]] = []
+
+        def poke_namespace(namespace: str) -> None:
+            woken.append((namespace, namespace in cache._cached))
+
+        loops.poke_namespace = poke_namespace  # type: ignore[method-assign]
+        memo = kopf.Memo(controller=controller, loops=loops)
+        event: Any = {"type": "ADDED", "object": {"metadata": {"name": "q", "namespace": "ns"}}}
+        quarantine_event: Any = handlers.quarantine_event
+        await quarantine_event(event=event, namespace="ns", memo=memo)
+        assert woken == [("ns", False)]  # the releases woken list the Quarantines afresh
 
     asyncio.run(scenario())
 
