@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv tools test-tools sandbox-up sandbox-down sandbox-status test test-unit lint crds crds-check run demo demo-down bench clean
+.PHONY: help deps venv tools test-tools apiservers sandbox-up sandbox-down sandbox-status test test-unit lint crds crds-check run demo demo-down bench clean
 
 help:
 	@echo "make demo          run the 3 AM incident on the local sandbox"
@@ -49,6 +49,13 @@ tools:
 test-tools:
 	@hack/build-tools.sh --test-tools >/dev/null
 
+# kube-apiserver alone at the other Kubernetes versions the version tests install the chart on
+# (hack/kube-versions.env: the oldest supported minor and one in between), each cached under
+# its own key in ~/.cache/rewind/apiserver/<hash>/ (a few minutes each on a cold machine).
+apiservers:
+	@source hack/kube-versions.env && for v in $$OLDEST_KUBERNETES_VERSION $$MIDDLE_KUBERNETES_VERSION; do \
+	  hack/build-tools.sh --apiserver $$v >/dev/null || exit 1; done
+
 sandbox-up: deps tools
 	@hack/sandbox up
 
@@ -64,21 +71,24 @@ lint: venv
 	MYPY_CACHE_DIR=$${XDG_CACHE_HOME:-$$HOME/.cache}/rewind/mypy $(VENV)/bin/mypy
 
 # crds/ is generated from operator/rewind/api.py; the chart ships a copy (a test compares).
+# The chart's Argo CD customizations and Grafana dashboard are generated too.
 crds: venv
 	$(PY) -m rewind.crdgen
 	cp crds/*.yaml charts/rewind/crds/
 	$(PY) charts/rewind/argocd/generate.py
+	$(PY) charts/rewind/grafana/generate.py
 
 crds-check: venv
 	$(PY) -m rewind.crdgen --check
 	$(PY) charts/rewind/argocd/generate.py --check
+	$(PY) charts/rewind/grafana/generate.py --check
 
 test-unit: venv test-tools
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 # Unit tests beside the sandbox suite; exclusive sandbox tests alone, then the rest on
 # SANDBOX_WORKERS processes (default 3; hack/test.sh says why).
-test: sandbox-up lint
+test: sandbox-up lint apiservers
 	hack/test.sh $(PYTEST_ARGS)
 
 # The 3 AM incident: operator, model servers and a stand-in for Istio's data plane, on

@@ -83,6 +83,7 @@ def drop_namespace(env: dict[str, str], name: str) -> None:
 
 
 def free_port() -> int:
+    """A TCP port nobody listens on now (for an operator's /metrics)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -373,3 +374,113 @@ def summary(values: list[float]) -> str:
         return "no samples"
     return (f"n={len(values)} min={min(values):.3f}s median={statistics.median(values):.3f}s "
             f"p99={percentile(values, 99):.3f}s max={max(values):.3f}s")
+
+
+def operator_metrics_text(port: int, timeout: float = 2.0) -> str | None:
+    """The operator's /metrics page (None while it does not answer)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                    timeout=timeout) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None
+
+
+#: group, version of the kinds a Recorder can watch (Deployments: apps/v1).
+WATCHED: dict[str, tuple[str, str]] = {
+    "virtualservices": ("networking.istio.io", "v1"),
+    "destinationrules": ("networking.istio.io", "v1"),
+    "modelreleases": ("rewind.dev", "v1alpha1"),
+    "deployments": ("apps", "v1"),
+}
+
+VersionHook = Callable[[str, str, dict[str, Any]], None]
+
+
+class Recorder:
+    """Every stored version of some kinds in one namespace, for "never" checks.
+
+    One watch per kind, from background threads: ``on_version(kind, event_type, obj)`` is
+    called for each version the API server stored (event_type ADDED, MODIFIED or DELETED;
+    the initial list comes as ADDED), in the order it wrote them within a kind. A version's
+    resourceVersion is the etcd revision of its write, so it orders writes across kinds too
+    (the watches' delivery order does not). A watch is resumed from the last version it
+    delivered, so nothing is missed unless the API server forgot that version (410 Gone):
+    ``relists`` counts those, as the versions in between are lost to the checks.
+    Calls come from several threads at once: the hook must lock what it shares.
+    """
+
+    def __init__(self, namespace: str, on_version: VersionHook,
+                 kinds: Sequence[str] = tuple(WATCHED)) -> None:
+        self.namespace = namespace
+        self.on_version = on_version
+        self.kinds = tuple(kinds)
+        self.relists = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._ready = {kind: threading.Event() for kind in self.kinds}
+        self._threads: list[threading.Thread] = []
+
+    def _lister(self, api: client.ApiClient, kind: str) -> Callable[..., Any]:
+        # The custom-objects client serves any group (apps/v1 Deployments too) and hands
+        # back plain dicts: building typed models would cost more CPU than the soak.
+        group, version = WATCHED[kind]
+        custom = client.CustomObjectsApi(api)
+        return lambda **kw: custom.list_namespaced_custom_object(
+            group, version, self.namespace, kind, **kw)
+
+    def _run(self, kind: str) -> None:
+        api = config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+        lister = self._lister(api, kind)
+        version = ""
+        try:
+            while not self._stop.is_set():
+                try:
+                    if not version:
+                        listing = lister()
+                        for item in listing.get("items") or []:
+                            self.on_version(kind, "ADDED", item)
+                        version = str(listing["metadata"]["resourceVersion"])
+                        if self._ready[kind].is_set():
+                            self.relists += 1
+                        self._ready[kind].set()
+                    w = watch.Watch()
+                    try:
+                        for event in w.stream(lister, resource_version=version,
+                                              timeout_seconds=10,
+                                              allow_watch_bookmarks=False):
+                            obj = event["raw_object"]
+                            if event["type"] == "ERROR":
+                                version = ""  # 410 Gone: list again (versions lost)
+                                break
+                            version = str(obj["metadata"]["resourceVersion"])
+                            self.on_version(kind, str(event["type"]), obj)
+                            if self._stop.is_set():
+                                break
+                    finally:
+                        w.stop()
+                except Exception as err:  # the API server is busy or the stream broke
+                    if getattr(err, "status", None) == 410:
+                        version = ""
+                    self.errors += 1
+                    self._stop.wait(0.5)
+        finally:
+            api.close()
+
+    def __enter__(self) -> Recorder:
+        for kind in self.kinds:
+            thread = threading.Thread(target=self._run, args=(kind,), daemon=True,
+                                      name=f"recorder-{kind}")
+            thread.start()
+            self._threads.append(thread)
+        for kind in self.kinds:
+            if not self._ready[kind].wait(60):
+                raise TimeoutError(f"the watch of {kind} did not start in 60s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)

@@ -24,6 +24,12 @@
 #   hack/build-tools.sh --crds           take the Gateway API and InferencePool CRDs from their
 #                                        Go modules (hack/crd-versions.env); print their directory
 #   hack/build-tools.sh --crds-dir       print where those CRDs are (or would be); fetch nothing
+#   hack/build-tools.sh --apiserver VERSION
+#                                        build only kube-apiserver at another Kubernetes version
+#                                        (one of hack/kube-versions.env: the chart's oldest
+#                                        supported minor and one in between, for the version
+#                                        tests); print its bin directory. Each version has its
+#                                        own cache key, so it never rebuilds the sandbox's.
 #
 # The CRDs of hack/crd-versions.env have their own cache key too (that file and CRDS_RECIPE),
 # in ~/.cache/rewind/crds/<hash>/, so pinning a new Gateway API never rebuilds Kubernetes.
@@ -73,13 +79,25 @@ crds_key="$( (cat "$here/crd-versions.env"; echo "recipe=$CRDS_RECIPE") | sha256
 crds_dest="$cache_root/crds/$crds_key"
 CRD_FILES=(gateway-api-crds.yaml inference-pool-crds.yaml)
 
+# Other API servers (--apiserver VERSION): key = that version and APISERVER_RECIPE.
+# Bump APISERVER_RECIPE when a change to build_kubernetes changes what they are.
+APISERVER_RECIPE=1
+usage() { log "usage: $0 [--test-tools | --test-tools-dir | --istioctl | --istioctl-dir | --crds | --crds-dir | --apiserver VERSION]"; exit 2; }
+
 mode="${1:-all}"
 case "$mode" in
   all | --test-tools | --istioctl | --crds) ;;
   --test-tools-dir) echo "$test_tools_bin"; exit 0 ;;
   --istioctl-dir) echo "$istioctl_bin"; exit 0 ;;
   --crds-dir) echo "$crds_dest"; exit 0 ;;
-  *) log "usage: $0 [--test-tools | --test-tools-dir | --istioctl | --istioctl-dir | --crds | --crds-dir]"; exit 2 ;;
+  --apiserver)
+    apiserver_version="${2:-}"
+    [[ $apiserver_version =~ ^v1\.[0-9]+\.[0-9]+$ ]] || usage
+    apiserver_key="$( (echo "kube-apiserver=$apiserver_version"; echo "recipe=$APISERVER_RECIPE") |
+      sha256sum | cut -c1-16)"
+    apiserver_dest="$cache_root/apiserver/$apiserver_key"
+    ;;
+  *) usage ;;
 esac
 
 command -v go >/dev/null || { log "go is not installed: install Go >= 1.26 (https://go.dev/dl) and re-run"; exit 1; }
@@ -109,19 +127,22 @@ run_step() {
 # Each binary goes to a temporary name first; only a finished build is moved into bin/.
 install_bin() { mv -f "$1" "$bin/$2"; }
 
+# build_kubernetes VERSION DEST CMD...: the commands of k8s.io/kubernetes at VERSION into
+# DEST/bin, built in DEST/src and DEST/tmp-k8s.
 build_kubernetes() {
-  local work="$dest/src/kubernetes" tmp="$dest/tmp-k8s"
+  local version="$1" out="$2"; shift 2
+  local cmds=("$@") work="$out/src/kubernetes" tmp="$out/tmp-k8s"
   rm -rf "$work" "$tmp"; mkdir -p "$work" "$tmp"
-  local kmod minor staging_version
-  kmod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
-  minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
-  staging_version="v0.${KUBERNETES_VERSION#v1.}"
+  local kmod minor staging_version c
+  kmod="$(go mod download -json "k8s.io/kubernetes@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  minor="${version#v1.}"; minor="${minor%%.*}"
+  staging_version="v0.${version#v1.}"
   {
     echo "module rewind.dev/sandbox/kubernetes"
     echo
     grep -E '^go ' "$kmod"
     echo
-    echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+    echo "require k8s.io/kubernetes $version"
     echo
     echo "replace ("
     # Every staging module kubernetes requires at v0.0.0 is replaced with its published release.
@@ -129,25 +150,17 @@ build_kubernetes() {
       while read -r m; do echo "	$m => $m $staging_version"; done
     echo ")"
   } >"$work/go.mod"
-  cat >"$work/tools.go" <<GO
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for c in "${cmds[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+    printf ')\n'
+  } >"$work/tools.go"
   local pkg="k8s.io/component-base/version" commit="0000000000000000000000000000000000000000"
-  local ldflags="-s -w -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.gitCommit=$commit -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  local ldflags="-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.gitCommit=$commit -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$version -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
   (cd "$work" && go mod tidy -e && go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do install_bin "$tmp/$b" "$b"; done
+    "${cmds[@]/#/k8s.io/kubernetes/cmd/}")
+  for c in "${cmds[@]}"; do mv -f "$tmp/$c" "$out/bin/$c"; done
   rm -rf "$tmp"
 }
 
@@ -298,6 +311,18 @@ ensure_istioctl() {
   istioctl_ready || { log "internal error: istioctl built but is missing in $istioctl_bin"; exit 1; }
 }
 
+if [[ $mode == --apiserver ]]; then
+  if [[ ! -x "$apiserver_dest/bin/kube-apiserver" ]]; then
+    bin="$apiserver_dest/bin" logs="$apiserver_dest/logs"  # run_step's directories, for this build
+    mkdir -p "$bin" "$logs"
+    log "cache: $apiserver_dest (key from $apiserver_version and APISERVER_RECIPE)"
+    run_step "kube-apiserver-$apiserver_version" "k8s.io/kubernetes@$apiserver_version" \
+      build_kubernetes "$apiserver_version" "$apiserver_dest" kube-apiserver
+    rm -rf "$apiserver_dest/src"
+  fi
+  echo "$apiserver_dest/bin"
+  exit 0
+fi
 if [[ $mode == --test-tools ]]; then
   ensure_test_tools
   echo "$test_tools_bin"
@@ -326,7 +351,8 @@ log "cache: $dest (key from hack/versions.env and RECIPE)"
 [[ -x "$bin/etcd" ]] || run_step etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" build_etcd
 [[ -x "$bin/kwok" ]] || run_step kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" build_go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
 [[ -x "$bin/kube-apiserver" && -x "$bin/kubectl" && -x "$bin/kube-scheduler" && -x "$bin/kube-controller-manager" ]] ||
-  run_step kubernetes "k8s.io/kubernetes@$KUBERNETES_VERSION" build_kubernetes
+  run_step kubernetes "k8s.io/kubernetes@$KUBERNETES_VERSION" build_kubernetes "$KUBERNETES_VERSION" "$dest" \
+    kube-apiserver kube-controller-manager kube-scheduler kubectl
 [[ -x "$bin/helm" ]] || run_step helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
 [[ -f "$dest/istio-crds.yaml" ]] || run_step istio-crds "istio.io/api@$ISTIO_API_VERSION" build_istio_crds
 [[ -f "$dest/kwok-stages.yaml" ]] || run_step kwok-stages "sigs.k8s.io/kwok@$KWOK_VERSION" build_kwok_stages

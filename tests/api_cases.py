@@ -83,10 +83,15 @@ FRAUD_MR = ("fraud-detection-canary.yaml", "ModelRelease")
 FRAUD_RP = ("fraud-detection-canary.yaml", "RolloutPolicy")
 CHAT_RP = ("chatbot-bluegreen-approval.yaml", "RolloutPolicy")
 REC_RP = ("recommender-shadow.yaml", "RolloutPolicy")
-LLM_MR = ("llm-gateway-api-canary.yaml", "ModelRelease")
+GW_MR = ("llm-gateway-api-canary.yaml", "ModelRelease")
 GW = "spec.traffic.gatewayAPI"
 D64 = "ab" * 32
 TAG_IMAGE = "registry.example.com/fraud-server:2.1.0"
+LLM_MR = ("llm-gpu-grpc.yaml", "ModelRelease")
+LLM_RP = ("llm-gpu-grpc.yaml", "RolloutPolicy")
+TEMPLATE = "spec.serving.template.spec"
+SERVER = f"{TEMPLATE}.containers[0]"
+SIDECAR = {"name": "log-shipper", "image": "registry.example.com/shipper@sha256:" + "d" * 64}
 STEPS = "spec.strategy.canary.steps"
 M0 = "spec.analysis.metrics[0]"
 ON_SUCCESS = "spec.strategy.shadow.onSuccess"
@@ -217,6 +222,13 @@ INVALID: list[Case] = [
         (("spec.traffic.hosts", ["fraud..example.com"]),),
         "spec.traffic.hosts[0]",
         "no empty DNS label",
+    ),
+    Case(
+        "host-label-ending-in-a-dash",
+        FRAUD_MR,
+        (("spec.traffic.hosts", ["fraud-.example.com"]),),
+        "spec.traffic.hosts[0]",
+        "DNS-1123 label",
     ),
     Case(
         "host-wildcard-not-first",
@@ -415,6 +427,132 @@ INVALID: list[Case] = [
         "metadata.name",
         "should match",
         pydantic=False,
+    ),
+    # --- ModelRelease: pod template ---------------------------------------------------------
+    Case(
+        "template-and-workload-ref",
+        LLM_MR,
+        (("spec.serving.workloadRef", {"name": "llama-chat-template"}),),
+        "spec.serving.workloadRef",
+        "not both",
+    ),
+    Case(
+        "template-model-server-image",
+        LLM_MR,
+        ((f"{SERVER}.image", "nvcr.io/nvidia/tritonserver@sha256:" + D64),),
+        f"{TEMPLATE}.containers",
+        "remove image",
+    ),
+    Case(
+        # The first container is the model server when none is named model-server.
+        "template-first-container-is-the-model-server",
+        LLM_MR,
+        ((f"{SERVER}.name", "triton"), (f"{SERVER}.image", "nvcr.io/nvidia/triton@sha256:" + D64)),
+        f"{TEMPLATE}.containers",
+        "remove image",
+    ),
+    Case(
+        "template-sidecar-tag-image",
+        LLM_MR,
+        ((f"{TEMPLATE}.containers", [{"name": "model-server"},
+                                     {"name": "log-shipper", "image": "shipper:1.2"}]),),
+        f"{TEMPLATE}.containers",
+        "pinned by digest",
+    ),
+    Case(
+        "template-init-container-tag-image",
+        LLM_MR,
+        ((f"{TEMPLATE}.initContainers[0].image", "registry.example.com/ml/weights-check:v2"),),
+        f"{TEMPLATE}.initContainers",
+        "pinned by digest",
+    ),
+    Case(
+        "template-serving-port-repeated",
+        LLM_MR,
+        ((f"{SERVER}.ports", [{"name": "grpc", "containerPort": 8001}]),),
+        f"{TEMPLATE}.containers",
+        "remove that port",
+    ),
+    Case(
+        "template-port-named-http",
+        LLM_MR,
+        ((f"{SERVER}.ports", [{"name": "http", "containerPort": 8000}]),),
+        f"{TEMPLATE}.containers",
+        "remove that port",
+    ),
+    Case(
+        "template-sets-model-uri",
+        LLM_MR,
+        ((f"{SERVER}.env", [{"name": "MODEL_URI", "value": "s3://elsewhere"}]),),
+        f"{TEMPLATE}.containers",
+        "set by Rewind",
+    ),
+    Case(
+        "resources-twice",
+        LLM_MR,
+        (("spec.serving.resources", {"limits": {"memory": "4Gi"}}),),
+        "spec.serving.resources",
+        "not both",
+    ),
+    Case(
+        "liveness-twice",
+        FRAUD_MR,
+        (
+            ("spec.serving.template", {"spec": {"containers": [
+                {"name": "model-server", "livenessProbe": {"tcpSocket": {"port": 8080}}}]}}),
+            ("spec.serving.resources", DELETE),
+        ),
+        "spec.serving.livenessPath",
+        "not both",
+    ),
+    Case(
+        "grpc-with-liveness-path",
+        LLM_MR,
+        (("spec.serving.livenessPath", "/healthz"),),
+        "spec.serving.livenessPath",
+        "is an HTTP path",
+    ),
+    Case(
+        "args-twice",
+        LLM_MR,
+        (("spec.code.args", ["--log-verbose=1"]),),
+        f"{TEMPLATE}.containers",
+        "not both",
+    ),
+    Case(
+        "template-without-containers",
+        LLM_MR,
+        ((f"{TEMPLATE}.containers", []),),
+        f"{TEMPLATE}.containers",
+        "should have at least 1 items",
+    ),
+    Case(
+        "template-container-name",
+        LLM_MR,
+        ((f"{TEMPLATE}.initContainers[0].name", "Check_Weights"),),
+        f"{TEMPLATE}.initContainers[0].name",
+        "should match",
+    ),
+    Case(
+        "template-unknown-protocol",
+        LLM_MR,
+        (("spec.serving.protocol", "tcp"),),
+        "spec.serving.protocol",
+        "Unsupported value",
+    ),
+    Case(
+        "workload-ref-bad-name",
+        FRAUD_MR,
+        (("spec.serving.workloadRef", {"name": "Helm Release"}),),
+        "spec.serving.workloadRef.name",
+        "should match",
+    ),
+    Case(
+        "unknown-sidecar-mode",
+        FRAUD_MR,
+        (("spec.traffic.sidecar", "Off"),),
+        "spec.traffic.sidecar",
+        "Unsupported value",
     ),
     # --- RolloutPolicy --------------------------------------------------------------------
     Case(
@@ -707,63 +845,63 @@ INVALID: list[Case] = [
     # --- Gateway API routing ---------------------------------------------------------------
     Case(
         "gateway-api-with-istio-gateways",
-        LLM_MR,
+        GW_MR,
         (("spec.traffic.gateways", ["istio-system/public"]),),
         "spec.traffic.gateways",
         "with gatewayAPI, name the Gateways in gatewayAPI.parentRefs",
     ),
     Case(
         "gateway-api-with-retries",
-        LLM_MR,
+        GW_MR,
         (("spec.traffic.retries", {"attempts": 0}),),
         "spec.traffic.retries",
         "retries are not part of Gateway API's standard HTTPRoute",
     ),
     Case(
         "gateway-api-hostname-not-dns",
-        LLM_MR,
-        (("spec.traffic.hosts", ["summarize..example.com"]),),
-        "spec.traffic.hosts",
-        "must be Gateway API hostnames",
+        GW_MR,
+        (("spec.traffic.hosts", ["summarize-.example.com"]),),
+        "spec.traffic.hosts[0]",
+        "DNS-1123 label",
     ),
     Case(
         "gateway-api-timeout-too-long",
-        LLM_MR,
+        GW_MR,
         (("spec.traffic.timeout", "100000h"),),
         "spec.traffic.timeout",
         "timeout must be at most 99999h",
     ),
     Case(
         "gateway-api-backend-timeout-over-timeout",
-        LLM_MR,
+        GW_MR,
         ((f"{GW}.backendRequestTimeout", "301s"),),
         f"{GW}.backendRequestTimeout",
         "backendRequestTimeout must be at most timeout",
     ),
     Case(
         "gateway-api-backend-timeout-zero",
-        LLM_MR,
+        GW_MR,
         ((f"{GW}.backendRequestTimeout", "0s"),),
         f"{GW}.backendRequestTimeout",
         "must be more than 0s",
     ),
     Case(
         "gateway-api-no-parents",
-        LLM_MR,
+        GW_MR,
         ((f"{GW}.parentRefs", []),),
         f"{GW}.parentRefs",
         "should have at least 1 items",
     ),
     Case(
         "gateway-api-parent-without-name",
-        LLM_MR,
+        GW_MR,
         ((f"{GW}.parentRefs", [{"namespace": "infra"}]),),
         f"{GW}.parentRefs[0].name",
         "Required value",
     ),
     Case(
         "gateway-api-same-parent-twice",
-        LLM_MR,
+        GW_MR,
         ((f"{GW}.parentRefs", [{"name": "public", "namespace": "infra"},
                                {"name": "public", "namespace": "infra", "sectionName": "h"}]),),
         f"{GW}.parentRefs",
@@ -771,7 +909,7 @@ INVALID: list[Case] = [
     ),
     Case(
         "gateway-api-same-listener-twice",
-        LLM_MR,
+        GW_MR,
         ((f"{GW}.parentRefs", [{"name": "public", "sectionName": "https"},
                                {"name": "public", "sectionName": "https"}]),),
         f"{GW}.parentRefs",
@@ -779,21 +917,21 @@ INVALID: list[Case] = [
     ),
     Case(
         "gateway-api-bad-parent-kind",
-        LLM_MR,
+        GW_MR,
         ((f"{GW}.parentRefs[0].kind", "Gate way"),),
         f"{GW}.parentRefs[0].kind",
         "should match",
     ),
     Case(
         "gateway-api-endpoint-picker-without-port",
-        LLM_MR,
+        GW_MR,
         ((f"{GW}.inferencePool.endpointPickerRef.port", DELETE),),
         f"{GW}.inferencePool.endpointPickerRef.port",
         "port is required when kind is Service",
     ),
     Case(
         "gateway-api-endpoint-picker-failure-mode",
-        LLM_MR,
+        GW_MR,
         ((f"{GW}.inferencePool.endpointPickerRef.failureMode", "Retry"),),
         f"{GW}.inferencePool.endpointPickerRef.failureMode",
         "Unsupported value",
@@ -850,6 +988,42 @@ VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] =
         (("spec.traffic.gateways", ["n" * 63 + "/" + "g" * 63]),),
     ),
     ("gateway-only-routing", FRAUD_MR, (("spec.traffic.meshRouting", False),)),
+    (
+        "template-tag-images-with-opt-in",
+        LLM_MR,
+        (
+            (f"{TEMPLATE}.initContainers[0].image", "registry.example.com/ml/weights-check:v2"),
+            ("spec.code.allowTagImage", True),
+        ),
+    ),
+    (
+        # A pinned sidecar first, the model server named: the order does not matter.
+        "template-sidecar-before-the-model-server",
+        LLM_MR,
+        (
+            (f"{TEMPLATE}.containers", [
+                SIDECAR,
+                {"name": "model-server", "args": ["tritonserver"]},
+            ]),
+        ),
+    ),
+    (
+        # Only the model-server container's port is Rewind's: a sidecar may use any.
+        "template-sidecar-uses-any-port",
+        LLM_MR,
+        ((f"{TEMPLATE}.containers", [{"name": "model-server"}, {**SIDECAR, "ports": [
+            {"name": "http", "containerPort": 8001}]}]),),
+    ),
+    (
+        "template-minimal",
+        FRAUD_MR,
+        (("spec.serving.template", {"spec": {"containers": [{"name": "model-server"}]}}),),
+    ),
+    ("workload-ref", FRAUD_MR, (("spec.serving.workloadRef", {"name": "fraud-helm"}),)),
+    ("protocol-grpc", FRAUD_MR, (("spec.serving.protocol", "grpc"),
+                                 ("spec.serving.livenessPath", DELETE))),
+    ("protocol-http2", FRAUD_MR, (("spec.serving.protocol", "http2"),)),
+    ("sidecar-required", FRAUD_MR, (("spec.traffic.sidecar", "Required"),)),
     ("threshold-min-only", FRAUD_RP, ((f"{M0}.thresholds", {"min": 0.9}),)),
     ("threshold-min-equals-max", FRAUD_RP, ((f"{M0}.thresholds", {"min": 1, "max": 1}),)),
     ("single-step-to-100", FRAUD_RP, ((STEPS, [{"weight": 100}]),)),
@@ -885,7 +1059,7 @@ VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] =
     ("first-release-gates", CHAT_RP, (("spec.firstRelease", "Gates"),)),
     (
         "gateway-api-services-minimal",
-        LLM_MR,
+        GW_MR,
         (
             (f"{GW}", {"parentRefs": [{"name": "public"}]}),
             ("spec.traffic.timeout", DELETE),
@@ -894,7 +1068,7 @@ VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] =
     ),
     (
         "gateway-api-mesh-service-parent-and-listeners",
-        LLM_MR,
+        GW_MR,
         ((f"{GW}.parentRefs", [{"group": "", "kind": "Service", "name": "summarizer"},
                                {"name": "public", "namespace": "infra", "sectionName": "http"},
                                {"name": "public", "namespace": "infra", "sectionName": "https"},
@@ -902,25 +1076,20 @@ VALID_VARIANTS: list[tuple[str, tuple[str, str], tuple[tuple[str, Any], ...]]] =
     ),
     (
         "gateway-api-backend-timeout-without-timeout",
-        LLM_MR,
+        GW_MR,
         (("spec.traffic.timeout", DELETE), (f"{GW}.backendRequestTimeout", "99999h")),
     ),
     (
         "gateway-api-wildcard-host-and-prefix-header",
-        LLM_MR,
+        GW_MR,
         (("spec.traffic.hosts", ["*.example.com"]),
          ("spec.traffic.headerRoutes", [{"name": "beta", "headers": [
              {"name": "x-group", "prefix": "beta"}, {"name": "x-user", "regex": "a.*"}]}])),
     ),
     (
         "gateway-api-endpoint-picker-not-a-service",
-        LLM_MR,
+        GW_MR,
         ((f"{GW}.inferencePool.endpointPickerRef",
           {"group": "example.com", "kind": "Picker", "name": "p", "failureMode": "FailOpen"}),),
-    ),
-    (
-        "istio-host-that-gateway-api-refuses",
-        FRAUD_MR,
-        (("spec.traffic.hosts", ["fraud..example.com"]),),
     ),
 ]

@@ -21,9 +21,12 @@ The story (``--quick`` plays only the rollback and the approval):
 3. fraud v3 goes out; its model server is bad from birth (``SIM_ERROR_RATE=0.3``,
    ``SIM_LATENCY_MS=450``), so at 20% error rate and latency jump and Rewind rolls back to
    v2 on its own within seconds;
-4. chatbot v2 goes out under an approval policy; its score distribution drifts (a PSI
-   computed in PromQL against the stable revision); Rewind waits for a human; the demo runs
-   the ``kubectl annotate ... rewind.dev/approve-rollback=true`` it printed; rollback;
+4. chatbot v2 goes out under an approval policy that needs two approvers; its score
+   distribution drifts (a PSI computed in PromQL against the stable revision); Rewind waits
+   for humans. The people are real users of the sandbox API server (client certificates,
+   :mod:`rewind_demo.people`) under the chart's admission policies, which the demo installs:
+   dana, who may edit the release but not approve, is refused; alice and bob approve with
+   ``kubectl rewind approve``; rollback, and ``kubectl rewind report`` writes it up at the end;
 5. recommender v2 is shadowed on Gateway API (an HTTPRoute mirroring 100%, never answers
    users), compared with stable and rejected.
 
@@ -73,7 +76,7 @@ from rewind.api import (
     ModelReleaseSpec,
     RolloutPolicySpec,
 )
-from rewind_demo import targets
+from rewind_demo import people, targets
 from rewind_demo.modelserver import SCORE_BUCKETS
 from rewind_demo.runner import RevisionRunner, kube_deployment_lister
 from rewind_demo.trafficgen import TrafficGenerator, backends_file_source, kube_route_source
@@ -303,7 +306,8 @@ def _policy(model: Model) -> RolloutPolicySpec:
                 },
                 "rollback": {
                     "mode": "approval",
-                    "approval": {"requiredApprovers": 1, "timeout": "5m", "onTimeout": "Rollback"},
+                    # Two people must agree (alice and bob in the story).
+                    "approval": {"requiredApprovers": 2, "timeout": "5m", "onTimeout": "Rollback"},
                     "scaleDownDelay": "10s",
                 },
                 "progressDeadline": "2m",
@@ -568,6 +572,20 @@ class Kube:
             _content_type="application/apply-patch+yaml", _request_timeout=API_TIMEOUT,
         )
 
+    def dry_run_create(self, plural: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """What the API server would store (admission included); None: it refused."""
+        meta = body["metadata"]
+        try:
+            obj: dict[str, Any] = self.custom.create_namespaced_custom_object(
+                API_GROUP, API_VERSION, meta["namespace"], plural, body, dry_run="All",
+                _request_timeout=API_TIMEOUT,
+            )
+        except self._client.ApiException as exc:
+            if exc.status in (403, 422):  # an admission policy refused
+                return None
+            raise
+        return obj
+
     def get_release(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
@@ -680,11 +698,13 @@ class Kube:
             time.sleep(0.5)
 
 
-def _kubectl(env: Mapping[str, str], *args: str, timeout: float = 60.0) -> str:
+def _kubectl(env: Mapping[str, str], *args: str, timeout: float = 60.0,
+             input: str | None = None) -> str:
     kubectl = env.get("KUBECTL") or shutil.which("kubectl") or "kubectl"
     cmd = [kubectl, f"--kubeconfig={env['KUBECONFIG']}", *args]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              input=input)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SetupError(f"{' '.join(cmd)}: {exc}") from exc
     if done.returncode != 0:
@@ -697,6 +717,37 @@ def install_crds(env: Mapping[str, str]) -> None:
     _kubectl(env, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     _kubectl(env, "wait", "--for=condition=Established", "--timeout=60s",
              "crd/modelreleases.rewind.dev", "crd/rolloutpolicies.rewind.dev")
+
+
+HUMAN_ACTIONS = ROOT / "charts" / "rewind" / "files" / "human-actions.yaml"
+#: The MutatingAdmissionPolicy that stamps who acted (the sandbox's API server has it, v1).
+HUMAN_ACTIONS_STAMP = ROOT / "charts" / "rewind" / "files" / "human-actions-stamp.yaml"
+
+
+def install_admission(env: Mapping[str, str], kube: Kube, namespace: str,
+                      timeout: float = 60.0) -> None:
+    """Apply the chart's admission policies (who acted is stamped by the API server, each
+    action is an RBAC verb) and wait until both are enforced: a new policy takes a moment.
+    Probed with server-side dry-run creates, which store nothing."""
+    for policies in (HUMAN_ACTIONS, HUMAN_ACTIONS_STAMP):
+        _kubectl(env, "apply", "--server-side", "--force-conflicts", "-f", str(policies))
+    probe = release_body(CHATBOT, "v1", namespace)
+    probe["metadata"] = {"name": "admission-probe", "namespace": namespace}
+    deadline = time.monotonic() + timeout
+    while True:
+        stamped = kube.dry_run_create(MODELRELEASE_PLURAL, {
+            **probe, "metadata": {**probe["metadata"],
+                                  "annotations": {"rewind.dev/promote": "probe"}}})
+        forged = kube.dry_run_create(MODELRELEASE_PLURAL, {
+            **probe, "metadata": {**probe["metadata"],
+                                  "annotations": {"rewind.dev/promote-by": "someone-else"}}})
+        annotations = ((stamped or {}).get("metadata") or {}).get("annotations") or {}
+        if annotations.get("rewind.dev/promote-by") and forged is None:
+            return
+        if time.monotonic() >= deadline:
+            raise SetupError(f"the admission policies of {HUMAN_ACTIONS.name} and "
+                             f"{HUMAN_ACTIONS_STAMP.name} are not enforced after {timeout:.0f}s")
+        time.sleep(0.5)
 
 
 # --------------------------------------------------------------------------------------
@@ -930,6 +981,8 @@ class Demo:
         self.revs = Revs()
         self._seen: set[tuple[str, str, str, str]] = set()
         self.quiet = False  # no more runner chatter once the report is out
+        self.people = Path()  # the people's kubeconfig, once set up
+        self.refused: subprocess.CompletedProcess[str] | None = None
         self._acts = 0
 
     # -- set-up ---------------------------------------------------------------------------
@@ -1005,6 +1058,7 @@ class Demo:
         self.k.delete_demo_objects(self.ns)
         self.remove_stale_targets()
         self.state.mkdir(parents=True, exist_ok=True)
+        self._setup_people()
         self._start_operator()
         self._start_runner()
         for model in self._models():
@@ -1023,6 +1077,42 @@ class Demo:
               "generator that follows each release's VirtualService (the recommender's "
               "HTTPRoute: it runs on Gateway API, and the generator accepts it as its gateway).")
 
+    def _setup_people(self) -> None:
+        """The admission policies, then alice and bob (approvers) and dana (may edit, not
+        approve) as real client-certificate users with their RBAC in this namespace."""
+        c = self.c
+        install_admission(self.env, self.k, self.ns)
+        try:
+            self.people = people.write_people_kubeconfig(
+                Path(self.env["KUBECONFIG"]), Path(self.env["SANDBOX_DIR"]) / "pki",
+                self.state / "people")
+        except people.IdentityError as exc:
+            raise SetupError(str(exc)) from exc
+        manifests = people.rbac_manifests(self.ns, {DEMO_LABEL: "true"})
+        _kubectl(self.env, "apply", "-f", "-", input=json.dumps(
+            {"apiVersion": "v1", "kind": "List", "items": manifests}))
+        verb = "approve-rollback"
+        want = {p.name: p in people.APPROVERS for p in people.PEOPLE}
+        deadline = time.monotonic() + 60
+        while (got := {name: self._can_i(name, verb) for name in want}) != want:
+            if time.monotonic() >= deadline:
+                raise SetupError(f"RBAC not in force after 60s: may {verb}: {got}")
+            time.sleep(0.5)
+        c.say(f"  admission policies installed ({HUMAN_ACTIONS.relative_to(ROOT)}): the API "
+              "server stamps who set each rewind.dev/ action, RBAC verbs say who may")
+        c.say("  people (client certificates from the sandbox CA, contexts of "
+              f"{self.people}):")
+        for p in people.PEOPLE:
+            c.say(f"    {p.name:<6} {p.role}")
+
+    def _can_i(self, user: str, verb: str) -> bool:
+        kubectl = self.env.get("KUBECTL") or shutil.which("kubectl") or "kubectl"
+        done = subprocess.run(
+            [kubectl, f"--kubeconfig={self.people}", f"--context={user}", "auth", "can-i",
+             verb, "modelreleases.rewind.dev", "-n", self.ns],
+            capture_output=True, text=True, timeout=30)
+        return done.stdout.strip() == "yes"
+
     def _models(self) -> list[Model]:
         return [FRAUD, CHATBOT] if self.o.quick else list(MODELS)
 
@@ -1030,7 +1120,9 @@ class Demo:
         log = (self.state / "operator.log").open("wb")  # this run's log only
         cmd = [sys.executable, "-m", "rewind.main", "--namespace", self.ns,
                "--prometheus-url", self.prometheus, "--metrics-port", "0",
-               "--log-format", "plain"]
+               "--log-format", "plain",
+               # The admission policies are installed: the -by annotations name real users.
+               "--trust-actor-annotations"]
         env = {**os.environ, "KUBECONFIG": self.env["KUBECONFIG"]}
         try:
             self.operator = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
@@ -1306,10 +1398,33 @@ class Demo:
             c.say(f"  {good} (r{stable}) serves 100% again, {(t1 - t0).total_seconds():.1f}s "
                   "after v3 first got users; nobody was paged.")
 
+    def kubectl_rewind(self, *args: str, who: str | None = None,
+                       timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run ``kubectl rewind ARGS -n NS`` as ``who`` (a context of the people's
+        kubeconfig; None: the sandbox admin) the way a user does: kubectl finds the
+        kubectl-rewind plugin on PATH. Prints the command and its output, indented."""
+        kubectl = self.env.get("KUBECTL") or shutil.which("kubectl") or "kubectl"
+        argv = ["rewind", *args, "-n", self.ns, *(["--context", who] if who else [])]
+        env = {**os.environ, "NO_COLOR": "1", "COLUMNS": str(min(self.c.width, 120)),
+               "KUBECONFIG": str(self.people if who else self.env["KUBECONFIG"]),
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.c.say(f"  $ kubectl {' '.join(argv)}")
+        try:
+            done = subprocess.run([kubectl, *argv], capture_output=True, text=True, env=env,
+                                  timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise StoryError(f"kubectl {' '.join(argv)}: {exc}") from exc
+        for line in (done.stdout + done.stderr).rstrip().splitlines():
+            self.c.say(f"    {line}".rstrip())
+        if done.returncode != 0:
+            self.c.say(f"    [exit {done.returncode}]")
+        return done
+
     def act_chatbot(self) -> None:
         c = self.c
         c.say("")
-        self._act("chatbot v2 goes out under an approval policy (a human decides rollbacks).")
+        self._act("chatbot v2 goes out under an approval policy: two people must agree to a "
+                  "rollback.")
         c.say(f"  {CHATBOT.versions['v2'].note}")
         c.say("  drift metric: PSI of the score histogram, candidate vs stable, in PromQL "
               "(max 0.25)")
@@ -1321,21 +1436,29 @@ class Demo:
             timeout=150, bad=self._unexpected(rev, "Promoted", "RolledBack", "Failed"),
         )
         pending = (body.get("status") or {}).get("pendingDecision") or {}
-        command = (f"kubectl annotate modelrelease/chatbot -n {self.ns} "
-                   "rewind.dev/approve-rollback=true")
-        c.say(f"  Rewind holds the traffic and asks a human: {tidy(str(pending.get('reason')))}")
-        c.say("  To approve the rollback, run:")
-        c.say(f"    {command}")
-        c.say(f"  The demo plays the on-call engineer and runs that command in "
-              f"{self.o.approve_delay:.0f}s ...")
+        alice, bob = (p.name for p in people.APPROVERS)
+        editor = people.EDITOR.name
+        c.say(f"  Rewind holds the traffic and asks two humans: {tidy(str(pending.get('reason')))}")
+        c.say(f"  {alice} is paged and looks at the evidence:")
+        self.kubectl_rewind("get", "chatbot", who=alice)
+        c.say(f"  {editor} (ML team) may edit the release but holds no approval verb; "
+              "she tries anyway:")
+        self.refused = self.kubectl_rewind("approve", "chatbot", who=editor)
+        if self.refused.returncode == 0:
+            raise StoryError(f"{editor}'s approval was accepted; she holds no approval verb")
+        c.say(f"  The demo plays the on-call engineers: {alice} approves in "
+              f"{self.o.approve_delay:.0f}s, then {bob}.")
         self.pause(self.o.approve_delay)
-        c.say(f"  $ {command}")
-        out = _kubectl(self.env, *command.split()[1:])
-        c.say(f"  {out.strip()}")
+        first = self.kubectl_rewind("approve", "chatbot", who=alice)
+        if first.returncode != 0:
+            raise StoryError(f"{alice}'s approval failed (exit {first.returncode})")
+        second = self.kubectl_rewind("approve", "chatbot", "--timeout", "90", who=bob)
+        if second.returncode != 0:
+            raise StoryError(f"{bob}'s approval failed (exit {second.returncode})")
         self.wait_release("chatbot", f"chatbot v2 (r{rev}) to be rolled back",
                           self._phase_is("RolledBack", 1), timeout=60,
                           bad=self._unexpected(rev, "Promoted", "Failed"))
-        c.say("  Approved and rolled back: chatbot v1 serves 100% again.")
+        c.say(f"  Approved by {alice} and {bob}, rolled back: chatbot v1 serves 100% again.")
 
     def act_shadow(self) -> None:
         c = self.c
@@ -1439,8 +1562,15 @@ class Demo:
             check("chatbot: rollback waited for approval on the drift metric",
                   any("score-psi" in str(e.get("message")) for e in asked),
                   tidy(str(asked[0].get("message")))[:160] if asked else "-")
-            check("chatbot: the rollback was approved",
-                  bool(entries(body, "Approved", r.chatbot_bad)))
+            approvers = [str(e.get("user")) for e in entries(body, "Approved", r.chatbot_bad)]
+            want = [p.name for p in people.APPROVERS]
+            check(f"chatbot: the rollback was approved by {' and '.join(want)}",
+                  approvers == want, str(approvers))
+            refused = self.refused
+            check(f"chatbot: {people.EDITOR.name}'s approval was refused by the admission policy",
+                  refused is not None and refused.returncode == 4
+                  and f"user {people.EDITOR.name} may not approve-rollback" in refused.stderr,
+                  f"exit {refused.returncode}" if refused is not None else "not tried")
         if r.recommender_bad:
             release_checks("recommender", "Failed", 1, {r.recommender_bad: "Failed"})
             gen = self.traffic["recommender"].gen
@@ -1466,6 +1596,11 @@ class Demo:
         for ch in checks:
             c.say(f"  [{'ok' if ch.ok else 'FAIL'}] {ch.what}"
                   + (f" ({ch.detail})" if ch.detail and not ch.ok else ""))
+        if self.revs.chatbot_bad:
+            self.quiet = True  # the runner's chatter would land inside the report
+            c.say("")
+            c.say("The post-mortem of the approved rollback, as Rewind writes it:")
+            self.kubectl_rewind("report", "chatbot")
         stats = []
         for name, t in self.traffic.items():
             snap = t.gen.stats.snapshot()

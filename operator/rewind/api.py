@@ -28,7 +28,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -63,19 +65,25 @@ __all__ = [
     "GATEWAY_PATTERN",
     "HOST_PATTERN",
     "IMAGE_DIGEST_SUFFIX_PATTERN",
+    "INJECTED_ENV",
     "MAX_CONSUMED_ACTIONS",
     "MAX_HISTORY",
     "MAX_HUMAN_TEXT",
     "MAX_MEASUREMENTS",
     "MAX_MESSAGE",
+    "MAX_NOTIFICATIONS",
+    "MAX_NOTIFICATION_TARGETS",
     "MAX_RELEASE_NAME",
     "MAX_SHORT_TEXT",
     "MAX_TIMELINE",
+    "MAX_UNPINNED",
     "MESH_GATEWAY",
     "MODELRELEASE_KIND",
     "MODELRELEASE_PLURAL",
+    "MODEL_SERVER_CONTAINER",
     "ROLLOUTPOLICY_KIND",
     "ROLLOUTPOLICY_PLURAL",
+    "SERVING_PORT_NAME",
     "TEMPLATE_QUERY_PATTERN",
     "TEMPLATE_VARIABLES",
     "URI_PATTERN",
@@ -92,13 +100,17 @@ __all__ = [
     "ConditionStatus",
     "ConditionType",
     "ConsumedAction",
+    "Container",
+    "ContainerPort",
     "DataSpec",
     "DecisionAction",
     "Digest",
     "Duration",
     "EndpointPickerFailureMode",
     "EndpointPickerRef",
+    "EnvFromSource",
     "EnvVar",
+    "EnvVarSource",
     "EnvironmentSpec",
     "FirstRelease",
     "GatewayAPITraffic",
@@ -107,6 +119,7 @@ __all__ = [
     "HeaderRoute",
     "HistoryEntry",
     "InferencePoolBackend",
+    "KeySelector",
     "Measurement",
     "MetricSpec",
     "ModelFormat",
@@ -114,13 +127,23 @@ __all__ = [
     "ModelReleaseSpec",
     "ModelReleaseStatus",
     "ModelSpec",
+    "NameReference",
     "NoDataPolicy",
+    "NotificationRecord",
+    "NotificationState",
+    "NotificationsSpec",
     "ObjectMeta",
     "Outcome",
+    "PassThroughModel",
     "PauseSpec",
     "PendingDecision",
+    "PersistentVolumeClaimSource",
     "Phase",
+    "PodSpec",
+    "PodTemplate",
+    "PodTemplateMetadata",
     "PolicyRef",
+    "ProjectedVolumeSource",
     "Quantity",
     "Quarantine",
     "QuarantineEntry",
@@ -139,22 +162,30 @@ __all__ = [
     "RolloutPolicyStatus",
     "RouteWeight",
     "RoutesStatus",
+    "SecretVolumeSource",
+    "ServiceAccountTokenProjection",
+    "ServingProtocol",
     "ServingSpec",
     "ShadowAction",
     "ShadowOnSuccess",
     "ShadowStrategy",
+    "SidecarMode",
     "SignatureRef",
     "SignatureType",
     "SpecModel",
     "StatusModel",
     "StrategySpec",
     "StrategyType",
+    "TemplateEnvVar",
     "Thresholds",
     "TimelineEntry",
     "TimelineType",
     "TrafficSpec",
     "Verdict",
+    "Volume",
+    "VolumeProjection",
     "Weights",
+    "WorkloadRef",
     "append_bounded",
     "clip",
     "format_value",
@@ -162,11 +193,13 @@ __all__ = [
     "hosts_match",
     "image_digest",
     "in_cluster_host",
+    "model_server_index",
     "parse_duration",
     "query_variables",
     "release_host_errors",
     "render_query",
     "spec_hash",
+    "spec_images",
     "tag_image_error",
     "template_variables",
     "validate_template",
@@ -196,6 +229,13 @@ MAX_TIMELINE = 50
 #: The ledger of action annotations: values acted on are remembered (bounded) after their
 #: annotation is gone, so the same value coming back never acts on the same thing again.
 MAX_CONSUMED_ACTIONS = 20
+#: At most this many unpinned references are listed per revision (status.history).
+MAX_UNPINNED = 16
+#: The notification outbox (status.notifications): every message still to deliver, and the
+#: newest delivered or given up, are remembered so a restart neither loses nor repeats one.
+MAX_NOTIFICATIONS = 30
+#: Notifier targets one RolloutPolicy may name (spec.notifications.targets).
+MAX_NOTIFICATION_TARGETS = 8
 #: Default of RolloutPolicy spec.rollbackWindow.revisions.
 DEFAULT_ROLLBACK_WINDOW = 3
 
@@ -327,6 +367,16 @@ def _validations(*rules: dict[str, str]) -> dict[str, Any]:
 # --- hosts and gateways, as Istio checks them ------------------------------------------
 # Each rule is written as CEL (admission) and as a Python check (pydantic), with one message.
 
+HOST_BAD_LABEL = (
+    "each label of a host is a DNS-1123 label (lowercase letters, digits and '-', starting "
+    "and ending with a letter or digit: not fraud-.example.com): Istio refuses the VirtualService "
+    "(agent.ValidateWildcardDomain)"
+)
+#: One DNS-1123 label (Istio's ``labels.IsDNS1123Label``, lowercase as HOST_PATTERN).
+DNS_LABEL_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: A host of DNS-1123 labels, optionally after ``*.``: one regex, because a CEL rule that
+#: splits the host and checks each label exceeds the API server's cost budget.
+HOST_LABELS_RE = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 HOST_EMPTY_LABEL = (
     "a host has no empty DNS label (a..b): Istio refuses the VirtualService "
     "(agent.ValidateWildcardDomain)"
@@ -374,6 +424,9 @@ def host_label_error(host: str) -> str | None:
         return HOST_EMPTY_LABEL
     if any(len(label) > DNS_LABEL_MAX for label in labels):
         return HOST_LONG_LABEL
+    wildcard = labels[0] == "*"
+    if any(not re.match(DNS_LABEL_RE, label) for label in labels[1 if wildcard else 0:]):
+        return HOST_BAD_LABEL
     if labels[-1].isdigit():
         return HOST_NUMERIC_TLD
     return None
@@ -476,6 +529,7 @@ def _host_rules() -> dict[str, Any]:
     return _validations(
         _cel("!self.contains('..')", HOST_EMPTY_LABEL),
         _cel(f"self.split('.').all(l, l.size() <= {DNS_LABEL_MAX})", HOST_LONG_LABEL),
+        _cel("self.contains('..') || self.matches(r'" + HOST_LABELS_RE + "')", HOST_BAD_LABEL),
         _cel("!self.matches('(^|[.])[0-9]+$')", HOST_NUMERIC_TLD),
         _cel(
             "!self.startsWith('*.') || !(self.substring(2).matches('^svc([.]|$)') || "
@@ -660,6 +714,14 @@ class DecisionAction(StrEnum):
     ROLLBACK = "Rollback"
 
 
+class NotificationState(StrEnum):
+    """Where one notification (status.notifications) is."""
+
+    PENDING = "Pending"
+    SENT = "Sent"
+    FAILED = "Failed"
+
+
 class ConditionType(StrEnum):
     """kstatus-compatible condition types the operator maintains."""
 
@@ -717,6 +779,8 @@ class TimelineType(StrEnum):
     QUARANTINE_LIFTED = "QuarantineLifted"
     QUARANTINE_REFUSED = "QuarantineRefused"
     QUARANTINE_HOLD = "QuarantineHold"
+    UNPINNED = "Unpinned"
+    SIDECAR_MISSING = "SidecarMissing"
 
 
 # --------------------------------------------------------------------------------------
@@ -891,7 +955,9 @@ class CodeSpec(SpecModel):
     env: list[EnvVar] = Field(
         default_factory=list,
         max_length=64,
-        description="Literal environment variables (name/value only, no valueFrom).",
+        description="Literal environment variables of the model-server container (name/value "
+        "only; a value from a Secret or ConfigMap goes in serving.template, where the "
+        "revision's history names it as unpinned).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 
@@ -981,31 +1047,483 @@ class ResourceRequirements(SpecModel):
     )
 
 
+# --------------------------------------------------------------------------------------
+# The pod template (serving.template): Kubernetes' PodTemplateSpec, partly declared
+# --------------------------------------------------------------------------------------
+
+#: The container of a template that runs the model: the one named so, else the first.
+MODEL_SERVER_CONTAINER = "model-server"
+#: Env vars Rewind sets on the model-server container from spec.model and spec.data: they
+#: describe the snapshot the pod was built from, so neither code.env nor a template sets them.
+INJECTED_ENV = (
+    "REWIND_RELEASE",
+    "REWIND_REVISION",
+    "MODEL_URI",
+    "MODEL_DIGEST",
+    "MODEL_VERSION",
+    "DATA_VERSION",
+)
+#: The name of the model server's port (serving.port) in the container and the Services.
+SERVING_PORT_NAME = "http"
+
+_OPEN: dict[str, JsonValue] = {"x-kubernetes-preserve-unknown-fields": True}
+
+
+class PassThroughModel(BaseModel):
+    """Part of a Kubernetes object that Rewind passes on as written.
+
+    Only the fields Rewind relies on are declared (and validated, by the CRD schema at
+    admission and by these models); every other field is kept as the user wrote it
+    (``x-kubernetes-preserve-unknown-fields``) and validated by the API server itself when
+    the operator creates the revision's Deployment (a server-side dry run first).
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="allow",
+        protected_namespaces=(),
+        json_schema_extra=_OPEN,
+    )
+
+
+#: A free-form object kept as written (a probe, a securityContext, resources...).
+Opaque = Annotated[dict[str, Any], Field(json_schema_extra=_OPEN)]
+_K8S_NAME = Annotated[str, StringConstraints(min_length=1, max_length=253)]
+
+
+class KeySelector(PassThroughModel):
+    """A key of a Secret or ConfigMap (env valueFrom)."""
+
+    name: str | None = Field(
+        default=None, max_length=253, description="Name of the Secret or ConfigMap."
+    )
+
+
+class EnvVarSource(PassThroughModel):
+    """Where an env var's value comes from (Kubernetes EnvVarSource)."""
+
+    secret_key_ref: KeySelector | None = Field(
+        default=None,
+        description="A key of a Secret. Its content is not pinned by the revision snapshot: "
+        "the revision's history names it as unpinned.",
+    )
+    config_map_key_ref: KeySelector | None = Field(
+        default=None,
+        description="A key of a ConfigMap. Its content is not pinned by the revision snapshot: "
+        "the revision's history names it as unpinned.",
+    )
+
+
+class TemplateEnvVar(PassThroughModel):
+    """An environment variable of a template container (Kubernetes EnvVar)."""
+
+    name: str = Field(min_length=1, max_length=256, description="Variable name.")
+    value: str | None = Field(default=None, max_length=32768, description="Literal value.")
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Read the value from a Secret, ConfigMap or the pod's fields."
+    )
+
+
+class NameReference(PassThroughModel):
+    """A Secret or ConfigMap by name (envFrom)."""
+
+    name: str | None = Field(
+        default=None, max_length=253, description="Name of the Secret or ConfigMap."
+    )
+
+
+class EnvFromSource(PassThroughModel):
+    """Every key of a Secret or ConfigMap as env vars (Kubernetes EnvFromSource)."""
+
+    secret_ref: NameReference | None = Field(
+        default=None, description="A Secret (unpinned: its content can change)."
+    )
+    config_map_ref: NameReference | None = Field(
+        default=None, description="A ConfigMap (unpinned: its content can change)."
+    )
+
+
+class ContainerPort(PassThroughModel):
+    """A port a template container listens on (Kubernetes ContainerPort)."""
+
+    name: str | None = Field(default=None, max_length=15, description="Port name.")
+    container_port: int = Field(ge=1, le=65535, description="Port number.")
+
+
+class Container(PassThroughModel):
+    """A container of the template (Kubernetes Container). The model-server container (named
+    model-server, else the first) gets code.image, serving.port as its port named http, the
+    env that describes the revision (MODEL_URI, MODEL_DIGEST...) and, unless the template
+    sets them, code.args, serving.resources and the probes."""
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN, description="Container name."
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=NO_SPACE_PATTERN,
+        description="Image pinned by digest (<repo>@sha256:<64 hex>). Omitted on the "
+        "model-server container: its image is code.image.",
+    )
+    args: list[Annotated[str, StringConstraints(max_length=4096)]] | None = Field(
+        default=None, max_length=128, description="Arguments (or code.args, not both)."
+    )
+    ports: list[ContainerPort] | None = Field(
+        default=None,
+        max_length=32,
+        description="Ports. On the model-server container, serving.port (named http) is "
+        "added by Rewind: list only other ports (e.g. metrics).",
+    )
+    env: list[TemplateEnvVar] | None = Field(
+        default=None,
+        max_length=256,
+        description="Environment, valueFrom allowed (a Secret or ConfigMap key is named as "
+        "unpinned in the revision's history). code.env and the revision's own variables "
+        "(MODEL_URI, MODEL_DIGEST, ...) are added to the model-server container's.",
+    )
+    env_from: list[EnvFromSource] | None = Field(
+        default=None,
+        max_length=32,
+        description="Secrets and ConfigMaps as env vars (named as unpinned).",
+    )
+    resources: Opaque | None = Field(
+        default=None,
+        description="Resources (or serving.resources for the model-server container, not both).",
+    )
+    readiness_probe: Opaque | None = Field(
+        default=None,
+        description="Readiness probe; on the model-server container it replaces the one "
+        "Rewind derives from serving.protocol and serving.readinessPath.",
+    )
+    liveness_probe: Opaque | None = Field(
+        default=None,
+        description="Liveness probe (or serving.livenessPath for the model-server container, "
+        "not both).",
+    )
+
+
+class SecretVolumeSource(PassThroughModel):
+    """A Secret as a volume."""
+
+    secret_name: str | None = Field(default=None, max_length=253, description="The Secret.")
+
+
+class PersistentVolumeClaimSource(PassThroughModel):
+    """A PersistentVolumeClaim as a volume."""
+
+    claim_name: str | None = Field(default=None, max_length=253, description="The claim.")
+
+
+class ServiceAccountTokenProjection(PassThroughModel):
+    """A projected service account token (short-lived, issued at run time)."""
+
+    audience: str | None = Field(default=None, max_length=253, description="Token audience.")
+
+
+class VolumeProjection(PassThroughModel):
+    """One source of a projected volume."""
+
+    secret: NameReference | None = Field(default=None, description="A Secret.")
+    config_map: NameReference | None = Field(default=None, description="A ConfigMap.")
+    service_account_token: ServiceAccountTokenProjection | None = Field(
+        default=None, description="The pod's service account token."
+    )
+
+
+class ProjectedVolumeSource(PassThroughModel):
+    """Several sources in one volume."""
+
+    sources: list[VolumeProjection] | None = Field(
+        default=None, max_length=32, description="The projected sources."
+    )
+
+
+class Volume(PassThroughModel):
+    """A volume of the template (Kubernetes Volume). What a volume reads from a Secret,
+    ConfigMap, claim, service account token or the node is not pinned by the snapshot: the
+    revision's history names it as unpinned."""
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN, description="Volume name."
+    )
+    secret: SecretVolumeSource | None = Field(default=None, description="A Secret.")
+    config_map: NameReference | None = Field(default=None, description="A ConfigMap.")
+    persistent_volume_claim: PersistentVolumeClaimSource | None = Field(
+        default=None, description="A PersistentVolumeClaim (e.g. model weights)."
+    )
+    projected: ProjectedVolumeSource | None = Field(
+        default=None, description="Secrets, ConfigMaps and tokens in one volume."
+    )
+
+
+class PodSpec(PassThroughModel):
+    """The pod of each revision (Kubernetes PodSpec): tolerations, nodeSelector, affinity,
+    topologySpreadConstraints, securityContext, imagePullSecrets, priorityClassName and the
+    rest are passed on as written."""
+
+    containers: list[Container] = Field(
+        min_length=1, max_length=16, description="Containers; one is the model server."
+    )
+    init_containers: list[Container] | None = Field(
+        default=None,
+        max_length=16,
+        description="Init containers (also native sidecars), images pinned by digest.",
+    )
+    volumes: list[Volume] | None = Field(default=None, max_length=64, description="Volumes.")
+    service_account_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="The pods' service account (e.g. one allowed to read the model bucket). "
+        "What it may do is not pinned by the snapshot: the history names it as unpinned.",
+    )
+
+
+class PodTemplateMetadata(PassThroughModel):
+    """Labels and annotations of the pods; Rewind's own labels and annotations win."""
+
+    labels: dict[str, Annotated[str, StringConstraints(max_length=63)]] | None = Field(
+        default=None, max_length=64, description="Pod labels."
+    )
+    annotations: dict[str, Annotated[str, StringConstraints(max_length=65536)]] | None = Field(
+        default=None, max_length=64, description="Pod annotations."
+    )
+
+
+class PodTemplate(PassThroughModel):
+    """A Kubernetes PodTemplateSpec for each revision's pods."""
+
+    metadata: PodTemplateMetadata | None = Field(
+        default=None, description="Pod labels and annotations."
+    )
+    spec: PodSpec = Field(description="The pod spec (containers, volumes, scheduling...).")
+
+    def model_server(self) -> Container:
+        """The container that runs the model: named model-server, else the first."""
+        return self.spec.containers[model_server_index(self)]
+
+
+def model_server_index(template: PodTemplate) -> int:
+    """Index of the model-server container: the one named model-server, else the first."""
+    names = [c.name for c in template.spec.containers]
+    return names.index(MODEL_SERVER_CONTAINER) if MODEL_SERVER_CONTAINER in names else 0
+
+
+class WorkloadRef(SpecModel):
+    """An existing Deployment whose pod template each revision copies (a Helm chart's)."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Name of the Deployment, in the ModelRelease's namespace. Its pod template "
+        "is read at every reconcile and is part of the revision: a change to it (a helm "
+        "upgrade) is a new revision, released by the policy. Rewind never writes it: set its "
+        "replicas to 0 in its chart.",
+    )
+
+
+class ServingProtocol(StrEnum):
+    """What the model server speaks on serving.port."""
+
+    HTTP = "http"
+    HTTP2 = "http2"
+    GRPC = "grpc"
+
+
+def _model_server_cel(template: str) -> str:
+    """CEL: ``c`` is the model-server container of ``template`` (named so, else the first)."""
+    containers = f"{template}.spec.containers"
+    return (
+        f"(c.name == '{MODEL_SERVER_CONTAINER}' || (!{containers}.exists(x, x.name == "
+        f"'{MODEL_SERVER_CONTAINER}') && c.name == {containers}[0].name))"
+    )
+
+
+def _each_model_server(template: str, check: str) -> str:
+    """CEL: ``check`` (about ``c``) holds for the model-server container, when a template
+    with containers is set."""
+    return (
+        f"!has({template}) || !has({template}.spec) || !has({template}.spec.containers) || "
+        f"size({template}.spec.containers) == 0 || {template}.spec.containers.all(c, "
+        f"!{_model_server_cel(template)} || ({check}))"
+    )
+
+
+_MS = (
+    "the model-server container (the one named model-server, else the first) of "
+    "serving.template"
+)
+_TEMPLATE_MESSAGES = {
+    "both": "set serving.template or serving.workloadRef, not both",
+    "image": f"the model server's image is code.image: remove image from {_MS}",
+    "port": "serving.port is the model server's port (named http): remove that port from "
+    f"the ports of {_MS} (other ports, e.g. metrics, are fine)",
+    "env": "MODEL_URI, MODEL_DIGEST, MODEL_VERSION, DATA_VERSION, REWIND_RELEASE and "
+    "REWIND_REVISION are set by Rewind from spec.model and spec.data: remove them from the "
+    f"env of {_MS}",
+    "resources": "set the model server's resources in serving.resources or as the resources "
+    f"of {_MS}, not both",
+    "liveness": f"set serving.livenessPath or the livenessProbe of {_MS}, not both",
+    "grpc-liveness": "serving.livenessPath is an HTTP path: with protocol grpc, give "
+    f"{_MS} a livenessProbe instead (e.g. grpc: {{port: 9000}})",
+    "args": f"set the model server's args in code.args or as the args of {_MS}, not both",
+    "pinned": "must be pinned by digest (<repo>@sha256:<64 hex>) like code.image; set "
+    "code.allowTagImage: true (and allowTagImages: true in the RolloutPolicy) to accept a tag",
+}
+
+
 class ServingSpec(SpecModel):
-    """How each revision is run: one Deployment and Service per revision."""
+    """How each revision is run: one Deployment and Service per revision. Small models need
+    only the short fields (replicas, port, resources, probes); a model that needs more (a GPU
+    node pool, volumes, a service account, Secrets) gives a full pod template, inline or as
+    an existing Deployment's, and the short fields fill what the template leaves to them."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!has(self.template) || !has(self.workloadRef)",
+                _TEMPLATE_MESSAGES["both"],
+                field_path=".workloadRef",
+                reason="FieldValueForbidden",
+            ),
+            _cel(
+                _each_model_server("self.template", "!has(c.image)"),
+                _TEMPLATE_MESSAGES["image"],
+                field_path=".template.spec.containers",
+                reason="FieldValueForbidden",
+            ),
+            _cel(
+                _each_model_server(
+                    "self.template",
+                    "!has(c.ports) || c.ports.all(p, (!has(p.name) || p.name != "
+                    f"'{SERVING_PORT_NAME}') && (!has(self.port) || p.containerPort != self.port))",
+                ),
+                _TEMPLATE_MESSAGES["port"],
+                field_path=".template.spec.containers",
+                reason="FieldValueForbidden",
+            ),
+            _cel(
+                _each_model_server(
+                    "self.template",
+                    "!has(c.env) || !c.env.exists(e, e.name in "
+                    + json.dumps(list(INJECTED_ENV)).replace('"', "'")
+                    + ")",
+                ),
+                _TEMPLATE_MESSAGES["env"],
+                field_path=".template.spec.containers",
+                reason="FieldValueForbidden",
+            ),
+            _cel(
+                "!has(self.resources) || ((!has(self.resources.requests) || "
+                "size(self.resources.requests) == 0) && (!has(self.resources.limits) || "
+                "size(self.resources.limits) == 0)) || ("
+                + _each_model_server("self.template", "!has(c.resources)")
+                + ")",
+                _TEMPLATE_MESSAGES["resources"],
+                field_path=".resources",
+                reason="FieldValueForbidden",
+            ),
+            _cel(
+                "!has(self.livenessPath) || ("
+                + _each_model_server("self.template", "!has(c.livenessProbe)")
+                + ")",
+                _TEMPLATE_MESSAGES["liveness"],
+                field_path=".livenessPath",
+                reason="FieldValueForbidden",
+            ),
+            _cel(
+                "!has(self.livenessPath) || !has(self.protocol) || self.protocol != 'grpc'",
+                _TEMPLATE_MESSAGES["grpc-liveness"],
+                field_path=".livenessPath",
+                reason="FieldValueForbidden",
+            ),
+        )
+    )
 
     replicas: int = Field(
         default=1, ge=1, le=100, description="Pods per revision (1..100). Default 1."
     )
     port: int = Field(
-        default=8080, ge=1, le=65535, description="Container port the model server listens on."
+        default=8080,
+        ge=1,
+        le=65535,
+        description="Container port the model server listens on (named http in the "
+        "model-server container and the Services, whatever the protocol). Default 8080.",
+    )
+    protocol: ServingProtocol = Field(
+        default=ServingProtocol.HTTP,
+        description="What the model server speaks on port: http (default), http2 or grpc "
+        "(Triton, TF Serving, KServe v2). Sets the Services' appProtocol (how Istio routes and "
+        "measures it: a grpc port gets gRPC status codes and HTTP/2 end to end) and the "
+        "default readiness probe: http: HTTP GET readinessPath; grpc: the gRPC health "
+        "service (grpc.health.v1) on port; http2: a TCP connect (the kubelet's HTTP probes "
+        "speak HTTP/1.1). A readinessProbe in the template replaces it.",
     )
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements,
-        description="Container resources, same shape as a Pod's resources.",
+        description="The model-server container's resources, same shape as a Pod's "
+        "(or in the template, not both).",
     )
     readiness_path: str = Field(
         default="/healthz",
         max_length=256,
         pattern=r"^/[^\s]*$",
-        description="HTTP GET path on port used as the readiness probe. Default /healthz.",
+        description="HTTP GET path on port used as the readiness probe (protocol http; "
+        "unused when the template's model-server container has a readinessProbe). Default "
+        "/healthz.",
     )
     liveness_path: str | None = Field(
         default=None,
         max_length=256,
         pattern=r"^/[^\s]*$",
-        description="HTTP GET path used as the liveness probe. Omit for no liveness probe.",
+        description="HTTP GET path used as the liveness probe. Omit for no liveness probe "
+        "(or set one in the template, not both).",
     )
+    template: PodTemplate | None = Field(
+        default=None,
+        description="A full pod template (Kubernetes PodTemplateSpec: containers, init "
+        "containers, volumes, nodeSelector, tolerations, affinity, topologySpreadConstraints, "
+        "serviceAccountName, securityContext, imagePullSecrets, priorityClassName, env from "
+        "Secrets and ConfigMaps...). The model-server container is the one named "
+        "model-server, else the first: it runs code.image (leave its image out) on port, "
+        "with the revision's env. Every image is pinned by digest. The snapshot of each "
+        "revision records the whole template; what it cannot pin (the contents of Secrets, "
+        "ConfigMaps, claims, the service account) is listed in status.history[].unpinned. "
+        "Fields Rewind does not read are checked by the API server: the operator dry-runs "
+        "the Deployment before a revision starts, and a refused one fails the revision.",
+    )
+    workload_ref: WorkloadRef | None = Field(
+        default=None,
+        description="Copy the pod template of an existing Deployment (e.g. one a Helm chart "
+        "renders) instead of writing it here; the same rules apply, and what the "
+        "ModelRelease sets (code.image, code.args, serving.port, resources, probes) wins "
+        "over the Deployment's. Each revision snapshots the template it copied.",
+    )
+
+    @model_validator(mode="after")
+    def _template_rules(self) -> ServingSpec:
+        if self.template is not None and self.workload_ref is not None:
+            raise ValueError(_TEMPLATE_MESSAGES["both"])
+        if self.liveness_path is not None and self.protocol == ServingProtocol.GRPC:
+            raise ValueError(_TEMPLATE_MESSAGES["grpc-liveness"])
+        if self.template is None:
+            return self
+        server = self.template.model_server()
+        if server.image is not None:
+            raise ValueError(_TEMPLATE_MESSAGES["image"])
+        for port in server.ports or []:
+            if port.name == SERVING_PORT_NAME or port.container_port == self.port:
+                raise ValueError(_TEMPLATE_MESSAGES["port"])
+        if any(e.name in INJECTED_ENV for e in server.env or []):
+            raise ValueError(_TEMPLATE_MESSAGES["env"])
+        if (self.resources.requests or self.resources.limits) and server.resources is not None:
+            raise ValueError(_TEMPLATE_MESSAGES["resources"])
+        if self.liveness_path is not None and server.liveness_probe is not None:
+            raise ValueError(_TEMPLATE_MESSAGES["liveness"])
+        return self
 
 
 class RetrySpec(SpecModel):
@@ -1295,6 +1813,14 @@ class GatewayAPITraffic(SpecModel):
         return refs
 
 
+class SidecarMode(StrEnum):
+    """Whether a revision's pods must have Istio's proxy (spec.traffic.sidecar)."""
+
+    AUTO = "Auto"
+    REQUIRED = "Required"
+    IGNORE = "Ignore"
+
+
 class TrafficSpec(SpecModel):
     """How users reach the model: the hosts, and the Istio gateways or the Gateway API
     parents, of the routes the router manages."""
@@ -1443,6 +1969,21 @@ class TrafficSpec(SpecModel):
         ),
     )
 
+    sidecar: SidecarMode = Field(
+        default=SidecarMode.AUTO,
+        description=(
+            "Whether each revision's pods must have Istio's proxy (a sidecar, or ambient "
+            "mode's redirection), without which the mesh cannot measure them (no "
+            "istio_requests_total from the destination) nor enforce mTLS. A running pod "
+            "without it, where one is expected, makes the release Degraded (reason "
+            "SidecarMissing) with a Warning Event. Auto (default): expected when the "
+            "namespace is labelled for injection (istio-injection=enabled, istio.io/rev) or "
+            "ambient mode (istio.io/dataplane-mode=ambient), or the pods are labelled "
+            "sidecar.istio.io/inject=true. Required: always expected (a mesh whose injection "
+            "the labels do not show). Ignore: never checked."
+        ),
+    )
+
     @field_validator("timeout")
     @classmethod
     def _positive_timeout(cls, v: str | None) -> str | None:
@@ -1519,8 +2060,39 @@ class TrafficSpec(SpecModel):
         return routes
 
 
+def _template_images_rule(containers: str) -> dict[str, str]:
+    """CEL on the spec: every image of the template's ``containers`` list is pinned by
+    digest, unless code.allowTagImage opts in (the policy's half is the operator's)."""
+    list_path = f"self.serving.template.spec.{containers}"
+    return _cel(
+        "!has(self.serving) || !has(self.serving.template) || !has(self.serving.template.spec)"
+        f" || !has({list_path}) || (has(self.code.allowTagImage) && self.code.allowTagImage)"
+        f" || {list_path}.all(c, !has(c.image) || c.image.matches('"
+        + IMAGE_DIGEST_SUFFIX_PATTERN
+        + "'))",
+        f"every image in serving.template.spec.{containers} {_TEMPLATE_MESSAGES['pinned']}",
+        field_path=f".serving.template.spec.{containers}",
+        reason="FieldValueInvalid",
+    )
+
+
 class ModelReleaseSpec(SpecModel):
     """Desired state: which model, code and data to serve, released by which policy."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _template_images_rule("containers"),
+            _template_images_rule("initContainers"),
+            _cel(
+                "!has(self.code.args) || size(self.code.args) == 0 || !has(self.serving) || ("
+                + _each_model_server("self.serving.template", "!has(c.args)")
+                + ")",
+                _TEMPLATE_MESSAGES["args"],
+                field_path=".serving.template.spec.containers",
+                reason="FieldValueForbidden",
+            ),
+        )
+    )
 
     policy_ref: PolicyRef = Field(
         description="The RolloutPolicy (same namespace) that governs how changes are released."
@@ -1535,11 +2107,37 @@ class ModelReleaseSpec(SpecModel):
     )
     serving: ServingSpec = Field(
         default_factory=ServingSpec,
-        description="Replicas, port, resources and probes of each revision's Deployment.",
+        description="Replicas, port, protocol, resources and probes of each revision's "
+        "Deployment, and its pod template (inline, or an existing Deployment's).",
     )
     traffic: TrafficSpec = Field(
         description="Hosts, gateways and port through which users reach the model."
     )
+
+    @field_validator("serving")
+    @classmethod
+    def _template_rules(cls, serving: ServingSpec, info: ValidationInfo) -> ServingSpec:
+        """The rules between code and serving.template (code is validated before serving)."""
+        template = serving.template
+        code = info.data.get("code")
+        if template is None or not isinstance(code, CodeSpec):
+            return serving
+        if code.args and template.model_server().args is not None:
+            raise ValueError(_TEMPLATE_MESSAGES["args"])
+        if not code.allow_tag_image:
+            for field, containers in (
+                ("containers", template.spec.containers),
+                ("initContainers", template.spec.init_containers or []),
+            ):
+                tagged = [
+                    c.image for c in containers if c.image is not None and not image_digest(c.image)
+                ]
+                if tagged:
+                    raise ValueError(
+                        f"every image in serving.template.spec.{field} "
+                        f"{_TEMPLATE_MESSAGES['pinned']} (not pinned: {', '.join(tagged)})"
+                    )
+        return serving
 
 
 # --------------------------------------------------------------------------------------
@@ -2043,6 +2641,30 @@ class RollbackWindowSpec(SpecModel):
     )
 
 
+class NotificationsSpec(SpecModel):
+    """Where the operator sends messages about releases under this policy (approval
+    requested, rolled back, failed, promoted), beside the Kubernetes Events it always posts."""
+
+    targets: list[
+        Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
+    ] = Field(
+        default_factory=list,
+        max_length=MAX_NOTIFICATION_TARGETS,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Names of notifier targets configured in the operator (chart values "
+        "notifications.targets: a generic JSON webhook or a Slack-compatible incoming "
+        "webhook, URL from a Secret). Empty: no messages for these releases. Without "
+        "spec.notifications the operator's default targets are used.",
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _distinct(cls, targets: list[str]) -> list[str]:
+        if len(set(targets)) != len(targets):
+            raise ValueError("notifications.targets must not name a target twice")
+        return targets
+
+
 class RolloutPolicySpec(SpecModel):
     """How ModelReleases that reference this policy are released and rolled back."""
 
@@ -2084,6 +2706,11 @@ class RolloutPolicySpec(SpecModel):
         "duration), analysed with the metrics that do not use {{stable}} (no data holds it, "
         "as anywhere: rewind.dev/promote vouches for it), then waits at a manual gate if the "
         "strategy has one. Promote: all traffic as soon as it is Available.",
+    )
+    notifications: NotificationsSpec | None = Field(
+        default=None,
+        description="Notifier targets for this policy's releases (webhook, Slack). Absent: "
+        "the operator's default targets; targets: [] sends none. Events are always posted.",
     )
 
 
@@ -2305,6 +2932,14 @@ class HistoryEntry(StatusModel):
     promoted_at: datetime | None = Field(default=None, description="When it became stable.")
     finished_at: datetime | None = Field(default=None, description="When it stopped serving.")
     reason: StatusText = Field(default="", description="Why it ended this way.")
+    unpinned: list[HumanText] = Field(
+        default_factory=list,
+        max_length=MAX_UNPINNED,
+        description="What the revision's snapshot cannot pin: the Secrets, ConfigMaps, "
+        "claims and service account its pod template reads at run time (e.g. Secret "
+        "hf-token, ConfigMap vllm-config). A rollback re-creates the template exactly but "
+        "uses their contents as they are then. Empty: everything it runs is pinned.",
+    )
 
 
 class TimelineEntry(StatusModel):
@@ -2368,6 +3003,32 @@ class Condition(StatusModel):
     observed_generation: int = Field(
         default=0, description="metadata.generation the condition was computed for."
     )
+
+
+class NotificationRecord(StatusModel):
+    """One message to a notifier target, derived from a timeline entry (the outbox)."""
+
+    id: ShortText = Field(
+        default="",
+        description="Stable id of the message (sent as its idempotency key): the same "
+        "message re-sent after a restart carries the same id.",
+    )
+    target: ShortText = Field(default="", description="Notifier target name.")
+    type: ShortText = Field(
+        default="", description="Timeline entry type it reports, e.g. ApprovalRequested."
+    )
+    revision: int = Field(default=0, description="Revision concerned.")
+    at: datetime | None = Field(default=None, description="When the reported entry happened.")
+    message: StatusText = Field(default="", description="The timeline entry's message.")
+    state: NotificationState = Field(
+        default=NotificationState.PENDING,
+        description="Pending (not delivered yet: retried with backoff), Sent, or Failed "
+        "(refused by the receiver, or undeliverable for too long).",
+    )
+    finished_at: datetime | None = Field(
+        default=None, description="When it was delivered or given up."
+    )
+    error: StatusText = Field(default="", description="Why it failed (Failed only).")
 
 
 class ModelReleaseStatus(StatusModel):
@@ -2447,6 +3108,15 @@ class ModelReleaseStatus(StatusModel):
         "value and author is never acted on twice; the same value coming back later never "
         "acts on the same thing again (a reason never acts twice). The newest "
         f"{MAX_CONSUMED_ACTIONS} are remembered.",
+    )
+    notifications: list[NotificationRecord] = Field(
+        default_factory=list,
+        max_length=MAX_NOTIFICATIONS,
+        description="The notification outbox: a message per notifier target for each "
+        "timeline entry worth one (ApprovalRequested, RolledBack, Failed, Promoted), stored "
+        "with the status that holds the entry and marked Sent once delivered, so a restart "
+        "neither loses nor repeats one. Every Pending message and the newest others are kept "
+        f"(at most {MAX_NOTIFICATIONS}).",
     )
 
 
@@ -2682,19 +3352,45 @@ def spec_hash(spec: BaseModel | Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def spec_images(release: ModelReleaseSpec) -> list[tuple[str, str]]:
+    """Every image a revision runs, with where it is set: code.image, then the template's
+    containers and init containers (the model-server container runs code.image)."""
+    out = [("code.image", release.code.image)]
+    template = release.serving.template
+    if template is not None:
+        server = model_server_index(template)
+        for field, containers in (
+            ("containers", template.spec.containers),
+            ("initContainers", template.spec.init_containers or []),
+        ):
+            for i, c in enumerate(containers):
+                if c.image is not None and not (field == "containers" and i == server):
+                    out.append((f"serving.template.spec.{field}[{c.name}].image", c.image))
+    return out
+
+
 def tag_image_error(release: ModelReleaseSpec, policy: RolloutPolicySpec) -> str | None:
-    """Runtime half of the pinned-image rule (CEL cannot see the policy).
+    """Runtime half of the pinned-image rule (CEL cannot see the policy), over every image
+    the revision runs (code.image and the pod template's, init containers too).
 
     Returns a message when the release uses a tag-only image that the policy does not
-    allow, None when the image is acceptable.
+    allow, None when every image is acceptable.
     """
-    if image_digest(release.code.image) is not None:
+    tagged = [(where, image) for where, image in spec_images(release) if not image_digest(image)]
+    if not tagged:
         return None
+    where, image = tagged[0]
     if not release.code.allow_tag_image:
-        return "code.image must be pinned by digest (<repo>@sha256:<64 hex>)"
+        if where == "code.image":
+            return "code.image must be pinned by digest (<repo>@sha256:<64 hex>)"
+        return (
+            f"{where} {image!r} must be pinned by digest (<repo>@sha256:<64 hex>); set "
+            "code.allowTagImage: true (and allowTagImages: true in the RolloutPolicy) to "
+            "accept a tag"
+        )
     if not policy.allow_tag_images:
         return (
-            f"code.image {release.code.image!r} is not pinned by digest and the RolloutPolicy "
+            f"{where} {image!r} is not pinned by digest and the RolloutPolicy "
             f"{release.policy_ref.name!r} does not set allowTagImages: true"
         )
     return None

@@ -64,20 +64,27 @@ from rewind.adapters.base import (
     Workloads,
 )
 from rewind.adapters.quarantine import QuarantineCache, QuarantineReadError
+from rewind.adapters.webhooks import Deliveries
+from rewind.adapters.workloads import proxy_expectation
 from rewind.api import (
     MODELRELEASE_PLURAL,
     ROLLOUTPOLICY_PLURAL,
     Measurement,
     ModelReleaseSpec,
     ModelReleaseStatus,
+    NotificationState,
+    Outcome,
     RolloutPolicySpec,
+    SidecarMode,
     release_host_errors,
     spec_hash,
     workload_name,
 )
 from rewind.engine import (
+    ACTOR_SUFFIX,
     ANNOTATION_OF,
     Action,
+    ActorStamp,
     Archive,
     Decision,
     EmitEvent,
@@ -96,12 +103,12 @@ from rewind.engine import (
     decide,
 )
 from rewind.metrics import OperatorMetrics
+from rewind.notifications import ReleaseRef, build_message, outbox, targets_for
+from rewind.podtemplate import WorkloadRefError, resolve_workload_ref
 from rewind.policycache import PolicyCache
 
 log = logging.getLogger(__name__)
 
-#: The admission policy in charts/rewind stamps who set an action annotation here.
-ACTOR_SUFFIX = "-by"
 #: Stalled reason of an action that could not be applied (the engine never sets it).
 RECONCILE_ERROR = "ReconcileError"
 #: Back-off after an adapter failure, so a broken object never spins the loop.
@@ -147,7 +154,13 @@ def human_actions(annotations: Mapping[str, str], trust_actor: bool) -> list[Hum
     return out
 
 
-def revision_states(observed: Mapping[int, RevisionObservation]) -> dict[int, RevisionState]:
+def revision_states(
+    observed: Mapping[int, RevisionObservation],
+    mesh: Mapping[int, tuple[int, tuple[str, ...]]] | None = None,
+) -> dict[int, RevisionState]:
+    """What the engine sees of each revision: its Deployment, and (when Istio's proxy is
+    expected) its running pods and those without the proxy."""
+    mesh = mesh or {}
     return {
         rev: RevisionState(
             revision=rev,
@@ -157,9 +170,18 @@ def revision_states(observed: Mapping[int, RevisionObservation]) -> dict[int, Re
             min_available=o.min_available,
             ready_replicas=o.ready_replicas,
             name=o.name,
+            running_pods=mesh.get(rev, (0, ()))[0],
+            unmeshed_pods=mesh.get(rev, (0, ()))[1],
         )
         for rev, o in observed.items()
     }
+
+
+def may_start(status: ModelReleaseStatus, digest: str) -> bool:
+    """A revision of this spec may start now or on a retry: no revision has this spec, or
+    the newest that has it failed. (Then its Deployment is dry-run first.)"""
+    same = [h for h in status.history if h.spec_hash == digest]
+    return not same or max(same, key=lambda h: h.revision).outcome == Outcome.FAILED
 
 
 def with_refusal(
@@ -208,8 +230,12 @@ class ReleaseController:
         clock: Callable[[], datetime] = utcnow,
         request_timeout: float = 30.0,
         trust_actor_annotations: bool = False,
+        actor_stamp: ActorStamp = "server",
         archive: KubeArchive | None = None,
         cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
+        deliveries: Deliveries | None = None,
+        notify_defaults: Sequence[str] = (),
+        argocd_url: str = "",
         policies: PolicyCache | None = None,
         quarantines: QuarantineCache | None = None,
     ) -> None:
@@ -225,7 +251,15 @@ class ReleaseController:
         self._refused: dict[tuple[str, str], tuple[RouteState, str]] = {}
         #: Reconciles in a row that wrote routes, per release (see ROUTE_RECHECK).
         self._route_streak: dict[tuple[str, str], int] = {}
+        #: The Deployment each release's serving.workloadRef names (watch events of it wake
+        #: the release), and the generation of each found running replicas of its own.
+        self._workload_refs: dict[tuple[str, str], tuple[str, str]] = {}
+        self._warned_running: dict[tuple[str, str], int] = {}
+        #: Per release and annotation key: the value and ``-by`` removed, and when this
+        #: process first sent that removal and got an answer (``Inputs.removals_sent``).
+        self._removals_sent: dict[tuple[str, str], dict[str, tuple[str, str, datetime]]] = {}
         self.trust_actor_annotations = trust_actor_annotations
+        self.actor_stamp: ActorStamp = actor_stamp
         #: RolloutPolicies as last read; ``handlers.policy_event`` invalidates them.
         self.policies = policies if policies is not None else PolicyCache()
         #: Quarantine entries per namespace; ``handlers.quarantine_event`` invalidates them.
@@ -236,6 +270,10 @@ class ReleaseController:
         self.workloads = workloads
         self.metrics = metrics
         self.notifier = notifier
+        #: Notifier targets beside Events (webhooks, Slack); None: no outbox at all.
+        self.deliveries = deliveries
+        self.notify_defaults = tuple(notify_defaults)
+        self.argocd_url = argocd_url
         self.operator_metrics = operator_metrics or OperatorMetrics()
         self.clock = clock
         self._timeout = request_timeout
@@ -330,11 +368,14 @@ class ReleaseController:
 
         annotations: dict[str, str] = dict(meta.get("annotations") or {})
         try:
-            (policy, policy_error), observed, routes, quarantine = await asyncio.gather(
-                self._load_policy(namespace, spec.policy_ref.name),
-                self.workloads.observe_revisions(name, namespace),
-                self.router.observe_routes(name, namespace, owner, spec.traffic),
-                self.quarantines.entries(namespace),
+            (policy, policy_error), observed, routes, (spec, spec_error), quarantine = (
+                await asyncio.gather(
+                    self._load_policy(namespace, spec.policy_ref.name),
+                    self.workloads.observe_revisions(name, namespace),
+                    self.router.observe_routes(name, namespace, owner, spec.traffic),
+                    self._resolve(namespace, name, owner, spec),
+                    self.quarantines.entries(namespace),
+                )
             )
         except QuarantineReadError as err:
             # Deciding as if nothing were quarantined would lift every mark: hold instead.
@@ -342,13 +383,17 @@ class ReleaseController:
             log.warning("%s/%s: %s", namespace, name, message)
             await self._write_stalled(namespace, name, old_status_doc, meta, message)
             return ReconcileResult(requeue_after=ERROR_REQUEUE, error=message)
+        digest = spec_hash(spec)
+        proxy_expected, mesh = await self._observe_mesh(namespace, name, spec)
         # A Deployment still owned by a deleted object of the same name (the garbage
         # collector has yet to delete it) is not this release's.
         observed = {
             rev: o for rev, o in observed.items() if not o.owner_uids or owner.uid in o.owner_uids
         }
         archive = Archive()
-        if not status.history:
+        # Recorded history is adopted against the spec a revision runs: not before the
+        # referenced Deployment gives it (the records wait; the sweep keeps them meanwhile).
+        if not status.history and spec_error is None:
             try:
                 archive = await self._read_archive(namespace, name, owner, annotations)
             except (AdapterError, client.ApiException) as err:
@@ -357,26 +402,34 @@ class ReleaseController:
                 await self._write_stalled(namespace, name, old_status_doc, meta, message)
                 return ReconcileResult(requeue_after=ERROR_REQUEUE, error=message)
         key = (namespace, name)
+        template_error: str | None = None
+        if spec_error is None and policy is not None and may_start(status, digest):
+            template_error = await self._dry_run(namespace, name, owner, spec, status, archive)
         routes = with_refusal(routes, self._refused.get(key))
         measurements = (
             await self._measure(namespace, name, status, policy, now) if policy else None
         )
         inputs = Inputs(
             spec=spec,
-            spec_hash=spec_hash(spec),
+            spec_hash=digest,
             generation=int(meta.get("generation") or 0),
             policy=policy,
             policy_error=policy_error,
             status=status,
-            revisions=revision_states(observed),
+            revisions=revision_states(observed, mesh),
             measurements=measurements,
             actions=human_actions(annotations, self.trust_actor_annotations),
             now=now,
             name=name,
             namespace=namespace,
+            actor_stamp=self.actor_stamp,
             routes=routes,
             archive=archive,
             quarantine=tuple(QuarantineRule(ref, entry) for ref, entry in quarantine),
+            template_error=template_error,
+            spec_error=spec_error,
+            proxy_expected=proxy_expected,
+            removals_sent=self._sent_removals(key, annotations),
         )
         decision = decide(inputs)
         result = ReconcileResult(requeue_after=decision.requeue_after, decision=decision)
@@ -394,6 +447,20 @@ class ReleaseController:
         # routes, scale-downs), which the engine re-emits from that status until they hold;
         # (4) the history records of that status, on the snapshots; (5) Events, once per
         # decision; (6) annotation removals, last.
+        delivered = (
+            self.deliveries.finished(namespace, name) if self.deliveries is not None else {}
+        )
+        if self.deliveries is not None:
+            # The outbox is stored with the status that holds the entries it reports.
+            records, dropped = outbox(
+                status, decision.status, uid=owner.uid,
+                targets=targets_for(policy, self.notify_defaults), delivered=delivered,
+            )
+            for record in dropped:
+                log.warning("%s/%s: notification %s (%s r%d) to %s dropped undelivered: "
+                            "more than the outbox holds are pending", namespace, name,
+                            record.id, record.type, record.revision, record.target)
+            decision.status.notifications = records
         new_status_doc = status_document(decision.status)
         engine_stalled = _keep_reconcile_error(old_status_doc, new_status_doc)
         stored_meta: Mapping[str, Any] = meta
@@ -410,6 +477,10 @@ class ReleaseController:
                         result.requeue_after = 0.0
                         return result
                     raise
+            if self.deliveries is not None:
+                # Stored: the outcomes are recorded, the Pending records may go out.
+                self.deliveries.acknowledge(namespace, name, set(delivered))
+                self._send_notifications(namespace, name, meta, decision.status, policy)
             force = self._resync_due(namespace, name)
             for action in converging:
                 if isinstance(action, SetRoutes):
@@ -462,6 +533,30 @@ class ReleaseController:
             await self._remove_annotation(namespace, name, removal.key, annotations)
         return result
 
+    def _send_notifications(
+        self,
+        namespace: str,
+        name: str,
+        meta: Mapping[str, Any],
+        status: ModelReleaseStatus,
+        policy: RolloutPolicySpec | None,
+    ) -> None:
+        """Hand every stored Pending record to the deliverer (no-op for those in flight).
+        Only after the status holding them is stored: a message never goes out for an
+        entry a crash could still take back."""
+        assert self.deliveries is not None
+        pending = [r for r in status.notifications if r.state == NotificationState.PENDING]
+        if not pending:
+            return
+        release = ReleaseRef(
+            namespace=namespace, name=name, uid=str(meta.get("uid") or ""),
+            labels=dict(meta.get("labels") or {}),
+            annotations=dict(meta.get("annotations") or {}),
+        )
+        for record in pending:
+            message = build_message(record, release, status, policy, argocd_url=self.argocd_url)
+            self.deliveries.submit(namespace, name, record, message)
+
     def _resync_due(self, namespace: str, name: str) -> bool:
         """Re-apply even what looks in place every RESYNC seconds: a deleted Service or an
         edited DestinationRule is only found by writing the whole desired state again."""
@@ -476,7 +571,113 @@ class ReleaseController:
         self._last_resync[key] = now
         return True
 
+    # -- the pod template and the mesh ---------------------------------------------------
+
+    async def _resolve(
+        self, namespace: str, name: str, owner: OwnerRef, spec: ModelReleaseSpec
+    ) -> tuple[ModelReleaseSpec, str | None]:
+        """The spec a revision runs: with ``serving.workloadRef``, the referenced
+        Deployment's pod template copied in (it is part of the revision: a change to it is
+        a new revision). Returns the spec as written and why, when it cannot be resolved
+        now (the engine then holds the release, Stalled WorkloadRefError)."""
+        ref = spec.serving.workload_ref
+        if ref is None:
+            self._workload_refs.pop((namespace, name), None)
+            return spec, None
+        self._workload_refs[(namespace, name)] = (namespace, ref.name)
+        deployment = await self.workloads.read_deployment(namespace, ref.name)
+        if deployment is None:
+            return spec, (
+                f"Deployment {ref.name} (serving.workloadRef) not found in namespace "
+                f"{namespace}: create it or fix spec.serving.workloadRef.name"
+            )
+        try:
+            resolved = resolve_workload_ref(spec, deployment)
+        except WorkloadRefError as err:
+            return spec, str(err)
+        replicas = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
+        generation = int((deployment.get("metadata") or {}).get("generation") or 0)
+        if replicas > 0 and self._warned_running.get((namespace, ref.name)) != generation:
+            self._warned_running[(namespace, ref.name)] = generation
+            await self.notifier.post(
+                owner, namespace, "Warning", "WorkloadRefRunning",
+                f"Deployment {ref.name} (serving.workloadRef) runs {replicas} replica(s) of its "
+                "own beside the release's revisions, which Rewind does not route to and never "
+                "scales (its owner, Helm or Argo CD, would scale it back): set its replicas to "
+                "0 in its chart",
+            )
+        return resolved, None
+
+    def releases_using(self, namespace: str, deployment: str) -> list[str]:
+        """The releases whose serving.workloadRef names this Deployment."""
+        return sorted(
+            release for (ns, release), ref in self._workload_refs.items()
+            if ref == (namespace, deployment) and ns == namespace
+        )
+
+    async def _dry_run(
+        self,
+        namespace: str,
+        name: str,
+        owner: OwnerRef,
+        spec: ModelReleaseSpec,
+        status: ModelReleaseStatus,
+        archive: Archive,
+    ) -> str | None:
+        """The API server's refusal of the Deployment a new revision of this spec would
+        run (None: accepted, or the dry run could not be made: the rollout then finds out)."""
+        digest = spec_hash(spec)
+        same = [h.revision for h in status.history if h.spec_hash == digest]
+        known = [h.revision for h in status.history] + [e.revision for e in archive.entries]
+        revision = max(same) if same else max(known, default=0) + 1
+        try:
+            return await self.workloads.dry_run_revision(name, namespace, owner, revision, spec)
+        except (AdapterError, client.ApiException) as err:
+            log.warning("%s/%s: could not dry-run r%d's Deployment: %s", namespace, name,
+                        revision, _describe_error(err))
+            return None
+
+    async def _observe_mesh(
+        self, namespace: str, name: str, spec: ModelReleaseSpec
+    ) -> tuple[str, dict[int, tuple[int, tuple[str, ...]]]]:
+        """Why Istio's proxy is expected on the pods ("" if not) and, if it is, each
+        revision's running pods and those without it."""
+        labels: Mapping[str, str] = {}
+        if spec.traffic.sidecar == SidecarMode.AUTO:
+            try:
+                labels = await self.workloads.namespace_labels(namespace) or {}
+            except client.ApiException as err:
+                log.warning("%s/%s: could not read the namespace's labels: %s", namespace,
+                            name, _describe_error(err))
+        expected = proxy_expectation(spec, namespace, labels)
+        if not expected:
+            return "", {}
+        try:
+            return expected, await self.workloads.observe_mesh(name, namespace)
+        except client.ApiException as err:
+            log.warning("%s/%s: could not list the pods to see their Istio proxy: %s",
+                        namespace, name, _describe_error(err))
+            return "", {}
+
+    def _sent_removals(
+        self, key: tuple[str, str], annotations: Mapping[str, str]
+    ) -> dict[str, datetime]:
+        """When this process first sent the removal of each action annotation still on the
+        object with the same value and ``-by``; a value seen gone (or changed) is forgotten,
+        so one set again later starts afresh."""
+        sent = self._removals_sent.get(key)
+        if not sent:
+            return {}
+        for annotation, (value, user, _) in list(sent.items()):
+            if (annotations.get(annotation), annotations.get(annotation + ACTOR_SUFFIX, "")) != (
+                value, user
+            ):
+                del sent[annotation]
+        return {annotation: at for annotation, (_, _, at) in sent.items()}
+
     def forget(self, namespace: str, name: str) -> None:
+        self._workload_refs.pop((namespace, name), None)
+        self._removals_sent.pop((namespace, name), None)
         self._records.pop((namespace, name), None)
         self._last_resync.pop((namespace, name), None)
         self._refused.pop((namespace, name), None)
@@ -827,8 +1028,22 @@ class ReleaseController:
                 timeout=self._timeout,
             )
         except client.ApiException as err:
+            self._sent_removal(namespace, name, key, seen)  # answered, with an error
             if err.status not in (404, 409, 422):  # gone, or changed meanwhile: keep it
                 raise
+        else:
+            self._sent_removal(namespace, name, key, seen)
+
+    def _sent_removal(
+        self, namespace: str, name: str, key: str, seen: Mapping[str, str]
+    ) -> None:
+        """Remember the first answered removal of this value: the engine's patience with an
+        annotation that stays counts from it (a removal decided and never sent, because the
+        operator died first, proves nothing)."""
+        sent = self._removals_sent.setdefault((namespace, name), {})
+        value, user = seen[key], seen.get(key + ACTOR_SUFFIX, "")
+        if sent.get(key, ("", "", None))[:2] != (value, user):
+            sent[key] = (value, user, self.clock())
 
 
 def _keep_reconcile_error(old: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:

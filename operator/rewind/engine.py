@@ -108,8 +108,11 @@ annotation acted on or deliberately ignored gets an entry (key, value, user, at,
   (no event, no timeline entry): its removal failed, or is not seen yet. While such a
   removal is pending the decision requeues after ``CONSUMED_RECHECK`` seconds (and the
   handler wakes the release when it sees the removal), so the removal is seen promptly.
-  One still there ``REMOVAL_PATIENCE`` seconds after it was consumed is left on the object
-  (``keep``): something puts it back at once.
+  One still there ``REMOVAL_PATIENCE`` seconds after this operator process first sent its
+  removal (``Inputs.removals_sent``: a removal it sent and got an answer to, not one it only
+  decided) is left on the object (``keep``): something puts it back at once. An operator
+  that was down (killed after storing the decision, before removing the annotation) does
+  not count the time it was down: it removes the annotation when it is back.
 * An entry whose annotation is gone (or changed) is kept, marked ``goneAt`` (the oldest
   such are forgotten first; one still on the object never is). The same value set again
   later is a new annotation, judged against what the value did before
@@ -304,6 +307,7 @@ from rewind.engine_plan import (
     build_plan,
     first_release_metrics,
 )
+from rewind.podtemplate import unpinned_references
 
 __all__ = [
     "Action",
@@ -337,6 +341,11 @@ __all__ = [
 
 ActionKind = Literal["approve-rollback", "reject-rollback", "rollback", "promote", "retry"]
 
+#: Who writes an action annotation's ``<annotation>-by`` stamp (see ``Inputs.actor_stamp``).
+ActorStamp = Literal["server", "client"]
+#: The stamp's key is the action annotation's key plus this.
+ACTOR_SUFFIX = "-by"
+
 ANNOTATION_OF: Mapping[str, str] = {
     "approve-rollback": ANNOTATION_APPROVE_ROLLBACK,
     "reject-rollback": ANNOTATION_REJECT_ROLLBACK,
@@ -360,6 +369,10 @@ class RevisionState:
     #: Pods ready now; None: not observed (``replicas`` when available, else 0).
     ready_replicas: int | None = None
     name: str = ""  # namespace/name of the Deployment, for messages
+    #: Its running pods and, of those, the ones without Istio's proxy (a sidecar, or ambient
+    #: mode's redirection), observed only while one is expected (``Inputs.proxy_expected``).
+    running_pods: int = 0
+    unmeshed_pods: tuple[str, ...] = ()
 
     @property
     def ready(self) -> int:
@@ -428,12 +441,32 @@ class Inputs:
     now: datetime  # tz-aware UTC
     name: str = ""  # metadata.name (for the kubectl commands in messages)
     namespace: str = ""  # metadata.namespace
+    #: Who writes rewind.dev/<action>-by (the chart's humanActions.stamp): "server" (an
+    #: admission policy, or none at all) or "client" (the commands in messages set it).
+    actor_stamp: ActorStamp = "server"
     #: The routes in effect as the router reads them back, and what makes them untrue.
     routes: RouteObservation = field(default_factory=RouteObservation)
     #: Recorded revisions to adopt when the status has no history (empty: none).
     archive: Archive = field(default_factory=Archive)
     #: Every Quarantine entry of the namespace (what is known to be bad), in a stable order.
     quarantine: tuple[QuarantineRule, ...] = ()
+    #: Why the API server refused the Deployment the spec would run (a server-side dry run
+    #: of the new revision's Deployment: a pod template it does not accept, an admission
+    #: policy); None: accepted, or not checked. A revision that starts with it fails.
+    template_error: str | None = None
+    #: Why the spec cannot be turned into a revision now (serving.workloadRef: the
+    #: Deployment is missing or its template unusable); None: it can. Held like an unusable
+    #: policy: nothing new starts, break glass still works, Stalled (WorkloadRefError).
+    spec_error: str | None = None
+    #: Why the pods are expected to have Istio's proxy (spec.traffic.sidecar, the
+    #: namespace's labels), e.g. "namespace shop is labelled istio-injection=enabled"; "":
+    #: not expected, nothing checked.
+    proxy_expected: str = ""
+    #: Per action annotation key: when this operator process first sent the removal of the
+    #: value (and ``-by`` user) on the object now, and got an answer (success or error).
+    #: Kept in memory only, and forgotten once that value is gone: an operator that died
+    #: before removing an annotation it consumed starts with nothing here.
+    removals_sent: Mapping[str, datetime] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------
@@ -685,6 +718,8 @@ class _Ctx:
     s: ModelReleaseStatus
     policy: RolloutPolicySpec | None
     policy_error: str | None
+    #: The Stalled reason of ``policy_error`` (an unusable policy, or spec).
+    error_reason: str = "PolicyError"
     snapshots: list[Action] = field(default_factory=list)
     scale_downs: list[ScaleRevision] = field(default_factory=list)
     annotations: list[RemoveAnnotation] = field(default_factory=list)
@@ -1147,9 +1182,29 @@ def _resume(ctx: _Ctx) -> None:
 
 
 def _kubectl(ctx: _Ctx, annotation: str, value: str) -> str:
-    name = ctx.inp.name or "<name>"
-    ns = ctx.inp.namespace or "<namespace>"
-    return f"kubectl annotate modelrelease/{name} -n {ns} {annotation}={value}"
+    return annotate_command(
+        ctx.inp.name, ctx.inp.namespace, annotation, value, actor_stamp=ctx.inp.actor_stamp
+    )
+
+
+#: The shell expression for the requesting user's name, as the API server sees it
+#: (SelfSubjectReview: kubectl 1.27+, served by every Kubernetes version Rewind supports).
+WHOAMI = "$(kubectl auth whoami -o jsonpath='{.status.userInfo.username}')"
+
+
+def annotate_command(
+    name: str, namespace: str, annotation: str, value: str, *, actor_stamp: ActorStamp = "server"
+) -> str:
+    """The shell command that sets an action annotation, as messages print it. With
+    ``actor_stamp="client"`` (validation-only admission) it sets ``<annotation>-by`` to the
+    caller's own user name too, which admission requires."""
+    command = (
+        f"kubectl annotate modelrelease/{name or '<name>'} -n {namespace or '<namespace>'} "
+        f"{annotation}={value}"
+    )
+    if actor_stamp == "client":
+        command += f' {annotation}{ACTOR_SUFFIX}="{WHOAMI}"'
+    return command
 
 
 def _back_to(ctx: _Ctx, leaving: int) -> tuple[int, str]:
@@ -1247,7 +1302,9 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
     s.analysis = AnalysisStatus()
     s.pending_decision = None
     s.restoring = False
-    error = tag_image_error(spec, policy)
+    if fresh or not entry.unpinned:
+        entry.unpinned = unpinned_references(spec)
+    error = tag_image_error(spec, policy) or ctx.inp.template_error
     if error is None and entry.quarantine is not None:
         error = f"refused before any traffic: quarantined by {_named(entry.quarantine)}"
     if error is not None:
@@ -1278,6 +1335,14 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
             f"{entry.data_version or '-'}, spec {ctx.inp.spec_hash}",
             revision=revision,
         )
+        if entry.unpinned:
+            ctx.record(
+                TimelineType.UNPINNED,
+                f"r{revision} reads what its snapshot cannot pin: {', '.join(entry.unpinned)}; "
+                f"a rollback to r{revision} re-creates its pod template exactly, but with "
+                "their contents as they are then",
+                revision=revision,
+            )
     plan = ctx.plan()
     assert plan is not None
     _enter_stage(ctx, plan, 0)
@@ -2187,8 +2252,10 @@ _ACTION_ORDER = ("rollback", "approve-rollback", "reject-rollback", "promote", "
 #: ``true``, or ``true`` and a suffix after one of these (``true-2``, ``true:alice``): a
 #: unique value, for acting again where the same value acted before.
 _TRUE = re.compile(r"true(?:[-_.:].+)?", re.IGNORECASE | re.DOTALL)
-#: A consumed annotation still there this long after (its removal keeps failing, or
-#: something keeps putting it back before the removal is seen) is left on the object.
+#: A consumed annotation still there this long after its removal was first sent (its
+#: removal keeps failing, or something keeps putting it back before the removal is seen) is
+#: left on the object. Counted from the removal sent, not from the consumption: the time an
+#: operator was down between the two proves nothing about the annotation.
 REMOVAL_PATIENCE = 60.0
 
 
@@ -2347,9 +2414,7 @@ def _consume_actions(ctx: _Ctx) -> None:
                 continue
             s.consumed_actions.append(entry)
             live[mark] = entry
-        elif not entry.keep and entry.at is not None and (
-            ctx.now > entry.at + timedelta(seconds=REMOVAL_PATIENCE)
-        ):
+        elif not entry.keep and _removal_given_up(ctx, entry, mark[0]):
             entry.keep = True
             ctx.note(
                 TimelineType.ACTION_IGNORED,
@@ -2360,6 +2425,15 @@ def _consume_actions(ctx: _Ctx) -> None:
             )
         if not entry.keep:
             ctx.remove(action)
+
+
+def _removal_given_up(ctx: _Ctx, entry: ConsumedAction, key: str) -> bool:
+    """The annotation of ``entry`` is still there ``REMOVAL_PATIENCE`` after this operator
+    first sent its removal (and after its consumption)."""
+    sent = ctx.inp.removals_sent.get(key)
+    if sent is None or entry.at is None:
+        return False
+    return ctx.now > max(sent, entry.at) + timedelta(seconds=REMOVAL_PATIENCE)
 
 
 def _removals_pending(s: ModelReleaseStatus) -> bool:
@@ -3111,7 +3185,7 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
 
     stalled: tuple[str, str] | None = None
     if ctx.policy_error:
-        stalled = ("PolicyError", ctx.policy_error)
+        stalled = (ctx.error_reason, ctx.policy_error)
     elif problem is not None and problem.kind in ("Refused", "Conflict"):
         reason = TimelineType.ROUTES_REFUSED if problem.kind == "Refused" else (
             TimelineType.ROUTE_CONFLICT
@@ -3167,6 +3241,7 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
     _set_condition(ctx, ConditionType.PROGRESSING, progressing, phase.value, msg)
 
     prev = _condition(ctx.inp.status, ConditionType.DEGRADED)
+    unmeshed = _unmeshed(ctx)
     smark = _quarantined(ctx, stable) if phase != Phase.ROLLING_BACK else None
     if smark is not None and not stable_down:
         detail = f"r{stable} serves users and is quarantined by {_named(smark)}"
@@ -3180,6 +3255,15 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
             ctx.record(TimelineType.STABLE_UNAVAILABLE, stable_down, revision=stable, warning=True)
         _set_condition(ctx, ConditionType.DEGRADED, True, TimelineType.STABLE_UNAVAILABLE.value,
                        stable_down)
+    elif unmeshed is not None:
+        revisions, detail = unmeshed
+        was = prev is not None and prev.reason == TimelineType.SIDECAR_MISSING and (
+            prev.message.split(":", 1)[0] == revisions
+        )
+        if not was:
+            ctx.record(TimelineType.SIDECAR_MISSING, detail, warning=True)
+        _set_condition(ctx, ConditionType.DEGRADED, True, TimelineType.SIDECAR_MISSING.value,
+                       detail)
     elif inconclusive:
         since = ctx.now
         if (
@@ -3230,6 +3314,42 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
     recovered = prev is not None and prev.reason == TimelineType.STABLE_UNAVAILABLE
     if recovered and not stable_down and phase in SETTLED and stable:
         ctx.record("StableAvailable", f"stable r{stable} is available again", revision=stable)
+
+
+def _unmeshed(ctx: _Ctx) -> tuple[str, str] | None:
+    """The revisions that take (or are measured on) traffic whose running pods lack Istio's
+    proxy while one is expected, and the Degraded message (it starts with them, e.g.
+    ``r2, r3: ...``); None when there are none or nothing is expected."""
+    expected = ctx.inp.proxy_expected
+    s = ctx.s
+    if not expected:
+        return None
+    wanted = {s.stable_revision}
+    if s.phase in IN_FLIGHT or s.phase == Phase.ROLLING_BACK:
+        wanted.add(s.candidate_revision)
+    parts: list[str] = []
+    revisions: list[str] = []
+    for revision in sorted(r for r in wanted if r):
+        obs = ctx.observed(revision)
+        if obs is None or not obs.unmeshed_pods:
+            continue
+        pods = list(obs.unmeshed_pods)
+        shown = ", ".join(pods[:3]) + (f" and {len(pods) - 3} more" if len(pods) > 3 else "")
+        revisions.append(f"r{revision}")
+        parts.append(
+            f"{len(pods)} of {max(obs.running_pods, len(pods))} running pods of r{revision} "
+            f"({shown})"
+        )
+    if not parts:
+        return None
+    names = ", ".join(revisions)
+    return names, (
+        f"{names}: {'; '.join(parts)} have no Istio proxy, although {expected}: the mesh "
+        "neither measures them (no istio_requests_total reported by them: analysis queries "
+        "on the destination find no data) nor secures them with mTLS. Fix the injection "
+        "(the namespace's label, the pods' sidecar.istio.io/inject) and delete those pods so "
+        "they are created again with it, or set spec.traffic.sidecar: Ignore"
+    )
 
 
 def _deferred_note(ctx: _Ctx) -> str:
@@ -3298,8 +3418,9 @@ def _copy_status(status: ModelReleaseStatus) -> ModelReleaseStatus:
 
 def decide(inputs: Inputs) -> Decision:
     """Compute the next status and the actions that make the world match it."""
-    policy = inputs.policy if inputs.policy_error is None else None
-    error = inputs.policy_error
+    usable = inputs.policy_error is None and inputs.spec_error is None
+    policy = inputs.policy if usable else None
+    error = inputs.policy_error or inputs.spec_error
     if policy is None and error is None:
         error = f"RolloutPolicy {inputs.spec.policy_ref.name!r} not found"
     ctx = _Ctx(
@@ -3307,6 +3428,9 @@ def decide(inputs: Inputs) -> Decision:
         s=_copy_status(inputs.status),
         policy=policy,
         policy_error=error,
+        error_reason="PolicyError" if inputs.policy_error or not inputs.spec_error else (
+            "WorkloadRefError"
+        ),
         actions=_bounded_actions(inputs.actions),
     )
     for step in _PIPELINE:
@@ -3314,7 +3438,8 @@ def decide(inputs: Inputs) -> Decision:
     s = ctx.s
     s.observed_generation = inputs.generation
     if error is not None and s.phase == Phase.PENDING:
-        s.message = f"waiting for a usable RolloutPolicy: {error}"
+        what = "RolloutPolicy" if ctx.error_reason == "PolicyError" else "pod template"
+        s.message = f"waiting for a usable {what}: {error}"
     if ctx.deferred_spec and s.phase == Phase.ROLLING_BACK:
         s.message += _deferred_note(ctx)
     _summarize_quarantine(s)

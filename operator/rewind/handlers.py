@@ -24,7 +24,7 @@ import base64
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,6 +55,7 @@ from rewind.adapters.prometheus import DEFAULT_THREADS, PrometheusProvider
 from rewind.adapters.route_index import VirtualServiceIndex
 from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION, IstioRouter
 from rewind.adapters.routers import TrafficRouter
+from rewind.adapters.webhooks import Deliveries, Target
 from rewind.adapters.workloads import KubeWorkloads
 from rewind.api import (
     MODELRELEASE_PLURAL,
@@ -64,7 +65,7 @@ from rewind.api import (
     parse_duration,
 )
 from rewind.controller import ERROR_REQUEUE, ReleaseController
-from rewind.engine import ANNOTATION_OF
+from rewind.engine import ANNOTATION_OF, ActorStamp
 from rewind.metrics import OperatorMetrics
 from rewind.peering import PeeringGate, PeeringVerdict
 
@@ -114,6 +115,12 @@ class RuntimeConfig:
     trust_actor_annotations: bool = field(
         default_factory=lambda: os.environ.get("REWIND_TRUST_ACTOR_ANNOTATIONS", "") == "true"
     )
+    #: Who writes rewind.dev/<action>-by: "client" makes the commands in messages set it.
+    actor_stamp: ActorStamp = field(
+        default_factory=lambda: "client"
+        if os.environ.get("REWIND_ACTOR_STAMP", "") == "client"
+        else "server"
+    )
     #: Seconds an analysis query may run when its metric sets no timeout.
     prometheus_timeout: float = field(
         default_factory=lambda: parse_duration(os.environ.get("PROMETHEUS_TIMEOUT", "10s"))
@@ -145,6 +152,23 @@ class RuntimeConfig:
     cluster_domain: str = field(
         default_factory=lambda: os.environ.get("REWIND_CLUSTER_DOMAIN", DEFAULT_CLUSTER_DOMAIN)
     )
+    #: Notifier targets beside Events (``--notifier NAME=KIND``), by name.
+    notifier_targets: dict[str, Target] = field(default_factory=dict)
+    #: Targets of releases whose RolloutPolicy names none (``--notify-default``).
+    notify_defaults: list[str] = field(default_factory=list)
+    #: Argo CD's URL, for a link to the release's Application in messages ("": none).
+    argocd_url: str = field(default_factory=lambda: os.environ.get("REWIND_ARGOCD_URL", ""))
+    #: Longest pause between two delivery attempts, and when to give up on a message.
+    notify_max_backoff: float = 300.0
+    notify_give_up: float = 86400.0
+
+    def deliveries(self, on_done: Callable[[str, str], None],
+                   on_result: Callable[[str, str, str, str], None]) -> Deliveries:
+        """The background deliverer of the notification outbox."""
+        return Deliveries(self.notifier_targets, max_backoff=self.notify_max_backoff,
+                          first_backoff=min(1.0, self.notify_max_backoff),
+                          give_up_after=self.notify_give_up, on_done=on_done,
+                          on_result=on_result)
 
     def prometheus_provider(self) -> PrometheusProvider:
         """The analysis queries' provider: URL, credentials, timeout and threads."""
@@ -247,6 +271,9 @@ class ReleaseLoops:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.controller.deliveries is not None:
+            # Undelivered messages stay Pending in the status for whoever runs it next.
+            await self.controller.deliveries.cancel(namespace, name)
         self.controller.operator_metrics.forget(namespace, name)
 
     async def stop_all(self) -> None:
@@ -349,6 +376,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.route_index = VirtualServiceIndex(runtime.cluster_domain)
     # Filled by http_route_event from the HTTPRoute watch; read by the Gateway API router.
     memo.http_route_index = HTTPRouteIndex()
+
+    def delivered(namespace: str, name: str) -> None:
+        # A delivery ended: store its outcome now (the loop writes the status).
+        loops: ReleaseLoops | None = memo.get("loops")
+        if loops is not None:
+            loops.poke(namespace, name)
+
+    deliveries = runtime.deliveries(delivered, operator_metrics.notification_result)
     memo.controller = ReleaseController(
         api_client,
         router=TrafficRouter(
@@ -364,6 +399,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         operator_metrics=operator_metrics,
         trust_actor_annotations=runtime.trust_actor_annotations,
         cluster_domain=runtime.cluster_domain,
+        actor_stamp=runtime.actor_stamp,
+        deliveries=deliveries,
+        notify_defaults=runtime.notify_defaults,
+        argocd_url=runtime.argocd_url,
     )
     memo.loops = ReleaseLoops(memo.controller, active=runtime.peering_name is None)
     if runtime.peering_name is not None:
@@ -394,6 +433,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     log.info("analysis queries go to %s (timeout %gs unless a metric sets one, %d threads)",
              runtime.prometheus_url, runtime.prometheus_timeout, runtime.analysis_threads)
     log.info("revision records of deleted releases are kept %gs", runtime.history_retention)
+    if runtime.notifier_targets:
+        log.info("notifier targets: %s (default: %s)%s",
+                 ", ".join(f"{t.name} ({t.kind})" for t in runtime.notifier_targets.values()),
+                 ", ".join(runtime.notify_defaults) or "none",
+                 f"; Argo CD links to {runtime.argocd_url}" if runtime.argocd_url else "")
 
 
 async def sweep_records(
@@ -445,6 +489,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     loops: ReleaseLoops | None = memo.get("loops")
     if loops is not None:
         await loops.stop_all()
+        if loops.controller.deliveries is not None:
+            await loops.controller.deliveries.close()
 
 
 @kopf.on.event(API_GROUP, API_VERSION, MODELRELEASE_PLURAL)
@@ -480,6 +526,17 @@ async def revision_event(
     release = labels.get(RELEASE_LABEL)
     if release and namespace:
         memo.loops.poke(namespace, release)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: kopf.ABSENT})
+async def template_event(
+    name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """A Deployment that is not Rewind's changed: the releases whose serving.workloadRef
+    names it re-decide now (a new pod template is a new revision)."""
+    if namespace:
+        for release in memo.controller.releases_using(namespace, name):
+            memo.loops.poke(namespace, release)
 
 
 @kopf.on.event(ISTIO_GROUP, ISTIO_VERSION, "virtualservices")

@@ -17,6 +17,7 @@ import kopf
 
 import rewind.handlers  # noqa: F401 - registers the handlers with Kopf
 from rewind.adapters.prometheus import DEFAULT_THREADS
+from rewind.adapters.webhooks import parse_target
 from rewind.api import DEFAULT_CLUSTER_DOMAIN, parse_duration
 from rewind.handlers import DEFAULT_HISTORY_RETENTION, RuntimeConfig
 
@@ -99,6 +100,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=os.environ.get("REWIND_TRUST_ACTOR_ANNOTATIONS") == "true",
                         help="record rewind.dev/<action>-by as the approver: only with the "
                         "admission policies of charts/rewind/files/human-actions.yaml installed")
+    parser.add_argument("--actor-stamp", choices=("server", "client"),
+                        default=os.environ.get("REWIND_ACTOR_STAMP", "server"),
+                        help="who writes rewind.dev/<action>-by: server (the chart's "
+                        "MutatingAdmissionPolicy, or no policies) or client (validation-only "
+                        "admission: the kubectl commands in Events and the timeline set it "
+                        "with `kubectl auth whoami`); the chart passes its humanActions.stamp")
+    notify = parser.add_argument_group(
+        "notifications", "messages to webhooks and Slack beside the Kubernetes Events")
+    notify.add_argument("--notifier", action="append", default=[], metavar="NAME=KIND",
+                        help="a notifier target RolloutPolicies may name in "
+                        "spec.notifications.targets; KIND is webhook (generic JSON) or slack "
+                        "(incoming webhook). Its URL is read from the environment variable "
+                        "REWIND_NOTIFIER_URL_<NAME> (upper case, - as _), never from "
+                        "arguments. Repeatable")
+    notify.add_argument("--notify-default", action="append", default=[], metavar="NAME",
+                        help="a target for releases whose RolloutPolicy has no "
+                        "spec.notifications (repeatable)")
+    notify.add_argument("--argocd-url", default=os.environ.get("REWIND_ARGOCD_URL", ""),
+                        help="Argo CD's URL: messages link to the release in its Application "
+                        "(env REWIND_ARGOCD_URL)")
+    notify.add_argument("--notify-max-backoff", type=_timeout, metavar="DURATION",
+                        default="5m", help="longest pause between two delivery attempts "
+                        "(exponential backoff with jitter from 1s; default 5m)")
+    notify.add_argument("--notify-give-up", type=_timeout, metavar="DURATION", default="24h",
+                        help="a message still undelivered this long after its event is "
+                        "marked Failed in status.notifications (default 24h)")
     parser.add_argument("--log-format", choices=("plain", "full", "json"), default="full")
     parser.add_argument("--peering", default=None,
                         help="Kopf peering object name for HA; default: standalone")
@@ -136,16 +163,30 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=log_format)
     if not args.verbose and not args.debug:
         logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    try:
+        targets = {t.name: t for t in map(parse_target, args.notifier)}
+    except ValueError as err:
+        sys.exit(f"rewind-operator: {err}")
+    if len(targets) != len(args.notifier):
+        sys.exit("rewind-operator: --notifier names a target twice")
+    unknown = sorted(set(args.notify_default) - set(targets))
+    if unknown:
+        sys.exit(f"rewind-operator: --notify-default {', '.join(unknown)}: no such --notifier")
     identity = own_identity()
     runtime = RuntimeConfig(metrics_port=args.metrics_port,
                             trust_actor_annotations=args.trust_actor_annotations,
+                            actor_stamp=args.actor_stamp,
                             peering_name=args.peering, peering_priority=args.priority,
                             peering_lifetime=args.peering_lifetime, identity=identity,
                             namespaces=args.namespace or None,
                             prometheus_timeout=args.prometheus_timeout,
                             analysis_threads=args.analysis_threads,
                             history_retention=args.history_retention,
-                            cluster_domain=args.cluster_domain)
+                            cluster_domain=args.cluster_domain,
+                            notifier_targets=targets, notify_defaults=args.notify_default,
+                            argocd_url=args.argocd_url,
+                            notify_max_backoff=args.notify_max_backoff,
+                            notify_give_up=args.notify_give_up)
     if args.prometheus_url:
         runtime.prometheus_url = args.prometheus_url
     kopf.run(

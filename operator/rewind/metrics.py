@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from rewind.api import (
     Measurement,
     ModelReleaseStatus,
+    NotificationState,
     Phase,
     QueryErrorKind,
     TimelineEntry,
@@ -30,6 +31,13 @@ ROLLBACK_TRIGGERS: Mapping[str, str] = {
     TimelineType.APPROVAL_TIMED_OUT.value: "approval-timeout",
     TimelineType.BREAK_GLASS.value: "break-glass",
 }
+#: How a decision awaiting approval ended, by the timeline entry that ended it (first wins).
+APPROVAL_ENDS: tuple[tuple[str, str], ...] = (
+    (TimelineType.BREAK_GLASS.value, "break-glass"),
+    (TimelineType.APPROVAL_TIMED_OUT.value, "timeout"),
+    (TimelineType.REJECTED.value, "rejected"),
+    (TimelineType.ROLLBACK_STARTED.value, "approved"),
+)
 FINISHED: Mapping[str, str] = {
     TimelineType.PROMOTED.value: "Promoted",
     TimelineType.ROLLED_BACK.value: "RolledBack",
@@ -132,6 +140,47 @@ class OperatorMetrics:
             labels,
             registry=self.registry,
         )
+        self.approval_requested = Gauge(
+            "rewind_release_approval_requested_timestamp_seconds",
+            "While a rollback decision awaits approval: when it was proposed (Unix time); "
+            "no series otherwise. time() - this = how long it has waited.",
+            labels,
+            registry=self.registry,
+        )
+        self.approval_deadline = Gauge(
+            "rewind_release_approval_deadline_timestamp_seconds",
+            "While a rollback decision awaits approval: when it times out (Unix time; the "
+            "policy's onTimeout applies then).",
+            labels,
+            registry=self.registry,
+        )
+        self.approvals = Gauge(
+            "rewind_release_approvals",
+            "While a rollback decision awaits approval: approvals received and required.",
+            [*labels, "state"],
+            registry=self.registry,
+        )
+        self.approval_wait = Histogram(
+            "rewind_approval_wait_seconds",
+            "From a rollback proposed for approval to its end, by how it ended (approved, "
+            "rejected, timeout, break-glass, superseded).",
+            [*labels, "outcome"],
+            buckets=(5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600),
+            registry=self.registry,
+        )
+        self.notifications = Counter(
+            "rewind_notifications_total",
+            "Notifications to webhook/Slack targets whose delivery ended, by result (sent, "
+            "failed: refused by the receiver or undeliverable for too long).",
+            [*labels, "target", "result"],
+            registry=self.registry,
+        )
+        self.notifications_pending = Gauge(
+            "rewind_notifications_pending",
+            "Notifications in the release's outbox not delivered yet (retried with backoff).",
+            labels,
+            registry=self.registry,
+        )
         self.active = Gauge(
             "rewind_operator_active",
             "1 while this replica runs reconcile loops, 0 while it stands by (Kopf peering).",
@@ -169,6 +218,9 @@ class OperatorMetrics:
         self._child(self.mirror, ids).set(new.mirror_percent)
         for phase in Phase:
             self._child(self.phase, ids, phase=phase.value).set(1 if new.phase == phase else 0)
+        self._approval(ids, old, new, applied_at)
+        pending = sum(1 for n in new.notifications if n.state == NotificationState.PENDING)
+        self._child(self.notifications_pending, ids).set(pending)
         trigger: TimelineEntry | None = None
         for entry in new_entries(old, new):
             if entry.type in ROLLBACK_TRIGGERS:
@@ -188,6 +240,45 @@ class OperatorMetrics:
                 if decided is not None:
                     elapsed = (applied_at - decided).total_seconds()
                     self._child(self.decision_to_revert, ids).observe(max(0.0, elapsed))
+
+    def notification_result(self, namespace: str, release: str, target: str, result: str) -> None:
+        """A delivery ended (called by the deliverer)."""
+        ids = {"namespace": namespace, "release": release}
+        self._child(self.notifications, ids, target=target, result=result).inc()
+
+    def _approval(
+        self,
+        ids: Mapping[str, str],
+        old: ModelReleaseStatus,
+        new: ModelReleaseStatus,
+        applied_at: datetime,
+    ) -> None:
+        """Approvals waiting (gauges) and, when a decision ends, how long it waited."""
+        pd = new.pending_decision if new.phase == Phase.AWAITING_APPROVAL else None
+        if pd is not None and pd.decided_at is not None:
+            self._child(self.approval_requested, ids).set(pd.decided_at.timestamp())
+            if pd.expires_at is not None:
+                self._child(self.approval_deadline, ids).set(pd.expires_at.timestamp())
+            self._child(self.approvals, ids, state="received").set(len(pd.approvals))
+            self._child(self.approvals, ids, state="required").set(pd.required_approvers)
+        else:
+            for family in (self.approval_requested, self.approval_deadline):
+                with contextlib.suppress(KeyError):
+                    family.remove(ids["namespace"], ids["release"])
+            for state in ("received", "required"):
+                with contextlib.suppress(KeyError):
+                    self.approvals.remove(ids["namespace"], ids["release"], state)
+        before = old.pending_decision if old.phase == Phase.AWAITING_APPROVAL else None
+        if before is None or before.decided_at is None:
+            return
+        if pd is not None and pd.decided_at == before.decided_at:
+            return  # still the same decision
+        types = {e.type for e in new_entries(old, new)}
+        outcome = next(
+            (label for kind, label in APPROVAL_ENDS if kind in types), "superseded"
+        )
+        waited = max(0.0, (applied_at - before.decided_at).total_seconds())
+        self._child(self.approval_wait, ids, outcome=outcome).observe(waited)
 
     @staticmethod
     def _decided_at(timeline: Sequence[TimelineEntry], reverted: TimelineEntry) -> datetime | None:

@@ -86,9 +86,16 @@ def render(
     release: str = RELEASE,
     values_files: Sequence[Path] = (),
     set_values: Sequence[str] = (),
+    api_versions: Sequence[str] = (),
+    kube_version: str | None = None,
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """`helm template` of the chart (without CRDs) for the given namespace and values."""
+    """`helm template` of the chart (without CRDs) for the given namespace and values.
+
+    Like Argo CD, it passes the server's version; ``api_versions`` add to Helm's built-in
+    group versions (`--api-versions`, e.g. ``admissionregistration.k8s.io/v1/
+    MutatingAdmissionPolicy``: offline, Helm knows no kinds).
+    """
     return helm(
         sandbox,
         "template",
@@ -97,7 +104,8 @@ def render(
         "--namespace",
         namespace,
         "--kube-version",
-        server_version(kubectl),
+        kube_version or server_version(kubectl),
+        *[a for version in api_versions for a in ("--api-versions", version)],
         *value_args(values_files, set_values),
         check=check,
     )

@@ -508,6 +508,113 @@ def test_deleting_the_owner_garbage_collects_everything(
     assert [i["metadata"]["name"] for i in left["items"]] == [f"{RELEASE}-r1"]
 
 
+# -- pod templates -----------------------------------------------------------------------
+
+SIDECAR_IMAGE = "registry.example.com/shipper@sha256:" + "d" * 64
+
+
+def template_spec(**template_spec: Any) -> ModelReleaseSpec:
+    """The release on the GPU node: a toleration, a node selector, a volume, env from a
+    Secret, a pinned sidecar, gRPC."""
+    doc = make_spec(replicas=1).model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["serving"] = {
+        "replicas": 1, "port": 9000, "protocol": "grpc",
+        "template": {"spec": {
+            "nodeSelector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                             "effect": "NoSchedule"}],
+            "containers": [
+                {"name": "model-server",
+                 "ports": [{"name": "metrics", "containerPort": 9100}],
+                 "env": [{"name": "HF_TOKEN",
+                          "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "t"}}}],
+                 "resources": {"limits": {"nvidia.com/gpu": 1}},
+                 "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]},
+                {"name": "log-shipper", "image": SIDECAR_IMAGE},
+            ],
+            "volumes": [{"name": "cache", "emptyDir": {}}],
+            **template_spec,
+        }},
+    }
+    return ModelReleaseSpec.model_validate(doc)
+
+
+def test_a_template_revision_runs_on_the_gpu_node_as_written(
+    workloads: KubeWorkloads, owner: OwnerRef, namespace: str, kubectl: Kubectl
+) -> None:
+    """Server-side apply takes the template whole (ports without a protocol, quantities as
+    numbers), applying it again changes nothing, and kwok runs it on the GPU node."""
+    spec = template_spec()
+    assert run(workloads.dry_run_revision(RELEASE, namespace, owner, 1, spec)) is None
+    run(workloads.save_snapshot(RELEASE, namespace, owner, 1, spec))
+    run(workloads.ensure_revision(RELEASE, namespace, owner, 1, 1))
+    generation = get_json(kubectl, namespace, "deployment", f"{RELEASE}-r1")["metadata"][
+        "generation"]
+    run(workloads.ensure_revision(RELEASE, namespace, owner, 1, 1))  # no change, no rollout
+    wait_available(workloads, namespace, 1)
+    dep = get_json(kubectl, namespace, "deployment", f"{RELEASE}-r1")
+    assert dep["metadata"]["generation"] == generation
+    (pod,) = get_json(kubectl, namespace, "pods", "-l", "rewind.dev/revision=1")["items"]
+    assert pod["spec"]["nodeName"] == "kwok-gpu-node-0"
+    server, shipper = pod["spec"]["containers"]
+    assert (server["name"], server["image"]) == ("model-server", IMAGE)
+    assert server["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert server["readinessProbe"]["grpc"]["port"] == 9000
+    assert server["volumeMounts"][0] == {"name": "cache", "mountPath": "/cache"}
+    assert shipper["image"] == SIDECAR_IMAGE
+    svc = get_json(kubectl, namespace, "service", f"{RELEASE}-r1")
+    assert svc["spec"]["ports"][0]["appProtocol"] == "grpc"
+    assert run(workloads.observe_revisions(RELEASE, namespace))[1].image == IMAGE
+
+
+@pytest.mark.parametrize(
+    ("template", "refusal"),
+    [
+        # A typo in a field Rewind does not declare: strict field validation names it.
+        ({"tolerationz": []}, ".spec.template.spec.tolerationz: field not declared in schema"),
+        # A mount of a volume the pod does not have.
+        ({"volumes": []}, "volumeMounts[0].name: Not found"),
+    ],
+    ids=["unknown-field", "missing-volume"],
+)
+def test_the_dry_run_returns_what_the_api_server_refuses(
+    workloads: KubeWorkloads, owner: OwnerRef, namespace: str, kubectl: Kubectl,
+    template: dict[str, Any], refusal: str,
+) -> None:
+    message = run(workloads.dry_run_revision(RELEASE, namespace, owner, 3, template_spec(
+        **template)))
+    assert message is not None and message.startswith(
+        "the API server refuses the Deployment of r3: ")
+    assert refusal in message
+    # Nothing was written.
+    assert kubectl("get", "deployment", f"{RELEASE}-r3", "-n", namespace,
+                   check=False).returncode != 0
+
+
+def test_pods_without_istios_proxy_are_named(
+    workloads: KubeWorkloads, owner: OwnerRef, namespace: str, kubectl: Kubectl
+) -> None:
+    """kwok's pods are never injected: r1's pods lack the proxy; r2's template carries an
+    istio-proxy container (as injection would add), so its pods have it."""
+    run(workloads.save_snapshot(RELEASE, namespace, owner, 1, make_spec(replicas=2)))
+    proxied = template_spec(containers=[
+        {"name": "model-server"},
+        {"name": "istio-proxy", "image": SIDECAR_IMAGE},
+    ], volumes=None)
+    run(workloads.save_snapshot(RELEASE, namespace, owner, 2, proxied))
+    for revision in (1, 2):
+        run(workloads.ensure_revision(RELEASE, namespace, owner, revision, 2 if revision == 1
+                                      else 1))
+        wait_available(workloads, namespace, revision)
+    mesh = run(workloads.observe_mesh(RELEASE, namespace))
+    pods = sorted(p["metadata"]["name"] for p in get_json(
+        kubectl, namespace, "pods", "-l", "rewind.dev/revision=1")["items"])
+    assert mesh == {1: (2, tuple(pods)), 2: (1, ())}
+    kubectl("label", "namespace", namespace, "istio-injection=enabled")
+    labels = run(KubeWorkloads(workloads._apps.api_client).namespace_labels(namespace))
+    assert labels is not None and labels["istio-injection"] == "enabled"
+
+
 # -- events ------------------------------------------------------------------------------
 
 

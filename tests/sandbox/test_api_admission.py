@@ -20,6 +20,8 @@ from tests.api_cases import (
     FRAUD_MR,
     FRAUD_RP,
     INVALID,
+    LLM_MR,
+    LLM_RP,
     VALID_VARIANTS,
     Case,
     example,
@@ -265,7 +267,10 @@ def test_server_defaults_match_models_and_hash(kubectl: Kubectl, namespace: str)
         kubectl("get", "mr", "fraud-detector", "-n", namespace, "-o", "json").stdout
     )
     serving = stored_mr["spec"]["serving"]
-    assert serving == {"replicas": 2, "port": 8080, "readinessPath": "/healthz", "resources": {}}
+    assert serving == {
+        "replicas": 2, "port": 8080, "protocol": "http", "readinessPath": "/healthz",
+        "resources": {},
+    }
     assert stored_mr["spec"]["code"]["allowTagImage"] is False
     # The operator hashes what the API server stored; it must equal the user's spec hash.
     assert api.spec_hash(stored_mr["spec"]) == api.spec_hash(release["spec"])
@@ -285,6 +290,19 @@ def test_server_defaults_match_models_and_hash(kubectl: Kubectl, namespace: str)
     rows = _table(kubectl("get", "rp", "-n", namespace).stdout)
     assert rows[0] == ["NAME", "STRATEGY", "MODE", "AGE"]
     assert rows[1][:3] == ["fraud-canary", "canary", "automatic"]
+
+
+def test_pod_template_is_stored_as_written(kubectl: Kubectl, namespace: str) -> None:
+    """The template is kept as written: nothing pruned (fields Rewind does not declare, e.g.
+    tolerations, volumeMounts, startupProbe), nothing defaulted inside it, so the hash the
+    operator computes from the stored object is the user's."""
+    release = example(*LLM_MR)
+    policy = example(*LLM_RP)
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([policy, release]))
+    stored = json.loads(kubectl("get", "mr", "llama-chat", "-n", namespace, "-o", "json").stdout)
+    assert stored["spec"]["serving"]["template"] == release["spec"]["serving"]["template"]
+    assert stored["spec"]["traffic"]["sidecar"] == "Auto"
+    assert api.spec_hash(stored["spec"]) == api.spec_hash(release["spec"])
 
 
 def _normal(text: str) -> str:

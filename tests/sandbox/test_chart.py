@@ -109,6 +109,12 @@ def test_helm_lint_passes(sandbox: Sandbox, values: str) -> None:
          "at '/prometheusRule/awaitingApproval/for'"),
         ("clusterDomain=cluster.local.", "at '/clusterDomain'"),
         ("unknownOption=true", "additional properties 'unknownOption' not allowed"),
+        ("notifications.targets[0].name=pager,notifications.targets[0].type=teams,"
+         "notifications.targets[0].urlSecret.name=s,notifications.targets[0].urlSecret.key=k",
+         "at '/notifications/targets/0/type'"),
+        ("notifications.defaultTargets={pager}",
+         'notifications.defaultTargets names "pager", which is not in notifications.targets'),
+        ("notifications.argocdURL=argocd.example.com", "at '/notifications/argocdURL'"),
     ],
 )
 def test_chart_rejects_bad_values(
@@ -220,6 +226,42 @@ def test_operator_arguments_follow_the_values(sandbox: Sandbox, kubectl: Kubectl
 
 
 @sandbox_test
+def test_notifier_targets_come_from_secrets_and_the_dashboard_from_a_configmap(
+    sandbox: Sandbox, kubectl: Kubectl
+) -> None:
+    default = render_docs(sandbox, kubectl, "rewind-system")
+    container = _pod_spec(default)["containers"][0]
+    assert not any(a.startswith(("--notifier", "--notify", "--argocd")) for a in container["args"])
+    assert not [d for d in default if d["kind"] == "ConfigMap"]
+
+    docs = render_docs(sandbox, kubectl, "rewind-system", values_files=[ALL_ON_VALUES])
+    container = _pod_spec(docs)["containers"][0]
+    args = container["args"]
+    assert [a for a in args if a.startswith(("--notifier", "--notify", "--argocd"))] == [
+        "--notifier=oncall-slack=slack", "--notifier=audit=webhook",
+        "--notify-default=oncall-slack", "--notify-max-backoff=2m", "--notify-give-up=6h",
+        "--argocd-url=https://argocd.example.com"]
+    env = {e["name"]: e.get("valueFrom") for e in container["env"]}
+    assert env["REWIND_NOTIFIER_URL_ONCALL_SLACK"] == {
+        "secretKeyRef": {"name": "rewind-notifiers", "key": "oncall-slack"}}
+    assert env["REWIND_NOTIFIER_URL_AUDIT"] == {
+        "secretKeyRef": {"name": "rewind-notifiers", "key": "audit"}}
+    from rewind.adapters.webhooks import url_env
+    from rewind.main import parse_args
+
+    assert url_env("oncall-slack") in env
+    parsed = parse_args([a.replace("$(POD_INDEX)", "1") for a in args])
+    assert parsed.notifier == ["oncall-slack=slack", "audit=webhook"]
+    assert (parsed.notify_max_backoff, parsed.notify_give_up) == (120.0, 6 * 3600.0)
+
+    [dashboard] = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Rewind"}
+    assert json.loads(dashboard["data"]["rewind.json"]) == json.loads(
+        (CHART / "files" / "grafana-dashboard.json").read_text())
+
+
+@sandbox_test
 @pytest.mark.parametrize(
     "values",
     [
@@ -280,25 +322,97 @@ def test_watch_namespaces_turns_the_cluster_role_into_roles(
     assert cluster_resources == {"customresourcedefinitions", "namespaces"}
 
 
-@sandbox_test
-def test_human_actions_policies_are_installed_unless_disabled(
-    sandbox: Sandbox, kubectl: Kubectl
-) -> None:
-    shipped = [d for d in yaml.safe_load_all((CHART / "files" / "human-actions.yaml").read_text())
-               if d]
-    assert {d["kind"] for d in shipped} >= {"MutatingAdmissionPolicy",
-                                            "ValidatingAdmissionPolicy"}
-    names = {(d["kind"], d["metadata"]["name"]) for d in shipped}
+MAP_V1 = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"
+MAP_V1BETA1 = "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy"
 
-    def rendered(*values: str) -> list[dict[str, Any]]:
-        docs = render_docs(sandbox, kubectl, "rewind-system", set_values=list(values))
-        return [d for d in docs if (d["kind"], d["metadata"]["name"]) in names]
+
+def _shipped(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((CHART / "files" / name).read_text()) if d]
+
+
+@sandbox_test
+@pytest.mark.parametrize(
+    ("api_versions", "set_value", "stamp", "mutating_api"),
+    [
+        # Offline, Helm knows group versions but no kinds: no MutatingAdmissionPolicy.
+        pytest.param((), None, "client", None, id="auto-without-the-api"),
+        pytest.param((MAP_V1,), None, "server", "admissionregistration.k8s.io/v1",
+                     id="auto-with-v1"),
+        pytest.param((MAP_V1BETA1,), None, "server", "admissionregistration.k8s.io/v1beta1",
+                     id="auto-with-v1beta1"),
+        pytest.param((MAP_V1, MAP_V1BETA1), None, "server", "admissionregistration.k8s.io/v1",
+                     id="auto-prefers-v1"),
+        pytest.param((), "server", "server", "admissionregistration.k8s.io/v1",
+                     id="forced-server"),
+        pytest.param((MAP_V1,), "client", "client", None, id="forced-client"),
+    ],
+)
+def test_human_actions_policies_follow_the_cluster_or_the_value(
+    sandbox: Sandbox, kubectl: Kubectl, api_versions: tuple[str, ...], set_value: str | None,
+    stamp: str, mutating_api: str | None,
+) -> None:
+    validating, stamping = _shipped("human-actions.yaml"), _shipped("human-actions-stamp.yaml")
+    assert {d["kind"] for d in validating} >= {"ValidatingAdmissionPolicy", "ClusterRole"}
+    assert {d["kind"] for d in stamping} == {"MutatingAdmissionPolicy",
+                                             "MutatingAdmissionPolicyBinding"}
+    names = {(d["kind"], d["metadata"]["name"]) for d in validating + stamping}
+    values = [f"humanActions.stamp={set_value}"] if set_value else []
+    docs = render_docs(sandbox, kubectl, "rewind-system", set_values=values,
+                       api_versions=api_versions)
+    rendered = [d for d in docs if (d["kind"], d["metadata"]["name"]) in names]
+    expected = validating + [{**d, "apiVersion": mutating_api} for d in stamping
+                             if mutating_api]
 
     def key(doc: dict[str, Any]) -> str:
         return json.dumps(doc, sort_keys=True)
 
-    assert sorted(rendered(), key=key) == sorted(shipped, key=key)  # Helm orders by kind
-    assert rendered("humanActions.enabled=false") == []
+    assert sorted(rendered, key=key) == sorted(expected, key=key)  # Helm orders by kind
+    args = _pod_spec(docs)["containers"][0]["args"]
+    assert {"--trust-actor-annotations", f"--actor-stamp={stamp}"} <= set(args)
+
+
+@sandbox_test
+@pytest.mark.parametrize("stamp", ["server", "client"])
+def test_the_install_notes_name_the_stamp_and_its_commands(
+    sandbox: Sandbox, stamp: str
+) -> None:
+    """What `helm install` prints (a client-side dry run; the version tests check the notes
+    of real installs with humanActions.stamp auto)."""
+    # A client-side dry run still checks that it could adopt the cluster-wide objects it
+    # finds, and test_human_actions leaves the policies and ClusterRoles in the sandbox:
+    # --take-ownership skips that check (a dry run changes nothing).
+    out = helm(sandbox, "install", "rewind", str(CHART), "--dry-run=client", "--take-ownership",
+               "--namespace", "rewind-system", "--set", f"humanActions.stamp={stamp}").stdout
+    notes = out[out.index("NOTES:"):]
+    assert f"Approver stamps: {stamp} (humanActions.stamp={stamp})." in notes
+    approve = next(line.strip() for line in notes.splitlines()
+                   if "rewind.dev/approve-rollback=true" in line)
+    if stamp == "client":
+        assert "ME=\"$(kubectl auth whoami -o jsonpath='{.status.userInfo.username}')\"" in notes
+        assert approve == ('kubectl annotate mr <name> rewind.dev/approve-rollback=true '
+                           'rewind.dev/approve-rollback-by="$ME"')
+    else:
+        assert "whoami" not in notes
+        assert approve.startswith("kubectl annotate mr <name> rewind.dev/approve-rollback=true ")
+        assert "-by" not in approve
+
+
+@sandbox_test
+def test_human_actions_can_be_left_out(sandbox: Sandbox, kubectl: Kubectl) -> None:
+    docs = render_docs(sandbox, kubectl, "rewind-system", set_values=["humanActions.enabled=false"],
+                       api_versions=(MAP_V1,))
+    assert not [d for d in docs if "AdmissionPolicy" in d["kind"]]
+    assert not [d for d in docs if d["metadata"]["name"].startswith("rewind-approver")]
+    args = _pod_spec(docs)["containers"][0]["args"]
+    assert not [a for a in args if a.startswith(("--trust-actor", "--actor-stamp"))]
+
+
+@sandbox_test
+def test_the_chart_refuses_kubernetes_older_than_1_30(sandbox: Sandbox, kubectl: Kubectl) -> None:
+    """ValidatingAdmissionPolicy is GA (admissionregistration.k8s.io/v1) from 1.30."""
+    old = render(sandbox, kubectl, "rewind-system", kube_version="v1.29.15", check=False)
+    assert old.returncode != 0 and "chart requires kubeVersion: >=1.30.0-0" in old.stderr
+    render(sandbox, kubectl, "rewind-system", kube_version="v1.30.0")
 
 
 # --------------------------------------------------------------------------------------
@@ -627,6 +741,8 @@ ALLOWED_NAMESPACED = [
     ("delete", "controllerrevisions.apps"),  # the retention sweep, forget-history
     ("create", "events"),
     ("create", "events.events.k8s.io"),
+    ("list", "pods"),  # Istio's proxy on a revision's pods (spec.traffic.sidecar)
+    ("get", "deployments.apps"),  # serving.workloadRef
 ]
 #: What it must not be able to do.
 DENIED_NAMESPACED = [
@@ -675,6 +791,7 @@ def test_operator_identity_is_narrow(
     assert can_i(sandbox, config, "watch", "customresourcedefinitions.apiextensions.k8s.io")
     assert not can_i(sandbox, config, "create", "customresourcedefinitions.apiextensions.k8s.io")
     assert not can_i(sandbox, config, "list", "namespaces")  # Kopf skips it cluster-wide
+    assert can_i(sandbox, config, "get", "namespaces")  # Istio's injection labels
     assert not can_i(sandbox, config, "patch", "clusterkopfpeerings.kopf.dev")  # standalone
     assert not can_i(sandbox, config, "impersonate", "users")
     assert not can_i(sandbox, config, "escalate", "clusterroles.rbac.authorization.k8s.io")
@@ -712,6 +829,7 @@ def test_watch_namespaces_confines_the_operator(
         # Kopf's cluster-wide needs when restricted to namespaces.
         assert can_i(sandbox, config, "watch", "customresourcedefinitions.apiextensions.k8s.io")
         assert can_i(sandbox, config, "watch", "namespaces")
+        assert can_i(sandbox, config, "get", "namespaces")  # Istio's injection labels
         assert not can_i(sandbox, config, "delete", "namespaces")
         assert not can_i(sandbox, config, "get", "secrets", "-n", second_namespace)
         assert not can_i(sandbox, config, "list", "secrets", "--all-namespaces")

@@ -22,9 +22,12 @@ import pytest
 from tests.conftest import ROOT, Kubectl, Sandbox
 from tests.sandbox.operator_helpers import revision_of
 
+# The demo (re)applies the chart's admission policies, cluster-wide; the human_actions
+# fixture applies the same ones and no test removes them, so this needs no exclusive run.
 pytestmark = pytest.mark.sandbox
 
-APPROVE = "kubectl annotate modelrelease/chatbot -n {ns} rewind.dev/approve-rollback=true"
+APPROVE = "$ kubectl rewind approve chatbot -n {ns} --context alice"
+REFUSED = "user dana may not approve-rollback on modelrelease/chatbot"
 
 
 def run_demo(sandbox: Sandbox, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -107,7 +110,12 @@ def test_demo_plays_the_story_and_can_run_again(
     log = f"--- stdout ---\n{full.stdout[-15000:]}\n--- stderr ---\n{full.stderr[-5000:]}"
     assert full.returncode == 0, log
     assert "The story played as expected" in full.stdout, log
-    assert APPROVE.format(ns=ns) in full.stdout, log  # printed, then run by the demo
+    # The human steps go through `kubectl rewind` as real users: dana (no approval verb)
+    # is refused by the admission policy, alice and bob approve; the post-mortem follows.
+    assert APPROVE.format(ns=ns) in full.stdout, log
+    assert REFUSED in full.stdout and "[exit 4]" in full.stdout, log
+    assert "The API server recorded the actor: bob" in full.stdout, log
+    assert f"# Post-mortem: {ns}/chatbot r2 (RolledBack)" in full.stdout, log
     assert "[FAIL]" not in full.stdout, log
 
     # v2 promoted through every step, v3 rolled back to it automatically.
@@ -125,6 +133,9 @@ def test_demo_plays_the_story_and_can_run_again(
     assert chatbot["status"]["stableRevision"] == 1
     assert outcomes(chatbot)[2] == "RolledBack"
     assert {"ApprovalRequested", "Approved"} <= set(types(chatbot, 2))
+    # Two people, by the names the API server authenticated (client certificates).
+    assert [e["user"] for e in chatbot["status"]["timeline"] if e["type"] == "Approved"] == [
+        "alice", "bob"]
     asked = next(e for e in chatbot["status"]["timeline"] if e["type"] == "ApprovalRequested")
     assert "score-psi" in asked["message"]
     assert "rewind.dev/approve-rollback" not in chatbot["metadata"].get("annotations", {})
@@ -155,5 +166,8 @@ def test_demo_plays_the_story_and_can_run_again(
     assert fraud["status"]["phase"] == "RolledBack"
     assert fraud["status"]["stableRevision"] == 1
     assert outcomes(fraud) == {1: "Promoted", 2: "RolledBack"}
-    assert release(kubectl, ns, "chatbot")["status"]["phase"] == "RolledBack"
+    chatbot = release(kubectl, ns, "chatbot")
+    assert chatbot["status"]["phase"] == "RolledBack"
+    assert [e["user"] for e in chatbot["status"]["timeline"] if e["type"] == "Approved"] == [
+        "alice", "bob"]
     assert demo_processes(ns) == []

@@ -1,13 +1,19 @@
 """Who may approve, and who did: admission stamps the approver, RBAC verbs decide who may.
 
-These run the real admission chain of the sandbox API server (MutatingAdmissionPolicy and
-ValidatingAdmissionPolicy from charts/rewind/files/human-actions.yaml) and, for N-of-M
-approval, the real operator.
+These run the real admission chain of the sandbox API server (the ValidatingAdmissionPolicy of
+charts/rewind/files/human-actions.yaml, and the MutatingAdmissionPolicy of
+human-actions-stamp.yaml) and, for N-of-M approval, the real operator. Each runs in both of
+the chart's modes (humanActions.stamp): "server", where the MutatingAdmissionPolicy writes
+rewind.dev/<action>-by, and "client", validation only, as on Kubernetes 1.30-1.35, where the
+approver's command sets it and admission refuses any name but the requester's.
+tests/sandbox/test_kube_versions.py runs the chart's install and an approval on those versions.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,30 +32,60 @@ from tests.sandbox.operator_helpers import (
 pytestmark = [pytest.mark.sandbox, pytest.mark.exclusive]
 
 POLICY_FILE = ROOT / "charts" / "rewind" / "files" / "human-actions.yaml"
+STAMP_FILE = ROOT / "charts" / "rewind" / "files" / "human-actions-stamp.yaml"
+ADMIN = "rewind-admin"
 
 
-@pytest.fixture(scope="session")
-def human_actions(kubectl: Kubectl, crds_installed: None) -> Iterator[None]:
-    """The admission policies, installed and in force (a new policy takes a moment to be
-    enforced after it is created: probe it with a server-side dry run until it stamps)."""
+def _probe(kubectl: Kubectl, *pairs: str) -> subprocess.CompletedProcess[str]:
+    return kubectl("annotate", "-n", "default", "modelrelease/admission-probe", "--overwrite",
+                   *pairs, "--dry-run=server", "-o", "json", check=False)
+
+
+def _stamps(kubectl: Kubectl) -> bool:
+    """Whether the API server writes the -by stamp (the mutating policy is in force)."""
+    out = _probe(kubectl, "rewind.dev/promote=probe")
+    return out.returncode == 0 and json.loads(out.stdout)["metadata"].get(
+        "annotations", {}).get("rewind.dev/promote-by") == ADMIN
+
+
+def _install_stamping(kubectl: Kubectl) -> None:
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(STAMP_FILE))
+    wait_for("the stamping policy to be enforced", lambda: _stamps(kubectl), 60)
+
+
+@pytest.fixture(scope="module", params=["server", "client"])
+def stamp(request: pytest.FixtureRequest) -> str:
+    """Who writes rewind.dev/<action>-by: the API server, or the approver's command."""
+    return str(request.param)
+
+
+# Module scope: the client-mode teardown (the stamping policy back) runs as this module ends,
+# before any other module's test annotates a release without a stamp.
+@pytest.fixture(scope="module")
+def human_actions(kubectl: Kubectl, crds_installed: None, stamp: str) -> Iterator[str]:
+    """The admission policies of mode ``stamp``, installed and in force (a new policy takes
+    a moment to be enforced after it is created: probe it with server-side dry runs).
+    Afterwards the sandbox has both, as before: other tests annotate without stamps."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(POLICY_FILE))
     probe = {**_release(1), "metadata": {"name": "admission-probe", "namespace": "default"}}
     kubectl("apply", "-f", "-", input=json.dumps(probe))
-
-    def enforced() -> bool:
-        out = kubectl("annotate", "-n", "default", "modelrelease/admission-probe",
-                      "rewind.dev/promote=true", "--dry-run=server", "-o", "json").stdout
-        annotations = json.loads(out)["metadata"].get("annotations", {})
-        forged = kubectl("annotate", "-n", "default", "modelrelease/admission-probe",
-                         "rewind.dev/promote-by=someone-else", "--dry-run=server",
-                         check=False)
-        # Both policies must be in force: the stamp (mutating) and the refusal (validating).
-        return annotations.get("rewind.dev/promote-by") == "rewind-admin" and (
-            forged.returncode != 0)
-
-    wait_for("the human-actions admission policies to be enforced", enforced, 60)
-    yield
+    # The validating policy is in force when a hand-written stamp naming someone else is refused.
+    wait_for("the validating policy to be enforced", lambda: _probe(
+        kubectl, "rewind.dev/promote-by=someone-else").returncode != 0, 60)
+    if stamp == "server":
+        _install_stamping(kubectl)
+    else:
+        kubectl("delete", "-f", str(STAMP_FILE), "--ignore-not-found")
+        # Without it, an unstamped action is refused and a stamped one accepted as sent.
+        wait_for("validation only", lambda: not _stamps(kubectl) and _probe(
+            kubectl, "rewind.dev/promote=probe", f"rewind.dev/promote-by={ADMIN}"
+        ).returncode == 0, 60)
+    yield stamp
     kubectl("delete", "modelrelease/admission-probe", "-n", "default", check=False)
+    if stamp == "client":
+        kubectl("apply", "-f", "-", input=json.dumps(probe))
+        _install_stamping(kubectl)
+        kubectl("delete", "modelrelease/admission-probe", "-n", "default", check=False)
 
 
 def _policy(required: int) -> dict[str, Any]:
@@ -75,24 +111,51 @@ def _bind(kubectl: Kubectl, namespace: str, role: str, user: str) -> None:
             f"--user={user}", "-n", namespace)
 
 
+def _act(
+    kubectl: Kubectl, namespace: str, stamp: str, annotation: str, value: str, *,
+    user: str = ADMIN, dev: bool = False, overwrite: bool = False, check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Sets an action annotation as ``user`` would in mode ``stamp``: with client stamps
+    the command names its user in <annotation>-by too."""
+    pairs = [f"{annotation}={value}"]
+    if stamp == "client":
+        pairs.append(f"{annotation}-by={user}")
+    return kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
+                   *(["--overwrite"] if overwrite else []), *pairs, dev=dev, check=check)
+
+
 def test_approval_is_stamped_with_the_real_user_and_cannot_be_forged(
-    kubectl: Kubectl, namespace: str, human_actions: None, sandbox: Sandbox
+    kubectl: Kubectl, namespace: str, human_actions: str, sandbox: Sandbox
 ) -> None:
     _apply(kubectl, namespace, _policy(1))
     _apply(kubectl, namespace, _release(1))
-    kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
-            "rewind.dev/approve-rollback=true")
+    # A stamp sent with the action naming someone else: refused (client), or written over
+    # with the real user (server).
+    forged_with = kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
+                          "rewind.dev/approve-rollback=true",
+                          "rewind.dev/approve-rollback-by=someone-else", check=False)
+    if human_actions == "client":
+        assert forged_with.returncode != 0
+        assert "may not set them to anyone else" in forged_with.stderr
+        unstamped = kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
+                            "rewind.dev/approve-rollback=true", check=False)
+        assert unstamped.returncode != 0
+        assert ("rewind.dev/approve-rollback must name who sets it in the same request: add "
+                "rewind.dev/approve-rollback-by=rewind-admin") in unstamped.stderr
+        _act(kubectl, namespace, human_actions, "rewind.dev/approve-rollback", "true")
+    else:
+        assert forged_with.returncode == 0, forged_with.stderr
     annotations = _get(kubectl, namespace)["metadata"]["annotations"]
     assert annotations["rewind.dev/approve-rollback-by"] == "rewind-admin"
 
     forged = kubectl("annotate", "-n", namespace, "modelrelease/chatbot", "--overwrite",
                      "rewind.dev/approve-rollback-by=someone-else", check=False)
     assert forged.returncode != 0
-    assert "may not set them by hand" in forged.stderr
+    assert "may not set them to anyone else" in forged.stderr
 
 
 def test_only_users_granted_the_verb_may_approve(
-    kubectl: Kubectl, namespace: str, human_actions: None, sandbox: Sandbox
+    kubectl: Kubectl, namespace: str, human_actions: str, sandbox: Sandbox
 ) -> None:
     user = sandbox.env["SANDBOX_DEV_USER"]
     _apply(kubectl, namespace, _policy(1))
@@ -102,8 +165,8 @@ def test_only_users_granted_the_verb_may_approve(
             "--resource=modelreleases.rewind.dev", "-n", namespace)
     kubectl("create", "rolebinding", "mr-editor", "--role=mr-editor", f"--user={user}",
             "-n", namespace)
-    denied = kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
-                     "rewind.dev/approve-rollback=true", dev=True, check=False)
+    denied = _act(kubectl, namespace, human_actions, "rewind.dev/approve-rollback", "true",
+                  user=user, dev=True, check=False)
     assert denied.returncode != 0
     assert f"user {user} may not approve-rollback on modelrelease/chatbot" in denied.stderr
     # Other annotations are still the editor's to set.
@@ -113,28 +176,59 @@ def test_only_users_granted_the_verb_may_approve(
     wait_for("the approver role to take effect", lambda: kubectl(
         "auth", "can-i", "approve-rollback", "modelreleases.rewind.dev", "-n", namespace,
         dev=True, check=False).stdout.strip() == "yes")
-    kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
-            "rewind.dev/approve-rollback=true", dev=True)
+    _act(kubectl, namespace, human_actions, "rewind.dev/approve-rollback", "true", user=user,
+         dev=True)
     annotations = _get(kubectl, namespace)["metadata"]["annotations"]
     assert annotations["rewind.dev/approve-rollback-by"] == user
     # An approver is not on call: break glass needs the rollback verb.
-    glass = kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
-                    "rewind.dev/rollback=panic", dev=True, check=False)
+    glass = _act(kubectl, namespace, human_actions, "rewind.dev/rollback", "panic", user=user,
+                 dev=True, check=False)
     assert glass.returncode != 0 and "may not rollback" in glass.stderr
+
+
+def test_nobody_puts_their_name_on_an_action_someone_else_set(
+    kubectl: Kubectl, namespace: str, human_actions: str, sandbox: Sandbox
+) -> None:
+    """An approval pending on the object stays its approver's: another user (here one who may
+    patch the release but not approve) cannot make it theirs by rewriting its -by."""
+    user = sandbox.env["SANDBOX_DEV_USER"]
+    _apply(kubectl, namespace, _policy(2))
+    _apply(kubectl, namespace, _release(1))
+    kubectl("create", "role", "mr-editor", "--verb=get,list,patch",
+            "--resource=modelreleases.rewind.dev", "-n", namespace)
+    kubectl("create", "rolebinding", "mr-editor", "--role=mr-editor", f"--user={user}",
+            "-n", namespace)
+    _act(kubectl, namespace, human_actions, "rewind.dev/approve-rollback", "true")
+    claimed = kubectl("annotate", "-n", namespace, "modelrelease/chatbot", "--overwrite",
+                      f"rewind.dev/approve-rollback-by={user}", dev=True, check=False)
+    assert claimed.returncode != 0
+    assert f"{user} may not put their name on an action someone else set" in claimed.stderr
+    annotations = _get(kubectl, namespace)["metadata"]["annotations"]
+    assert annotations["rewind.dev/approve-rollback-by"] == ADMIN
+
+
+def _run_printed(sandbox: Sandbox, command: str) -> None:
+    """Runs a command the operator printed, as a user pastes it into bash (as the admin)."""
+    env = {**os.environ, "KUBECONFIG": sandbox.kubeconfig,
+           "PATH": f"{sandbox.bin_dir}:{os.environ['PATH']}"}
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", command], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"{command}\n{out.stderr}"
 
 
 def test_two_distinct_approvers_are_needed(
     kubectl: Kubectl,
     namespace: str,
-    human_actions: None,
+    human_actions: str,
     sandbox: Sandbox,
     operator: OperatorProcess,
     metrics_endpoint: MetricsEndpoint,
 ) -> None:
     user = sandbox.env["SANDBOX_DEV_USER"]
-    # The policies are installed: the operator may believe the -by stamps.
+    # The policies are installed: the operator may believe the -by stamps; with client
+    # stamps, the commands it prints set them.
     operator.stop()
-    operator.start("--trust-actor-annotations")
+    operator.start("--trust-actor-annotations", f"--actor-stamp={human_actions}")
     _bind(kubectl, namespace, "rewind-approver", user)
     _apply(kubectl, namespace, _policy(2))
     _apply(kubectl, namespace, _release(1))
@@ -146,10 +240,15 @@ def test_two_distinct_approvers_are_needed(
              .get("phase") == "AwaitingApproval", 60)
 
     def approve(dev: bool) -> None:
-        kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
-                "rewind.dev/approve-rollback=true", dev=dev)
+        _act(kubectl, namespace, human_actions, "rewind.dev/approve-rollback", "true",
+             user=user if dev else ADMIN, dev=dev)
 
-    approve(dev=False)
+    # The first approval: the command the operator printed, as it is.
+    (asked,) = [e["message"] for e in _get(kubectl, namespace)["status"]["timeline"]
+                if e["type"] == "ApprovalRequested"]
+    printed = asked.split("Approve: ", 1)[1].split(" ; reject: ", 1)[0]
+    assert ("auth whoami" in printed) == (human_actions == "client"), printed
+    _run_printed(sandbox, printed)
     wait_for("the first approval recorded", lambda: [
         a["user"] for a in _get(kubectl, namespace)["status"]["pendingDecision"]["approvals"]
     ] == ["rewind-admin"], 30)
@@ -169,8 +268,8 @@ def test_two_distinct_approvers_are_needed(
     assert release["metadata"]["annotations"]["rewind.dev/approve-rollback"] == "true"
 
     # The second approver sets a new value over it (plain "true" would change nothing).
-    kubectl("annotate", "-n", namespace, "modelrelease/chatbot", "--overwrite",
-            "rewind.dev/approve-rollback=true-2", dev=True)
+    _act(kubectl, namespace, human_actions, "rewind.dev/approve-rollback", "true-2",
+         user=user, dev=True, overwrite=True)
     wait_for("the rollback", lambda: _get(kubectl, namespace)["status"]["phase"] == "RolledBack",
              30)
     status = _get(kubectl, namespace)["status"]
@@ -184,13 +283,14 @@ def test_two_distinct_approvers_are_needed(
 
 
 def test_the_stamp_of_a_pending_action_cannot_be_removed(
-    kubectl: Kubectl, namespace: str, human_actions: None
+    kubectl: Kubectl, namespace: str, human_actions: str
 ) -> None:
     """Removing -by while the action stays would turn one approver into two (one of them
     anonymous); only consuming both together (what the operator does) is allowed."""
     _apply(kubectl, namespace, _policy(2))
+    stamp = {"rewind.dev/approve-rollback-by": ADMIN} if human_actions == "client" else {}
     _apply(kubectl, namespace, {**_release(1), "metadata": {
-        "name": "chatbot", "annotations": {"rewind.dev/approve-rollback": "true"}}})
+        "name": "chatbot", "annotations": {"rewind.dev/approve-rollback": "true", **stamp}}})
     assert _get(kubectl, namespace)["metadata"]["annotations"][
         "rewind.dev/approve-rollback-by"] == "rewind-admin"
     stripped = kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
@@ -206,7 +306,7 @@ def test_the_stamp_of_a_pending_action_cannot_be_removed(
 def test_without_trust_the_stamps_are_not_believed(
     kubectl: Kubectl,
     namespace: str,
-    human_actions: None,
+    human_actions: str,
     operator: OperatorProcess,
     metrics_endpoint: MetricsEndpoint,
 ) -> None:
@@ -220,8 +320,7 @@ def test_without_trust_the_stamps_are_not_believed(
     _apply(kubectl, namespace, _release(2))
     wait_for("the rollback decision", lambda: _get(kubectl, namespace).get("status", {})
              .get("phase") == "AwaitingApproval", 60)
-    kubectl("annotate", "-n", namespace, "modelrelease/chatbot",
-            "rewind.dev/approve-rollback=true")
+    _act(kubectl, namespace, human_actions, "rewind.dev/approve-rollback", "true")
     wait_for("the approval recorded", lambda: _get(kubectl, namespace)["status"]
              .get("pendingDecision", {}).get("approvals"), 30)
     approvals = _get(kubectl, namespace)["status"]["pendingDecision"]["approvals"]

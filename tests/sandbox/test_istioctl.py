@@ -220,6 +220,7 @@ def would_write(traffic: dict[str, Any], namespace: str, release: str = RELEASE)
 REFUSED = [
     ("host-label-over-63", {"hosts": ["x" * 64 + ".example.com"]}, "invalid"),
     ("host-empty-label", {"hosts": ["fraud..example.com"]}, "invalid"),
+    ("host-label-ending-in-a-dash", {"hosts": ["fraud-.example.com"]}, "invalid"),
     ("host-numeric-last-label", {"hosts": ["fraud.example.123"]}, "all-numeric"),
     ("hosts-wildcard-overlap", {"hosts": ["*.example.com", "fraud.example.com"]},
      "duplicate hosts"),

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,6 +112,57 @@ def test_deployment_becomes_available_through_kwok(kubectl: Kubectl, namespace: 
     pods = json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
     assert {p["spec"]["nodeName"] for p in pods} <= {"kwok-node-0", "kwok-node-1"}
     assert all(p["status"]["phase"] == "Running" for p in pods)
+
+
+def test_gpu_pods_land_on_the_tainted_gpu_node_and_only_tolerating_ones(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    """The GPU node pool: a pod that tolerates its taint and asks for a GPU runs there; one
+    that asks for a GPU without the toleration is unschedulable (no other node has GPUs)."""
+
+    def gpu_deployment(name: str, tolerate: bool) -> dict[str, Any]:
+        tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {
+                        "tolerations": tolerations if tolerate else [],
+                        "containers": [{"name": "llm", "image": "example.invalid/llm:1",
+                                        "resources": {"limits": {"nvidia.com/gpu": 1}}}],
+                    },
+                },
+            },
+        }
+
+    kubectl("apply", "-f", "-", input=json.dumps(gpu_deployment("tolerating", True)))
+    kubectl("apply", "-f", "-", input=json.dumps(gpu_deployment("intolerant", False)))
+
+    def pod_of(app: str) -> dict[str, Any] | None:
+        pods = json.loads(kubectl("get", "pods", "-n", namespace, "-l", f"app={app}", "-o",
+                                  "json").stdout)["items"]
+        return pods[0] if pods else None
+
+    def running() -> dict[str, Any] | None:
+        pod = pod_of("tolerating")
+        return pod if pod and pod["status"].get("phase") == "Running" else None
+
+    def unschedulable() -> str | None:
+        pod = pod_of("intolerant")
+        for c in (pod or {}).get("status", {}).get("conditions") or []:
+            if c.get("reason") == "Unschedulable":
+                return str(c.get("message", ""))
+        return None
+
+    assert wait_for("the GPU pod running", running, timeout=60)["spec"]["nodeName"] == (
+        "kwok-gpu-node-0")
+    message = wait_for("the intolerant GPU pod unschedulable", unschedulable, timeout=60)
+    assert "untolerated taint" in message and "nvidia.com/gpu" in message
 
 
 def test_rbac_forbids_the_developer_what_the_admin_may_do(

@@ -19,6 +19,8 @@ from tests.api_cases import (
     EXAMPLES,
     FRAUD_MR,
     INVALID,
+    LLM_MR,
+    LLM_RP,
     VALID_VARIANTS,
     Case,
     example,
@@ -65,6 +67,11 @@ CUSTOM_REASONS = {
     "need distinct sectionNames",
     "port is required when kind is Service",
     "header names must be unique within a header route",
+    "not both",
+    "remove image",
+    "remove that port",
+    "set by Rewind",
+    "is an HTTP path",
 }
 
 
@@ -88,6 +95,7 @@ def test_examples_exist() -> None:
         "chatbot-bluegreen-approval.yaml",
         "recommender-shadow.yaml",
         "llm-gateway-api-canary.yaml",
+        "llm-gpu-grpc.yaml",
     }
 
 
@@ -98,6 +106,7 @@ def test_examples_exist() -> None:
         ("chatbot-bluegreen-approval.yaml", api.StrategyType.BLUE_GREEN),
         ("recommender-shadow.yaml", api.StrategyType.SHADOW),
         ("llm-gateway-api-canary.yaml", api.StrategyType.CANARY),
+        ("llm-gpu-grpc.yaml", api.StrategyType.CANARY),
     ],
 )
 def test_example_parses(file: str, strategy: api.StrategyType) -> None:
@@ -283,6 +292,26 @@ def test_tag_image_needs_both_opt_ins() -> None:
     assert "allowTagImages" in error
     allowing = policy.model_copy(update={"allow_tag_images": True})
     assert api.tag_image_error(release, allowing) is None
+
+
+def test_tag_images_in_the_template_need_both_opt_ins_too() -> None:
+    doc = mutate(example(*LLM_MR), "spec.serving.template.spec.initContainers[0].image",
+                 "registry.example.com/ml/weights-check:v2")
+    with pytest.raises(ValidationError, match="initContainers must be pinned by digest"):
+        api.ModelRelease.model_validate(doc)
+    release = api.ModelRelease.model_validate(mutate(doc, "spec.code.allowTagImage", True)).spec
+    policy = api.RolloutPolicy.model_validate(example(*LLM_RP)).spec
+    error = api.tag_image_error(release, policy)
+    assert error == (
+        "serving.template.spec.initContainers[check-weights].image "
+        "'registry.example.com/ml/weights-check:v2' is not pinned by digest and the "
+        "RolloutPolicy 'llm-canary' does not set allowTagImages: true"
+    )
+    allowing = policy.model_copy(update={"allow_tag_images": True})
+    assert api.tag_image_error(release, allowing) is None
+    # The model-server container runs code.image: its own (absent) image is never checked.
+    assert [where for where, _ in api.spec_images(release)] == [
+        "code.image", "serving.template.spec.initContainers[check-weights].image"]
 
 
 def test_image_digest() -> None:
@@ -589,6 +618,8 @@ def test_status_free_text_is_bounded() -> None:
         "status.conditions[].message": api.MAX_MESSAGE,
         "status.consumedActions[].value": api.MAX_HUMAN_TEXT,
         "status.consumedActions[].user": api.MAX_HUMAN_TEXT,
+        "status.notifications[].type": api.MAX_SHORT_TEXT,
+        "status.notifications[].message": api.MAX_MESSAGE,
     }
 
 

@@ -100,6 +100,16 @@ def test_a_record_is_the_history_entry_as_canonical_json_and_reads_back_equal() 
     assert encode_record(HistoryEntry.model_validate(json.loads(text))) == text
 
 
+def test_unpinned_references_are_recorded_and_an_empty_list_is_left_out() -> None:
+    """A record written before history entries named unpinned references is still up to
+    date (no rewrite of every record on upgrade); a revision's references are recorded."""
+    assert "unpinned" not in json.loads(encode_record(R2))
+    pinned = R2.model_copy(update={"unpinned": ["Secret hf-token"]})
+    text = encode_record(pinned)
+    assert json.loads(text)["unpinned"] == ["Secret hf-token"]
+    assert decode_record(text, 2, spec_hash(V2)) == pinned
+
+
 @pytest.mark.parametrize(
     ("text", "revision", "digest"),
     [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from rewind.api import (
 )
 from rewind.engine import (
     CONSUMED_RECHECK,
+    REMOVAL_PATIENCE,
     ActionKind,
     EmitEvent,
     HumanAction,
@@ -122,6 +124,52 @@ def test_one_promote_passes_one_manual_gate_even_when_its_removal_is_lost() -> N
     w.act("promote", user="alice")  # the same value again passes another gate
     w.settle()
     assert w.phase() == Phase.PROMOTED and w.status.stable_revision == 2
+
+
+def test_an_operator_down_for_minutes_after_consuming_an_annotation_still_removes_it() -> None:
+    """Killed after storing the decision and before removing the annotation, then down (or
+    crash-looping) longer than REMOVAL_PATIENCE: back, it removes the annotation. The time
+    it was down proves nothing about anyone putting the annotation back (found by the crash
+    soak: the promote was left on the object with a false note, and never removed)."""
+    w = at_first_gate()
+    w.unsent_removals = True
+    w.act("promote", user="alice")
+    assert w.phase() == Phase.PAUSED and w.weights() == {1: 70, 2: 30}
+    assert "rewind.dev/promote" in w.annotations
+    for _ in range(3):  # restarts that die again before sending anything
+        w.now += timedelta(seconds=REMOVAL_PATIENCE)
+        w.restart()
+        w.step()
+        assert "rewind.dev/promote" in w.annotations
+    timeline = list(w.status.timeline)
+    w.now += timedelta(seconds=REMOVAL_PATIENCE)
+    w.restart()
+    w.unsent_removals = False
+    d = w.step()
+    assert actions_of(d, RemoveAnnotation) == [RemoveAnnotation("rewind.dev/promote")]
+    assert "rewind.dev/promote" not in w.annotations
+    [entry] = w.status.consumed_actions
+    assert not entry.keep and w.status.timeline == timeline  # no "left on the object" note
+    w.step(1)  # the operator sees it gone
+    [entry] = w.status.consumed_actions
+    assert entry.gone_at == w.now and not entry.keep
+
+
+def test_a_removal_sent_and_undone_for_its_patience_is_left_on_the_object() -> None:
+    """The patience counts from the first removal sent: sent and lost (something puts the
+    annotation back at once) for REMOVAL_PATIENCE, it is left there, with one note."""
+    w = at_first_gate()
+    w.lose_removals = True
+    w.act("promote", user="alice")
+    first_sent = w.now
+    w.run(REMOVAL_PATIENCE, dt=10)
+    assert not w.status.consumed_actions[-1].keep  # not yet: exactly the patience
+    w.step(10)
+    assert w.now > first_sent + timedelta(seconds=REMOVAL_PATIENCE)
+    assert w.status.consumed_actions[-1].keep
+    assert w.timeline_types().count("ActionIgnored") == 1
+    d = w.step(10)
+    assert actions_of(d, RemoveAnnotation) == []
 
 
 def test_consuming_an_annotation_asks_for_a_prompt_look_to_see_it_removed() -> None:

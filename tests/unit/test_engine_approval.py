@@ -6,7 +6,14 @@ from datetime import timedelta
 from typing import Any
 
 from rewind.api import Phase
-from rewind.engine import HumanAction, RemoveAnnotation, SetRoutes, analysis_due, decide
+from rewind.engine import (
+    HumanAction,
+    RemoveAnnotation,
+    SetRoutes,
+    analysis_due,
+    annotate_command,
+    decide,
+)
 from tests.unit.test_engine_kit import (
     FAIL,
     INCONCLUSIVE,
@@ -62,6 +69,34 @@ def test_failed_analysis_in_approval_mode_asks_humans_and_holds_traffic() -> Non
     w.run(14 * 60)
     assert w.phase() == Phase.AWAITING_APPROVAL and w.weights() == {1: 90, 2: 10}
     assert d.requeue_after == 15 * 60
+
+
+def test_with_client_stamps_the_printed_commands_name_their_user() -> None:
+    """Validation-only admission (the chart's humanActions.stamp client): the approver's
+    command must set rewind.dev/<action>-by to their own name, so the one printed does."""
+    whoami = "$(kubectl auth whoami -o jsonpath='{.status.userInfo.username}')"
+    w = promoted_world(make_policy(approval={"requiredApprovers": 1, "timeout": "15m"}))
+    w.actor_stamp = "client"
+    w.release(make_spec("2.0.0"))
+    at_step(w, 1)
+    w.verdicts = lambda _r, _n: FAIL
+    d = w.step(10)
+    (warning,) = [e for e in events(d, "Warning") if e.reason == "ApprovalRequested"]
+    assert (
+        "kubectl annotate modelrelease/fraud -n risk rewind.dev/approve-rollback=true "
+        f'rewind.dev/approve-rollback-by="{whoami}" ;' in warning.message
+    )
+    assert (
+        "rewind.dev/reject-rollback=<reason> "
+        f'rewind.dev/reject-rollback-by="{whoami}"' in warning.message
+    )
+    assert annotate_command("fraud", "risk", "rewind.dev/promote", "true") == (
+        "kubectl annotate modelrelease/fraud -n risk rewind.dev/promote=true"
+    )
+    assert annotate_command("", "", "rewind.dev/retry", "true", actor_stamp="client") == (
+        "kubectl annotate modelrelease/<name> -n <namespace> rewind.dev/retry=true "
+        f'rewind.dev/retry-by="{whoami}"'
+    )
 
 
 def test_one_approval_rolls_back_at_once_and_records_who() -> None:

@@ -4,8 +4,10 @@
 measurements when due, hands pending annotations to ``decide``, applies the returned actions
 to fake Deployments / routes / snapshots (checking their preconditions), and stores the
 returned status. Tests then assert on what users would see (routes) and on the status.
-``lose_removals`` makes annotation removals fail (the controller crashed after the status
-write, or the API call failed), so an annotation is delivered again.
+``lose_removals`` makes annotation removals fail (the API call failed, or something put the
+annotation back at once), so an annotation is delivered again; ``unsent_removals`` makes the
+controller die before sending them (after the status write), and ``restart()`` forgets what
+the controller keeps in memory (the removals it sent).
 
 The few tests at the bottom check the kit itself, so a broken fake cannot hide an engine bug.
 """
@@ -39,6 +41,7 @@ from rewind.engine import (
     ANNOTATION_OF,
     Action,
     ActionKind,
+    ActorStamp,
     Archive,
     Decision,
     EmitEvent,
@@ -262,7 +265,12 @@ class World:
     decided_at: list[datetime] = field(default_factory=list)  # the clock of each decision
     verdicts: Verdicts = field(default=lambda _rev, _now: Verdict.PASS)
     check_idempotent: bool = True
-    lose_removals: bool = False  # RemoveAnnotation is not applied (crash / API error)
+    lose_removals: bool = False  # RemoveAnnotation is sent and not applied (API error)
+    #: RemoveAnnotation is never sent (the operator dies after storing the status); with
+    #: ``lose_removals`` False and this False, a removal is sent (and lost or applied).
+    unsent_removals: bool = False
+    #: The handler's memory (Inputs.removals_sent): key -> (the annotation, first sent).
+    removals_sent: dict[str, tuple[HumanAction, datetime]] = field(default_factory=dict)
     #: The API server refuses route writes with this message (None: it accepts them).
     refuse_routes: str | None = None
     refused: tuple[SetRoutes, str] | None = None  # the last refused write, as the handler
@@ -273,10 +281,29 @@ class World:
     archive: Archive = field(default_factory=Archive)
     #: The Quarantine entries of the namespace, as the handler read them.
     quarantine: tuple[QuarantineRule, ...] = ()
+    #: What the handler's dry run of a new revision's Deployment says (None: accepted).
+    template_error: str | None = None
+    #: Why the spec cannot be a revision now (a missing serving.workloadRef Deployment).
+    spec_error: str | None = None
+    #: Why Istio's proxy is expected on the pods ("": not expected, pods not looked at).
+    proxy_expected: str = ""
+    #: Revisions whose running pods lack the proxy: their names (observed only if expected).
+    unmeshed: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: Who writes rewind.dev/<action>-by (the operator's --actor-stamp).
+    actor_stamp: ActorStamp = "server"
 
     # ---- observation ------------------------------------------------------------------
 
     def observe(self) -> dict[int, RevisionState]:
+        out = self._observe()
+        if self.proxy_expected:
+            for rev, pods in self.unmeshed.items():
+                if rev in out and out[rev].replicas > 0:
+                    out[rev] = replace(out[rev], running_pods=out[rev].replicas,
+                                       unmeshed_pods=pods[: out[rev].replicas])
+        return out
+
+    def _observe(self) -> dict[int, RevisionState]:
         out = {}
         for rev, d in self.deployments.items():
             available = d.replicas > 0 and rev not in self.broken and self.now >= d.ready_at
@@ -348,10 +375,26 @@ class World:
             now=self.now,
             name=NAME,
             namespace=NAMESPACE,
+            actor_stamp=self.actor_stamp,
             routes=self.observe_routes(),
             archive=self.archive if not self.status.history else Archive(),
             quarantine=self.quarantine,
+            template_error=self.template_error,
+            spec_error=self.spec_error,
+            proxy_expected=self.proxy_expected,
+            removals_sent=self.sent_removals(),
         )
+
+    def sent_removals(self) -> dict[str, datetime]:
+        """As the controller: first sends of removals whose annotation is still there."""
+        for key, (action, _) in list(self.removals_sent.items()):
+            if self.annotations.get(key) != action:
+                del self.removals_sent[key]
+        return {key: at for key, (_, at) in self.removals_sent.items()}
+
+    def restart(self) -> None:
+        """The operator restarts: what it remembered in memory is gone."""
+        self.removals_sent.clear()
 
     # ---- one reconcile ------------------------------------------------------------------
 
@@ -440,6 +483,11 @@ class World:
             # route (NotAccepted) or a conflicting route stays until the test lifts it.
             self.route_problems = tuple(p for p in self.route_problems if p.kind != "Drift")
         elif isinstance(action, RemoveAnnotation):
+            if self.unsent_removals:
+                return
+            present = self.annotations.get(action.key)
+            if present is not None and self.removals_sent.get(action.key, (None,))[0] != present:
+                self.removals_sent[action.key] = (present, self.now)
             if not self.lose_removals:
                 self.annotations.pop(action.key, None)
         elif isinstance(action, EmitEvent):

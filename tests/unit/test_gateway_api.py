@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from rewind.adapters.gateway_api import (
 )
 from rewind.adapters.httproute_index import HTTPRouteIndex, RouteClaim, beats, overlaps
 from rewind.adapters.routers import TrafficRouter
+from rewind.adapters.workloads import UmbrellaService, build_umbrella_service, umbrella_revision
 from rewind.api import TrafficSpec
 
 OWNER = OwnerRef(name="chat", uid="0b7c6a2e-1111-2222-3333-444455556666")
@@ -375,6 +377,7 @@ class FakeGatewayRouter(GatewayAPIRouter):
         self.objects = objects
         self.snapshot_ports = ports or {}
         self.applied: list[dict[str, Any]] = []
+        self._umbrella = FakeUmbrella(self)
 
     async def _get(self, group: str, version: str, plural: str, name: str,
                    namespace: str) -> dict[str, Any] | None:
@@ -392,13 +395,32 @@ class FakeGatewayRouter(GatewayAPIRouter):
         return body
 
 
+class FakeUmbrella(UmbrellaService):
+    """The umbrella Service read from, and applied to, the FakeGatewayRouter's dict."""
+
+    def __init__(self, router: FakeGatewayRouter) -> None:
+        super().__init__(client.ApiClient())
+        self.router = router
+
+    async def get(self, release: str, namespace: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.router.objects.get(("services", namespace, release)))
+
+    async def point(self, release: str, namespace: str, owner: OwnerRef, port: int,
+                    revision: int | None, current: Mapping[str, Any] | None) -> None:
+        body = build_umbrella_service(release, namespace, owner, port, revision)
+        self.router.applied.append(body)
+        self.router.objects[("services", namespace, release)] = body
+
+
 def test_pools_are_written_before_the_route_make_before_break() -> None:
     current = route({1: 100}, POOLS)
     router = FakeGatewayRouter({("httproutes", "shop", "chat"): current},
                                {1: (80, 8000), 2: (80, 8001)})
     asyncio.run(router.set_routes("chat", "shop", OWNER, POOLS, {2: 100}))
     assert [(b["kind"], b["metadata"]["name"]) for b in router.applied] == [
-        ("InferencePool", "chat-r1"), ("InferencePool", "chat-r2"), ("HTTPRoute", "chat")]
+        ("InferencePool", "chat-r1"), ("InferencePool", "chat-r2"), ("HTTPRoute", "chat"),
+        ("Service", "chat")]
+    assert umbrella_revision(router.applied[-1], "chat") == 2
     assert router.applied[1]["spec"]["targetPorts"] == [{"number": 8001}]
 
 
@@ -418,7 +440,16 @@ def test_observe_reports_the_route_its_pools_and_acceptance() -> None:
     assert [p.kind for p in seen.problems] == ["Drift"]  # its pool is missing
     objects[("inferencepools", "shop", "chat-r1")] = build_inference_pool(
         "chat", "shop", OWNER, POOLS, 1, 8000)
-    assert asyncio.run(router.observe_routes("chat", "shop", OWNER, POOLS)).problems == ()
+    seen = asyncio.run(router.observe_routes("chat", "shop", OWNER, POOLS))
+    assert seen.problems == () and seen.primary_revision is None  # no umbrella Service yet
+    objects[("services", "shop", "chat")] = build_umbrella_service("chat", "shop", OWNER, 80, 1)
+    assert asyncio.run(router.observe_routes("chat", "shop", OWNER, POOLS)).primary_revision == 1
+    # Someone else's Service of the release's name: a conflict, and no primary reported.
+    foreign = build_umbrella_service("chat", "shop", OWNER, 80, 1)
+    foreign["metadata"].pop("ownerReferences")
+    objects[("services", "shop", "chat")] = foreign
+    seen = asyncio.run(router.observe_routes("chat", "shop", OWNER, POOLS))
+    assert [p.kind for p in seen.problems] == ["Conflict"] and seen.primary_revision is None
 
 
 # --- conflicts with other HTTPRoutes ---------------------------------------------------

@@ -265,8 +265,8 @@ def test_no_change_handler_is_registered_so_the_diff_base_is_never_needed() -> N
     assert list(registry._changing.get_all_handlers()) == []
     assert list(registry._spawning.get_all_handlers()) == []  # daemons and timers diff too
     assert {h.id for h in registry._watching.get_all_handlers()} == {
-        "release_event", "revision_event", "policy_event", "route_event", "http_route_event",
-        "quarantine_event"}
+        "release_event", "revision_event", "template_event", "policy_event", "route_event",
+        "http_route_event", "quarantine_event"}
     storage = UnusedDiffBase(prefix="rewind.dev", key="last-handled-configuration")
     body = kopf.Body({"metadata": {"name": "x"}, "spec": {"a": 1}, "status": {"b": 2}})
     assert storage.build(body=body) == {}

@@ -104,3 +104,59 @@ def test_conditions_and_routes_in_effect_are_gauges() -> None:
     assert value(metrics, "rewind_release_condition", type="Degraded") == 1
     metrics.forget("ml", "chatbot")
     assert value(metrics, "rewind_release_condition", type="Ready") is None
+
+
+def test_a_waiting_approval_is_exported_with_its_times_and_how_long_it_waited() -> None:
+    from rewind.api import ApprovalRecord, PendingDecision
+
+    metrics = OperatorMetrics()
+    asked = entry(TimelineType.APPROVAL_REQUESTED, 0)
+    decision = PendingDecision(decided_at=T0, expires_at=T0 + timedelta(minutes=15),
+                               required_approvers=2,
+                               approvals=[ApprovalRecord(user="alice", at=T0)])
+    waiting = ModelReleaseStatus(phase=Phase.AWAITING_APPROVAL, timeline=[asked],
+                                 pending_decision=decision)
+    metrics.observe("ml", "chatbot", status(), waiting, None, T0)
+    assert value(metrics, "rewind_release_approval_requested_timestamp_seconds") == (
+        T0.timestamp())
+    assert value(metrics, "rewind_release_approval_deadline_timestamp_seconds") == (
+        T0.timestamp() + 900)
+    assert value(metrics, "rewind_release_approvals", state="received") == 1
+    assert value(metrics, "rewind_release_approvals", state="required") == 2
+
+    done = ModelReleaseStatus(
+        phase=Phase.ROLLED_BACK,
+        timeline=[asked, entry(TimelineType.APPROVED, 42, "bob"),
+                  entry(TimelineType.ROLLBACK_STARTED, 42), entry(TimelineType.ROLLED_BACK, 42)])
+    metrics.observe("ml", "chatbot", waiting, done, None, T0 + timedelta(seconds=42))
+    assert value(metrics, "rewind_release_approval_requested_timestamp_seconds") is None
+    assert value(metrics, "rewind_release_approvals", state="required") is None
+    assert value(metrics, "rewind_approval_wait_seconds_sum", outcome="approved") == 42
+    assert value(metrics, "rewind_approval_wait_seconds_count", outcome="approved") == 1
+
+
+def test_a_rejected_or_timed_out_decision_is_timed_under_its_outcome() -> None:
+    from rewind.api import PendingDecision
+
+    for kind, outcome in ((TimelineType.REJECTED, "rejected"),
+                          (TimelineType.APPROVAL_TIMED_OUT, "timeout")):
+        metrics = OperatorMetrics()
+        waiting = ModelReleaseStatus(phase=Phase.AWAITING_APPROVAL,
+                                     pending_decision=PendingDecision(decided_at=T0))
+        after = status(entry(kind, 60))
+        metrics.observe("ml", "chatbot", waiting, after, None, T0 + timedelta(seconds=60))
+        assert value(metrics, "rewind_approval_wait_seconds_sum", outcome=outcome) == 60
+
+
+def test_notifications_pending_and_delivered_are_counted() -> None:
+    from rewind.api import NotificationRecord, NotificationState
+
+    metrics = OperatorMetrics()
+    outbox = ModelReleaseStatus(notifications=[
+        NotificationRecord(id="a"), NotificationRecord(id="b", state=NotificationState.SENT)])
+    metrics.observe("ml", "chatbot", status(), outbox, None, T0)
+    assert value(metrics, "rewind_notifications_pending") == 1
+    metrics.notification_result("ml", "chatbot", "oncall", "sent")
+    assert value(metrics, "rewind_notifications_total", target="oncall", result="sent") == 1
+    metrics.forget("ml", "chatbot")
+    assert value(metrics, "rewind_notifications_total", target="oncall", result="sent") is None

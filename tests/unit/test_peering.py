@@ -108,6 +108,7 @@ class FakeController:
     reconciles: list[tuple[str, str]] = field(default_factory=list)
     forgotten: list[tuple[str, str]] = field(default_factory=list)
     gone: set[str] = field(default_factory=set)
+    deliveries: None = None  # no notifier targets
 
     async def reconcile(self, namespace: str, name: str) -> ReconcileResult:
         self.reconciles.append((namespace, name))

@@ -21,7 +21,12 @@ from rewind.adapters.router import (
     uses_subsets,
     validate_weights,
 )
-from rewind.adapters.workloads import build_umbrella_service, primary_of, umbrella_revision
+from rewind.adapters.workloads import (
+    UmbrellaService,
+    build_umbrella_service,
+    primary_of,
+    umbrella_revision,
+)
 from rewind.api import TrafficSpec
 
 OWNER = OwnerRef(name="fraud", uid="0b7c6a2e-1111-2222-3333-444455556666")
@@ -446,13 +451,22 @@ class FakeRouter(IstioRouter):
         super().__init__(client.ApiClient(), index=index)
         self.objects = objects
         self.reads: list[tuple[str, str, str]] = []
+        self._umbrella = FakeUmbrella(self)
 
     async def _get(self, plural: str, name: str, namespace: str) -> dict[str, Any] | None:
         self.reads.append((plural, namespace, name))
         return copy.deepcopy(self.objects.get((plural, namespace, name)))
 
-    async def _get_service(self, name: str, namespace: str) -> dict[str, Any] | None:
-        return await self._get("services", name, namespace)
+
+class FakeUmbrella(UmbrellaService):
+    """The umbrella Service read from the FakeRouter's dict."""
+
+    def __init__(self, router: FakeRouter) -> None:
+        super().__init__(client.ApiClient())
+        self.router = router
+
+    async def get(self, release: str, namespace: str) -> dict[str, Any] | None:
+        return await self.router._get("services", release, namespace)
 
 
 def observe(router: IstioRouter) -> RouteObservation:

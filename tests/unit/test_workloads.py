@@ -12,7 +12,10 @@ from rewind.adapters.workloads import (
     build_revision_service,
     build_snapshot,
     build_umbrella_service,
+    has_mesh_proxy,
     observe_deployment,
+    proxy_expectation,
+    service_protocol,
     spec_from_snapshot,
 )
 from rewind.api import ModelReleaseSpec, spec_hash
@@ -251,3 +254,255 @@ def test_observe_ignores_objects_without_a_revision_label() -> None:
     dep = deployment_status()
     dep["metadata"]["labels"].pop("rewind.dev/revision")
     assert observe_deployment(dep) is None
+
+
+# --- short fields only: exactly the Deployment every earlier operator built ----------------
+
+
+def test_short_fields_build_the_same_pod_template_as_before() -> None:
+    """A release without a template must not get a new pod template on upgrade (that would
+    restart every revision's pods): the whole pod template is pinned here."""
+    spec = make_spec(code={"image": IMAGE}, serving={"replicas": 1})
+    template = build_deployment("fraud", "shop", OWNER, 1, spec, 1)["spec"]["template"]
+    assert template["spec"] == {
+        "containers": [
+            {
+                "name": "model-server",
+                "image": IMAGE,
+                "env": [
+                    {"name": "REWIND_RELEASE", "value": "fraud"},
+                    {"name": "REWIND_REVISION", "value": "1"},
+                    {"name": "MODEL_URI", "value": "s3://models/fraud/2.1.0/model.onnx"},
+                    {"name": "MODEL_DIGEST", "value": DIGEST},
+                    {"name": "MODEL_VERSION", "value": "2.1.0"},
+                    {"name": "DATA_VERSION", "value": "3f9c2d1"},
+                ],
+                "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                "readinessProbe": {
+                    "httpGet": {"path": "/healthz", "port": "http"},
+                    "periodSeconds": 5,
+                },
+            }
+        ]
+    }
+    assert set(template["metadata"]) == {"labels", "annotations"}
+
+
+# --- protocols ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("protocol", "probe"),
+    [
+        ("http", {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 5}),
+        ("grpc", {"grpc": {"port": 9000}, "periodSeconds": 5}),
+        ("http2", {"tcpSocket": {"port": "http"}, "periodSeconds": 5}),
+    ],
+)
+def test_protocol_sets_the_service_app_protocol_and_the_readiness_probe(
+    protocol: str, probe: dict[str, Any]
+) -> None:
+    spec = make_spec(
+        serving={"port": 9000, "protocol": protocol, "readinessPath": "/ready"}
+    )
+    container = build_deployment("fraud", "shop", OWNER, 2, spec, 1)["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    assert container["readinessProbe"] == probe
+    assert container["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    revision_service = build_revision_service("fraud", "shop", OWNER, 2, spec)
+    # The umbrella takes the protocol of the revision it selects, from that revision's own
+    # Service (what UmbrellaService.point reads before it applies).
+    umbrella = build_umbrella_service(
+        "fraud", "shop", OWNER, 80, 2, service_protocol(revision_service)
+    )
+    for svc in (revision_service, umbrella):
+        (port,) = svc["spec"]["ports"]
+        assert (port["name"], port["appProtocol"]) == (protocol, protocol)
+        assert port["targetPort"] == "http"  # the container port's name, whatever the protocol
+
+
+# --- a full pod template -----------------------------------------------------------------
+
+SIDECAR_IMAGE = "registry.example.com/shipper@sha256:" + "d" * 64
+
+
+def template_spec(**serving: Any) -> ModelReleaseSpec:
+    """A GPU model server: tolerations, a volume, a service account, env from a Secret."""
+    template = {
+        "metadata": {
+            "labels": {"team": "llm", "rewind.dev/revision": "99"},
+            "annotations": {"prometheus.io/scrape": "true"},
+        },
+        "spec": {
+            "serviceAccountName": "weights-reader",
+            "nodeSelector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                             "effect": "NoSchedule"}],
+            "containers": [
+                {"name": "log-shipper", "image": SIDECAR_IMAGE},
+                {
+                    "name": "model-server",
+                    "env": [
+                        {"name": "HF_TOKEN",
+                         "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "t"}}},
+                        {"name": "LOG_LEVEL", "value": "warn"},
+                    ],
+                    "ports": [{"name": "metrics", "containerPort": 9100}],
+                    "volumeMounts": [{"name": "weights", "mountPath": "/models"}],
+                    "startupProbe": {"grpc": {"port": 9000}, "failureThreshold": 60},
+                },
+            ],
+            "volumes": [{"name": "weights", "persistentVolumeClaim": {"claimName": "w"}}],
+        },
+    }
+    return make_spec(
+        code={"image": IMAGE, "env": [{"name": "LOG_LEVEL", "value": "info"}]},
+        serving={"port": 9000, "protocol": "grpc", "template": template, **serving},
+    )
+
+
+def test_template_is_passed_on_with_rewinds_part_in_the_model_server() -> None:
+    spec = template_spec()
+    dep = build_deployment("fraud", "shop", OWNER, 4, spec, 2)
+    pod = dep["spec"]["template"]
+    assert pod["spec"]["serviceAccountName"] == "weights-reader"
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["spec"]["volumes"] == [
+        {"name": "weights", "persistentVolumeClaim": {"claimName": "w"}}
+    ]
+    shipper, server = pod["spec"]["containers"]
+    assert shipper == {"name": "log-shipper", "image": SIDECAR_IMAGE}
+    assert server["name"] == "model-server" and server["image"] == IMAGE
+    # The template's env, then code.env (it wins over the template's), then the revision's.
+    assert [e["name"] for e in server["env"]] == [
+        "HF_TOKEN", "LOG_LEVEL", "REWIND_RELEASE", "REWIND_REVISION", "MODEL_URI",
+        "MODEL_DIGEST", "MODEL_VERSION", "DATA_VERSION",
+    ]
+    assert server["env"][0]["valueFrom"] == {"secretKeyRef": {"name": "hf-token", "key": "t"}}
+    assert {"name": "LOG_LEVEL", "value": "info"} in server["env"]
+    assert server["ports"] == [
+        {"name": "http", "containerPort": 9000, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9100},
+    ]
+    assert server["readinessProbe"] == {"grpc": {"port": 9000}, "periodSeconds": 5}
+    assert server["startupProbe"] == {"grpc": {"port": 9000}, "failureThreshold": 60}
+    assert server["volumeMounts"] == [{"name": "weights", "mountPath": "/models"}]
+    # Rewind's labels win (the selector and Istio's telemetry need them); others are kept.
+    assert pod["metadata"]["labels"]["rewind.dev/revision"] == "4"
+    assert pod["metadata"]["labels"]["team"] == "llm"
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert pod["metadata"]["annotations"]["rewind.dev/spec-hash"] == spec_hash(spec)
+    assert dep["spec"]["selector"]["matchLabels"] == {
+        "rewind.dev/release": "fraud", "rewind.dev/revision": "4"}
+
+
+def test_short_fields_fill_what_the_template_leaves_unset() -> None:
+    spec = template_spec(
+        resources={"limits": {"nvidia.com/gpu": 1}}, readinessPath="/unused",
+    )
+    spec = spec.model_copy(update={"code": spec.code.model_copy(update={"args": ["--x"]})})
+    server = build_deployment("fraud", "shop", OWNER, 4, spec, 1)["spec"]["template"]["spec"][
+        "containers"
+    ][1]
+    assert server["args"] == ["--x"]
+    assert server["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    written = template_spec().model_copy(deep=True)
+    assert written.serving.template is not None
+    probe = {"exec": {"command": ["ready"]}}
+    written.serving.template.spec.containers[1].readiness_probe = probe
+    server = build_deployment("fraud", "shop", OWNER, 4, written, 1)["spec"]["template"]["spec"][
+        "containers"
+    ][1]
+    assert server["readinessProbe"] == probe  # the template's probe replaces the default
+    assert "args" not in server and "resources" not in server
+
+
+def test_the_first_container_is_the_model_server_when_none_is_named_so() -> None:
+    spec = make_spec(
+        serving={"template": {"spec": {"containers": [
+            {"name": "vllm", "args": ["--model", "/w"]},
+            {"name": "log-shipper", "image": SIDECAR_IMAGE},
+        ]}}},
+        code={"image": IMAGE},
+    )
+    dep = build_deployment("fraud", "shop", OWNER, 1, spec, 1)
+    vllm, shipper = dep["spec"]["template"]["spec"]["containers"]
+    assert (vllm["name"], vllm["image"], vllm["args"]) == ("vllm", IMAGE, ["--model", "/w"])
+    assert any(e["name"] == "MODEL_DIGEST" for e in vllm["env"])
+    assert shipper == {"name": "log-shipper", "image": SIDECAR_IMAGE}
+    dep["status"] = {"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1,
+                     "conditions": [{"type": "Available", "status": "True"}]}
+    observed = observe_deployment(dep)
+    assert observed is not None and observed.image == IMAGE
+
+
+def test_snapshot_records_the_whole_template() -> None:
+    spec = template_spec()
+    snap = build_snapshot("fraud", "shop", OWNER, 4, spec)
+    template = snap["data"]["serving"]["template"]
+    assert template["spec"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    restored = spec_from_snapshot(snap)
+    assert restored == spec
+    assert build_deployment("fraud", "shop", OWNER, 4, restored, 1) == build_deployment(
+        "fraud", "shop", OWNER, 4, spec, 1)
+
+
+# --- Istio's proxy -----------------------------------------------------------------------
+
+
+def pod(annotations: dict[str, str] | None = None, containers: tuple[str, ...] = ("m",),
+        init: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "metadata": {"annotations": annotations or {}},
+        "spec": {"containers": [{"name": n} for n in containers],
+                 "initContainers": [{"name": n} for n in init]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("observed", "meshed"),
+    [
+        (pod(), False),
+        (pod({"sidecar.istio.io/status": '{"containers":["istio-proxy"]}'}), True),
+        (pod(containers=("m", "istio-proxy")), True),
+        (pod(init=("istio-init", "istio-proxy")), True),  # a native sidecar (Istio >= 1.19)
+        (pod({"ambient.istio.io/redirection": "enabled"}), True),
+        (pod({"ambient.istio.io/redirection": "disabled"}), False),
+        (pod({"sidecar.istio.io/inject": "true"}), False),  # asked for, not injected
+    ],
+)
+def test_a_pod_has_istios_proxy_when_injected_or_in_ambient_mode(
+    observed: dict[str, Any], meshed: bool
+) -> None:
+    assert has_mesh_proxy(observed) is meshed
+
+
+@pytest.mark.parametrize(
+    ("mode", "namespace_labels", "pod_labels", "expected"),
+    [
+        ("Auto", {}, {}, ""),  # the sandbox, a cluster without Istio: nothing to check
+        ("Auto", {"istio-injection": "enabled"}, {},
+         "namespace shop is labelled istio-injection=enabled"),
+        ("Auto", {"istio-injection": "disabled", "istio.io/rev": "1-22"}, {}, ""),
+        ("Auto", {"istio.io/rev": "1-22"}, {}, "namespace shop is labelled istio.io/rev=1-22"),
+        ("Auto", {"istio.io/dataplane-mode": "ambient"}, {},
+         "namespace shop is in ambient mode (istio.io/dataplane-mode=ambient)"),
+        ("Auto", {"istio-injection": "enabled"}, {"sidecar.istio.io/inject": "false"}, ""),
+        ("Auto", {}, {"sidecar.istio.io/inject": "true"},
+         "the pod template is labelled sidecar.istio.io/inject=true"),
+        ("Required", {}, {}, "spec.traffic.sidecar is Required"),
+        ("Ignore", {"istio-injection": "enabled"}, {}, ""),
+    ],
+)
+def test_when_istios_proxy_is_expected(
+    mode: str, namespace_labels: dict[str, str], pod_labels: dict[str, str], expected: str
+) -> None:
+    template = {"metadata": {"labels": pod_labels}, "spec": {"containers": [{"name": "m"}]}}
+    spec = make_spec(
+        serving={"template": template} if pod_labels else {},
+        traffic={"hosts": ["fraud.example.com"], "sidecar": mode},
+    )
+    assert proxy_expectation(spec, "shop", namespace_labels) == expected

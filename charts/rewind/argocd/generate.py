@@ -51,7 +51,9 @@ HEADER = """\
 # Identity: Argo CD sets the annotation as its own ServiceAccount (argocd-server). With the
 # chart's humanActions policies that ServiceAccount needs the action verbs (bind the
 # rewind-oncall or rewind-approver ClusterRole to it), and every approval made through Argo CD
-# counts as that one approver.
+# counts as that one approver. The API server must write the approver's stamp
+# (humanActions.stamp server): with client stamps (validation only, Kubernetes before 1.36 by
+# default) an action cannot name its user, so admission refuses it; act with kubectl there.
 """
 
 

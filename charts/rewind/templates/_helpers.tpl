@@ -107,13 +107,18 @@ app.kubernetes.io/part-of: rewind
 - apiGroups: [rewind.dev]
   resources: [quarantines]
   verbs: [get, list, watch]
-# One Deployment per revision (server-side apply = patch), scaled through /scale.
+# One Deployment per revision (server-side apply = patch), scaled through /scale; the
+# Deployment a serving.workloadRef names is only read (get, watch), never written.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: [apps]
   resources: [deployments/scale]
   verbs: [patch]
+# A revision's pods, read for Istio's proxy (sidecar or ambient) where one is expected.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 # Per-revision Services, and the umbrella Service (the in-cluster name) the router points
 # at the stable revision (server-side apply = patch).
 - apiGroups: [""]
@@ -167,4 +172,30 @@ app.kubernetes.io/part-of: rewind
   resources: [{{ .resource }}]
   resourceNames: [{{ .name | quote }}]
   verbs: [get, patch]
+{{- end }}
+
+{{/* The MutatingAdmissionPolicy API this cluster serves ("" when none): v1 (Kubernetes 1.36),
+     else v1beta1 (1.34-1.35, only where the API server enables it). Helm sees what the
+     cluster serves on install/upgrade; `helm template` sees only its built-in group
+     versions plus --api-versions, so there it is "" unless passed
+     --api-versions admissionregistration.k8s.io/v1/MutatingAdmissionPolicy. */}}
+{{- define "rewind.mutatingAdmissionPolicyAPI" -}}
+{{- if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy" -}}
+admissionregistration.k8s.io/v1
+{{- else if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy" -}}
+admissionregistration.k8s.io/v1beta1
+{{- end -}}
+{{- end }}
+
+{{/* Who writes rewind.dev/<action>-by (humanActions.stamp): "server" (a
+     MutatingAdmissionPolicy, where the cluster has one) or "client" (the approver's kubectl
+     sets it; the ValidatingAdmissionPolicy checks it names the requesting user). */}}
+{{- define "rewind.actorStamp" -}}
+{{- if ne .Values.humanActions.stamp "auto" -}}
+{{ .Values.humanActions.stamp }}
+{{- else if include "rewind.mutatingAdmissionPolicyAPI" . -}}
+server
+{{- else -}}
+client
+{{- end -}}
 {{- end }}

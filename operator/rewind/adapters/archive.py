@@ -84,8 +84,11 @@ def _parse_time(text: object) -> datetime | None:
 
 def encode_record(entry: HistoryEntry) -> str:
     """The record annotation's value: the history entry as canonical JSON (keys sorted, no
-    blanks, absent times left out), so equal entries are equal strings."""
+    blanks, absent times and an empty ``unpinned`` left out), so equal entries are equal
+    strings, and a record written before ``unpinned`` existed is still up to date."""
     document = entry.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if not document.get("unpinned"):
+        document.pop("unpinned", None)
     return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 

@@ -318,6 +318,26 @@ class Workloads(Protocol):
         """Every revision Deployment of the release, by revision number."""
         ...
 
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Deployment by name (serving.workloadRef's), None when there is none."""
+        ...
+
+    async def dry_run_revision(
+        self, release: str, namespace: str, owner: OwnerRef, revision: int, spec: ModelReleaseSpec
+    ) -> str | None:
+        """The API server's refusal of the revision's Deployment (a dry run), or None."""
+        ...
+
+    async def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        """The namespace's labels; None when they cannot be read."""
+        ...
+
+    async def observe_mesh(
+        self, release: str, namespace: str
+    ) -> dict[int, tuple[int, tuple[str, ...]]]:
+        """Per revision: running pods, and the names of those without Istio's proxy."""
+        ...
+
 
 EventType = Literal["Normal", "Warning"]
 

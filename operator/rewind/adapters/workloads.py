@@ -17,6 +17,8 @@ deleted and applied again restores its last known-good revision from them (see
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -49,23 +51,33 @@ from rewind.adapters.base import (
     release_labels,
     release_selector,
 )
-from rewind.api import ModelReleaseSpec, spec_hash, workload_name
+from rewind.api import (
+    MODEL_SERVER_CONTAINER,
+    SERVING_PORT_NAME,
+    ModelReleaseSpec,
+    ServingProtocol,
+    SidecarMode,
+    model_server_index,
+    spec_hash,
+    workload_name,
+)
 
-CONTAINER_NAME = "model-server"
+CONTAINER_NAME = MODEL_SERVER_CONTAINER
 SNAPSHOTS_PATH = "/apis/apps/v1/namespaces/{namespace}/controllerrevisions"
-PORT_NAME = "http"
+#: The model server's port, by name in the container and as targetPort in the Services.
+PORT_NAME = SERVING_PORT_NAME
 VERSION_LABEL = "app.kubernetes.io/version"
 
-#: Env vars the operator injects; they win over a user env var of the same name because
-#: they describe the snapshot the pod was built from.
-INJECTED_ENV = (
-    "REWIND_RELEASE",
-    "REWIND_REVISION",
-    "MODEL_URI",
-    "MODEL_DIGEST",
-    "MODEL_VERSION",
-    "DATA_VERSION",
-)
+log = logging.getLogger(__name__)
+
+#: Istio's injector marks an injected pod with this annotation; istio-cni marks a pod whose
+#: traffic ambient mode redirects to ztunnel with the other; the proxy container's name.
+ISTIO_SIDECAR_STATUS = "sidecar.istio.io/status"
+ISTIO_AMBIENT_REDIRECTION = "ambient.istio.io/redirection"
+ISTIO_PROXY_CONTAINER = "istio-proxy"
+ISTIO_INJECT_LABEL = "sidecar.istio.io/inject"
+#: How long a namespace's labels are believed (they are read for the sidecar check only).
+NAMESPACE_LABELS_TTL = 30.0
 
 
 def _check_revision(revision: int) -> None:
@@ -137,26 +149,27 @@ def _probe(path: str) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": PORT_NAME}, "periodSeconds": 5}
 
 
-def build_deployment(
-    release: str,
-    namespace: str,
-    owner: OwnerRef,
-    revision: int,
-    spec: ModelReleaseSpec,
-    replicas: int,
-) -> dict[str, Any]:
-    """The revision's Deployment ``<release>-r<N>``, built from its snapshot spec."""
-    _check_revision(revision)
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
-        raise ValueError(f"replicas must be an int >= 0, got {replicas!r}")
-    annotations = revision_annotations(spec, spec_hash(spec))
+def _readiness_probe(spec: ModelReleaseSpec) -> dict[str, Any]:
+    """The model server's default readiness probe, by protocol: an HTTP GET of
+    readinessPath; the gRPC health service (grpc.health.v1) on port; for http2 a TCP
+    connect, since the kubelet's HTTP probes speak HTTP/1.1 only."""
+    serving = spec.serving
+    if serving.protocol == ServingProtocol.GRPC:
+        return {"grpc": {"port": serving.port}, "periodSeconds": 5}
+    if serving.protocol == ServingProtocol.HTTP2:
+        return {"tcpSocket": {"port": PORT_NAME}, "periodSeconds": 5}
+    return _probe(serving.readiness_path)
+
+
+def _model_server(release: str, revision: int, spec: ModelReleaseSpec) -> dict[str, Any]:
+    """The model-server container from the short fields (code and serving)."""
     serving = spec.serving
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.code.image,
         "env": container_env(release, revision, spec),
         "ports": [{"name": PORT_NAME, "containerPort": serving.port, "protocol": "TCP"}],
-        "readinessProbe": _probe(serving.readiness_path),
+        "readinessProbe": _readiness_probe(spec),
     }
     if spec.code.args:
         container["args"] = list(spec.code.args)
@@ -172,6 +185,66 @@ def build_deployment(
         container["resources"] = resources
     if serving.liveness_path:
         container["livenessProbe"] = _probe(serving.liveness_path)
+    return container
+
+
+def build_pod_template(
+    release: str, revision: int, spec: ModelReleaseSpec, annotations: Mapping[str, str]
+) -> dict[str, Any]:
+    """The revision's pod template: the spec's template (if any) with Rewind's part in it.
+
+    Without a template: one container from the short fields. With one: the template as
+    written, whose model-server container (named model-server, else the first) runs
+    code.image on serving.port (port ``http``), with the template's env followed by
+    code.env and the revision's own variables (MODEL_URI, MODEL_DIGEST, ...: they describe
+    the snapshot, so they win); code.args, serving.resources, the readiness probe of
+    serving.protocol and livenessPath fill what its container leaves unset (admission
+    refuses a field set in both places). Rewind's labels and annotations win over the
+    template's (the Deployment selects its pods by them, Istio names them by them)."""
+    short = _model_server(release, revision, spec)
+    labels = pod_labels(release, revision)
+    template = spec.serving.template
+    if template is None:
+        return {
+            "metadata": {"labels": labels, "annotations": dict(annotations)},
+            "spec": {"containers": [short]},
+        }
+    doc = template.model_dump(mode="json", by_alias=True, exclude_none=True)
+    meta = doc.get("metadata") or {}
+    pod: dict[str, Any] = doc["spec"]
+    index = model_server_index(template)
+    written: dict[str, Any] = pod["containers"][index]
+    server = {**written, "name": written["name"], "image": spec.code.image}
+    own = {e["name"] for e in short["env"]}
+    server["env"] = [e for e in written.get("env") or [] if e["name"] not in own]
+    server["env"] += short["env"]
+    server["ports"] = [*short["ports"], *(written.get("ports") or [])]
+    for key in ("args", "resources", "readinessProbe", "livenessProbe"):
+        if key not in written and key in short:
+            server[key] = short[key]
+    pod["containers"][index] = server
+    return {
+        "metadata": {
+            "labels": {**(meta.get("labels") or {}), **labels},
+            "annotations": {**(meta.get("annotations") or {}), **annotations},
+        },
+        "spec": pod,
+    }
+
+
+def build_deployment(
+    release: str,
+    namespace: str,
+    owner: OwnerRef,
+    revision: int,
+    spec: ModelReleaseSpec,
+    replicas: int,
+) -> dict[str, Any]:
+    """The revision's Deployment ``<release>-r<N>``, built from its snapshot spec."""
+    _check_revision(revision)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise ValueError(f"replicas must be an int >= 0, got {replicas!r}")
+    annotations = revision_annotations(spec, spec_hash(spec))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -185,13 +258,7 @@ def build_deployment(
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {RELEASE_LABEL: release, REVISION_LABEL: str(revision)}},
-            "template": {
-                "metadata": {
-                    "labels": pod_labels(release, revision),
-                    "annotations": annotations,
-                },
-                "spec": {"containers": [container]},
-            },
+            "template": build_pod_template(release, revision, spec, annotations),
         },
     }
 
@@ -203,7 +270,10 @@ def _service(
     labels: Mapping[str, str],
     selector: Mapping[str, str],
     port: int,
+    protocol: str,
 ) -> dict[str, Any]:
+    # Istio reads the protocol from appProtocol (then from the port name's prefix): grpc
+    # gets gRPC status codes in its telemetry and HTTP/2 to the pods.
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -212,8 +282,8 @@ def _service(
             "selector": dict(selector),
             "ports": [
                 {
-                    "name": PORT_NAME,
-                    "appProtocol": "http",
+                    "name": protocol,
+                    "appProtocol": protocol,
                     "port": port,
                     # By name: each revision's pods may listen on a different port.
                     "targetPort": PORT_NAME,
@@ -236,16 +306,23 @@ def build_revision_service(
         revision_labels(release, revision),
         {RELEASE_LABEL: release, REVISION_LABEL: str(revision)},
         spec.traffic.port,
+        spec.serving.protocol.value,
     )
 
 
 def build_umbrella_service(
-    release: str, namespace: str, owner: OwnerRef, port: int, revision: int | None
+    release: str,
+    namespace: str,
+    owner: OwnerRef,
+    port: int,
+    revision: int | None,
+    protocol: str = "http",
 ) -> dict[str, Any]:
     """Service ``<release>``, the in-cluster name: it selects the pods of ``revision`` only
     (None: no pod), so a caller that bypasses the routes (no sidecar, a NodePort, a route of
     its own to this name) reaches the revision serving users, never a candidate in preview
-    or shadow. The router writes it with the routes (``primary_revision``)."""
+    or shadow. The router writes it with the routes (``primary_revision``); ``protocol``
+    (``serving.protocol``: http, http2, grpc) is that revision's, as its own Service says."""
     if revision is not None:
         _check_revision(revision)
     value = NO_REVISION if revision is None else str(revision)
@@ -256,7 +333,14 @@ def build_umbrella_service(
         release_labels(release),
         {RELEASE_LABEL: release, REVISION_LABEL: value},
         port,
+        protocol,
     )
+
+
+def service_protocol(service: Mapping[str, Any] | None) -> str:
+    """The appProtocol of a Service's first port (``http`` when unknown)."""
+    ports = ((service or {}).get("spec") or {}).get("ports") or [{}]
+    return str(ports[0].get("appProtocol") or "http")
 
 
 def umbrella_revision(service: Mapping[str, Any], release: str) -> int | None:
@@ -315,10 +399,11 @@ class UmbrellaService:
         self._field_manager = field_manager
         self._timeout = request_timeout
 
-    async def get(self, release: str, namespace: str) -> dict[str, Any] | None:
-        """The Service ``<release>`` as the API server has it (None: there is none)."""
+    async def get(self, name: str, namespace: str) -> dict[str, Any] | None:
+        """The Service ``name`` (``<release>``, or a revision's) as the API server has it
+        (None: there is none)."""
         return await _kube.get_or_none(
-            self._core.read_namespaced_service, release, namespace, timeout=self._timeout
+            self._core.read_namespaced_service, name, namespace, timeout=self._timeout
         )
 
     async def point(
@@ -341,7 +426,13 @@ class UmbrellaService:
                 f"Service {namespace}/{release} exists and is not owned by ModelRelease "
                 f"{owner.name} (uid {owner.uid}); refusing to overwrite it"
             )
-        body = build_umbrella_service(release, namespace, owner, port, revision)
+        protocol = "http"
+        if revision is not None:
+            # The selected revision's own Service exists before it is routed to (make
+            # before break) and carries its serving.protocol.
+            protocol = service_protocol(await self.get(workload_name(release, revision),
+                                                       namespace))
+        body = build_umbrella_service(release, namespace, owner, port, revision, protocol)
         try:
             await _kube.call(
                 self._core.patch_namespaced_service,
@@ -454,6 +545,8 @@ def observe_deployment(deployment: Mapping[str, Any]) -> RevisionObservation | N
     template = spec.get("template", {})
     annotations = (template.get("metadata") or {}).get("annotations") or {}
     containers = (template.get("spec") or {}).get("containers") or [{}]
+    names = [c.get("name") for c in containers]
+    server = containers[names.index(CONTAINER_NAME) if CONTAINER_NAME in names else 0]
     if deadline_exceeded:
         message = str(progressing.get("message", "progress deadline exceeded"))
     else:
@@ -466,7 +559,7 @@ def observe_deployment(deployment: Mapping[str, Any]) -> RevisionObservation | N
         min_available=replicas > 0 and current and available_condition and ready > 0,
         available_replicas=int(status.get("availableReplicas") or 0),
         name=f"{meta.get('namespace', '')}/{meta.get('name', '')}",
-        image=str(containers[0].get("image", "")),
+        image=str(server.get("image", "")),
         model_digest=str(annotations.get(MODEL_DIGEST_ANNOTATION, "")),
         spec_hash=str(annotations.get(SPEC_HASH_ANNOTATION, "")),
         progress_deadline_exceeded=deadline_exceeded,
@@ -489,6 +582,8 @@ class KubeWorkloads:
         self._core = client.CoreV1Api(api_client)
         self._field_manager = field_manager
         self._timeout = request_timeout
+        #: namespace -> (read at, labels; None: not readable)
+        self._namespaces: dict[str, tuple[float, dict[str, str] | None]] = {}
 
     # -- snapshots -------------------------------------------------------------------
 
@@ -653,6 +748,98 @@ class KubeWorkloads:
                     f"cannot scale {namespace}/{name} to {replicas}: it does not exist"
                 ) from exc
 
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """Any Deployment (serving.workloadRef), None when there is none."""
+        return await _kube.get_or_none(
+            self._apps.read_namespaced_deployment, name, namespace, timeout=self._timeout
+        )
+
+    async def dry_run_revision(
+        self, release: str, namespace: str, owner: OwnerRef, revision: int, spec: ModelReleaseSpec
+    ) -> str | None:
+        """Ask the API server whether it would accept revision N's Deployment, without
+        writing it (server-side apply, dryRun=All, strict field validation: a typo in the
+        template is an unknown field), through its admission policies and webhooks too.
+        Returns its refusal, None when it would accept it. Other errors (unreachable,
+        forbidden to the operator) raise: they say nothing about the template."""
+        body = build_deployment(release, namespace, owner, revision, spec, spec.serving.replicas)
+        try:
+            await _kube.call(
+                self._apps.patch_namespaced_deployment,
+                body["metadata"]["name"],
+                namespace,
+                body,
+                field_manager=self._field_manager,
+                force=True,
+                field_validation="Strict",
+                dry_run="All",
+                _content_type=_kube.APPLY_PATCH,
+                timeout=self._timeout,
+            )
+        except client.ApiException as exc:
+            message = _kube.api_message(exc)
+            admission = exc.status == 403 and "admission" in message.lower()
+            # A field the Deployment schema does not have (a typo in the template) fails
+            # server-side apply's typed conversion, before validation, as a 500.
+            untyped = exc.status == 500 and "failed to create typed patch object" in message
+            if exc.status in (400, 422) or admission or untyped:
+                return f"the API server refuses the Deployment of r{revision}: {message}"
+            raise
+        return None
+
+    async def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        """The namespace's labels (Istio's injection and ambient labels), read at most every
+        NAMESPACE_LABELS_TTL seconds; None when the operator may not read namespaces."""
+        now = time.monotonic()
+        cached = self._namespaces.get(namespace)
+        if cached is not None and now - cached[0] < NAMESPACE_LABELS_TTL:
+            return cached[1]
+        labels: dict[str, str] | None
+        try:
+            ns = await _kube.get_or_none(
+                self._core.read_namespace, namespace, timeout=self._timeout
+            )
+            labels = dict(((ns or {}).get("metadata") or {}).get("labels") or {})
+        except client.ApiException as exc:
+            if exc.status != 403:
+                raise
+            if cached is None or cached[1] is not None:
+                log.warning("cannot read namespace %s (%s): the sidecar check only follows "
+                            "spec.traffic.sidecar: Required", namespace, _kube.api_message(exc))
+            labels = None
+        self._namespaces[namespace] = (now, labels)
+        return labels
+
+    async def observe_mesh(
+        self, release: str, namespace: str
+    ) -> dict[int, tuple[int, tuple[str, ...]]]:
+        """Per revision: its running pods, and the names of those without Istio's proxy."""
+        listing = await _kube.call(
+            self._core.list_namespaced_pod,
+            namespace,
+            label_selector=release_selector(release),
+            timeout=self._timeout,
+        )
+        running: dict[int, int] = {}
+        unmeshed: dict[int, list[str]] = {}
+        for pod in listing.get("items") or []:
+            meta = pod.get("metadata") or {}
+            if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != (
+                "Running"
+            ):
+                continue
+            try:
+                revision = int((meta.get("labels") or {}).get(REVISION_LABEL, ""))
+            except ValueError:
+                continue
+            running[revision] = running.get(revision, 0) + 1
+            if not has_mesh_proxy(pod):
+                unmeshed.setdefault(revision, []).append(str(meta.get("name", "")))
+        return {
+            revision: (count, tuple(sorted(unmeshed.get(revision, []))))
+            for revision, count in running.items()
+        }
+
     async def observe_revisions(
         self, release: str, namespace: str
     ) -> dict[int, RevisionObservation]:
@@ -669,6 +856,50 @@ class KubeWorkloads:
             if observation is not None:
                 observed[observation.revision] = observation
         return observed
+
+
+def has_mesh_proxy(pod: Mapping[str, Any]) -> bool:
+    """The pod has Istio's proxy: injected (the injector's status annotation, or an
+    istio-proxy container, also as a native sidecar among the init containers), or its
+    traffic is redirected to ambient mode's ztunnel."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if ISTIO_SIDECAR_STATUS in annotations:
+        return True
+    if annotations.get(ISTIO_AMBIENT_REDIRECTION) == "enabled":
+        return True
+    spec = pod.get("spec") or {}
+    containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+    return any(c.get("name") == ISTIO_PROXY_CONTAINER for c in containers)
+
+
+def proxy_expectation(
+    spec: ModelReleaseSpec, namespace: str, namespace_labels: Mapping[str, str]
+) -> str:
+    """Why each revision's pods should have Istio's proxy ("" when they need not):
+    ``spec.traffic.sidecar`` Required; Auto: the namespace labelled for injection or ambient
+    mode, or the pod template labelled ``sidecar.istio.io/inject: "true"`` (``"false"``
+    opts out); Ignore: never."""
+    mode = spec.traffic.sidecar
+    if mode == SidecarMode.IGNORE:
+        return ""
+    if mode == SidecarMode.REQUIRED:
+        return "spec.traffic.sidecar is Required"
+    template = spec.serving.template
+    pod_labels = (template.metadata.labels or {}) if template and template.metadata else {}
+    inject = pod_labels.get(ISTIO_INJECT_LABEL)
+    if inject == "false":
+        return ""
+    if inject == "true":
+        return f"the pod template is labelled {ISTIO_INJECT_LABEL}=true"
+    if namespace_labels.get("istio-injection") == "enabled":
+        return f"namespace {namespace} is labelled istio-injection=enabled"
+    if namespace_labels.get("istio-injection") != "disabled" and namespace_labels.get(
+        "istio.io/rev"
+    ):
+        return f"namespace {namespace} is labelled istio.io/rev={namespace_labels['istio.io/rev']}"
+    if namespace_labels.get("istio.io/dataplane-mode") == "ambient":
+        return f"namespace {namespace} is in ambient mode (istio.io/dataplane-mode=ambient)"
+    return ""
 
 
 def namespace_name(body: Mapping[str, Any]) -> str:

@@ -1,0 +1,1 @@
+"""`kubectl rewind`: the on-call plugin (see rewind.cli.main)."""
