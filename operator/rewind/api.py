@@ -2939,6 +2939,9 @@ class HistoryEntry(StatusModel):
         "claims and service account its pod template reads at run time (e.g. Secret "
         "hf-token, ConfigMap vllm-config). A rollback re-creates the template exactly but "
         "uses their contents as they are then. Empty: everything it runs is pinned.",
+        # Left out when empty, in the status as in the revision's record (archive), so the
+        # two stay equal and most revisions carry no empty list.
+        exclude_if=lambda unpinned: not unpinned,
     )
 
 
