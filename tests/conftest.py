@@ -173,11 +173,13 @@ def crds_installed(kubectl: Kubectl) -> None:
         "--timeout=30s",
         "crd/modelreleases.rewind.dev",
         "crd/rolloutpolicies.rewind.dev",
+        "crd/quarantines.rewind.dev",
     )
-    # Served a moment after Established on a fresh API server: wait until both list.
+    # Served a moment after Established on a fresh API server: wait until all list.
     wait_for("the Rewind resources to be served", lambda: all(
         kubectl("get", kind, "-A", check=False).returncode == 0
-        for kind in ("modelreleases.rewind.dev", "rolloutpolicies.rewind.dev")
+        for kind in ("modelreleases.rewind.dev", "rolloutpolicies.rewind.dev",
+                     "quarantines.rewind.dev")
     ))
 
 

@@ -161,6 +161,11 @@ __all__ = [
     "PolicyRef",
     "ProjectedVolumeSource",
     "Quantity",
+    "Quarantine",
+    "QuarantineEntry",
+    "QuarantineMark",
+    "QuarantineSpec",
+    "QuarantineStatus",
     "QueryErrorKind",
     "QueryErrorPolicy",
     "ResourceRequirements",
@@ -225,6 +230,10 @@ MODELRELEASE_KIND = "ModelRelease"
 MODELRELEASE_PLURAL = "modelreleases"
 ROLLOUTPOLICY_KIND = "RolloutPolicy"
 ROLLOUTPOLICY_PLURAL = "rolloutpolicies"
+QUARANTINE_KIND = "Quarantine"
+QUARANTINE_PLURAL = "quarantines"
+#: Entries of one Quarantine object.
+MAX_QUARANTINE_ENTRIES = 100
 
 #: A release names its Services ``<name>-r<N>`` (DNS-1035 labels, <= 63 chars).
 MAX_RELEASE_NAME = 50
@@ -841,6 +850,10 @@ class TimelineType(StrEnum):
     DRILL_PASSED = "DrillPassed"
     DRILL_FAILED = "DrillFailed"
     DRILL_CANCELLED = "DrillCancelled"
+    QUARANTINED = "Quarantined"
+    QUARANTINE_LIFTED = "QuarantineLifted"
+    QUARANTINE_REFUSED = "QuarantineRefused"
+    QUARANTINE_HOLD = "QuarantineHold"
     UNPINNED = "Unpinned"
     SIDECAR_MISSING = "SidecarMissing"
 
@@ -1057,6 +1070,16 @@ class DataSpec(SpecModel):
         description=(
             "Free-form string map linking to the training run, e.g. mlflowRunId, pipeline, "
             "gitCommit."
+        ),
+    )
+    created_at: datetime | None = Field(
+        default=None,
+        json_schema_extra={"maxLength": 64},
+        description=(
+            "When this data version was made (RFC 3339), e.g. the lakeFS commit time. "
+            "Optional: a Quarantine entry with a datasetRef and suspectAfter judges the "
+            "revision by it; without it, a revision first seen before suspectAfter is clean "
+            "(its data is older than the revision) and one seen later is suspect."
         ),
     )
 
@@ -3106,6 +3129,37 @@ class PendingDecision(StatusModel):
         max_length=MAX_MEASUREMENTS,
         description="The measurements behind the decision.",
     )
+    target: int = Field(
+        default=0,
+        description="The revision approval rolls back to, when it is not the stable one "
+        "(a quarantined serving revision: the newest clean known-good revision); 0: the "
+        "stable revision.",
+    )
+    quarantine: ShortText = Field(
+        default="",
+        description="The Quarantine entry behind the decision (namespace/name#entry), if any.",
+    )
+
+
+class QuarantineMark(StatusModel):
+    """A revision's lineage matches a Quarantine entry (what is known to be bad)."""
+
+    entry: ShortText = Field(
+        default="", description="The matching entry: <namespace>/<quarantine>#<entry name>."
+    )
+    what: StatusText = Field(
+        default="", description="What matched, e.g. data version 3f9c2d1 of s3://datasets/x."
+    )
+    reason: StatusText = Field(default="", description="The entry's reason.")
+    added_by: HumanText = Field(default="", description="Who added the entry.")
+    since: datetime | None = Field(
+        default=None, description="When the operator first saw the revision quarantined."
+    )
+    accepted_by: HumanText = Field(
+        default="",
+        description="Who chose to keep serving it (rejected the rollback it proposed, or "
+        "approval.onTimeout Resume); empty: nobody.",
+    )
 
 
 class HistoryEntry(StatusModel):
@@ -3117,6 +3171,15 @@ class HistoryEntry(StatusModel):
     model_digest: str = Field(default="", description="spec.model.artifactDigest.")
     image_digest: str = Field(default="", description="Digest of spec.code.image, if pinned.")
     data_version: str = Field(default="", description="spec.data.version, if set.")
+    dataset_ref: str | None = Field(default=None, description="spec.data.datasetRef, if set.")
+    data_created_at: datetime | None = Field(
+        default=None, description="spec.data.createdAt, if set."
+    )
+    quarantine: QuarantineMark | None = Field(
+        default=None,
+        description="Set while a Quarantine entry matches the revision's lineage: it is "
+        "never given traffic again (candidate, restore or rollback target).",
+    )
     outcome: Outcome = Field(
         default=Outcome.PROGRESSING,
         description="Progressing, Promoted, RolledBack, Failed, Superseded or Retired.",
@@ -3132,6 +3195,9 @@ class HistoryEntry(StatusModel):
         "claims and service account its pod template reads at run time (e.g. Secret "
         "hf-token, ConfigMap vllm-config). A rollback re-creates the template exactly but "
         "uses their contents as they are then. Empty: everything it runs is pinned.",
+        # Left out when empty, in the status as in the revision's record (archive), so the
+        # two stay equal and most revisions carry no empty list.
+        exclude_if=lambda unpinned: not unpinned,
     )
 
 
@@ -3360,6 +3426,11 @@ class ModelReleaseStatus(StatusModel):
     conditions: list[Condition] = Field(
         default_factory=list, max_length=16, description="kstatus conditions."
     )
+    quarantined: ShortText = Field(
+        default="",
+        description="Revisions whose lineage a Quarantine entry matches, newest first "
+        "(e.g. r3,r2), for kubectl get; history[].quarantine says which entry.",
+    )
     consumed_actions: list[ConsumedAction] = Field(
         default_factory=list,
         max_length=MAX_CONSUMED_ACTIONS,
@@ -3390,6 +3461,137 @@ class RolloutPolicyStatus(StatusModel):
     conditions: list[Condition] = Field(
         default_factory=list, max_length=16, description="Conditions, e.g. Ready."
     )
+
+
+# --------------------------------------------------------------------------------------
+# Quarantine
+# --------------------------------------------------------------------------------------
+
+#: The kinds of match a Quarantine entry makes (exactly one per entry).
+_QUARANTINE_KEYS = ("dataVersion", "suspectAfter", "modelDigest", "imageDigest")
+
+
+class QuarantineEntry(SpecModel):
+    """One thing known to be bad: a training data version (exact, or every version of a
+    dataset made after a time), a model artifact digest or a serving image digest."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "[" + ", ".join(f"has(self.{k})" for k in _QUARANTINE_KEYS)
+                + "].filter(x, x).size() == 1",
+                "set exactly one of dataVersion, suspectAfter, modelDigest, imageDigest",
+                reason="FieldValueInvalid",
+            ),
+            _cel(
+                "!has(self.suspectAfter) || has(self.datasetRef)",
+                "suspectAfter needs datasetRef: the dataset whose versions are suspect",
+                field_path=".datasetRef",
+                reason="FieldValueRequired",
+            ),
+            _cel(
+                "!has(self.datasetRef) || has(self.dataVersion) || has(self.suspectAfter)",
+                "datasetRef only qualifies dataVersion or suspectAfter",
+                field_path=".datasetRef",
+                reason="FieldValueInvalid",
+            ),
+        )
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Names the entry in decisions and status (unique in the Quarantine).",
+    )
+    data_version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=NO_SPACE_PATTERN,
+        description="A training data version (spec.data.version) known to be bad; with "
+        "datasetRef, only that dataset's.",
+    )
+    dataset_ref: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="The dataset (spec.data.datasetRef) dataVersion or suspectAfter is about.",
+    )
+    suspect_after: datetime | None = Field(
+        default=None,
+        json_schema_extra={"maxLength": 64},
+        description="Every version of datasetRef made at or after this time (RFC 3339) is "
+        "suspect: spec.data.createdAt when set, else a revision first seen before it is "
+        "clean and one seen later is suspect.",
+    )
+    model_digest: Digest | None = Field(
+        default=None, description="A model artifact digest (spec.model.artifactDigest)."
+    )
+    image_digest: Digest | None = Field(
+        default=None, description="A serving image digest (the @sha256: of spec.code.image)."
+    )
+    reason: str = Field(
+        min_length=1, max_length=MAX_MESSAGE, description="Why it is bad (shown in decisions)."
+    )
+    added_by: str = Field(
+        min_length=1, max_length=MAX_HUMAN_TEXT, description="Who added the entry."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> QuarantineEntry:
+        kinds = [self.data_version, self.suspect_after, self.model_digest, self.image_digest]
+        if sum(k is not None for k in kinds) != 1:
+            raise ValueError(
+                "set exactly one of dataVersion, suspectAfter, modelDigest, imageDigest"
+            )
+        if self.suspect_after is not None and self.dataset_ref is None:
+            raise ValueError("suspectAfter needs datasetRef: the dataset whose versions are "
+                             "suspect")
+        if self.dataset_ref is not None and self.data_version is None and (
+            self.suspect_after is None
+        ):
+            raise ValueError("datasetRef only qualifies dataVersion or suspectAfter")
+        return self
+
+    def describe(self) -> str:
+        """What the entry matches, in words."""
+        if self.data_version is not None:
+            of = f" of {self.dataset_ref}" if self.dataset_ref else ""
+            return f"data version {self.data_version}{of}"
+        if self.suspect_after is not None:
+            return (
+                f"data of {self.dataset_ref} made at or after "
+                f"{self.suspect_after.isoformat().replace('+00:00', 'Z')}"
+            )
+        if self.model_digest is not None:
+            return f"model artifact {self.model_digest}"
+        return f"serving image {self.image_digest}"
+
+
+class QuarantineSpec(SpecModel):
+    """What is known to be bad in this namespace."""
+
+    entries: list[QuarantineEntry] = Field(
+        min_length=1,
+        max_length=MAX_QUARANTINE_ENTRIES,
+        description="Entries; any match quarantines a revision of every ModelRelease of the "
+        "namespace.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> QuarantineSpec:
+        names = [e.name for e in self.entries]
+        if len(set(names)) != len(names):
+            raise ValueError("entry names must be unique")
+        return self
+
+
+class QuarantineStatus(StatusModel):
+    """Observed state of a Quarantine (none yet: the releases' status says what matched)."""
+
+    observed_generation: int = Field(default=0, description="metadata.generation last read.")
 
 
 # --------------------------------------------------------------------------------------
@@ -3444,6 +3646,21 @@ class RolloutPolicy(BaseModel):
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: RolloutPolicySpec
     status: RolloutPolicyStatus = Field(default_factory=RolloutPolicyStatus)
+
+
+class Quarantine(BaseModel):
+    """A Quarantine lists training data versions, model artifacts and serving images known
+    to be bad. A ModelRelease never gives traffic to a revision whose lineage matches an
+    entry, and rolls a serving one back to the newest known-good revision that is clean.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    api_version: str = f"{API_GROUP}/{API_VERSION}"
+    kind: str = QUARANTINE_KIND
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: QuarantineSpec
+    status: QuarantineStatus = Field(default_factory=QuarantineStatus)
 
 
 # --------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ from rewind.adapters.base import (
     SnapshotNotFoundError,
     Workloads,
 )
+from rewind.adapters.quarantine import QuarantineCache, QuarantineReadError
 from rewind.adapters.webhooks import Deliveries
 from rewind.adapters.workloads import proxy_expectation
 from rewind.api import (
@@ -93,6 +94,7 @@ from rewind.engine import (
     EnsureRevision,
     HumanAction,
     Inputs,
+    QuarantineRule,
     RemoveAnnotation,
     RevisionState,
     ScaleRevision,
@@ -243,6 +245,7 @@ class ReleaseController:
         notify_defaults: Sequence[str] = (),
         argocd_url: str = "",
         policies: PolicyCache | None = None,
+        quarantines: QuarantineCache | None = None,
     ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
         #: The cluster's DNS domain: the in-cluster name Rewind routes ends in svc.<it>.
@@ -267,6 +270,10 @@ class ReleaseController:
         self.actor_stamp: ActorStamp = actor_stamp
         #: RolloutPolicies as last read; ``handlers.policy_event`` invalidates them.
         self.policies = policies if policies is not None else PolicyCache()
+        #: Quarantine entries per namespace; ``handlers.quarantine_event`` invalidates them.
+        self.quarantines = quarantines or QuarantineCache(
+            api_client, request_timeout=request_timeout
+        )
         self.router = router
         self.workloads = workloads
         self.metrics = metrics
@@ -415,12 +422,22 @@ class ReleaseController:
             return ReconcileResult(requeue_after=None, error=message)
 
         annotations: dict[str, str] = dict(meta.get("annotations") or {})
-        (policy, policy_error), observed, routes, (spec, spec_error) = await asyncio.gather(
-            self._load_policy(namespace, spec.policy_ref.name),
-            self.workloads.observe_revisions(name, namespace),
-            self.router.observe_routes(name, namespace, owner, spec.traffic),
-            self._resolve(namespace, name, owner, spec),
-        )
+        try:
+            (policy, policy_error), observed, routes, (spec, spec_error), quarantine = (
+                await asyncio.gather(
+                    self._load_policy(namespace, spec.policy_ref.name),
+                    self.workloads.observe_revisions(name, namespace),
+                    self.router.observe_routes(name, namespace, owner, spec.traffic),
+                    self._resolve(namespace, name, owner, spec),
+                    self.quarantines.entries(namespace),
+                )
+            )
+        except QuarantineReadError as err:
+            # Deciding as if nothing were quarantined would lift every mark: hold instead.
+            message = str(err)
+            log.warning("%s/%s: %s", namespace, name, message)
+            await self._write_stalled(namespace, name, old_status_doc, meta, message)
+            return ReconcileResult(requeue_after=ERROR_REQUEUE, error=message)
         digest = spec_hash(spec)
         proxy_expected, mesh = await self._observe_mesh(namespace, name, spec)
         # A Deployment still owned by a deleted object of the same name (the garbage
@@ -469,6 +486,7 @@ class ReleaseController:
             archive=archive,
             breaker_reading=breaker_reading,
             drill_snapshot=await self._check_drill_snapshot(namespace, name, status),
+            quarantine=tuple(QuarantineRule(ref, entry) for ref, entry in quarantine),
             template_error=template_error,
             spec_error=spec_error,
             proxy_expected=proxy_expected,

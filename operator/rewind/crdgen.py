@@ -296,6 +296,12 @@ def modelrelease_crd() -> dict[str, Any]:
             "description": "Circuit breaker: Closed, Tripping, Tripped (users on the "
             "fallback, read back) or Resetting; empty without one.",
         },
+        {
+            "name": "Quarantined",
+            "type": "string",
+            "jsonPath": ".status.quarantined",
+            "description": "Revisions a Quarantine entry matches, newest first.",
+        },
         {"name": "Model", "type": "string", "jsonPath": ".spec.model.version", "priority": 1},
         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
         _AGE,
@@ -343,6 +349,19 @@ def rolloutpolicy_crd() -> dict[str, Any]:
     )
 
 
+def quarantine_crd() -> dict[str, Any]:
+    """The Quarantine CRD: what is known to be bad in a namespace."""
+    columns: list[dict[str, Any]] = [_AGE]
+    schema = _root_schema(api.Quarantine, api.QuarantineSpec, api.QuarantineStatus, [])
+    return _crd(
+        kind=api.QUARANTINE_KIND,
+        plural=api.QUARANTINE_PLURAL,
+        short="qr",
+        schema=schema,
+        columns=columns,
+    )
+
+
 def _to_yaml(obj: dict[str, Any]) -> str:
     body = yaml.safe_dump(obj, sort_keys=True, default_flow_style=False, width=100)
     return HEADER + body
@@ -350,7 +369,7 @@ def _to_yaml(obj: dict[str, Any]) -> str:
 
 def generate() -> dict[str, str]:
     """File name -> YAML text of every CRD."""
-    crds = [modelrelease_crd(), rolloutpolicy_crd()]
+    crds = [modelrelease_crd(), rolloutpolicy_crd(), quarantine_crd()]
     return {f"{c['metadata']['name']}.yaml": _to_yaml(c) for c in crds}
 
 

@@ -301,6 +301,8 @@ from rewind.api import (
     Outcome,
     PendingDecision,
     Phase,
+    QuarantineEntry,
+    QuarantineMark,
     QueryErrorKind,
     RollbackMode,
     RolloutPolicySpec,
@@ -333,6 +335,7 @@ __all__ = [
     "EnsureRevision",
     "HumanAction",
     "Inputs",
+    "QuarantineRule",
     "RemoveAnnotation",
     "RevisionState",
     "RouteObservation",
@@ -353,6 +356,7 @@ __all__ = [
     "fallback_of",
     "next_analysis_at",
     "plan_for",
+    "quarantine_match",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -453,6 +457,14 @@ class SnapshotCheck:
 
 
 @dataclass(frozen=True)
+class QuarantineRule:
+    """One entry of a Quarantine of the release's namespace, as the controller read it."""
+
+    ref: str  # <namespace>/<quarantine name>#<entry name>: how decisions name it
+    entry: QuarantineEntry
+
+
+@dataclass(frozen=True)
 class Inputs:
     """Everything one decision may depend on (the engine reads nothing else)."""
 
@@ -481,6 +493,8 @@ class Inputs:
     #: The controller's check of the snapshot of a drill's target (``drill_snapshot_due``);
     #: None: not checked in this call.
     drill_snapshot: SnapshotCheck | None = None
+    #: Every Quarantine entry of the namespace (what is known to be bad), in a stable order.
+    quarantine: tuple[QuarantineRule, ...] = ()
     #: Why the API server refused the Deployment the spec would run (a server-side dry run
     #: of the new revision's Deployment: a pod template it does not accept, an admission
     #: policy); None: accepted, or not checked. A revision that starts with it fails.
@@ -772,6 +786,9 @@ class _Ctx:
     wakeups: list[datetime] = field(default_factory=list)
     stalled: str | None = None  # stall reason found this call (besides policy / phase)
     deferred_spec: bool = False  # the spec changed while rolling back
+    #: A quarantined revision serves (or is the rollback target) and no clean known-good
+    #: revision exists to go to: why the release holds (Stalled=True, QuarantineHold).
+    quarantine_hold: str | None = None
     actions: tuple[HumanAction, ...] = ()  # Inputs.actions clipped, in the order acted on
     kept: set[HumanAction] = field(default_factory=set)  # left on the object for later
 
@@ -983,6 +1000,8 @@ def _desired_routes(ctx: _Ctx) -> SetRoutes | None:
             return SetRoutes({stable: 100}, None, 0)
         return SetRoutes({cand: 100}, None, 0)
     if s.phase in (Phase.ROLLING_BACK, Phase.PENDING):  # Pending: restoring adopted history
+        if s.phase == Phase.ROLLING_BACK and _quarantined(ctx, stable) is not None:
+            return None  # a quarantined target gets no traffic: hold where it is
         return SetRoutes({stable: 100}, None, 0) if stable and ctx.available(stable) else None
     if s.phase in SETTLED and stable:
         mirror = _drill_mirror(ctx)
@@ -1174,6 +1193,12 @@ def _start_rollback(ctx: _Ctx, target: int, leaving: int, reason: str) -> None:
     # (header routes included); a mirror only sends copies, whose answers nobody sees.
     seen = ctx.inp.routes
     live = seen.weights.get(leaving, 0) > 0 or seen.header_revision == leaving
+    old = ctx.entry(s.stable_revision) if s.stable_revision not in (0, target, leaving) else None
+    if old is not None and old.quarantine is not None and old.finished_at is None:
+        # A quarantined stable passed over: it stops serving once the target does, and
+        # is kept warm meanwhile, as a replaced stable is.
+        old.finished_at = ctx.now
+        old.reason = f"{old.reason}; passed over by a rollback to r{target}".lstrip("; ")
     s.pending_decision = None
     s.restoring = False
     s.stable_revision = target
@@ -1252,6 +1277,21 @@ def annotate_command(
     return command
 
 
+def _back_to(ctx: _Ctx, leaving: int) -> tuple[int, str]:
+    """Where a rollback from the in-flight ``leaving`` goes: the stable, unless it is
+    quarantined (then the newest clean known-good revision; none: the stable all the
+    same, where the release then holds), and why, for the timeline."""
+    stable = ctx.s.stable_revision
+    mark = _quarantined(ctx, stable)
+    if mark is None:
+        return stable, ""
+    target, skipped = _clean_target(ctx, leaving)
+    if target is None:
+        return stable, ""
+    why = [f"r{stable} skipped: quarantined by {mark.entry}", *skipped[1:]]
+    return target, "".join(f"; {x}" for x in why)
+
+
 def _decide_rollback(ctx: _Ctx, reason: str) -> None:
     s = ctx.s
     assert ctx.policy is not None
@@ -1260,14 +1300,15 @@ def _decide_rollback(ctx: _Ctx, reason: str) -> None:
     if not stable:  # a first release failing its preview: no users, nothing to go back to
         _fail_candidate(ctx, reason)
         return
+    target, skipped = _back_to(ctx, cand)
     if rollback.mode == RollbackMode.AUTOMATIC or rollback.approval is None:
         ctx.record(
             TimelineType.ROLLBACK_DECIDED,
-            f"rolling back r{cand} to r{stable}: {reason}",
+            f"rolling back r{cand} to r{target}: {reason}{skipped}",
             revision=cand,
             warning=True,
         )
-        _start_rollback(ctx, stable, cand, reason)
+        _start_rollback(ctx, target, cand, reason)
         return
     approval = rollback.approval
     expires = ctx.now + timedelta(seconds=parse_duration(approval.timeout))
@@ -1280,10 +1321,11 @@ def _decide_rollback(ctx: _Ctx, reason: str) -> None:
         required_approvers=approval.required_approvers,
         approvals=[],
         evidence=evidence,
+        target=target if target != stable else 0,
     )
     s.phase = Phase.AWAITING_APPROVAL
     s.message = (
-        f"rollback of r{cand} to r{stable} proposed: {reason}; waiting for "
+        f"rollback of r{cand} to r{target} proposed: {reason}{skipped}; waiting for "
         f"{approval.required_approvers} approver(s) until {_ts(expires)} "
         f"(then {approval.on_timeout.value}); traffic holds"
     )
@@ -1309,9 +1351,17 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
             model_digest=spec.model.artifact_digest,
             image_digest=image_digest(spec.code.image) or "",
             data_version=spec.data.version if spec.data is not None else "",
+            dataset_ref=spec.data.dataset_ref if spec.data is not None else None,
+            data_created_at=spec.data.created_at if spec.data is not None else None,
             outcome=Outcome.PROGRESSING,
             created_at=ctx.now,
         )
+        rule = quarantine_match(entry, ctx.inp.quarantine)
+        if rule is not None:
+            entry.quarantine = QuarantineMark(
+                entry=rule.ref, what=rule.entry.describe(), reason=rule.entry.reason,
+                added_by=rule.entry.added_by, since=ctx.now,
+            )
         s.history.append(entry)
     else:
         entry.outcome = Outcome.PROGRESSING
@@ -1325,6 +1375,8 @@ def _start_revision(ctx: _Ctx, revision: int, *, fresh: bool) -> None:
     if fresh or not entry.unpinned:
         entry.unpinned = unpinned_references(spec)
     error = tag_image_error(spec, policy) or ctx.inp.template_error
+    if error is None and entry.quarantine is not None:
+        error = f"refused before any traffic: quarantined by {_named(entry.quarantine)}"
     if error is not None:
         entry.outcome = Outcome.FAILED
         entry.finished_at = ctx.now
@@ -1523,6 +1575,248 @@ def _phase_pending(ctx: _Ctx) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Pipeline step 0b: quarantine (what is known to be bad)
+# --------------------------------------------------------------------------------------
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _data_made_after(e: HistoryEntry, after: datetime) -> bool:
+    """Whether the revision's training data was made at or after ``after``: by
+    ``data.createdAt`` when recorded; else the data is older than the revision, so a
+    revision first seen before ``after`` is clean, and one seen since is suspect (unknown
+    is not clean)."""
+    if e.data_created_at is not None:
+        return _aware(e.data_created_at) >= _aware(after)
+    return e.created_at is None or _aware(e.created_at) >= _aware(after)
+
+
+def _matches(q: QuarantineEntry, e: HistoryEntry) -> bool:
+    if q.model_digest is not None:
+        return q.model_digest == e.model_digest
+    if q.image_digest is not None:
+        return q.image_digest == e.image_digest
+    if q.data_version is not None:
+        return q.data_version == e.data_version and (
+            q.dataset_ref is None or q.dataset_ref == e.dataset_ref
+        )
+    assert q.suspect_after is not None
+    return e.dataset_ref == q.dataset_ref and _data_made_after(e, q.suspect_after)
+
+
+def quarantine_match(
+    e: HistoryEntry, rules: Sequence[QuarantineRule]
+) -> QuarantineRule | None:
+    """The first Quarantine entry that matches the revision's lineage (None: clean)."""
+    return next((r for r in rules if _matches(r.entry, e)), None)
+
+
+def _named(mark: QuarantineMark) -> str:
+    """``Quarantine risk/poison#nov-tx (data version 3f9c of s3://d: label flips; added by
+    alice)``: which entry, what it matched, why, who."""
+    ns_name, _, entry = mark.entry.partition("#")
+    return (
+        f"Quarantine {ns_name} entry {entry} ({mark.what}: {mark.reason}; added by "
+        f"{_who(mark.added_by)})"
+    )
+
+
+def _quarantined(ctx: _Ctx, revision: int) -> QuarantineMark | None:
+    e = ctx.entry(revision) if revision else None
+    return e.quarantine if e is not None else None
+
+
+def _mark_quarantine(ctx: _Ctx) -> None:
+    """Mark every revision of the history whose lineage a Quarantine entry matches (and
+    unmark the ones no entry matches any more), recording each change once."""
+    s = ctx.s
+    for e in s.history:
+        rule = quarantine_match(e, ctx.inp.quarantine)
+        old = e.quarantine
+        if rule is None:
+            if old is not None:
+                e.quarantine = None
+                ctx.record(
+                    TimelineType.QUARANTINE_LIFTED,
+                    f"r{e.revision} is no longer quarantined: {old.entry} no longer matches it",
+                    revision=e.revision,
+                )
+            continue
+        if old is not None and old.entry == rule.ref:
+            continue
+        e.quarantine = QuarantineMark(
+            entry=rule.ref,
+            what=rule.entry.describe(),
+            reason=rule.entry.reason,
+            added_by=rule.entry.added_by,
+            since=ctx.now,
+        )
+        ctx.record(
+            TimelineType.QUARANTINED,
+            f"r{e.revision} is quarantined by {_named(e.quarantine)}",
+            revision=e.revision,
+            warning=True,
+        )
+    pd = s.pending_decision
+    if pd is not None and pd.quarantine and _quarantined(ctx, s.stable_revision) is None:
+        ctx.record(
+            TimelineType.QUARANTINE_LIFTED,
+            f"the proposed rollback of r{s.stable_revision} is withdrawn: it is no longer "
+            "quarantined",
+            revision=s.stable_revision,
+        )
+        s.pending_decision = None
+
+
+def _summarize_quarantine(s: ModelReleaseStatus) -> None:
+    s.quarantined = ",".join(
+        f"r{e.revision}"
+        for e in sorted(s.history, key=lambda e: -e.revision)
+        if e.quarantine is not None
+    )
+
+
+def _clean_target(ctx: _Ctx, leaving: int) -> tuple[int | None, list[str]]:
+    """The known-good revision promoted most recently that is not quarantined (``leaving``
+    aside), and why each newer known-good one was skipped."""
+    good = sorted(
+        (e for e in ctx.s.history if _known_good(e) and e.revision != leaving),
+        key=_promotion,
+        reverse=True,
+    )
+    skipped: list[str] = []
+    for e in good:
+        if e.quarantine is None:
+            return e.revision, skipped
+        skipped.append(f"r{e.revision} skipped: quarantined by {e.quarantine.entry}")
+    return None, skipped
+
+
+def _hold(ctx: _Ctx, revision: int, mark: QuarantineMark, skipped: list[str]) -> None:
+    """No clean known-good revision: stay where traffic is, and say so (Stalled)."""
+    why = "; ".join(skipped) or "no other known-good revision"
+    ctx.quarantine_hold = (
+        f"r{revision} is quarantined by {_named(mark)}, and no known-good revision is "
+        f"clean ({why}): holding where traffic is. Release a clean revision (a new spec), "
+        f"or lift the entry if it is wrong"
+    )
+    prev = _condition(ctx.inp.status, ConditionType.STALLED)
+    if prev is None or prev.reason != TimelineType.QUARANTINE_HOLD or (
+        prev.message != ctx.quarantine_hold
+    ):
+        ctx.note(TimelineType.QUARANTINE_HOLD, ctx.quarantine_hold)
+
+
+def _quarantine(ctx: _Ctx) -> None:
+    """The effects of quarantine marks: a quarantined candidate never gets (more)
+    traffic; a quarantined stable is rolled back (automatically or after approval, per
+    the policy) to the newest known-good revision that is clean; a quarantined rollback
+    target is replaced by the next clean one. Without one, the release holds."""
+    s = ctx.s
+    if ctx.policy is None:
+        return  # without a usable policy only break glass moves traffic
+    cand, stable = s.candidate_revision, s.stable_revision
+    cmark = _quarantined(ctx, cand)
+    if s.phase in IN_FLIGHT and cand and cand != stable and cmark is not None:
+        if s.pending_decision is not None:
+            return  # a rollback of it is already proposed
+        seen = ctx.inp.routes
+        live = seen.weights.get(cand, 0) > 0 or seen.header_revision == cand
+        reason = f"r{cand} is quarantined by {_named(cmark)}"
+        ctx.record(TimelineType.QUARANTINE_REFUSED, reason, revision=cand, warning=True)
+        if live and stable:
+            _decide_rollback(ctx, reason)
+        else:
+            _fail_candidate(ctx, reason)
+        return
+    smark = _quarantined(ctx, stable)
+    if smark is None:
+        return
+    if s.phase == Phase.ROLLING_BACK:
+        leaving = cand
+        target, skipped = _clean_target(ctx, leaving)
+        if target is None or target == stable:
+            _hold(ctx, stable, smark, skipped)
+            return
+        left = ctx.entry(leaving)
+        _give_up_target(ctx, f"quarantined by {smark.entry}")
+        ctx.record(
+            TimelineType.ROLLBACK_DECIDED,
+            f"rollback target r{stable} is quarantined by {_named(smark)}: rolling back "
+            f"from r{leaving} to r{target} instead" + "".join(f"; {x}" for x in skipped),
+            revision=leaving,
+            warning=True,
+        )
+        why = left.reason if left is not None and left.reason else "rollback"
+        _start_rollback(ctx, target, leaving, f"{why}; r{stable} is quarantined")
+        return
+    if s.phase not in SETTLED or smark.accepted_by or s.pending_decision is not None:
+        return
+    target, skipped = _clean_target(ctx, stable)
+    if target is None:
+        _hold(ctx, stable, smark, skipped)
+        return
+    via = "".join(f"; {x}" for x in skipped)
+    reason = f"r{stable} is quarantined by {_named(smark)}"
+    rollback = ctx.policy.rollback
+    if rollback.mode == RollbackMode.AUTOMATIC or rollback.approval is None:
+        ctx.record(
+            TimelineType.ROLLBACK_DECIDED,
+            f"rolling back r{stable} to r{target}, the newest clean known-good revision: "
+            f"{reason}{via}",
+            revision=stable,
+            warning=True,
+        )
+        _start_rollback(ctx, target, stable, reason)
+        return
+    approval = rollback.approval
+    expires = ctx.now + timedelta(seconds=parse_duration(approval.timeout))
+    s.pending_decision = PendingDecision(
+        action=DecisionAction.ROLLBACK,
+        reason=reason,
+        decided_at=ctx.now,
+        expires_at=expires,
+        required_approvers=approval.required_approvers,
+        target=target,
+        quarantine=smark.entry,
+    )
+    s.message = (
+        f"rollback of r{stable} to r{target} proposed: {reason}{via}; waiting for "
+        f"{approval.required_approvers} approver(s) until {_ts(expires)} (then "
+        f"{approval.on_timeout.value}); traffic stays on r{stable}"
+    )
+    ctx.record(
+        TimelineType.APPROVAL_REQUESTED,
+        f"{s.message}. Approve: {_kubectl(ctx, ANNOTATION_APPROVE_ROLLBACK, 'true')} ; "
+        f"reject (keep serving r{stable}): "
+        f"{_kubectl(ctx, ANNOTATION_REJECT_ROLLBACK, '<reason>')}",
+        revision=stable,
+        warning=True,
+    )
+    ctx.wake(expires)
+
+
+def _quarantine_decision(ctx: _Ctx) -> PendingDecision | None:
+    """The pending rollback of a quarantined stable revision on a settled release."""
+    s = ctx.s
+    pd = s.pending_decision
+    return pd if pd is not None and pd.quarantine and s.phase in SETTLED else None
+
+
+def _keep_serving(ctx: _Ctx, who: str) -> None:
+    """Humans chose to keep the quarantined stable: no rollback is proposed again for
+    this entry (the mark remembers who), the condition stays Degraded."""
+    s = ctx.s
+    e = ctx.entry(s.stable_revision)
+    if e is not None and e.quarantine is not None:
+        e.quarantine.accepted_by = who
+    s.pending_decision = None
+    s.message = f"r{s.stable_revision} keeps serving although quarantined ({who} chose so)"
+
+
+# --------------------------------------------------------------------------------------
 # Pipeline step 1: analysis results of this call
 # --------------------------------------------------------------------------------------
 
@@ -1611,6 +1905,9 @@ def _describe(m: Measurement) -> str:
 def _expire_decision(ctx: _Ctx) -> None:
     s = ctx.s
     pd = s.pending_decision
+    if _quarantine_decision(ctx) is not None and ctx.policy is not None:
+        _expire_quarantine_decision(ctx)
+        return
     if s.phase != Phase.AWAITING_APPROVAL or pd is None or ctx.policy is None:
         return
     if pd.expires_at is None or ctx.now < pd.expires_at:
@@ -1628,7 +1925,7 @@ def _expire_decision(ctx: _Ctx) -> None:
         )
         _start_rollback(
             ctx,
-            s.stable_revision,
+            _decided_target(ctx, pd),
             cand,
             f"approval timed out at {_ts(pd.expires_at)}: {pd.reason}",
         )
@@ -1641,6 +1938,62 @@ def _expire_decision(ctx: _Ctx) -> None:
             warning=True,
         )
         _resume(ctx)
+
+
+def _decided_target(ctx: _Ctx, pd: PendingDecision) -> int:
+    """The target of an approved (or timed-out) rollback of the in-flight candidate: the
+    one proposed, unless it was quarantined since (then chosen again)."""
+    target = pd.target or ctx.s.stable_revision
+    if _quarantined(ctx, target) is None:
+        return target
+    return _back_to(ctx, ctx.s.candidate_revision)[0]
+
+
+def _expire_quarantine_decision(ctx: _Ctx) -> None:
+    s = ctx.s
+    pd = s.pending_decision
+    assert pd is not None and ctx.policy is not None
+    if pd.expires_at is None or ctx.now < pd.expires_at:
+        return
+    approval = ctx.policy.rollback.approval
+    on_timeout = approval.on_timeout if approval is not None else ApprovalTimeoutAction.ROLLBACK
+    stable = s.stable_revision
+    got = f"{len(pd.approvals)}/{pd.required_approvers} approvals"
+    if on_timeout == ApprovalTimeoutAction.ROLLBACK:
+        ctx.record(
+            TimelineType.APPROVAL_TIMED_OUT,
+            f"no decision on quarantined r{stable} by {_ts(pd.expires_at)} ({got}): "
+            "onTimeout Rollback",
+            revision=stable,
+            warning=True,
+        )
+        _approved_quarantine_rollback(
+            ctx, f"approval timed out at {_ts(pd.expires_at)}: {pd.reason}"
+        )
+        return
+    ctx.record(
+        TimelineType.APPROVAL_TIMED_OUT,
+        f"no decision on quarantined r{stable} by {_ts(pd.expires_at)} ({got}): onTimeout "
+        f"Resume, r{stable} keeps serving",
+        revision=stable,
+        warning=True,
+    )
+    _keep_serving(ctx, "approval.onTimeout Resume")
+
+
+def _approved_quarantine_rollback(ctx: _Ctx, reason: str) -> None:
+    """Roll the quarantined stable back to the newest clean known-good revision, chosen
+    again now (one may have been quarantined since the decision)."""
+    s = ctx.s
+    stable = s.stable_revision
+    mark = _quarantined(ctx, stable)
+    target, skipped = _clean_target(ctx, stable)
+    s.pending_decision = None
+    if target is None:
+        if mark is not None:
+            _hold(ctx, stable, mark, skipped)
+        return
+    _start_rollback(ctx, target, stable, reason)
 
 
 # --------------------------------------------------------------------------------------
@@ -1676,7 +2029,8 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> bool:
     if s.phase in IN_FLIGHT and s.candidate_revision:
         ctx.record(TimelineType.BREAK_GLASS, reason, user=a.user, warning=True)
         if s.stable_revision:
-            _start_rollback(ctx, s.stable_revision, s.candidate_revision, reason)
+            back = _back_to(ctx, s.candidate_revision)[0]
+            _start_rollback(ctx, back, s.candidate_revision, reason)
         else:
             _fail_candidate(ctx, f"{reason} (first release: no known-good revision to restore)")
         return True
@@ -1751,7 +2105,7 @@ def _previous_known_good(
     good = [
         e
         for e in s.history
-        if _known_good(e) and e.revision not in (s.stable_revision, skip)
+        if _known_good(e) and e.revision not in (s.stable_revision, skip) and e.quarantine is None
     ]
     if before is not None and before.promoted_at is not None:
         good = [e for e in good if _promotion(e) < _promotion(before)]
@@ -1761,7 +2115,8 @@ def _previous_known_good(
 def _act_approve(ctx: _Ctx, a: HumanAction) -> bool:
     s = ctx.s
     pd = s.pending_decision
-    if s.phase != Phase.AWAITING_APPROVAL or pd is None:
+    quarantine = _quarantine_decision(ctx) is not None
+    if (s.phase != Phase.AWAITING_APPROVAL and not quarantine) or pd is None:
         _no_pending(ctx, "approval", a.user)
         return False
     users = [r.user for r in pd.approvals]
@@ -1776,17 +2131,21 @@ def _act_approve(ctx: _Ctx, a: HumanAction) -> bool:
     else:
         pd.approvals.append(ApprovalRecord(user=a.user, at=ctx.now))
         users.append(a.user)
+        leaving = s.stable_revision if quarantine else s.candidate_revision
         ctx.record(
             TimelineType.APPROVED,
-            f"rollback of r{s.candidate_revision} approved by {_who(a.user)} "
+            f"rollback of r{leaving} approved by {_who(a.user)} "
             f"({len(users)}/{pd.required_approvers})",
             user=a.user,
         )
     if len(users) >= pd.required_approvers:
         names = ", ".join(_who(u) for u in users)
+        if quarantine:
+            _approved_quarantine_rollback(ctx, f"rollback approved by {names}: {pd.reason}")
+            return counted
         _start_rollback(
             ctx,
-            s.stable_revision,
+            _decided_target(ctx, pd),
             s.candidate_revision,
             f"rollback approved by {names}: {pd.reason}",
         )
@@ -1795,6 +2154,15 @@ def _act_approve(ctx: _Ctx, a: HumanAction) -> bool:
 
 def _act_reject(ctx: _Ctx, a: HumanAction) -> bool:
     s = ctx.s
+    if _quarantine_decision(ctx) is not None:
+        ctx.record(
+            TimelineType.REJECTED,
+            f"rollback of quarantined r{s.stable_revision} rejected by {_who(a.user)}: "
+            f"{a.value.strip()}; it keeps serving",
+            user=a.user,
+        )
+        _keep_serving(ctx, _who(a.user))
+        return True
     if s.phase != Phase.AWAITING_APPROVAL or s.pending_decision is None:
         _no_pending(ctx, "rejection", a.user)
         return False
@@ -1890,9 +2258,11 @@ def _target_rollback(ctx: _Ctx) -> str:
 def _target_decision(ctx: _Ctx) -> str:
     s = ctx.s
     pd = s.pending_decision
-    if s.phase != Phase.AWAITING_APPROVAL or pd is None:
+    if pd is None or (s.phase != Phase.AWAITING_APPROVAL and _quarantine_decision(ctx) is None):
         return ""
     when = _ts(pd.decided_at) if pd.decided_at is not None else "?"
+    if pd.quarantine:
+        return f"the quarantine rollback decision on r{s.stable_revision} of {when}"
     return f"the rollback decision on r{s.candidate_revision} of {when}"
 
 
@@ -2218,7 +2588,7 @@ def _rollback_window(ctx: _Ctx) -> list[HistoryEntry]:
 def _restorable(ctx: _Ctx) -> HistoryEntry | None:
     """The known-good revision in the rollback window whose spec the current spec is."""
     for e in _rollback_window(ctx):
-        if e.spec_hash == ctx.inp.spec_hash and _known_good(e):
+        if e.spec_hash == ctx.inp.spec_hash and _known_good(e) and e.quarantine is None:
             return e
     return None
 
@@ -2274,7 +2644,11 @@ def _start_restore(ctx: _Ctx, entry: HistoryEntry) -> None:
 
 
 def _phase_idle(ctx: _Ctx) -> None:
-    """Promoted / RolledBack / Failed: only humans or a new spec move these."""
+    """Promoted / RolledBack / Failed: only humans, a new spec or a quarantine move these
+    (a proposed rollback of a quarantined stable times out)."""
+    pd = _quarantine_decision(ctx)
+    if pd is not None and pd.expires_at is not None:
+        ctx.wake(pd.expires_at)
 
 
 def _phase_rollout(ctx: _Ctx) -> None:
@@ -2364,6 +2738,16 @@ def _phase_rolling_back(ctx: _Ctx) -> None:
     s = ctx.s
     target, leaving = s.stable_revision, s.candidate_revision
     left = ctx.entry(leaving)
+    mark = _quarantined(ctx, target)
+    if mark is not None:
+        # No clean target to go to instead (``_quarantine`` would have chosen it).
+        s.message = (
+            f"rolling back from r{leaving}: held, target r{target} is quarantined by "
+            f"{mark.entry} and no known-good revision is clean; traffic stays where it is"
+        )
+        if ctx.quarantine_hold is None:
+            _hold(ctx, target, mark, _clean_target(ctx, leaving)[1])
+        return
     if ctx.available(target):
         want = _desired_routes(ctx)
         if not ctx.in_effect(want):
@@ -3194,9 +3578,11 @@ def _target_drill(ctx: _Ctx) -> str:
 
 _PIPELINE: tuple[Callable[[_Ctx], None], ...] = (
     _adopt_archive,
+    _mark_quarantine,
     _record_analysis,
     _expire_decision,
     _consume_actions,
+    _quarantine,
     _run_breaker,
     _settle,
     _reconsider_kept,
@@ -3419,6 +3805,8 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
         stalled = (reason.value, f"{problem.message}; {msg}")
     elif ctx.stalled:
         stalled = ("RollbackStalled", ctx.stalled)
+    elif ctx.quarantine_hold:
+        stalled = (TimelineType.QUARANTINE_HOLD.value, ctx.quarantine_hold)
     elif stuck:
         stalled = ("RoutesNotInEffect", stuck)
     elif stable_down:
@@ -3432,13 +3820,17 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
             f"{msg}; the spec still describes r{cur}: annotate {ANNOTATION_RETRY}=true to "
             "try it again or change the spec",
         )
-    ready = phase == Phase.PROMOTED and in_effect and stalled is None and breaker is None
+    deciding = _quarantine_decision(ctx)
+    ready = (phase == Phase.PROMOTED and in_effect and stalled is None and breaker is None
+             and deciding is None)
     if ready:
         ready_reason = phase.value
     elif stalled is not None:
         ready_reason = stalled[0]
     elif breaker is not None:
         ready_reason = breaker[0]
+    elif deciding is not None:
+        ready_reason = Phase.AWAITING_APPROVAL.value
     elif phase == Phase.PROMOTED:
         ready_reason = "RoutesNotInEffect"
     else:
@@ -3469,7 +3861,14 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
 
     prev = _condition(ctx.inp.status, ConditionType.DEGRADED)
     unmeshed = _unmeshed(ctx)
-    if stable_down:
+    smark = _quarantined(ctx, stable) if phase != Phase.ROLLING_BACK else None
+    if smark is not None and not stable_down:
+        detail = f"r{stable} serves users and is quarantined by {_named(smark)}"
+        if smark.accepted_by:
+            detail += f"; {smark.accepted_by} chose to keep serving it"
+        _set_condition(ctx, ConditionType.DEGRADED, True, TimelineType.QUARANTINED.value,
+                       ctx.quarantine_hold or detail)
+    elif stable_down:
         was_down = prev is not None and prev.reason == TimelineType.STABLE_UNAVAILABLE
         if not was_down:
             ctx.record(TimelineType.STABLE_UNAVAILABLE, stable_down, revision=stable, warning=True)
@@ -3688,6 +4087,7 @@ def decide(inputs: Inputs) -> Decision:
         s.message = f"waiting for a usable {what}: {error}"
     if ctx.deferred_spec and s.phase == Phase.ROLLING_BACK:
         s.message += _deferred_note(ctx)
+    _summarize_quarantine(s)
     want = _report_routes(ctx)
     _conditions(ctx, want)
     _trim(s)

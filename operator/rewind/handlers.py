@@ -59,6 +59,7 @@ from rewind.adapters.webhooks import Deliveries, Target
 from rewind.adapters.workloads import KubeWorkloads
 from rewind.api import (
     MODELRELEASE_PLURAL,
+    QUARANTINE_PLURAL,
     ROLLOUTPOLICY_PLURAL,
     RolloutPolicySpec,
     parse_duration,
@@ -238,6 +239,7 @@ class ReleaseLoops:
         self.controller.operator_metrics.active.set(1)
         # Policies may have changed while Kopf was paused on this replica.
         self.controller.policies.clear()
+        self.controller.quarantines.clear()
         for (namespace, name), uid in list(self._known.items()):
             self.ensure(namespace, name, uid)
 
@@ -247,6 +249,7 @@ class ReleaseLoops:
         self.active = False
         self.controller.operator_metrics.active.set(0)
         self.controller.policies.clear()
+        self.controller.quarantines.clear()
         for namespace, name in list(self._tasks):
             await self.stop(namespace, name)
             # The active replica writes meanwhile: re-apply everything when active again.
@@ -549,6 +552,18 @@ async def route_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     index: VirtualServiceIndex = memo.route_index
     for namespace, release in sorted(index.apply(event.get("type"), obj)):
         memo.loops.poke(namespace, release)
+
+
+@kopf.on.event(API_GROUP, API_VERSION, QUARANTINE_PLURAL)
+async def quarantine_event(
+    event: kopf.RawEvent, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """A Quarantine changed: every release of its namespace re-decides (its entries may
+    match a revision, or no longer do). The cached list goes first, so the releases woken
+    here list the Quarantines afresh."""
+    assert namespace is not None
+    memo.controller.quarantines.invalidate(namespace)
+    memo.loops.poke_namespace(namespace)
 
 
 @kopf.on.event(GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES)

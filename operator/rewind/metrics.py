@@ -197,6 +197,14 @@ class OperatorMetrics:
             labels,
             registry=self.registry,
         )
+        self.quarantine_hold = Gauge(
+            "rewind_release_quarantine_hold",
+            "1 while the release holds because a quarantined revision serves (or is its "
+            "rollback target) and no known-good revision is clean (Stalled, reason "
+            "QuarantineHold), else 0.",
+            labels,
+            registry=self.registry,
+        )
         self.approval_requested = Gauge(
             "rewind_release_approval_requested_timestamp_seconds",
             "While a rollback decision awaits approval: when it was proposed (Unix time); "
@@ -264,10 +272,14 @@ class OperatorMetrics:
                 self._child(self.overloaded, ids).inc()
         self._child(self.weight, ids).set(new.weights.candidate)
         self._child(self.routes_in_effect, ids).set(1 if new.routes.in_effect else 0)
+        hold = 0
         for condition in new.conditions:
             if condition.type in ("Ready", "Reconciling", "Stalled", "Degraded"):
                 on = 1 if condition.status.value == "True" else 0
                 self._child(self.condition, ids, type=condition.type).set(on)
+            if condition.type == "Stalled" and condition.status.value == "True":
+                hold = int(condition.reason == TimelineType.QUARANTINE_HOLD.value)
+        self._child(self.quarantine_hold, ids).set(hold)
         self._child(self.mirror, ids).set(new.mirror_percent)
         for phase in Phase:
             self._child(self.phase, ids, phase=phase.value).set(1 if new.phase == phase else 0)

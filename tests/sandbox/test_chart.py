@@ -576,6 +576,10 @@ def test_alerts_fire_as_documented(sandbox: Sandbox, kubectl: Kubectl, tmp_path:
                     {"series": 'rewind_release_phase{namespace="rec",release="recommender",'
                                'phase="AwaitingApproval"}',
                      "values": "1 1 1 0 0 0 0 0 0 0 0 0"},
+                    # A quarantined revision serves with nothing clean to go to, minutes 2-4.
+                    {"series": 'rewind_release_quarantine_hold{namespace="fraud",'
+                               'release="fraud-detector"}',
+                     "values": "0 0 1 1 1 0 0 0 0 0 0 0"},
                     # Two replicas (peering): both on standby from minute 4 to 8.
                     {"series": 'rewind_operator_active{pod="rewind-0"}',
                      "values": "1 1 1 1 0 0 0 0 0 0 0 0"},
@@ -613,6 +617,22 @@ def test_alerts_fire_as_documented(sandbox: Sandbox, kubectl: Kubectl, tmp_path:
                         },
                     }]},
                     {"eval_time": "9m", "alertname": "RewindAwaitingApproval", "exp_alerts": []},
+                    {"eval_time": "1m", "alertname": "RewindQuarantineHold", "exp_alerts": []},
+                    {"eval_time": "3m", "alertname": "RewindQuarantineHold", "exp_alerts": [{
+                        "exp_labels": {"severity": "critical", "namespace": "fraud",
+                                       "release": "fraud-detector"},
+                        "exp_annotations": {
+                            "summary": "A quarantined model revision serves and no clean "
+                                       "revision exists",
+                            "description": (
+                                "ModelRelease fraud/fraud-detector serves (or was rolling back "
+                                "to) a revision a Quarantine entry matches, and no known-good "
+                                "revision is clean: it holds where it is. Release a clean "
+                                "revision; the Stalled condition of `kubectl describe mr -n "
+                                "fraud fraud-detector` names the entry."),
+                        },
+                    }]},
+                    {"eval_time": "6m", "alertname": "RewindQuarantineHold", "exp_alerts": []},
                     {"eval_time": "3m", "alertname": "RewindNoActiveReplica", "exp_alerts": []},
                     {"eval_time": "5m", "alertname": "RewindNoActiveReplica", "exp_alerts": []},
                     {"eval_time": "7m", "alertname": "RewindNoActiveReplica", "exp_alerts": [{

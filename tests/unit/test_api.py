@@ -537,7 +537,9 @@ def _walk(node: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.mark.parametrize(
-    "crd", [crdgen.modelrelease_crd(), crdgen.rolloutpolicy_crd()], ids=["mr", "rp"]
+    "crd",
+    [crdgen.modelrelease_crd(), crdgen.rolloutpolicy_crd(), crdgen.quarantine_crd()],
+    ids=["mr", "rp", "qr"],
 )
 def test_crd_schema_is_structural_and_bounded(crd: dict[str, Any]) -> None:
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -606,6 +608,7 @@ def test_status_free_text_is_bounded() -> None:
         "status.pendingDecision.approvals[].user": api.MAX_HUMAN_TEXT,
         "status.pendingDecision.evidence[].message": api.MAX_MESSAGE,
         "status.history[].reason": api.MAX_MESSAGE,
+        "status.history[].quarantine.reason": api.MAX_MESSAGE,
         "status.routes.message": api.MAX_MESSAGE,
         "status.timeline[].type": api.MAX_SHORT_TEXT,
         "status.timeline[].message": api.MAX_MESSAGE,
@@ -625,7 +628,8 @@ def test_status_free_text_is_bounded() -> None:
 def test_printer_columns() -> None:
     mr = crdgen.modelrelease_crd()["spec"]
     cols = [c["name"] for c in mr["versions"][0]["additionalPrinterColumns"] if "priority" not in c]
-    assert cols == ["Phase", "Strategy", "Stable", "Candidate", "Weight", "Breaker", "Age"]
+    assert cols == ["Phase", "Strategy", "Stable", "Candidate", "Weight", "Breaker", "Quarantined",
+                    "Age"]
     assert mr["names"]["shortNames"] == ["mr"]
     assert mr["names"]["categories"] == ["rewind"]
     assert mr["versions"][0]["subresources"] == {"status": {}}

@@ -18,9 +18,13 @@ def test_crds_dir_is_fresh() -> None:
     assert not stale, f"stale CRDs, run `make crds`: {[str(p) for p in stale]}"
 
 
-def test_generated_files_are_the_two_crds() -> None:
+def test_generated_files_are_the_three_crds() -> None:
     files = crdgen.generate()
-    assert set(files) == {"modelreleases.rewind.dev.yaml", "rolloutpolicies.rewind.dev.yaml"}
+    assert set(files) == {
+        "modelreleases.rewind.dev.yaml",
+        "rolloutpolicies.rewind.dev.yaml",
+        "quarantines.rewind.dev.yaml",
+    }
     for name, text in files.items():
         doc = yaml.safe_load(text)
         assert doc["kind"] == "CustomResourceDefinition"

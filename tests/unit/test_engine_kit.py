@@ -48,6 +48,7 @@ from rewind.engine import (
     EnsureRevision,
     HumanAction,
     Inputs,
+    QuarantineRule,
     RemoveAnnotation,
     RevisionState,
     RouteObservation,
@@ -286,6 +287,8 @@ class World:
     signal: Callable[[datetime], Verdict] = field(default=lambda _now: Verdict.PASS)
     #: Snapshots whose data no longer verifies (a drill's snapshot check says corrupt).
     corrupt: set[int] = field(default_factory=set)
+    #: The Quarantine entries of the namespace, as the handler read them.
+    quarantine: tuple[QuarantineRule, ...] = ()
     #: What the handler's dry run of a new revision's Deployment says (None: accepted).
     template_error: str | None = None
     #: Why the spec cannot be a revision now (a missing serving.workloadRef Deployment).
@@ -406,6 +409,7 @@ class World:
                 if breaker_due(self.status, self.policy, self.spec) else None
             ),
             drill_snapshot=self.snapshot_check(),
+            quarantine=self.quarantine,
             template_error=self.template_error,
             spec_error=self.spec_error,
             proxy_expected=self.proxy_expected,

@@ -9,8 +9,10 @@ from typing import Any
 
 import kopf
 import pytest
+from kubernetes import client
 
 from rewind import handlers
+from rewind.adapters.quarantine import QuarantineCache, _Cached
 from rewind.api import RolloutPolicySpec
 from rewind.handlers import ReleaseLoops, UnusedDiffBase, _QuietSuccess
 from rewind.metrics import OperatorMetrics
@@ -180,6 +182,9 @@ def test_a_failed_read_is_the_callers_error_and_is_not_kept() -> None:
 @dataclass
 class FakeController:
     policies: PolicyCache = field(default_factory=lambda: PolicyCache(clock=Clock()))
+    quarantines: QuarantineCache = field(
+        default_factory=lambda: QuarantineCache(client.ApiClient(), clock=Clock())
+    )
     operator_metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
 
     def forget(self, namespace: str, name: str) -> None:
@@ -213,6 +218,29 @@ def test_the_policy_watch_drops_the_cached_policy_before_it_wakes_the_releases()
     asyncio.run(scenario())
 
 
+def test_the_quarantine_watch_drops_the_namespaces_entries_before_it_wakes_the_releases() -> (
+    None
+):
+    async def scenario() -> None:
+        controller = FakeController()
+        loops = ReleaseLoops(controller, active=False)  # type: ignore[arg-type]
+        cache = controller.quarantines
+        cache._cached["ns"] = _Cached(at=0.0, entries=())  # listed before the change
+        woken: list[tuple[str, bool]] = []
+
+        def poke_namespace(namespace: str) -> None:
+            woken.append((namespace, namespace in cache._cached))
+
+        loops.poke_namespace = poke_namespace  # type: ignore[method-assign]
+        memo = kopf.Memo(controller=controller, loops=loops)
+        event: Any = {"type": "ADDED", "object": {"metadata": {"name": "q", "namespace": "ns"}}}
+        quarantine_event: Any = handlers.quarantine_event
+        await quarantine_event(event=event, namespace="ns", memo=memo)
+        assert woken == [("ns", False)]  # the releases woken list the Quarantines afresh
+
+    asyncio.run(scenario())
+
+
 def test_a_replica_standing_by_or_becoming_active_starts_with_no_cached_policy() -> None:
     async def scenario() -> None:
         controller = FakeController()
@@ -238,7 +266,7 @@ def test_no_change_handler_is_registered_so_the_diff_base_is_never_needed() -> N
     assert list(registry._spawning.get_all_handlers()) == []  # daemons and timers diff too
     assert {h.id for h in registry._watching.get_all_handlers()} == {
         "release_event", "revision_event", "template_event", "policy_event", "route_event",
-        "http_route_event"}
+        "http_route_event", "quarantine_event"}
     storage = UnusedDiffBase(prefix="rewind.dev", key="last-handled-configuration")
     body = kopf.Body({"metadata": {"name": "x"}, "spec": {"a": 1}, "status": {"b": 2}})
     assert storage.build(body=body) == {}

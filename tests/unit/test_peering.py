@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from rewind.adapters.quarantine import QuarantineCache
 from rewind.controller import ReconcileResult
 from rewind.handlers import ReleaseLoops
 from rewind.main import main
@@ -101,6 +102,9 @@ class FakeController:
 
     operator_metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     policies: PolicyCache = field(default_factory=PolicyCache)
+    quarantines: QuarantineCache = field(
+        default_factory=lambda: QuarantineCache(client.ApiClient())
+    )
     reconciles: list[tuple[str, str]] = field(default_factory=list)
     forgotten: list[tuple[str, str]] = field(default_factory=list)
     gone: set[str] = field(default_factory=set)

@@ -103,6 +103,10 @@ app.kubernetes.io/part-of: rewind
 - apiGroups: [rewind.dev]
   resources: [rolloutpolicies/status]
   verbs: [get, patch, update]
+# Quarantines (what is known to be bad) are read-only for the operator.
+- apiGroups: [rewind.dev]
+  resources: [quarantines]
+  verbs: [get, list, watch]
 # One Deployment per revision (server-side apply = patch), scaled through /scale; the
 # Deployment a serving.workloadRef names is only read (get, watch), never written.
 - apiGroups: [apps]

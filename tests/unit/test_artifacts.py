@@ -1,0 +1,140 @@
+"""Artifact digests (issue 13, item 1): the rewind-manifest-v1 standard, checked by the
+verifier against local files and a real HTTP server on loopback, and by standard tools."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rewind.adapters.artifacts import (
+    MANIFEST_NAME,
+    ArtifactVerifier,
+    digest_of,
+    manifest,
+)
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path) -> Path:
+    """A model of safetensors shards, with its manifest published beside them."""
+    root = tmp_path / "model"
+    (root / "sub").mkdir(parents=True)
+    for name, data in {
+        "model-00001-of-00002.safetensors": b"shard one" * 1000,
+        "model-00002-of-00002.safetensors": b"shard two" * 1000,
+        "config.json": b'{"layers": 2}',
+        "sub/tokenizer.json": b"{}",
+    }.items():
+        (root / name).write_bytes(data)
+    sums = {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*") if p.is_file()
+    }
+    (root / MANIFEST_NAME).write_text(manifest(sums))
+    return root
+
+
+def directory_digest_by_shell(root: Path) -> str:
+    """What the documented pipeline of standard tools prints."""
+    if shutil.which("find") is None or shutil.which("sha256sum") is None:
+        pytest.skip("GNU find / sha256sum missing")
+    out = subprocess.run(
+        f"find . -type f ! -path ./{MANIFEST_NAME} -printf '%P\\0' | LC_ALL=C sort -z "
+        "| xargs -0 sha256sum | sha256sum",
+        shell=True, cwd=root, capture_output=True, text=True, check=True,
+    ).stdout
+    return "sha256:" + out.split()[0]
+
+
+def test_a_directory_digest_is_what_standard_tools_compute(model_dir: Path) -> None:
+    want = directory_digest_by_shell(model_dir)
+    assert want == digest_of((model_dir / MANIFEST_NAME).read_text())
+    verdict = ArtifactVerifier().verify(str(model_dir), want)
+    assert verdict.ok and verdict.files == 4, verdict
+    assert ArtifactVerifier().verify(model_dir.as_uri() + "/", want).ok
+
+
+def test_a_tampered_shard_is_named(model_dir: Path) -> None:
+    want = directory_digest_by_shell(model_dir)
+    (model_dir / "model-00002-of-00002.safetensors").write_bytes(b"poisoned")
+    verdict = ArtifactVerifier().verify(str(model_dir), want)
+    assert not verdict.ok
+    assert "model-00002-of-00002.safetensors: sha256 " in verdict.message
+    assert "model-00001" not in verdict.message
+
+
+def test_an_added_file_is_named_and_without_a_manifest_the_digests_are_given(
+    model_dir: Path,
+) -> None:
+    want = directory_digest_by_shell(model_dir)
+    (model_dir / "extra.bin").write_bytes(b"x")
+    verdict = ArtifactVerifier().verify(str(model_dir), want)
+    assert not verdict.ok and "extra.bin: not in the release" in verdict.message
+    (model_dir / MANIFEST_NAME).unlink()
+    verdict = ArtifactVerifier().verify(str(model_dir), want)
+    assert not verdict.ok and f"want {want}" in verdict.message
+    assert "publish SHA256SUMS" in verdict.message
+
+
+def test_one_file(tmp_path: Path) -> None:
+    f = tmp_path / "model.onnx"
+    f.write_bytes(b"weights")
+    assert ArtifactVerifier().verify(f.as_uri(), sha(b"weights")).ok
+    f.write_bytes(b"weightz")
+    verdict = ArtifactVerifier().verify(str(f), sha(b"weights"))
+    assert not verdict.ok
+    assert verdict.message == f"{f} has digest {sha(b'weightz')}, want {sha(b'weights')}"
+
+
+def test_what_cannot_be_read_fails_with_why(tmp_path: Path) -> None:
+    v = ArtifactVerifier()
+    assert "no such file" in v.verify(str(tmp_path / "nope"), sha(b"")).message
+    assert "unsupported store 'gs'" in v.verify("gs://b/k", sha(b"")).message
+    (tmp_path / "empty").mkdir()
+    assert "no files" in v.verify(str(tmp_path / "empty"), sha(b"")).message
+
+
+@pytest.fixture()
+def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A real HTTP file server on loopback serving ``tmp_path/www``."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_over_http_a_file_and_a_directory_through_its_manifest(
+    http_root: tuple[Path, str], model_dir: Path
+) -> None:
+    root, base = http_root
+    (root / "model.onnx").write_bytes(b"weights")
+    v = ArtifactVerifier(timeout=5)
+    assert v.verify(f"{base}/model.onnx", sha(b"weights")).ok
+    (root / "model.onnx").write_bytes(b"tampered")
+    assert "has digest" in v.verify(f"{base}/model.onnx", sha(b"weights")).message
+    assert "404" in v.verify(f"{base}/missing.onnx", sha(b"weights")).message
+    shutil.copytree(model_dir, root / "llm")
+    want = directory_digest_by_shell(model_dir)
+    assert v.verify(f"{base}/llm/", want).ok
+    (root / "llm" / "config.json").write_bytes(b'{"layers": 3}')
+    verdict = v.verify(f"{base}/llm/", want)
+    assert not verdict.ok and f"{base}/llm/config.json: sha256 " in verdict.message
