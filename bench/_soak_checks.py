@@ -132,7 +132,13 @@ class ReleaseVersion:
     history: tuple[tuple[int, str, str, bool], ...]
     approvals: tuple[str, ...]
     annotations: tuple[tuple[str, str], ...]  # rewind.dev/ action annotations (and -by)
-    consumed: int
+    #: Ledger entries (status.consumedActions) whose annotation is not seen gone: a removal
+    #: pending, or a value left on the object. Entries seen gone stay (bounded): they are
+    #: how the operator recognises a value that comes back, so the ledger never empties.
+    pending: int
+    #: When the newest ledger entry was made ("" for none): a new one is a consumption even
+    #: once the bounded ledger drops its oldest entry for it.
+    last_consumed: str
     routes_total: int | None
     status_hash: str
     message: str = ""
@@ -270,7 +276,9 @@ def release_version(obj: Mapping[str, Any], cache: EntryCache) -> ReleaseVersion
         history=history,
         approvals=tuple(str(a.get("user", "")) for a in pending.get("approvals") or []),
         annotations=annotations,
-        consumed=len(s.get("consumedActions") or []),
+        pending=sum(1 for c in s.get("consumedActions") or [] if not c.get("goneAt")),
+        last_consumed=max((str(c.get("at") or "") for c in s.get("consumedActions") or []),
+                          default=""),
         routes_total=sum(int(w.get("weight") or 0) for w in weights) if weights else None,
         status_hash=hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest(),
         message=str(s.get("message", "")),

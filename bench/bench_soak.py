@@ -274,7 +274,7 @@ class Store:
                     # A transition: the write records a decision (a new timeline entry or
                     # a consumed annotation), not only an analysis round.
                     moved = (record.timeline[-1:] != before.timeline[-1:]
-                             or record.consumed > before.consumed)
+                             or record.last_consumed != before.last_consumed)
                     write = "transition" if moved else "status"
                 self.latest[record.release] = record
                 self.releases.append(record)
@@ -989,15 +989,16 @@ def main() -> int:
                     unfinished.append(f"{lane.release} ({lane.flow}) did not end within "
                                       f"{FINISH_BOUND:.0f}s after the last kill")
             finished_in = time.monotonic() - last_kill
-            # Every consumed annotation removed and the ledger emptied.
+            # Every consumed annotation removed, and its removal seen (the ledger keeps the
+            # entries seen gone, bounded: that is how a value that comes back is known).
             try:
-                wait_for("annotations removed and consumedActions empty", lambda: all(
-                    not store.latest[n].annotations and not store.latest[n].consumed
+                wait_for("annotations removed and seen gone", lambda: all(
+                    not store.latest[n].annotations and not store.latest[n].pending
                     for n in names), 30)
             except TimeoutError:
-                left = {n: (store.latest[n].annotations, store.latest[n].consumed)
+                left = {n: (store.latest[n].annotations, store.latest[n].pending)
                         for n in names}
-                soak.fail(f"action annotations or ledger entries left at the end: {left}")
+                soak.fail(f"action annotations or ledger entries not seen gone at the end: {left}")
             checker.stopping.set()
             checker.poke.set()
             time.sleep(2)  # the last versions reach the watches

@@ -315,3 +315,20 @@ def test_never_two_promotions_in_a_row_nor_a_rollback_short_of_approvers() -> No
               phase="RollingBack")
     messages = [v.message for v in check_decisions(short.versions, [], approvers)]
     assert any("1 distinct approvers, 2 required" in m for m in messages), messages
+
+
+def test_a_release_version_counts_ledger_entries_not_seen_gone_and_the_newest() -> None:
+    """The ledger keeps entries seen gone (that is how a value that comes back is known):
+    the soak's end waits for none pending, not for an empty ledger; a consumption shows as
+    a newer entry even when the bounded ledger drops one for it."""
+    ledger = [
+        {"key": "rewind.dev/promote", "value": "true", "user": "a", "at": T.format(1),
+         "goneAt": T.format(2)},
+        {"key": "rewind.dev/retry", "value": "true", "user": "b", "at": T.format(3)},
+    ]
+    record = release_version({"metadata": {"name": R, "resourceVersion": "1"},
+                              "status": {"consumedActions": ledger}}, EntryCache())
+    assert (record.pending, record.last_consumed) == (1, T.format(3))
+    empty = release_version({"metadata": {"name": R, "resourceVersion": "2"}, "status": {}},
+                            EntryCache())
+    assert (empty.pending, empty.last_consumed) == (0, "")
