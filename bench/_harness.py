@@ -388,9 +388,11 @@ def operator_metrics_text(port: int, timeout: float = 2.0) -> str | None:
         return None
 
 
-#: group, version of the kinds a Recorder can watch (Deployments: apps/v1).
+#: group, version of the kinds a Recorder can watch (Deployments: apps/v1; group "": the
+#: core API).
 WATCHED: dict[str, tuple[str, str]] = {
     "virtualservices": ("networking.istio.io", "v1"),
+    "services": ("", "v1"),
     "destinationrules": ("networking.istio.io", "v1"),
     "modelreleases": ("rewind.dev", "v1alpha1"),
     "deployments": ("apps", "v1"),
@@ -427,6 +429,17 @@ class Recorder:
         # The custom-objects client serves any group (apps/v1 Deployments too) and hands
         # back plain dicts: building typed models would cost more CPU than the soak.
         group, version = WATCHED[kind]
+        if not group:  # the core API: no /apis/<group> path, plain dicts all the same
+            core = client.CoreV1Api(api)
+            lister = getattr(core, f"list_namespaced_{kind.removesuffix('s')}")
+
+            def core_list(**kw: Any) -> Any:
+                if kw.get("watch"):  # Watch.stream reads the raw response itself
+                    return lister(self.namespace, **kw)
+                answer = lister(self.namespace, _preload_content=False, **kw)
+                return json.loads(answer.data)
+
+            return core_list
         custom = client.CustomObjectsApi(api)
         return lambda **kw: custom.list_namespaced_custom_object(
             group, version, self.namespace, kind, **kw)

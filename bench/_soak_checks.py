@@ -1,14 +1,15 @@
 """The crash soak's invariants, judged on every stored version of the objects (pure: no I/O).
 
-`bench_soak.py` watches VirtualServices, DestinationRules, Deployments and ModelReleases,
+`bench_soak.py` watches VirtualServices, Services, Deployments and ModelReleases,
 turns each stored version into a compact record (``*_version`` below) and runs these checks
 over all of them, ordered by resourceVersion (the etcd revision of the write, which orders
 writes across kinds). Each check returns violations keyed so that judging the same records
 twice reports a violation once.
 
 (1) ``check_routes``: every VirtualService version routes weights summing to 100, only to
-    revisions whose Deployment exists and whose DestinationRule subset exists at that
-    resourceVersion; every status reports routes summing to 100 (or none).
+    revisions whose Deployment exists and whose own Service (``<release>-r<N>``, the host
+    a destination names) exists at that resourceVersion; every status reports routes
+    summing to 100 (or none).
 (2) ``check_traffic``: traffic never goes to a revision with no available pods. At every
     resourceVersion, each revision the VirtualService gives weight > 0 has a Deployment with
     replicas > 0 and ready pods. A version that adds or increases a revision's weight has no
@@ -88,10 +89,13 @@ class RouteVersion:
 
 
 @dataclass(frozen=True)
-class RuleVersion:
+class ServiceVersion:
+    """A revision's own Service (the host its route destinations name)."""
+
     rv: int
     release: str
-    subsets: frozenset[int]
+    revision: int
+    deleted: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,13 @@ class ReleaseVersion:
     history: tuple[tuple[int, str, str, bool], ...]
     approvals: tuple[str, ...]
     annotations: tuple[tuple[str, str], ...]  # rewind.dev/ action annotations (and -by)
-    consumed: int
+    #: Ledger entries (status.consumedActions) whose annotation is not seen gone: a removal
+    #: pending, or a value left on the object. Entries seen gone stay (bounded): they are
+    #: how the operator recognises a value that comes back, so the ledger never empties.
+    pending: int
+    #: When the newest ledger entry was made ("" for none): a new one is a consumption even
+    #: once the bounded ledger drops its oldest entry for it.
+    last_consumed: str
     routes_total: int | None
     status_hash: str
     message: str = ""
@@ -147,11 +157,18 @@ class Violation:
     message: str
 
 
-def _subset_revision(destination: Mapping[str, Any] | None) -> int:
-    subset = str((destination or {}).get("subset", ""))
-    if subset.startswith("r") and subset[1:].isdigit():
-        return int(subset[1:])
-    return 0  # not a revision subset: routes to nothing the release has
+def _destination_revision(release: str, destination: Mapping[str, Any] | None) -> int:
+    """The revision whose own Service a destination names: host ``<release>-r<N>``, short or
+    qualified. A subset (no DestinationRule defines one: Istio answers 503) or any other
+    host is no revision: 0."""
+    destination = destination or {}
+    if destination.get("subset"):
+        return 0
+    name = str(destination.get("host", "")).split(".", 1)[0]
+    prefix, sep, number = name.rpartition("-r")
+    if sep and prefix == release and number.isdigit() and not number.startswith("0"):
+        return int(number)
+    return 0  # routes to nothing the release has
 
 
 def route_version(obj: Mapping[str, Any]) -> RouteVersion:
@@ -159,29 +176,33 @@ def route_version(obj: Mapping[str, Any]) -> RouteVersion:
     lone destination without a weight gets 100, others 0; a mirror without a percentage
     mirrors 100%."""
     meta = obj["metadata"]
+    release = str(meta["name"])
     http = list((obj.get("spec") or {}).get("http") or [])
     route = next((r for r in http if r.get("name") == ROUTE_NAME), http[-1] if http else {})
     entries = list(route.get("route") or [])
     weights = tuple(
-        (_subset_revision(e.get("destination")),
+        (_destination_revision(release, e.get("destination")),
          int(e.get("weight", 100 if len(entries) == 1 else 0)))
         for e in entries
     )
-    mirror = _subset_revision(route.get("mirror")) if route.get("mirror") else 0
+    mirror = _destination_revision(release, route.get("mirror")) if route.get("mirror") else 0
     percent = float((route.get("mirrorPercentage") or {}).get("value", 100.0)) if mirror else 0.0
     header = 0
     for r in http:
         if r.get("name") == HEADER_ROUTE_NAME and len(r.get("route") or []) == 1:
-            header = _subset_revision(r["route"][0].get("destination"))
-    return RouteVersion(int(meta["resourceVersion"]), str(meta["name"]), weights, mirror,
-                        percent, header)
+            header = _destination_revision(release, r["route"][0].get("destination"))
+    return RouteVersion(int(meta["resourceVersion"]), release, weights, mirror, percent,
+                        header)
 
 
-def rule_version(obj: Mapping[str, Any]) -> RuleVersion:
+def service_version(obj: Mapping[str, Any], deleted: bool = False) -> ServiceVersion | None:
+    """None for a Service that is not a release revision's (the umbrella Service)."""
     meta = obj["metadata"]
-    names = [str(s.get("name", "")) for s in (obj.get("spec") or {}).get("subsets") or []]
-    subsets = frozenset(int(n[1:]) for n in names if n.startswith("r") and n[1:].isdigit())
-    return RuleVersion(int(meta["resourceVersion"]), str(meta["name"]), subsets)
+    labels = meta.get("labels") or {}
+    if RELEASE_LABEL not in labels or not str(labels.get(REVISION_LABEL, "")).isdigit():
+        return None
+    return ServiceVersion(int(meta["resourceVersion"]), str(labels[RELEASE_LABEL]),
+                          int(labels[REVISION_LABEL]), deleted)
 
 
 def deployment_version(obj: Mapping[str, Any], deleted: bool = False) -> DeploymentVersion | None:
@@ -255,7 +276,9 @@ def release_version(obj: Mapping[str, Any], cache: EntryCache) -> ReleaseVersion
         history=history,
         approvals=tuple(str(a.get("user", "")) for a in pending.get("approvals") or []),
         annotations=annotations,
-        consumed=len(s.get("consumedActions") or []),
+        pending=sum(1 for c in s.get("consumedActions") or [] if not c.get("goneAt")),
+        last_consumed=max((str(c.get("at") or "") for c in s.get("consumedActions") or []),
+                          default=""),
         routes_total=sum(int(w.get("weight") or 0) for w in weights) if weights else None,
         status_hash=hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest(),
         message=str(s.get("message", "")),
@@ -290,23 +313,22 @@ def _by_release(records: Iterable[Any]) -> dict[str, list[Any]]:
 
 def check_routes(
     routes: Sequence[RouteVersion],
-    rules: Sequence[RuleVersion],
+    services: Sequence[ServiceVersion],
     deployments: Sequence[DeploymentVersion],
     releases: Sequence[ReleaseVersion],
 ) -> list[Violation]:
     out: list[Violation] = []
-    vs, dr, dep = _by_release(routes), _by_release(rules), _by_release(deployments)
+    vs, svc, dep = _by_release(routes), _by_release(services), _by_release(deployments)
     for release in sorted(vs):
         existing: set[int] = set()
-        subsets: frozenset[int] = frozenset()
-        for record in _merged(vs[release], dr.get(release, []), dep.get(release, [])):
-            if isinstance(record, DeploymentVersion):
+        hosts: set[int] = set()  # revisions whose own Service exists
+        for record in _merged(vs[release], svc.get(release, []), dep.get(release, [])):
+            if isinstance(record, DeploymentVersion | ServiceVersion):
+                seen = existing if isinstance(record, DeploymentVersion) else hosts
                 if record.deleted:
-                    existing.discard(record.revision)
+                    seen.discard(record.revision)
                 else:
-                    existing.add(record.revision)
-            elif isinstance(record, RuleVersion):
-                subsets = record.subsets
+                    seen.add(record.revision)
             else:
                 key = f"routes:{release}:{record.rv}"
                 if record.total != 100 or any(not 0 <= w <= 100 for _, w in record.weights):
@@ -322,10 +344,10 @@ def check_routes(
                         out.append(Violation(1, f"{key}:r{revision}:exists", (
                             f"VirtualService {release} at rv {record.rv} routes to {what}, "
                             "which has no Deployment")))
-                    elif revision not in subsets:
-                        out.append(Violation(1, f"{key}:r{revision}:subset", (
+                    elif revision not in hosts:
+                        out.append(Violation(1, f"{key}:r{revision}:service", (
                             f"VirtualService {release} at rv {record.rv} routes to r{revision}, "
-                            "which has no DestinationRule subset")))
+                            "which has no Service")))
     for record in releases:
         if record.routes_total not in (None, 100):
             out.append(Violation(1, f"status:{record.release}:{record.rv}", (

@@ -43,7 +43,7 @@ kills, and until every flow had at least `--min-hits` kills land in it. No new f
 after that; the ones in flight must reach their expected end within 240 s. Every wait is
 bounded.
 
-A watch records every stored version of the VirtualServices, DestinationRules, Deployments
+A watch records every stored version of the VirtualServices, Services, Deployments
 and ModelReleases, and the invariants of `_soak_checks.py` are judged on them continuously
 (findings printed as they come), and once more at the end on everything (the verdict):
 
@@ -105,7 +105,7 @@ from _soak_checks import (
     EntryCache,
     ReleaseVersion,
     RouteVersion,
-    RuleVersion,
+    ServiceVersion,
     SoakAction,
     Violation,
     check_decisions,
@@ -115,7 +115,7 @@ from _soak_checks import (
     deployment_version,
     release_version,
     route_version,
-    rule_version,
+    service_version,
 )
 
 from rewind_demo import targets
@@ -247,11 +247,11 @@ class Store:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.routes: list[RouteVersion] = []
-        self.rules: list[RuleVersion] = []
+        self.services: list[ServiceVersion] = []
         self.deployments: list[DeploymentVersion] = []
         self.releases: list[ReleaseVersion] = []
         self.arrived: dict[str, list[float]] = {k: [] for k in (
-            "routes", "rules", "deployments", "releases")}
+            "routes", "services", "deployments", "releases")}
         self.latest: dict[str, ReleaseVersion] = {}
         self.cache = EntryCache()
         self.on_write: Callable[[str], None] = lambda _what: None
@@ -274,7 +274,7 @@ class Store:
                     # A transition: the write records a decision (a new timeline entry or
                     # a consumed annotation), not only an analysis round.
                     moved = (record.timeline[-1:] != before.timeline[-1:]
-                             or record.consumed > before.consumed)
+                             or record.last_consumed != before.last_consumed)
                     write = "transition" if moved else "status"
                 self.latest[record.release] = record
                 self.releases.append(record)
@@ -289,10 +289,11 @@ class Store:
                     write = "route"
                 self.routes.append(route)
                 self.arrived["routes"].append(now)
-            elif kind == "destinationrules":
-                if event != "DELETED":
-                    self.rules.append(rule_version(obj))
-                    self.arrived["rules"].append(now)
+            elif kind == "services":
+                service = service_version(obj, deleted=event == "DELETED")
+                if service is not None:
+                    self.services.append(service)
+                    self.arrived["services"].append(now)
             else:
                 deployment = deployment_version(obj, deleted=event == "DELETED")
                 if deployment is not None:
@@ -302,7 +303,7 @@ class Store:
             self.on_write(write)
 
     def snapshot(self, before: float | None = None) -> tuple[list[RouteVersion],
-                                                             list[RuleVersion],
+                                                             list[ServiceVersion],
                                                              list[DeploymentVersion],
                                                              list[ReleaseVersion]]:
         """The records that arrived before ``before`` (None: all of them)."""
@@ -316,7 +317,7 @@ class Store:
                     n -= 1
                 return records[:n]
 
-            return (cut("routes", self.routes), cut("rules", self.rules),
+            return (cut("routes", self.routes), cut("services", self.services),
                     cut("deployments", self.deployments), cut("releases", self.releases))
 
 
@@ -765,11 +766,11 @@ class Checker(threading.Thread):
         self.exemptions = 0
 
     def judge(self, before: float | None) -> dict[str, Violation]:
-        routes, rules, deployments, releases = self.soak.store.snapshot(before)
+        routes, services, deployments, releases = self.soak.store.snapshot(before)
         with self.soak.lock:
             actions = list(self.soak.actions)
         found: list[Violation] = []
-        found += check_routes(routes, rules, deployments, releases)
+        found += check_routes(routes, services, deployments, releases)
         traffic = check_traffic(routes, deployments, releases)
         self.exemptions = traffic.exemptions
         found += traffic.violations
@@ -945,7 +946,8 @@ def main() -> int:
     restarts: list[Restart] = []
     unfinished: list[str] = []
     checker = Checker(soak)
-    recorder = Recorder(NAMESPACE, store.hook)
+    recorder = Recorder(NAMESPACE, store.hook, kinds=(
+        "virtualservices", "services", "deployments", "modelreleases"))
     lanes: list[Lane] = []
     try:
         apply(env, NAMESPACE, *(policy_manifest(p) for p in POLICIES.values()))
@@ -987,15 +989,16 @@ def main() -> int:
                     unfinished.append(f"{lane.release} ({lane.flow}) did not end within "
                                       f"{FINISH_BOUND:.0f}s after the last kill")
             finished_in = time.monotonic() - last_kill
-            # Every consumed annotation removed and the ledger emptied.
+            # Every consumed annotation removed, and its removal seen (the ledger keeps the
+            # entries seen gone, bounded: that is how a value that comes back is known).
             try:
-                wait_for("annotations removed and consumedActions empty", lambda: all(
-                    not store.latest[n].annotations and not store.latest[n].consumed
+                wait_for("annotations removed and seen gone", lambda: all(
+                    not store.latest[n].annotations and not store.latest[n].pending
                     for n in names), 30)
             except TimeoutError:
-                left = {n: (store.latest[n].annotations, store.latest[n].consumed)
+                left = {n: (store.latest[n].annotations, store.latest[n].pending)
                         for n in names}
-                soak.fail(f"action annotations or ledger entries left at the end: {left}")
+                soak.fail(f"action annotations or ledger entries not seen gone at the end: {left}")
             checker.stopping.set()
             checker.poke.set()
             time.sleep(2)  # the last versions reach the watches
@@ -1049,8 +1052,8 @@ def main() -> int:
         f"{p} {n}" for p, n in by_phase.most_common())))
     rows.append(("annotations set (kubectl)", f"{len(soak.actions)}, of which "
                  f"{soak.set_while_down} while the operator was down"))
-    rows.append(("versions recorded", f"VirtualService {len(store.routes)}, DestinationRule "
-                 f"{len(store.rules)}, Deployment {len(store.deployments)}, ModelRelease "
+    rows.append(("versions recorded", f"VirtualService {len(store.routes)}, Service "
+                 f"{len(store.services)}, Deployment {len(store.deployments)}, ModelRelease "
                  f"{len(store.releases)} (status writes {store.status_writes}, route writes "
                  f"{store.route_writes}); watch re-lists {recorder.relists}"))
     for i, title in INVARIANTS.items():

@@ -128,8 +128,11 @@ annotation acted on or deliberately ignored gets an entry (key, value, user, at,
   removed, never judged again while it stays, with one ``ActionIgnored`` note saying how to
   act for real (a new value: ``true-<anything>``, or a new reason). Removing it would only
   make a GitOps tool put it back, forever; left in place, the object matches Git and
-  nothing loops. At most one removal per value and target (plus ``REMOVAL_PATIENCE``'s
-  worth when the removal is never seen) ever happens.
+  nothing loops. For an approval only the same approver's value comes back (a GitOps tool
+  puts back its own copy, under its own user): another approver's is their own action,
+  noted once and removed like any other, even when it does not act. At most one removal
+  per value and target (plus ``REMOVAL_PATIENCE``'s worth when the removal is never seen)
+  ever happens.
 
 Left on the object, with no entry and no removal, are everything but break glass while the
 policy is unusable, and a promote at a gate whose candidate is not Available; those are
@@ -2437,9 +2440,12 @@ def _judge(ctx: _Ctx, action: HumanAction) -> ConsumedAction | None:
     s = ctx.s
     rule = _ACTIONS[action.kind]
     key, value, user = _mark(action)
+    # An approval is per user: the same value by another approver is another action, not
+    # this one coming back (a GitOps tool puts back its own copy, under its own user).
     returning = [
         c for c in s.consumed_actions
         if c.key == key and c.value == value and c.gone_at is not None
+        and (not rule.per_user or c.user == user)
     ]
 
     def entry(target: str, *, keep: bool) -> ConsumedAction:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from rewind.api import Phase
 from rewind.engine import (
     HumanAction,
@@ -254,9 +256,12 @@ def test_approvals_after_the_rollback_do_not_count_again() -> None:
     w = awaiting(required=1)
     w.act("approve-rollback", user="alice")
     assert w.phase() == Phase.ROLLED_BACK
-    w.act("approve-rollback", user="bob")
+    d = w.act("approve-rollback", user="bob")
     assert w.phase() == Phase.ROLLED_BACK
-    assert "no rollback decision is pending" in w.status.timeline[-2].message
+    # Bob's approval is his own (not alice's coming back): one note, and it is removed.
+    assert "no rollback decision is pending" in w.status.timeline[-1].message
+    assert w.status.timeline[-2].type != "ActionIgnored"
+    assert RemoveAnnotation("rewind.dev/approve-rollback") in d.actions
 
 
 def test_approvals_from_several_users_in_one_call_are_counted_together() -> None:
@@ -281,3 +286,50 @@ def test_approve_and_reject_in_the_same_call_the_rollback_wins() -> None:
     assert d.status.phase == Phase.ROLLING_BACK
     notes = [e.message for e in d.status.timeline if e.type == "ActionIgnored"]
     assert len(notes) == 1 and "rejection by bob ignored" in notes[0]
+
+
+
+@pytest.mark.parametrize("killed", [False, True])
+def test_a_duplicate_approval_is_removed_even_when_another_approver_used_its_value_before(
+    killed: bool,
+) -> None:
+    """The soak's finding (bench_soak, approval-approve): an approver repeats their approval
+    with another spelling (``True``); an earlier decision saw another approver do the same.
+    The same value by another user is another action (approvals are per user): the repeat
+    counts once, with one note, and is removed like any duplicate, not left on the object
+    as if a GitOps tool had put the other approver's annotation back. ``killed``: the
+    operator dies after storing the status that consumed it, before removing it."""
+    w = awaiting(required=2)
+    w.act("approve-rollback", "true", user="u1")
+    w.act("approve-rollback", "True", user="u1")  # counts once
+    w.act("approve-rollback", "true", user="u2")
+    assert w.phase() == Phase.ROLLED_BACK and w.status.stable_revision == 1
+    w.step(5)  # the last removal is seen
+    assert ("True", "u1") in [(c.value, c.user) for c in w.status.consumed_actions]
+    # The next release fails its analysis and asks again: the same flow, new approvers.
+    w.verdicts = lambda _r, _n: PASS
+    w.release(make_spec("3.0.0"))
+    w.settle()
+    w.verdicts = lambda _r, _n: FAIL
+    w.release(make_spec("4.0.0"))
+    w.run_until(lambda x: x.status.phase == Phase.AWAITING_APPROVAL)
+    w.act("approve-rollback", "true", user="u3")
+    w.step(1)  # its removal is seen
+    before = len(w.status.timeline)
+    w.unsent_removals = killed
+    d = w.act("approve-rollback", "True", user="u3")
+    if killed:
+        assert w.annotations  # consumed, stored, never removed: the operator restarts
+        w.restart()
+        w.unsent_removals = False
+        d = w.step(3)
+    new = w.status.timeline[before:]
+    assert [(e.type, e.user) for e in new] == [("ActionIgnored", "u3")]
+    assert "duplicate approval by u3 counts once (1/2)" in new[0].message
+    assert RemoveAnnotation("rewind.dev/approve-rollback") in d.actions
+    w.step(1)
+    assert not w.annotations
+    assert not any(c.keep for c in w.status.consumed_actions)
+    w.act("approve-rollback", "true", user="u4")
+    assert w.phase() == Phase.ROLLED_BACK and w.status.stable_revision == 3
+    assert "approved by u3, u4" in w.status.history[-1].reason

@@ -21,28 +21,40 @@ from _soak_checks import (
     deployment_version,
     release_version,
     route_version,
-    rule_version,
+    service_version,
 )
 
 R = "soak-0"
 T = "2026-01-01T00:00:{:02d}.000000Z"
 
 
+def host(revision: int) -> str:
+    """The host of a revision's own Service, as the router writes it."""
+    return f"{R}-r{revision}.soak.svc.cluster.local"
+
+
 def vs(rv: int, *weights: tuple[int, int], mirror: int = 0) -> dict[str, Any]:
     route: dict[str, Any] = {
         "name": "rewind",
-        "route": [{"destination": {"host": "h", "subset": f"r{r}"}, "weight": w}
-                  for r, w in weights],
+        "route": [{"destination": {"host": host(r)}, "weight": w} for r, w in weights],
     }
     if mirror:
-        route["mirror"] = {"host": "h", "subset": f"r{mirror}"}
+        route["mirror"] = {"host": host(mirror)}
         route["mirrorPercentage"] = {"value": 50.0}
     return {"metadata": {"name": R, "resourceVersion": str(rv)}, "spec": {"http": [route]}}
 
 
-def dr(rv: int, *revisions: int) -> dict[str, Any]:
-    return {"metadata": {"name": R, "resourceVersion": str(rv)},
-            "spec": {"subsets": [{"name": f"r{r}", "labels": {}} for r in revisions]}}
+def svc(rv: int, revision: int | None) -> dict[str, Any]:
+    """A revision's own Service (None: the umbrella Service, no revision label)."""
+    labels = {"rewind.dev/release": R}
+    if revision is not None:
+        labels["rewind.dev/revision"] = str(revision)
+    name = R if revision is None else f"{R}-r{revision}"
+    return {"metadata": {"name": name, "resourceVersion": str(rv), "labels": labels}}
+
+
+def _services(*raw: tuple[dict[str, Any], bool]) -> list[Any]:
+    return [s for s in (service_version(r, deleted) for r, deleted in raw) if s is not None]
 
 
 def dep(rv: int, revision: int, replicas: int, ready: int) -> dict[str, Any]:
@@ -114,20 +126,38 @@ def rollout(h: History, *, last_round: str = "Pass", round_at_final: bool = True
 
 def test_routes_must_sum_to_100_and_reach_existing_revisions() -> None:
     deployments = [deployment_version(dep(1, 1, 1, 1)), deployment_version(dep(2, 2, 1, 1))]
-    rules = [rule_version(dr(3, 1, 2))]
+    services = _services((svc(3, None), False), (svc(3, 1), False), (svc(3, 2), False))
     good = [route_version(vs(4, (1, 80), (2, 20)))]
     found = [d for d in deployments if d is not None]
-    assert check_routes(good, rules, found, []) == []
+    assert check_routes(good, services, found, []) == []
     bad = [route_version(vs(5, (1, 80), (2, 30))), route_version(vs(6, (1, 50), (3, 50))),
            route_version(vs(7, (1, 100), mirror=4))]
-    messages = [v.message for v in check_routes(bad, rules, found, [])]
+    messages = [v.message for v in check_routes(bad, services, found, [])]
     assert any("summing to 110" in m for m in messages), messages
     assert any("r3, which has no Deployment" in m for m in messages), messages
     assert any("r4, which has no Deployment" in m for m in messages), messages
-    only_rule = [rule_version(dr(3, 1))]
-    messages = [v.message for v in check_routes(good, only_rule, found, [])]
-    assert messages == [f"VirtualService {R} at rv 4 routes to r2, which has no "
-                        "DestinationRule subset"]
+    only_one = _services((svc(3, 1), False))
+    messages = [v.message for v in check_routes(good, only_one, found, [])]
+    assert messages == [f"VirtualService {R} at rv 4 routes to r2, which has no Service"]
+    # A revision's Service deleted before the route still naming it.
+    gone = _services((svc(2, 1), False), (svc(2, 2), False), (svc(3, 2), True))
+    messages = [v.message for v in check_routes(good, gone, found, [])]
+    assert messages == [f"VirtualService {R} at rv 4 routes to r2, which has no Service"]
+
+
+def test_a_destination_is_a_revision_only_by_its_own_service_host() -> None:
+    """A subset (no DestinationRule defines one), the umbrella Service or another release's
+    revision is no revision of this release: routed to nothing."""
+    routes = {"name": "rewind", "route": [
+        {"destination": {"host": "soak-0-r2"}, "weight": 40},  # short host: r2
+        {"destination": {"host": host(1), "subset": "r1"}, "weight": 20},
+        {"destination": {"host": f"{R}.soak.svc.cluster.local"}, "weight": 20},
+        {"destination": {"host": "soak-00-r1.soak.svc.cluster.local"}, "weight": 10},
+        {"destination": {"host": f"{R}-r01"}, "weight": 10},
+    ]}
+    record = route_version({"metadata": {"name": R, "resourceVersion": "1"},
+                            "spec": {"http": [routes]}})
+    assert record.weights == ((2, 40), (0, 20), (0, 20), (0, 10), (0, 10))
 
 
 # -- (2) ---------------------------------------------------------------------------------------
@@ -285,3 +315,20 @@ def test_never_two_promotions_in_a_row_nor_a_rollback_short_of_approvers() -> No
               phase="RollingBack")
     messages = [v.message for v in check_decisions(short.versions, [], approvers)]
     assert any("1 distinct approvers, 2 required" in m for m in messages), messages
+
+
+def test_a_release_version_counts_ledger_entries_not_seen_gone_and_the_newest() -> None:
+    """The ledger keeps entries seen gone (that is how a value that comes back is known):
+    the soak's end waits for none pending, not for an empty ledger; a consumption shows as
+    a newer entry even when the bounded ledger drops one for it."""
+    ledger = [
+        {"key": "rewind.dev/promote", "value": "true", "user": "a", "at": T.format(1),
+         "goneAt": T.format(2)},
+        {"key": "rewind.dev/retry", "value": "true", "user": "b", "at": T.format(3)},
+    ]
+    record = release_version({"metadata": {"name": R, "resourceVersion": "1"},
+                              "status": {"consumedActions": ledger}}, EntryCache())
+    assert (record.pending, record.last_consumed) == (1, T.format(3))
+    empty = release_version({"metadata": {"name": R, "resourceVersion": "2"}, "status": {}},
+                            EntryCache())
+    assert (empty.pending, empty.last_consumed) == (0, "")
