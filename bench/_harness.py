@@ -295,8 +295,16 @@ def status_of(api: client.CustomObjectsApi, namespace: str, name: str) -> dict[s
 
 
 def vs_weights(vs: dict[str, Any]) -> dict[int, int]:
-    routes = vs.get("spec", {}).get("http", [{}])[0].get("route", [])
-    return {int(r["destination"]["subset"][1:]): int(r.get("weight", 0)) for r in routes}
+    """Weight per revision of the VirtualService's user route: each destination is the
+    revision's own Service, ``<release>-r<N>.<namespace>.svc...`` (0 for anything else)."""
+    routes = vs.get("spec", {}).get("http", [{}])[-1].get("route", [])
+    weights: dict[int, int] = {}
+    for r in routes:
+        label = str(r.get("destination", {}).get("host", "")).split(".", 1)[0]
+        found = re.search(r"-r(\d+)$", label)
+        revision = int(found.group(1)) if found else 0
+        weights[revision] = weights.get(revision, 0) + int(r.get("weight", 100))
+    return weights
 
 
 WeightsPredicate = Callable[[dict[int, int]], bool]
