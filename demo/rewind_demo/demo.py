@@ -1098,8 +1098,9 @@ class Demo:
             if time.monotonic() >= deadline:
                 raise SetupError(f"RBAC not in force after 60s: may {verb}: {got}")
             time.sleep(0.5)
-        c.say(f"  admission policies installed ({HUMAN_ACTIONS.relative_to(ROOT)}): the API "
-              "server stamps who set each rewind.dev/ action, RBAC verbs say who may")
+        c.say(f"  admission policies installed ({HUMAN_ACTIONS.relative_to(ROOT)}, "
+              f"{HUMAN_ACTIONS_STAMP.name}): the API server stamps who set each rewind.dev/ "
+              "action, RBAC verbs say who may")
         c.say("  people (client certificates from the sandbox CA, contexts of "
               f"{self.people}):")
         for p in people.PEOPLE:

@@ -203,8 +203,8 @@ def test_status_round_trips_and_columns_show_it(kubectl: Kubectl, namespace: str
     assert api.ModelReleaseStatus.model_validate(stored["status"]) == status
 
     rows = _table(kubectl("get", "mr", "-n", namespace).stdout)
-    assert rows[0] == ["NAME", "PHASE", "STRATEGY", "STABLE", "CANDIDATE", "WEIGHT", "QUARANTINED",
-                       "AGE"]
+    assert rows[0] == ["NAME", "PHASE", "STRATEGY", "STABLE", "CANDIDATE", "WEIGHT", "BREAKER",
+                       "QUARANTINED", "AGE"]
     assert rows[1][:6] == ["fraud-detector", "AwaitingApproval", "canary", "2", "3", "25"]
 
     wide = _table(kubectl("get", "modelreleases", "-n", namespace, "-o", "wide").stdout)
