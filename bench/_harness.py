@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from kubernetes import client, config, watch
 
@@ -307,16 +307,27 @@ def vs_weights(vs: dict[str, Any]) -> dict[int, int]:
     return weights
 
 
+T = TypeVar("T")
 WeightsPredicate = Callable[[dict[int, int]], bool]
 WaitForWeights = Callable[[WeightsPredicate, float], float | None]
 
 
 @contextlib.contextmanager
 def vs_watch(namespace: str, name: str) -> Iterator[WaitForWeights]:
-    """A watch on one VirtualService: `next_change(timeout)` returns the next weights seen,
-    timestamped on arrival (the moment the API server told us, not a poll later)."""
+    """A watch on one VirtualService: ``wait(predicate, timeout)`` returns when (monotonic,
+    on arrival: the moment the API server told us, not a poll later) a version whose
+    weights satisfy ``predicate`` was delivered after the watch began."""
+    with object_watch(namespace, name, vs_weights) as wait:
+        yield wait
+
+
+@contextlib.contextmanager
+def object_watch(
+    namespace: str, name: str, parse: Callable[[dict[str, Any]], T]
+) -> Iterator[Callable[[Callable[[T], bool], float], float | None]]:
+    """A watch on one VirtualService, each version read by ``parse``: see vs_watch."""
     api = custom_api()
-    events: list[tuple[float, dict[int, int]]] = []
+    events: list[tuple[float, T]] = []
     cond = threading.Condition()
     stop = threading.Event()
 
@@ -328,7 +339,7 @@ def vs_watch(namespace: str, name: str) -> Iterator[WaitForWeights]:
                                    "v1", namespace, "virtualservices",
                                    field_selector=f"metadata.name={name}", timeout_seconds=5):
                     with cond:
-                        events.append((time.monotonic(), vs_weights(ev["object"])))
+                        events.append((time.monotonic(), parse(ev["object"])))
                         cond.notify_all()
                     if stop.is_set():
                         break
@@ -339,14 +350,14 @@ def vs_watch(namespace: str, name: str) -> Iterator[WaitForWeights]:
     wait_for("the VirtualService watch", lambda: len(events) > 0, 30)
     cursor = [len(events)]
 
-    def wait_until(predicate: WeightsPredicate, timeout: float) -> float | None:
+    def wait_until(predicate: Callable[[T], bool], timeout: float) -> float | None:
         deadline = time.monotonic() + timeout
         with cond:
             while True:
                 while cursor[0] < len(events):
-                    at, weights = events[cursor[0]]
+                    at, seen = events[cursor[0]]
                     cursor[0] += 1
-                    if predicate(weights):
+                    if predicate(seen):
                         return at
                 left = deadline - time.monotonic()
                 if left <= 0:

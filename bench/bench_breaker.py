@@ -17,9 +17,8 @@ import argparse
 import contextlib
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from _harness import (
     custom_api,
     drop_namespace,
     fresh_namespace,
+    object_watch,
     policy,
     release,
     sandbox_env,
@@ -40,7 +40,6 @@ from _harness import (
     table,
     wait_for,
 )
-from kubernetes import watch
 
 from rewind.api import parse_duration
 from rewind_demo import targets
@@ -72,51 +71,10 @@ def _revision_key(destination: dict[str, Any]) -> str:
     return f"r{number}" if sep and prefix == NAME and number.isdigit() else host
 
 
-@contextlib.contextmanager
-def vs_watch(namespace: str, name: str) -> Iterator[Callable[[Callable[[Seen], bool], float],
-                                                              float | None]]:
-    """A watch on one VirtualService; ``wait(predicate, timeout)`` returns when (monotonic,
-    on arrival) a version satisfying ``predicate`` was delivered after the watch began."""
-    api = custom_api()
-    events: list[tuple[float, Seen]] = []
-    cond = threading.Condition()
-    stop = threading.Event()
-
-    def run() -> None:
-        w = watch.Watch()
-        while not stop.is_set():
-            with contextlib.suppress(Exception):
-                for ev in w.stream(api.list_namespaced_custom_object, "networking.istio.io",
-                                   "v1", namespace, "virtualservices",
-                                   field_selector=f"metadata.name={name}", timeout_seconds=5):
-                    with cond:
-                        events.append((time.monotonic(), routing(ev["object"])))
-                        cond.notify_all()
-                    if stop.is_set():
-                        break
-
-    threading.Thread(target=run, daemon=True).start()
-    wait_for("the VirtualService watch", lambda: len(events) > 0, 30)
-    cursor = [len(events)]
-
-    def wait(predicate: Callable[[Seen], bool], timeout: float) -> float | None:
-        deadline = time.monotonic() + timeout
-        with cond:
-            while True:
-                while cursor[0] < len(events):
-                    at, seen = events[cursor[0]]
-                    cursor[0] += 1
-                    if predicate(seen):
-                        return at
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                cond.wait(left)
-
-    try:
-        yield wait
-    finally:
-        stop.set()
+def vs_watch(namespace: str, name: str) -> contextlib.AbstractContextManager[
+        Callable[[Callable[[Seen], bool], float], float | None]]:
+    """A watch on one VirtualService, each version read by ``routing``."""
+    return object_watch(namespace, name, routing)
 
 
 def visible(prometheus_url: str, breaching: bool) -> float | None:

@@ -7,6 +7,7 @@ The shared naming and labelling rules live here so every adapter agrees on them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -379,3 +380,26 @@ class Notifier(Protocol):
     ) -> None:
         """Record one event about the release; must not raise on delivery failure."""
         ...
+
+
+#: Differences named in a drift message (a route read back unlike what Rewind writes);
+#: more are counted.
+MAX_DIFFERENCES = 6
+#: Characters of a value shown in a drift message.
+MAX_SHOWN = 80
+
+
+def show_value(value: Any) -> str:
+    """``value`` as compact JSON, cut to MAX_SHOWN characters (with an ellipsis)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "\u2026"
+
+
+def describe_change(path: str, want: Mapping[str, Any], got: Mapping[str, Any], key: str) -> str:
+    """How field ``key`` (at ``path``) of a routing object read back differs from what
+    Rewind writes: added, removed, or another value (used by every router's drift check)."""
+    if key not in want:
+        return f"{path} added: {show_value(got[key])}"
+    if key not in got:
+        return f"{path} removed (Rewind writes {show_value(want[key])})"
+    return f"{path} is {show_value(got[key])} (Rewind writes {show_value(want[key])})"

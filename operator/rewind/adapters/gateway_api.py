@@ -36,7 +36,6 @@ kind it does not support, ...) is a ``Conflict`` quoting the gateway controller.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -46,6 +45,7 @@ from kubernetes import client
 from rewind.adapters import _kube
 from rewind.adapters.base import (
     FIELD_MANAGER,
+    MAX_DIFFERENCES,
     RELEASE_LABEL,
     REVISION_LABEL,
     AdapterError,
@@ -58,6 +58,8 @@ from rewind.adapters.base import (
     RouteState,
     release_labels,
 )
+from rewind.adapters.base import describe_change as _change
+from rewind.adapters.base import show_value as _show
 from rewind.adapters.route_index import other_spec_managers
 from rewind.adapters.workloads import (
     UmbrellaService,
@@ -500,25 +502,6 @@ def acceptance_problems(route: Mapping[str, Any]) -> list[RouteProblem]:
             fixed_by_write=False,
         ))
     return problems
-
-
-#: Differences named in a drift message; more are counted.
-MAX_DIFFERENCES = 6
-#: Characters of a value shown in a drift message.
-MAX_SHOWN = 80
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "\u2026"
-
-
-def _change(path: str, want: Mapping[str, Any], got: Mapping[str, Any], key: str) -> str:
-    if key not in want:
-        return f"{path} added: {_show(got[key])}"
-    if key not in got:
-        return f"{path} removed (Rewind writes {_show(want[key])})"
-    return f"{path} is {_show(got[key])} (Rewind writes {_show(want[key])})"
 
 
 def spec_difference(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> str:

@@ -21,7 +21,6 @@ their DestinationRule deleted at the next write once the new routes are read bac
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ from rewind.adapters import _kube
 from rewind.adapters.base import (
     DEFAULT_CLUSTER_DOMAIN,
     FIELD_MANAGER,
+    MAX_DIFFERENCES,
     Fallback,
     OwnerRef,
     OwnershipConflictError,
@@ -43,6 +43,8 @@ from rewind.adapters.base import (
     revision_host,
     service_host,
 )
+from rewind.adapters.base import describe_change as _change
+from rewind.adapters.base import show_value as _show
 from rewind.adapters.route_index import (
     MESH,
     RouteClaim,
@@ -708,25 +710,6 @@ def route_problems(
                 "updating it",
             ))
     return problems
-
-
-#: Differences named in a drift message; more are counted.
-MAX_DIFFERENCES = 6
-#: Characters of a value shown in a drift message.
-MAX_SHOWN = 80
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "\u2026"
-
-
-def _change(path: str, want: Mapping[str, Any], got: Mapping[str, Any], key: str) -> str:
-    if key not in want:
-        return f"{path} added: {_show(got[key])}"
-    if key not in got:
-        return f"{path} removed (Rewind writes {_show(want[key])})"
-    return f"{path} is {_show(got[key])} (Rewind writes {_show(want[key])})"
 
 
 def _spec_difference(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> str:
