@@ -135,7 +135,12 @@ __all__ = [
     "HeaderRoute",
     "HistoryEntry",
     "InferencePoolBackend",
+    "IntegrityRecord",
+    "IntegritySpec",
+    "IntegrityVerdict",
+    "KeyRef",
     "KeySelector",
+    "KeySource",
     "Measurement",
     "MetricSpec",
     "ModelFormat",
@@ -178,6 +183,8 @@ __all__ = [
     "RolloutPolicyStatus",
     "RouteWeight",
     "RoutesStatus",
+    "S3Access",
+    "SecretName",
     "SecretVolumeSource",
     "ServiceAccountTokenProjection",
     "ServingProtocol",
@@ -186,6 +193,7 @@ __all__ = [
     "ShadowOnSuccess",
     "ShadowStrategy",
     "SidecarMode",
+    "SignaturePolicy",
     "SignatureRef",
     "SignatureType",
     "SpecModel",
@@ -770,6 +778,7 @@ class DrillFailure(StrEnum):
     NO_TARGET = "NoTarget"  # no known-good revision to roll back to
     SNAPSHOT_MISSING = "SnapshotMissing"  # its snapshot (ControllerRevision) is gone
     SNAPSHOT_CORRUPT = "SnapshotCorrupt"  # its snapshot no longer verifies (integrity)
+    ARTIFACT_UNVERIFIABLE = "ArtifactUnverifiable"  # its model artifact fails verification
     PODS_NEVER_READY = "PodsNeverReady"  # not Available within the drill's timeout
     ANALYSIS_FAILING = "AnalysisFailing"  # the policy's analysis fails on mirrored traffic
 
@@ -856,6 +865,8 @@ class TimelineType(StrEnum):
     QUARANTINE_HOLD = "QuarantineHold"
     UNPINNED = "Unpinned"
     SIDECAR_MISSING = "SidecarMissing"
+    ARTIFACT_VERIFIED = "ArtifactVerified"
+    ARTIFACT_VERIFICATION_FAILED = "ArtifactVerificationFailed"
 
 
 # --------------------------------------------------------------------------------------
@@ -2880,6 +2891,142 @@ class DrillSpec(SpecModel):
         return _positive_duration(v, "drill.every")
 
 
+class KeyRef(SpecModel):
+    """One key of a Secret or a ConfigMap in the release's namespace."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Its name."
+    )
+    key: str = Field(
+        min_length=1, max_length=253, description="The key whose value is used, e.g. key.pub."
+    )
+
+
+class KeySource(SpecModel):
+    """Where trusted key material lives: exactly one of secretKeyRef or configMapKeyRef."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+                "set exactly one of secretKeyRef or configMapKeyRef",
+            )
+        )
+    )
+
+    secret_key_ref: KeyRef | None = Field(default=None, description="A Secret's key.")
+    config_map_key_ref: KeyRef | None = Field(default=None, description="A ConfigMap's key.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> KeySource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("set exactly one of secretKeyRef or configMapKeyRef")
+        return self
+
+
+class SignaturePolicy(SpecModel):
+    """Offline verification of model.signatureRef with the OpenSSF model-signing library."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "has(self.publicKey) != has(self.certificateChain)",
+                "integrity.signature: set exactly one of publicKey or certificateChain",
+            )
+        )
+    )
+
+    required: bool = Field(
+        default=True,
+        description="A revision without model.signatureRef is refused (default true). "
+        "false: a signature is verified when the revision names one.",
+    )
+    public_key: KeySource | None = Field(
+        default=None,
+        description="The PEM public key the model was signed with (model-signing's key "
+        "method). Exactly one of publicKey or certificateChain.",
+    )
+    certificate_chain: KeySource | None = Field(
+        default=None,
+        description="PEM certificates the signing certificate must chain to (model-signing's "
+        "certificate method).",
+    )
+
+    @model_validator(mode="after")
+    def _one_trust_root(self) -> SignaturePolicy:
+        if (self.public_key is None) == (self.certificate_chain is None):
+            raise ValueError(
+                "integrity.signature: set exactly one of publicKey or certificateChain"
+            )
+        return self
+
+
+class SecretName(SpecModel):
+    """A Secret in the release's namespace."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Its name."
+    )
+
+
+class S3Access(SpecModel):
+    """How the operator reads s3:// artifacts."""
+
+    endpoint: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=r"^https?://[^\s]+$",
+        description="An S3-compatible server (path-style requests), e.g. "
+        "https://minio.storage:9000. Omitted: AWS.",
+    )
+    region: str | None = Field(
+        default=None, max_length=64, description="Region; omitted: the default chain's."
+    )
+    credentials_secret_ref: SecretName | None = Field(
+        default=None,
+        description="A Secret in the release's namespace with AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN optional). Omitted: the operator's own "
+        "identity through the AWS default chain (workload identity such as IRSA or EKS Pod "
+        "Identity, then the instance's role); nothing found: anonymous requests.",
+    )
+
+
+class IntegritySpec(SpecModel):
+    """Verify the model artifact (and, when asked, its signature) before a revision gets
+    any traffic, as a candidate and again as a rollback target."""
+
+    reverify_after: Duration = Field(
+        default="1h",
+        description="A verdict older than this is redone before the revision gets traffic "
+        "again. The revision a rollback would go to is re-verified in the background this "
+        "often, so a rollback to a warm, verified revision never waits. Default 1h.",
+    )
+    timeout: Duration = Field(
+        default="10m",
+        description="One verification (reading and hashing every file); longer: it fails "
+        "(timeout). Default 10m.",
+    )
+    signature: SignaturePolicy | None = Field(
+        default=None,
+        description="Also verify model.signatureRef (omitted: the digest only).",
+    )
+    s3: S3Access | None = Field(
+        default=None, description="How to read s3:// artifacts (omitted: AWS, default chain)."
+    )
+
+    @field_validator("reverify_after")
+    @classmethod
+    def _positive_reverify(cls, v: str) -> str:
+        _positive_duration(v, "integrity.reverifyAfter")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, v: str) -> str:
+        _positive_duration(v, "integrity.timeout")
+        return v
+
+
 class NotificationsSpec(SpecModel):
     """Where the operator sends messages about releases under this policy (approval
     requested, rolled back, failed, promoted), beside the Kubernetes Events it always posts."""
@@ -2957,6 +3104,14 @@ class RolloutPolicySpec(SpecModel):
         description="Circuit breaker: a fast signal and a fallback (a Service or a direct "
         "response). Works in every phase, including Promoted; a trip is one route write, "
         "never a rollback.",
+    )
+    integrity: IntegritySpec | None = Field(
+        default=None,
+        description="Verify model.artifactDigest against the artifact (and, with "
+        "integrity.signature, model.signatureRef) before a revision gets any traffic, as a "
+        "candidate and as a rollback target; a failure refuses the candidate, or makes a "
+        "rollback pick the next target. Omitted: artifacts are not checked (the history "
+        "says unverified).",
     )
     notifications: NotificationsSpec | None = Field(
         default=None,
@@ -3162,6 +3317,30 @@ class QuarantineMark(StatusModel):
     )
 
 
+class IntegrityVerdict(StrEnum):
+    """How a revision's last artifact verification ended (policy integrity)."""
+
+    VERIFIED = "Verified"
+    FAILED = "Failed"
+
+
+class IntegrityRecord(StatusModel):
+    """The last verification of a revision's artifact (and signature) against the store."""
+
+    verdict: IntegrityVerdict = Field(
+        default=IntegrityVerdict.FAILED, description="Verified or Failed."
+    )
+    at: datetime | None = Field(default=None, description="When it was reached.")
+    digest: ShortText = Field(
+        default="", description="The digest computed from the store (empty: nothing read)."
+    )
+    message: StatusText = Field(
+        default="",
+        description="Verified: what was checked (files, signature); Failed: which file, "
+        "object or signature failed, and why.",
+    )
+
+
 class HistoryEntry(StatusModel):
     """One revision of the release and how it ended."""
 
@@ -3179,6 +3358,11 @@ class HistoryEntry(StatusModel):
         default=None,
         description="Set while a Quarantine entry matches the revision's lineage: it is "
         "never given traffic again (candidate, restore or rollback target).",
+    )
+    integrity: IntegrityRecord | None = Field(
+        default=None,
+        description="The last verification of its artifact (policy integrity); absent: "
+        "never verified.",
     )
     outcome: Outcome = Field(
         default=Outcome.PROGRESSING,

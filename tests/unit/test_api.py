@@ -609,6 +609,7 @@ def test_status_free_text_is_bounded() -> None:
         "status.pendingDecision.evidence[].message": api.MAX_MESSAGE,
         "status.history[].reason": api.MAX_MESSAGE,
         "status.history[].quarantine.reason": api.MAX_MESSAGE,
+        "status.history[].integrity.message": api.MAX_MESSAGE,
         "status.routes.message": api.MAX_MESSAGE,
         "status.timeline[].type": api.MAX_SHORT_TEXT,
         "status.timeline[].message": api.MAX_MESSAGE,

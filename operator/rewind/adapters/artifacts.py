@@ -47,6 +47,8 @@ from typing import IO, Protocol
 from urllib.parse import unquote, urlparse
 from xml.etree import ElementTree
 
+from rewind.api import IntegritySpec, ModelSpec
+
 #: The file a release may publish at the top of a directory artifact: its manifest.
 MANIFEST_NAME = "SHA256SUMS"
 _CHUNK = 1 << 20
@@ -286,6 +288,18 @@ class ArtifactVerifier:
         if scheme == "s3":
             return _S3Store(uri, s3 or S3Settings(), self.timeout)
         raise ArtifactError(f"{uri}: unsupported store {scheme!r} (file, https, s3)")
+
+    def verify_model(self, namespace: str, model: ModelSpec, integrity: IntegritySpec) -> Verdict:
+        """Whether ``model`` (``artifactUri`` against ``artifactDigest``) is the artifact
+        the release names, reading the store as ``integrity`` says (policy
+        ``spec.integrity``; ``namespace``: the release's, where its Secrets live). Never
+        raises: a store that cannot be read is a failed verdict naming why."""
+        s3 = integrity.s3
+        settings = S3Settings(
+            endpoint_url=s3.endpoint if s3 is not None else None,
+            region=s3.region if s3 is not None else None,
+        )
+        return self.verify(model.artifact_uri, model.artifact_digest, settings)
 
     def verify(self, uri: str, want: str, s3: S3Settings | None = None) -> Verdict:
         """Whether the artifact at ``uri`` has the digest ``want`` (``sha256:<hex>``)."""
