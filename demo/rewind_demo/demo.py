@@ -365,7 +365,10 @@ def _release(model: Model, version: Version) -> ModelReleaseSpec:
             "data": {"datasetRef": model.dataset, "version": version.data_version},
             "environment": {"runtime": "python3.11", "accelerator": "none"},
             "serving": {"replicas": 1, "port": 8080},
-            "traffic": {"hosts": [model.host], **(
+            # The sandbox has no mesh data plane (no injector, no proxies): the traffic
+            # generator reports the proxies' istio_* metrics itself, so the policies' Istio
+            # metrics need no proxy on the pods (Auto would report them SidecarMissing).
+            "traffic": {"hosts": [model.host], "sidecar": "Ignore", **(
                 {"gatewayAPI": {"parentRefs": [{"name": DEMO_GATEWAY}]}}
                 if model.gateway_api else {})},
         }

@@ -150,6 +150,13 @@ def test_demo_plays_the_story_and_can_run_again(
     assert "HTTPRoute sends 100% to r1" in full.stdout
     assert "never answered a user" in full.stdout
 
+    # The sandbox has no mesh data plane: the traffic generator reports Istio's metrics, and
+    # the demo's releases say so (traffic.sidecar: Ignore), so none is reported unmeasured.
+    for body in (fraud, chatbot, recommender):
+        assert body["spec"]["traffic"]["sidecar"] == "Ignore"
+        assert "SidecarMissing" not in {e["type"] for e in body["status"].get("timeline", [])}
+        assert not any(c["reason"] == "SidecarMissing" for c in body["status"]["conditions"])
+
     # Nothing outlives the demo: operator gone, every model server stopped.
     assert demo_processes(ns) == []
     runner_pids = Path(sandbox.env["SANDBOX_DIR"]) / "demo" / ns / "runner-pids.json"
