@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rewind import api, crdgen
+from rewind.templates import istio_metric_names
 from tests.api_cases import (
     DELETE,
     EXAMPLES,
@@ -463,6 +464,31 @@ def test_render_query() -> None:
 def test_render_query_leaves_promql_braces_alone() -> None:
     q = 'sum by (le) (rate(h{a="b"}[5m])) and on() vector(1) {}'
     assert api.render_query(q, VARS) == q
+
+
+@pytest.mark.parametrize(
+    ("promql", "names"),
+    [
+        ('sum(rate(istio_requests_total{reporter="destination",response_code=~"5.."}[1m]))'
+         " / sum(rate(istio_requests_total[1m]))", ["istio_requests_total"]),
+        ("histogram_quantile(0.95, sum by (le) (rate("
+         'istio_request_duration_milliseconds_bucket{destination_workload="fraud-r3"}[1m])))',
+         ["istio_request_duration_milliseconds_bucket"]),
+        ("sum(istio_tcp_sent_bytes_total offset 5m) + istio_requests_total",
+         ["istio_tcp_sent_bytes_total", "istio_requests_total"]),
+        ('{__name__=~"istio_request.*", reporter="source"}', ["istio_request.*"]),
+        # Not metric names: label values, label names, grouping lists, comments.
+        ('max(rewind_test_error_rate{workload="istio_requests_total"})', []),
+        ("sum by (istio_thing) (up{istio_label!=''})  # istio_requests_total", []),
+        ("sum(x) without (istio_a) + on (istio_b) group_left (istio_c) y", []),
+        ("vector(1)", []),
+        # A quote inside a comment is the comment's; a # inside a string is the string's.
+        ("up # don't\n+ istio_requests_total", ["istio_requests_total"]),
+        ('up{a="#"} + istio_requests_total', ["istio_requests_total"]),
+    ],
+)
+def test_istio_metric_names_are_the_metrics_a_query_reads(promql: str, names: list[str]) -> None:
+    assert istio_metric_names(promql) == names
 
 
 def test_render_query_unknown_variable_names_it() -> None:
