@@ -2065,8 +2065,11 @@ class TrafficSpec(SpecModel):
             "SidecarMissing) with a Warning Event. Auto (default): expected when the "
             "namespace is labelled for injection (istio-injection=enabled, istio.io/rev) or "
             "ambient mode (istio.io/dataplane-mode=ambient), or the pods are labelled "
-            "sidecar.istio.io/inject=true. Required: always expected (a mesh whose injection "
-            "the labels do not show). Ignore: never checked."
+            "sidecar.istio.io/inject=true (false opts out), or the release is routed by "
+            "Istio (not gatewayAPI) and its policy's metrics or breaker query read Istio's "
+            "metrics (istio_* names in the PromQL), which only its proxy reports. Required: "
+            "always expected (a mesh whose injection the labels do not show). Ignore: never "
+            "checked (the metrics come from elsewhere)."
         ),
     )
 

@@ -439,7 +439,7 @@ class ReleaseController:
             await self._write_stalled(namespace, name, old_status_doc, meta, message)
             return ReconcileResult(requeue_after=ERROR_REQUEUE, error=message)
         digest = spec_hash(spec)
-        proxy_expected, mesh = await self._observe_mesh(namespace, name, spec)
+        proxy_expected, mesh = await self._observe_mesh(namespace, name, spec, policy)
         # A Deployment still owned by a deleted object of the same name (the garbage
         # collector has yet to delete it) is not this release's.
         observed = {
@@ -700,10 +700,12 @@ class ReleaseController:
             return None
 
     async def _observe_mesh(
-        self, namespace: str, name: str, spec: ModelReleaseSpec
+        self, namespace: str, name: str, spec: ModelReleaseSpec,
+        policy: RolloutPolicySpec | None,
     ) -> tuple[str, dict[int, tuple[int, tuple[str, ...]]]]:
-        """Why Istio's proxy is expected on the pods ("" if not) and, if it is, each
-        revision's running pods and those without it."""
+        """Why Istio's proxy is expected on the pods ("" if not: also because of the
+        policy's Istio metrics) and, if it is, each revision's running pods and those
+        without it."""
         labels: Mapping[str, str] = {}
         if spec.traffic.sidecar == SidecarMode.AUTO:
             try:
@@ -711,7 +713,7 @@ class ReleaseController:
             except client.ApiException as err:
                 log.warning("%s/%s: could not read the namespace's labels: %s", namespace,
                             name, _describe_error(err))
-        expected = proxy_expectation(spec, namespace, labels)
+        expected = proxy_expectation(spec, namespace, labels, policy, name)
         if not expected:
             return "", {}
         try:

@@ -507,8 +507,9 @@ class Inputs:
     #: policy: nothing new starts, break glass still works, Stalled (WorkloadRefError).
     spec_error: str | None = None
     #: Why the pods are expected to have Istio's proxy (spec.traffic.sidecar, the
-    #: namespace's labels), e.g. "namespace shop is labelled istio-injection=enabled"; "":
-    #: not expected, nothing checked.
+    #: namespace's labels, the policy's Istio metrics), e.g. "namespace shop is labelled
+    #: istio-injection=enabled", "the policy's metric error-rate reads istio_requests_total,
+    #: which only Istio's proxy reports"; "": not expected, nothing checked.
     proxy_expected: str = ""
     #: Per action annotation key: when this operator process first sent the removal of the
     #: value (and ``-by`` user) on the object now, and got an answer (success or error).
@@ -3997,9 +3998,11 @@ def _unmeshed(ctx: _Ctx) -> tuple[str, str] | None:
     return names, (
         f"{names}: {'; '.join(parts)} have no Istio proxy, although {expected}: the mesh "
         "neither measures them (no istio_requests_total reported by them: analysis queries "
-        "on the destination find no data) nor secures them with mTLS. Fix the injection "
-        "(the namespace's label, the pods' sidecar.istio.io/inject) and delete those pods so "
-        "they are created again with it, or set spec.traffic.sidecar: Ignore"
+        "on the destination find no data) nor secures them with mTLS. Have Istio inject it "
+        f"(label namespace {ctx.inp.namespace} istio-injection=enabled or istio.io/rev=<its "
+        "revision>, or the pod template sidecar.istio.io/inject=true; check that the "
+        "injector runs) and delete those pods so they are created again with it, or set "
+        "spec.traffic.sidecar: Ignore if the metrics come from elsewhere"
     )
 
 

@@ -5,7 +5,8 @@ service account, env from a Secret, gRPC) is released through a canary onto the 
 GPU node (kwok, tainted nvidia.com/gpu=present:NoSchedule, 8 GPUs) and rolled back to its
 previous revision, re-created exactly from its snapshot. A Helm-style Deployment gives a
 release its template (serving.workloadRef). A template the API server refuses fails its
-revision. Pods without Istio's proxy where the namespace expects one are reported.
+revision. Pods without Istio's proxy where the namespace expects one, or where the policy
+reads Istio's metrics off an Istio-routed release, are reported.
 """
 
 from __future__ import annotations
@@ -295,3 +296,44 @@ def test_pods_without_istios_proxy_in_an_injected_namespace_are_reported(
     assert condition(status, "Ready")["status"] == "True"
     assert condition(status, "Stalled")["status"] == "False"
     rw.event("fraud", type="Warning", reason="SidecarMissing", contains="no Istio proxy")
+
+
+#: The error ratio as Istio's proxies report it (the sandbox has none: no data, ever).
+ISTIO_ERROR_RATE = (
+    'sum(rate(istio_requests_total{reporter="destination", '
+    'destination_workload_namespace="{{namespace}}", '
+    'destination_workload="{{candidateWorkload}}", response_code=~"5.."}[{{interval}}]))'
+    ' / sum(rate(istio_requests_total{reporter="destination", '
+    'destination_workload_namespace="{{namespace}}", '
+    'destination_workload="{{candidateWorkload}}"}[{{interval}}]))'
+)
+
+
+def test_pods_without_istios_proxy_are_reported_when_the_policy_reads_istios_metrics(
+    rw: Rewind, kubectl: Kubectl
+) -> None:
+    """No injection label on the namespace, Istio routing, and a policy whose error-rate
+    reads istio_requests_total: the pods have no proxy, so every query finds no data. The
+    release says why (Degraded SidecarMissing, one Warning Event) and what to do, instead of
+    leaving the revision silently unmeasured. Once the policy reads metrics from elsewhere,
+    nothing is expected any more and the condition goes."""
+    labels = rw.get("namespace", rw.namespace)["metadata"].get("labels") or {}
+    assert not {"istio-injection", "istio.io/rev", "istio.io/dataplane-mode"} & set(labels)
+    rw.apply(policy_manifest(POLICY, canary((50, "2s")), query=ISTIO_ERROR_RATE))
+    rw.promote_first_revision("fraud", POLICY)
+    status = rw.wait_status("fraud", "Degraded SidecarMissing",
+                            lambda s: condition(s, "Degraded").get("reason") == "SidecarMissing")
+    message = condition(status, "Degraded")["message"]
+    assert message.startswith("r1: 1 of 1 running pods of r1 (fraud-r1-")
+    assert ("the policy's metric error-rate reads istio_requests_total, which only Istio's "
+            "proxy reports") in message
+    assert f"label namespace {rw.namespace} istio-injection=enabled" in message
+    assert "spec.traffic.sidecar: Ignore if the metrics come from elsewhere" in message
+    assert condition(status, "Ready")["status"] == "True"
+    rw.event("fraud", type="Warning", reason="SidecarMissing", contains="istio_requests_total")
+
+    # The metrics come from elsewhere now (the test's gauge): no proxy is expected.
+    rw.apply(policy_manifest(POLICY, canary((50, "2s"))))
+    status = rw.wait_status("fraud", "Degraded no longer SidecarMissing",
+                            lambda s: condition(s, "Degraded").get("reason") != "SidecarMissing")
+    assert condition(status, "Degraded")["status"] == "False"

@@ -14,6 +14,7 @@ from rewind.api import ModelReleaseSpec, Phase, ServingSpec
 from rewind.engine import Decision, EmitEvent
 from tests.unit.test_engine_kit import (
     FAIL,
+    NAMESPACE,
     PASS,
     World,
     make_policy,
@@ -198,7 +199,9 @@ def test_a_stable_without_sidecars_is_degraded_not_stalled_with_one_event() -> N
         "r1: 2 of 2 running pods of r1 (fraud-r1-7d9-a, fraud-r1-7d9-b) have no Istio proxy, "
         f"although {EXPECTED}"
     )
-    assert "spec.traffic.sidecar: Ignore" in message
+    # What to do: have the proxy injected, or say the metrics come from elsewhere.
+    assert f"label namespace {NAMESPACE} istio-injection=enabled" in message
+    assert "spec.traffic.sidecar: Ignore if the metrics come from elsewhere" in message
     # Still serving and Ready: the mesh routes to it, it is only not measured.
     assert kstatus(w) == ["Ready"] and w.phase() == Phase.PROMOTED
     (event,) = events(d, "SidecarMissing")

@@ -13,12 +13,14 @@ from rewind.adapters.workloads import (
     build_snapshot,
     build_umbrella_service,
     has_mesh_proxy,
+    istio_metric_reads,
     observe_deployment,
     proxy_expectation,
     service_protocol,
     spec_from_snapshot,
 )
-from rewind.api import ModelReleaseSpec, spec_hash
+from rewind.api import ModelReleaseSpec, RolloutPolicySpec, spec_hash
+from tests.api_cases import load_examples
 
 OWNER = OwnerRef(name="fraud", uid="0b7c6a2e-1111-2222-3333-444455556666")
 DIGEST = "sha256:" + "a" * 64
@@ -506,3 +508,109 @@ def test_when_istios_proxy_is_expected(
         traffic={"hosts": ["fraud.example.com"], "sidecar": mode},
     )
     assert proxy_expectation(spec, "shop", namespace_labels) == expected
+
+
+ISTIO_ERRORS = (
+    'sum(rate(istio_requests_total{reporter="destination",'
+    'destination_workload="{{candidateWorkload}}",response_code=~"5.."}[{{interval}}]))'
+)
+ISTIO_P95 = (
+    "histogram_quantile(0.95, sum by (le) (rate(istio_request_duration_milliseconds_bucket{"
+    'destination_workload="{{candidateWorkload}}"}[{{interval}}])))'
+)
+OWN_GAUGE = 'max(model_error_rate{workload="{{candidateWorkload}}"})'
+
+
+def make_policy(*queries: str, breaker: str | None = None) -> RolloutPolicySpec:
+    """A canary policy with a metric per query (m0, m1, ...) and an optional breaker."""
+    raw: dict[str, Any] = {
+        "strategy": {"canary": {"steps": [{"weight": 50, "pause": {"duration": "1m"}}]}},
+        "analysis": {"metrics": [
+            {"name": f"m{i}", "query": q, "thresholds": {"max": 1}}
+            for i, q in enumerate(queries)
+        ]},
+    }
+    if breaker is not None:
+        raw["breaker"] = {"query": breaker, "thresholds": {"max": 1},
+                          "fallback": {"directResponse": {"status": 503}}}
+    return RolloutPolicySpec.model_validate(raw)
+
+
+def test_which_of_the_policys_queries_read_istios_metrics() -> None:
+    policy = make_policy(OWN_GAUGE, ISTIO_ERRORS, ISTIO_P95, breaker=ISTIO_ERRORS)
+    assert istio_metric_reads(policy, "shop", "fraud") == [
+        ("metric m1", ["istio_requests_total"]),
+        ("metric m2", ["istio_request_duration_milliseconds_bucket"]),
+        ("breaker query", ["istio_requests_total"]),
+    ]
+    assert istio_metric_reads(make_policy(OWN_GAUGE), "shop", "fraud") == []
+    assert istio_metric_reads(make_policy(), "shop", "fraud") == []  # no metrics at all
+
+
+@pytest.mark.parametrize(
+    ("mode", "policy", "traffic", "pod_labels", "expected"),
+    [
+        # Issue 12: no injection label, Istio routing, Istio's metrics: expected, and why.
+        ("Auto", make_policy(ISTIO_ERRORS), {}, {},
+         "the policy's metric m0 reads istio_requests_total, which only Istio's proxy reports"),
+        ("Auto", make_policy(OWN_GAUGE, ISTIO_P95, ISTIO_ERRORS, breaker=ISTIO_ERRORS), {}, {},
+         "the policy's metric m1 reads istio_request_duration_milliseconds_bucket (as do the "
+         "metric m2 and the breaker query), which only Istio's proxy reports"),
+        ("Auto", make_policy(OWN_GAUGE, breaker=ISTIO_ERRORS), {}, {},
+         "the policy's breaker query reads istio_requests_total, which only Istio's proxy "
+         "reports"),
+        ("Auto", make_policy(OWN_GAUGE), {}, {}, ""),  # metrics from elsewhere
+        ("Auto", None, {}, {}, ""),  # the policy is not known (missing, invalid)
+        # Routed by Gateway API: its gateway may be another implementation's.
+        ("Auto", make_policy(ISTIO_ERRORS),
+         {"gatewayAPI": {"parentRefs": [{"name": "public"}]}}, {}, ""),
+        ("Auto", make_policy(ISTIO_ERRORS), {}, {"sidecar.istio.io/inject": "false"}, ""),
+        ("Ignore", make_policy(ISTIO_ERRORS), {}, {}, ""),
+        ("Required", make_policy(ISTIO_ERRORS), {}, {}, "spec.traffic.sidecar is Required"),
+    ],
+)
+def test_a_proxy_is_expected_when_an_istio_routed_release_is_judged_on_istios_metrics(
+    mode: str, policy: RolloutPolicySpec | None, traffic: dict[str, Any],
+    pod_labels: dict[str, str], expected: str,
+) -> None:
+    template = {"metadata": {"labels": pod_labels}, "spec": {"containers": [{"name": "m"}]}}
+    spec = make_spec(
+        serving={"template": template} if pod_labels else {},
+        traffic={"hosts": ["fraud.example.com"], "sidecar": mode, **traffic},
+    )
+    assert proxy_expectation(spec, "shop", {}, policy, "fraud") == expected
+    # The namespace's label, when there is one, is the reason given.
+    if expected.startswith("the policy's"):
+        assert proxy_expectation(spec, "shop", {"istio-injection": "enabled"}, policy,
+                                 "fraud") == "namespace shop is labelled istio-injection=enabled"
+
+
+def test_the_examples_expect_a_proxy_where_they_read_istios_metrics_off_istios_routes() -> None:
+    """The examples are for real clusters and keep Auto: routed by Istio and judged on its
+    metrics, they need the proxy (hack/kind-up.sh labels their namespace); the one on
+    Gateway API reads no istio_* metric and expects nothing without a label."""
+    found: dict[str, str] = {}
+    for file, docs in load_examples().items():
+        kinds = {d["kind"]: d for d in docs}
+        if {"ModelRelease", "RolloutPolicy"} - set(kinds):
+            continue
+        release = ModelReleaseSpec.model_validate(kinds["ModelRelease"]["spec"])
+        policy = RolloutPolicySpec.model_validate(kinds["RolloutPolicy"]["spec"])
+        assert release.traffic.sidecar == "Auto"
+        found[file] = proxy_expectation(release, "shop", {}, policy, "x")
+    also = "which only Istio's proxy reports"
+    assert found == {
+        "chatbot-bluegreen-approval.yaml": "the policy's metric error-rate reads "
+        f"istio_requests_total (as do the metric p95-latency), {also}",
+        "fraud-detection-canary.yaml": "the policy's metric error-rate reads "
+        f"istio_requests_total (as do the metric p99-latency), {also}",
+        "llm-gateway-api-canary.yaml": "",
+        "llm-gpu-grpc.yaml": "the policy's metric grpc-error-rate reads istio_requests_total "
+        f"(as do the metric p95-latency-ms), {also}",
+        "recommender-shadow.yaml": "the policy's metric error-rate reads istio_requests_total "
+        f"(as do the metric p99-latency-ratio), {also}",
+    }
+    (gateway_api,) = [d for d in load_examples()["llm-gateway-api-canary.yaml"]
+                      if d["kind"] == "RolloutPolicy"]
+    assert istio_metric_reads(RolloutPolicySpec.model_validate(gateway_api["spec"]), "shop",
+                              "x") == []  # vLLM's own metrics

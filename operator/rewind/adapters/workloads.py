@@ -55,12 +55,14 @@ from rewind.api import (
     MODEL_SERVER_CONTAINER,
     SERVING_PORT_NAME,
     ModelReleaseSpec,
+    RolloutPolicySpec,
     ServingProtocol,
     SidecarMode,
     model_server_index,
     spec_hash,
     workload_name,
 )
+from rewind.templates import istio_metric_names, query_variables, render_query
 
 CONTAINER_NAME = MODEL_SERVER_CONTAINER
 SNAPSHOTS_PATH = "/apis/apps/v1/namespaces/{namespace}/controllerrevisions"
@@ -888,13 +890,46 @@ def has_mesh_proxy(pod: Mapping[str, Any]) -> bool:
     return any(c.get("name") == ISTIO_PROXY_CONTAINER for c in containers)
 
 
+def istio_metric_reads(
+    policy: RolloutPolicySpec, namespace: str, release: str
+) -> list[tuple[str, list[str]]]:
+    """Which of the policy's queries read Istio's standard metrics, and which: ("metric
+    error-rate", ["istio_requests_total"]), then ("breaker query", [...]), in the policy's
+    order; each query rendered for the release first (revisions 2 and 1: the names a query
+    reads do not depend on them). A query that does not render is left out (admission
+    refuses it; analysis reports it)."""
+    queries = [
+        (f"metric {m.name}", m.query, policy.analysis.interval) for m in policy.analysis.metrics
+    ]
+    if policy.breaker is not None:
+        queries.append(("breaker query", policy.breaker.query, policy.breaker.interval))
+    reads: list[tuple[str, list[str]]] = []
+    for what, query, interval in queries:
+        variables = query_variables(
+            namespace=namespace, release=release, candidate=2, stable=1, interval=interval
+        )
+        try:
+            names = istio_metric_names(render_query(query, variables))
+        except ValueError:
+            continue
+        if names:
+            reads.append((what, names))
+    return reads
+
+
 def proxy_expectation(
-    spec: ModelReleaseSpec, namespace: str, namespace_labels: Mapping[str, str]
+    spec: ModelReleaseSpec,
+    namespace: str,
+    namespace_labels: Mapping[str, str],
+    policy: RolloutPolicySpec | None = None,
+    release: str = "",
 ) -> str:
     """Why each revision's pods should have Istio's proxy ("" when they need not):
     ``spec.traffic.sidecar`` Required; Auto: the namespace labelled for injection or ambient
     mode, or the pod template labelled ``sidecar.istio.io/inject: "true"`` (``"false"``
-    opts out); Ignore: never."""
+    opts out), or the release routed by Istio (not Gateway API) with a ``policy`` (None:
+    unknown) whose metrics or breaker query read Istio's standard metrics (``istio_*``),
+    which only its proxy reports; Ignore: never. ``release`` is the ModelRelease's name."""
     mode = spec.traffic.sidecar
     if mode == SidecarMode.IGNORE:
         return ""
@@ -915,6 +950,20 @@ def proxy_expectation(
         return f"namespace {namespace} is labelled istio.io/rev={namespace_labels['istio.io/rev']}"
     if namespace_labels.get("istio.io/dataplane-mode") == "ambient":
         return f"namespace {namespace} is in ambient mode (istio.io/dataplane-mode=ambient)"
+    # Istio routing and Istio's metrics, without the labels that would inject the proxy: a
+    # namespace nobody labelled, where every query would find no data and say nothing why.
+    if policy is not None and spec.traffic.gateway_api is None:
+        reads = istio_metric_reads(policy, namespace, release or "release")
+        if reads:
+            (what, names), others = reads[0], [f"the {w}" for w, _ in reads[1:]]
+            also = ""
+            if others:
+                listed = ", ".join(others[:-1]) + (" and " if others[:-1] else "") + others[-1]
+                also = f" (as do {listed})"
+            return (
+                f"the policy's {what} reads {' and '.join(names)}{also}, which only Istio's "
+                "proxy reports"
+            )
     return ""
 
 
