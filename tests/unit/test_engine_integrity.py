@@ -62,7 +62,7 @@ def test_a_candidate_gets_traffic_only_once_its_artifact_is_verified() -> None:
     assert entry.integrity is not None and entry.integrity.verdict == "Verified"
     assert "ArtifactVerified" in w.timeline_types()
     w.settle()
-    assert w.status.phase == Phase.PROMOTED and w.status.stable_revision == 2
+    assert w.phase() == Phase.PROMOTED and w.status.stable_revision == 2
     assert requests_for(w, 2) >= 1
 
 
