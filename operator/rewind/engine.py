@@ -1261,6 +1261,7 @@ def _start_rollback(ctx: _Ctx, target: int, leaving: int, reason: str) -> None:
     s.step_started_at = ctx.now
     s.phase = Phase.ROLLING_BACK
     s.message = f"rolling back from r{leaving} to r{target}: {reason}"
+    _bring_back(ctx, target)
     wait = _not_ready(ctx, target)
     ctx.record(
         TimelineType.ROLLBACK_STARTED,
@@ -1899,7 +1900,8 @@ def _verdict_age_limit(spec: IntegritySpec) -> timedelta:
 
 
 def _fresh(ctx: _Ctx, revision: int) -> bool:
-    """Verified within ``reverifyAfter`` (always, without an integrity policy)."""
+    """Verified within ``reverifyAfter``, and since its pods last came back from zero
+    (always, without an integrity policy)."""
     spec = _integrity_spec(ctx)
     if spec is None:
         return True
@@ -1909,7 +1911,23 @@ def _fresh(ctx: _Ctx, revision: int) -> bool:
         and rec.verdict == IntegrityVerdict.VERIFIED
         and rec.at is not None
         and ctx.now - _aware(rec.at) < _verdict_age_limit(spec)
+        and not _predates_pods(ctx, revision, rec.at)
     )
+
+
+def _predates_pods(ctx: _Ctx, revision: int, at: datetime) -> bool:
+    """The verdict is older than the revision's last scale-up from zero: the pods since
+    read the store again, maybe after it changed."""
+    e = ctx.entry(revision)
+    return e is not None and e.scaled_up_at is not None and _aware(at) < _aware(e.scaled_up_at)
+
+
+def _bring_back(ctx: _Ctx, revision: int) -> None:
+    """The revision is scaled up for traffic (or a drill): from zero, its verdicts so far
+    no longer count (see ``HistoryEntry.scaledUpAt``)."""
+    e = ctx.entry(revision)
+    if e is not None and _integrity_spec(ctx) is not None and not ctx.available(revision):
+        e.scaled_up_at = ctx.now
 
 
 def _verification_failed(ctx: _Ctx, revision: int) -> str | None:
@@ -1970,10 +1988,13 @@ def _verification_wait(ctx: _Ctx, revision: int) -> str:
     if failed is not None:
         return f"r{revision} gets no traffic: its artifact failed verification: {failed}"
     rec = _verdict(ctx, revision)
-    when = (
-        f"its last verification ({_ts(rec.at)}) is older than reverifyAfter"
-        if rec is not None and rec.at is not None else "its artifact is not verified yet"
-    )
+    if rec is None or rec.at is None:
+        when = "its artifact is not verified yet"
+    elif _predates_pods(ctx, revision, rec.at):
+        when = (f"its pods were started from zero after its last verification "
+                f"({_ts(rec.at)}) and read the store again")
+    else:
+        when = f"its last verification ({_ts(rec.at)}) is older than reverifyAfter"
     doing = "verifying now" if revision in ctx.inp.verifying else "verification asked for"
     return f"r{revision} gets traffic once its artifact is verified: {when} ({doing})"
 
@@ -2939,6 +2960,7 @@ def _start_restore(ctx: _Ctx, entry: HistoryEntry) -> None:
     entry.finished_at = None
     entry.reason = f"being restored: {why}"
     s.candidate_revision = rev
+    _bring_back(ctx, rev)
     wait = _not_ready(ctx, rev)
     ctx.record(
         TimelineType.RESTORE_STARTED,
@@ -3697,6 +3719,7 @@ def _start_drill(ctx: _Ctx, trigger: str, user: str = "") -> None:
         return
     obs = ctx.observed(target)
     before = obs.replicas if obs is not None and obs.exists else 0
+    _bring_back(ctx, target)
     s.drill = DrillStatus(
         phase=DrillPhase.STARTING, target=target, started_at=ctx.now, replicas_before=before,
         trigger=trigger,

@@ -229,3 +229,22 @@ def test_a_drill_fails_when_the_target_artifact_does_not_verify() -> None:
     assert TAMPERED in last.message and "a rollback would pass it over" in last.message
     assert w.weights() == {2: 100}
     assert isinstance(w.routes, SetRoutes)
+
+
+def test_a_cold_target_is_verified_again_though_its_verdict_is_fresh() -> None:
+    """Its pods come back from zero and read the store again: a verdict reached before that
+    does not count, however recent (a warm target's running pods read it when verified)."""
+    w = promoted_world(policy(keep_previous_warm="1m"), releases=3, verify_seconds=10.0)
+    w.run(120)
+    assert w.replicas(2) == 0 and w.replicas(1) == 0
+    r2 = next(e for e in w.status.history if e.revision == 2)
+    assert r2.integrity is not None and r2.integrity.verdict == "Verified"
+    assert r2.integrity.at is not None and (w.now - r2.integrity.at).total_seconds() < 3600
+    w.tampered[2] = TAMPERED
+    since = len(w.decisions)
+    w.act("rollback", value="drift")
+    r2 = next(e for e in w.status.history if e.revision == 2)
+    assert r2.scaled_up_at == w.now
+    w.run_until(lambda x: x.status.phase == Phase.ROLLED_BACK)
+    assert w.status.stable_revision == 1 and w.weights() == {1: 100}
+    assert not any(r.weights.get(2) for d in w.decisions[since:] for r in routes_of(d))
