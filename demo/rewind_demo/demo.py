@@ -71,12 +71,13 @@ from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION, parse_routes
 from rewind.api import (
     MODELRELEASE_KIND,
     MODELRELEASE_PLURAL,
+    QUARANTINE_PLURAL,
     ROLLOUTPOLICY_KIND,
     ROLLOUTPOLICY_PLURAL,
     ModelReleaseSpec,
     RolloutPolicySpec,
 )
-from rewind_demo import people, targets
+from rewind_demo import people, poison, targets
 from rewind_demo.modelserver import SCORE_BUCKETS
 from rewind_demo.runner import RevisionRunner, kube_deployment_lister
 from rewind_demo.trafficgen import TrafficGenerator, backends_file_source, kube_route_source
@@ -655,7 +656,7 @@ class Kube:
         after a few seconds has it removed: nothing else would.
         """
         ns, timeout_kw = namespace, {"_request_timeout": API_TIMEOUT}
-        for plural in (MODELRELEASE_PLURAL, ROLLOUTPOLICY_PLURAL):
+        for plural in (MODELRELEASE_PLURAL, ROLLOUTPOLICY_PLURAL, QUARANTINE_PLURAL):
             for name in self._names(API_GROUP, API_VERSION, ns, plural):
                 with contextlib.suppress(self._client.ApiException):
                     self.custom.delete_namespaced_custom_object(
@@ -987,6 +988,9 @@ class Demo:
         self.people = Path()  # the people's kubeconfig, once set up
         self.refused: subprocess.CompletedProcess[str] | None = None
         self._acts = 0
+        #: Releases an act created beside the models' (polled and reported like them).
+        self.extra_releases: list[str] = []
+        self.poisoned = False  # the poisoning act ran
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -1241,14 +1245,14 @@ class Demo:
     def _poll(self, focus: str) -> dict[str, Any] | None:
         """Read every release (announcing their news); return the focus release."""
         bodies: dict[str, dict[str, Any]] = {}
-        for model in self._models():
+        for release in [m.release for m in self._models()] + self.extra_releases:
             try:
-                body = self.k.get_release(self.ns, model.release)
+                body = self.k.get_release(self.ns, release)
             except Exception as exc:  # a blip of the API server: keep polling
-                self.c.progress(f"{model.release}: API error {exc!r}", ("error", model.release))
+                self.c.progress(f"{release}: API error {exc!r}", ("error", release))
                 continue
             if body is not None:
-                bodies[model.release] = body
+                bodies[release] = body
         self._announce(bodies)
         return bodies.get(focus)
 
@@ -1497,11 +1501,16 @@ class Demo:
         if not self.o.quick:
             self.pause(self.o.act_pause)
             self.act_shadow()
+        self.pause(self.o.act_pause)
+        poison.act(self)
+        self.poisoned = True
 
     # -- the outcome, from the API server ---------------------------------------------------
 
     def _routes(self, name: str) -> tuple[dict[int, int], int | None, int]:
-        kind = _model(name).route_kind
+        return self._routes_of(name, _model(name).route_kind)
+
+    def _routes_of(self, name: str, kind: str) -> tuple[dict[int, int], int | None, int]:
         vs = self.k.get_virtual_service(self.ns, name, kind)
         if vs is None:
             return {}, None, 0
@@ -1583,6 +1592,9 @@ class Demo:
             check(f"recommender: {workload} never answered a user", users == 0, f"{users}")
             check(f"recommender: {workload} received mirrored traffic", mirrored > 0,
                   f"{mirrored}")
+        if self.poisoned:
+            for what, ok, detail in poison.checks(self):
+                check(what, ok, detail)
         return checks
 
     def report(self, checks: Sequence[Check]) -> None:
@@ -1590,11 +1602,11 @@ class Demo:
         width = max(c.width, 120)
         c.say("")
         c.say("Timelines (status.timeline of each ModelRelease; +SEC from the demo's start):")
-        for model in self._models():
-            body = self.k.get_release(self.ns, model.release)
+        for release in [m.release for m in self._models()] + self.extra_releases:
+            body = self.k.get_release(self.ns, release)
             if body is not None:
                 c.say("")
-                c.say(timeline_table(model.release, body, self.started_at, width))
+                c.say(timeline_table(release, body, self.started_at, width))
         c.say("")
         c.say("Checks against the API server:")
         for ch in checks:

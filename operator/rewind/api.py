@@ -3367,6 +3367,12 @@ class HistoryEntry(StatusModel):
         description="The last verification of its artifact (policy integrity); absent: "
         "never verified.",
     )
+    scaled_up_at: datetime | None = Field(
+        default=None,
+        description="When Rewind last brought it back from zero replicas (a rollback, "
+        "restore or drill to a cold revision): its new pods read the artifact from the store "
+        "again, so only a verification since then lets it take traffic.",
+    )
     outcome: Outcome = Field(
         default=Outcome.PROGRESSING,
         description="Progressing, Promoted, RolledBack, Failed, Superseded or Retired.",

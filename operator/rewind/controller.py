@@ -47,6 +47,7 @@ from rewind.adapters.archive import (
     encode_record,
     parse_stored,
 )
+from rewind.adapters.artifacts import ArtifactVerifier
 from rewind.adapters.base import (
     DEFAULT_CLUSTER_DOMAIN,
     AdapterError,
@@ -101,6 +102,7 @@ from rewind.engine import (
     SetRoutes,
     SnapshotCheck,
     SnapshotRevision,
+    VerifyArtifact,
     analysis_due,
     analysis_metrics,
     analysis_targets,
@@ -114,6 +116,7 @@ from rewind.metrics import OperatorMetrics
 from rewind.notifications import ReleaseRef, build_message, outbox, targets_for
 from rewind.podtemplate import WorkloadRefError, resolve_workload_ref
 from rewind.policycache import PolicyCache
+from rewind.verifications import Verifications
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +249,7 @@ class ReleaseController:
         argocd_url: str = "",
         policies: PolicyCache | None = None,
         quarantines: QuarantineCache | None = None,
+        verifications: Verifications | None = None,
     ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
         #: The cluster's DNS domain: the in-cluster name Rewind routes ends in svc.<it>.
@@ -274,6 +278,8 @@ class ReleaseController:
         self.quarantines = quarantines or QuarantineCache(
             api_client, request_timeout=request_timeout
         )
+        #: Artifact verifications running in the background, and their latest results.
+        self.verifications = verifications or Verifications(ArtifactVerifier().verify_model)
         self.router = router
         self.workloads = workloads
         self.metrics = metrics
@@ -492,6 +498,8 @@ class ReleaseController:
             proxy_expected=proxy_expected,
             removals_sent=self._sent_removals(key, annotations),
             cluster_domain=self.cluster_domain,
+            integrity=self.verifications.results(namespace, name),
+            verifying=self.verifications.running(namespace, name),
         )
         decision = decide(inputs)
         result = ReconcileResult(requeue_after=decision.requeue_after, decision=decision)
@@ -545,6 +553,11 @@ class ReleaseController:
                 self._send_notifications(namespace, name, meta, decision.status, policy)
             force = self._resync_due(namespace, name)
             for action in converging:
+                if isinstance(action, VerifyArtifact):
+                    await self._start_verification(
+                        namespace, name, spec, decision.status, policy, action.revision
+                    )
+                    continue
                 if isinstance(action, SetRoutes):
                     if await self._set_routes(action, name, namespace, owner, spec, routes, force):
                         result.applied.append(action)
@@ -739,7 +752,37 @@ class ReleaseController:
                 del sent[annotation]
         return {annotation: at for annotation, (_, _, at) in sent.items()}
 
+    async def _start_verification(
+        self,
+        namespace: str,
+        name: str,
+        spec: ModelReleaseSpec,
+        status: ModelReleaseStatus,
+        policy: RolloutPolicySpec | None,
+        revision: int,
+    ) -> None:
+        """Start verifying ``revision``'s artifact in the background: the spec's model for
+        the current revision, its snapshot's for any other (an unreadable snapshot is a
+        failed verification naming it)."""
+        if policy is None or policy.integrity is None:
+            return
+        if revision in self.verifications.running(namespace, name):
+            return
+        entry = next((e for e in status.history if e.revision == revision), None)
+        want = entry.model_digest if entry is not None else ""
+        if revision == status.current_revision:
+            model = spec.model
+        else:
+            try:
+                model = (await self.workloads.load_snapshot(name, namespace, revision)).model
+            except (SnapshotNotFoundError, SnapshotCorruptError) as err:
+                self.verifications.fail(namespace, name, revision, want,
+                                        f"cannot read which artifact r{revision} runs: {err}")
+                return
+        self.verifications.start(namespace, name, revision, model, policy.integrity)
+
     def forget(self, namespace: str, name: str) -> None:
+        self.verifications.forget(namespace, name)
         self._workload_refs.pop((namespace, name), None)
         self._removals_sent.pop((namespace, name), None)
         self._records.pop((namespace, name), None)

@@ -297,6 +297,9 @@ from rewind.api import (
     DrillStatus,
     DrillVerdict,
     HistoryEntry,
+    IntegrityRecord,
+    IntegritySpec,
+    IntegrityVerdict,
     Measurement,
     MetricSpec,
     ModelReleaseSpec,
@@ -338,6 +341,7 @@ __all__ = [
     "EnsureRevision",
     "HumanAction",
     "Inputs",
+    "IntegrityResult",
     "QuarantineRule",
     "RemoveAnnotation",
     "RevisionState",
@@ -347,6 +351,7 @@ __all__ = [
     "SetRoutes",
     "SnapshotCheck",
     "SnapshotRevision",
+    "VerifyArtifact",
     "analysis_due",
     "analysis_metrics",
     "analysis_targets",
@@ -468,6 +473,19 @@ class QuarantineRule:
 
 
 @dataclass(frozen=True)
+class IntegrityResult:
+    """A finished verification of one revision's model artifact (policy spec.integrity),
+    run by the controller in the background (``VerifyArtifact``)."""
+
+    revision: int
+    ok: bool
+    at: datetime  # when it finished (tz-aware UTC)
+    want: str  # the artifactDigest it was checked against
+    digest: str = ""  # what the store's bytes hash to ("" when nothing could be read)
+    message: str = ""  # what was checked, or which file or signature failed and why
+
+
+@dataclass(frozen=True)
 class Inputs:
     """Everything one decision may depend on (the engine reads nothing else)."""
 
@@ -519,6 +537,11 @@ class Inputs:
     #: The cluster's DNS domain (``--cluster-domain``): a fallback Service's in-mesh host
     #: ends in ``svc.<cluster_domain>``.
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    #: The latest finished artifact verification per revision this process knows of (kept
+    #: in memory until the status records it; a restart verifies again).
+    integrity: Mapping[int, IntegrityResult] = field(default_factory=dict)
+    #: Revisions whose verification runs now.
+    verifying: frozenset[int] = frozenset()
 
 
 # --------------------------------------------------------------------------------------
@@ -578,6 +601,15 @@ class SetRoutes:
 
 
 @dataclass(frozen=True)
+class VerifyArtifact:
+    """Verify ``revision``'s model artifact (and signature) against the store in the
+    background, unless that already runs; the verdict comes back in ``Inputs.integrity``.
+    Nothing waits on it but the route write that would give the revision traffic."""
+
+    revision: int
+
+
+@dataclass(frozen=True)
 class RemoveAnnotation:
     """The annotation was acted upon: remove it from the ModelRelease."""
 
@@ -600,6 +632,7 @@ Action = (
     | SetRoutes
     | RemoveAnnotation
     | EmitEvent
+    | VerifyArtifact
 )
 
 
@@ -795,6 +828,8 @@ class _Ctx:
     quarantine_hold: str | None = None
     actions: tuple[HumanAction, ...] = ()  # Inputs.actions clipped, in the order acted on
     kept: set[HumanAction] = field(default_factory=set)  # left on the object for later
+    #: Revisions whose artifact is to be verified (``VerifyArtifact``), in the order asked.
+    verify: list[int] = field(default_factory=list)
 
     @property
     def now(self) -> datetime:
@@ -874,6 +909,9 @@ class _Ctx:
         problem = self.route_problem(want)
         if problem is not None:
             return problem.message
+        held = _unverified_receivers(self, want)
+        if held:
+            return "; ".join(_verification_wait(self, r) for r in held)
         obs = self.inp.routes
         source = obs.source or "the router"
         if not obs.exists:
@@ -896,6 +934,10 @@ class _Ctx:
         action = ScaleRevision(revision, 0)
         if revision and action not in self.scale_downs:
             self.scale_downs.append(action)
+
+    def ask_verify(self, revision: int) -> None:
+        if revision and revision not in self.verify:
+            self.verify.append(revision)
 
     def remove(self, action: HumanAction) -> None:
         removal = RemoveAnnotation(ANNOTATION_OF[action.kind])
@@ -1220,6 +1262,7 @@ def _start_rollback(ctx: _Ctx, target: int, leaving: int, reason: str) -> None:
     s.step_started_at = ctx.now
     s.phase = Phase.ROLLING_BACK
     s.message = f"rolling back from r{leaving} to r{target}: {reason}"
+    _bring_back(ctx, target)
     wait = _not_ready(ctx, target)
     ctx.record(
         TimelineType.ROLLBACK_STARTED,
@@ -1682,19 +1725,30 @@ def _summarize_quarantine(s: ModelReleaseStatus) -> None:
     )
 
 
+def _failed_entry(e: HistoryEntry) -> bool:
+    return e.integrity is not None and e.integrity.verdict == IntegrityVerdict.FAILED
+
+
 def _clean_target(ctx: _Ctx, leaving: int) -> tuple[int | None, list[str]]:
-    """The known-good revision promoted most recently that is not quarantined (``leaving``
-    aside), and why each newer known-good one was skipped."""
+    """The known-good revision promoted most recently that is neither quarantined nor
+    (under a policy's integrity) failing its artifact's verification (``leaving`` aside),
+    and why each newer known-good one was skipped."""
     good = sorted(
         (e for e in ctx.s.history if _known_good(e) and e.revision != leaving),
         key=_promotion,
         reverse=True,
     )
+    checking = _integrity_spec(ctx) is not None
     skipped: list[str] = []
     for e in good:
-        if e.quarantine is None:
+        if e.quarantine is not None:
+            skipped.append(f"r{e.revision} skipped: quarantined by {e.quarantine.entry}")
+        elif checking and e.integrity is not None and _failed_entry(e):
+            skipped.append(
+                f"r{e.revision} skipped: its artifact failed verification ({e.integrity.message})"
+            )
+        else:
             return e.revision, skipped
-        skipped.append(f"r{e.revision} skipped: quarantined by {e.quarantine.entry}")
     return None, skipped
 
 
@@ -1818,6 +1872,274 @@ def _keep_serving(ctx: _Ctx, who: str) -> None:
         e.quarantine.accepted_by = who
     s.pending_decision = None
     s.message = f"r{s.stable_revision} keeps serving although quarantined ({who} chose so)"
+
+
+# --------------------------------------------------------------------------------------
+# Pipeline step 0c: artifact integrity (policy spec.integrity)
+# --------------------------------------------------------------------------------------
+#
+# A revision gets (more) traffic only once its artifact is verified: the route write that
+# would give it traffic waits (``_safe_to_write``) and asks for the verification
+# (``VerifyArtifact``), which runs in the background while its Deployment scales up. A
+# verdict is fresh for ``reverifyAfter``; the revision a rollback would go to is
+# re-verified in the background before its verdict ages out, so a rollback to a warm,
+# verified revision never waits. A failed verdict refuses a candidate (rolled back if it
+# had users), makes a rollback pick the next known-good target, and fails a drill.
+
+
+def _integrity_spec(ctx: _Ctx) -> IntegritySpec | None:
+    return ctx.policy.integrity if ctx.policy is not None else None
+
+
+def _verdict(ctx: _Ctx, revision: int) -> IntegrityRecord | None:
+    e = ctx.entry(revision) if revision else None
+    return e.integrity if e is not None else None
+
+
+def _verdict_age_limit(spec: IntegritySpec) -> timedelta:
+    return timedelta(seconds=parse_duration(spec.reverify_after))
+
+
+def _fresh(ctx: _Ctx, revision: int) -> bool:
+    """Verified within ``reverifyAfter``, and since its pods last came back from zero
+    (always, without an integrity policy)."""
+    spec = _integrity_spec(ctx)
+    if spec is None:
+        return True
+    rec = _verdict(ctx, revision)
+    return (
+        rec is not None
+        and rec.verdict == IntegrityVerdict.VERIFIED
+        and rec.at is not None
+        and ctx.now - _aware(rec.at) < _verdict_age_limit(spec)
+        and not _predates_pods(ctx, revision, rec.at)
+    )
+
+
+def _predates_pods(ctx: _Ctx, revision: int, at: datetime) -> bool:
+    """The verdict is older than the revision's last scale-up from zero: the pods since
+    read the store again, maybe after it changed."""
+    e = ctx.entry(revision)
+    return e is not None and e.scaled_up_at is not None and _aware(at) < _aware(e.scaled_up_at)
+
+
+def _bring_back(ctx: _Ctx, revision: int) -> None:
+    """The revision is scaled up for traffic (or a drill): from zero, its verdicts so far
+    no longer count (see ``HistoryEntry.scaledUpAt``)."""
+    e = ctx.entry(revision)
+    if e is not None and _integrity_spec(ctx) is not None and not ctx.available(revision):
+        e.scaled_up_at = ctx.now
+
+
+def _verification_failed(ctx: _Ctx, revision: int) -> str | None:
+    """Why the revision's last verification failed (None: it did not, or no policy asks)."""
+    if _integrity_spec(ctx) is None:
+        return None
+    rec = _verdict(ctx, revision)
+    if rec is None or rec.verdict != IntegrityVerdict.FAILED:
+        return None
+    return rec.message or "no reason recorded"
+
+
+def _carries(ctx: _Ctx, revision: int) -> bool:
+    """The routes read back send it users, copies of them, or bypassing callers."""
+    seen = ctx.inp.routes
+    return revision in (seen.header_revision, seen.primary_revision) or (
+        seen.weights.get(revision, 0) > 0
+        or (seen.mirror_revision == revision and seen.mirror_percent > 0)
+    )
+
+
+def _cleared(ctx: _Ctx, revision: int) -> bool:
+    """May the revision be given more traffic? Without an integrity policy, yes; with one,
+    its last verdict must be a pass, fresh unless the routes already send it traffic (it
+    does not lose users because time passed: it is re-verified meanwhile)."""
+    if _integrity_spec(ctx) is None:
+        return True
+    rec = _verdict(ctx, revision)
+    if rec is None or rec.verdict != IntegrityVerdict.VERIFIED:
+        return False
+    return _carries(ctx, revision) or _fresh(ctx, revision)
+
+
+def _receivers(ctx: _Ctx, want: SetRoutes) -> list[int]:
+    """The revisions ``want`` gives more than the routes read back do: live weight, the
+    header routes' callers, a mirror's copies, or the callers that bypass the routes."""
+    seen = ctx.inp.routes
+    out = [r for r, w in want.weights.items() if w > seen.weights.get(r, 0)]
+    if want.header_revision is not None and want.header_revision != seen.header_revision:
+        out.append(want.header_revision)
+    mirrored = seen.mirror_percent if seen.mirror_revision == want.mirror_revision else 0
+    if want.mirror_revision is not None and want.mirror_percent > mirrored:
+        out.append(want.mirror_revision)
+    if want.primary_revision is not None and want.primary_revision != seen.primary_revision:
+        out.append(want.primary_revision)
+    return sorted(set(out))
+
+
+def _unverified_receivers(ctx: _Ctx, want: SetRoutes | None) -> list[int]:
+    if want is None or _integrity_spec(ctx) is None:
+        return []
+    return [r for r in _receivers(ctx, want) if not _cleared(ctx, r)]
+
+
+def _verification_wait(ctx: _Ctx, revision: int) -> str:
+    """Why a route write to ``revision`` waits, in words."""
+    failed = _verification_failed(ctx, revision)
+    if failed is not None:
+        return f"r{revision} gets no traffic: its artifact failed verification: {failed}"
+    rec = _verdict(ctx, revision)
+    if rec is None or rec.at is None:
+        when = "its artifact is not verified yet"
+    elif _predates_pods(ctx, revision, rec.at):
+        when = (f"its pods were started from zero after its last verification "
+                f"({_ts(rec.at)}) and read the store again")
+    else:
+        when = f"its last verification ({_ts(rec.at)}) is older than reverifyAfter"
+    doing = "verifying now" if revision in ctx.inp.verifying else "verification asked for"
+    return f"r{revision} gets traffic once its artifact is verified: {when} ({doing})"
+
+
+def _record_integrity(ctx: _Ctx) -> None:
+    """Record the verdicts the controller brought (newer than the history's), each change
+    once in the timeline and as an Event naming what was checked or what failed."""
+    for rev, r in sorted(ctx.inp.integrity.items()):
+        e = ctx.entry(rev)
+        if e is None or r.want != e.model_digest:
+            continue  # a verdict on another artifact than the revision's
+        old = e.integrity
+        if old is not None and old.at is not None and _aware(r.at) <= _aware(old.at):
+            continue
+        verdict = IntegrityVerdict.VERIFIED if r.ok else IntegrityVerdict.FAILED
+        e.integrity = IntegrityRecord(
+            verdict=verdict, at=r.at, digest=r.digest, message=r.message
+        )
+        if old is not None and old.verdict == verdict and (r.ok or old.message == r.message):
+            continue  # a re-verification with the same outcome: not news
+        if r.ok:
+            ctx.record(
+                TimelineType.ARTIFACT_VERIFIED,
+                f"r{rev}'s artifact verified: {r.message}",
+                revision=rev,
+            )
+        else:
+            ctx.record(
+                TimelineType.ARTIFACT_VERIFICATION_FAILED,
+                f"r{rev}'s artifact failed verification, so it gets no traffic: {r.message}",
+                revision=rev,
+                warning=True,
+            )
+
+
+def _integrity(ctx: _Ctx) -> None:
+    """The effects of verdicts: a failed candidate is refused (rolled back when it had
+    users), a failed rollback target is replaced by the next known-good one (none: the
+    release holds where traffic is). While settled, the revision a rollback would go to
+    is kept verified in the background."""
+    spec = _integrity_spec(ctx)
+    if spec is None:
+        return
+    _record_integrity(ctx)
+    s = ctx.s
+    cand, stable = s.candidate_revision, s.stable_revision
+    failed = _verification_failed(ctx, cand) if cand and cand != stable else None
+    if s.phase in IN_FLIGHT and failed is not None and s.pending_decision is None:
+        reason = f"r{cand}'s artifact failed verification: {failed}"
+        if _carries(ctx, cand) and stable:
+            _decide_rollback(ctx, reason)
+        else:
+            _fail_candidate(ctx, reason)
+        return
+    failed = _verification_failed(ctx, stable) if stable else None
+    if s.phase == Phase.ROLLING_BACK and failed is not None and not _carries(ctx, stable):
+        leaving = cand
+        target, skipped = _clean_target(ctx, leaving)
+        if target is None or target == stable:
+            ctx.stalled = (
+                f"rollback target r{stable}'s artifact failed verification ({failed}) and no "
+                f"other known-good revision passes it"
+                + "".join(f"; {x}" for x in skipped)
+                + f": holding where traffic is (r{leaving}). Release a new spec, or fix the "
+                "store: the target is verified again every reverifyAfter"
+            )
+            s.message = f"rolling back from r{leaving}: held: {ctx.stalled}"
+            return
+        left = ctx.entry(leaving)
+        _give_up_target(ctx, f"its artifact failed verification: {failed}")
+        ctx.record(
+            TimelineType.ROLLBACK_DECIDED,
+            f"rollback target r{stable}'s artifact failed verification ({failed}): rolling "
+            f"back from r{leaving} to r{target} instead" + "".join(f"; {x}" for x in skipped),
+            revision=leaving,
+            warning=True,
+        )
+        why = left.reason if left is not None and left.reason else "rollback"
+        _start_rollback(ctx, target, leaving, f"{why}; r{stable}'s artifact failed verification")
+        return
+    if s.phase in SETTLED and s.drill is None:
+        _keep_target_verified(ctx, spec)
+
+
+def _verify_early(ctx: _Ctx) -> None:
+    """Verification starts with the scale-up, not at the route write: the candidate in
+    flight and the rollback target are verified while they become Available."""
+    if _integrity_spec(ctx) is None:
+        return
+    s = ctx.s
+    wanted = []
+    if s.phase in IN_FLIGHT:
+        wanted.append(s.candidate_revision)
+        if s.restoring:
+            wanted.append(s.stable_revision)
+    if s.phase == Phase.ROLLING_BACK:
+        wanted.append(s.stable_revision)
+    for rev in wanted:
+        if rev and not _cleared(ctx, rev) and _verification_failed(ctx, rev) is None:
+            ctx.ask_verify(rev)
+
+
+def _target_unverifiable(ctx: _Ctx) -> str | None:
+    """While Promoted: the newest known-good revision before the stable failed its
+    artifact's verification, so a rollback now would pass it over (None: it did not)."""
+    s = ctx.s
+    if _integrity_spec(ctx) is None or s.phase != Phase.PROMOTED:
+        return None
+    newest = _previous_known_good(s)
+    failed = _verification_failed(ctx, newest) if newest is not None else None
+    if newest is None or failed is None:
+        return None
+    target = _previous_known_good(s, checking=True)
+    then = f"a rollback now would go to r{target}" if target is not None else (
+        "a rollback now would have no verified revision to go to"
+    )
+    return f"r{newest}'s artifact failed verification ({failed}): {then}"
+
+
+def _keep_target_verified(ctx: _Ctx, spec: IntegritySpec) -> None:
+    """Re-verify the revision a rollback would go to before its verdict ages out, so the
+    rollback never waits; and, as rarely, known-good revisions that failed (a store put
+    right makes them targets again)."""
+    limit = _verdict_age_limit(spec)
+    # Re-verified a tenth of reverifyAfter before the verdict ages out: the rollback finds
+    # it fresh even if the store is slow.
+    early = limit / 10
+    target = _previous_known_good(ctx.s, checking=True)
+    due: list[int] = []
+    if target is not None:
+        due.append(target)
+    due += [
+        e.revision for e in ctx.s.history
+        if _known_good(e) and e.integrity is not None
+        and e.integrity.verdict == IntegrityVerdict.FAILED
+    ]
+    for rev in due:
+        rec = _verdict(ctx, rev)
+        at = _aware(rec.at) if rec is not None and rec.at is not None else None
+        lead = early if rev == target else timedelta(0)
+        if at is None or ctx.now >= at + limit - lead:
+            ctx.ask_verify(rev)
+        else:
+            ctx.wake(at + limit - lead)
 
 
 # --------------------------------------------------------------------------------------
@@ -2043,7 +2365,7 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> bool:
     # was itself rolled back to it): break glass goes on to a known-good one.
     unproven = s.phase in SETTLED and serving is not None and not _known_good(serving)
     if s.phase == Phase.PROMOTED or unproven:
-        target = _previous_known_good(s)
+        target = _previous_known_good(s, checking=_integrity_spec(ctx) is not None)
         if target is None:
             ctx.note(
                 TimelineType.ACTION_IGNORED,
@@ -2064,7 +2386,8 @@ def _act_rollback(ctx: _Ctx, a: HumanAction) -> bool:
         older = _older_target(ctx)
         if older is not None:
             target, leaving = s.stable_revision, s.candidate_revision
-            _give_up_target(ctx, f"break glass by {_who(a.user)} chose r{older} instead")
+            _give_up_target(ctx, f"{_not_in_time(ctx)}; break glass by {_who(a.user)} chose "
+                            f"r{older} instead")
             ctx.record(
                 TimelineType.BREAK_GLASS,
                 f"{reason} (r{leaving} -> r{older}: r{target} could not be restored)",
@@ -2102,14 +2425,20 @@ def _promotion(e: HistoryEntry) -> tuple[datetime, int]:
 
 
 def _previous_known_good(
-    s: ModelReleaseStatus, *, before: HistoryEntry | None = None, skip: int = 0
+    s: ModelReleaseStatus,
+    *,
+    before: HistoryEntry | None = None,
+    skip: int = 0,
+    checking: bool = False,
 ) -> int | None:
-    """The known-good revision promoted most recently, the stable (and ``skip``) aside;
-    with ``before``, only one promoted before that entry."""
+    """The known-good revision promoted most recently, the stable (and ``skip``) aside,
+    neither quarantined nor (``checking``: the policy verifies artifacts) failing its
+    artifact's verification; with ``before``, only one promoted before that entry."""
     good = [
         e
         for e in s.history
         if _known_good(e) and e.revision not in (s.stable_revision, skip) and e.quarantine is None
+        and not (checking and _failed_entry(e))
     ]
     if before is not None and before.promoted_at is not None:
         good = [e for e in good if _promotion(e) < _promotion(before)]
@@ -2632,6 +2961,7 @@ def _start_restore(ctx: _Ctx, entry: HistoryEntry) -> None:
     entry.finished_at = None
     entry.reason = f"being restored: {why}"
     s.candidate_revision = rev
+    _bring_back(ctx, rev)
     wait = _not_ready(ctx, rev)
     ctx.record(
         TimelineType.RESTORE_STARTED,
@@ -2851,19 +3181,21 @@ def _ways_out(ctx: _Ctx) -> str:
     return "Ways out: " + "; or ".join(ways)
 
 
+def _not_in_time(ctx: _Ctx) -> str:
+    return f"not Available within progressDeadline {_dur(ctx.progress_deadline)}"
+
+
 def _give_up_target(ctx: _Ctx, why: str) -> None:
-    """The rollback target never became Available: it goes back to being retired (still
-    known-good) and is scaled down."""
+    """The rollback target is given up (never Available, quarantined, its artifact failed
+    verification): it goes back to being retired (still known-good) and is scaled down;
+    ``why`` ends its record's reason."""
     s = ctx.s
     target = s.stable_revision
     entry = ctx.entry(target)
     if entry is not None and entry.outcome == Outcome.PROMOTED:
         entry.outcome = Outcome.RETIRED
         entry.finished_at = ctx.now
-        entry.reason = (
-            f"could not be restored: not Available within progressDeadline "
-            f"{_dur(ctx.progress_deadline)}; {why}"
-        )
+        entry.reason = f"could not be restored: {why}"
 
 
 def _abandon_rollback(ctx: _Ctx, why: str) -> None:
@@ -2872,7 +3204,7 @@ def _abandon_rollback(ctx: _Ctx, why: str) -> None:
     target, leaving = s.stable_revision, s.candidate_revision
     base = _serving_base(ctx)
     if base != target:
-        _give_up_target(ctx, f"rollback abandoned: {why}")
+        _give_up_target(ctx, f"{_not_in_time(ctx)}; rollback abandoned: {why}")
     else:
         left = ctx.entry(leaving)
         if left is not None and left.finished_at is None:
@@ -3369,7 +3701,7 @@ def drill_analysis_due(
 
 def _drill_target(ctx: _Ctx) -> int | None:
     """The revision a rollback would go to now (what break glass in Promoted picks)."""
-    return _previous_known_good(ctx.s)
+    return _previous_known_good(ctx.s, checking=_integrity_spec(ctx) is not None)
 
 
 def _start_drill(ctx: _Ctx, trigger: str, user: str = "") -> None:
@@ -3388,6 +3720,7 @@ def _start_drill(ctx: _Ctx, trigger: str, user: str = "") -> None:
         return
     obs = ctx.observed(target)
     before = obs.replicas if obs is not None and obs.exists else 0
+    _bring_back(ctx, target)
     s.drill = DrillStatus(
         phase=DrillPhase.STARTING, target=target, started_at=ctx.now, replicas_before=before,
         trigger=trigger,
@@ -3512,6 +3845,28 @@ def _run_drill(ctx: _Ctx) -> None:
             return
         d.phase = DrillPhase.WAITING_READY
     if d.phase == DrillPhase.WAITING_READY:
+        if not _fresh(ctx, target):
+            # A rollback to it would verify its artifact first: so does the drill, while
+            # it scales up. A verdict reached before this drill began is not its answer.
+            rec = _verdict(ctx, target)
+            if (
+                rec is not None and rec.verdict == IntegrityVerdict.FAILED
+                and rec.at is not None and _aware(rec.at) >= _aware(d.started_at)
+            ):
+                _end_drill(ctx, DrillVerdict.FAILED,
+                           f"r{target}'s artifact failed verification, so a rollback would "
+                           f"pass it over: {rec.message}", DrillFailure.ARTIFACT_UNVERIFIABLE)
+                return
+            ctx.ask_verify(target)
+            if ctx.now >= deadline:
+                _end_drill(ctx, DrillVerdict.FAILED,
+                           f"r{target}'s artifact was not verified within {spec.timeout}: "
+                           f"{_verification_wait(ctx, target)}",
+                           DrillFailure.ARTIFACT_UNVERIFIABLE)
+                return
+            if ctx.available(target):
+                ctx.wake(deadline)
+                return
         if ctx.available(target):
             d.ready_at = ctx.now
             metrics = ctx.policy is not None and bool(ctx.policy.analysis.metrics)
@@ -3590,6 +3945,7 @@ _PIPELINE: tuple[Callable[[_Ctx], None], ...] = (
     _expire_decision,
     _consume_actions,
     _quarantine,
+    _integrity,
     _run_breaker,
     _settle,
     _reconsider_kept,
@@ -3640,7 +3996,14 @@ def _safe_to_write(ctx: _Ctx, want: SetRoutes) -> bool:
     holds, not in effect). The stable revision is exempt while the routes read back give
     it live weight: it is where traffic goes back to whatever happens. A stable with no
     live weight at all (a release created again from its records: its route objects went
-    with the deleted one) gets users only once it is Available, like any revision."""
+    with the deleted one) gets users only once it is Available, like any revision. Under a
+    policy's ``integrity``, a revision also gets more traffic only once its artifact is
+    verified (``_cleared``): the write waits for the verification it asks for."""
+    held = _unverified_receivers(ctx, want)
+    if held:
+        for rev in held:
+            ctx.ask_verify(rev)
+        return False
     seen = ctx.inp.routes
     stable = ctx.s.stable_revision
     for rev, weight in want.weights.items():
@@ -3888,6 +4251,9 @@ def _conditions(ctx: _Ctx, want: SetRoutes | None) -> None:
             ctx.record(TimelineType.BREAKER_UNSUPPORTED, unarmed, warning=True)
         _set_condition(ctx, ConditionType.DEGRADED, True,
                        TimelineType.BREAKER_UNSUPPORTED.value, unarmed)
+    elif (unsafe := _target_unverifiable(ctx)) is not None:
+        _set_condition(ctx, ConditionType.DEGRADED, True,
+                       TimelineType.ARTIFACT_VERIFICATION_FAILED.value, unsafe)
     elif unmeshed is not None:
         revisions, detail = unmeshed
         was = prev is not None and prev.reason == TimelineType.SIDECAR_MISSING and (
@@ -4103,6 +4469,7 @@ def decide(inputs: Inputs) -> Decision:
     ctx.s = s = _copy_status(s)
     if _removals_pending(s):  # see the removal soon, so a re-added value is told apart
         ctx.wake(inputs.now + timedelta(seconds=CONSUMED_RECHECK))
+    _verify_early(ctx)
     desired = _desired_state(ctx)
     # What the desired state keeps up (the stable, the candidate in flight, a revision the
     # routes still send users to, e.g. a first release stopped after its routes were
@@ -4110,6 +4477,7 @@ def decide(inputs: Inputs) -> Decision:
     kept_up = {a.revision for a in desired if isinstance(a, EnsureRevision)}
     actions: list[Action] = [
         *ctx.snapshots,
+        *(VerifyArtifact(r) for r in ctx.verify if r not in inputs.verifying),
         *desired,
         *(a for a in ctx.scale_downs if a.revision not in kept_up),
         *ctx.annotations,

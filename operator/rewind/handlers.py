@@ -405,6 +405,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         argocd_url=runtime.argocd_url,
     )
     memo.loops = ReleaseLoops(memo.controller, active=runtime.peering_name is None)
+    # A finished artifact verification is decided on at once.
+    memo.controller.verifications.wake = memo.loops.poke
     if runtime.peering_name is not None:
         # Kopf reads this when its keep-alive starts, after the startup handlers.
         settings.peering.lifetime = runtime.peering_lifetime
@@ -489,6 +491,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     loops: ReleaseLoops | None = memo.get("loops")
     if loops is not None:
         await loops.stop_all()
+        loops.controller.verifications.shutdown()
         if loops.controller.deliveries is not None:
             await loops.controller.deliveries.close()
 

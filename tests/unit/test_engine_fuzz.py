@@ -121,6 +121,11 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.tuples(st.just("removals"), st.booleans()),
     st.tuples(st.just("crash"), st.sampled_from(("status-lost", "actions-lost"))),
     st.tuples(st.just("ready_after"), st.sampled_from((0.0, 5.0, 30.0))),
+    # Artifact integrity: the policy verifies (or not); a revision's store is tampered with
+    # (or put right); a verification takes this long.
+    st.tuples(st.just("integrity"), st.booleans()),
+    st.tuples(st.just("tamper"), st.integers(1, 4), st.booleans()),
+    st.tuples(st.just("verify_seconds"), st.sampled_from((0.0, 15.0, 120.0))),
 )
 
 
@@ -134,6 +139,8 @@ class Harness:
     set_ids: dict[str, int] = field(default_factory=dict)
     acted: set[int] = field(default_factory=set)
     next_id: int = 0
+    integrity: bool = False
+    last_policy: tuple[str, int, bool] | None = None
 
     def policy_for(self, name: str, failure_limit: int, approval: bool) -> None:
         if name == "none":
@@ -146,8 +153,10 @@ class Harness:
             approval={"requiredApprovers": 2, "timeout": "10m"} if approval else None,
             keep_previous_warm="2m",
             progress_deadline="3m",
+            integrity={"reverifyAfter": "30m", "timeout": "5m"} if self.integrity else None,
         )
         self.w.policy_error = None
+        self.last_policy = (name, failure_limit, approval)
 
     def verdicts(self, _rev: int, _now: Any) -> Any:
         return VERDICTS.get(self.verdict, PASS)
@@ -196,6 +205,18 @@ class Harness:
             self.crash(event[1])
         elif kind == "ready_after":
             w.ready_after = event[1]
+        elif kind == "integrity":
+            self.integrity = event[1]
+            self.policy_for(*(self.last_policy or (sorted(STRATEGIES)[0], 1, False)))
+            self.reconcile(0)
+        elif kind == "tamper":
+            _, rev, bad = event
+            if bad:
+                w.tampered[rev] = f"r{rev}/model.onnx has digest sha256:ffff"
+            else:
+                w.tampered.pop(rev, None)
+        elif kind == "verify_seconds":
+            w.verify_seconds = event[1]
 
     def route_fault(self, fault: str) -> None:
         w = self.w
@@ -249,6 +270,13 @@ class Harness:
                 if weight > before_routes.get(rev, 0) and rev != s.stable_revision:
                     o = observed.get(rev)
                     assert o is not None and o.available, (rev, s.phase, s.message)
+                if weight > before_routes.get(rev, 0) and w.policy is not None and (
+                    w.policy.integrity is not None
+                ):
+                    # More users only for a revision whose artifact verified.
+                    e = next((h for h in s.history if h.revision == rev), None)
+                    verdict = e.integrity.verdict if e and e.integrity else None
+                    assert verdict == "Verified", (rev, verdict, s.phase, s.message)
         fresh = new_timeline(before, s)
         self.check_analysis_before_promotion(before, s, fresh)
         self.check_once(fresh)

@@ -48,6 +48,7 @@ from rewind.engine import (
     EnsureRevision,
     HumanAction,
     Inputs,
+    IntegrityResult,
     QuarantineRule,
     RemoveAnnotation,
     RevisionState,
@@ -57,6 +58,7 @@ from rewind.engine import (
     SetRoutes,
     SnapshotCheck,
     SnapshotRevision,
+    VerifyArtifact,
     analysis_due,
     analysis_metrics,
     analysis_targets,
@@ -180,6 +182,7 @@ def make_policy(
     allow_tag_images: bool = False,
     rollback_window: int | None = None,
     first_release: str | None = "Promote",
+    integrity: Mapping[str, Any] | None = None,
 ) -> RolloutPolicySpec:
     """A valid RolloutPolicySpec; None leaves a field to the API's default. The first
     release is promoted once Available unless asked (``first_release=None``: the API's
@@ -196,6 +199,8 @@ def make_policy(
         extra["rollbackWindow"] = {"revisions": rollback_window}
     if first_release is not None:
         extra["firstRelease"] = first_release
+    if integrity is not None:
+        extra["integrity"] = dict(integrity)
     return RolloutPolicySpec.model_validate(
         {
             **extra,
@@ -299,6 +304,14 @@ class World:
     unmeshed: dict[int, tuple[str, ...]] = field(default_factory=dict)
     #: Who writes rewind.dev/<action>-by (the operator's --actor-stamp).
     actor_stamp: ActorStamp = "server"
+    #: Artifact verification (policy integrity), as the controller runs it: seconds one
+    #: takes, the revisions whose store fails it (revision -> why), the ones running
+    #: (revision -> when it finishes), their results, and every VerifyArtifact received.
+    verify_seconds: float = 0.0
+    tampered: dict[int, str] = field(default_factory=dict)
+    verifying: dict[int, datetime] = field(default_factory=dict)
+    verified: dict[int, IntegrityResult] = field(default_factory=dict)
+    verify_requests: list[tuple[int, datetime]] = field(default_factory=list)
 
     # ---- observation ------------------------------------------------------------------
 
@@ -414,7 +427,23 @@ class World:
             spec_error=self.spec_error,
             proxy_expected=self.proxy_expected,
             removals_sent=self.sent_removals(),
+            integrity=self.finish_verifications(),
+            verifying=frozenset(self.verifying),
         )
+
+    def finish_verifications(self) -> dict[int, IntegrityResult]:
+        """Verifications done by now become results (against the revision's digest)."""
+        for rev, done in sorted(self.verifying.items()):
+            if self.now < done:
+                continue
+            del self.verifying[rev]
+            want = next((e.model_digest for e in self.status.history if e.revision == rev), "")
+            bad = self.tampered.get(rev)
+            self.verified[rev] = IntegrityResult(
+                rev, bad is None, done, want, digest=want if bad is None else digest("f"),
+                message=f"model.onnx: {want}" if bad is None else bad,
+            )
+        return dict(self.verified)
 
     def sent_removals(self) -> dict[str, datetime]:
         """As the controller: first sends of removals whose annotation is still there."""
@@ -523,6 +552,12 @@ class World:
                 self.annotations.pop(action.key, None)
         elif isinstance(action, EmitEvent):
             self.events.append(action)
+        elif isinstance(action, VerifyArtifact):
+            self.verify_requests.append((action.revision, self.now))
+            if action.revision not in self.verifying:
+                self.verifying[action.revision] = self.now + timedelta(
+                    seconds=self.verify_seconds
+                )
 
     # ---- driving ------------------------------------------------------------------------
 
@@ -591,6 +626,7 @@ class World:
 IN_FLIGHT_OR_BACK = {
     Phase.PENDING,
     Phase.PROGRESSING,
+    Phase.PROMOTING,
     Phase.PAUSED,
     Phase.AWAITING_APPROVAL,
     Phase.ROLLING_BACK,
@@ -625,7 +661,7 @@ def at_step(w: World, step: int) -> None:
 # Invariants every decision must satisfy
 # --------------------------------------------------------------------------------------
 
-SAFE_TO_REPEAT = (EnsureRevision, SetRoutes, ScaleRevision)
+SAFE_TO_REPEAT = (EnsureRevision, SetRoutes, ScaleRevision, VerifyArtifact)
 
 
 def check_invariants(inp: Inputs, d: Decision) -> None:
@@ -673,6 +709,7 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
     # Ordering: snapshots first, then workloads, routes, scale-downs, annotations, events.
     order = [
         SnapshotRevision,
+        VerifyArtifact,
         EnsureRevision,
         SetRoutes,
         ScaleRevision,
