@@ -238,10 +238,13 @@ def test_over_http_the_artifact_and_its_signature_are_read_once(
     signer.sign(root / "llm", root / "llm.sig")
     (root / "model.onnx").write_bytes(b"weights")
     signer.sign(root / "model.onnx", root / "model.onnx.sig")
-    v = ArtifactVerifier(timeout=5)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    v = ArtifactVerifier(timeout=5, scratch_dir=scratch)
     want = directory_digest_by_shell(model_dir)
     verdict = v.verify_signed(f"{base}/llm/", want, f"{base}/llm.sig", signer.public_pem)
     assert verdict.ok and verdict.files == 4, verdict
+    assert list(scratch.iterdir()) == []  # the copy is gone
     verdict = v.verify_signed(f"{base}/model.onnx", sha(b"weights"), f"{base}/model.onnx.sig",
                               signer.public_pem)
     assert verdict.ok, verdict
@@ -253,6 +256,7 @@ def test_over_http_the_artifact_and_its_signature_are_read_once(
     assert not verdict.ok
     assert verdict.message.startswith(f"could not read the signature: {base}/nope.sig: ")
     assert "404" in verdict.message
+    assert list(scratch.iterdir()) == []
 
 
 def policy(**signature: Any) -> IntegritySpec:

@@ -46,8 +46,10 @@ at its own ``notBefore``, as model-signing does), read from a Secret or ConfigMa
 release's namespace. Verification is offline: no Sigstore service, no transparency log.
 
 The two checks compose over one read of the store: every file is hashed for the digest and,
-when a signature is to be verified, written to a private temporary directory as it is read,
-and ``model-signing`` verifies the signature against that copy, which is deleted afterwards.
+when a signature is to be verified, written to a private temporary directory as it is read
+(under ``ArtifactVerifier(scratch_dir=...)``, default ``TMPDIR``: it needs room for the
+largest signed model), and ``model-signing`` verifies the signature against that copy, which
+is deleted afterwards.
 So the digest pins *which* artifact the release names, the signature says *who* produced it,
 and both speak of the same bytes (a local path is verified in place, read twice).
 ``integrity.timeout`` bounds the whole verification: reading stops when it is spent.
@@ -356,7 +358,11 @@ def _hash_file(opener: Opener, where: str, keep: Path | None, deadline: _Deadlin
         while chunk := f.read(_CHUNK):
             h.update(chunk)
             if out is not None:
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as err:  # a full scratch volume, mostly
+                    raise ArtifactError(f"{where}: could not copy it to {keep} for the "
+                                        f"signature check: {err}") from err
             deadline.check(where)
     return h.hexdigest()
 
@@ -375,11 +381,15 @@ class ArtifactVerifier:
 
     ``api_client``: reads the Secrets and ConfigMaps ``integrity`` names (S3 credentials, the
     signature's trust root) in the release's namespace; None: a policy that names one fails
-    verification. ``timeout``: seconds for one request to a store or the API server."""
+    verification. ``timeout``: seconds for one request to a store or the API server.
+    ``scratch_dir``: where a remote artifact is copied while its signature is verified
+    (None: the system's temporary directory, ``TMPDIR``); it needs room for the largest
+    signed model."""
 
     def __init__(self, api_client: client.ApiClient | None = None, *,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, scratch_dir: Path | None = None) -> None:
         self.timeout = timeout
+        self.scratch_dir = scratch_dir
         self._core = client.CoreV1Api(api_client) if api_client is not None else None
 
     def _store(self, uri: str, s3: S3Settings | None, deadline: _Deadline) -> _Store:
@@ -513,7 +523,7 @@ class ArtifactVerifier:
         (``certificate_chain``) PEM certificates the signing certificate must chain to.
         ``trust_name`` names the trust root in messages; ``budget`` as in :meth:`verify`."""
         deadline = _Deadline(budget)
-        with tempfile.TemporaryDirectory(prefix="rewind-verify-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="rewind-verify-", dir=self.scratch_dir) as tmp:
             work = Path(tmp)
             try:
                 store = self._store(uri, s3, deadline)
