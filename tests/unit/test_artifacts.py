@@ -279,3 +279,12 @@ def test_verify_model_needs_a_signature_when_the_policy_requires_one(tmp_path: P
     signed = model.model_copy(update={"signature_ref": SignatureRef(uri=f.as_uri() + ".sig")})
     verdict = v.verify_model("ml", signed, policy(**trust))
     assert verdict == Verdict(False, "Secret ml/model-keys: no Kubernetes client to read it with")
+
+
+def test_the_budget_bounds_the_reading(tmp_path: Path) -> None:
+    big = tmp_path / "model.bin"
+    big.write_bytes(b"\0" * (3 << 20))
+    verdict = ArtifactVerifier().verify(str(big), sha(b""), budget=1e-9)
+    assert verdict.message == (f"could not read the artifact: {big}: timed out "
+                               "(integrity.timeout 1e-09s)")
+    assert ArtifactVerifier().verify(str(big), sha(b"\0" * (3 << 20)), budget=60).ok
