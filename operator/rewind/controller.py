@@ -279,7 +279,9 @@ class ReleaseController:
             api_client, request_timeout=request_timeout
         )
         #: Artifact verifications running in the background, and their latest results.
-        self.verifications = verifications or Verifications(ArtifactVerifier().verify_model)
+        self.verifications = verifications or Verifications(
+            ArtifactVerifier(api_client, timeout=request_timeout).verify_model
+        )
         self.router = router
         self.workloads = workloads
         self.metrics = metrics

@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import ROOT, Kubectl, MetricsEndpoint, OperatorProcess, Sandbox, wait_for
 from tests.sandbox.operator_helpers import Rewind, release_manifest
+from tests.sandbox.s3_helpers import s3_server  # noqa: F401  (the fixture, for every sandbox test)
 
 
 @pytest.fixture()

@@ -115,6 +115,12 @@ app.kubernetes.io/part-of: rewind
 - apiGroups: [apps]
   resources: [deployments/scale]
   verbs: [patch]
+# Artifact integrity (RolloutPolicy spec.integrity): the Secret with the S3 credentials
+# (s3.credentialsSecretRef) and the Secret or ConfigMap with the signature trust root, read
+# by name when a revision is verified; get only, never listed or watched.
+- apiGroups: [""]
+  resources: [secrets, configmaps]
+  verbs: [get]
 # A revision's pods, read for Istio's proxy (sidecar or ambient) where one is expected.
 - apiGroups: [""]
   resources: [pods]

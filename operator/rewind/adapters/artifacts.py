@@ -1,8 +1,11 @@
-"""Artifact integrity: are the bytes in the store the bytes that were released? (issue 13)
+"""Artifact integrity: are the bytes in the store the bytes that were released, signed by
+whom the policy trusts? (issue 13)
 
-``model.artifactDigest`` is checked against the artifact itself. Blocking I/O throughout:
-callers run :meth:`ArtifactVerifier.verify` in a worker thread (``asyncio.to_thread``),
-never on the event loop.
+``model.artifactDigest`` is checked against the artifact itself and, when the policy's
+``integrity.signature`` asks, ``model.signatureRef`` is verified against the same bytes with
+the OpenSSF ``model-signing`` library, offline. Blocking I/O throughout: callers run
+:meth:`ArtifactVerifier.verify_model` in a worker thread (``asyncio.to_thread``), never on
+the event loop.
 
 The digest of an artifact (``rewind-manifest-v1``)
 --------------------------------------------------
@@ -22,46 +25,91 @@ The digest of an artifact (``rewind-manifest-v1``)
   Paths with a newline or a backslash are refused (``sha256sum`` escapes them). An empty
   directory has no digest (refused).
 
+Signatures (``integrity.signature``)
+------------------------------------
+A signature is what ``model-signing`` (PyPI ``model-signing`` 1.1, CLI ``model_signing``)
+writes: a Sigstore bundle (``model.signatureRef.type: sigstore-bundle``) whose DSSE payload
+is an in-toto statement listing every file of the model with its hash, signed with a private
+key or with a signing certificate::
+
+    model_signing sign key --private_key signing.key --signature fraud-2.1.0.sig model/
+    model_signing sign certificate --private_key signing.key \\
+        --signing_certificate signing.crt --certificate_chain ca.crt \\
+        --signature fraud-2.1.0.sig model/
+
+Sign the directory (or the file) exactly as it is published, with its ``SHA256SUMS`` if it
+has one, and store the signature *beside* it, not under its prefix (a file under it would be
+part of the digest). The trust root is a PEM public key (``publicKey``, model-signing's key
+method: elliptic-curve keys) or PEM certificates the signing certificate must chain to
+(``certificateChain``: any certificate issued under them is trusted; its validity is checked
+at its own ``notBefore``, as model-signing does), read from a Secret or ConfigMap key in the
+release's namespace. Verification is offline: no Sigstore service, no transparency log.
+
+The two checks compose over one read of the store: every file is hashed for the digest and,
+when a signature is to be verified, written to a private temporary directory as it is read
+(under ``ArtifactVerifier(scratch_dir=...)``, default ``TMPDIR``: it needs room for the
+largest signed model), and ``model-signing`` verifies the signature against that copy, which
+is deleted afterwards.
+So the digest pins *which* artifact the release names, the signature says *who* produced it,
+and both speak of the same bytes (a local path is verified in place, read twice).
+``integrity.timeout`` bounds the whole verification: reading stops when it is spent.
+
 Stores: ``file://`` URIs and plain local paths (tests, volumes), ``https://`` and ``http://``
 (one file; a directory only through its published ``SHA256SUMS``), and ``s3://bucket/key``
-(GetObject / ListObjectsV2 signed with AWS Signature V4; endpoint, region and credentials
-from :class:`S3Settings`; no credentials: anonymous requests).
+(GetObject / ListObjectsV2 through boto3; ``integrity.s3``: an S3-compatible ``endpoint``
+with path-style addressing, ``region``, and credentials from the Secret
+``credentialsSecretRef`` names, else boto3's default chain (environment, web identity such
+as IRSA, EKS Pod Identity, the instance's role), else anonymous requests).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import functools
 import hashlib
-import hmac
 import io
 import os
-import re
-import urllib.error
-import urllib.parse
+import tempfile
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
-from xml.etree import ElementTree
 
-from rewind.api import IntegritySpec, ModelSpec
+import boto3
+from botocore import UNSIGNED
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from rewind.api import IntegritySpec, KeySource, ModelSpec, SignatureType, parse_duration
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 #: The file a release may publish at the top of a directory artifact: its manifest.
 MANIFEST_NAME = "SHA256SUMS"
+#: Keys of the Secret ``integrity.s3.credentialsSecretRef`` names.
+ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+)
+#: A signature larger than this is refused unread (a bundle is a few KiB).
+MAX_SIGNATURE_BYTES = 16 << 20
 _CHUNK = 1 << 20
 
 
 class ArtifactError(Exception):
-    """The artifact could not be read (not found, store unreachable, refused)."""
+    """The artifact could not be read (not found, store unreachable, refused, timed out)."""
 
 
 @dataclass(frozen=True)
 class Verdict:
     """The outcome of one verification. ``ok`` False: ``message`` names the file (or the
-    object) that differs, or why it could not be read."""
+    object, the signature, the Secret) that failed, and why."""
 
     ok: bool
     message: str
@@ -71,19 +119,42 @@ class Verdict:
 
 @dataclass(frozen=True)
 class S3Settings:
-    """How to reach an S3 store (AWS when ``endpoint_url`` is None: virtual-hosted
-    addressing; an S3-compatible server otherwise: path-style). No credentials: anonymous
-    requests (workload identity is not supported yet)."""
+    """How to reach an S3 store: AWS when ``endpoint_url`` is None, an S3-compatible server
+    otherwise (path-style addressing). Without an access key: boto3's default credential
+    chain; nothing found there: anonymous requests."""
 
     endpoint_url: str | None = None
     region: str | None = None
     access_key_id: str | None = None
     secret_access_key: str | None = None
+    session_token: str | None = None
+
+
+class _Deadline:
+    """The time left of one verification (``integrity.timeout``), in seconds."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self._end = None if seconds is None else time.monotonic() + seconds
+
+    def check(self, what: str) -> None:
+        if self._end is not None and time.monotonic() > self._end:
+            raise ArtifactError(f"{what}: timed out (integrity.timeout {self.seconds:g}s)")
+
+    def bound(self, timeout: float) -> float:
+        """``timeout`` (one request's), no later than the deadline (at least 1 ms)."""
+        if self._end is None:
+            return timeout
+        return max(0.001, min(timeout, self._end - time.monotonic()))
+
+
+Opener = Callable[[], IO[bytes]]
 
 
 class _Store(Protocol):
-    def files(self) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]: ...
-    def single(self) -> Callable[[], IO[bytes]] | None: ...
+    def files(self) -> Iterator[tuple[str, Opener]]: ...
+    def single(self) -> Opener | None: ...
+    def name(self, rel: str) -> str: ...
 
 
 def file_digest(stream: IO[bytes]) -> str:
@@ -129,14 +200,17 @@ class _LocalStore:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def single(self) -> Callable[[], IO[bytes]] | None:
+    def name(self, rel: str) -> str:
+        return str(self.path / rel) if rel else str(self.path)
+
+    def single(self) -> Opener | None:
         if self.path.is_file():
             return lambda: self.path.open("rb")
         if not self.path.exists():
             raise ArtifactError(f"{self.path}: no such file or directory")
         return None
 
-    def files(self) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
+    def files(self) -> Iterator[tuple[str, Opener]]:
         for root, dirs, names in os.walk(self.path):
             dirs.sort()
             for name in names:
@@ -147,20 +221,25 @@ class _LocalStore:
 
 
 class _HttpStore:
-    def __init__(self, uri: str, timeout: float) -> None:
-        self.uri, self.timeout = uri, timeout
+    def __init__(self, uri: str, timeout: float, deadline: _Deadline) -> None:
+        self.uri, self.timeout, self.deadline = uri, timeout, deadline
+
+    def name(self, rel: str) -> str:
+        return self.uri + rel
 
     def _open(self, uri: str) -> IO[bytes]:
         try:
-            response: IO[bytes] = urllib.request.urlopen(uri, timeout=self.timeout)
+            response: IO[bytes] = urllib.request.urlopen(
+                uri, timeout=self.deadline.bound(self.timeout)
+            )
         except OSError as err:  # URLError, HTTPError, timeouts
             raise ArtifactError(f"{uri}: {err}") from err
         return response
 
-    def single(self) -> Callable[[], IO[bytes]] | None:
+    def single(self) -> Opener | None:
         return None if self.uri.endswith("/") else (lambda: self._open(self.uri))
 
-    def files(self) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
+    def files(self) -> Iterator[tuple[str, Opener]]:
         # HTTP cannot list: the published manifest says which files make the directory.
         with self._open(self.uri + MANIFEST_NAME) as f:
             text = f.read()
@@ -169,162 +248,364 @@ class _HttpStore:
             yield rel, functools.partial(self._open, self.uri + rel)
 
 
-def _quote(text: str, safe: str) -> str:
-    return urllib.parse.quote(text, safe=safe)
+def _s3_error(where: str, err: Exception) -> ArtifactError:
+    """``s3://b/k: HTTP 403 AccessDenied: Access Denied`` from a botocore error."""
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code, message = error.get("Code", ""), error.get("Message", "")
+        text = " ".join(str(p) for p in ("HTTP", status, code) if p) if status else code
+        return ArtifactError(f"{where}: {text}" + (f": {message}" if message else ""))
+    return ArtifactError(f"{where}: {err}")
+
+
+def s3_client(settings: S3Settings, timeout: float) -> S3Client:
+    """A boto3 S3 client for ``settings`` (see :class:`S3Settings`); ``timeout``: seconds to
+    connect and between two reads."""
+    config = BotoConfig(
+        connect_timeout=timeout,
+        read_timeout=timeout,
+        retries={"mode": "standard", "max_attempts": 3},
+        s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+    )
+    if settings.access_key_id and settings.secret_access_key:
+        session = boto3.session.Session(
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.secret_access_key,
+            aws_session_token=settings.session_token,
+            region_name=settings.region,
+        )
+    else:
+        session = boto3.session.Session(region_name=settings.region)
+        if session.get_credentials() is None:  # no identity anywhere: anonymous requests
+            config = config.merge(BotoConfig(signature_version=UNSIGNED))
+    region = settings.region or session.region_name or "us-east-1"
+    return session.client(
+        "s3", endpoint_url=settings.endpoint_url, region_name=region, config=config
+    )
+
+
+class _S3Body(io.RawIOBase):
+    """An object's body as a raw stream whose read errors name the object."""
+
+    def __init__(self, body: Any, where: str) -> None:
+        self._body, self._where = body, where
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data: bytes = self._body.read(len(buffer))
+        except (BotoCoreError, OSError) as err:
+            raise _s3_error(self._where, err) from err
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._body.close()
+        super().close()
 
 
 class _S3Store:
-    """GetObject and ListObjectsV2 over plain HTTP(S), signed with AWS Signature V4.
+    """GetObject and ListObjectsV2 through boto3."""
 
-    Not boto3: botocore requires python-dateutil < 3 and the operator's lock holds 4.0, so
-    the two cannot be installed together. Two read-only calls need no SDK."""
-
-    def __init__(self, uri: str, settings: S3Settings, timeout: float) -> None:
+    def __init__(self, uri: str, settings: S3Settings, timeout: float,
+                 deadline: _Deadline) -> None:
         parsed = urlparse(uri)
-        self.uri, self.bucket, self.key = uri, parsed.netloc, parsed.path.lstrip("/")
-        self.settings, self.timeout = settings, timeout
-        self.region = settings.region or "us-east-1"
-        if settings.endpoint_url:  # an S3-compatible server: path-style addressing
-            base = settings.endpoint_url.rstrip("/")
-            self._base, self._prefix = base, f"/{_quote(self.bucket, '')}"
-        else:
-            self._base = f"https://{self.bucket}.s3.{self.region}.amazonaws.com"
-            self._prefix = ""
+        self.bucket, self.key = parsed.netloc, parsed.path.lstrip("/")
+        self._client = s3_client(settings, deadline.bound(timeout))
 
-    def _request(self, key: str, query: dict[str, str]) -> IO[bytes]:
-        path = self._prefix + "/" + _quote(key, "/-_.~")
-        canonical_query = "&".join(
-            f"{_quote(k, '-_.~')}={_quote(v, '-_.~')}" for k, v in sorted(query.items())
-        )
-        url = self._base + path + (f"?{canonical_query}" if canonical_query else "")
-        headers: dict[str, str] = {}
-        access, secret = self.settings.access_key_id, self.settings.secret_access_key
-        if access and secret:
-            headers = self._signed(path, canonical_query, access, secret)
-        request = urllib.request.Request(url, headers=headers, method="GET")
+    def name(self, rel: str) -> str:
+        prefix = self.key if self.key.endswith("/") or not self.key else self.key + "/"
+        return f"s3://{self.bucket}/{prefix}{rel}" if rel else f"s3://{self.bucket}/{self.key}"
+
+    def _get(self, key: str) -> IO[bytes]:
+        where = f"s3://{self.bucket}/{key}"
         try:
-            response: IO[bytes] = urllib.request.urlopen(request, timeout=self.timeout)
-        except urllib.error.HTTPError as err:
-            detail = err.read(2048).decode(errors="replace")
-            code = re.search(r"<Code>([^<]+)</Code>", detail)
-            raise ArtifactError(
-                f"s3://{self.bucket}/{key}: HTTP {err.code}"
-                + (f" {code.group(1)}" if code else "")
-            ) from err
-        except OSError as err:
-            raise ArtifactError(f"s3://{self.bucket}/{key}: {err}") from err
-        return response
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as err:
+            raise _s3_error(where, err) from err
+        return io.BufferedReader(_S3Body(response["Body"], where), _CHUNK)
 
-    def _signed(self, path: str, query: str, access: str, secret: str) -> dict[str, str]:
-        now = datetime.now(UTC)
-        stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-        host = urlparse(self._base).netloc
-        payload = hashlib.sha256(b"").hexdigest()
-        headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": stamp}
-        names = ";".join(sorted(headers))
-        canonical = "\n".join([
-            "GET", path, query,
-            "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)), names, payload,
-        ])
-        scope = f"{day}/{self.region}/s3/aws4_request"
-        to_sign = "\n".join([
-            "AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()
-        ])
-        key = ("AWS4" + secret).encode()
-        for part in (day, self.region, "s3", "aws4_request"):
-            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-        return {
-            "x-amz-content-sha256": payload,
-            "x-amz-date": stamp,
-            "Authorization": f"AWS4-HMAC-SHA256 Credential={access}/{scope}, "
-            f"SignedHeaders={names}, Signature={signature}",
-        }
-
-    def single(self) -> Callable[[], IO[bytes]] | None:
+    def single(self) -> Opener | None:
         if self.key.endswith("/") or not self.key:
             return None
-        return functools.partial(self._request, self.key, {})
+        return functools.partial(self._get, self.key)
 
-    def files(self) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
+    def files(self) -> Iterator[tuple[str, Opener]]:
         prefix = self.key if self.key.endswith("/") or not self.key else self.key + "/"
         keys: list[str] = []
-        token = ""
-        while True:
-            query = {"list-type": "2", "prefix": prefix}
-            if token:
-                query["continuation-token"] = token
-            with self._request("", query) as f:
-                root = ElementTree.fromstring(f.read())
-            ns = {"s3": root.tag.split("}")[0].strip("{")} if root.tag.startswith("{") else {}
-            find = "s3:" if ns else ""
-            keys += [k.text or "" for k in root.iterfind(f"{find}Contents/{find}Key", ns)]
-            more = root.findtext(f"{find}IsTruncated", "false", ns) == "true"
-            token = root.findtext(f"{find}NextContinuationToken", "", ns) or ""
-            if not more or not token:
-                break
+        try:
+            pages = self._client.get_paginator("list_objects_v2")
+            for page in pages.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys += [item.get("Key", "") for item in page.get("Contents", [])]
+        except (BotoCoreError, ClientError) as err:
+            raise _s3_error(f"s3://{self.bucket}/{prefix}", err) from err
         for key in keys:
-            if not key.endswith("/"):  # "directory" markers are not files
-                yield key[len(prefix):], functools.partial(self._request, key, {})
+            if key and not key.endswith("/"):  # "directory" markers are not files
+                yield key[len(prefix):], functools.partial(self._get, key)
 
 
 # -- the verifier -------------------------------------------------------------------------
 
 
+def _hash_file(opener: Opener, where: str, keep: Path | None, deadline: _Deadline) -> str:
+    """sha256 hex of one file of the store; ``keep``: also written there as it is read."""
+    h = hashlib.sha256()
+    with opener() as f, (keep.open("wb") if keep is not None else contextlib.nullcontext()) as out:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            if out is not None:
+                try:
+                    out.write(chunk)
+                except OSError as err:  # a full scratch volume, mostly
+                    raise ArtifactError(f"{where}: could not copy it to {keep} for the "
+                                        f"signature check: {err}") from err
+            deadline.check(where)
+    return h.hexdigest()
+
+
+def _safe_relative(rel: str, where: str) -> Path:
+    """``rel`` as a relative path that stays under the copy's directory."""
+    path = Path(rel)
+    if not rel or path.is_absolute() or ".." in path.parts:
+        raise ArtifactError(f"{where}: refused path {rel!r}")
+    return path
+
+
 class ArtifactVerifier:
-    """Checks an artifact against its ``sha256:`` digest (blocking; see the module
-    docstring for the digest of a directory)."""
+    """Checks an artifact against its ``sha256:`` digest and, when the policy asks, its
+    model-signing signature (blocking; see the module docstring).
 
-    def __init__(self, *, timeout: float = 30.0) -> None:
+    ``api_client``: reads the Secrets and ConfigMaps ``integrity`` names (S3 credentials, the
+    signature's trust root) in the release's namespace; None: a policy that names one fails
+    verification. ``timeout``: seconds for one request to a store or the API server.
+    ``scratch_dir``: where a remote artifact is copied while its signature is verified
+    (None: the system's temporary directory, ``TMPDIR``); it needs room for the largest
+    signed model."""
+
+    def __init__(self, api_client: client.ApiClient | None = None, *,
+                 timeout: float = 30.0, scratch_dir: Path | None = None) -> None:
         self.timeout = timeout
+        self.scratch_dir = scratch_dir
+        self._core = client.CoreV1Api(api_client) if api_client is not None else None
 
-    def _store(self, uri: str, s3: S3Settings | None) -> _Store:
+    def _store(self, uri: str, s3: S3Settings | None, deadline: _Deadline) -> _Store:
         scheme = urlparse(uri).scheme
         if scheme in ("", "file"):
             path = unquote(urlparse(uri).path) if scheme == "file" else uri
             return _LocalStore(Path(path))
         if scheme in ("http", "https"):
-            return _HttpStore(uri, self.timeout)
+            return _HttpStore(uri, self.timeout, deadline)
         if scheme == "s3":
-            return _S3Store(uri, s3 or S3Settings(), self.timeout)
+            return _S3Store(uri, s3 or S3Settings(), self.timeout, deadline)
         raise ArtifactError(f"{uri}: unsupported store {scheme!r} (file, https, s3)")
 
-    def verify_model(self, namespace: str, model: ModelSpec, integrity: IntegritySpec) -> Verdict:
-        """Whether ``model`` (``artifactUri`` against ``artifactDigest``) is the artifact
-        the release names, reading the store as ``integrity`` says (policy
-        ``spec.integrity``; ``namespace``: the release's, where its Secrets live). Never
-        raises: a store that cannot be read is a failed verdict naming why."""
-        s3 = integrity.s3
-        settings = S3Settings(
-            endpoint_url=s3.endpoint if s3 is not None else None,
-            region=s3.region if s3 is not None else None,
-        )
-        return self.verify(model.artifact_uri, model.artifact_digest, settings)
+    # -- Secrets and ConfigMaps ----------------------------------------------------------
 
-    def verify(self, uri: str, want: str, s3: S3Settings | None = None) -> Verdict:
-        """Whether the artifact at ``uri`` has the digest ``want`` (``sha256:<hex>``)."""
+    def _read(self, kind: str, namespace: str, name: str) -> tuple[dict[str, bytes], str]:
+        """The data of a Secret or ConfigMap, decoded; and how to name it in a message."""
+        what = f"{kind} {namespace}/{name}"
+        if self._core is None:
+            raise ArtifactError(f"{what}: no Kubernetes client to read it with")
         try:
-            store = self._store(uri, s3)
-            single = store.single()
-            if single is not None:
-                with single() as f:
-                    got = "sha256:" + file_digest(f)
-                if got == want:
-                    return Verdict(True, f"{uri}: {got}", got, 1)
-                return Verdict(False, f"{uri} has digest {got}, want {want}", got, 1)
-            return self._verify_directory(uri, want, store)
+            if kind == "Secret":
+                secret = self._core.read_namespaced_secret(
+                    name, namespace, _request_timeout=self.timeout
+                )
+                data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+            else:
+                cm = self._core.read_namespaced_config_map(
+                    name, namespace, _request_timeout=self.timeout
+                )
+                data = {k: v.encode() for k, v in (cm.data or {}).items()}
+                data |= {k: base64.b64decode(v) for k, v in (cm.binary_data or {}).items()}
+        except ApiException as err:
+            reason = "not found" if err.status == 404 else f"HTTP {err.status} {err.reason}"
+            raise ArtifactError(f"{what}: {reason}") from err
+        except Exception as err:  # the API server unreachable, a timeout
+            raise ArtifactError(f"{what}: {type(err).__name__}: {err}") from err
+        return data, what
+
+    def _key(self, namespace: str, kind: str, name: str, key: str) -> bytes:
+        data, what = self._read(kind, namespace, name)
+        if key not in data:
+            raise ArtifactError(f"{what} has no key {key}")
+        return data[key]
+
+    def _trust_root(self, namespace: str, source: KeySource) -> tuple[bytes, str]:
+        ref = source.secret_key_ref or source.config_map_key_ref
+        kind = "Secret" if source.secret_key_ref is not None else "ConfigMap"
+        assert ref is not None  # KeySource validates exactly one
+        return self._key(namespace, kind, ref.name, ref.key), f"{kind} {ref.name} key {ref.key}"
+
+    def s3_settings(self, namespace: str, integrity: IntegritySpec) -> S3Settings:
+        """The S3 settings of ``integrity.s3``, credentials read from its Secret. Raises
+        :class:`ArtifactError` naming the Secret and key that are missing."""
+        s3 = integrity.s3
+        if s3 is None:
+            return S3Settings()
+        access = secret = token = None
+        if s3.credentials_secret_ref is not None:
+            data, what = self._read("Secret", namespace, s3.credentials_secret_ref.name)
+            for key in (ACCESS_KEY_ID, SECRET_ACCESS_KEY):
+                if not data.get(key):
+                    raise ArtifactError(f"{what} (integrity.s3.credentialsSecretRef) has no "
+                                        f"key {key}")
+            access, secret = data[ACCESS_KEY_ID].decode(), data[SECRET_ACCESS_KEY].decode()
+            token = data[SESSION_TOKEN].decode() if data.get(SESSION_TOKEN) else None
+        return S3Settings(endpoint_url=s3.endpoint, region=s3.region, access_key_id=access,
+                          secret_access_key=secret, session_token=token)
+
+    # -- verification --------------------------------------------------------------------
+
+    def verify_model(self, namespace: str, model: ModelSpec, integrity: IntegritySpec, *,
+                     policy: str | None = None) -> Verdict:
+        """Whether ``model`` (``artifactUri`` against ``artifactDigest``, and
+        ``signatureRef`` when ``integrity.signature`` asks) is the artifact the release
+        names, reading the store as ``integrity`` says (policy ``spec.integrity``;
+        ``namespace``: the release's, where its Secrets and ConfigMaps live; ``policy``: the
+        RolloutPolicy's name, for messages). Takes at most about ``integrity.timeout``.
+        Never raises: a store, Secret or signature that cannot be read or does not verify is
+        a failed verdict naming it and why."""
+        try:
+            budget = parse_duration(integrity.timeout)
+            settings = self.s3_settings(namespace, integrity)
+            signature = integrity.signature
+            uri, want = model.artifact_uri, model.artifact_digest
+            if signature is None:
+                return self.verify(uri, want, settings, budget=budget)
+            ref = model.signature_ref
+            if ref is None:
+                if signature.required:
+                    by = f"policy {policy}" if policy else "the policy"
+                    return Verdict(False, f"model.signatureRef is required by {by} "
+                                          "(integrity.signature.required)")
+                verdict = self.verify(uri, want, settings, budget=budget)
+                return verdict if not verdict.ok else Verdict(
+                    True, verdict.message + "; no signature (not required)",
+                    verdict.digest, verdict.files)
+            if ref.type != SignatureType.SIGSTORE_BUNDLE:
+                return Verdict(False, f"signature {ref.uri}: type {ref.type} is not supported "
+                                      f"(only {SignatureType.SIGSTORE_BUNDLE}, model-signing)")
+            source = signature.public_key or signature.certificate_chain
+            assert source is not None  # SignaturePolicy validates exactly one
+            trust, trust_name = self._trust_root(namespace, source)
+            return self.verify_signed(
+                uri, want, ref.uri, trust,
+                certificate_chain=signature.certificate_chain is not None,
+                s3=settings, budget=budget, trust_name=trust_name,
+            )
+        except ArtifactError as err:
+            return Verdict(False, str(err))
+        except Exception as err:  # never raise into the controller
+            return Verdict(False, f"verification failed: {type(err).__name__}: {err}")
+
+    def verify(self, uri: str, want: str, s3: S3Settings | None = None, *,
+               budget: float | None = None) -> Verdict:
+        """Whether the artifact at ``uri`` has the digest ``want`` (``sha256:<hex>``);
+        ``budget``: seconds for all of it (None: each request bounded by ``timeout``)."""
+        deadline = _Deadline(budget)
+        try:
+            return self._digest(uri, want, self._store(uri, s3, deadline), None, deadline)
         except ArtifactError as err:
             return Verdict(False, f"could not read the artifact: {err}")
 
-    def _verify_directory(self, uri: str, want: str, store: _Store) -> Verdict:
+    def verify_signed(
+        self, uri: str, want: str, signature_uri: str, trust: bytes, *,
+        certificate_chain: bool = False, s3: S3Settings | None = None,
+        budget: float | None = None, trust_name: str = "the trust root",
+    ) -> Verdict:
+        """Whether the artifact at ``uri`` has the digest ``want`` and the model-signing
+        signature at ``signature_uri`` verifies it with ``trust``: a PEM public key, or
+        (``certificate_chain``) PEM certificates the signing certificate must chain to.
+        ``trust_name`` names the trust root in messages; ``budget`` as in :meth:`verify`."""
+        deadline = _Deadline(budget)
+        with tempfile.TemporaryDirectory(prefix="rewind-verify-", dir=self.scratch_dir) as tmp:
+            work = Path(tmp)
+            try:
+                store = self._store(uri, s3, deadline)
+                in_place = isinstance(store, _LocalStore)
+                copy = work / "model"
+                if not in_place:
+                    copy.mkdir()
+                    single = store.single()
+                    if single is not None:  # a file keeps its name
+                        copy = copy / (Path(urlparse(uri).path).name or "model")
+                verdict = self._digest(uri, want, store, None if in_place else copy, deadline)
+                if not verdict.ok:
+                    return verdict
+            except ArtifactError as err:
+                return Verdict(False, f"could not read the artifact: {err}")
+            model_path = store.path if isinstance(store, _LocalStore) else copy
+            signature = work / "signature.json"
+            try:
+                self._fetch_signature(signature_uri, s3, signature, deadline)
+            except ArtifactError as err:
+                return Verdict(False, f"could not read the signature: {err}",
+                               verdict.digest, verdict.files)
+            root = work / "trust.pem"
+            root.write_bytes(trust)
+            deadline.check(f"signature {signature_uri}")
+            try:
+                _model_signing_verify(model_path, signature, root, certificate_chain)
+            except Exception as err:  # model-signing raises ValueError and others
+                reason = str(err).strip() or type(err).__name__
+                return Verdict(
+                    False,
+                    f"signature {signature_uri} does not verify {uri} with {trust_name}: "
+                    f"{reason}",
+                    verdict.digest, verdict.files,
+                )
+            return Verdict(
+                True, f"{verdict.message}; signature {signature_uri} verified with {trust_name}",
+                verdict.digest, verdict.files,
+            )
+
+    def _fetch_signature(self, uri: str, s3: S3Settings | None, dest: Path,
+                         deadline: _Deadline) -> None:
+        store = self._store(uri, s3, deadline)
+        single = store.single()
+        if single is None:
+            raise ArtifactError(f"{uri}: a directory, not a signature file")
+        with single() as f:
+            data = f.read(MAX_SIGNATURE_BYTES + 1)
+        if len(data) > MAX_SIGNATURE_BYTES:
+            raise ArtifactError(f"{uri}: larger than {MAX_SIGNATURE_BYTES} bytes")
+        dest.write_bytes(data)
+
+    def _digest(self, uri: str, want: str, store: _Store, keep: Path | None,
+                deadline: _Deadline) -> Verdict:
+        """The digest check over one read of ``store``; ``keep``: a copy of what was read
+        is written there (a file's path, or a directory's)."""
+        single = store.single()
+        if single is not None:
+            got = "sha256:" + _hash_file(single, uri, keep, deadline)
+            if got == want:
+                return Verdict(True, f"{uri}: {got}", got, 1)
+            return Verdict(False, f"{uri} has digest {got}, want {want}", got, 1)
+        return self._verify_directory(uri, want, store, keep, deadline)
+
+    def _verify_directory(self, uri: str, want: str, store: _Store, keep: Path | None,
+                          deadline: _Deadline) -> Verdict:
         sums: dict[str, str] = {}
         published: str | None = None
         for rel, opener in store.files():
-            with opener() as f:
-                if rel == MANIFEST_NAME:
-                    published = f.read().decode()
-                    continue
-                sums[rel] = file_digest(f)
+            where = store.name(rel)
+            target = None
+            if keep is not None:
+                target = keep / _safe_relative(rel, where)
+                target.parent.mkdir(parents=True, exist_ok=True)
+            if rel == MANIFEST_NAME:
+                with opener() as f:
+                    text = f.read()
+                if target is not None:
+                    target.write_bytes(text)
+                published = text.decode()
+                continue
+            sums[rel] = _hash_file(opener, where, target, deadline)
         if not sums:
             return Verdict(False, f"{uri}: no files (an empty directory has no digest)")
         got = digest_of(manifest(sums))
@@ -345,3 +626,18 @@ class ArtifactVerifier:
             got,
             len(sums),
         )
+
+
+def _model_signing_verify(model: Path, signature: Path, trust: Path, chain: bool) -> None:
+    """model-signing's offline verification; raises (ValueError, mostly) when it fails."""
+    # Imported here: model-signing pulls in sigstore and its protobuf models, which only a
+    # policy with integrity.signature needs.
+    from model_signing import verifying
+
+    config = verifying.Config()  # type: ignore[no-untyped-call]  # unannotated __init__
+    if chain:
+        config.use_certificate_verifier(certificate_chain=[trust])
+    else:
+        config.use_elliptic_key_verifier(public_key=trust)
+    config.verify(model, signature)
+
