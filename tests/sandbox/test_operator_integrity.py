@@ -5,10 +5,13 @@ before the revision gets any traffic, as a candidate and again as a rollback tar
 - a verified candidate is released, its history records the verdict;
 - a candidate whose bytes do not match its digest is refused before any traffic, with a
   Warning Event naming the file;
-- a rollback target whose artifact was replaced in the store after its release is passed
-  over for the next known-good revision, and never routed to;
+- a cold rollback target whose artifact was replaced in the store after its release is
+  verified again as it comes back from zero (however fresh its verdict), passed over for the
+  next known-good revision, and never routed to;
 - a rollback to a warm, freshly verified revision is not verified again (its verdict is
-  unchanged by the rollback).
+  unchanged by the rollback);
+- signed models on a real S3-compatible server (credentials and trust root in Secrets): a
+  candidate signed by a key the policy does not trust is refused before any traffic.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from tests.sandbox.operator_helpers import (
     release_manifest,
     timeline,
 )
+from tests.sandbox.s3_helpers import ACCESS, SECRET, S3Server
+from tests.signers import Signer, key_signer
 
 pytestmark = pytest.mark.sandbox
 
@@ -93,14 +98,15 @@ def test_a_candidate_is_verified_before_traffic_and_a_tampered_one_is_refused(
 def test_a_tampered_rollback_target_is_passed_over_for_the_next_known_good(
     rw: Rewind, tmp_path: Path
 ) -> None:
-    # reverifyAfter short: r2's verdict is stale when the rollback comes, so it is verified
-    # again as a target (and r1's, re-verified in the background, stays fresh enough).
+    # Replaced stables are scaled down at once: the rollback brings r2 back from zero, and
+    # its new pods would read the store again, so it is verified again however fresh its
+    # verdict (a warm target's running pods read the bytes that were verified).
     rw.apply(with_integrity(
-        policy_manifest(POLICY, canary((50, "1s")), keep_previous_warm="5m"),
-        reverify_after="5s",
+        policy_manifest(POLICY, canary((50, "1s")), keep_previous_warm="1s")
     ))
     for version in (1, 2, 3):
         promote(rw, tmp_path, version)
+    rw.wait_replicas(NAME, 2, 0)
     # r2's object is replaced in the store after its release.
     (tmp_path / "2.0.0" / "model.onnx").write_bytes(b"poisoned weights\n")
     with Recorder(rw.sandbox, rw.namespace, kinds=("virtualservices",)) as seen:
@@ -136,3 +142,52 @@ def test_a_rollback_to_a_warm_verified_target_is_not_verified_again(
     assert_holds("users stay on r1", lambda: rw.routes(NAME) == Routes({1: 100}), seconds=2)
     wait_for("r2's verdict to stay recorded",
              lambda: history(rw.status(NAME), 2).get("integrity"), timeout=5)
+
+
+def test_signed_models_from_s3_a_bad_signature_is_refused_before_any_traffic(
+    rw: Rewind, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """The artifact and its signature on a real S3-compatible server, read with credentials
+    from a Secret; the trust root (a public key) in another Secret."""
+    signer = key_signer(tmp_path / "keys")
+    rw.kubectl("create", "secret", "generic", "model-keys", "-n", rw.namespace,
+               f"--from-literal=key.pub={signer.public_pem.decode()}")
+    rw.kubectl("create", "secret", "generic", "model-store", "-n", rw.namespace,
+               f"--from-literal=AWS_ACCESS_KEY_ID={ACCESS}",
+               f"--from-literal=AWS_SECRET_ACCESS_KEY={SECRET}")
+    policy = with_integrity(policy_manifest(POLICY, canary((50, "1s"))))
+    policy["spec"]["integrity"] |= {
+        "s3": {"endpoint": s3_server.endpoint, "region": "us-east-1",
+               "credentialsSecretRef": {"name": "model-store"}},
+        "signature": {"publicKey": {"secretKeyRef": {"name": "model-keys", "key": "key.pub"}}},
+    }
+    rw.apply(policy)
+
+    def signed(version: int, by: Signer) -> dict[str, Any]:
+        key = f"fraud/{version}.0.0/model.onnx"
+        body = f"weights of fraud {version}.0.0\n".encode() * 1000
+        s3_server.put(key, body)
+        by.sign(s3_server.bucket / key, s3_server.bucket / f"{key}.sig")
+        manifest = release_manifest(NAME, POLICY, version=version)
+        manifest["spec"]["model"] |= {
+            "artifactURI": f"s3://models/{key}",
+            "artifactDigest": "sha256:" + hashlib.sha256(body).hexdigest(),
+            "signatureRef": {"uri": f"s3://models/{key}.sig"},
+        }
+        return manifest
+
+    rw.set_error_rate(NAME, 1, HEALTHY)
+    rw.apply(signed(1, signer))
+    status = rw.wait_phase(NAME, "Promoted", stable=1, timeout=90)
+    verdict = history(status, 1)["integrity"]
+    assert verdict["verdict"] == "Verified"
+    assert "signature s3://models/fraud/1.0.0/model.onnx.sig verified" in verdict["message"]
+    # r2 is signed by a key the policy does not trust.
+    rw.set_error_rate(NAME, 2, HEALTHY)
+    with Recorder(rw.sandbox, rw.namespace, kinds=("virtualservices",)) as seen:
+        rw.apply(signed(2, key_signer(tmp_path / "other", "other")))
+        failed = rw.wait_phase(NAME, "Failed", stable=1, timeout=90)
+    assert all(2 not in routes.weights for _, routes in seen.routes(NAME))
+    assert "Key mismatch" in history(failed, 2)["integrity"]["message"]
+    rw.event(NAME, type="Warning", reason="ArtifactVerificationFailed",
+             contains="signature s3://models/fraud/2.0.0/model.onnx.sig does not verify")
