@@ -322,6 +322,28 @@ def test_watch_namespaces_turns_the_cluster_role_into_roles(
     assert cluster_resources == {"customresourcedefinitions", "namespaces"}
 
 
+@sandbox_test
+def test_secrets_are_readable_only_when_integrity_asks(sandbox: Sandbox, kubectl: Kubectl) -> None:
+    """ConfigMaps (a signature's trust root) are read by name; Secrets (S3 credentials, a
+    trust root kept in a Secret) only with integrity.readSecrets, and never listed."""
+
+    def core_rules(*set_values: str) -> dict[str, set[str]]:
+        docs = render_docs(sandbox, kubectl, "rewind-system", set_values=list(set_values))
+        out: dict[str, set[str]] = {}
+        for d in docs:
+            if d["kind"] in RBAC_KINDS:
+                for rule in d["rules"]:
+                    if rule.get("apiGroups") == [""]:
+                        for resource in rule["resources"]:
+                            out.setdefault(resource, set()).update(rule["verbs"])
+        return out
+
+    default = core_rules()
+    assert default["configmaps"] == {"get"} and "secrets" not in default
+    allowed = core_rules("integrity.readSecrets=true")
+    assert allowed["secrets"] == {"get"} and allowed["configmaps"] == {"get"}
+
+
 MAP_V1 = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"
 MAP_V1BETA1 = "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy"
 

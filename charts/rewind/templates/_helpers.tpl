@@ -115,12 +115,17 @@ app.kubernetes.io/part-of: rewind
 - apiGroups: [apps]
   resources: [deployments/scale]
   verbs: [patch]
-# Artifact integrity (RolloutPolicy spec.integrity): the Secret with the S3 credentials
-# (s3.credentialsSecretRef) and the Secret or ConfigMap with the signature trust root, read
-# by name when a revision is verified; get only, never listed or watched.
+# Artifact integrity (RolloutPolicy spec.integrity): a signature's trust root in a ConfigMap,
+# read by name when a revision is verified; get only, never listed or watched. Secrets (S3
+# credentials, a trust root kept in a Secret) only with integrity.readSecrets.
 - apiGroups: [""]
-  resources: [secrets, configmaps]
+  resources: [configmaps]
   verbs: [get]
+{{- if .Values.integrity.readSecrets }}
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+{{- end }}
 # A revision's pods, read for Istio's proxy (sidecar or ambient) where one is expected.
 - apiGroups: [""]
   resources: [pods]

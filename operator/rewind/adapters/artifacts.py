@@ -424,6 +424,11 @@ class ArtifactVerifier:
                 data |= {k: base64.b64decode(v) for k, v in (cm.binary_data or {}).items()}
         except ApiException as err:
             reason = "not found" if err.status == 404 else f"HTTP {err.status} {err.reason}"
+            if err.status == 403 and what.startswith("Secret"):
+                # The chart grants get on Secrets only when asked to.
+                reason += (": the operator may not read Secrets; install the chart with "
+                           "integrity.readSecrets=true, or use workload identity (no "
+                           "credentialsSecretRef) and a ConfigMap for the trust root")
             raise ArtifactError(f"{what}: {reason}") from err
         except Exception as err:  # the API server unreachable, a timeout
             raise ArtifactError(f"{what}: {type(err).__name__}: {err}") from err
