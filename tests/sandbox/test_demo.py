@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -126,6 +127,41 @@ def test_demo_plays_the_story_and_can_run_again(
     assert types(fraud, 2).count("StepStarted") == 2 and "AnalysisFailed" not in types(fraud, 2)
     assert "RollbackDecided" in types(fraud, 3) and "Approved" not in types(fraud, 3)
     assert routes(kubectl, ns, "fraud") == ({"r2": 100}, None)
+
+    # Have you ever pushed it? A scheduled drill brought v1 (r1, what a rollback would go to)
+    # back from its snapshot and passed on mirrored traffic; with that snapshot deleted, the
+    # next drill failed and says why.
+    timeline = fraud["status"]["timeline"]
+    drills = [e for e in timeline if e["type"].startswith("Drill")]
+    assert [(e["type"], e["revision"]) for e in drills] == [
+        ("DrillStarted", 1), ("DrillPassed", 1), ("DrillStarted", 1), ("DrillFailed", 1)], drills
+    assert "(schedule)" in drills[0]["message"] and "mirrored traffic" in drills[1]["message"]
+    assert fraud["status"]["lastSuccessfulDrillAt"] == drills[1]["at"]
+    last = fraud["status"]["lastDrill"]
+    assert (last["verdict"], last["failure"], last["target"]) == ("Failed", "SnapshotMissing", 1)
+    assert "could not be re-created" in last["message"]
+    assert last["trigger"].startswith("requested by")
+    # The breaker tripped on v2's outage, users were on the fallback (read back from the
+    # VirtualService), and it reset by itself; never a rollback, r2 stayed the stable.
+    breaker = fraud["status"]["breaker"]
+    assert (breaker["state"], breaker["trips"]) == ("Closed", 1), breaker
+    assert breaker["fallback"] == f"Service fraud-rules.{ns}.svc.cluster.local:8080"
+    trips = [e for e in timeline if e["type"].startswith(("Breaker", "Fallback"))]
+    assert [(e["type"], e["revision"]) for e in trips] == [
+        ("BreakerTripped", 2), ("FallbackInEffect", 2), ("BreakerReset", 2),
+        ("BreakerClosed", 2)], trips
+    assert "the signal passed" in trips[2]["message"]
+    v3 = next(e for e in timeline if e["type"] == "RevisionCreated" and e["revision"] == 3)
+    assert drills[-1]["at"] <= trips[0]["at"] and trips[-1]["at"] <= v3["at"]
+    assert "RollbackStarted" not in types(fraud, 2)
+    # As kubectl showed it while tripped (the BREAKER column), and as Events.
+    assert re.search(r"^ +fraud +Promoted +canary +2 +0 +0 +Tripped ", full.stdout, re.M), log
+    events = json.loads(kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    reasons = {(e["reason"], e["type"]) for e in events
+               if e["involvedObject"]["kind"] == "ModelRelease"
+               and e["involvedObject"]["name"] == "fraud"}
+    assert {("DrillPassed", "Normal"), ("DrillFailed", "Warning"),
+            ("BreakerTripped", "Warning"), ("BreakerReset", "Normal")} <= reasons, reasons
 
     # The drift waited for a human, who approved.
     chatbot = release(kubectl, ns, "chatbot")
