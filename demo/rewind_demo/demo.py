@@ -718,6 +718,9 @@ class Kube:
             items = fn(namespace, label_selector=MANAGED_SELECTOR,
                        _request_timeout=API_TIMEOUT).items
             left += [f"{kind}/{i.metadata.name}" for i in items]
+        fallbacks = self.core.list_namespaced_service(  # the breaker's, the demo's own
+            namespace, label_selector=f"{DEMO_LABEL}=true", _request_timeout=API_TIMEOUT).items
+        left += [f"service/{i.metadata.name}" for i in fallbacks]
         for group, version, plural in ((ISTIO_GROUP, ISTIO_VERSION, "virtualservices"),
                                        (ISTIO_GROUP, ISTIO_VERSION, "destinationrules"),
                                        ROUTE_API):
