@@ -18,6 +18,12 @@ The story (``--quick`` plays only the rollback and the approval):
 
 1. v1 of fraud-detector serves users (so do chatbot and recommender v1);
 2. fraud v2 goes out on a canary (20% -> 50%), passes every step, is promoted;
+   then "have you ever pushed it?": fraud's scheduled rollback drill re-creates v1 (the
+   revision a rollback would go to) from its snapshot, analyses it on mirrored traffic and
+   passes; its snapshot is deleted and the next drill fails (``SnapshotMissing``); and the
+   feature store behind v2 goes down: the circuit breaker sends users to a rules-based
+   fallback Service (:mod:`rewind_demo.modelserver` in this process) and, once the signal is
+   healthy again, back to v2 by itself;
 3. fraud v3 goes out; its model server is bad from birth (``SIM_ERROR_RATE=0.3``,
    ``SIM_LATENCY_MS=450``), so at 20% error rate and latency jump and Rewind rolls back to
    v2 on its own within seconds;
@@ -78,9 +84,21 @@ from rewind.api import (
     RolloutPolicySpec,
 )
 from rewind_demo import people, poison, targets
-from rewind_demo.modelserver import SCORE_BUCKETS
+from rewind_demo._http import request
+from rewind_demo.modelserver import (
+    SCORE_BUCKETS,
+    ModelServerConfig,
+    RunningModelServer,
+    start_modelserver,
+)
 from rewind_demo.runner import RevisionRunner, kube_deployment_lister
-from rewind_demo.trafficgen import TrafficGenerator, backends_file_source, kube_route_source
+from rewind_demo.trafficgen import (
+    Backend,
+    BackendSource,
+    TrafficGenerator,
+    backends_file_source,
+    kube_route_source,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_NAMESPACE = "rewind-demo"
@@ -107,6 +125,14 @@ STABLE = "{{stableWorkload}}"
 #: Rate windows: a few 1 s scrapes (the analysis interval, 2 s, is too short a window).
 WINDOW = "10s"
 PSI_WINDOW = "30s"
+#: The circuit breaker's window: short, it must trip within seconds.
+BREAKER_WINDOW = "5s"
+RELEASE_VAR = "{{release}}"
+#: fraud's circuit-breaker fallback: a rules-based model behind its own Service.
+FALLBACK_SERVICE = "fraud-rules"
+FALLBACK_PORT = 8080
+#: How often fraud's policy drills its rollback path (the demo shortens it for one act).
+DRILL_EVERY = "24h"
 
 
 def _istio(metric: str, workload: str, extra: str = "") -> str:
@@ -208,6 +234,21 @@ def psi_query(
     )
 
 
+def breaker_query(window: str = BREAKER_WINDOW) -> str:
+    """fraud's circuit-breaker signal: what its users get from the model, the 5xx share of
+    the requests to any of its revisions over ``window``. While none of them gets a request
+    (the breaker keeps every user on the fallback) that share is no data, which never
+    counts as healthy; then the stable revision's feature store speaks instead
+    (``1 - model_dependency_up``: 1 while it is down), so an automatic reset means the model
+    can answer again, not merely that nobody asked it."""
+    model = (f'reporter="source",destination_workload_namespace="{NS_VAR}",'
+             f'destination_workload=~"{RELEASE_VAR}-r[0-9]+"')
+    errors = f'sum(rate(istio_requests_total{{{model},response_code=~"5.."}}[{window}]))'
+    total = f"sum(rate(istio_requests_total{{{model}}}[{window}]))"
+    dependency = f'model_dependency_up{{namespace="{NS_VAR}",revision="{STABLE}"}}'
+    return f"((({errors}) or vector(0)) / ({total} > 0)) or on() (1 - min({dependency}))"
+
+
 # --------------------------------------------------------------------------------------
 # The demo's objects, built with the API models so they are always valid
 # --------------------------------------------------------------------------------------
@@ -250,7 +291,7 @@ class Model:
         return "HTTPRoute" if self.gateway_api else "VirtualService"
 
 
-def _policy(model: Model) -> RolloutPolicySpec:
+def _policy(model: Model, drill_every: str = DRILL_EVERY) -> RolloutPolicySpec:
     common_metrics = [
         {"name": "error-rate", "query": error_rate_query(), "thresholds": {"max": 0.05}},
     ]
@@ -283,7 +324,17 @@ def _policy(model: Model) -> RolloutPolicySpec:
                 "progressDeadline": "2m",
                 # The story starts with v1 serving: it takes traffic once Available.
                 "firstRelease": "Promote",
-                "keepPreviousWarm": "20s",
+                # Short, so the drill re-creates v1 from its snapshot (not a warm v1).
+                "keepPreviousWarm": "5s",
+                "drill": {"every": drill_every, "timeout": "1m", "mirrorPercent": 50},
+                "breaker": {
+                    "query": breaker_query(),
+                    "thresholds": {"max": 0.2},
+                    "interval": "1s",
+                    "holdFor": "2s",
+                    "fallback": {"service": {"name": FALLBACK_SERVICE, "port": FALLBACK_PORT}},
+                    "reset": {"mode": "Automatic", "healthyFor": "5s"},
+                },
             }
         )
     if model.release == "chatbot":
@@ -447,13 +498,26 @@ def _model(release: str) -> Model:
     return next(m for m in MODELS if m.release == release)
 
 
-def policy_body(model: Model, namespace: str) -> dict[str, Any]:
+def policy_body(model: Model, namespace: str, drill_every: str = DRILL_EVERY) -> dict[str, Any]:
+    spec = _policy(model, drill_every)
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": ROLLOUTPOLICY_KIND,
         "metadata": {"name": model.policy_name, "namespace": namespace,
                      "labels": {DEMO_LABEL: "true"}},
-        "spec": _policy(model).model_dump(mode="json", by_alias=True, exclude_defaults=True),
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_defaults=True),
+    }
+
+
+def fallback_service_body(namespace: str) -> dict[str, Any]:
+    """The Service fraud's breaker sends users to (its pods are the demo's own process)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": FALLBACK_SERVICE, "namespace": namespace,
+                     "labels": {DEMO_LABEL: "true"}},
+        "spec": {"selector": {"app": FALLBACK_SERVICE},
+                 "ports": [{"name": "http", "port": FALLBACK_PORT}]},
     }
 
 
@@ -472,7 +536,7 @@ def manifests_yaml(namespace: str) -> str:
     """Every object the demo applies, as YAML (``--print-manifests``)."""
     import yaml
 
-    docs: list[dict[str, Any]] = []
+    docs: list[dict[str, Any]] = [fallback_service_body(namespace)]
     for model in MODELS:
         docs.append(policy_body(model, namespace))
         for version in model.versions:
@@ -568,6 +632,25 @@ class Kube:
             if exc.status != 409:
                 raise
 
+    def ensure_service(self, body: Mapping[str, Any]) -> None:
+        try:
+            self.core.create_namespaced_service(body["metadata"]["namespace"], body,
+                                                _request_timeout=API_TIMEOUT)
+        except self._client.ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def deployment_replicas(self, namespace: str, name: str) -> int | None:
+        """spec.replicas of a Deployment (None: no such Deployment)."""
+        try:
+            d = self.apps.read_namespaced_deployment(name, namespace,
+                                                     _request_timeout=API_TIMEOUT)
+        except self._client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return int(d.spec.replicas or 0)
+
     def apply(self, plural: str, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
         self.custom.patch_namespaced_custom_object(
@@ -639,6 +722,9 @@ class Kube:
             items = fn(namespace, label_selector=MANAGED_SELECTOR,
                        _request_timeout=API_TIMEOUT).items
             left += [f"{kind}/{i.metadata.name}" for i in items]
+        fallbacks = self.core.list_namespaced_service(  # the breaker's, the demo's own
+            namespace, label_selector=f"{DEMO_LABEL}=true", _request_timeout=API_TIMEOUT).items
+        left += [f"service/{i.metadata.name}" for i in fallbacks]
         for group, version, plural in ((ISTIO_GROUP, ISTIO_VERSION, "virtualservices"),
                                        (ISTIO_GROUP, ISTIO_VERSION, "destinationrules"),
                                        ROUTE_API):
@@ -670,6 +756,9 @@ class Kube:
         ):
             with contextlib.suppress(self._client.ApiException):
                 fn(ns, **sel)
+        with contextlib.suppress(self._client.ApiException):  # the breaker's fallback
+            self.core.delete_collection_namespaced_service(
+                ns, label_selector=f"{DEMO_LABEL}=true", **timeout_kw)
         for group, version, plural in ((ISTIO_GROUP, ISTIO_VERSION, "virtualservices"),
                                        (ISTIO_GROUP, ISTIO_VERSION, "destinationrules"),
                                        ROUTE_API):
@@ -962,6 +1051,12 @@ class Revs:
     fraud_bad: int = 0
     chatbot_bad: int = 0
     recommender_bad: int = 0
+    #: The revision fraud's drills went to (0: the drill acts did not play).
+    drill_target: int = 0
+    #: The act that deleted the drill target's snapshot played.
+    snapshot_deleted: bool = False
+    #: The circuit-breaker act played on this (stable) revision.
+    breaker_on: int = 0
 
 
 class Demo:
@@ -979,6 +1074,8 @@ class Demo:
         self.operator: subprocess.Popen[bytes] | None = None
         self.runner: RevisionRunner | None = None
         self.traffic: dict[str, Traffic] = {}
+        #: fraud's circuit-breaker fallback (a rules-based model), served from this process.
+        self.fallback: RunningModelServer | None = None
         self.started_mono = time.monotonic()
         self.started_at = datetime.now(UTC)
         self.deadline = self.started_mono + options.timeout
@@ -1068,6 +1165,7 @@ class Demo:
         self._setup_people()
         self._start_operator()
         self._start_runner()
+        self._start_fallback()
         for model in self._models():
             self._start_traffic(model)
         for t in self.traffic.values():
@@ -1157,6 +1255,28 @@ class Demo:
         self.runner.clean_stale()
         self.runner.start(self.o.timeout + 60)
 
+    def _start_fallback(self) -> None:
+        """fraud's breaker fallback: a Service, and a rules-based model behind it (a model
+        server in this process: low scores, fast, no dependency outage), which the traffic
+        generator answers the Service's requests with."""
+        self.k.ensure_service(fallback_service_body(self.ns))
+        self.fallback = start_modelserver(ModelServerConfig(
+            revision=FALLBACK_SERVICE, namespace=self.ns, model_version="rules-7",
+            latency_ms=5, latency_jitter_ms=2, score_mean=0.1, score_stddev=0.05, seed=71))
+
+    def _backends(self, model: Model) -> BackendSource:
+        assert self.runner is not None
+        revisions = backends_file_source(self.runner.backends_file(model.release), self.ns)
+        if model is not FRAUD or self.fallback is None:
+            return revisions
+        rules = Backend(url=self.fallback.url, workload=FALLBACK_SERVICE, namespace=self.ns,
+                        app=FALLBACK_SERVICE)
+
+        def with_fallback() -> Mapping[str, Backend]:
+            return {**revisions(), FALLBACK_SERVICE: rules}
+
+        return with_fallback
+
     def _runner_log(self, message: str) -> None:
         if not self.quiet:
             self.c.say(f"  . {message}")
@@ -1168,7 +1288,7 @@ class Demo:
         api = client.CustomObjectsApi(self.k.api_client)
         gen = TrafficGenerator(
             kube_route_source(self.ns, name=model.release, api=api, kind=model.route_kind),
-            backends_file_source(self.runner.backends_file(model.release), self.ns),
+            self._backends(model),
             rate=model.rate,
             seed=len(model.release),
             poll_interval=0.5,
@@ -1205,6 +1325,9 @@ class Demo:
         if self.runner is not None:
             with contextlib.suppress(Exception):
                 self.runner.stop()
+        if self.fallback is not None:
+            with contextlib.suppress(Exception):
+                self.fallback.stop()
         if self.operator is not None and self.operator.poll() is None:
             self.operator.terminate()
             try:
@@ -1380,6 +1503,189 @@ class Demo:
                                                "RollingBack"))
         c.say(f"  fraud v2 (r{rev}) passed every step and was promoted.")
 
+    def kubectl_shown(self, *args: str, pretty: bool = False) -> str:
+        """Run ``kubectl ARGS -n NS`` as the sandbox admin, printing the command and its
+        output, indented, as a user would see them (``pretty``: a JSON output indented, as
+        ``| jq`` would); returns the output."""
+        self.c.say(f"  $ kubectl {' '.join(args)} -n {self.ns}" + (" | jq" if pretty else ""))
+        try:
+            out = _kubectl(self.env, *args, "-n", self.ns)
+        except SetupError as exc:
+            raise StoryError(str(exc)) from exc
+        shown = out
+        if pretty:
+            with contextlib.suppress(ValueError):
+                shown = json.dumps(json.loads(out), indent=2)
+        for line in shown.rstrip().splitlines():
+            self.c.say(f"    {line}".rstrip())
+        return out
+
+    @staticmethod
+    def _status(body: Mapping[str, Any]) -> Mapping[str, Any]:
+        status: Mapping[str, Any] = body.get("status") or {}
+        return status
+
+    def _drill_ended(self, after: str | None) -> Callable[[Mapping[str, Any]], bool]:
+        """A drill started after ``after`` (an RFC 3339 time; None: any) has a verdict."""
+        def check(body: Mapping[str, Any]) -> bool:
+            st = self._status(body)
+            last = st.get("lastDrill") or {}
+            return not st.get("drill") and bool(last.get("verdict")) and (
+                after is None or str(last.get("startedAt")) > after)
+
+        return check
+
+    def act_drill(self) -> None:
+        c = self.c
+        c.say("")
+        self._act("Have you ever pushed it? fraud's scheduled rollback drill.")
+        stable = self.revs.fraud_good
+        target = stable - 1
+        workload = f"fraud-r{target}"
+        c.say("  fraud's policy drills its rollback path every 24h (spec.drill: every 24h, "
+              "mirrorPercent 50, timeout 1m): the revision a rollback would go to now is "
+              "re-created from its snapshot, timed to Available, analysed on half of the live "
+              "traffic, mirrored (users never get its answers), and scaled back.")
+        self.wait_release(
+            "fraud", f"{workload} to be retired to zero replicas (keepPreviousWarm 5s)",
+            lambda _b: self.k.deployment_replicas(self.ns, workload) == 0, timeout=60,
+            bad=self._unexpected(stable, "RollingBack", "RolledBack", "Failed"))
+        c.say(f"  v1 ({workload}) runs no pods: a rollback now would have to re-create it from "
+              f"its snapshot (ControllerRevision {workload}).")
+        c.say(f"  The demo cannot wait a night: it sets drill.every to 5s, and back to "
+              f"{DRILL_EVERY} once the drill has started.")
+        gen = self.traffic["fraud"].gen
+        users_before = gen.stats.user_total(workload)
+        mirrored_before = gen.stats.mirror_total(workload)
+        self.k.apply(ROLLOUTPOLICY_PLURAL, policy_body(FRAUD, self.ns, drill_every="5s"))
+        unexpected = self._unexpected(stable, "Progressing", "RollingBack", "RolledBack",
+                                      "Failed")
+        self.wait_release("fraud", "the scheduled drill to start",
+                          lambda b: bool(self._status(b).get("drill")
+                                         or self._status(b).get("lastDrill")),
+                          timeout=60, bad=unexpected)
+        self.k.apply(ROLLOUTPOLICY_PLURAL, policy_body(FRAUD, self.ns))
+        self.revs.drill_target = target
+
+        def counts() -> str:
+            return (f"{workload}: {gen.stats.mirror_total(workload) - mirrored_before} "
+                    f"mirrored, {gen.stats.user_total(workload) - users_before} user answers")
+
+        body = self.wait_release("fraud", "the drill's verdict", self._drill_ended(None),
+                                 timeout=90, bad=unexpected, extra=counts)
+        last = self._status(body).get("lastDrill") or {}
+        if last.get("verdict") != "Passed":
+            raise StoryError(f"the scheduled drill did not pass: {last}")
+        ready = last.get("timeToReadySeconds")
+        passing = last.get("timeToPassingAnalysisSeconds")
+        c.say(f"  Passed ({last.get('trigger')}): r{last.get('target')} was Available "
+              f"{_num(ready)}s after the drill started and passed the analysis "
+              f"{_num(passing)}s after; scaled back to zero. Users stayed on r{stable} "
+              f"({counts()}).")
+
+    def act_drill_fails(self) -> None:
+        c = self.c
+        c.say("")
+        self._act("r1's snapshot is deleted; the next drill fails and says what a rollback "
+                  "would hit.")
+        target = self.revs.drill_target or self.revs.fraud_good - 1
+        workload = f"fraud-r{target}"
+        before = self.k.get_release(self.ns, "fraud") or {}
+        previous = str((self._status(before).get("lastDrill") or {}).get("startedAt") or "")
+        c.say(f"  A clean-up job deletes the ControllerRevision {workload} (the snapshot "
+              f"Rewind re-creates r{target} from); then someone asks for a drill now:")
+        self.kubectl_shown("delete", "controllerrevision", workload)
+        self.kubectl_shown("annotate", "--overwrite", "modelrelease", "fraud",
+                           "rewind.dev/drill=true")
+        self.revs.snapshot_deleted = True
+        self.wait_release(
+            "fraud", "the on-demand drill's verdict", self._drill_ended(previous or None),
+            timeout=60, bad=self._unexpected(self.revs.fraud_good, "Progressing", "RollingBack",
+                                             "RolledBack", "Failed"))
+        self.kubectl_shown("get", "modelrelease", "fraud", "-o", "jsonpath={.status.lastDrill}",
+                           pretty=True)
+        c.say(f"  A rollback to r{target} (break glass, or an automatic one with r{target} as "
+              f"the target) would fail the same way: Rewind could not re-create r{target}. The "
+              "drill says so now, not at 3 AM; the chart's RewindLastDrillFailed alert fires on "
+              "rewind_drill_last_failed.")
+
+    def _fault(self, workload: str, up: bool) -> None:
+        """Start or end the simulated outage of the feature store behind ``workload``."""
+        assert self.runner is not None
+        url = self.runner.url_of(workload)
+        if url is None:
+            raise StoryError(f"no model server runs for {workload}")
+        payload = json.dumps({"up": up, **({} if up else {"seconds": 120})}).encode()
+        try:
+            status, body = request("POST", url.rstrip("/") + "/admin/dependency", payload,
+                                   timeout=API_TIMEOUT)
+        except OSError as exc:
+            raise StoryError(f"{workload}: could not set its feature store: {exc}") from exc
+        if status != 200:
+            raise StoryError(f"{workload}: /admin/dependency answered {status}: {body!r}")
+
+    def act_breaker(self) -> None:
+        c = self.c
+        c.say("")
+        self._act("The feature store behind fraud v2 goes down: the circuit breaker.")
+        stable = self.revs.fraud_good
+        workload = f"fraud-r{stable}"
+        gen = self.traffic["fraud"].gen
+        c.say("  fraud's policy has a breaker (spec.breaker), read every 1s in any phase: the "
+              f"5xx share of fraud's model traffic over {BREAKER_WINDOW} (while no user "
+              "reaches the model: its feature store's health); above 0.2 for 2s it trips: one "
+              f"route write sends every user to the Service {FALLBACK_SERVICE} (a rules-based "
+              "model); healthy for 5s, it resets by itself. Not a rollback: no revision changes.")
+        self.kubectl_shown("get", "modelrelease", "fraud")
+        fallback_before = gen.stats.user_total(FALLBACK_SERVICE)
+
+        def counts() -> str:
+            return (f"user answers from {FALLBACK_SERVICE}: "
+                    f"{gen.stats.user_total(FALLBACK_SERVICE) - fallback_before}, "
+                    f"from {workload}: {gen.stats.user_total(workload)}")
+
+        def breaker(state: str) -> Callable[[Mapping[str, Any]], bool]:
+            return lambda b: (self._status(b).get("breaker") or {}).get("state") == state
+
+        unexpected = self._unexpected(stable, "Progressing", "RollingBack", "RolledBack",
+                                      "Failed")
+        c.say(f"  The feature store goes down: every prediction of {workload} fails (500).")
+        outage = datetime.now(UTC)
+        self._fault(workload, up=False)
+        self.revs.breaker_on = stable
+        self.wait_release("fraud", "the breaker to trip", breaker("Tripped"), timeout=60,
+                          bad=unexpected, extra=counts)
+        self.kubectl_shown("get", "modelrelease", "fraud")
+        self.wait_release(
+            "fraud", f"users to get answers from {FALLBACK_SERVICE}",
+            lambda _b: gen.stats.user_total(FALLBACK_SERVICE) - fallback_before >= 20,
+            timeout=30, extra=counts)
+        c.say(f"  Users get the fallback's answers ({counts()}); r{stable} is still the stable "
+              "revision. The feature store comes back:")
+        self._fault(workload, up=True)
+        model_before = gen.stats.user_total(workload)
+        closed = self.wait_release("fraud", "the breaker to reset by itself", breaker("Closed"),
+                                   timeout=60, bad=unexpected, extra=counts)
+        self.wait_release(
+            "fraud", f"users to get answers from {workload} again",
+            lambda _b: gen.stats.user_total(workload) - model_before >= 20, timeout=30,
+            extra=counts)
+        self.kubectl_shown("get", "modelrelease", "fraud")
+        times = {t: parse_time(e.get("at")) for t in ("BreakerTripped", "FallbackInEffect",
+                                                       "BreakerReset", "BreakerClosed")
+                 for e in (self._status(closed).get("timeline") or [])[-12:]
+                 if e.get("type") == t}
+        trip, on_fallback = times.get("BreakerTripped"), times.get("FallbackInEffect")
+        reset, back = times.get("BreakerReset"), times.get("BreakerClosed")
+        if trip and on_fallback and reset and back:
+            c.say(f"  The outage began at {outage:%H:%M:%S}; the breaker tripped "
+                  f"{(trip - outage).total_seconds():.1f}s later (the {BREAKER_WINDOW} error "
+                  f"share crossing 0.2, then held 2s); every user on the fallback (read back) "
+                  f"{(on_fallback - trip).total_seconds():.1f}s after that; users were on the "
+                  f"fallback for "
+                  f"{(back - on_fallback).total_seconds():.0f}s; reset -> back on r{stable} "
+                  f"(read back) in {(back - reset).total_seconds():.1f}s.")
+
     def act_fraud_bad(self) -> None:
         c = self.c
         c.say("")
@@ -1495,6 +1801,12 @@ class Demo:
         if not self.o.quick:
             self.act_fraud_good()
             self.pause(self.o.act_pause)
+            self.act_drill()
+            self.pause(self.o.act_pause)
+            self.act_drill_fails()
+            self.pause(self.o.act_pause)
+            self.act_breaker()
+            self.pause(self.o.act_pause)
         self.act_fraud_bad()
         self.pause(self.o.act_pause)
         self.act_chatbot()
@@ -1569,6 +1881,8 @@ class Demo:
             check(f"fraud: r{r.fraud_bad} rolled back within 30s of first user traffic",
                   seconds is not None and seconds <= 30.0,
                   f"{seconds:.1f}s" if seconds is not None else "-")
+        if r.drill_target or r.breaker_on:
+            self._verify_drills_and_breaker(check)
         if r.chatbot_bad:
             body = release_checks("chatbot", "RolledBack", 1, {r.chatbot_bad: "RolledBack"})
             asked = entries(body, "ApprovalRequested", r.chatbot_bad)
@@ -1596,6 +1910,45 @@ class Demo:
             for what, ok, detail in poison.checks(self):
                 check(what, ok, detail)
         return checks
+
+    def _verify_drills_and_breaker(self, check: Callable[..., None]) -> None:
+        """The drill and breaker acts, from fraud's status (its timeline and lastDrill)."""
+        r = self.revs
+        body = self.k.get_release(self.ns, "fraud") or {}
+        st = self._status(body)
+        if r.drill_target:
+            target = r.drill_target
+            started = entries(body, "DrillStarted", target)
+            passed = entries(body, "DrillPassed", target)
+            check(f"fraud: a scheduled drill re-created r{target} from its snapshot and passed",
+                  any("(schedule)" in str(e.get("message")) for e in started) and bool(passed)
+                  and bool(st.get("lastSuccessfulDrillAt")),
+                  f"{len(started)} started, {len(passed)} passed")
+        if r.snapshot_deleted:
+            last = st.get("lastDrill") or {}
+            check(f"fraud: with r{r.drill_target}'s snapshot deleted, the last drill failed: "
+                  "SnapshotMissing",
+                  last.get("verdict") == "Failed" and last.get("failure") == "SnapshotMissing"
+                  and last.get("target") == r.drill_target, str(last)[:200])
+        if r.breaker_on:
+            b = st.get("breaker") or {}
+            kinds = [str(e.get("type")) for e in st.get("timeline") or []
+                     if str(e.get("type")).startswith(("Breaker", "FallbackInEffect"))]
+            check("fraud: the breaker tripped once, users were on the fallback (read back), it "
+                  "reset by itself and is Closed",
+                  b.get("state") == "Closed" and b.get("trips") == 1 and kinds == [
+                      "BreakerTripped", "FallbackInEffect", "BreakerReset", "BreakerClosed"]
+                  and any("the signal passed" in str(e.get("message"))
+                          for e in entries(body, "BreakerReset", 0)
+                          + entries(body, "BreakerReset", r.breaker_on)),
+                  f"state {b.get('state')}, trips {b.get('trips')}, {kinds}")
+            check(f"fraud: the breaker rolled nothing back (r{r.breaker_on} stayed stable)",
+                  not entries(body, "RollbackStarted", r.breaker_on)
+                  and history_outcome(body, r.breaker_on) == "Promoted",
+                  str(history_outcome(body, r.breaker_on)))
+            users = self.traffic["fraud"].gen.stats.user_total(FALLBACK_SERVICE)
+            check(f"fraud: the fallback ({FALLBACK_SERVICE}) answered users", users > 0,
+                  str(users))
 
     def report(self, checks: Sequence[Check]) -> None:
         c = self.c
@@ -1654,8 +2007,9 @@ def down(env: Mapping[str, str], namespace: str, console: Console) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m rewind_demo.demo",
-        description="The 3 AM incident on the local sandbox: canary, automatic rollback, "
-        "approval, shadow. Exit 0 when the story played as expected.",
+        description="The 3 AM incident on the local sandbox: canary, rollback drills, circuit "
+        "breaker, automatic rollback, approval, shadow. Exit 0 when the story played as "
+        "expected.",
     )
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE)
     p.add_argument("--quick", action="store_true",

@@ -11,6 +11,13 @@ Run it as::
     python -m rewind_demo.modelserver --port 0 --revision fraud-r3 --error-rate 0.02
 
 The first line on stdout is JSON: ``{"event": "listening", "port": 40123, ...}``.
+
+A running server also simulates an outage of the one dependency it has, its feature store,
+so a demo can spike the errors of a revision that is already serving without making a new
+revision: ``POST /admin/dependency`` with ``{"up": false}`` makes every prediction fail with
+500 until ``{"up": true}`` (or until ``"seconds"``, if given, have passed). The gauge
+``model_dependency_up{dependency="feature-store"}`` says which, whether or not the server
+gets requests (a signal that still speaks while a circuit breaker keeps users away).
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ ENV_VARS: dict[str, str] = {
     "SIM_SEED": "seed",
 }
 MAX_BODY_BYTES = 1 << 20
+#: The dependency a simulated model server calls for every prediction.
+DEPENDENCY = "feature-store"
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,7 @@ class _Metrics:
     scores: Histogram
     latency: Histogram
     info: Gauge
+    dependency_up: Gauge
 
 
 def _make_metrics(cfg: ModelServerConfig, registry: CollectorRegistry) -> _Metrics:
@@ -175,8 +185,15 @@ def _make_metrics(cfg: ModelServerConfig, registry: CollectorRegistry) -> _Metri
             (*labels, "model_version"),
             registry=registry,
         ),
+        dependency_up=Gauge(
+            "model_dependency_up",
+            "1 while the server's dependency answers, 0 during a simulated outage.",
+            (*labels, "dependency"),
+            registry=registry,
+        ),
     )
     m.info.labels(cfg.revision, cfg.namespace, cfg.model_version).set(1)
+    m.dependency_up.labels(cfg.revision, cfg.namespace, DEPENDENCY).set(1)
     # Pre-create the series so rate() sees a zero before the first request/error.
     for code in ("200", "500"):
         m.predictions.labels(cfg.revision, cfg.namespace, code)
@@ -198,7 +215,34 @@ class ModelSim:
         self.config = config
         self._rng = random.Random(config.seed)
         self._lock = threading.Lock()
+        #: During a simulated outage of the dependency: when it ends (monotonic seconds;
+        #: inf: until set up again). None: the dependency answers.
+        self._down_until: float | None = None
         self.metrics = _make_metrics(config, registry or CollectorRegistry())
+
+    def set_dependency(self, up: bool, seconds: float | None = None) -> None:
+        """Start (``up=False``) or end a simulated outage of the feature store; an outage
+        with ``seconds`` ends by itself after that long. Raises ValueError on seconds <= 0."""
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {seconds}")
+        with self._lock:
+            if up:
+                self._down_until = None
+            else:
+                until = float("inf") if seconds is None else time.monotonic() + seconds
+                self._down_until = until
+        self.dependency_is_up()
+
+    def dependency_is_up(self) -> bool:
+        """Whether the feature store answers now (also refreshes the gauge)."""
+        with self._lock:
+            if self._down_until is not None and time.monotonic() >= self._down_until:
+                self._down_until = None
+            up = self._down_until is None
+        cfg = self.config
+        self.metrics.dependency_up.labels(cfg.revision, cfg.namespace, DEPENDENCY).set(
+            1 if up else 0)
+        return up
 
     def decide(self, request_id: Any = None) -> Prediction:
         """Draw the outcome of one request (no sleeping, no metrics)."""
@@ -208,6 +252,10 @@ class ModelSim:
             jitter = self._rng.uniform(-1.0, 1.0) * cfg.latency_jitter_ms
             raw_score = self._rng.gauss(cfg.score_mean, cfg.score_stddev)
         delay_s = max(0.0, cfg.latency_ms + jitter) / 1000.0
+        if not self.dependency_is_up():
+            return Prediction(
+                500, {"error": f"{DEPENDENCY} unavailable", "revision": cfg.revision}, delay_s
+            )
         if u_err < cfg.error_rate:
             return Prediction(
                 500, {"error": "simulated failure", "revision": cfg.revision}, delay_s
@@ -244,6 +292,7 @@ class ModelSim:
 
     def metrics_text(self) -> bytes:
         """Prometheus text exposition of this server's metrics."""
+        self.dependency_is_up()  # an outage that ended by itself shows without a request
         return generate_latest(self.metrics.registry)
 
 
@@ -284,6 +333,9 @@ def make_handler(sim: ModelSim, *, log_requests: bool = False) -> type[BaseHTTPR
                 self._json(413, {"error": "body too large"})
                 return
             raw = self.rfile.read(length) if length else b""
+            if path == "/admin/dependency":
+                self._dependency(raw)
+                return
             if path != "/predict":
                 self._json(404, {"error": "not found"})
                 return
@@ -298,6 +350,20 @@ def make_handler(sim: ModelSim, *, log_requests: bool = False) -> type[BaseHTTPR
                     request_id = payload.get("id")
             prediction = sim.predict(request_id)
             self._json(prediction.status, prediction.body)
+
+        def _dependency(self, raw: bytes) -> None:
+            """``{"up": bool, "seconds"?: number}``: start or end a simulated outage."""
+            try:
+                payload = json.loads(raw or b"null")
+                if not isinstance(payload, dict) or not isinstance(payload.get("up"), bool):
+                    raise ValueError('want {"up": true|false, "seconds"?: number}')
+                seconds = payload.get("seconds")
+                sim.set_dependency(payload["up"],
+                                   None if seconds is None else float(seconds))
+            except (ValueError, TypeError) as exc:
+                self._json(400, {"error": str(exc)})
+                return
+            self._json(200, {"dependency": DEPENDENCY, "up": sim.dependency_is_up()})
 
     return Handler
 

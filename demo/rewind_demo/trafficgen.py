@@ -712,13 +712,16 @@ class TrafficGenerator:
     def resolve(self, dest: Destination) -> Backend | None:
         """Backend for a destination: by subset, or by host when the route has no subset;
         a revision's own Service (``<release>-r<N>[.<ns>.svc...]``, where Rewind routes)
-        is the backend of subset ``r<N>``."""
+        is the backend of subset ``r<N>``, any other Service (a circuit breaker's
+        fallback, ``<name>.<ns>.svc...``) the backend listed under its name."""
         found = self.current_backends.get(dest.subset or dest.host)
         if found is None and dest.subset is None:
             name = dest.host.split(".", 1)[0]
             revision = revision_number(name) if "-r" in name else None
             if revision is not None:
                 found = self.current_backends.get(f"r{revision}")
+            else:
+                found = self.current_backends.get(name)
         return found
 
     # -- sending --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -127,6 +128,41 @@ def test_demo_plays_the_story_and_can_run_again(
     assert "RollbackDecided" in types(fraud, 3) and "Approved" not in types(fraud, 3)
     assert routes(kubectl, ns, "fraud") == ({"r2": 100}, None)
 
+    # Have you ever pushed it? A scheduled drill brought v1 (r1, what a rollback would go to)
+    # back from its snapshot and passed on mirrored traffic; with that snapshot deleted, the
+    # next drill failed and says why.
+    timeline = fraud["status"]["timeline"]
+    drills = [e for e in timeline if e["type"].startswith("Drill")]
+    assert [(e["type"], e["revision"]) for e in drills] == [
+        ("DrillStarted", 1), ("DrillPassed", 1), ("DrillStarted", 1), ("DrillFailed", 1)], drills
+    assert "(schedule)" in drills[0]["message"] and "mirrored traffic" in drills[1]["message"]
+    assert fraud["status"]["lastSuccessfulDrillAt"] == drills[1]["at"]
+    last = fraud["status"]["lastDrill"]
+    assert (last["verdict"], last["failure"], last["target"]) == ("Failed", "SnapshotMissing", 1)
+    assert "could not be re-created" in last["message"]
+    assert last["trigger"].startswith("requested by")
+    # The breaker tripped on v2's outage, users were on the fallback (read back from the
+    # VirtualService), and it reset by itself; never a rollback, r2 stayed the stable.
+    breaker = fraud["status"]["breaker"]
+    assert (breaker["state"], breaker["trips"]) == ("Closed", 1), breaker
+    assert breaker["fallback"] == f"Service fraud-rules.{ns}.svc.cluster.local:8080"
+    trips = [e for e in timeline if e["type"].startswith(("Breaker", "Fallback"))]
+    assert [(e["type"], e["revision"]) for e in trips] == [
+        ("BreakerTripped", 2), ("FallbackInEffect", 2), ("BreakerReset", 2),
+        ("BreakerClosed", 2)], trips
+    assert "the signal passed" in trips[2]["message"]
+    v3 = next(e for e in timeline if e["type"] == "RevisionCreated" and e["revision"] == 3)
+    assert drills[-1]["at"] <= trips[0]["at"] and trips[-1]["at"] <= v3["at"]
+    assert "RollbackStarted" not in types(fraud, 2)
+    # As kubectl showed it while tripped (the BREAKER column), and as Events.
+    assert re.search(r"^ +fraud +Promoted +canary +2 +0 +0 +Tripped ", full.stdout, re.M), log
+    events = json.loads(kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    reasons = {(e["reason"], e["type"]) for e in events
+               if e["involvedObject"]["kind"] == "ModelRelease"
+               and e["involvedObject"]["name"] == "fraud"}
+    assert {("DrillPassed", "Normal"), ("DrillFailed", "Warning"),
+            ("BreakerTripped", "Warning"), ("BreakerReset", "Normal")} <= reasons, reasons
+
     # The drift waited for a human, who approved.
     chatbot = release(kubectl, ns, "chatbot")
     assert chatbot["status"]["phase"] == "RolledBack"
@@ -149,6 +185,22 @@ def test_demo_plays_the_story_and_can_run_again(
     assert http_routes(kubectl, ns, "recommender") == ({"r1": 100}, None)
     assert "HTTPRoute sends 100% to r1" in full.stdout
     assert "never answered a user" in full.stdout
+
+    # A rollback target you can trust: credit rolled back past r3 (quarantined: trained on
+    # the poisoned export) and r2 (its file replaced in the store) to r1, and said why.
+    credit = release(kubectl, ns, "credit")
+    assert credit["status"]["phase"] == "RolledBack"
+    assert credit["status"]["stableRevision"] == 1
+    assert credit["status"]["quarantined"] == "r4,r3"
+    assert routes(kubectl, ns, "credit") == ({"r1": 100}, None)
+    r2 = next(h for h in credit["status"]["history"] if h["revision"] == 2)
+    assert r2["integrity"]["verdict"] == "Failed" and "has digest" in r2["integrity"]["message"]
+    decided = " ".join(e["message"] for e in credit["status"]["timeline"]
+                       if e["type"] == "RollbackDecided")
+    assert f"r3 skipped: quarantined by {ns}/poison-nov#nov-export" in decided
+    assert "rollback target r2's artifact failed verification" in decided
+    assert "rolling back from r4 to r1 instead" in decided
+    assert "credit r2's tampered artifact was refused as a rollback target" in full.stdout
 
     # The sandbox has no mesh data plane: the traffic generator reports Istio's metrics, and
     # the demo's releases say so (traffic.sidecar: Ignore), so none is reported unmeasured.

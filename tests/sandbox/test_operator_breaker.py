@@ -5,6 +5,7 @@ with one VirtualService write (``rewind-breaker`` route), reported Tripped only 
 back; it is never a rollback and never changes revisions. Healthy again for ``healthyFor``
 it resets by itself; with ``reset.mode: Manual`` only ``rewind.dev/reset-breaker`` resets
 it. During a canary the rollout holds while users are on the fallback, and continues after.
+The operator's own /metrics count trips and resets and show the state.
 """
 
 from __future__ import annotations
@@ -84,7 +85,16 @@ def printed_breaker(rw: Rewind, name: str) -> str:
     return row[header.index("BREAKER")]
 
 
+def breaker_metrics(rw: Rewind, port: int, **want: float) -> dict[str, float]:
+    """Wait until the operator's /metrics show ``want`` (``name{labels}`` -> value, as
+    ``Rewind.operator_metrics`` keys them); returns every sample of the namespace."""
+    wait_for(f"operator metrics {want}", lambda: all(
+        rw.operator_metrics(port).get(k) == v for k, v in want.items()), timeout=20)
+    return rw.operator_metrics(port)
+
+
 def test_trip_sends_users_to_the_fallback_and_resets_by_itself(rw: Rewind) -> None:
+    port = rw.restart_operator_with_metrics()
     rw.apply(breaker_policy("p"))
     set_signal(rw, "fraud", 0.0)
     rw.promote_first_revision("fraud", "p")
@@ -113,6 +123,14 @@ def test_trip_sends_users_to_the_fallback_and_resets_by_itself(rw: Rewind) -> No
     assert condition(tripped, "Degraded")["reason"] == "BreakerTripped"
     assert printed_breaker(rw, "fraud") == "Tripped"
     rw.event("fraud", type="Warning", reason="BreakerTripped", contains="not a rollback")
+    release = 'release="fraud"'
+    metrics = breaker_metrics(rw, port, **{
+        f"rewind_breaker_trips_total{{{release}}}": 1,
+        f'rewind_breaker_state{{{release},state="Tripped"}}': 1,
+        f'rewind_breaker_state{{{release},state="Closed"}}': 0,
+        f"rewind_breaker_trip_to_fallback_seconds_count{{{release}}}": 1,
+    })
+    assert not any(k.startswith("rewind_rollbacks_total") and v for k, v in metrics.items())
 
     set_signal(rw, "fraud", 0.0)
     closed = rw.wait_status("fraud", "breaker Closed",
@@ -125,6 +143,12 @@ def test_trip_sends_users_to_the_fallback_and_resets_by_itself(rw: Rewind) -> No
     reset = timeline(closed, "BreakerReset")[-1]
     assert "the signal passed" in reset["message"]
     assert printed_breaker(rw, "fraud") == "Closed"
+    breaker_metrics(rw, port, **{
+        f'rewind_breaker_resets_total{{how="automatic",{release}}}': 1,
+        f'rewind_breaker_state{{{release},state="Closed"}}': 1,
+        f'rewind_breaker_state{{{release},state="Tripped"}}': 0,
+        f"rewind_breaker_trips_total{{{release}}}": 1,
+    })
 
 
 def test_manual_reset_waits_for_a_human(rw: Rewind) -> None:

@@ -3,7 +3,9 @@
 r2 is Promoted and r1 (the revision a rollback would go to now) is retired to zero. A drill
 brings r1 back from its snapshot, optionally mirrors live traffic to it and analyses it,
 times it and scales it back, and users stay on r2 throughout. A failed drill names what a
-real rollback would have hit; a real rollback cancels a drill at once.
+real rollback would have hit; a real rollback (or a new release) cancels a drill at once,
+and no drill runs while a rollout is in flight. The operator's own /metrics (what the chart's
+drill alerts read) follow each verdict.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from tests.sandbox.operator_helpers import (
     HEALTHY,
     Recorder,
     Rewind,
+    assert_holds,
     canary,
+    parse_time,
     policy_manifest,
     release_manifest,
     timeline,
@@ -60,12 +64,21 @@ def last_drill(rw: Rewind, timeout: float = 60) -> dict[str, Any]:
     return result
 
 
+def drill_metrics(rw: Rewind, port: int, **want: float) -> dict[str, float]:
+    """Wait until the operator's /metrics show ``want`` (``name{labels}`` -> value, as
+    ``Rewind.operator_metrics`` keys them); returns every sample of the namespace."""
+    wait_for(f"operator metrics {want}", lambda: all(
+        rw.operator_metrics(port).get(k) == v for k, v in want.items()), timeout=20)
+    return rw.operator_metrics(port)
+
+
 def users_stayed_on_r2(rec: Recorder) -> None:
     routes = [r for _, r in rec.routes(NAME)]
     assert routes and all(r.weights == {2: 100} for r in routes), routes
 
 
 def test_drill_with_mirror_and_analysis_passes_and_scales_back(rw: Rewind) -> None:
+    port = rw.restart_operator_with_metrics()
     retired_r1(rw, drill_policy(mirror=20))
     rw.set_error_rate(NAME, 1, HEALTHY)  # the analysis of r1 reads its gauge
     with Recorder(rw.sandbox, rw.namespace) as rec:
@@ -89,9 +102,22 @@ def test_drill_with_mirror_and_analysis_passes_and_scales_back(rw: Rewind) -> No
     assert status["lastSuccessfulDrillAt"] == result["finishedAt"]
     assert not timeline(status, "RollbackStarted")
     rw.event(NAME, type="Normal", reason="DrillPassed", contains="r1")
+    # The operator's metrics: what RewindNoSuccessfulDrill and RewindLastDrillFailed read.
+    release = f'release="{NAME}"'
+    metrics = drill_metrics(rw, port, **{
+        f'rewind_drills_total{{failure="",{release},verdict="Passed"}}': 1,
+        f"rewind_drill_last_failed{{{release}}}": 0,
+        f"rewind_drill_last_success_timestamp_seconds{{{release}}}":
+            parse_time(result["finishedAt"]).timestamp(),
+    })
+    assert metrics[f"rewind_drill_time_to_ready_seconds{{{release}}}"] == pytest.approx(
+        result["timeToReadySeconds"])
+    assert metrics[f"rewind_drill_time_to_passing_analysis_seconds{{{release}}}"] == \
+        pytest.approx(result["timeToPassingAnalysisSeconds"])
 
 
 def test_snapshot_missing(rw: Rewind) -> None:
+    port = rw.restart_operator_with_metrics()
     retired_r1(rw, drill_policy())
     rw.kubectl("delete", "controllerrevision", workload(NAME, 1), "-n", rw.namespace)
     rw.annotate(NAME, DRILL, "true")
@@ -100,6 +126,12 @@ def test_snapshot_missing(rw: Rewind) -> None:
     assert "could not be re-created" in result["message"]
     assert rw.replicas(NAME, 1) == 0
     rw.event(NAME, type="Warning", reason="DrillFailed", contains="SnapshotMissing")
+    release = f'release="{NAME}"'
+    drill_metrics(rw, port, **{
+        f'rewind_drills_total{{failure="SnapshotMissing",{release},verdict="Failed"}}': 1,
+        f"rewind_drill_last_failed{{{release}}}": 1,
+        f"rewind_drill_last_success_timestamp_seconds{{{release}}}": 0,  # never passed
+    })
 
 
 def test_pods_never_ready(rw: Rewind) -> None:
@@ -154,3 +186,45 @@ def test_scheduled_drill(rw: Rewind) -> None:
     retired_r1(rw, drill_policy(every="6s"))
     result = last_drill(rw, timeout=60)
     assert result["trigger"] == "schedule" and result["verdict"] == "Passed", result
+
+
+def test_a_new_release_cancels_a_drill_and_none_runs_until_it_is_promoted(rw: Rewind) -> None:
+    # No gauge for r1: its analysis has no data, so the drill stays in progress (Analysing).
+    retired_r1(rw, drill_policy(mirror=10, timeout="5m"))
+    rw.annotate(NAME, DRILL, "true")
+    rw.wait_status(NAME, "the drill analysing", lambda s: (s.get("drill") or {}).get(
+        "phase") == "Analysing", timeout=40)
+    # Drills now also run on a schedule, due at once: only the rollout may hold them back.
+    policy = drill_policy(mirror=10, timeout="5m", every="1s")
+    policy["spec"]["strategy"] = canary((50, "10s"))
+    rw.apply(policy)
+    rw.set_error_rate(NAME, 3, HEALTHY)
+    rw.apply(release_manifest(NAME, POLICY, version=3))
+    status = rw.wait_status(NAME, "the drill cancelled", lambda s: (s.get("lastDrill") or {}).get(
+        "verdict") == "Cancelled", timeout=20)
+    cancelled = status["lastDrill"]
+    assert cancelled["target"] == 1, cancelled
+    assert "never runs while a rollout" in cancelled["message"], cancelled
+    rw.wait_replicas(NAME, 1, 0, timeout=30)  # scaled back to where it was
+    rw.wait_routes(NAME, {2: 50, 3: 50})
+
+    # While r3 rolls out: no drill, neither scheduled nor asked for.
+    rw.annotate(NAME, DRILL, "true-again")
+    rw.wait_status(NAME, "the drill request ignored", lambda s: any(
+        "never runs while a rollout" in e["message"] for e in timeline(s, "ActionIgnored")),
+        timeout=20)
+
+    def no_drill() -> bool:
+        s = rw.status(NAME)
+        return s["phase"] in ("Progressing", "Paused") and not s.get("drill") \
+            and s["lastDrill"] == cancelled
+
+    assert_holds("no drill while r3 rolls out", no_drill, seconds=4)
+
+    # Promoted: the schedule drills the new rollback target, r2.
+    rw.wait_phase(NAME, "Promoted", stable=3, timeout=60)
+    result = rw.wait_status(NAME, "the scheduled drill of r2", lambda s: (
+        s.get("lastDrill") or {}).get("target") == 2 and not s.get("drill"), timeout=60
+    )["lastDrill"]
+    assert result["trigger"] == "schedule" and result["verdict"] == "Passed", result
+    assert not timeline(rw.status(NAME), "RollbackStarted")

@@ -163,6 +163,48 @@ def test_http_latency_and_errors_honour_config() -> None:
     assert [v for _, v in metrics["model_prediction_score_count"]] == [0.0]
 
 
+def _dependency_up(srv_url: str) -> float:
+    samples = _samples(request("GET", srv_url + "/metrics")[1].decode())
+    [(labels, value)] = samples["model_dependency_up"]
+    assert labels["dependency"] == "feature-store"
+    return value
+
+
+def test_dependency_outage_fails_every_prediction_until_it_ends() -> None:
+    with start_modelserver(ModelServerConfig(revision="fraud-r2", seed=4)) as srv:
+        assert request("POST", srv.url + "/predict", b"{}")[0] == 200
+        assert _dependency_up(srv.url) == 1.0
+        status, body = request("POST", srv.url + "/admin/dependency", b'{"up": false}')
+        assert (status, json.loads(body)) == (200, {"dependency": "feature-store", "up": False})
+        answers = [request("POST", srv.url + "/predict", b"{}") for _ in range(5)]
+        assert {s for s, _ in answers} == {500}
+        assert json.loads(answers[0][1])["error"] == "feature-store unavailable"
+        assert _dependency_up(srv.url) == 0.0
+        assert request("POST", srv.url + "/admin/dependency", b'{"up": true}')[0] == 200
+        assert request("POST", srv.url + "/predict", b"{}")[0] == 200
+        assert _dependency_up(srv.url) == 1.0
+        # Refused: not a boolean, a non-positive duration.
+        for bad in (b'{"up": "no"}', b'{"up": false, "seconds": 0}', b"[]", b"{nope"):
+            assert request("POST", srv.url + "/admin/dependency", bad)[0] == 400, bad
+        assert _dependency_up(srv.url) == 1.0
+
+
+def test_a_timed_outage_ends_by_itself_and_the_gauge_says_so_without_requests() -> None:
+    gauge = b'model_dependency_up{dependency="feature-store",namespace="default",revision="r"}'
+    sim = ModelSim(ModelServerConfig(revision="r", seed=1))
+    started = time.monotonic()
+    sim.set_dependency(False, seconds=0.2)
+    assert sim.predict(sleep=False).status == 500
+    assert gauge + b" 0.0" in sim.metrics_text()
+    while gauge + b" 1.0" not in sim.metrics_text():  # bounded: the outage lasts 0.2 s
+        assert time.monotonic() - started < 5.0
+        time.sleep(0.02)
+    assert time.monotonic() - started >= 0.2
+    assert sim.predict(sleep=False).status == 200
+    with pytest.raises(ValueError):
+        sim.set_dependency(False, seconds=-1)
+
+
 def test_cli_prints_port_first_and_serves() -> None:
     cfg = ModelServerConfig(revision="fraud-r1", error_rate=0.0, seed=1)
     with spawn_modelserver(cfg, startup_timeout=15) as proc:

@@ -252,6 +252,29 @@ def test_unresolved_subset_and_dead_backend_look_like_envoy(tmp_path: Path) -> N
     assert {lbl["reporter"] for lbl in labels} == {"source"}
 
 
+def test_a_breaker_fallback_service_is_answered_by_the_backend_of_its_name(
+    servers: dict[str, RunningModelServer],
+) -> None:
+    # The route of a tripped circuit breaker, as the router adapter writes it.
+    fallback = {
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "fraud", "namespace": NS},
+        "spec": {"hosts": [HOST], "http": [{"name": "rewind-breaker", "route": [
+            {"destination": {"host": f"fraud-rules.{NS}.svc.cluster.local",
+                             "port": {"number": 8080}}}]}]},
+    }
+    rules = Backend(url=servers["r1"].url, workload="fraud-rules", namespace=NS)
+    gen = TrafficGenerator(static_route_source(fallback),
+                           {**backends(servers), "fraud-rules": rules}, seed=1)
+    try:
+        gen.refresh()
+        answers = [gen.handle() for _ in range(5)]
+    finally:
+        gen.close()
+    assert {(a.workload, a.code) for a in answers if a is not None} == {("fraud-rules", 200)}
+    assert gen.stats.user_total("fraud-rules") == 5 and gen.stats.user_total("fraud-r1") == 0
+
+
 def test_run_is_paced_bounded_and_follows_vs_changes(
     servers: dict[str, RunningModelServer],
 ) -> None:
