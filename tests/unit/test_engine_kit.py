@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from rewind.adapters.base import RouteState
+from rewind.adapters.base import RegistryMove, RegistryObservation, RouteState
 from rewind.api import (
     ANNOTATION_PROMOTE,
     MAX_CONSUMED_ACTIONS,
@@ -57,6 +57,7 @@ from rewind.engine import (
     SetRoutes,
     SnapshotCheck,
     SnapshotRevision,
+    SyncRegistryAlias,
     analysis_due,
     analysis_metrics,
     analysis_targets,
@@ -238,6 +239,31 @@ PASS, FAIL, INCONCLUSIVE = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE
 
 
 @dataclass
+class FakeRegistry:
+    """An MLflow alias as the registry adapter reads and moves it (the adapter is tested
+    against a real MLflow server in the sandbox tests)."""
+
+    alias: str = ""  # the version the alias names ("" unset)
+    #: While set, MLflow is unreachable: every read or move fails with this.
+    down: str = ""
+    #: The tags written: (version, why), in order.
+    tags: list[tuple[str, str]] = field(default_factory=list)
+    observation: RegistryObservation | None = None
+
+    def sync(self, a: SyncRegistryAlias, now: datetime) -> None:
+        previous = self.observation or RegistryObservation(tracking_uri=a.tracking_uri)
+        if self.down:
+            self.observation = replace(previous, error=self.down)
+            return
+        moved = previous.moved
+        if a.version and self.alias != a.version:
+            moved = RegistryMove(self.alias, a.version, a.revision, a.why, now)
+            self.tags.append((a.version, a.why))
+            self.alias = a.version
+        self.observation = RegistryObservation(a.tracking_uri, self.alias, now, "", moved)
+
+
+@dataclass
 class Deployment:
     replicas: int
     ready_at: datetime  # Available from this moment (when healthy)
@@ -299,6 +325,8 @@ class World:
     unmeshed: dict[int, tuple[str, ...]] = field(default_factory=dict)
     #: Who writes rewind.dev/<action>-by (the operator's --actor-stamp).
     actor_stamp: ActorStamp = "server"
+    #: The MLflow alias of spec.model.registry (None: nothing reads it).
+    registry: FakeRegistry | None = None
 
     # ---- observation ------------------------------------------------------------------
 
@@ -414,6 +442,7 @@ class World:
             spec_error=self.spec_error,
             proxy_expected=self.proxy_expected,
             removals_sent=self.sent_removals(),
+            registry=self.registry.observation if self.registry is not None else None,
         )
 
     def sent_removals(self) -> dict[str, datetime]:
@@ -523,6 +552,8 @@ class World:
                 self.annotations.pop(action.key, None)
         elif isinstance(action, EmitEvent):
             self.events.append(action)
+        elif isinstance(action, SyncRegistryAlias) and self.registry is not None:
+            self.registry.sync(action, self.now)
 
     # ---- driving ------------------------------------------------------------------------
 
@@ -625,7 +656,7 @@ def at_step(w: World, step: int) -> None:
 # Invariants every decision must satisfy
 # --------------------------------------------------------------------------------------
 
-SAFE_TO_REPEAT = (EnsureRevision, SetRoutes, ScaleRevision)
+SAFE_TO_REPEAT = (EnsureRevision, SetRoutes, ScaleRevision, SyncRegistryAlias)
 
 
 def check_invariants(inp: Inputs, d: Decision) -> None:
@@ -655,7 +686,10 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
     # kstatus: one condition of each type, all for this generation, and exactly one of
     # Ready, Reconciling and Stalled true (kstatus and Argo CD's health then agree).
     types = [c.type for c in s.conditions]
-    assert sorted(types) == ["Degraded", "Progressing", "Ready", "Reconciling", "Stalled"], types
+    registry = ["RegistrySynced"] if inp.spec.model.registry is not None else []
+    assert sorted(types) == sorted(
+        ["Degraded", "Progressing", "Ready", "Reconciling", "Stalled", *registry]
+    ), types
     assert all(c.observed_generation == inp.generation for c in s.conditions)
     assert s.observed_generation == inp.generation
     state = {c.type: c.status.value == "True" for c in s.conditions}
@@ -675,6 +709,7 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
         SnapshotRevision,
         EnsureRevision,
         SetRoutes,
+        SyncRegistryAlias,  # after the routes it follows
         ScaleRevision,
         RemoveAnnotation,
         EmitEvent,
