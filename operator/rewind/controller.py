@@ -54,6 +54,7 @@ from rewind.adapters.base import (
     Notifier,
     OwnerRef,
     OwnershipConflictError,
+    RegistryObservation,
     RevisionObservation,
     RouteObservation,
     RouteProblem,
@@ -66,6 +67,7 @@ from rewind.adapters.base import (
     Workloads,
 )
 from rewind.adapters.quarantine import QuarantineCache, QuarantineReadError
+from rewind.adapters.registry import RegistrySync, SyncRequest
 from rewind.adapters.webhooks import Deliveries
 from rewind.adapters.workloads import proxy_expectation
 from rewind.api import (
@@ -101,6 +103,7 @@ from rewind.engine import (
     SetRoutes,
     SnapshotCheck,
     SnapshotRevision,
+    SyncRegistryAlias,
     analysis_due,
     analysis_metrics,
     analysis_targets,
@@ -246,6 +249,7 @@ class ReleaseController:
         argocd_url: str = "",
         policies: PolicyCache | None = None,
         quarantines: QuarantineCache | None = None,
+        registry: RegistrySync | None = None,
     ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
         #: The cluster's DNS domain: the in-cluster name Rewind routes ends in svc.<it>.
@@ -274,6 +278,8 @@ class ReleaseController:
         self.quarantines = quarantines or QuarantineCache(
             api_client, request_timeout=request_timeout
         )
+        #: The MLflow aliases of releases with spec.model.registry (background reads/moves).
+        self.registry = registry or RegistrySync()
         self.router = router
         self.workloads = workloads
         self.metrics = metrics
@@ -492,6 +498,7 @@ class ReleaseController:
             proxy_expected=proxy_expected,
             removals_sent=self._sent_removals(key, annotations),
             cluster_domain=self.cluster_domain,
+            registry=self._registry_seen(namespace, name, spec),
         )
         decision = decide(inputs)
         result = ReconcileResult(requeue_after=decision.requeue_after, decision=decision)
@@ -737,7 +744,19 @@ class ReleaseController:
                 del sent[annotation]
         return {annotation: at for annotation, (_, _, at) in sent.items()}
 
+    def _registry_seen(
+        self, namespace: str, name: str, spec: ModelReleaseSpec
+    ) -> RegistryObservation | None:
+        """The MLflow alias of spec.model.registry as last read (None: not yet, or none)."""
+        registry = spec.model.registry
+        if registry is None:
+            return None
+        return self.registry.observed(
+            namespace, name, registry.tracking_uri or "", registry.name, registry.alias
+        )
+
     def forget(self, namespace: str, name: str) -> None:
+        self.registry.forget(namespace, name)
         self._workload_refs.pop((namespace, name), None)
         self._removals_sent.pop((namespace, name), None)
         self._records.pop((namespace, name), None)
@@ -937,6 +956,12 @@ class ReleaseController:
         if isinstance(action, EmitEvent):
             await self.notifier.post(owner, namespace, action.type, action.reason, action.message)
             return True
+        if isinstance(action, SyncRegistryAlias):
+            # In the background, after the routes: MLflow never holds up a reconcile.
+            return self.registry.submit(namespace, name, SyncRequest(
+                self.registry.resolve(action.tracking_uri), action.name, action.alias,
+                action.version, action.revision, action.why, f"{namespace}/{name}",
+            ))
         raise TypeError(f"unknown action {action!r}")
 
     # -- writes ----------------------------------------------------------------------
