@@ -982,7 +982,7 @@ class RegistrySpec(SpecModel):
         default=DEFAULT_REGISTRY_ALIAS,
         min_length=1,
         max_length=63,
-        pattern=r"^[A-Za-z_][-A-Za-z0-9_]*$",
+        pattern=r"^[-A-Za-z0-9_]+$",
         description="The alias Rewind owns and keeps on the serving revision's version "
         "(default production). Moved by hand, it is moved back.",
     )

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -51,7 +52,12 @@ RESYNC = 60.0
 
 
 class RegistryError(AdapterError):
-    """The tracking server refused a request, or could not be reached."""
+    """The tracking server refused a request (``code``: MLflow's error_code, ``message``
+    its message), or could not be reached."""
+
+    def __init__(self, text: str, code: str = "", message: str = "") -> None:
+        super().__init__(text)
+        self.code, self.message = code, message
 
 
 def auth_headers(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -106,7 +112,7 @@ class RegistrySync:
         timeout: float = 10.0,
         resync: float = RESYNC,
         first_backoff: float = 1.0,
-        max_backoff: float = 60.0,
+        max_backoff: float = 30.0,
         on_change: Callable[[str, str], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -248,10 +254,13 @@ class RegistrySync:
         try:
             body = await self._call(uri, "GET", "registered-models/alias",
                                     params={"name": model, "alias": alias})
-        except _NotFoundError as err:
-            if "alias" in str(err).lower() and "registered model" not in str(err).lower():
+        except RegistryError as err:
+            # An unset alias: "Registered model alias production not found." (MLflow 3:
+            # INVALID_PARAMETER_VALUE; 2.x: RESOURCE_DOES_NOT_EXIST). A missing model says
+            # "Registered Model with name=... not found" and stays an error.
+            if _UNSET_ALIAS.search(err.message):
                 return ""
-            raise RegistryError(str(err)) from None
+            raise
         return str((body.get("model_version") or {}).get("version") or "")
 
     async def set_alias(self, uri: str, model: str, alias: str, version: str) -> None:
@@ -296,13 +305,10 @@ class RegistrySync:
             message = str(body.get("message") or text[:200]).strip()
             detail = f"{method} {path}: HTTP {resp.status}" + (
                 f" {code}" if code else "") + (f": {message}" if message else "")
-            if code == "RESOURCE_DOES_NOT_EXIST" and method == "GET":
-                raise _NotFoundError(message)
-            raise RegistryError(detail)
+            raise RegistryError(detail, code, message)
 
 
-class _NotFoundError(Exception):
-    """RESOURCE_DOES_NOT_EXIST on a read (an unset alias, or a missing model)."""
+_UNSET_ALIAS = re.compile(r"alias \S+ not found", re.IGNORECASE)
 
 
 def _tag_value(request: SyncRequest, from_version: str, at: datetime) -> str:
