@@ -131,7 +131,13 @@ class RegistrySync:
     # -- what the controller calls ------------------------------------------------------
 
     def resolve(self, tracking_uri: str) -> str:
+        """The server a release's ``trackingURI`` names ("": the operator's default)."""
         return (tracking_uri or self.default_uri).rstrip("/")
+
+    def headers_for(self, uri: str) -> dict[str, str]:
+        """The operator's credentials, for its default server only: a URI written in a
+        ModelRelease could be anyone's, and must not collect them."""
+        return dict(self.headers) if self.default_uri and uri == self.default_uri else {}
 
     def observed(
         self, namespace: str, name: str, tracking_uri: str, model: str, alias: str
@@ -290,7 +296,7 @@ class RegistrySync:
         json_body: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         url = f"{uri}/api/2.0/mlflow/{path}"
-        headers = dict(self.headers) if uri == self.default_uri else {}
+        headers = self.headers_for(uri)
         async with self._client().request(
             method, url, params=params, json=json_body, headers=headers
         ) as resp:
