@@ -3718,7 +3718,7 @@ def _registry(ctx: _Ctx) -> list[Action]:
     if obs is None:
         reason, message = "Reading", f"reading {where}"
     elif obs.error:
-        reason = "RegistryUnavailable"
+        reason = "RegistryError"
         message = (
             f"{where} at {uri or 'the default tracking server'}: {obs.error}; last read on "
             f"{now_at}" + (f", wanted on version {version} (r{revision})" if version else "")

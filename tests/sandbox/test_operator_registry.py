@@ -226,8 +226,8 @@ def test_mlflow_down_never_holds_a_rollback(rw: Rewind, running: MLflow) -> None
     rw.wait_phase(name, "RolledBack", stable=1, timeout=30)
     rw.wait_routes(name, {1: 100})
     status = rw.wait_status(
-        name, "RegistrySynced False (RegistryUnavailable)",
-        lambda s: condition(s, "RegistrySynced").get("reason") == "RegistryUnavailable",
+        name, "RegistrySynced False (RegistryError)",
+        lambda s: condition(s, "RegistrySynced").get("reason") == "RegistryError",
         timeout=30,
     )
     message = condition(status, "RegistrySynced")["message"]

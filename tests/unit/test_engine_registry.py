@@ -165,7 +165,7 @@ def test_mlflow_down_never_blocks_nor_delays_a_rollback() -> None:
     assert w.phase() == Phase.ROLLED_BACK and w.weights() == {1: 100}
     assert w.registry is not None and w.registry.alias == "1"  # never moved to 2
     status, reason, message = w.condition("RegistrySynced")
-    assert (status, reason) == ("False", "RegistryUnavailable")
+    assert (status, reason) == ("False", "RegistryError")
     assert DOWN in message and "retrying" in message
     assert w.status.registry is not None and w.status.registry.error == DOWN
     # The alias stayed on 1 throughout: nothing to move back once MLflow answers.
@@ -187,7 +187,7 @@ def test_mlflow_back_after_a_rollback_moves_the_alias_then() -> None:
     w.settle()
     assert w.phase() == Phase.ROLLED_BACK and w.weights() == {1: 100}
     assert w.registry.alias == "2"
-    assert synced(w) == ("False", "RegistryUnavailable")
+    assert synced(w) == ("False", "RegistryError")
     w.registry.down = ""
     w.step(10)
     w.step()
