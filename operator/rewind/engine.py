@@ -3629,6 +3629,7 @@ _PIPELINE: tuple[Callable[[_Ctx], None], ...] = (
 #: (s); the registry adapter wakes the release as soon as a read or move ends anyway.
 REGISTRY_RECHECK = 5.0
 
+
 def _record_registry_versions(ctx: _Ctx) -> None:
     """Each revision of the current spec is the model version its ``model.registry`` names:
     recorded in its history entry (a revision's spec never changes, so neither does it)."""
@@ -3707,11 +3708,14 @@ def _registry(ctx: _Ctx) -> list[Action]:
             st.moved_at is None or move.at >= st.moved_at
         ):
             st.moved_at, st.moved_to = move.at, move.to_version
+            tag = registry_tag(spec.alias)
             ctx.record(
                 TimelineType.REGISTRY_ALIAS_MOVED,
                 f"{where} moved from version {move.from_version or '(unset)'} to "
-                f"{move.to_version} ({move.why}); version {move.to_version} tagged "
-                f"{registry_tag(spec.alias)}",
+                f"{move.to_version} ({move.why}); "
+                + (f"version {move.to_version} tagged {tag}" if not move.tag_error else
+                   f"tagging version {move.to_version} {tag} failed ({move.tag_error}): "
+                   "retried"),
                 revision=move.revision,
             )
     now_at = f"version {st.version}" if st.version else "no version"

@@ -246,6 +246,8 @@ class FakeRegistry:
     alias: str = ""  # the version the alias names ("" unset)
     #: While set, MLflow is unreachable: every read or move fails with this.
     down: str = ""
+    #: While set, tag writes fail with this (the alias still moves).
+    tag_down: str = ""
     #: The tags written: (version, why), in order.
     tags: list[tuple[str, str]] = field(default_factory=list)
     observation: RegistryObservation | None = None
@@ -255,12 +257,15 @@ class FakeRegistry:
         if self.down:
             self.observation = replace(previous, error=self.down)
             return
-        moved = previous.moved
+        moved, error = previous.moved, ""
         if a.version and self.alias != a.version:
-            moved = RegistryMove(self.alias, a.version, a.revision, a.why, now)
-            self.tags.append((a.version, a.why))
+            moved = RegistryMove(self.alias, a.version, a.revision, a.why, now, self.tag_down)
+            if self.tag_down:
+                error = f"could not tag version {a.version} with the move: {self.tag_down}"
+            else:
+                self.tags.append((a.version, a.why))
             self.alias = a.version
-        self.observation = RegistryObservation(a.tracking_uri, self.alias, now, "", moved)
+        self.observation = RegistryObservation(a.tracking_uri, self.alias, now, error, moved)
 
 
 @dataclass

@@ -195,6 +195,21 @@ def test_mlflow_back_after_a_rollback_moves_the_alias_then() -> None:
     assert "moved from version 2 to 1 (rolled back to r1)" in moves(w)[-1]
 
 
+def test_a_tag_that_could_not_be_written_is_said_so() -> None:
+    w = world()
+    assert w.registry is not None
+    w.registry.tag_down = "HTTP 503"
+    w.release(registered("2"))
+    w.settle()
+    w.step()
+    assert w.registry.alias == "2" and w.registry.tags == [("1", "r1 promoted")]
+    assert moves(w)[-1].endswith(
+        "(r2 promoted); tagging version 2 rewind.dev/alias-production-moved failed "
+        "(HTTP 503): retried"
+    )
+    assert synced(w) == ("False", "RegistryError")
+
+
 def test_a_move_by_hand_is_moved_back() -> None:
     w = world()
     assert w.registry is not None

@@ -271,6 +271,8 @@ class RegistryMove:
     revision: int  # the release's revision the version is
     why: str  # e.g. "r2 promoted"
     at: datetime
+    #: Why the tag recording it on the version could not be written ("": it was).
+    tag_error: str = ""
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,8 @@ class _State:
     last_read: float = -1e9  # monotonic
     #: A tag still to write: (version, key, value) of a move whose tag failed.
     pending_tag: tuple[str, str, str] | None = None
+    #: A move made and not yet read back.
+    unreported: RegistryMove | None = None
 
 
 class RegistrySync:
@@ -214,22 +216,36 @@ class RegistrySync:
                     request.tracking_uri, request.name, request.alias, request.version
                 )
                 at = self.clock()
-                after = await self.get_alias(request.tracking_uri, request.name, request.alias)
-                if after == request.version:
-                    moved = RegistryMove(current, request.version, request.revision,
-                                         request.why, at)
-                    log.info("%s/%s: MLflow alias %s of %s moved from %s to %s (%s)", *key,
-                             request.alias, request.name, current or "(unset)",
-                             request.version, request.why)
-                    state.pending_tag = (request.version, registry_tag(request.alias),
-                                         _tag_value(request, current, at))
-                current = after
+                # Remembered at once: a read-back that fails now still reports (and tags)
+                # the move once a later read sees it.
+                state.unreported = RegistryMove(current, request.version, request.revision,
+                                                request.why, at)
+                state.pending_tag = (request.version, registry_tag(request.alias),
+                                     _tag_value(request, current, at))
+                log.info("%s/%s: MLflow alias %s of %s moved from %s to %s (%s)", *key,
+                         request.alias, request.name, current or "(unset)",
+                         request.version, request.why)
+                current = await self.get_alias(request.tracking_uri, request.name,
+                                               request.alias)
+            if state.unreported is not None and current == state.unreported.to_version:
+                moved, state.unreported = state.unreported, None
+            tag_error, tagging = "", state.pending_tag
+            if tagging is not None:
+                # Before the move is reported, so the report says whether the tag is there.
+                try:
+                    await self._set_tag(request.tracking_uri, request.name, *tagging)
+                    state.pending_tag = None
+                except (RegistryError, aiohttp.ClientError, TimeoutError) as err:
+                    tag_error = _describe(err, self.timeout)
+            if moved is not None and moved is not seen.moved:
+                moved = replace(moved, tag_error=tag_error)
             read = replace(seen, version=current, read_at=self.clock(), error="", moved=moved)
-            # The move is read back: record it before the tag, which is retried alone.
+            if tag_error:
+                # The move is read back and reported; the tag alone is retried.
+                self._observe(key, state, read)
+                version = tagging[0] if tagging is not None else "?"
+                raise RegistryError(f"could not tag version {version} with the move: {tag_error}")
             self._observe(key, state, read)
-            if state.pending_tag is not None:
-                await self._set_tag(request.tracking_uri, request.name, *state.pending_tag)
-                state.pending_tag = None
         except asyncio.CancelledError:
             raise
         except (RegistryError, aiohttp.ClientError, TimeoutError) as err:
