@@ -805,6 +805,9 @@ class ConditionType(StrEnum):
     STALLED = "Stalled"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
+    #: The MLflow alias of spec.model.registry is on the serving revision's version (only
+    #: with a registry; never part of Ready: MLflow down never holds a release).
+    REGISTRY_SYNCED = "RegistrySynced"
 
 
 class ConditionStatus(StrEnum):
@@ -867,6 +870,7 @@ class TimelineType(StrEnum):
     SIDECAR_MISSING = "SidecarMissing"
     ARTIFACT_VERIFIED = "ArtifactVerified"
     ARTIFACT_VERIFICATION_FAILED = "ArtifactVerificationFailed"
+    REGISTRY_ALIAS_MOVED = "RegistryAliasMoved"
 
 
 # --------------------------------------------------------------------------------------
@@ -932,6 +936,66 @@ class SignatureRef(SpecModel):
     )
 
 
+#: The alias Rewind keeps on the serving revision's MLflow model version by default.
+DEFAULT_REGISTRY_ALIAS = "production"
+
+
+class RegistrySpec(SpecModel):
+    """The MLflow registered model version a revision is. Rewind keeps an alias of that
+    model on the version of the revision that serves (moved on promotion and rollback once
+    the routes are read back) and tags each version it moves the alias to."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!has(self.alias) || "
+                "!self.alias.matches('^([lL][aA][tT][eE][sS][tT]|[vV][0-9]+)$')",
+                "registry.alias: latest and v<N> are reserved by MLflow",
+                field_path=".alias",
+            )
+        )
+    )
+
+    tracking_uri: str | None = Field(
+        default=None,
+        alias="trackingURI",
+        max_length=1024,
+        pattern=r"^https?://[^\s]+$",
+        description="The MLflow tracking server, e.g. http://mlflow.mlops:5000. Omitted: the "
+        "operator's MLFLOW_TRACKING_URI. The operator's credentials (MLFLOW_TRACKING_TOKEN, "
+        "or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD) are sent only to that "
+        "default server, never to a URI written here.",
+    )
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^\s/][^/]*$",
+        description="The registered model's name, e.g. fraud-detector.",
+    )
+    version: str = Field(
+        min_length=1,
+        max_length=20,
+        pattern=r"^[1-9][0-9]*$",
+        description='The model version this revision serves, e.g. "3" (quote it in YAML).',
+    )
+    alias: str = Field(
+        default=DEFAULT_REGISTRY_ALIAS,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[-A-Za-z0-9_]+$",
+        description="The alias Rewind owns and keeps on the serving revision's version "
+        "(default production). Moved by hand, it is moved back.",
+    )
+
+    @field_validator("alias")
+    @classmethod
+    def _not_reserved(cls, alias: str) -> str:
+        # MLflow refuses these: "latest" means the newest version, v<N> version N.
+        if alias.lower() == "latest" or re.fullmatch(r"[vV][0-9]+", alias):
+            raise ValueError("registry.alias: latest and v<N> are reserved by MLflow")
+        return alias
+
+
 class ModelSpec(SpecModel):
     """The model artifact being released, identified by an immutable digest."""
 
@@ -976,6 +1040,12 @@ class ModelSpec(SpecModel):
     signature_ref: SignatureRef | None = Field(
         default=None,
         description="Optional detached signature over the artifact, for supply-chain checks.",
+    )
+    registry: RegistrySpec | None = Field(
+        default=None,
+        description="Optional MLflow registered model version of the artifact: Rewind moves "
+        "its alias (default production) to the version that serves, on promotion and "
+        "rollback, after the routes (MLflow never delays a rollback).",
     )
 
 
@@ -3344,6 +3414,45 @@ class IntegrityRecord(StatusModel):
     )
 
 
+class RegistryVersion(StatusModel):
+    """The MLflow model version a revision is (its spec's model.registry)."""
+
+    name: ShortText = Field(default="", description="Registered model name.")
+    version: ShortText = Field(default="", description="Model version.")
+
+
+class RegistryStatus(StatusModel):
+    """The MLflow alias Rewind keeps on the serving revision's model version, as last read
+    back from the tracking server (never as asked for)."""
+
+    tracking_uri: StatusText = Field(
+        default="", alias="trackingURI", description="The tracking server."
+    )
+    name: ShortText = Field(default="", description="Registered model name.")
+    alias: ShortText = Field(default="", description="The alias Rewind keeps.")
+    version: ShortText = Field(
+        default="", description="The version the alias points at, as last read (empty: unset)."
+    )
+    wanted_version: ShortText = Field(
+        default="", description="The version it should point at (the serving revision's)."
+    )
+    wanted_revision: int = Field(
+        default=0, description="The revision whose version that is (0: none yet)."
+    )
+    observed_at: datetime | None = Field(
+        default=None, description="When the alias was last read (null: never)."
+    )
+    moved_at: datetime | None = Field(
+        default=None, description="When Rewind last moved the alias (read back)."
+    )
+    moved_to: ShortText = Field(
+        default="", description="The version Rewind last moved the alias to."
+    )
+    error: StatusText = Field(
+        default="", description="Why the last read or move failed (empty: it worked)."
+    )
+
+
 class HistoryEntry(StatusModel):
     """One revision of the release and how it ended."""
 
@@ -3372,6 +3481,10 @@ class HistoryEntry(StatusModel):
         description="When Rewind last brought it back from zero replicas (a rollback, "
         "restore or drill to a cold revision): its new pods read the artifact from the store "
         "again, so only a verification since then lets it take traffic.",
+    )
+    registry: RegistryVersion | None = Field(
+        default=None,
+        description="The MLflow model version it is (spec.model.registry), if any.",
     )
     outcome: Outcome = Field(
         default=Outcome.PROGRESSING,
@@ -3618,6 +3731,10 @@ class ModelReleaseStatus(StatusModel):
     )
     conditions: list[Condition] = Field(
         default_factory=list, max_length=16, description="kstatus conditions."
+    )
+    registry: RegistryStatus | None = Field(
+        default=None,
+        description="The MLflow alias of spec.model.registry (absent: no registry).",
     )
     quarantined: ShortText = Field(
         default="",

@@ -55,6 +55,7 @@ from rewind.adapters.base import (
     Notifier,
     OwnerRef,
     OwnershipConflictError,
+    RegistryObservation,
     RevisionObservation,
     RouteObservation,
     RouteProblem,
@@ -67,6 +68,7 @@ from rewind.adapters.base import (
     Workloads,
 )
 from rewind.adapters.quarantine import QuarantineCache, QuarantineReadError
+from rewind.adapters.registry import RegistrySync, SyncRequest
 from rewind.adapters.webhooks import Deliveries
 from rewind.adapters.workloads import proxy_expectation
 from rewind.api import (
@@ -102,6 +104,7 @@ from rewind.engine import (
     SetRoutes,
     SnapshotCheck,
     SnapshotRevision,
+    SyncRegistryAlias,
     VerifyArtifact,
     analysis_due,
     analysis_metrics,
@@ -250,6 +253,7 @@ class ReleaseController:
         policies: PolicyCache | None = None,
         quarantines: QuarantineCache | None = None,
         verifications: Verifications | None = None,
+        registry: RegistrySync | None = None,
     ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
         #: The cluster's DNS domain: the in-cluster name Rewind routes ends in svc.<it>.
@@ -282,6 +286,8 @@ class ReleaseController:
         self.verifications = verifications or Verifications(
             ArtifactVerifier(api_client, timeout=request_timeout).verify_model
         )
+        #: The MLflow aliases of releases with spec.model.registry (background reads/moves).
+        self.registry = registry or RegistrySync()
         self.router = router
         self.workloads = workloads
         self.metrics = metrics
@@ -502,6 +508,7 @@ class ReleaseController:
             cluster_domain=self.cluster_domain,
             integrity=self.verifications.results(namespace, name),
             verifying=self.verifications.running(namespace, name),
+            registry=self._registry_seen(namespace, name, spec),
         )
         decision = decide(inputs)
         result = ReconcileResult(requeue_after=decision.requeue_after, decision=decision)
@@ -783,8 +790,20 @@ class ReleaseController:
                 return
         self.verifications.start(namespace, name, revision, model, policy.integrity)
 
+    def _registry_seen(
+        self, namespace: str, name: str, spec: ModelReleaseSpec
+    ) -> RegistryObservation | None:
+        """The MLflow alias of spec.model.registry as last read (None: not yet, or none)."""
+        registry = spec.model.registry
+        if registry is None:
+            return None
+        return self.registry.observed(
+            namespace, name, registry.tracking_uri or "", registry.name, registry.alias
+        )
+
     def forget(self, namespace: str, name: str) -> None:
         self.verifications.forget(namespace, name)
+        self.registry.forget(namespace, name)
         self._workload_refs.pop((namespace, name), None)
         self._removals_sent.pop((namespace, name), None)
         self._records.pop((namespace, name), None)
@@ -984,6 +1003,12 @@ class ReleaseController:
         if isinstance(action, EmitEvent):
             await self.notifier.post(owner, namespace, action.type, action.reason, action.message)
             return True
+        if isinstance(action, SyncRegistryAlias):
+            # In the background, after the routes: MLflow never holds up a reconcile.
+            return self.registry.submit(namespace, name, SyncRequest(
+                self.registry.resolve(action.tracking_uri), action.name, action.alias,
+                action.version, action.revision, action.why, f"{namespace}/{name}",
+            ))
         raise TypeError(f"unknown action {action!r}")
 
     # -- writes ----------------------------------------------------------------------

@@ -262,8 +262,10 @@ from pydantic import ValidationError
 from rewind.adapters.base import (
     DEFAULT_CLUSTER_DOMAIN,
     Fallback,
+    RegistryObservation,
     RouteObservation,
     RouteProblem,
+    registry_tag,
 )
 from rewind.api import (
     ANNOTATION_APPROVE_ROLLBACK,
@@ -310,6 +312,8 @@ from rewind.api import (
     QuarantineEntry,
     QuarantineMark,
     QueryErrorKind,
+    RegistryStatus,
+    RegistryVersion,
     RollbackMode,
     RolloutPolicySpec,
     RouteWeight,
@@ -351,6 +355,7 @@ __all__ = [
     "SetRoutes",
     "SnapshotCheck",
     "SnapshotRevision",
+    "SyncRegistryAlias",
     "VerifyArtifact",
     "analysis_due",
     "analysis_metrics",
@@ -542,6 +547,9 @@ class Inputs:
     integrity: Mapping[int, IntegrityResult] = field(default_factory=dict)
     #: Revisions whose verification runs now.
     verifying: frozenset[int] = frozenset()
+    #: The MLflow alias of ``spec.model.registry`` as last read (None: not read yet by this
+    #: operator process, or no registry).
+    registry: RegistryObservation | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -625,6 +633,20 @@ class EmitEvent:
     message: str
 
 
+@dataclass(frozen=True)
+class SyncRegistryAlias:
+    """Read the MLflow alias and, when ``version`` is set and the alias is elsewhere, move it
+    there and tag that version with the move (model registry sync). Applied after the
+    routes and in the background: it never blocks nor delays a reconcile."""
+
+    tracking_uri: str  # "" the operator's default server
+    name: str  # the registered model
+    alias: str
+    version: str  # where the alias should be; "": only read it
+    revision: int  # the revision ``version`` is (0: none)
+    why: str  # e.g. "r2 promoted", "rolled back to r1": for the tag
+
+
 Action = (
     SnapshotRevision
     | EnsureRevision
@@ -633,6 +655,7 @@ Action = (
     | RemoveAnnotation
     | EmitEvent
     | VerifyArtifact
+    | SyncRegistryAlias
 )
 
 
@@ -3956,6 +3979,140 @@ _PIPELINE: tuple[Callable[[_Ctx], None], ...] = (
 
 
 # --------------------------------------------------------------------------------------
+# Model registry sync (MLflow): the alias follows the revision the routes serve
+# --------------------------------------------------------------------------------------
+
+#: While the alias is not where it should be (or cannot be read), look again this often
+#: (s); the registry adapter wakes the release as soon as a read or move ends anyway.
+REGISTRY_RECHECK = 5.0
+
+
+def _record_registry_versions(ctx: _Ctx) -> None:
+    """Each revision of the current spec is the model version its ``model.registry`` names:
+    recorded in its history entry (a revision's spec never changes, so neither does it)."""
+    registry = ctx.inp.spec.model.registry
+    if registry is None:
+        return
+    for e in ctx.s.history:
+        if e.spec_hash == ctx.inp.spec_hash and e.registry is None:
+            e.registry = RegistryVersion(name=registry.name, version=registry.version)
+
+
+def _registry_serving(ctx: _Ctx) -> tuple[int, str]:
+    """The revision whose version the alias should name, and why (0: none now, and why).
+
+    It is the stable revision while the routes read back give it users: once its
+    promotion or rollback is in effect (Promoted, RolledBack, Failed with the routes in
+    effect), and during a rollout while it still takes traffic. Never while a rollback's
+    routes are not read back yet, nor while the breaker's fallback takes every user."""
+    s = ctx.s
+    stable = s.stable_revision
+    if not stable:
+        return 0, "no revision serves users yet"
+    if s.phase in (Phase.ROLLING_BACK, Phase.PENDING):
+        return 0, f"r{stable} does not serve yet ({s.phase.value})"
+    seen = ctx.inp.routes
+    if seen.fallback is not None or seen.weights.get(stable, 0) <= 0:
+        return 0, f"the routes in effect give r{stable} no users"
+    if s.phase in SETTLED and not s.routes.in_effect:
+        return 0, f"the routes of r{stable} are not in effect: {s.routes.message}"
+    if s.phase == Phase.ROLLED_BACK:
+        return stable, f"rolled back to r{stable}"
+    entry = ctx.entry(stable)
+    if entry is not None and entry.reason.startswith("restored"):
+        return stable, f"r{stable} restored"
+    return stable, f"r{stable} promoted"
+
+
+def _registry(ctx: _Ctx) -> list[Action]:
+    """Keep ``spec.model.registry``'s alias on the serving revision's version: compare the
+    alias as last read (``Inputs.registry``) with that version, record the moves read back
+    (timeline), set ``status.registry`` and the RegistrySynced condition, and ask for a
+    read, or a move when they differ (``SyncRegistryAlias``, applied after the routes).
+
+    Only ever follows the routes: a failure or a slow MLflow changes nothing else in the
+    decision (Ready, the phase and every route write are computed without it)."""
+    _record_registry_versions(ctx)
+    s = ctx.s
+    spec = ctx.inp.spec.model.registry
+    synced = ConditionType.REGISTRY_SYNCED
+    if spec is None:
+        s.registry = None
+        s.conditions = [c for c in s.conditions if c.type != synced.value]
+        return []
+    obs = ctx.inp.registry
+    uri = obs.tracking_uri if obs is not None else (spec.tracking_uri or "")
+    st = s.registry
+    if st is None or (st.name, st.alias) != (spec.name, spec.alias) or (
+        obs is not None and st.tracking_uri != uri
+    ):
+        st = RegistryStatus(name=spec.name, alias=spec.alias)
+    st.tracking_uri = uri or st.tracking_uri
+    s.registry = st
+    revision, why = _registry_serving(ctx)
+    entry = ctx.entry(revision) if revision else None
+    version = ""
+    if entry is not None and entry.registry is not None and entry.registry.name == spec.name:
+        version = entry.registry.version
+    st.wanted_revision, st.wanted_version = revision, version
+    where = f"alias {spec.alias} of MLflow model {spec.name}"
+    if obs is not None:
+        if obs.read_at is not None:
+            st.version, st.observed_at = obs.version, obs.read_at
+        st.error = obs.error
+        move = obs.moved
+        if move is not None and (move.at, move.to_version) != (st.moved_at, st.moved_to) and (
+            st.moved_at is None or move.at >= st.moved_at
+        ):
+            st.moved_at, st.moved_to = move.at, move.to_version
+            tag = registry_tag(spec.alias)
+            ctx.record(
+                TimelineType.REGISTRY_ALIAS_MOVED,
+                f"{where} moved from version {move.from_version or '(unset)'} to "
+                f"{move.to_version} ({move.why}); "
+                + (f"version {move.to_version} tagged {tag}" if not move.tag_error else
+                   f"tagging version {move.to_version} {tag} failed ({move.tag_error}): "
+                   "retried"),
+                revision=move.revision,
+            )
+    now_at = f"version {st.version}" if st.version else "no version"
+    if obs is None:
+        reason, message = "Reading", f"reading {where}"
+    elif obs.error:
+        reason = "RegistryError"
+        message = (
+            f"{where} at {uri or 'the default tracking server'}: {obs.error}; last read on "
+            f"{now_at}" + (f", wanted on version {version} (r{revision})" if version else "")
+            + "; retrying (the routes never wait for it)"
+        )
+    elif not revision:
+        reason, message = "Waiting", f"{where} stays on {now_at}: {why}"
+    elif not version:
+        reason = "NoVersion"
+        message = (
+            f"r{revision} serves but names no version of MLflow model {spec.name} (its "
+            f"spec's model.registry): {where} left on {now_at}"
+        )
+    elif st.version == version:
+        reason, message = "InSync", f"{where} is on version {version} (r{revision} serves)"
+    else:
+        reason = "Moving"
+        message = f"{where} is on {now_at}: moving it to version {version} ({why})"
+    stored = _condition(s, synced)
+    if obs is None and stored is not None:
+        # Not read yet by this process (a restart): the stored condition stands meanwhile.
+        stored.observed_generation = ctx.inp.generation
+    else:
+        _set_condition(ctx, synced, reason == "InSync", reason, message)
+    if reason != "InSync":
+        ctx.wake(ctx.now + timedelta(seconds=REGISTRY_RECHECK))
+    return [SyncRegistryAlias(
+        spec.tracking_uri or "", spec.name, spec.alias, version, revision if version else 0,
+        why if version else "",
+    )]
+
+
+# --------------------------------------------------------------------------------------
 # Desired state, conditions, bounded lists
 # --------------------------------------------------------------------------------------
 
@@ -4465,6 +4622,7 @@ def decide(inputs: Inputs) -> Decision:
     _summarize_quarantine(s)
     want = _report_routes(ctx)
     _conditions(ctx, want)
+    registry = _registry(ctx)  # after the routes and conditions it follows
     _trim(s)
     ctx.s = s = _copy_status(s)
     if _removals_pending(s):  # see the removal soon, so a re-added value is told apart
@@ -4479,6 +4637,7 @@ def decide(inputs: Inputs) -> Decision:
         *ctx.snapshots,
         *(VerifyArtifact(r) for r in ctx.verify if r not in inputs.verifying),
         *desired,
+        *registry,
         *(a for a in ctx.scale_downs if a.revision not in kept_up),
         *ctx.annotations,
         *ctx.events,

@@ -52,6 +52,7 @@ from rewind.adapters.gateway_api import (
 )
 from rewind.adapters.httproute_index import HTTPRouteIndex
 from rewind.adapters.prometheus import DEFAULT_THREADS, PrometheusProvider
+from rewind.adapters.registry import RegistrySync
 from rewind.adapters.route_index import VirtualServiceIndex
 from rewind.adapters.router import ISTIO_GROUP, ISTIO_VERSION, IstioRouter
 from rewind.adapters.routers import TrafficRouter
@@ -401,6 +402,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         cluster_domain=runtime.cluster_domain,
         actor_stamp=runtime.actor_stamp,
         deliveries=deliveries,
+        # MLflow's URI and credentials: the operator's MLFLOW_TRACKING_* variables.
+        registry=RegistrySync(on_change=delivered),
         notify_defaults=runtime.notify_defaults,
         argocd_url=runtime.argocd_url,
     )
@@ -494,6 +497,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         loops.controller.verifications.shutdown()
         if loops.controller.deliveries is not None:
             await loops.controller.deliveries.close()
+        await loops.controller.registry.close()
 
 
 @kopf.on.event(API_GROUP, API_VERSION, MODELRELEASE_PLURAL)

@@ -150,11 +150,16 @@ def _pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 SECRET_VALUES = {"prom-token/jwt": "t0ken", "prom-basic/username": "alice",
-                 "prom-basic/password": "pa55"}
+                 "prom-basic/password": "pa55", "mlf-token/token": "m1f",
+                 "mlf-basic/username": "bob", "mlf-basic/password": "s3cr3t"}
 AUTH = {
     "bearer": ["prometheus.auth.bearerToken.secretName=prom-token",
                "prometheus.auth.bearerToken.key=jwt"],
     "basic": ["prometheus.auth.basicAuth.secretName=prom-basic"],
+    "mlflow-token": ["mlflow.trackingURI=http://mlflow.mlops:5000",
+                     "mlflow.auth.token.secretName=mlf-token"],
+    "mlflow-basic": ["mlflow.trackingURI=http://mlflow.mlops:5000",
+                     "mlflow.auth.basicAuth.secretName=mlf-basic"],
 }
 
 
@@ -202,6 +207,38 @@ def test_the_operator_reads_the_credentials_the_chart_passes(
     assert set(env.values()) <= read, (env, read)
     secrets = {v for k, v in env.items() if k.endswith(("TOKEN", "PASSWORD"))}
     assert secrets and not any(value in repr(config) for value in secrets), "secrets in repr"
+
+
+@sandbox_test
+@pytest.mark.parametrize(
+    ("auth", "header"),
+    [("mlflow-token", "Bearer m1f"), ("mlflow-basic", "Basic Ym9iOnMzY3IzdA==")],
+)
+def test_mlflow_credentials_reach_the_default_server_only(
+    sandbox: Sandbox, kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch, auth: str, header: str
+) -> None:
+    from rewind.adapters.registry import RegistrySync
+
+    env = _secret_env(sandbox, kubectl, auth)
+    pod = _pod_spec(render_docs(sandbox, kubectl, "rewind-system", set_values=AUTH[auth]))
+    plain = {e["name"]: e["value"] for e in pod["containers"][0]["env"] if "value" in e}
+    assert plain["MLFLOW_TRACKING_URI"] == "http://mlflow.mlops:5000"
+    for name, value in {**env, "MLFLOW_TRACKING_URI": plain["MLFLOW_TRACKING_URI"]}.items():
+        monkeypatch.setenv(name, value)
+    sync = RegistrySync()
+    assert sync.headers_for(sync.resolve("")) == {"Authorization": header}
+    assert sync.headers_for(sync.resolve("http://elsewhere.example:5000")) == {}
+
+
+@sandbox_test
+def test_both_mlflow_auth_methods_at_once_are_refused(sandbox: Sandbox, kubectl: Kubectl) -> None:
+    result = render(
+        sandbox, kubectl, "rewind-system",
+        set_values=["mlflow.auth.token.secretName=a", "mlflow.auth.basicAuth.secretName=b"],
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "at most one of mlflow.auth" in result.stderr
 
 
 @sandbox_test

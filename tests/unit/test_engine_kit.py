@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from rewind.adapters.base import RouteState
+from rewind.adapters.base import RegistryMove, RegistryObservation, RouteState
 from rewind.api import (
     ANNOTATION_PROMOTE,
     MAX_CONSUMED_ACTIONS,
@@ -58,6 +58,7 @@ from rewind.engine import (
     SetRoutes,
     SnapshotCheck,
     SnapshotRevision,
+    SyncRegistryAlias,
     VerifyArtifact,
     analysis_due,
     analysis_metrics,
@@ -243,6 +244,36 @@ PASS, FAIL, INCONCLUSIVE = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE
 
 
 @dataclass
+class FakeRegistry:
+    """An MLflow alias as the registry adapter reads and moves it (the adapter is tested
+    against a real MLflow server in the sandbox tests)."""
+
+    alias: str = ""  # the version the alias names ("" unset)
+    #: While set, MLflow is unreachable: every read or move fails with this.
+    down: str = ""
+    #: While set, tag writes fail with this (the alias still moves).
+    tag_down: str = ""
+    #: The tags written: (version, why), in order.
+    tags: list[tuple[str, str]] = field(default_factory=list)
+    observation: RegistryObservation | None = None
+
+    def sync(self, a: SyncRegistryAlias, now: datetime) -> None:
+        previous = self.observation or RegistryObservation(tracking_uri=a.tracking_uri)
+        if self.down:
+            self.observation = replace(previous, error=self.down)
+            return
+        moved, error = previous.moved, ""
+        if a.version and self.alias != a.version:
+            moved = RegistryMove(self.alias, a.version, a.revision, a.why, now, self.tag_down)
+            if self.tag_down:
+                error = f"could not tag version {a.version} with the move: {self.tag_down}"
+            else:
+                self.tags.append((a.version, a.why))
+            self.alias = a.version
+        self.observation = RegistryObservation(a.tracking_uri, self.alias, now, error, moved)
+
+
+@dataclass
 class Deployment:
     replicas: int
     ready_at: datetime  # Available from this moment (when healthy)
@@ -312,6 +343,8 @@ class World:
     verifying: dict[int, datetime] = field(default_factory=dict)
     verified: dict[int, IntegrityResult] = field(default_factory=dict)
     verify_requests: list[tuple[int, datetime]] = field(default_factory=list)
+    #: The MLflow alias of spec.model.registry (None: nothing reads it).
+    registry: FakeRegistry | None = None
 
     # ---- observation ------------------------------------------------------------------
 
@@ -429,6 +462,7 @@ class World:
             removals_sent=self.sent_removals(),
             integrity=self.finish_verifications(),
             verifying=frozenset(self.verifying),
+            registry=self.registry.observation if self.registry is not None else None,
         )
 
     def finish_verifications(self) -> dict[int, IntegrityResult]:
@@ -558,6 +592,8 @@ class World:
                 self.verifying[action.revision] = self.now + timedelta(
                     seconds=self.verify_seconds
                 )
+        elif isinstance(action, SyncRegistryAlias) and self.registry is not None:
+            self.registry.sync(action, self.now)
 
     # ---- driving ------------------------------------------------------------------------
 
@@ -661,7 +697,7 @@ def at_step(w: World, step: int) -> None:
 # Invariants every decision must satisfy
 # --------------------------------------------------------------------------------------
 
-SAFE_TO_REPEAT = (EnsureRevision, SetRoutes, ScaleRevision, VerifyArtifact)
+SAFE_TO_REPEAT = (EnsureRevision, SetRoutes, ScaleRevision, VerifyArtifact, SyncRegistryAlias)
 
 
 def check_invariants(inp: Inputs, d: Decision) -> None:
@@ -691,7 +727,10 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
     # kstatus: one condition of each type, all for this generation, and exactly one of
     # Ready, Reconciling and Stalled true (kstatus and Argo CD's health then agree).
     types = [c.type for c in s.conditions]
-    assert sorted(types) == ["Degraded", "Progressing", "Ready", "Reconciling", "Stalled"], types
+    registry = ["RegistrySynced"] if inp.spec.model.registry is not None else []
+    assert sorted(types) == sorted(
+        ["Degraded", "Progressing", "Ready", "Reconciling", "Stalled", *registry]
+    ), types
     assert all(c.observed_generation == inp.generation for c in s.conditions)
     assert s.observed_generation == inp.generation
     state = {c.type: c.status.value == "True" for c in s.conditions}
@@ -712,6 +751,7 @@ def check_invariants(inp: Inputs, d: Decision) -> None:
         VerifyArtifact,
         EnsureRevision,
         SetRoutes,
+        SyncRegistryAlias,  # after the routes it follows
         ScaleRevision,
         RemoveAnnotation,
         EmitEvent,

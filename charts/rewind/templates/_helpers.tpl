@@ -74,6 +74,9 @@ app.kubernetes.io/part-of: rewind
 {{- if and .Values.prometheus.auth.bearerToken.secretName .Values.prometheus.auth.basicAuth.secretName }}
 {{- fail "set at most one of prometheus.auth.bearerToken.secretName and prometheus.auth.basicAuth.secretName" }}
 {{- end }}
+{{- if and .Values.mlflow.auth.token.secretName .Values.mlflow.auth.basicAuth.secretName }}
+{{- fail "set at most one of mlflow.auth.token.secretName and mlflow.auth.basicAuth.secretName" }}
+{{- end }}
 {{- if ne (len .Values.watchNamespaces) (len (uniq .Values.watchNamespaces)) }}
 {{- fail "watchNamespaces lists a namespace twice" }}
 {{- end }}

@@ -256,6 +256,40 @@ class RevisionObservation:
     owner_uids: tuple[str, ...] = ()
 
 
+def registry_tag(alias: str) -> str:
+    """The MLflow model-version tag recording the latest move of ``alias`` to that version
+    (MLflow keeps no history of an alias): ``rewind.dev/alias-production-moved``."""
+    return f"rewind.dev/alias-{alias}-moved"
+
+
+@dataclass(frozen=True)
+class RegistryMove:
+    """A move of an MLflow alias that the registry adapter made and read back."""
+
+    from_version: str  # "" when the alias was unset
+    to_version: str
+    revision: int  # the release's revision the version is
+    why: str  # e.g. "r2 promoted"
+    at: datetime
+    #: Why the tag recording it on the version could not be written ("": it was).
+    tag_error: str = ""
+
+
+@dataclass(frozen=True)
+class RegistryObservation:
+    """An MLflow alias as the registry adapter last read it (model registry sync).
+
+    ``version`` is what the alias pointed at when last read ("" unset), at ``read_at``
+    (None: never read); ``error`` why the latest read or write failed ("" it worked);
+    ``moved`` the latest move this process made and read back."""
+
+    tracking_uri: str  # the server, as resolved (the operator's default when unset)
+    version: str = ""
+    read_at: datetime | None = None
+    error: str = ""
+    moved: RegistryMove | None = None
+
+
 class Router(Protocol):
     """Sends user traffic to revisions (weights) and copies of it to one (mirror)."""
 
