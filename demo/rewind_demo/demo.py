@@ -1088,6 +1088,7 @@ class Demo:
         #: Releases an act created beside the models' (polled and reported like them).
         self.extra_releases: list[str] = []
         self.poisoned = False  # the poisoning act ran
+        self.mlflow: poison.MLflow | None = None  # its MLflow server, stopped at cleanup
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -1328,6 +1329,9 @@ class Demo:
         if self.fallback is not None:
             with contextlib.suppress(Exception):
                 self.fallback.stop()
+        if self.mlflow is not None:
+            with contextlib.suppress(Exception):
+                self.mlflow.stop()
         if self.operator is not None and self.operator.poll() is None:
             self.operator.terminate()
             try:

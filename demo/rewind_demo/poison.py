@@ -10,12 +10,22 @@ released with the sha256 of its bytes. Then two things are found out at 03:00:
 - r2's file in the store was replaced after its release (a tampered artifact).
 
 Rewind rolls back from r4 past r3 (known-good, but quarantined) and past r2 (clean data, but
-its artifact no longer verifies) to r1, and the timeline says why each was skipped.
+its artifact no longer verifies) to r1, and the timeline says why each was skipped. Each
+revision is a version of the registered model in a real MLflow server (``hack/mlflow-server``,
+SQLite, on loopback): its ``production`` alias follows the routes, promotion after promotion,
+and back to version 1 after the rollback, each move tagged on the version.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +57,73 @@ VERSIONS = {
     4: ("1.3.0", "2026-11-27", "2026-11-27T23:00:00Z"),
 }
 LABELS = {"rewind.dev/demo": "true"}
+MODEL = "credit-scorer"
+ALIAS = "production"
+
+
+class MLflow:
+    """The MLflow tracking server of the act: started with ``hack/mlflow-server`` (which
+    installs it on first use, in a cache outside the clone), spoken to over its REST API."""
+
+    def __init__(self, root: Path, directory: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port: int = sock.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        directory.mkdir(parents=True, exist_ok=True)
+        self.log = directory / "mlflow.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [str(root / "hack" / "mlflow-server"), "run", str(directory), str(self.port)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_up(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited; see {self.log}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"mlflow server not up after {timeout:.0f}s; see {self.log}")
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        url = f"{self.uri}/api/2.0/mlflow/{path}"
+        data = None
+        if method == "GET" and body:
+            url += "?" + urllib.parse.urlencode(body)
+        elif body is not None:
+            data = json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return json.loads(r.read() or b"{}")
+
+    def alias(self) -> str:
+        """The version the alias names ("" when unset)."""
+        try:
+            got = self.call("GET", "registered-models/alias", {"name": MODEL, "alias": ALIAS})
+        except urllib.error.HTTPError:
+            return ""
+        return str(got["model_version"]["version"])
+
+    def tags(self, version: str) -> dict[str, str]:
+        got = self.call("GET", "model-versions/get", {"name": MODEL, "version": version})
+        return {t["key"]: t["value"] for t in got["model_version"].get("tags") or []}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 def policy_body(namespace: str) -> dict[str, Any]:
@@ -79,13 +156,19 @@ def write_artifact(store: Path, revision: int) -> tuple[Path, str]:
     return path, "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def release_body(namespace: str, store: Path, revision: int) -> dict[str, Any]:
+def release_body(
+    namespace: str, store: Path, revision: int, tracking_uri: str | None = None
+) -> dict[str, Any]:
     version, data_version, exported = VERSIONS[revision]
     path, digest = write_artifact(store, revision)
+    registry = (
+        {"registry": {"trackingURI": tracking_uri, "name": MODEL, "version": str(revision)}}
+        if tracking_uri else {}
+    )
     spec = ModelReleaseSpec.model_validate({
         "policyRef": {"name": POLICY},
-        "model": {"name": "credit-scorer", "version": version, "artifactURI": path.as_uri(),
-                  "artifactDigest": digest, "format": "onnx"},
+        "model": {"name": MODEL, "version": version, "artifactURI": path.as_uri(),
+                  "artifactDigest": digest, "format": "onnx", **registry},
         "code": {"image": IMAGE},
         "data": {"datasetRef": DATASET, "version": data_version, "createdAt": exported},
         "serving": {"replicas": 1, "port": 8080},
@@ -130,14 +213,32 @@ def act(demo: Demo) -> None:
     c.say(f"  The artifacts are files in a local store ({store}); the policy verifies each "
           "one's sha256 before it gets traffic, as a candidate and as a rollback target.")
     demo.extra_releases.append(RELEASE)
+    from rewind_demo.demo import ROOT
+
+    mlflow = MLflow(ROOT, demo.state / "mlflow")
+    demo.mlflow = mlflow
+    try:
+        mlflow.wait_up(timeout=600)  # the first run installs it (a few minutes)
+    except RuntimeError as exc:
+        raise StoryError(str(exc)) from exc
+    mlflow.call("POST", "registered-models/create", {"name": MODEL})
+    for revision in VERSIONS:
+        path, _ = write_artifact(store, revision)
+        mlflow.call("POST", "model-versions/create", {"name": MODEL, "source": path.as_uri()})
+    c.say(f"  MLflow tracking server up at {mlflow.uri} (SQLite): registered model {MODEL}, "
+          f"versions 1-4; each release names its version (spec.model.registry), and Rewind "
+          f"moves the '{ALIAS}' alias to what the routes serve.")
     demo.k.apply(ROLLOUTPOLICY_PLURAL, policy_body(ns))
     for revision, (version, data_version, _) in VERSIONS.items():
         c.say(f"  kubectl apply: credit-scorer {version}, trained on the {data_version} export")
-        demo.k.apply(MODELRELEASE_PLURAL, release_body(ns, store, revision))
+        demo.k.apply(MODELRELEASE_PLURAL, release_body(ns, store, revision, mlflow.uri))
         demo.wait_release(RELEASE, f"credit r{revision} to be promoted",
                           demo._phase_is("Promoted", revision), timeout=120,
                           bad=demo._unexpected(revision, "Failed", "RolledBack"))
-    c.say("  r4 serves; r1..r3 are known-good, each verified when it was released.")
+    demo.wait_release(RELEASE, f"MLflow's {ALIAS} alias on version 4",
+                      lambda _b: mlflow.alias() == "4", timeout=60)
+    c.say(f"  r4 serves; r1..r3 are known-good, each verified when it was released; MLflow's "
+          f"{ALIAS} alias names version {mlflow.alias()}.")
     tampered = store / "credit-scorer" / VERSIONS[2][0] / "model.onnx"
     tampered.write_bytes(b"weights replaced in the store after release\n")
     c.say(f"  Someone replaces r2's file in the store ({tampered.name} of "
@@ -157,6 +258,11 @@ def act(demo: Demo) -> None:
         raise StoryError(f"r2's artifact was not refused: {r2}")
     c.say(f"  credit r1 serves 100%: r4 and r3 are quarantined ({st.get('quarantined')}), "
           "r2's artifact failed verification; nobody routed a user to either.")
+    demo.wait_release(RELEASE, f"MLflow's {ALIAS} alias back on version 1",
+                      lambda _b: mlflow.alias() == "1", timeout=60)
+    tag = mlflow.tags("1").get(f"rewind.dev/alias-{ALIAS}-moved", "")
+    c.say(f"  MLflow: {ALIAS} -> version {mlflow.alias()} (routes first, registry after); "
+          f"the move is tagged on version 1: {tag[:160]}")
 
 
 def checks(demo: Demo) -> list[tuple[str, bool, str]]:
@@ -167,7 +273,10 @@ def checks(demo: Demo) -> list[tuple[str, bool, str]]:
     r2 = _history(body, 2).get("integrity") or {}
     decided = [e for e in st.get("timeline") or [] if e.get("type") == "RollbackDecided"]
     why = " ".join(str(e.get("message")) for e in decided)
+    mlflow: MLflow | None = getattr(demo, "mlflow", None)
+    alias = mlflow.alias() if mlflow is not None else "-"
     return [
+        (f"credit: MLflow's {ALIAS} alias names version 1 again", alias == "1", alias),
         ("credit rolled back to r1, which serves 100%",
          st.get("phase") == "RolledBack" and int(st.get("stableRevision") or 0) == 1
          and routes == {1: 100}, f"{st.get('phase')} r{st.get('stableRevision')} {routes}"),

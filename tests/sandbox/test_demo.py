@@ -201,6 +201,12 @@ def test_demo_plays_the_story_and_can_run_again(
     assert "rollback target r2's artifact failed verification" in decided
     assert "rolling back from r4 to r1 instead" in decided
     assert "credit r2's tampered artifact was refused as a rollback target" in full.stdout
+    # Its MLflow alias followed the routes back to version 1 (read from MLflow by the demo's
+    # own check, and by the operator into the status).
+    assert "[ok] credit: MLflow's production alias names version 1 again" in full.stdout
+    assert credit["status"]["registry"]["version"] == "1"
+    assert any(e["type"] == "RegistryAliasMoved" and e["revision"] == 1
+               for e in credit["status"]["timeline"])
 
     # The sandbox has no mesh data plane: the traffic generator reports Istio's metrics, and
     # the demo's releases say so (traffic.sidecar: Ignore), so none is reported unmeasured.
