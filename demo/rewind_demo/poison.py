@@ -222,9 +222,10 @@ def act(demo: Demo) -> None:
     except RuntimeError as exc:
         raise StoryError(str(exc)) from exc
     mlflow.call("POST", "registered-models/create", {"name": MODEL})
-    for revision in VERSIONS:
-        path, _ = write_artifact(store, revision)
-        mlflow.call("POST", "model-versions/create", {"name": MODEL, "source": path.as_uri()})
+    for version, _, _ in VERSIONS.values():
+        # MLflow refuses a local path as a version's source; the source is only recorded.
+        mlflow.call("POST", "model-versions/create",
+                    {"name": MODEL, "source": f"s3://models/{MODEL}/{version}/model.onnx"})
     c.say(f"  MLflow tracking server up at {mlflow.uri} (SQLite): registered model {MODEL}, "
           f"versions 1-4; each release names its version (spec.model.registry), and Rewind "
           f"moves the '{ALIAS}' alias to what the routes serve.")

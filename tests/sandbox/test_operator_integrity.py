@@ -191,3 +191,29 @@ def test_signed_models_from_s3_a_bad_signature_is_refused_before_any_traffic(
     assert "Key mismatch" in history(failed, 2)["integrity"]["message"]
     rw.event(NAME, type="Warning", reason="ArtifactVerificationFailed",
              contains="signature s3://models/fraud/2.0.0/model.onnx.sig does not verify")
+
+
+def test_a_drill_fails_when_the_targets_artifact_no_longer_verifies(
+    rw: Rewind, tmp_path: Path
+) -> None:
+    """What a real rollback would hit: the target (cold) comes back from zero, its artifact
+    is verified again and fails; the drill says so, and users stay on the stable."""
+    rw.apply(with_integrity(
+        policy_manifest(POLICY, canary((50, "1s")), keep_previous_warm="1s")
+    ))
+    promote(rw, tmp_path, 1)
+    promote(rw, tmp_path, 2)
+    rw.wait_replicas(NAME, 1, 0)
+    (tmp_path / "1.0.0" / "model.onnx").write_bytes(b"replaced after release\n")
+    rw.annotate(NAME, "rewind.dev/drill", "true")
+    status = rw.wait_status(
+        NAME, "the drill to end",
+        lambda s: not s.get("drill") and (s.get("lastDrill") or {}).get("verdict") == "Failed",
+        timeout=60,
+    )
+    last = status["lastDrill"]
+    assert last["failure"] == "ArtifactUnverifiable" and last["target"] == 1
+    assert "1.0.0/model.onnx has digest" in last["message"]
+    assert "a rollback would pass it over" in last["message"]
+    assert rw.routes(NAME) == Routes({2: 100})
+    rw.wait_replicas(NAME, 1, 0)  # scaled back to where it was
