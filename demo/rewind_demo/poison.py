@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -70,7 +71,9 @@ class MLflow:
             sock.bind(("127.0.0.1", 0))
             self.port: int = sock.getsockname()[1]
         self.uri = f"http://127.0.0.1:{self.port}"
-        directory.mkdir(parents=True, exist_ok=True)
+        # Each run starts from an empty registry, as it starts from an empty namespace.
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
         self.log = directory / "mlflow.log"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
