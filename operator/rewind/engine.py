@@ -1775,6 +1775,28 @@ def _clean_target(ctx: _Ctx, leaving: int) -> tuple[int | None, list[str]]:
     return None, skipped
 
 
+def _retarget(
+    ctx: _Ctx, target: int, skipped: list[str], given_up: str, detail: str, short: str
+) -> None:
+    """The rollback's target is unfit (quarantined, or its artifact failed verification):
+    give it up (``given_up`` ends its record's reason) and roll back to ``target`` instead.
+    ``detail`` and ``short`` follow ``r<N>`` (e.g. `` is quarantined``) in the timeline
+    and in the reason; ``skipped`` says why each newer known-good revision was passed over."""
+    s = ctx.s
+    stable, leaving = s.stable_revision, s.candidate_revision
+    left = ctx.entry(leaving)
+    _give_up_target(ctx, given_up)
+    ctx.record(
+        TimelineType.ROLLBACK_DECIDED,
+        f"rollback target r{stable}{detail}: rolling back from r{leaving} to r{target} "
+        "instead" + "".join(f"; {x}" for x in skipped),
+        revision=leaving,
+        warning=True,
+    )
+    why = left.reason if left is not None and left.reason else "rollback"
+    _start_rollback(ctx, target, leaving, f"{why}; r{stable}{short}")
+
+
 def _hold(ctx: _Ctx, revision: int, mark: QuarantineMark, skipped: list[str]) -> None:
     """No clean known-good revision: stay where traffic is, and say so (Stalled)."""
     why = "; ".join(skipped) or "no other known-good revision"
@@ -1821,17 +1843,8 @@ def _quarantine(ctx: _Ctx) -> None:
         if target is None or target == stable:
             _hold(ctx, stable, smark, skipped)
             return
-        left = ctx.entry(leaving)
-        _give_up_target(ctx, f"quarantined by {smark.entry}")
-        ctx.record(
-            TimelineType.ROLLBACK_DECIDED,
-            f"rollback target r{stable} is quarantined by {_named(smark)}: rolling back "
-            f"from r{leaving} to r{target} instead" + "".join(f"; {x}" for x in skipped),
-            revision=leaving,
-            warning=True,
-        )
-        why = left.reason if left is not None and left.reason else "rollback"
-        _start_rollback(ctx, target, leaving, f"{why}; r{stable} is quarantined")
+        _retarget(ctx, target, skipped, f"quarantined by {smark.entry}",
+                  f" is quarantined by {_named(smark)}", " is quarantined")
         return
     if s.phase not in SETTLED or smark.accepted_by or s.pending_decision is not None:
         return
@@ -2087,17 +2100,8 @@ def _integrity(ctx: _Ctx) -> None:
             )
             s.message = f"rolling back from r{leaving}: held: {ctx.stalled}"
             return
-        left = ctx.entry(leaving)
-        _give_up_target(ctx, f"its artifact failed verification: {failed}")
-        ctx.record(
-            TimelineType.ROLLBACK_DECIDED,
-            f"rollback target r{stable}'s artifact failed verification ({failed}): rolling "
-            f"back from r{leaving} to r{target} instead" + "".join(f"; {x}" for x in skipped),
-            revision=leaving,
-            warning=True,
-        )
-        why = left.reason if left is not None and left.reason else "rollback"
-        _start_rollback(ctx, target, leaving, f"{why}; r{stable}'s artifact failed verification")
+        _retarget(ctx, target, skipped, f"its artifact failed verification: {failed}",
+                  f"'s artifact failed verification ({failed})", "'s artifact failed verification")
         return
     if s.phase in SETTLED and s.drill is None:
         _keep_target_verified(ctx, spec)
