@@ -295,8 +295,10 @@ def test_a_gateway_that_refuses_the_route_holds_the_release_with_its_reason(
     rw.set_error_rate(NAME, 2, HEALTHY)
     rw.apply(gateway_release(NAME, "quick", version=2))
     status = rw.wait_status(
-        NAME, "Stalled by the gateway's refusal",
-        lambda s: condition(s, "Stalled").get("reason") == "RouteConflict", timeout=40)
+        NAME, "r2 Stalled by the gateway's refusal",
+        # The refusal also concerns r1's route, which may be reported before r2 is seen.
+        lambda s: s.get("currentRevision") == 2
+        and condition(s, "Stalled").get("reason") == "RouteConflict", timeout=40)
     stalled = condition(status, "Stalled")["message"]
     assert f"{CONTROLLER} says Accepted=False, NotAllowedByListeners: no listener" in stalled
     event = rw.event(NAME, type="Warning", reason="RouteConflict", contains="NotAllowedByListeners")
