@@ -53,9 +53,13 @@ def test_blue_green_previews_at_zero_switches_at_once_and_switches_back(rw: Rewi
 
         # Switch: all traffic at once, old colour kept warm.
         rw.wait_routes(NAME, {2: 100}, timeout=30)
-        switched = rw.status(NAME)
+        # The status reports the switch only once it has read the routes back, one
+        # observation after the write: wait for it rather than read it straight away.
+        switched = rw.wait_status(
+            NAME, "the switch read back",
+            lambda s: s.get("weights") == {"stable": 0, "candidate": 100}, timeout=15,
+        )
         assert switched["phase"] == "Progressing"
-        assert switched["weights"] == {"stable": 0, "candidate": 100}
         assert rw.replicas(NAME, 1) == 1
 
         # The post-switch analysis fails: straight back to the old colour.
