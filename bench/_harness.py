@@ -107,6 +107,24 @@ def _cpu_of(stat: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sandbox_cpu_seconds() -> dict[str, float]:
+    """CPU seconds each running sandbox component (API server, etcd, Prometheus, ...) has
+    used so far, from the pid files ``hack/sandbox up`` writes; a component whose pid is
+    gone (restarted, stopped) is left out rather than guessed."""
+    found: dict[str, float] = {}
+    for pidfile in sorted((ROOT / ".sandbox" / "pids").glob("*.json")):
+        record = json.loads(pidfile.read_text())
+        stat = Path(f"/proc/{record['pid']}/stat")
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[19] != str(record.get("start_time")):  # field 22: a recycled pid
+            continue
+        found[pidfile.stem] = _cpu_of(stat)
+    return found
+
+
 class Operator:
     """rewind-operator as a process watching one namespace."""
 

@@ -10,7 +10,8 @@ While all N are analysing, it watches for ``--observe`` seconds and prints:
 - the gap between consecutive analyses of each release (median, p99, max) against the
   interval, and how many releases saw a gap over 1.5 x interval;
 - the operator's RSS and CPU (from /proc): total, in the window, and per release per
-  analysis interval;
+  analysis interval; and the CPU of each sandbox component (API server, etcd, Prometheus,
+  ...) in the window and during the r2 ramp, to tell which part is the limit;
 - measurements by verdict, the overloaded ones (never sent: no free analysis thread),
   rollbacks (must be 0) and releases that ended outside the expected phase.
 
@@ -71,6 +72,7 @@ from _harness import (
     percentile,
     policy,
     release,
+    sandbox_cpu_seconds,
     sandbox_env,
     table,
 )
@@ -274,6 +276,13 @@ def outside_expected(items: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def cpu_shares(before: dict[str, float], after: dict[str, float], seconds: float) -> str:
+    """Each process's CPU between two readings as a percentage of one core, busiest first."""
+    used = {name: after[name] - before[name] for name in after if name in before}
+    return ", ".join(f"{name} {100 * cpu / seconds:.0f}%"
+                     for name, cpu in sorted(used.items(), key=lambda kv: -kv[1]))
+
+
 def profile(pid: int, seconds: float, output: str) -> subprocess.Popen[bytes] | None:
     """py-spy record on the operator for the observation window (pip install py-spy)."""
     spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
@@ -353,6 +362,7 @@ def main() -> int:
     metrics_before: dict[str, float] = {}
     metrics_after: dict[str, float] = {}
     cpu_window = main_window = window_seconds = 0.0
+    sandbox_window = ""
     proxy: dict[str, Any] = {}
     code = 0
     try:
@@ -374,6 +384,7 @@ def main() -> int:
         for name in names:
             gauges.set(f"{name}-r2", 0.0)
             gauges.set_latency(f"{name}-r2", 120.0)
+        ramp_cpu = {"operator": operator.cpu_seconds(), **sandbox_cpu_seconds()}
         r2 = ramp("r2 at 10%", names, create(2),
                   lambda s: s.get("candidateRevision") == 2
                   and (s.get("weights") or {}).get("candidate") == 10,
@@ -381,10 +392,14 @@ def main() -> int:
         rows.append(("r2 of all at 10 % in",
                      f"{r2.seconds:.0f}s ({r2.rate:.1f} releases/s, backlog at most "
                      f"{r2.max_backlog})"))
+        rows.append(("CPU during the r2 ramp", cpu_shares(
+            ramp_cpu, {"operator": operator.cpu_seconds(), **sandbox_cpu_seconds()},
+            r2.seconds)))
         time.sleep(2 * interval)  # every release has had its first round
         since = datetime.now(UTC)
         metrics_before = operator.metrics()
         cpu_before, start = operator.cpu_seconds(), time.monotonic()
+        sandbox_before = sandbox_cpu_seconds()
         main_before = operator.main_thread_cpu_seconds()
         spy = profile(operator.proc.pid, args.observe, args.profile) if args.profile else None
         # Lists often enough that no round falls out of the kept measurements in between.
@@ -402,6 +417,7 @@ def main() -> int:
         cpu_window = operator.cpu_seconds() - cpu_before
         main_window = operator.main_thread_cpu_seconds() - main_before
         window_seconds = time.monotonic() - start
+        sandbox_window = cpu_shares(sandbox_before, sandbox_cpu_seconds(), window_seconds)
         metrics_after = operator.metrics()
         final = list_releases(api)
         observation.record(final, since)
@@ -455,6 +471,7 @@ def main() -> int:
              f"% of one core; {per_release:.2f} ms per release per interval; event loop "
              f"thread {100 * main_window / window_seconds:.0f}% of one core"),
             ("operator CPU, whole run", f"{total_cpu:.0f}s"),
+            ("sandbox CPU in the window", sandbox_window),
             ("slow proxy", f"{proxy.get('forwarded', 0)} queries, mean delay "
              f"{proxy.get('mean_delay', 0):.2f}s, at most {proxy.get('max_in_flight', 0)} "
              f"held at once"),
