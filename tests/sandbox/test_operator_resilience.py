@@ -220,6 +220,15 @@ def test_snapshot_orphaned_by_a_crash_before_the_status_write_is_replaced(rw: Re
 def test_a_release_is_deleted_even_while_the_operator_is_down(rw: Rewind) -> None:
     rw.apply(policy_manifest(POLICY, canary((50, "2s"))))
     rw.promote_first_revision(NAME, POLICY)
+
+    def recorded() -> str | None:
+        snapshot = rw.get("controllerrevision", f"{NAME}-r1")
+        record = (snapshot["metadata"].get("annotations") or {}).get("rewind.dev/record")
+        return str(json.loads(record)["outcome"]) if record else None
+
+    # The record follows the status that says Promoted (written after it, in the same
+    # reconcile): a kill straight after Promoted is seen could come first.
+    wait_for("r1's record to say Promoted", lambda: recorded() == "Promoted", timeout=20)
     rw.operator.kill()
     # No finalizer: deletion does not wait for the operator; owned objects are collected.
     rw.kubectl("delete", "modelrelease", NAME, "-n", rw.namespace, "--timeout=20s")
