@@ -90,10 +90,15 @@ def test_operator_as_the_chart_service_account_promotes_and_rolls_back(
         apply(release_manifest("scorer", POLICY, version=3))
         wait_for("r3 rolled back", lambda: status().get("phase") == "RolledBack", 90)
         wait_for("all traffic back on r2", lambda: routes() == [("r2", 100)], 10)
-        events = kubectl("get", "events", "-n", ns, "--field-selector",
-                         "involvedObject.name=scorer", "-o", "json").stdout
-        reasons = {e["reason"] for e in json.loads(events)["items"]}
-        assert "RolledBack" in reasons
+
+        def reasons() -> set[str]:
+            events = kubectl("get", "events", "-n", ns, "--field-selector",
+                             "involvedObject.name=scorer", "-o", "json").stdout
+            return {e["reason"] for e in json.loads(events)["items"]}
+
+        # Events go out after the status (and the records) of the reconcile that decided
+        # them: RolledBack seen in the status does not mean its Event is posted yet.
+        wait_for("a RolledBack Event on scorer", lambda: "RolledBack" in reasons(), 20)
 
         # The history records are patched onto the snapshots (patch on controllerrevisions).
         def recorded() -> str | None:
