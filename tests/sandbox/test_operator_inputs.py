@@ -121,6 +121,10 @@ def test_a_foreign_virtual_service_is_never_taken_over(rw: Rewind) -> None:
         lambda: rw.get("virtualservice", "vision")["spec"] == foreign["spec"],
         seconds=6,
     )
+    # The Event goes out after the status that says Stalled (at the end of that reconcile,
+    # after its other writes): wait for it, then check it is the only one.
+    rw.event("vision", type="Warning", reason="RouteConflict",
+             contains="not owned by ModelRelease vision")
     warnings = [e for e in rw.events("vision") if e["type"] == "Warning"]
     assert [e["reason"] for e in warnings] == ["RouteConflict"], [e["message"] for e in warnings]
     assert "not owned by ModelRelease vision" in warnings[0]["message"]
