@@ -25,6 +25,7 @@ deleted at the end.
 
     .venv/bin/python bench/bench_scale.py                       # 200 releases, ~6 min
     .venv/bin/python bench/bench_scale.py --releases 1000 --observe 120
+    .venv/bin/python bench/bench_scale.py --releases 1000 --ramp-interval 60s --observe 120
     .venv/bin/python bench/bench_scale.py --analysis-threads 16 # the operator's default
     .venv/bin/python bench/bench_scale.py --profile /tmp/rewind.txt   # py-spy, see README
 
@@ -320,6 +321,11 @@ def main() -> int:
                         help="seconds the slow proxy holds each query: N or MIN-MAX")
     parser.add_argument("--analysis-threads", default="auto",
                         help="the operator's --analysis-threads, or auto (sized for the load)")
+    parser.add_argument("--ramp-interval", default="",
+                        help="the analysis interval while the releases ramp up (default: "
+                        "--interval); the policy is set to --interval once every r2 is at "
+                        "10 %%, so a machine that cannot ramp N releases up under the full "
+                        "load still observes N at --interval")
     parser.add_argument("--ramp-window", type=float, default=30.0,
                         help="seconds a release may wait behind the others while ramping up")
     parser.add_argument("--progress-deadline", type=float, default=0.0,
@@ -333,6 +339,7 @@ def main() -> int:
     args = parser.parse_args()
     wall = time.monotonic()
     interval = parse_duration(args.interval)
+    ramp_interval = args.ramp_interval or args.interval
     threads = (auto_threads(args.releases, interval, args.query_delay)
                if args.analysis_threads == "auto" else int(args.analysis_threads))
     deadline = args.progress_deadline or max(120.0, 4 * args.ramp_window)
@@ -366,10 +373,16 @@ def main() -> int:
     proxy: dict[str, Any] = {}
     code = 0
     try:
-        apply(env, NAMESPACE, policy(
-            "scale", interval=args.interval, mode="automatic",
-            steps=[{"weight": 10, "pause": {"duration": "1h"}}], metrics=METRICS,
-            query_error="Fail", progress_deadline=f"{deadline:.0f}s"))
+        def scale_policy(every: str) -> dict[str, Any]:
+            return policy(
+                "scale", interval=every, mode="automatic",
+                steps=[{"weight": 10, "pause": {"duration": "1h"}}], metrics=METRICS,
+                query_error="Fail", progress_deadline=f"{deadline:.0f}s")
+
+        apply(env, NAMESPACE, scale_policy(ramp_interval))
+        if ramp_interval != args.interval:
+            rows.append(("ramp", f"analysis every {ramp_interval} while ramping up, then "
+                         f"{args.interval}"))
 
         def create(version: int) -> Callable[[Sequence[str]], None]:
             return lambda chunk: apply(env, NAMESPACE, *(release(n, "scale", version)
@@ -395,6 +408,11 @@ def main() -> int:
         rows.append(("CPU during the r2 ramp", cpu_shares(
             ramp_cpu, {"operator": operator.cpu_seconds(), **sandbox_cpu_seconds()},
             r2.seconds)))
+        if ramp_interval != args.interval:
+            # Each release re-decides as the policy changes; its next round is due one
+            # (new) interval after its last, so rounds at the ramp's interval end within it.
+            apply(env, NAMESPACE, scale_policy(args.interval))
+            time.sleep(parse_duration(ramp_interval))
         time.sleep(2 * interval)  # every release has had its first round
         since = datetime.now(UTC)
         metrics_before = operator.metrics()
