@@ -182,7 +182,24 @@ def test_routes_to_subsets_are_rewritten_then_their_destination_rule_deleted(
 
     run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 80, 2: 20}))
     assert kubectl("get", "destinationrules", "-n", namespace, "-o", "name").stdout == ""
+
+    # Gone for good (only an older Rewind wrote one): no round asks for it again.
+    reads: list[str] = []
+    read = router._get
+
+    async def counted(plural: str, name: str, ns: str) -> dict[str, Any] | None:
+        reads.append(plural)
+        return await read(plural, name, ns)
+
+    router._get = counted  # type: ignore[method-assign,assignment]
     assert run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC)).untidy == ""
+    run(router.set_routes(RELEASE, namespace, owner, TRAFFIC, {1: 70, 2: 30}))
+    run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC))
+    assert "virtualservices" in reads and "destinationrules" not in reads, reads
+    # A release forgotten (deleted; this replica standing by) is asked about afresh.
+    router.forget(namespace, RELEASE)
+    run(router.observe_routes(RELEASE, namespace, owner, TRAFFIC))
+    assert reads.count("destinationrules") == 1, reads
 
 
 def test_switching_weights_is_one_write_and_repeating_it_none(

@@ -582,6 +582,9 @@ class Recorder:
         self.calls.append("observe")
         return RouteObservation(source=self.name)
 
+    def forget(self, namespace: str, release: str) -> None:
+        self.calls.append("forget")
+
 
 def test_each_release_goes_to_the_router_its_traffic_names() -> None:
     istio, gateway = Recorder("istio"), Recorder("gatewayAPI")

@@ -331,6 +331,10 @@ class Router(Protocol):
         routes, edits outside Rewind, a route the mesh has not accepted)."""
         ...
 
+    def forget(self, namespace: str, release: str) -> None:
+        """Drop what is remembered of a release (it was deleted, or another replica runs it)."""
+        ...
+
 
 class MetricProvider(Protocol):
     """Answers PromQL-like queries with one number and turns it into a verdict."""

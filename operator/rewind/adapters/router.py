@@ -411,6 +411,23 @@ class IstioRouter:
         self._timeout = request_timeout
         self.index = index
         self.cluster_domain = cluster_domain
+        #: Releases whose DestinationRule was found absent (or deleted): only an older
+        #: Rewind wrote one, so once gone it stays gone, and is not asked for every round.
+        self._no_legacy_rule: set[tuple[str, str]] = set()
+
+    def forget(self, namespace: str, release: str) -> None:
+        self._no_legacy_rule.discard((namespace, release))
+
+    async def _legacy_rule(self, release: str, namespace: str) -> dict[str, Any] | None:
+        """The DestinationRule ``<release>`` left by routes to subsets (Rewind before
+        per-revision Services), or None; read until it is seen absent."""
+        key = (namespace, release)
+        if key in self._no_legacy_rule:
+            return None
+        rule = await self._get("destinationrules", release, namespace)
+        if rule is None:
+            self._no_legacy_rule.add(key)
+        return rule
 
     async def _get(self, plural: str, name: str, namespace: str) -> dict[str, Any] | None:
         return await _kube.get_or_none(
@@ -504,7 +521,7 @@ class IstioRouter:
         )
         current_vs, legacy_rule, current_umbrella = await asyncio.gather(
             self._get("virtualservices", release, namespace),
-            self._get("destinationrules", release, namespace),
+            self._legacy_rule(release, namespace),
             self._umbrella.get(release, namespace),
         )
         self._check_owner(current_vs, owner)
@@ -520,6 +537,7 @@ class IstioRouter:
         )
         if legacy_rule is not None and owner.owns(legacy_rule) and not uses_subsets(current_vs):
             await self._delete_legacy_rule(release, namespace)
+            self._no_legacy_rule.add((namespace, release))
 
     async def _delete_legacy_rule(self, release: str, namespace: str) -> None:
         try:
@@ -615,7 +633,7 @@ class IstioRouter:
         virtual_service, umbrella, legacy_rule, conflicts = await asyncio.gather(
             self._get("virtualservices", release, namespace),
             self._umbrella.get(release, namespace),
-            self._get("destinationrules", release, namespace),
+            self._legacy_rule(release, namespace),
             self._conflicts(release, namespace, traffic),
         )
         source = f"VirtualService {namespace}/{release}"

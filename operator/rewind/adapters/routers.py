@@ -54,6 +54,10 @@ class TrafficRouter:
     def pick(self, traffic: TrafficSpec) -> Router:
         return self.routers[traffic.router]
 
+    def forget(self, namespace: str, release: str) -> None:
+        for router in self.routers.values():
+            router.forget(namespace, release)
+
     async def set_routes(
         self,
         release: str,
