@@ -37,10 +37,15 @@ class FakeCustom:
         return Answer()
 
 
+class NoRoutes:
+    def forget(self, namespace: str, release: str) -> None:
+        pass
+
+
 def controller(custom: FakeCustom, clock: list[datetime]) -> ReleaseController:
     c = ReleaseController(
         client.ApiClient(),
-        router=cast(Router, None),
+        router=cast(Router, NoRoutes()),
         workloads=cast(Workloads, None),
         metrics=cast(MetricProvider, None),
         notifier=cast(Notifier, None),
