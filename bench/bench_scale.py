@@ -12,8 +12,10 @@ While all N are analysing, it watches for ``--observe`` seconds and prints:
 - the operator's RSS and CPU (from /proc): total, in the window, and per release per
   analysis interval; and the CPU of each sandbox component (API server, etcd, Prometheus,
   ...) in the window and during the r2 ramp, to tell which part is the limit;
-- measurements by verdict, the overloaded ones (never sent: no free analysis thread),
-  rollbacks (must be 0) and releases that ended outside the expected phase.
+- how late rounds started after they were due (the operator's
+  ``rewind_analysis_lag_seconds``); measurements by verdict, the overloaded ones (never
+  sent: no free analysis thread), rollbacks (must be 0) and releases that ended outside
+  the expected phase.
 
 The sandbox brings Deployments up at a limited rate, so releases are created in a ramp: at
 most a backlog of releases created and not yet done, sized from the rate measured so far
@@ -277,6 +279,22 @@ def outside_expected(items: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def lag_row(before: dict[str, float], after: dict[str, float]) -> str:
+    """Rounds started in the window and how late after they were due, from the operator's
+    ``rewind_analysis_lag_seconds`` (mean, and the share over 5 s from its buckets)."""
+    family = "rewind_analysis_lag_seconds"
+
+    def delta(sample: str) -> float:
+        return after.get(sample, 0.0) - before.get(sample, 0.0)
+
+    rounds = delta(f"{family}_count")
+    if not rounds:
+        return "no rounds"
+    within_5s = delta(f'{family}_bucket{{le="5.0"}}')
+    return (f"{rounds:.0f} rounds, mean {delta(f'{family}_sum') / rounds:.2f}s late, "
+            f"{100 * (rounds - within_5s) / rounds:.0f}% over 5s")
+
+
 def cpu_shares(before: dict[str, float], after: dict[str, float], seconds: float) -> str:
     """Each process's CPU between two readings as a percentage of one core, busiest first."""
     used = {name: after[name] - before[name] for name in after if name in before}
@@ -476,6 +494,7 @@ def main() -> int:
             ("overloaded (operator counter)",
              f"{metrics_after.get('rewind_analysis_overloaded_total', 0):.0f} in the run, "
              f"{metrics_after.get('rewind_analysis_overloaded_total', 0) - metrics_before.get('rewind_analysis_overloaded_total', 0):.0f} in the window"),  # noqa: E501
+            ("analysis lag (operator histogram)", lag_row(metrics_before, metrics_after)),
             ("rollbacks (must be 0)",
              f"{len(rolled_back)} ({names_left(rolled_back)})" if rolled_back else
              f"0 (operator counter: "

@@ -82,6 +82,7 @@ from rewind.api import (
     Outcome,
     RolloutPolicySpec,
     SidecarMode,
+    parse_duration,
     release_host_errors,
     spec_hash,
     workload_name,
@@ -114,6 +115,7 @@ from rewind.engine import (
     decide,
     drill_analysis_due,
     drill_snapshot_due,
+    next_analysis_at,
 )
 from rewind.metrics import OperatorMetrics
 from rewind.notifications import ReleaseRef, build_message, outbox, targets_for
@@ -135,6 +137,8 @@ RESYNC = 300.0
 #: reads the routes back, so the first look is at once; a route that something keeps
 #: reverting is written again with a growing pause instead of in a hot loop.
 ROUTE_RECHECK = (0.0, 0.5, 1.0, 2.0, 5.0)
+#: Seconds between two warnings that analysis rounds start late (the count covers the gap).
+LATE_LOG_INTERVAL = 60.0
 #: A refused route write is reported by the engine from the next reconcile: that soon.
 REFUSED_RECHECK = 1.0
 
@@ -303,6 +307,9 @@ class ReleaseController:
         self.operator_metrics = operator_metrics or OperatorMetrics()
         self.clock = clock
         self._timeout = request_timeout
+        #: Late analysis rounds not yet reported, and when the last report was logged.
+        self._late_unlogged = 0
+        self._late_logged_at: float | None = None
 
     # -- reads -----------------------------------------------------------------------
 
@@ -361,6 +368,10 @@ class ReleaseController:
         targets = analysis_targets(status)
         if targets is None:
             return None
+        due = next_analysis_at(status, policy)
+        if due is not None:
+            self._note_lag(namespace, release, (now - due).total_seconds(),
+                           parse_duration(policy.analysis.interval))
         candidate, stable = targets
         variables = analysis_variables(
             namespace, release, candidate, stable, policy.analysis.interval
@@ -372,6 +383,28 @@ class ReleaseController:
             )
         )
         return list(results)
+
+    def _note_lag(self, namespace: str, release: str, lag: float, interval: float) -> None:
+        """Record how late a round starts (``rewind_analysis_lag_seconds``) and say, at most
+        once per LATE_LOG_INTERVAL, that rounds start more than half an interval late: the
+        operator (or its API server) is the slow part, and what to do about it."""
+        self.operator_metrics.analysis_lag.observe(max(0.0, lag))
+        if lag <= max(1.0, interval / 2):
+            return
+        self._late_unlogged += 1
+        now = time.monotonic()
+        if self._late_logged_at is not None and now - self._late_logged_at < LATE_LOG_INTERVAL:
+            return
+        count, self._late_unlogged = self._late_unlogged, 0
+        self._late_logged_at = now
+        log.warning(
+            "analysis is running late: %d round(s) started over half an interval after they "
+            "were due since the last report (latest %s/%s, %.1fs late, interval %gs). The "
+            "operator or its API server is overloaded, not the models: give them more CPU, "
+            "lengthen analysis intervals, use fewer metrics, or shard releases across "
+            "operators by namespace (see rewind_analysis_lag_seconds)",
+            count, namespace, release, lag, interval,
+        )
 
     async def _read_breaker(
         self,

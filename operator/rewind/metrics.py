@@ -101,6 +101,17 @@ class OperatorMetrics:
             labels,
             registry=self.registry,
         )
+        #: Over all releases, unlabelled: a series per release would multiply its buckets.
+        self.analysis_lag = Histogram(
+            "rewind_analysis_lag_seconds",
+            "How late analysis rounds started after they were due, in seconds, over all "
+            "releases: the operator's own delay, not the model's. A lag near the analysis "
+            "interval means the operator or its API server is overloaded: give them more CPU, "
+            "lengthen intervals, use fewer metrics or shard releases across operators by "
+            "namespace.",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120),
+            registry=self.registry,
+        )
         self.weight = Gauge(
             "rewind_release_candidate_weight",
             "Percent of user traffic on the candidate revision, as the router reports it.",
