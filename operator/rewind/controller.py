@@ -121,7 +121,6 @@ from rewind.metrics import OperatorMetrics
 from rewind.notifications import ReleaseRef, build_message, outbox, targets_for
 from rewind.podtemplate import WorkloadRefError, resolve_workload_ref
 from rewind.policycache import PolicyCache
-from rewind.releasecache import ReleaseCache
 from rewind.verifications import Verifications
 
 log = logging.getLogger(__name__)
@@ -259,11 +258,8 @@ class ReleaseController:
         quarantines: QuarantineCache | None = None,
         verifications: Verifications | None = None,
         registry: RegistrySync | None = None,
-        releases: ReleaseCache | None = None,
     ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
-        #: ModelRelease bodies as the watch delivered them (``handlers.release_event``).
-        self.releases = releases if releases is not None else ReleaseCache()
         #: The cluster's DNS domain: the in-cluster name Rewind routes ends in svc.<it>.
         self.cluster_domain = cluster_domain
         self.archive = archive or KubeArchive(api_client, request_timeout=request_timeout)
@@ -448,9 +444,7 @@ class ReleaseController:
         # The decision's clock starts when the loop woke, not after the reads: deadlines
         # are computed from it, so read latency would otherwise add to every interval.
         now = self.clock()
-        body = self.releases.get(namespace, name) or await self._get(
-            MODELRELEASE_PLURAL, namespace, name
-        )
+        body = await self._get(MODELRELEASE_PLURAL, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return ReconcileResult(requeue_after=None, gone=True)
         meta = body["metadata"]
@@ -592,8 +586,6 @@ class ReleaseController:
                     stored_meta = await self._write_status(namespace, name, new_status_doc, meta)
                 except client.ApiException as err:
                     if err.status in (409, 422):  # changed meanwhile: decide again, now
-                        # ... from the object as the API server has it, not the watch.
-                        self.releases.wrote(namespace, name, None)
                         result.requeue_after = 0.0
                         return result
                     raise
@@ -845,8 +837,6 @@ class ReleaseController:
     def forget(self, namespace: str, name: str) -> None:
         self.verifications.forget(namespace, name)
         self.registry.forget(namespace, name)
-        self.router.forget(namespace, name)
-        self.releases.forget(namespace, name)
         self._workload_refs.pop((namespace, name), None)
         self._removals_sent.pop((namespace, name), None)
         self._records.pop((namespace, name), None)
@@ -1138,7 +1128,6 @@ class ReleaseController:
             timeout=self._timeout,
         )
         stored_meta: Mapping[str, Any] = stored.get("metadata") or meta
-        self.releases.wrote(namespace, name, stored_meta.get("resourceVersion"))
         return stored_meta
 
     async def _write_stalled(
@@ -1196,7 +1185,7 @@ class ReleaseController:
                 {"op": "remove", "path": actor_path},
             ]
         try:
-            stored = await _kube.call(
+            await _kube.call(
                 self._custom.patch_namespaced_custom_object,
                 API_GROUP,
                 API_VERSION,
@@ -1212,9 +1201,6 @@ class ReleaseController:
             if err.status not in (404, 409, 422):  # gone, or changed meanwhile: keep it
                 raise
         else:
-            self.releases.wrote(
-                namespace, name, (stored.get("metadata") or {}).get("resourceVersion")
-            )
             self._sent_removal(namespace, name, key, seen)
 
     def _sent_removal(

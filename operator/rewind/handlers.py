@@ -241,7 +241,6 @@ class ReleaseLoops:
         # Policies may have changed while Kopf was paused on this replica.
         self.controller.policies.clear()
         self.controller.quarantines.clear()
-        self.controller.releases.clear()
         for (namespace, name), uid in list(self._known.items()):
             self.ensure(namespace, name, uid)
 
@@ -252,7 +251,6 @@ class ReleaseLoops:
         self.controller.operator_metrics.active.set(0)
         self.controller.policies.clear()
         self.controller.quarantines.clear()
-        self.controller.releases.clear()
         for namespace, name in list(self._tasks):
             await self.stop(namespace, name)
             # The active replica writes meanwhile: re-apply everything when active again.
@@ -515,7 +513,6 @@ async def release_event(
     obj: Mapping[str, Any] = event.get("object") or {}
     meta = obj.get("metadata") or {}
     uid = str(meta.get("uid") or "")
-    loops.controller.releases.seen(event.get("type"), obj)
     if event.get("type") == "DELETED":
         await loops.stop(namespace, name, uid)
         return

@@ -37,15 +37,10 @@ class FakeCustom:
         return Answer()
 
 
-class NoRoutes:
-    def forget(self, namespace: str, release: str) -> None:
-        pass
-
-
 def controller(custom: FakeCustom, clock: list[datetime]) -> ReleaseController:
     c = ReleaseController(
         client.ApiClient(),
-        router=cast(Router, NoRoutes()),
+        router=cast(Router, None),
         workloads=cast(Workloads, None),
         metrics=cast(MetricProvider, None),
         notifier=cast(Notifier, None),

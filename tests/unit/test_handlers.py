@@ -17,7 +17,6 @@ from rewind.api import RolloutPolicySpec
 from rewind.handlers import ReleaseLoops, UnusedDiffBase, _QuietSuccess
 from rewind.metrics import OperatorMetrics
 from rewind.policycache import Loaded, PolicyCache
-from rewind.releasecache import ReleaseCache
 
 POLICY = {
     "strategy": {"canary": {"steps": [{"weight": 10, "pause": {"duration": "1m"}}]}},
@@ -187,7 +186,6 @@ class FakeController:
         default_factory=lambda: QuarantineCache(client.ApiClient(), clock=Clock())
     )
     operator_metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    releases: ReleaseCache = field(default_factory=ReleaseCache)
 
     def forget(self, namespace: str, name: str) -> None:
         pass
@@ -249,37 +247,13 @@ def test_a_replica_standing_by_or_becoming_active_starts_with_no_cached_policy()
         loops = ReleaseLoops(controller, active=True)  # type: ignore[arg-type]
         reads = Reads()
         await controller.policies.load("ns", "p", reads)
-        release = {"metadata": {"namespace": "ns", "name": "r", "uid": "u", "resourceVersion": "1"}}
-        controller.releases.seen("ADDED", release)
         await loops.stand_by()
         await controller.policies.load("ns", "p", reads)
         assert reads.count == 2
-        # Kopf is paused on a standby: the ModelReleases it saw may have moved on since.
-        assert controller.releases.get("ns", "r") is None
-        controller.releases.seen("MODIFIED", release)
         await loops.activate()
         await controller.policies.load("ns", "p", reads)
         assert reads.count == 3
-        assert controller.releases.get("ns", "r") is None
         await loops.stop_all()
-
-    asyncio.run(scenario())
-
-
-def test_the_release_watch_keeps_the_body_a_reconcile_decides_from() -> None:
-    async def scenario() -> None:
-        controller = FakeController()
-        loops = ReleaseLoops(controller, active=False)  # type: ignore[arg-type]
-        memo = kopf.Memo(controller=controller, loops=loops)
-        release_event: Any = handlers.release_event
-        obj = {"metadata": {"namespace": "ns", "name": "r", "uid": "u", "resourceVersion": "7",
-                            "generation": 1}}
-        await release_event(event={"type": "ADDED", "object": obj}, name="r", namespace="ns",
-                            memo=memo)
-        assert controller.releases.get("ns", "r") == obj
-        await release_event(event={"type": "DELETED", "object": obj}, name="r", namespace="ns",
-                            memo=memo)
-        assert controller.releases.get("ns", "r") is None
 
     asyncio.run(scenario())
 
