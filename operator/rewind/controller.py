@@ -837,6 +837,7 @@ class ReleaseController:
     def forget(self, namespace: str, name: str) -> None:
         self.verifications.forget(namespace, name)
         self.registry.forget(namespace, name)
+        self.router.forget(namespace, name)
         self._workload_refs.pop((namespace, name), None)
         self._removals_sent.pop((namespace, name), None)
         self._records.pop((namespace, name), None)

@@ -37,10 +37,18 @@ class FakeCustom:
         return Answer()
 
 
+class NoRoutes:
+    def __init__(self) -> None:
+        self.forgotten: list[tuple[str, str]] = []
+
+    def forget(self, namespace: str, release: str) -> None:
+        self.forgotten.append((namespace, release))
+
+
 def controller(custom: FakeCustom, clock: list[datetime]) -> ReleaseController:
     c = ReleaseController(
         client.ApiClient(),
-        router=cast(Router, None),
+        router=cast(Router, NoRoutes()),
         workloads=cast(Workloads, None),
         metrics=cast(MetricProvider, None),
         notifier=cast(Notifier, None),
@@ -79,3 +87,4 @@ def test_a_restart_remembers_no_removal() -> None:
     assert controller(FakeCustom(), [T0])._sent_removals(KEY, seen) == {}
     c.forget(*KEY)  # the release deleted
     assert c._sent_removals(KEY, seen) == {}
+    assert cast(NoRoutes, c.router).forgotten == [KEY]  # what the routers remember, too
