@@ -152,6 +152,16 @@ def dashboard() -> dict[str, Any]:
         [_target(f"sum(rate(rewind_analysis_overloaded_total{{{SEL}}}[$__rate_interval]))",
                  "overloaded")],
         unit="ops"), 4, 8)
+    g.add(_panel(
+        "timeseries", "Analysis rounds started late (operator)",
+        "How late analysis rounds start after they are due, over all releases (the "
+        "operator's own delay, never judged as a model's failure). Near the analysis "
+        "interval: the operator or its API server is overloaded.",
+        [_target("histogram_quantile(0.5, sum by (le) "
+                 "(rate(rewind_analysis_lag_seconds_bucket[$__rate_interval])))", "median"),
+         _target("histogram_quantile(0.99, sum by (le) "
+                 "(rate(rewind_analysis_lag_seconds_bucket[$__rate_interval])))", "p99")],
+        unit="s"), 12, 8)
 
     g.row("Rollbacks")
     g.add(_panel(
