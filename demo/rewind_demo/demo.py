@@ -85,6 +85,7 @@ from rewind.api import (
 )
 from rewind_demo import people, poison, targets
 from rewind_demo._http import request
+from rewind_demo.mlflow_server import MLflowServer
 from rewind_demo.modelserver import (
     SCORE_BUCKETS,
     ModelServerConfig,
@@ -1088,7 +1089,7 @@ class Demo:
         #: Releases an act created beside the models' (polled and reported like them).
         self.extra_releases: list[str] = []
         self.poisoned = False  # the poisoning act ran
-        self.mlflow: poison.MLflow | None = None  # its MLflow server, stopped at cleanup
+        self.mlflow: MLflowServer | None = None  # its MLflow server, stopped at cleanup
 
     # -- set-up ---------------------------------------------------------------------------
 

@@ -19,14 +19,7 @@ and back to version 1 after the rollback, each move tagged on the version.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +34,7 @@ from rewind.api import (
     ModelReleaseSpec,
     RolloutPolicySpec,
 )
+from rewind_demo.mlflow_server import MLflowServer
 
 if TYPE_CHECKING:
     from rewind_demo.demo import Demo
@@ -60,73 +54,6 @@ VERSIONS = {
 LABELS = {"rewind.dev/demo": "true"}
 MODEL = "credit-scorer"
 ALIAS = "production"
-
-
-class MLflow:
-    """The MLflow tracking server of the act: started with ``hack/mlflow-server`` (which
-    installs it on first use, in a cache outside the clone), spoken to over its REST API."""
-
-    def __init__(self, root: Path, directory: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
-        self.uri = f"http://127.0.0.1:{self.port}"
-        # Each run starts from an empty registry, as it starts from an empty namespace.
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
-        self.log = directory / "mlflow.log"
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [str(root / "hack" / "mlflow-server"), "run", str(directory), str(self.port)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_up(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited; see {self.log}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"mlflow server not up after {timeout:.0f}s; see {self.log}")
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        url = f"{self.uri}/api/2.0/mlflow/{path}"
-        data = None
-        if method == "GET" and body:
-            url += "?" + urllib.parse.urlencode(body)
-        elif body is not None:
-            data = json.dumps(body).encode()
-        request = urllib.request.Request(url, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return json.loads(r.read() or b"{}")
-
-    def alias(self) -> str:
-        """The version the alias names ("" when unset)."""
-        try:
-            got = self.call("GET", "registered-models/alias", {"name": MODEL, "alias": ALIAS})
-        except urllib.error.HTTPError:
-            return ""
-        return str(got["model_version"]["version"])
-
-    def tags(self, version: str) -> dict[str, str]:
-        got = self.call("GET", "model-versions/get", {"name": MODEL, "version": version})
-        return {t["key"]: t["value"] for t in got["model_version"].get("tags") or []}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def policy_body(namespace: str) -> dict[str, Any]:
@@ -218,17 +145,18 @@ def act(demo: Demo) -> None:
     demo.extra_releases.append(RELEASE)
     from rewind_demo.demo import ROOT
 
-    mlflow = MLflow(ROOT, demo.state / "mlflow")
+    # Each run starts from an empty registry, as it starts from an empty namespace.
+    directory = demo.state / "mlflow"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    mlflow = MLflowServer(ROOT, directory)
     demo.mlflow = mlflow
     try:
-        mlflow.wait_up(timeout=600)  # the first run installs it (a few minutes)
+        mlflow.start(timeout=600)  # the first run installs it (a few minutes)
     except RuntimeError as exc:
         raise StoryError(str(exc)) from exc
-    mlflow.call("POST", "registered-models/create", {"name": MODEL})
-    for version, _, _ in VERSIONS.values():
-        # MLflow refuses a local path as a version's source; the source is only recorded.
-        mlflow.call("POST", "model-versions/create",
-                    {"name": MODEL, "source": f"s3://models/{MODEL}/{version}/model.onnx"})
+    mlflow.register(MODEL, [f"s3://models/{MODEL}/{version}/model.onnx"
+                            for version, _, _ in VERSIONS.values()])
     c.say(f"  MLflow tracking server up at {mlflow.uri} (SQLite): registered model {MODEL}, "
           f"versions 1-4; each release names its version (spec.model.registry), and Rewind "
           f"moves the '{ALIAS}' alias to what the routes serve.")
@@ -240,9 +168,9 @@ def act(demo: Demo) -> None:
                           demo._phase_is("Promoted", revision), timeout=120,
                           bad=demo._unexpected(revision, "Failed", "RolledBack"))
     demo.wait_release(RELEASE, f"MLflow's {ALIAS} alias on version 4",
-                      lambda _b: mlflow.alias() == "4", timeout=60)
+                      lambda _b: mlflow.alias(MODEL, ALIAS) == "4", timeout=60)
     c.say(f"  r4 serves; r1..r3 are known-good, each verified when it was released; MLflow's "
-          f"{ALIAS} alias names version {mlflow.alias()}.")
+          f"{ALIAS} alias names version {mlflow.alias(MODEL, ALIAS)}.")
     tampered = store / "credit-scorer" / VERSIONS[2][0] / "model.onnx"
     tampered.write_bytes(b"weights replaced in the store after release\n")
     c.say(f"  Someone replaces r2's file in the store ({tampered.name} of "
@@ -263,9 +191,10 @@ def act(demo: Demo) -> None:
     c.say(f"  credit r1 serves 100%: r4 and r3 are quarantined ({st.get('quarantined')}), "
           "r2's artifact failed verification; nobody routed a user to either.")
     demo.wait_release(RELEASE, f"MLflow's {ALIAS} alias back on version 1",
-                      lambda _b: mlflow.alias() == "1", timeout=60)
-    tag = mlflow.tags("1").get(f"rewind.dev/alias-{ALIAS}-moved", "")
-    c.say(f"  MLflow: {ALIAS} -> version {mlflow.alias()} (routes first, registry after); "
+                      lambda _b: mlflow.alias(MODEL, ALIAS) == "1", timeout=60)
+    tag = mlflow.tags(MODEL, "1").get(f"rewind.dev/alias-{ALIAS}-moved", "")
+    now = mlflow.alias(MODEL, ALIAS)
+    c.say(f"  MLflow: {ALIAS} -> version {now} (routes first, registry after); "
           f"the move is tagged on version 1: {tag[:160]}")
 
 
@@ -277,8 +206,8 @@ def checks(demo: Demo) -> list[tuple[str, bool, str]]:
     r2 = _history(body, 2).get("integrity") or {}
     decided = [e for e in st.get("timeline") or [] if e.get("type") == "RollbackDecided"]
     why = " ".join(str(e.get("message")) for e in decided)
-    mlflow: MLflow | None = getattr(demo, "mlflow", None)
-    alias = mlflow.alias() if mlflow is not None else "-"
+    mlflow: MLflowServer | None = getattr(demo, "mlflow", None)
+    alias = mlflow.alias(MODEL, ALIAS) if mlflow is not None else "-"
     return [
         (f"credit: MLflow's {ALIAS} alias names version 1 again", alias == "1", alias),
         ("credit rolled back to r1, which serves 100%",

@@ -12,22 +12,15 @@ directory) on loopback, the real `rewind-operator` process and API server.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from rewind_demo.mlflow_server import MLflowServer
+from tests.conftest import ROOT
 from tests.sandbox.operator_helpers import (
     Rewind,
     canary,
@@ -43,97 +36,11 @@ POLICY = "registry-canary"
 TAG = "rewind.dev/alias-production-moved"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class MLflow:
-    """One `mlflow server` on loopback; stop() and start() keep its SQLite store."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = (self.root / "mlflow.log").open("ab")
-        self.process = subprocess.Popen(
-            [str(ROOT / "hack" / "mlflow-server"), "run", str(self.root), str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
-        # Its first start creates the SQLite schema: slow on a busy machine.
-        wait_for("the MLflow server to answer /health", self.healthy, timeout=180)
-
-    def healthy(self) -> bool:
-        assert self.process is not None and self.process.poll() is None, (
-            (self.root / "mlflow.log").read_text()[-2000:]
-        )
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """Stop the server and its workers (`mlflow server` runs uvicorn as a child: its
-        own process group, started for it, is signalled whole)."""
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-            wait_for("the MLflow server's port to close", lambda: not self.listening(),
-                     timeout=30)
-        self.process = None
-
-    def listening(self) -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        url = f"{self.uri}/api/2.0/mlflow/{path}"
-        data = None
-        if method == "GET" and body:
-            url += "?" + urllib.parse.urlencode(body)
-        elif body is not None:
-            data = json.dumps(body).encode()
-        request = urllib.request.Request(
-            url, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return json.loads(r.read() or b"{}")
-
-    def register(self, model: str, versions: int) -> None:
-        self.call("POST", "registered-models/create", {"name": model})
-        for n in range(1, versions + 1):
-            self.call("POST", "model-versions/create",
-                      {"name": model, "source": f"s3://models/{model}/{n}.0.0"})
-
-    def alias(self, model: str) -> str:
-        """The version ``production`` names ("" unset)."""
-        try:
-            got = self.call("GET", "registered-models/alias",
-                            {"name": model, "alias": "production"})
-        except urllib.error.HTTPError as err:
-            if "not found" in err.read().decode():
-                return ""
-            raise
-        return str(got["model_version"]["version"])
-
-    def tags(self, model: str, version: str) -> dict[str, str]:
-        got = self.call("GET", "model-versions/get", {"name": model, "version": version})
-        return {t["key"]: t["value"] for t in got["model_version"].get("tags") or []}
-
-
 @pytest.fixture(scope="module")
-def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLflow]:
+def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLflowServer]:
     subprocess.run([str(ROOT / "hack" / "mlflow-server"), "bin"], check=True, timeout=1800,
                    capture_output=True)
-    server = MLflow(tmp_path_factory.mktemp("mlflow"))
+    server = MLflowServer(ROOT, tmp_path_factory.mktemp("mlflow"))
     server.start()
     try:
         yield server
@@ -142,14 +49,18 @@ def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLflow]:
 
 
 @pytest.fixture()
-def running(mlflow: MLflow) -> MLflow:
+def running(mlflow: MLflowServer) -> MLflowServer:
     """The server, started again if a test left it stopped."""
     if mlflow.process is None:
         mlflow.start()
     return mlflow
 
 
-def registered(mlflow: MLflow, name: str, version: int) -> dict[str, Any]:
+def register(mlflow: MLflowServer, model: str, versions: int) -> None:
+    mlflow.register(model, [f"s3://models/{model}/{n}.0.0" for n in range(1, versions + 1)])
+
+
+def registered(mlflow: MLflowServer, name: str, version: int) -> dict[str, Any]:
     manifest = release_manifest(name, POLICY, version=version)
     manifest["spec"]["model"]["registry"] = {
         "trackingURI": mlflow.uri, "name": name, "version": str(version),
@@ -157,7 +68,7 @@ def registered(mlflow: MLflow, name: str, version: int) -> dict[str, Any]:
     return manifest
 
 
-def release(rw: Rewind, mlflow: MLflow, name: str, version: int) -> None:
+def release(rw: Rewind, mlflow: MLflowServer, name: str, version: int) -> None:
     rw.set_error_rate(name, version, 0.0)
     rw.apply(registered(mlflow, name, version))
     rw.wait_phase(name, "Promoted", stable=version, timeout=90)
@@ -177,9 +88,9 @@ def moves(status: dict[str, Any]) -> list[str]:
     return [e["message"] for e in timeline(status, "RegistryAliasMoved")]
 
 
-def test_the_alias_follows_promotions_and_a_rollback(rw: Rewind, running: MLflow) -> None:
+def test_the_alias_follows_promotions_and_a_rollback(rw: Rewind, running: MLflowServer) -> None:
     name = "fraud-registry"
-    running.register(name, 2)
+    register(running, name, 2)
     rw.apply(policy_manifest(POLICY, canary((50, "1s")), keep_previous_warm="5m"))
     release(rw, running, name, 1)
     status = synced(rw, name, "1")
@@ -212,9 +123,9 @@ def test_the_alias_follows_promotions_and_a_rollback(rw: Rewind, running: MLflow
     assert "moved from version 2 to 1 (rolled back to r1)" in moves(status)[-1]
 
 
-def test_mlflow_down_never_holds_a_rollback(rw: Rewind, running: MLflow) -> None:
+def test_mlflow_down_never_holds_a_rollback(rw: Rewind, running: MLflowServer) -> None:
     name = "fraud-offline"
-    running.register(name, 2)
+    register(running, name, 2)
     rw.apply(policy_manifest(POLICY, canary((50, "1s")), keep_previous_warm="5m"))
     release(rw, running, name, 1)
     release(rw, running, name, 2)
