@@ -37,6 +37,7 @@ from typing import Any
 
 import aiohttp
 
+from rewind.adapters._aiohttp import LazySession
 from rewind.adapters.base import (
     AdapterError,
     RegistryMove,
@@ -128,7 +129,7 @@ class RegistrySync:
         self.on_change = on_change
         self.clock = clock
         self._states: dict[tuple[str, str], _State] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._http = LazySession(USER_AGENT, timeout)
 
     # -- what the controller calls ------------------------------------------------------
 
@@ -197,9 +198,7 @@ class RegistrySync:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     # -- one attempt ----------------------------------------------------------------------
 
@@ -294,14 +293,6 @@ class RegistrySync:
                          json_body={"name": model, "version": version, "key": key,
                                     "value": value})
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                headers={"User-Agent": USER_AGENT},
-            )
-        return self._session
-
     async def _call(
         self,
         uri: str,
@@ -313,7 +304,7 @@ class RegistrySync:
     ) -> dict[str, Any]:
         url = f"{uri}/api/2.0/mlflow/{path}"
         headers = self.headers_for(uri)
-        async with self._client().request(
+        async with self._http.get().request(
             method, url, params=params, json=json_body, headers=headers
         ) as resp:
             text = await resp.text(errors="replace")

@@ -37,6 +37,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from rewind.adapters._aiohttp import LazySession
 from rewind.api import NotificationRecord, NotificationState
 from rewind.notifications import Delivery, Message, slack_body, webhook_body
 
@@ -130,7 +131,7 @@ class Deliveries:
         self.clock = clock
         self._tasks: dict[Key, dict[str, asyncio.Task[None]]] = {}
         self._finished: dict[Key, dict[str, Delivery]] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._http = LazySession(USER_AGENT, timeout)
 
     # -- what the controller calls ------------------------------------------------------
 
@@ -194,9 +195,7 @@ class Deliveries:
 
     async def close(self) -> None:
         await self.cancel_all()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     # -- delivery -------------------------------------------------------------------------
 
@@ -265,18 +264,10 @@ class Deliveries:
                  key[0], key[1], record.id, record.type, record.revision, target.name, attempts)
         self._finish(key, record, NotificationState.SENT)
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                headers={"User-Agent": USER_AGENT},
-            )
-        return self._session
-
     async def _post(self, target: Target, ident: str, payload: bytes) -> None:
         headers = {"Content-Type": "application/json", "Idempotency-Key": ident}
         try:
-            async with self._client().post(target.url, data=payload, headers=headers) as resp:
+            async with self._http.get().post(target.url, data=payload, headers=headers) as resp:
                 if 200 <= resp.status < 300:
                     return
                 text = (await resp.text(errors="replace"))[:200].strip()
