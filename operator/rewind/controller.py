@@ -121,6 +121,7 @@ from rewind.metrics import OperatorMetrics
 from rewind.notifications import ReleaseRef, build_message, outbox, targets_for
 from rewind.podtemplate import WorkloadRefError, resolve_workload_ref
 from rewind.policycache import PolicyCache
+from rewind.throttle import Throttle
 from rewind.verifications import Verifications
 
 log = logging.getLogger(__name__)
@@ -303,9 +304,8 @@ class ReleaseController:
         self.operator_metrics = operator_metrics or OperatorMetrics()
         self.clock = clock
         self._timeout = request_timeout
-        #: Late analysis rounds not yet reported, and when the last report was logged.
-        self._late_unlogged = 0
-        self._late_logged_at: float | None = None
+        #: Warnings that analysis rounds start late, once per LATE_LOG_INTERVAL.
+        self.late_reports = Throttle(LATE_LOG_INTERVAL)
 
     # -- reads -----------------------------------------------------------------------
 
@@ -387,12 +387,9 @@ class ReleaseController:
         self.operator_metrics.analysis_lag.observe(max(0.0, lag))
         if lag <= max(1.0, interval / 2):
             return
-        self._late_unlogged += 1
-        now = time.monotonic()
-        if self._late_logged_at is not None and now - self._late_logged_at < LATE_LOG_INTERVAL:
+        count = self.late_reports.hit()
+        if count is None:
             return
-        count, self._late_unlogged = self._late_unlogged, 0
-        self._late_logged_at = now
         log.warning(
             "analysis is running late: %d round(s) started over half an interval after they "
             "were due since the last report (latest %s/%s, %.1fs late, interval %gs). The "

@@ -536,7 +536,7 @@ async def test_overload_is_logged_once_per_interval_with_what_to_do(
         for _ in range(3):
             with pytest.raises(MetricQueryError):
                 await provider.query("starved", timeout=0.1)
-        provider.overload_log_interval = 0.0  # the interval is over: the next one reports
+        provider.overload_reports.interval = 0.0  # the interval is over: the next one reports
         with pytest.raises(MetricQueryError):
             await provider.query("starved", timeout=0.1)
     await asyncio.gather(*hogs)

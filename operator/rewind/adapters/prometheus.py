@@ -25,7 +25,6 @@ import logging
 import math
 import re
 import threading
-import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -48,6 +47,7 @@ from rewind.api import (
     parse_duration,
     render_query,
 )
+from rewind.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +264,8 @@ class PrometheusProvider:
         self.default_timeout = default_timeout
         # requests.Session is not thread-safe: one client per worker thread.
         self._local = threading.local()
-        #: Seconds between two overload warnings; queries not sent since the last one.
-        self.overload_log_interval = OVERLOAD_LOG_INTERVAL
-        self._overload_logged_at: float | None = None
-        self._overloaded_unlogged = 0
+        #: Overload warnings: queries not sent, reported once per OVERLOAD_LOG_INTERVAL.
+        self.overload_reports = Throttle(OVERLOAD_LOG_INTERVAL)
 
     def _session(self) -> requests.Session:
         """A session whose proxy and CA settings are read from the environment once.
@@ -372,13 +370,9 @@ class PrometheusProvider:
     def _warn_overloaded(self, limit: float) -> None:
         """Say (at most once per ``overload_log_interval``) that queries were not sent, and
         what helps. Called on the event loop only."""
-        self._overloaded_unlogged += 1
-        now = time.monotonic()
-        last = self._overload_logged_at
-        if last is not None and now - last < self.overload_log_interval:
+        count = self.overload_reports.hit()
+        if count is None:
             return
-        count, self._overloaded_unlogged = self._overloaded_unlogged, 0
-        self._overload_logged_at = now
         log.warning(
             "operator overloaded: %d analysis %s not sent since the last report (none of the "
             "%d query threads came free within the query's timeout, %gs); such measurements "
