@@ -80,6 +80,25 @@ def phase_is(api: Any, name: str, phase: str) -> bool:
     return status_of(api, NAMESPACE, name).get("phase") == phase
 
 
+def timed_revert(api: Any, name: str, annotation: str, value: str, stable: int
+                 ) -> float | None:
+    """Set ``annotation`` with the merge patch `kubectl annotate` sends and return the
+    seconds until a watch sees the VirtualService all on ``stable`` (None: not within 30 s),
+    then wait for RolledBack. Timed from the moment the patch is sent: timing from a kubectl
+    process's exit would start after the watch may already have seen the revert."""
+    with vs_watch(NAMESPACE, name) as wait_weights:
+        annotated = time.monotonic()
+        api.patch_namespaced_custom_object(
+            "rewind.dev", "v1alpha1", NAMESPACE, "modelreleases", name,
+            {"metadata": {"annotations": {annotation: value}}},
+        )
+        reverted = wait_weights(on_stable(stable), 30)
+    if reverted is None:
+        return None
+    wait_for("RolledBack", lambda: phase_is(api, name, "RolledBack"), 60)
+    return reverted - annotated
+
+
 def approval_trials(env: dict[str, str], gauges: Gauges, trials: int) -> list[float]:
     api = custom_api()
     name = "approve"
@@ -95,21 +114,11 @@ def approval_trials(env: dict[str, str], gauges: Gauges, trials: int) -> list[fl
         apply(env, NAMESPACE, release(name, "approval", revision))
         wait_for(f"r{revision} awaiting approval",
                  lambda: phase_is(api, name, "AwaitingApproval"), 120)
-        with vs_watch(NAMESPACE, name) as wait_weights:
-            # The same merge patch `kubectl annotate` sends, timed from the moment it is
-            # sent (timing from a kubectl process's exit would start after the watch may
-            # already have seen the revert, and count its start-up instead).
-            annotated = time.monotonic()
-            api.patch_namespaced_custom_object(
-                "rewind.dev", "v1alpha1", NAMESPACE, "modelreleases", name,
-                {"metadata": {"annotations": {"rewind.dev/approve-rollback": "true"}}},
-            )
-            reverted = wait_weights(on_stable(1), 30)
-        if reverted is None:
+        took = timed_revert(api, name, "rewind.dev/approve-rollback", "true", stable=1)
+        if took is None:
             print(f"trial {trial}: traffic did not revert within 30 s", file=sys.stderr)
             continue
-        samples.append(reverted - annotated)
-        wait_for("RolledBack", lambda: phase_is(api, name, "RolledBack"), 60)
+        samples.append(took)
         print(f"approval trial {trial + 1}/{trials}: {samples[-1]:.3f}s", file=sys.stderr)
     return samples
 
@@ -163,18 +172,11 @@ def integrity_trials(
         wait_for(f"r{revision} promoted",
                  lambda: status_of(api, NAMESPACE, name).get("stableRevision") == revision  # noqa: B023
                  and phase_is(api, name, "Promoted"), 300)
-        with vs_watch(NAMESPACE, name) as wait_weights:
-            annotated = time.monotonic()
-            api.patch_namespaced_custom_object(
-                "rewind.dev", "v1alpha1", NAMESPACE, "modelreleases", name,
-                {"metadata": {"annotations": {"rewind.dev/rollback": f"bench trial {trial}"}}},
-            )
-            reverted = wait_weights(on_stable(stable), 30)
-        if reverted is None:
+        took = timed_revert(api, name, "rewind.dev/rollback", f"bench trial {trial}", stable)
+        if took is None:
             print(f"trial {trial}: traffic did not revert within 30 s", file=sys.stderr)
             continue
-        samples.append(reverted - annotated)
-        wait_for("RolledBack", lambda: phase_is(api, name, "RolledBack"), 60)
+        samples.append(took)
         print(f"integrity trial {trial + 1}/{trials}: {samples[-1]:.3f}s", file=sys.stderr)
     timeline = status_of(api, NAMESPACE, name).get("timeline", [])
     created = {e["revision"]: _at(e) for e in timeline if e["type"] == "RevisionCreated"}
